@@ -1,0 +1,498 @@
+"""Every run/skip/reject rule of clustering.events, on events shaped like Google's deliveries.
+
+The fixtures in tests/fixtures/events/ are structured-mode CloudEvents as Eventarc and Pub/Sub
+send them; "now" is fixed five minutes after they were published.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cloudevents.http import from_http
+
+from clustering.events import (
+    ALLOWED_MESSAGE_KEYS,
+    JOB_LABELS,
+    Decision,
+    EventEnvelope,
+    decide,
+    envelope_from_cloudevent,
+    envelope_from_structured,
+)
+from clustering.settings import JobSettings
+
+FIXTURES = Path(__file__).parent / "fixtures" / "events"
+NOW = datetime(2024, 5, 1, 12, 5, tzinfo=UTC)
+OWN_ACCOUNT = "neighborhood-clusters@baltimore-data.iam.gserviceaccount.com"
+WATCHED = "baltimore-data.neighborhoods.features"
+SETTINGS = JobSettings(
+    features_source=f"bq://{WATCHED}",
+    artifacts_dest="gs://baltimore-data-artifacts/neighborhood-clusters",
+    clusters_table="bq://baltimore-data.neighborhoods.clusters",
+    runs_table="bq://baltimore-data.neighborhoods.cluster_runs",
+    allowed_features_tables=("baltimore-data.neighborhoods.features_2023",),
+    function_service_account=OWN_ACCOUNT,
+    max_event_age_seconds=3600,
+)
+ALL_FIXTURES = sorted(path.stem for path in FIXTURES.glob("*.json"))
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def decide_on(
+    event: dict[str, Any], settings: JobSettings = SETTINGS, now: datetime = NOW
+) -> Decision:
+    return decide(envelope_from_structured(event), settings, now)
+
+
+def decide_fixture(name: str, settings: JobSettings = SETTINGS, now: datetime = NOW) -> Decision:
+    return decide_on(load(name), settings, now)
+
+
+def with_message_text(text: str, name: str = "pubsub_manual_publish") -> dict[str, Any]:
+    """A fixture Pub/Sub event whose message data is replaced by `text`."""
+    event = load(name)
+    event["data"]["message"]["data"] = base64.b64encode(text.encode()).decode()
+    return event
+
+
+def assert_decision(
+    decision: Decision, action: str, trigger: str, key: str | None, *mentions: str
+) -> None:
+    assert (decision.action, decision.trigger, decision.key) == (action, trigger, key), decision
+    for word in mentions:
+        assert word in decision.reason, f"{word!r} not in reason: {decision.reason}"
+
+
+# --- Manual Pub/Sub messages -----------------------------------------------------------------
+
+
+def test_manual_publish_runs_and_keeps_the_publishers_reason() -> None:
+    decision = decide_fixture("pubsub_manual_publish")
+    assert_decision(decision, "run", "pubsub", "11529734001", "weekly refresh")
+    assert decision.message_reason == "weekly refresh after the 311 import"
+    assert decision.features_source is None
+    assert decision.dry_run is False
+    assert decision.should_run
+
+
+@pytest.mark.parametrize("name", ["pubsub_empty_body", "pubsub_empty_object"])
+def test_empty_message_runs_with_the_configured_settings(name: str) -> None:
+    decision = decide_fixture(name)
+    assert decision.action == "run"
+    assert decision.trigger == "pubsub"
+    assert (decision.features_source, decision.dry_run, decision.message_reason) == (
+        None,
+        False,
+        None,
+    )
+    assert "configured features" in decision.reason
+
+
+def test_whitespace_only_message_counts_as_empty() -> None:
+    decision = decide_on(with_message_text("  \n"))
+    assert decision.action == "run"
+    assert decision.features_source is None
+
+
+def test_reason_and_dry_run_are_carried_to_the_runner() -> None:
+    decision = decide_fixture("pubsub_reason_dry_run")
+    assert_decision(decision, "run", "pubsub", "11529734004", "dry run", "check new K range")
+    assert decision.dry_run is True
+    assert decision.message_reason == "check new K range"
+
+
+def test_allowlisted_features_table_becomes_the_features_source() -> None:
+    decision = decide_fixture("pubsub_features_table_allowed")
+    assert_decision(decision, "run", "pubsub", "11529734005", "features_2023")
+    assert decision.features_source == "bq://baltimore-data.neighborhoods.features_2023"
+
+
+def test_the_configured_features_table_is_always_allowed() -> None:
+    decision = decide_on(with_message_text(json.dumps({"features_table": WATCHED})))
+    assert decision.action == "run"
+    assert decision.features_source == f"bq://{WATCHED}"
+
+
+def test_features_table_outside_the_allowlist_is_rejected() -> None:
+    decision = decide_fixture("pubsub_features_table_not_allowed")
+    assert_decision(
+        decision,
+        "reject",
+        "pubsub",
+        "11529734006",
+        "baltimore-data.scratch.features_copy",
+        "not allowed",
+        "ALLOWED_FEATURES_TABLES",
+    )
+    assert decision.features_source is None
+    assert not decision.should_run
+
+
+def test_injection_attempt_in_features_table_is_rejected_before_any_lookup() -> None:
+    decision = decide_fixture("pubsub_features_table_injection")
+    assert_decision(decision, "reject", "pubsub", "11529734007", "is not a table id")
+    assert decision.features_source is None
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "cause"),
+    [
+        ("pubsub_invalid_base64", "11529734008", "not valid base64"),
+        ("pubsub_not_utf8", "11529734012", "not UTF-8"),
+        ("pubsub_invalid_json", "11529734009", "not valid JSON"),
+        ("pubsub_json_array", "11529734010", "an array"),
+        ("pubsub_wrong_type", "11529734013", "`dry_run` must be true or false"),
+    ],
+)
+def test_malformed_messages_are_rejected_with_the_cause(name: str, key: str, cause: str) -> None:
+    assert_decision(decide_fixture(name), "reject", "pubsub", key, cause)
+
+
+def test_unknown_key_is_rejected_naming_the_allowed_keys() -> None:
+    decision = decide_fixture("pubsub_unknown_key")
+    assert_decision(
+        decision, "reject", "pubsub", "11529734011", "'k_max'", ", ".join(ALLOWED_MESSAGE_KEYS)
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "cause"),
+    [
+        ({"reason": 42}, "`reason` must be a string"),
+        ({"reason": "x" * 201}, "201 characters"),
+        ({"features_table": ["a.b.c"]}, "`features_table` must be a string"),
+        ({"features_table": "bq://baltimore-data.neighborhoods.features"}, "not a table id"),
+        ({"dry_run": 1}, "`dry_run` must be true or false"),
+        ("plain words", "not valid JSON"),
+        ("42", "a JSON int"),
+    ],
+)
+def test_wrong_values_are_rejected(body: Any, cause: str) -> None:
+    text = body if isinstance(body, str) else json.dumps(body)
+    decision = decide_on(with_message_text(text))
+    assert_decision(decision, "reject", "pubsub", "11529734001", cause)
+
+
+def test_untrusted_text_echoed_in_the_reason_is_cut_short() -> None:
+    long_table = "p." + "d" * 500 + ".t; DROP TABLE t"
+    decision = decide_on(with_message_text(json.dumps({"features_table": long_table})))
+    assert decision.action == "reject"
+    assert "..." in decision.reason
+    assert len(decision.reason) < 250
+
+
+def test_pubsub_event_without_a_message_is_rejected() -> None:
+    event = load("pubsub_manual_publish")
+    event["data"] = {"subscription": "projects/p/subscriptions/s"}
+    assert_decision(decide_on(event), "reject", "pubsub", "11529734001", "no `message`")
+
+
+def test_message_id_falls_back_to_the_cloudevent_id() -> None:
+    event = load("pubsub_manual_publish")
+    del event["data"]["message"]["messageId"]
+    event["id"] = "ce-7"
+    assert decide_on(event).key == "ce-7"
+
+
+# --- Audit logs delivered by a logging sink through Pub/Sub ----------------------------------
+
+
+def test_sink_delivered_table_data_change_runs_as_a_table_change() -> None:
+    decision = decide_fixture("pubsub_sink_table_data_change")
+    assert_decision(
+        decision,
+        "run",
+        "table-change",
+        "projects/baltimore-data/jobs/bqjob_r1a2b3c4d5_0000018f3a20aa11_1",
+        "log sink",
+        WATCHED,
+        "279 rows inserted",
+    )
+    assert decision.features_source is None
+
+
+def test_sink_delivered_read_is_skipped() -> None:
+    entry = load("audit_table_data_read")["data"]
+    decision = decide_on(with_message_text(json.dumps(entry)))
+    assert_decision(decision, "skip", "table-change", "-r7a1b2c3d4e5", "tableDataRead")
+
+
+def test_log_entry_is_recognised_by_its_log_name_alone() -> None:
+    entry = load("audit_table_data_change")["data"]
+    del entry["protoPayload"]["@type"]
+    decision = decide_on(with_message_text(json.dumps(entry)))
+    assert (decision.action, decision.trigger) == ("run", "table-change")
+
+
+# --- Audit logs delivered directly by Eventarc -----------------------------------------------
+
+
+def test_data_change_of_the_watched_table_runs() -> None:
+    decision = decide_fixture("audit_table_data_change")
+    assert_decision(
+        decision,
+        "run",
+        "table-change",
+        "projects/baltimore-data/jobs/bqjob_r5e1d0b2c3_0000018f3a1c2d4e_1",
+        f"data change of the watched table {WATCHED}",
+        "table truncated",
+    )
+
+
+def test_read_of_the_watched_table_is_skipped() -> None:
+    decision = decide_fixture("audit_table_data_read")
+    assert_decision(
+        decision,
+        "skip",
+        "table-change",
+        "-r7a1b2c3d4e5",
+        "a read of baltimore-data.neighborhoods.features",
+        "tableDataRead",
+    )
+
+
+def test_data_change_of_another_table_is_skipped() -> None:
+    decision = decide_fixture("audit_other_table")
+    assert_decision(
+        decision,
+        "skip",
+        "table-change",
+        "projects/baltimore-data/jobs/bqjob_r0a0b0c0d0_0000018f3a1c0000_1",
+        "baltimore-data.neighborhoods.permits",
+        "not of the watched table",
+    )
+
+
+def test_write_to_our_clusters_table_is_skipped_explicitly() -> None:
+    decision = decide_fixture("audit_clusters_table")
+    assert_decision(
+        decision, "skip", "table-change", decision.key, "own clusters table (CLUSTERS_TABLE)"
+    )
+
+
+def test_write_to_our_runs_table_is_skipped_explicitly() -> None:
+    event = load("audit_clusters_table")
+    resource = "projects/baltimore-data/datasets/neighborhoods/tables/cluster_runs"
+    event["data"]["protoPayload"]["resourceName"] = resource
+    decision = decide_on(event)
+    assert_decision(decision, "skip", "table-change", decision.key, "run history table")
+
+
+def test_events_caused_by_our_service_account_are_skipped() -> None:
+    decision = decide_fixture("audit_own_service_account")
+    assert_decision(decision, "skip", "table-change", "-s1e2l3f4r5d6", "own service account")
+    assert OWN_ACCOUNT in decision.reason
+
+
+def test_our_own_change_of_the_watched_table_is_skipped() -> None:
+    event = load("audit_table_data_change")
+    event["data"]["protoPayload"]["authenticationInfo"]["principalEmail"] = OWN_ACCOUNT
+    decision = decide_on(event)
+    assert_decision(decision, "skip", "table-change", decision.key, "own service account")
+
+
+def test_job_carrying_our_label_is_skipped() -> None:
+    decision = decide_fixture("audit_job_with_label")
+    assert_decision(
+        decision, "skip", "table-change", "-l1a2b3e4l5s6", "our label", "app=neighborhood-clusters"
+    )
+
+
+def test_job_insertion_carrying_our_label_is_skipped() -> None:
+    event = load("audit_job_with_label")
+    metadata = event["data"]["protoPayload"]["metadata"]
+    metadata["jobInsertion"] = metadata.pop("jobChange")
+    assert_decision(decide_on(event), "skip", "table-change", "-l1a2b3e4l5s6", "our label")
+
+
+def test_failed_job_without_a_table_data_change_is_skipped() -> None:
+    decision = decide_fixture("audit_failed_job")
+    assert_decision(
+        decision, "skip", "table-change", "-f1a2i3l4e5d6", "not a tableDataChange", "jobChange"
+    )
+
+
+def test_partition_decorator_names_the_watched_table() -> None:
+    event = load("audit_table_data_change")
+    payload = event["data"]["protoPayload"]
+    payload["resourceName"] += "$20240501"
+    assert decide_on(event).action == "run"
+
+
+def test_table_change_without_job_name_is_keyed_by_insert_id() -> None:
+    event = load("audit_table_data_change")
+    del event["data"]["protoPayload"]["metadata"]["tableDataChange"]["jobName"]
+    assert decide_on(event).key == "-k2m4a9e1b7x"
+
+
+def test_resource_name_falls_back_to_the_eventarc_attribute() -> None:
+    event = load("audit_table_data_change")
+    del event["data"]["protoPayload"]["resourceName"]
+    assert decide_on(event).action == "run"
+
+
+def test_audit_log_of_another_service_is_skipped() -> None:
+    event = load("audit_table_data_change")
+    event["data"]["protoPayload"]["serviceName"] = "storage.googleapis.com"
+    decision = decide_on(event)
+    assert_decision(decision, "skip", "table-change", decision.key, "storage.googleapis.com")
+
+
+def test_without_a_watched_table_table_changes_are_skipped() -> None:
+    local = JobSettings(features_source="data/features.csv", artifacts_dest="output")
+    assert local.watched_table is None
+    decision = decide_fixture("audit_table_data_change", settings=local)
+    assert_decision(decision, "skip", "table-change", decision.key, "no watched table")
+
+
+@pytest.mark.parametrize("data", [None, "text", ["a"]])
+def test_audit_event_whose_data_is_not_a_log_entry_is_rejected(data: Any) -> None:
+    event = load("audit_table_data_change")
+    event["data"] = data
+    decision = decide_on(event)
+    assert (decision.action, decision.trigger) == ("reject", "table-change")
+    assert "not a JSON LogEntry" in decision.reason
+
+
+def test_log_entry_without_proto_payload_is_rejected() -> None:
+    event = load("audit_table_data_change")
+    del event["data"]["protoPayload"]
+    assert_decision(decide_on(event), "reject", "table-change", "-k2m4a9e1b7x", "no protoPayload")
+
+
+# --- Event age and unknown types -------------------------------------------------------------
+
+
+def test_too_old_audit_event_is_dropped_with_its_age() -> None:
+    decision = decide_fixture("audit_too_old")
+    assert_decision(
+        decision,
+        "skip",
+        "table-change",
+        "projects/baltimore-data/jobs/bqjob_r0o0l0d0e0_0000018f39e05555_1",
+        "dropped",
+        "3h 50m old",
+        "MAX_EVENT_AGE_SECONDS=3600",
+    )
+
+
+def test_too_old_pubsub_message_is_dropped() -> None:
+    decision = decide_fixture("pubsub_manual_publish", now=NOW + timedelta(days=2))
+    assert_decision(decision, "skip", "pubsub", "11529734001", "dropped", "2d 0h 5m old")
+
+
+def test_publish_time_is_used_when_the_event_has_no_time() -> None:
+    event = load("pubsub_manual_publish")
+    del event["time"]
+    assert decide_on(event, now=NOW + timedelta(hours=2)).action == "skip"
+
+
+def test_event_without_any_time_is_not_dropped() -> None:
+    event = load("pubsub_manual_publish")
+    del event["time"]
+    del event["data"]["message"]["publishTime"]
+    assert decide_on(event, now=NOW + timedelta(days=30)).action == "run"
+
+
+def test_unreadable_time_is_not_dropped() -> None:
+    event = load("pubsub_manual_publish")
+    event["time"] = "yesterday"
+    assert decide_on(event, now=NOW + timedelta(days=30)).action == "run"
+
+
+def test_event_from_the_future_is_not_dropped() -> None:
+    assert decide_fixture("pubsub_manual_publish", now=NOW - timedelta(hours=1)).action == "run"
+
+
+def test_naive_now_is_taken_as_utc() -> None:
+    naive = NOW.replace(tzinfo=None) + timedelta(hours=3)
+    assert decide_fixture("pubsub_manual_publish", now=naive).action == "skip"
+
+
+def test_malformed_old_message_is_still_rejected_not_dropped() -> None:
+    decision = decide_fixture("pubsub_invalid_json", now=NOW + timedelta(days=1))
+    assert decision.action == "reject"
+
+
+def test_unknown_event_type_is_skipped_and_acked() -> None:
+    decision = decide_fixture("unknown_type")
+    assert_decision(
+        decision,
+        "skip",
+        "unknown",
+        "9958374615372011",
+        "google.cloud.storage.object.v1.finalized",
+        "does not handle",
+    )
+
+
+# --- Envelope, API shape ---------------------------------------------------------------------
+
+
+def _binary_mode(event: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+    headers = {
+        f"ce-{name}": str(value)
+        for name, value in event.items()
+        if name not in ("data", "datacontenttype")
+    }
+    headers["Content-Type"] = event.get("datacontenttype", "application/json")
+    return headers, json.dumps(event.get("data")).encode()
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_the_cloudevent_functions_framework_builds_gives_the_same_decision(name: str) -> None:
+    event = load(name)
+    expected = decide_on(copy.deepcopy(event))
+    structured = from_http(
+        {"Content-Type": "application/cloudevents+json"}, json.dumps(event).encode()
+    )
+    assert decide(envelope_from_cloudevent(structured), SETTINGS, NOW) == expected
+    binary = from_http(*_binary_mode(event))
+    assert decide(envelope_from_cloudevent(binary), SETTINGS, NOW) == expected
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_every_decision_has_a_one_line_reason(name: str) -> None:
+    decision = decide_fixture(name)
+    assert decision.reason.strip()
+    assert "\n" not in decision.reason
+    assert decision.trigger in ("pubsub", "table-change", "unknown")
+
+
+def test_decide_accepts_a_structured_mapping_directly() -> None:
+    event = load("pubsub_manual_publish")
+    assert decide(event, SETTINGS, NOW) == decide_on(event)
+
+
+def test_envelope_reads_data_base64() -> None:
+    body = {"specversion": "1.0", "type": "t", "source": "s", "id": "1", "data_base64": "AQI="}
+    assert envelope_from_structured(body).data == b"\x01\x02"
+
+
+def test_envelope_attribute_names_are_case_insensitive() -> None:
+    envelope = EventEnvelope(attributes={"Type": "t", "ID": "9", "resourceName": "r"})
+    assert (envelope.type, envelope.id, envelope.attribute("resourcename")) == ("t", "9", "r")
+
+
+def test_decisions_are_frozen() -> None:
+    decision = decide_fixture("pubsub_manual_publish")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decision.action = "skip"  # type: ignore[misc]
+
+
+def test_job_labels_are_valid_bigquery_labels() -> None:
+    assert JOB_LABELS == {"app": "neighborhood-clusters"}
+    for key, value in JOB_LABELS.items():
+        assert re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key)
+        assert re.fullmatch(r"[a-z0-9_-]{0,63}", value)
