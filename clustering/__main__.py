@@ -1,0 +1,5 @@
+import sys
+
+from clustering.cli import main
+
+sys.exit(main())

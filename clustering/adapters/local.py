@@ -1,0 +1,119 @@
+"""Local files: the same layout as Cloud Storage, in folders, so the CLI and the function
+share one code path."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from clustering.errors import InputError
+from clustering.naming import claim_name
+
+READERS = {".csv": "csv", ".parquet": "parquet"}
+
+
+def read_table(path: str) -> pd.DataFrame:
+    """Read a .csv or .parquet features file; every problem is an InputError."""
+    file = Path(path)
+    kind = READERS.get(file.suffix.lower())
+    if kind is None:
+        raise InputError(
+            f"{path}: unknown format {file.suffix or '(no extension)'!r}: "
+            "give a .csv or .parquet file"
+        )
+    if not file.exists():
+        raise InputError(f"{path}: no such file: check the path given to --features")
+    if file.is_dir():
+        raise InputError(f"{path} is a folder: give a .csv or .parquet file")
+    if file.stat().st_size == 0:
+        raise InputError(f"{path} is empty: give a file with a header row and one row per "
+                         "neighborhood")  # fmt: skip
+    return parse_table(file.read_bytes() if kind == "csv" else file, kind, path)
+
+
+def parse_table(content, kind: str, where: str) -> pd.DataFrame:
+    """Parse CSV bytes or a Parquet file/bytes into a DataFrame (shared with Cloud Storage)."""
+    import io
+
+    try:
+        if kind == "csv":
+            # Only empty cells are blank: "NA" or "null" in a column is text, reported as such.
+            return pd.read_csv(io.BytesIO(content), keep_default_na=False, na_values=[""],
+                               skipinitialspace=True)  # fmt: skip
+        source = io.BytesIO(content) if isinstance(content, bytes) else content
+        return pd.read_parquet(source)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{where} has no header row: the first line must name the columns")
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError, OSError) as error:
+        detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise InputError(
+            f"{where} cannot be read as {kind.upper()} ({detail}): check that the file is a "
+            f"valid {kind} export"
+        ) from None
+
+
+def replace_table(path: str, frame: pd.DataFrame) -> None:
+    """Write the clusters table atomically: a temporary file renamed over the old one."""
+    file = Path(path)
+    if file.suffix.lower() not in READERS:
+        raise InputError(f"{path}: the clusters table must be a .csv or .parquet path")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_name(f".{file.name}.partial")
+    if file.suffix.lower() == ".csv":
+        frame.to_csv(partial, index=False)
+    else:
+        frame.to_parquet(partial, index=False)
+    os.replace(partial, file)
+
+
+def append_row(path: str, row: dict) -> None:
+    """Append one JSON line to a local run history."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with file.open("a", encoding="utf-8") as history:
+        history.write(json.dumps(row, default=str) + "\n")
+
+
+class LocalStore:
+    """runs/<run_id>/, latest/ and claims/ under a local folder."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+
+    def describe(self, path: str = "") -> str:
+        return str(self.root / path)
+
+    def write_run(self, run_id: str, files: dict[str, bytes]) -> None:
+        folder = self.root / "runs" / run_id
+        folder.mkdir(parents=True, exist_ok=False)
+        for name, content in files.items():
+            (folder / name).write_bytes(content)
+
+    def promote(self, run_id: str, files: dict[str, bytes]) -> None:
+        """Fill a hidden folder, then swap it in with two renames, so readers see the old
+        latest/ or the new one, never a mixture."""
+        staging = self.root / f".latest-{run_id}"
+        shutil.copytree(self.root / "runs" / run_id, staging)
+        latest = self.root / "latest"
+        retired = self.root / f".retired-{run_id}"
+        if latest.exists():
+            latest.rename(retired)
+        staging.rename(latest)
+        shutil.rmtree(retired, ignore_errors=True)
+
+    def claim(self, key: str, note: bytes) -> bool:
+        folder = self.root / "claims"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            with (folder / claim_name(key)).open("xb") as claim:
+                claim.write(note)
+        except FileExistsError:
+            return False
+        return True
+
+    def release(self, key: str) -> None:
+        (self.root / "claims" / claim_name(key)).unlink(missing_ok=True)

@@ -1,0 +1,298 @@
+"""One run of the job: read, validate, cluster, draw, then publish only if all of it worked.
+
+The CLI and the Cloud Function both call `run_job`, so a local run and a deployed run follow
+the same steps and produce the same artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from clustering import __version__
+from clustering.naming import new_run_id
+from clustering.settings import JobSettings
+
+CSV_CLUSTERS = "neighborhood_clusters.csv"
+CSV_EXCLUDED = "excluded_neighborhood_analysis.csv"
+PNG_ELBOW = "elbow_silhouette.png"
+PNG_PCA = "pca_clusters.png"
+PNG_HEATMAP = "cluster_heatmap.png"
+MANIFEST = "run.json"
+ARTIFACTS = (CSV_CLUSTERS, CSV_EXCLUDED, PNG_ELBOW, PNG_PCA, PNG_HEATMAP, MANIFEST)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Why and how a run happens: who triggered it and what the event asked for."""
+
+    trigger: str = "cli"
+    event_id: str | None = None
+    reason: str | None = None
+    dry_run: bool = False
+
+
+@dataclass
+class _Stopwatch:
+    """Seconds per stage, reported through `progress` as each stage starts."""
+
+    progress: Callable[[str], None]
+    timings: dict[str, float] = field(default_factory=dict)
+    _stage: str | None = None
+    _since: float = 0.0
+
+    def stage(self, name: str, message: str) -> None:
+        self._close()
+        self._stage, self._since = name, time.perf_counter()
+        self.progress(message)
+
+    def _close(self) -> None:
+        if self._stage is not None:
+            self.timings[self._stage] = round(time.perf_counter() - self._since, 3)
+            self._stage = None
+
+    def done(self) -> dict[str, float]:
+        self._close()
+        return self.timings
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a finished run did: its manifest (run.json) and where the artifacts went."""
+
+    run_id: str
+    status: str
+    manifest: dict
+    artifact_prefix: str | None
+
+
+def run_job(
+    settings: JobSettings,
+    request: RunRequest = RunRequest(),
+    progress: Callable[[str], None] | None = None,
+    on_history_error: Callable[[Exception], None] | None = None,
+) -> RunReport:
+    """Run the whole job; raise InputError for bad input, anything else for the unexpected.
+
+    Artifacts go to runs/<run_id>/ first, then the clusters table is replaced in one atomic
+    step, then latest/ is replaced (run.json last): a failure before the end leaves the table
+    and latest/ as they were. With a RUNS_TABLE, one row is appended per run, failed or not;
+    a failure to append it goes to `on_history_error` (default: raise), because the history
+    must never turn a published run into a retried one.
+    """
+    started = datetime.now(UTC)
+    run_id = new_run_id(started)
+    clock = _Stopwatch(progress or (lambda _message: None))
+    try:
+        report = _run(settings, request, clock, run_id, started)
+    except Exception as error:
+        _record(settings, request, run_id, started, None, error, on_history_error)
+        raise
+    _record(settings, request, run_id, started, report, None, on_history_error)
+    return report
+
+
+def _run(settings, request, clock, run_id, started) -> RunReport:
+    from clustering import adapters
+
+    source = settings.features_source
+    analysis = settings.analysis
+    clock.stage("read", f"reading features from {source or 'the built-in sample'}")
+    if source is None:
+        from clustering.sample import make_sample
+
+        frame, where = make_sample(), "the built-in sample"
+    else:
+        frame, where = adapters.read_features(source)
+
+    from clustering.model import cluster
+    from clustering.table import output_schema, validate_features
+
+    clock.stage("validate", f"validating {len(frame)} rows")
+    valid = validate_features(frame, analysis, where)
+    clock.stage("cluster", "clustering")
+    result = cluster(valid.frame, analysis, progress=clock.progress)
+
+    from clustering import charts
+
+    clock.stage("charts", "drawing charts")
+    images = charts.render_all(result, analysis.random_state)
+
+    clock.stage("tables", "writing tables")
+    table = result.table.assign(run_id=run_id, _clustered_at=started)
+    files = {
+        CSV_CLUSTERS: table.to_csv(index=False).encode(),
+        CSV_EXCLUDED: result.excluded.to_csv(index=False).encode(),
+        **images,
+    }
+    store = None if request.dry_run else adapters.artifact_store(settings.artifacts_dest)
+    prefix = store.describe(f"runs/{run_id}/") if store else None
+
+    def manifest(timings: dict[str, float]) -> dict:
+        return _manifest(
+            run_id, request, settings, started, valid.warnings, result, timings, prefix
+        )
+
+    if request.dry_run:
+        return RunReport(run_id, "dry_run", manifest(clock.done()), None)
+
+    clock.stage("publish", f"publishing run {run_id}")
+    files[MANIFEST] = _json_bytes(manifest(dict(clock.timings)))
+    store.write_run(run_id, files)
+    if settings.clusters_table:
+        adapters.write_clusters(settings.clusters_table, table, output_schema(table))
+    store.promote(run_id, files)
+    return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
+
+
+def _record(settings, request, run_id, started, report, error, on_error) -> None:
+    """Append the run's row to RUNS_TABLE (success or failure), if one is configured."""
+    if not settings.runs_table:
+        return
+    from clustering import adapters
+
+    row = history_row(settings, request, run_id, started, report, error)
+    try:
+        adapters.append_run(settings.runs_table, row)
+    except Exception as history_error:
+        if on_error is None:
+            raise
+        on_error(history_error)
+
+
+def history_row(settings, request, run_id, started, report, error) -> dict:
+    """One row of the runs table (clustering/schemas/runs_table.json)."""
+    finished = datetime.now(UTC)
+    row = {
+        "run_id": run_id,
+        "trigger": request.trigger,
+        "event_id": request.event_id,
+        "reason": request.reason,
+        "source_table": settings.features_source or "built-in sample",
+        "started_at": started.isoformat(),
+        "finished_at": finished.isoformat(),
+        "status": report.status if report else "failed",
+        "error": one_line(error) if error else None,
+        "duration_seconds": round((finished - started).total_seconds(), 3),
+    }
+    if report is None:
+        return row
+    manifest = report.manifest
+    groups = {g["label"]: g["sub_k"] for g in manifest["top_groups"]}
+    diagnostics = manifest["diagnostics"]
+    return row | {
+        "input_rows": manifest["input"]["rows"],
+        "residential_rows": manifest["input"]["residential_rows"],
+        "excluded_rows": manifest["input"]["excluded_rows"],
+        "output_rows": None if report.status == "dry_run" else manifest["input"]["rows"],
+        "features_used": json.dumps(manifest["features"]["used"]),
+        "features_missing": json.dumps(manifest["features"]["missing"]),
+        "best_k": diagnostics["best_k"],
+        "stable_sub_k": groups.get("Stable"),
+        "distressed_sub_k": groups.get("Distressed"),
+        "silhouette_by_k": json.dumps(dict(zip(map(str, diagnostics["k"]),
+                                               diagnostics["silhouette"], strict=True))),
+        "silhouette_sample_size": manifest["silhouette"]["sample_size"],
+        "artifact_prefix": report.artifact_prefix,
+    }
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: its message, or its type when it has none."""
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def _manifest(run_id, request, settings, started, input_warnings, result, timings, prefix):
+    import matplotlib
+    import numpy
+    import pandas
+    import scipy
+    import sklearn
+
+    counts = result.table["excluded_type"].value_counts()
+    diagnostics = result.diagnostics
+    return {
+        "run_id": run_id,
+        "trigger": request.trigger,
+        "event_id": request.event_id,
+        "reason": request.reason,
+        "dry_run": request.dry_run,
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "input": {
+            "source": settings.features_source or "built-in sample",
+            "rows": len(result.table),
+            "residential_rows": int(result.residential.sum()),
+            "excluded_rows": len(result.excluded),
+            "rows_by_type": {str(k): int(v) for k, v in counts.items()},
+        },
+        "outputs": {
+            "artifacts": prefix,
+            "clusters_table": settings.clusters_table,
+            "files": list(ARTIFACTS),
+        },
+        "features": {
+            "used": list(result.features.used),
+            "missing": list(result.features.missing),
+            "all_blank": list(result.features.all_blank),
+        },
+        "settings": asdict(settings.analysis),
+        "silhouette": {
+            "method": "sampled" if result.silhouette_sample_size else "exact",
+            "sample_size": result.silhouette_sample_size,
+        },
+        "diagnostics": {
+            "k": list(diagnostics.ks),
+            "inertia": [round(v, 6) for v in diagnostics.inertias],
+            "silhouette": [round(v, 6) for v in diagnostics.silhouettes],
+            "best_k": diagnostics.best_k,
+        },
+        "top_groups": [
+            {
+                "top_cluster": g.top,
+                "label": g.label,
+                "rows": g.size,
+                "sub_k": g.sub_k,
+                "silhouette_by_k": _scores(g.search),
+            }
+            for g in result.top_groups
+        ],
+        "excluded_groups": [
+            {
+                "excluded_type": g.excluded_type,
+                "rows": g.size,
+                "k": g.k,
+                "note": g.note,
+                "silhouette_by_k": _scores(g.search),
+            }
+            for g in result.excluded_groups
+        ],
+        "summary": json.loads(result.summary.to_json(orient="records")),
+        "warnings": list(input_warnings) + list(result.warnings),
+        "timings_seconds": timings,
+        "versions": {
+            "neighborhood-clusters": __version__,
+            "python": platform.python_version(),
+            "numpy": numpy.__version__,
+            "pandas": pandas.__version__,
+            "scikit-learn": sklearn.__version__,
+            "scipy": scipy.__version__,
+            "matplotlib": matplotlib.__version__,
+        },
+    }
+
+
+def _scores(search) -> dict[str, float] | None:
+    if search is None:
+        return None
+    return {str(k): round(s, 6) for k, s in zip(search.ks, search.silhouettes, strict=True)}
+
+
+def _json_bytes(document: dict) -> bytes:
+    return (json.dumps(document, indent=2, default=str) + "\n").encode()
+

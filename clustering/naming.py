@@ -1,0 +1,27 @@
+"""Names shared by every store: run ids, artifact names and claim object names."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from datetime import datetime
+
+CONTENT_TYPES = {".csv": "text/csv", ".png": "image/png", ".json": "application/json"}
+
+
+def new_run_id(started: datetime) -> str:
+    """A run id that sorts by start time and never collides: 20261127T120000Z-1a2b3c4d."""
+    return f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def claim_name(key: str) -> str:
+    """A file/object name for an idempotency key: readable, safe, and unique by its hash."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[-80:]
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"{readable}-{digest}"
+
+
+def content_type(name: str) -> str:
+    suffix = name[name.rfind(".") :]
+    return CONTENT_TYPES.get(suffix, "application/octet-stream")

@@ -1,0 +1,169 @@
+"""The features table: validation on the way in, column types on the way out.
+
+Whatever the source (CSV, Parquet, BigQuery), a table passes `validate_features` before the
+analysis sees it, so every bad input fails with one line that says what, where and how to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+from clustering.errors import InputError
+from clustering.settings import AnalysisSettings
+
+CLUSTER_COLUMNS: tuple[str, ...] = (
+    "top_cluster",
+    "top_cluster_label",
+    "sub_cluster",
+    "cluster_label",
+    "excluded_type",
+    "excluded_cluster",
+    "run_id",
+    "_clustered_at",
+)
+
+
+@dataclass(frozen=True)
+class ValidTable:
+    """A validated features table, sorted by neighborhood, and what validation noticed."""
+
+    frame: pd.DataFrame
+    warnings: tuple[str, ...]
+
+
+def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: str) -> ValidTable:
+    """Check and normalise a features table; raise InputError on the first problem.
+
+    Rows come back sorted by neighborhood (k-means depends on row order), population as
+    int64 and every configured feature as float64 with blanks as NaN.
+    """
+    if frame.shape[1] == 0:
+        raise InputError(f"{where} has no columns: give a table with a header row")
+    if len(frame) == 0:
+        raise InputError(f"{where} has a header but no rows: add one row per neighborhood")
+    for required in ("neighborhood", "population"):
+        if required not in frame.columns:
+            raise InputError(
+                f"{where} has no {required!r} column (columns: {_short(frame.columns)}): "
+                f"add it or rename the column that holds it"
+            )
+    frame = frame.reset_index(drop=True)
+    names = _names(frame["neighborhood"], where)
+    frame = frame.assign(neighborhood=names)
+
+    numeric = ["population"] + [
+        f for f in settings.clustering_features if f in frame.columns and f != "population"
+    ]
+    columns = {c: _numbers(frame, c, where) for c in numeric}
+    population = columns["population"]
+    _check_population(population, names, where)
+    frame = frame.assign(**columns).astype({"population": np.int64})
+
+    warnings = []
+    for feature in numeric[1:]:
+        if frame[feature].isna().all():
+            warnings.append(f"feature {feature!r} is blank in every row of {where}")
+    frame = frame.sort_values("neighborhood", kind="stable").reset_index(drop=True)
+    return ValidTable(frame=frame, warnings=tuple(warnings))
+
+
+def _names(column: pd.Series, where: str) -> pd.Series:
+    text = column.astype("string").str.strip()
+    blank = text.isna() | (text == "")
+    if blank.any():
+        row = int(np.flatnonzero(blank.to_numpy())[0])
+        raise InputError(
+            f"{where}: neighborhood is blank in data row {row + 1}: give every row a name"
+        )
+    duplicated = text.duplicated(keep=False)
+    if duplicated.any():
+        name = text[duplicated].iloc[0]
+        rows = ", ".join(str(i + 1) for i in np.flatnonzero(duplicated.to_numpy())[:5])
+        raise InputError(
+            f"{where}: neighborhood {name!r} appears more than once (data rows {rows}): "
+            "keep one row per neighborhood"
+        )
+    return text.astype(object)
+
+
+def _numbers(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
+    """The column as float64; text, booleans or non-finite values raise InputError."""
+    values = frame[column]
+    if pd.api.types.is_bool_dtype(values):
+        raise InputError(f"{where}: column {column!r} holds true/false values: it must be numeric")
+    if pd.api.types.is_numeric_dtype(values):
+        numbers = values.astype("float64")
+        bad = np.isinf(numbers.to_numpy())
+    else:
+        text = values.astype("string").str.strip()
+        blank = text.isna() | (text == "")
+        numbers = pd.to_numeric(text.where(~blank), errors="coerce").astype("float64")
+        bad = (~blank & (numbers.isna() | np.isinf(numbers))).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{where}: column {column!r} has {str(values.iloc[row])!r} in data row {row + 1} "
+            f"({frame['neighborhood'].iloc[row]}): use a finite number, or leave it blank"
+        )
+    return numbers
+
+
+def _check_population(population: pd.Series, names: pd.Series, where: str) -> None:
+    problems = (
+        (population.isna(), "is blank", "fill in the number of residents (0 if none)"),
+        (population < 0, "is negative", "population must be 0 or more"),
+        (population % 1 != 0, "is not a whole number", "population counts residents"),
+    )
+    for mask, what, fix in problems:
+        mask = mask.to_numpy()
+        if mask.any():
+            row = int(np.flatnonzero(mask)[0])
+            raise InputError(
+                f"{where}: population {what} in data row {row + 1} ({names.iloc[row]}): {fix}"
+            )
+
+
+def _short(columns: pd.Index) -> str:
+    shown = ", ".join(map(str, columns[:8]))
+    return shown + (", ..." if len(columns) > 8 else "")
+
+
+@cache
+def table_schema(name: str) -> tuple[dict, ...]:
+    """A BigQuery JSON schema shipped with the package: 'clusters_table' or 'runs_table'.
+
+    The same files create the tables in Terraform, so code and deployment cannot drift.
+    """
+    text = resources.files("clustering.schemas").joinpath(f"{name}.json").read_text()
+    return tuple(json.loads(text))
+
+
+def output_schema(frame: pd.DataFrame) -> list[dict]:
+    """The clusters table's schema for `frame`: declared types for known columns, and a type
+    from the dtype for any extra column the features table carries."""
+    declared = {field["name"]: field for field in table_schema("clusters_table")}
+    fields = []
+    for column in frame.columns:
+        if column in declared:
+            fields.append(declared[column])
+        else:
+            fields.append({"name": column, "type": _bigquery_type(frame[column]), "mode": "NULLABLE"})
+    return fields
+
+
+def _bigquery_type(values: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(values):
+        return "BOOLEAN"
+    if pd.api.types.is_integer_dtype(values):
+        return "INTEGER"
+    if pd.api.types.is_float_dtype(values):
+        return "FLOAT"
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return "TIMESTAMP"
+    return "STRING"
