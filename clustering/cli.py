@@ -38,8 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--clusters-table", metavar="DEST",
                      help="also replace this table: bq://project.dataset.table or a "
                           ".csv/.parquet path")  # fmt: skip
-    run.add_argument("--runs-table", metavar="DEST",
-                     help="append the run to this history: bq://... or a .jsonl path")
+    run.add_argument(
+        "--runs-table",
+        metavar="DEST",
+        help="append the run to this history: bq://... or a .jsonl path",
+    )
     run.add_argument("--min-population", type=int, default=defaults.min_population)
     run.add_argument("--k-min", type=int, default=defaults.k_min)
     run.add_argument("--k-max", type=int, default=defaults.k_max)
@@ -49,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--exclude-neighborhoods", metavar="JSON",
                      help="JSON list of names kept out of the residential clustering "
                           "(default: the notebook's 13)")  # fmt: skip
-    run.add_argument("--clustering-features", metavar="JSON",
-                     help="JSON list of feature columns (default: the notebook's 15)")
+    run.add_argument(
+        "--clustering-features",
+        metavar="JSON",
+        help="JSON list of feature columns (default: the notebook's 15)",
+    )
     run.add_argument("--severity-feature", default=defaults.severity_feature)
     run.add_argument("--silhouette-sample-size", type=int,
                      default=defaults.silhouette_sample_size,

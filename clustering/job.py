@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from clustering import __version__
+from clustering.errors import InputError
 from clustering.naming import new_run_id
 from clustering.settings import JobSettings
 
@@ -75,6 +76,7 @@ def run_job(
     request: RunRequest = RunRequest(),
     progress: Callable[[str], None] | None = None,
     on_history_error: Callable[[Exception], None] | None = None,
+    run_id: str | None = None,
 ) -> RunReport:
     """Run the whole job; raise InputError for bad input, anything else for the unexpected.
 
@@ -82,10 +84,11 @@ def run_job(
     step, then latest/ is replaced (run.json last): a failure before the end leaves the table
     and latest/ as they were. With a RUNS_TABLE, one row is appended per run, failed or not;
     a failure to append it goes to `on_history_error` (default: raise), because the history
-    must never turn a published run into a retried one.
+    must never turn a published run into a retried one. `run_id` lets a caller log under the
+    id before the run starts.
     """
     started = datetime.now(UTC)
-    run_id = new_run_id(started)
+    run_id = run_id or new_run_id(started)
     clock = _Stopwatch(progress or (lambda _message: None))
     try:
         report = _run(settings, request, clock, run_id, started)
@@ -149,6 +152,12 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
     return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
 
 
+def record_failure(settings: JobSettings, request: RunRequest, error: str) -> None:
+    """Record a run that never started (a rejected event) in RUNS_TABLE, if configured."""
+    started = datetime.now(UTC)
+    _record(settings, request, new_run_id(started), started, None, InputError(error), None)
+
+
 def _record(settings, request, run_id, started, report, error, on_error) -> None:
     """Append the run's row to RUNS_TABLE (success or failure), if one is configured."""
     if not settings.runs_table:
@@ -194,8 +203,9 @@ def history_row(settings, request, run_id, started, report, error) -> dict:
         "best_k": diagnostics["best_k"],
         "stable_sub_k": groups.get("Stable"),
         "distressed_sub_k": groups.get("Distressed"),
-        "silhouette_by_k": json.dumps(dict(zip(map(str, diagnostics["k"]),
-                                               diagnostics["silhouette"], strict=True))),
+        "silhouette_by_k": json.dumps(
+            dict(zip(map(str, diagnostics["k"]), diagnostics["silhouette"], strict=True))
+        ),
         "silhouette_sample_size": manifest["silhouette"]["sample_size"],
         "artifact_prefix": report.artifact_prefix,
     }
@@ -295,4 +305,3 @@ def _scores(search) -> dict[str, float] | None:
 
 def _json_bytes(document: dict) -> bytes:
     return (json.dumps(document, indent=2, default=str) + "\n").encode()
-

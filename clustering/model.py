@@ -313,8 +313,10 @@ def _excluded_group(
     imputed, kept = impute_median(rows.to_numpy(dtype=np.float64))
     ks = list(range(settings.sub_k_min, min(settings.sub_k_max, n)))
     if not kept.any() or not ks:
-        note = f"{excluded_type} - No features to cluster" if not kept.any() else (
-            f"{excluded_type} - Too few to cluster"
+        note = (
+            f"{excluded_type} - No features to cluster"
+            if not kept.any()
+            else (f"{excluded_type} - Too few to cluster")
         )
         return ExcludedGroup(excluded_type, n, None, None, note), [note] * n
     matrix = standard_scale(imputed)

@@ -109,9 +109,7 @@ class AnalysisSettings:
         if self.min_population < 0:
             raise InputError(f"MIN_POPULATION is {self.min_population}: it must be 0 or more")
         if not 2 <= self.k_min <= self.k_max:
-            raise InputError(
-                f"K_MIN={self.k_min}, K_MAX={self.k_max}: need 2 <= K_MIN <= K_MAX"
-            )
+            raise InputError(f"K_MIN={self.k_min}, K_MAX={self.k_max}: need 2 <= K_MIN <= K_MAX")
         if not 2 <= self.sub_k_min <= self.sub_k_max:
             raise InputError(
                 f"SUB_K_MIN={self.sub_k_min}, SUB_K_MAX={self.sub_k_max}: "
@@ -163,13 +161,21 @@ class JobSettings:
     def __post_init__(self) -> None:
         if not self.artifacts_dest:
             raise InputError("ARTIFACTS_DEST is empty: give a gs://bucket/prefix or a folder")
-        for name, uri in (("FEATURES_SOURCE", self.features_source),
-                          ("CLUSTERS_TABLE", self.clusters_table),
-                          ("RUNS_TABLE", self.runs_table)):
+        for name, uri in (
+            ("FEATURES_SOURCE", self.features_source),
+            ("CLUSTERS_TABLE", self.clusters_table),
+            ("RUNS_TABLE", self.runs_table),
+        ):
             if uri and uri.startswith("bq://"):
                 bq_table_id(uri, name)
-        if self.watched_table is None and self.features_source and self.features_source.startswith("bq://"):
-            object.__setattr__(self, "watched_table", bq_table_id(self.features_source, "FEATURES_SOURCE"))
+        if (
+            self.watched_table is None
+            and self.features_source
+            and self.features_source.startswith("bq://")
+        ):
+            object.__setattr__(
+                self, "watched_table", bq_table_id(self.features_source, "FEATURES_SOURCE")
+            )
         if self.watched_table is not None:
             check_table_id(self.watched_table, "WATCHED_TABLE")
         for table in self.allowed_features_tables:

@@ -153,7 +153,9 @@ def output_schema(frame: pd.DataFrame) -> list[dict]:
         if column in declared:
             fields.append(declared[column])
         else:
-            fields.append({"name": column, "type": _bigquery_type(frame[column]), "mode": "NULLABLE"})
+            fields.append(
+                {"name": column, "type": _bigquery_type(frame[column]), "mode": "NULLABLE"}
+            )
     return fields
 
 

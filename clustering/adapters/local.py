@@ -47,7 +47,9 @@ def parse_table(content, kind: str, where: str) -> pd.DataFrame:
         source = io.BytesIO(content) if isinstance(content, bytes) else content
         return pd.read_parquet(source)
     except pd.errors.EmptyDataError:
-        raise InputError(f"{where} has no header row: the first line must name the columns")
+        raise InputError(
+            f"{where} has no header row: the first line must name the columns"
+        ) from None
     except (UnicodeDecodeError, pd.errors.ParserError, ValueError, OSError) as error:
         detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
         raise InputError(

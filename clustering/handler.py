@@ -1,0 +1,124 @@
+"""The Cloud Function's work: decide on an event, claim it, run, and ack or raise.
+
+Permanent failures (a rejected event, bad data, bad settings) are logged, recorded in the run
+history and acked by returning normally, because a retry would fail the same way for a day.
+Transient failures (5xx, timeouts, a dropped connection) release the claim and raise, so the
+trigger's retry policy delivers the event again and that delivery can claim it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from clustering.errors import InputError
+from clustering.events import Decision, decide, envelope_from_cloudevent
+from clustering.job import RunRequest, one_line, record_failure, run_job
+from clustering.logs import JsonLog
+from clustering.naming import new_run_id
+from clustering.settings import JobSettings
+
+
+def load_settings(environ: Mapping[str, str] = os.environ, log: JsonLog | None = None):
+    """The function's settings, validated at start-up: a bad value stops the instance with
+    one clear log line instead of failing every event later."""
+    try:
+        return JobSettings.from_env(environ)
+    except InputError as error:
+        (log or JsonLog())("CRITICAL", f"invalid function configuration: {error}")
+        raise
+
+
+def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
+           now: datetime | None = None) -> Decision:  # fmt: skip
+    """Handle one delivery; returns the decision (acked) or raises (retried)."""
+    log = log or JsonLog()
+    envelope = envelope_from_cloudevent(cloud_event)
+    decision = decide(envelope, settings, now or datetime.now(UTC))
+    log = log.bind(trigger=decision.trigger, event_id=envelope.id, idempotency_key=decision.key)
+    if decision.action == "reject":
+        log.error(f"event rejected, not retried: {decision.reason}")
+        record_failure(settings, _request(decision, envelope.id), decision.reason)
+        return decision
+    if decision.action == "skip":
+        log.info(f"event skipped: {decision.reason}")
+        return decision
+
+    from clustering.adapters import artifact_store
+
+    key = decision.key or envelope.id or "no-id"
+    store = artifact_store(settings.artifacts_dest)
+    run_id = new_run_id(datetime.now(UTC))
+    note = json.dumps({"run_id": run_id, "event_id": envelope.id, "claimed_at": str(now)})
+    if not store.claim(key, note.encode()):
+        log.info(f"duplicate delivery skipped: {key} was already claimed")
+        return decision
+    log = log.bind(run_id=run_id)
+    log.info(f"run starting: {decision.reason}")
+    settings = (settings.with_features_source(decision.features_source)
+                if decision.features_source else settings)  # fmt: skip
+    try:
+        report = run_job(
+            settings,
+            _request(decision, key),
+            progress=log.info,
+            on_history_error=lambda error: log.error(f"run history not written: {one_line(error)}"),
+            run_id=run_id,
+        )
+    except Exception as error:
+        if is_transient(error):
+            _release(store, key, log)
+            log.error(f"run failed with a transient error, will be retried: {one_line(error)}")
+            raise
+        severity = "WARNING" if isinstance(error, InputError) else "ERROR"
+        log(severity, f"run failed, not retried: {one_line(error)}",
+            error_type=type(error).__name__)  # fmt: skip
+        return decision
+    manifest = report.manifest
+    log.info(
+        f"run {report.status}: {manifest['input']['rows']} rows, best K "
+        f"{manifest['diagnostics']['best_k']}, artifacts {report.artifact_prefix}",
+        timings=manifest["timings_seconds"],
+        status=report.status,
+    )
+    return decision
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for failures a retry can fix: server errors, throttling, timeouts, lost
+    connections. Client errors (400, 403, 404, 412) and bad data are permanent."""
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+    from requests import exceptions as http
+
+    retryable = (
+        api.ServerError,
+        api.TooManyRequests,
+        api.RetryError,
+        auth.TransportError,
+        http.ConnectionError,
+        http.Timeout,
+        ConnectionError,
+        TimeoutError,
+    )
+    return isinstance(error, retryable)
+
+
+def _request(decision: Decision, event_id: str | None) -> RunRequest:
+    return RunRequest(
+        trigger=decision.trigger,
+        event_id=event_id,
+        reason=decision.message_reason or decision.reason,
+        dry_run=decision.dry_run,
+    )
+
+
+def _release(store, key: str, log: JsonLog) -> None:
+    try:
+        store.release(key)
+    except Exception as error:  # the retry will be skipped as a duplicate: say so loudly
+        log.error(f"claim {key} could not be released, its retry will be skipped: "
+                  f"{one_line(error)}")  # fmt: skip
