@@ -44,9 +44,11 @@ def elbow_silhouette(result: ClusteringResult) -> bytes:
     return _png(fig)
 
 
-def pca_clusters(result: ClusteringResult, random_state: int) -> bytes:
+def pca_clusters(
+    result: ClusteringResult, random_state: int, max_points: int = MAX_SCATTER_POINTS
+) -> bytes:
     """The residential rows on their first two principal components, coloured by top group
-    (left) and by sub-cluster (right)."""
+    (left) and by sub-cluster (right); at most `max_points` of them are drawn."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from sklearn.decomposition import PCA
@@ -63,9 +65,9 @@ def pca_clusters(result: ClusteringResult, random_state: int) -> bytes:
     top = rows["top_cluster"].to_numpy(dtype=np.int64)
     sub = rows["sub_cluster"].to_numpy(dtype=np.int64)
     shown = np.arange(len(points))
-    if len(points) > MAX_SCATTER_POINTS:
+    if len(points) > max_points:
         rng = np.random.default_rng(random_state)
-        shown = np.sort(rng.choice(len(points), MAX_SCATTER_POINTS, replace=False))
+        shown = np.sort(rng.choice(len(points), max_points, replace=False))
 
     fig = Figure(figsize=(16, 7))
     left, right = fig.subplots(1, 2)
@@ -76,7 +78,8 @@ def pca_clusters(result: ClusteringResult, random_state: int) -> bytes:
         left.scatter(*points[shown][mask].T, s=size, alpha=0.8,
                      label=f"Cluster {group} ({labels[group]})")  # fmt: skip
     subs = np.unique(sub)
-    colors = colormaps["nipy_spectral"](np.linspace(0, 1, len(subs)))
+    # The top end of nipy_spectral is near white: stop short of it so every group shows.
+    colors = colormaps["nipy_spectral"](np.linspace(0, 0.9, len(subs)))
     for color, group in zip(colors, subs, strict=True):
         mask = sub[shown] == group
         right.scatter(*points[shown][mask].T, color=color, s=size, alpha=0.8,

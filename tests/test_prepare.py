@@ -1,0 +1,104 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import mstats
+from sklearn.impute import SimpleImputer
+
+from clustering.prepare import (
+    INSTITUTIONAL,
+    LOW_POPULATION,
+    RESIDENTIAL,
+    impute_median,
+    row_types,
+    select_features,
+    standard_scale,
+    winsorize,
+)
+from clustering.settings import AnalysisSettings
+
+
+@pytest.mark.parametrize("n_rows", [5, 99, 100, 101, 199, 279, 1000, 4321])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_winsorize_equals_scipy_mstats_on_matrices_with_ties(n_rows, seed):
+    rng = np.random.default_rng(seed)
+    # Rounding to few distinct values puts many ties at the clipping ranks.
+    matrix = np.column_stack(
+        [
+            rng.normal(size=n_rows),
+            rng.lognormal(size=n_rows).round(1),
+            rng.integers(0, 4, n_rows).astype(float),
+            np.full(n_rows, 3.0),
+        ]
+    )
+    expected = np.asarray(mstats.winsorize(matrix, limits=[0.01, 0.01], axis=0))
+    np.testing.assert_array_equal(winsorize(matrix), expected)
+
+
+def test_winsorize_clips_exactly_one_value_per_side_at_100_rows():
+    column = np.arange(100, dtype=float)[::-1].copy()
+    clipped = winsorize(column[:, None])[:, 0]
+    assert clipped.min() == 1.0 and clipped.max() == 98.0
+    assert (clipped == 1.0).sum() == 2 and (clipped == 98.0).sum() == 2
+
+
+def test_winsorize_leaves_input_untouched():
+    matrix = np.random.default_rng(3).normal(size=(300, 3))
+    before = matrix.copy()
+    winsorize(matrix)
+    np.testing.assert_array_equal(matrix, before)
+
+
+@pytest.mark.filterwarnings("ignore:Skipping features without any observed values")
+def test_impute_median_equals_simple_imputer_and_drops_empty_columns():
+    rng = np.random.default_rng(4)
+    matrix = rng.normal(size=(57, 5))
+    matrix[rng.random(matrix.shape) < 0.2] = np.nan
+    matrix[:, 3] = np.nan
+    imputed, kept = impute_median(matrix)
+    expected = SimpleImputer(strategy="median").fit_transform(matrix)
+    np.testing.assert_array_equal(imputed, expected)
+    assert kept.tolist() == [True, True, True, False, True]
+    assert not np.isnan(imputed).any()
+
+
+def test_impute_median_even_count_takes_the_midpoint():
+    matrix = np.array([[1.0], [2.0], [10.0], [20.0], [np.nan]])
+    imputed, _ = impute_median(matrix)
+    assert imputed[4, 0] == 6.0
+
+
+def test_standard_scale_gives_zero_mean_unit_variance_and_zeros_for_constants():
+    matrix = np.column_stack([np.arange(10.0), np.full(10, 7.0)])
+    scaled = standard_scale(matrix)
+    np.testing.assert_allclose(scaled[:, 0].mean(), 0, atol=1e-12)
+    np.testing.assert_allclose(scaled[:, 0].std(), 1)
+    assert (scaled[:, 1] == 0).all()
+
+
+def test_row_types_use_one_exclusion_list_that_wins_over_population():
+    table = pd.DataFrame(
+        {
+            "neighborhood": ["Harbor Point", "Perkins", "Quiet Park", "Rowhouse Row", "Edge"],
+            "population": [50, 900, 12, 2000, 100],
+        }
+    )
+    types = row_types(table, AnalysisSettings())
+    assert types.tolist() == [INSTITUTIONAL, INSTITUTIONAL, LOW_POPULATION, RESIDENTIAL,
+                              RESIDENTIAL]  # fmt: skip
+
+
+def test_select_features_reports_missing_and_all_blank():
+    table = pd.DataFrame(
+        {
+            "neighborhood": ["a", "b", "c"],
+            "population": [500, 600, 700],
+            "med_age": [30.0, np.nan, 40.0],
+            "crime_per_capita": [np.nan, np.nan, np.nan],
+        }
+    )
+    settings = AnalysisSettings(clustering_features=("population", "med_age", "crime_per_capita",
+                                                     "avg_assessed_value"))  # fmt: skip
+    selection = select_features(table, pd.Series([True] * 3), settings)
+    assert selection.used == ("population", "med_age")
+    assert selection.missing == ("avg_assessed_value",)
+    assert selection.all_blank == ("crime_per_capita",)
