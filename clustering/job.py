@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from importlib.metadata import version
 
 from clustering import __version__
 from clustering.errors import InputError
@@ -24,6 +25,7 @@ PNG_ELBOW = "elbow_silhouette.png"
 PNG_PCA = "pca_clusters.png"
 PNG_HEATMAP = "cluster_heatmap.png"
 MANIFEST = "run.json"
+VERSIONED = ("numpy", "pandas", "scikit-learn", "scipy", "matplotlib")
 ARTIFACTS = (CSV_CLUSTERS, CSV_EXCLUDED, PNG_ELBOW, PNG_PCA, PNG_HEATMAP, MANIFEST)
 
 
@@ -100,38 +102,37 @@ def run_job(
 
 
 def _run(settings, request, clock, run_id, started) -> RunReport:
-    from clustering import adapters
+    from clustering import adapters, charts
 
-    source = settings.features_source
-    analysis = settings.analysis
-    clock.stage("read", f"reading features from {source or 'the built-in sample'}")
-    if source is None:
-        from clustering.sample import make_sample
+    # Fork the chart process first: it imports matplotlib while this one reads and clusters.
+    with charts.ChartRenderer() as renderer:
+        source = settings.features_source
+        analysis = settings.analysis
+        clock.stage("read", f"reading features from {source or 'the built-in sample'}")
+        if source is None:
+            from clustering.sample import make_sample
 
-        frame, where = make_sample(), "the built-in sample"
-    else:
-        frame, where = adapters.read_features(source)
+            frame, where = make_sample(), "the built-in sample"
+        else:
+            frame, where = adapters.read_features(source)
 
-    from clustering.model import cluster
-    from clustering.table import output_schema, validate_features
+        from clustering.model import cluster
+        from clustering.table import validate_features
 
-    clock.stage("validate", f"validating {len(frame)} rows")
-    valid = validate_features(frame, analysis, where)
-    clock.stage("cluster", "clustering")
-    result = cluster(valid.frame, analysis, progress=clock.progress)
+        clock.stage("validate", f"validating {len(frame)} rows")
+        valid = validate_features(frame, analysis, where)
+        clock.stage("cluster", "clustering")
+        result = cluster(valid.frame, analysis, progress=clock.progress)
+        clock.stage("charts", "drawing charts")
+        renderer.submit(charts.chart_data(result, analysis.random_state))
+        # The CSVs are encoded while the chart process draws.
+        table = result.table.assign(run_id=run_id, _clustered_at=started)
+        files = {
+            CSV_CLUSTERS: table.to_csv(index=False).encode(),
+            CSV_EXCLUDED: result.excluded.to_csv(index=False).encode(),
+        }
+        files |= renderer.collect()
 
-    from clustering import charts
-
-    clock.stage("charts", "drawing charts")
-    images = charts.render_all(result, analysis.random_state)
-
-    clock.stage("tables", "writing tables")
-    table = result.table.assign(run_id=run_id, _clustered_at=started)
-    files = {
-        CSV_CLUSTERS: table.to_csv(index=False).encode(),
-        CSV_EXCLUDED: result.excluded.to_csv(index=False).encode(),
-        **images,
-    }
     store = None if request.dry_run else adapters.artifact_store(settings.artifacts_dest)
     prefix = store.describe(f"runs/{run_id}/") if store else None
 
@@ -142,6 +143,8 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
 
     if request.dry_run:
         return RunReport(run_id, "dry_run", manifest(clock.done()), None)
+
+    from clustering.table import output_schema
 
     clock.stage("publish", f"publishing run {run_id}")
     files[MANIFEST] = _json_bytes(manifest(dict(clock.timings)))
@@ -218,12 +221,6 @@ def one_line(error: BaseException) -> str:
 
 
 def _manifest(run_id, request, settings, started, input_warnings, result, timings, prefix):
-    import matplotlib
-    import numpy
-    import pandas
-    import scipy
-    import sklearn
-
     counts = result.table["excluded_type"].value_counts()
     diagnostics = result.diagnostics
     return {
@@ -288,11 +285,9 @@ def _manifest(run_id, request, settings, started, input_warnings, result, timing
         "versions": {
             "neighborhood-clusters": __version__,
             "python": platform.python_version(),
-            "numpy": numpy.__version__,
-            "pandas": pandas.__version__,
-            "scikit-learn": sklearn.__version__,
-            "scipy": scipy.__version__,
-            "matplotlib": matplotlib.__version__,
+            # From the installed metadata: importing matplotlib here would undo the chart
+            # process's head start.
+            **{name: version(name) for name in VERSIONED},
         },
     }
 
