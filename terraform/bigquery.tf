@@ -1,0 +1,57 @@
+# The output tables, created before the first run so Looker Studio can connect to them at once.
+# Their schemas are the code's own files: the same JSON the function loads with, never a copy.
+
+resource "google_bigquery_dataset" "output" {
+  #checkov:skip=CKV_GCP_81:The tables hold public neighborhood statistics and cluster labels; Google-managed encryption is adequate and a customer key would add a KMS key ring this job does not otherwise need.
+  count       = var.create_dataset ? 1 : 0
+  project     = var.project_id
+  dataset_id  = var.dataset_id
+  location    = var.bigquery_location
+  description = "Neighborhood clusters and the history of the clustering runs."
+  labels      = local.labels
+  # Terraform deletes the two tables it manages first; anything else found in the dataset
+  # (someone's own table) makes destroy fail rather than vanish.
+  delete_contents_on_destroy = false
+  depends_on                 = [google_project_service.this]
+}
+
+locals {
+  # Depend on the dataset when it is created here; use the existing one otherwise.
+  output_dataset_id = var.create_dataset ? google_bigquery_dataset.output[0].dataset_id : var.dataset_id
+}
+
+resource "google_bigquery_table" "clusters" {
+  #checkov:skip=CKV_GCP_80:Public neighborhood statistics and cluster labels; Google-managed encryption is adequate (see the dataset).
+  project             = var.project_id
+  dataset_id          = local.output_dataset_id
+  table_id            = var.clusters_table_id
+  description         = "One row per neighborhood: its features and cluster labels. Replaced by every successful run."
+  labels              = local.labels
+  deletion_protection = var.deletion_protection
+  schema              = file("${path.module}/../clustering/schemas/clusters_table.json")
+
+  lifecycle {
+    # Every run replaces this table with a WRITE_TRUNCATE load, which also sets its schema:
+    # the columns are those of the features table plus the cluster columns, so they change
+    # whenever the features table gains or loses a column. Terraform only needs the table to
+    # exist with the expected columns before the first run. Without ignore_changes, the next
+    # plan would report that drift, and for a removed column the provider replaces the table:
+    # refused by deletion protection, or (without it) a dropped table that Looker Studio reads.
+    # The price: an edit of clusters_table.json reaches this table through the next run, not
+    # through terraform apply.
+    ignore_changes = [schema]
+  }
+}
+
+resource "google_bigquery_table" "runs" {
+  #checkov:skip=CKV_GCP_80:Run history (timings, counts, settings); Google-managed encryption is adequate (see the dataset).
+  project             = var.project_id
+  dataset_id          = local.output_dataset_id
+  table_id            = var.runs_table_id
+  description         = "One row per run, success or failure, appended by the function."
+  labels              = local.labels
+  deletion_protection = var.deletion_protection
+  # Append-only with a fixed schema, so drift here is real: a column added to runs_table.json
+  # is applied in place (additive schema change), and a difference is worth seeing in a plan.
+  schema = file("${path.module}/../clustering/schemas/runs_table.json")
+}

