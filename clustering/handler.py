@@ -51,8 +51,11 @@ def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
 
     key = decision.key or envelope.id or "no-id"
     store = artifact_store(settings.artifacts_dest)
-    run_id = new_run_id(datetime.now(UTC))
-    note = json.dumps({"run_id": run_id, "event_id": envelope.id, "claimed_at": str(now)})
+    claimed = datetime.now(UTC)
+    run_id = new_run_id(claimed)
+    note = json.dumps(
+        {"run_id": run_id, "event_id": envelope.id, "claimed_at": claimed.isoformat()}
+    )
     if not store.claim(key, note.encode()):
         log.info(f"duplicate delivery skipped: {key} was already claimed")
         return decision
