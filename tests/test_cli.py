@@ -1,0 +1,477 @@
+"""The command line: every bad input exits 2 with one `error:` line and publishes nothing.
+
+A few cases run the real entry point (`python -m clustering`) in a subprocess, to prove the exit
+code and the absence of a traceback end to end; the many bad-input cases call `cli.main` in
+process, which is what that entry point runs, to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clustering.adapters.local import read_table
+from clustering.cli import build_parser, main, settings_from_args
+from clustering.job import ARTIFACTS
+from clustering.sample import make_sample
+from clustering.settings import DEFAULT_CLUSTERING_FEATURES, DEFAULT_EXCLUDE_NEIGHBORHOODS
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = 40
+SAMPLE = make_sample(ROWS)
+FEATURES = [c for c in DEFAULT_CLUSTERING_FEATURES if c != "population"]
+# K up to 4 keeps the good runs short; nothing here depends on the K range.
+FAST = ("--k-max", "4")
+PROGRESS = re.compile(r"^\[\s*\d+\.\ds\] \S")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m clustering ARGS` from the repository root, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "clustering", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def run_main(*args: str) -> int:
+    """`cli.main` in process; argparse's own exits become return codes too."""
+    try:
+        return main(list(args))
+    except SystemExit as leaving:
+        return int(leaving.code)
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file (hashed) and folder under `folder`, hidden ones included."""
+    return {
+        str(path.relative_to(folder)): (
+            "<folder>" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        )
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def one_error_line(stderr: str) -> str:
+    """The single `error:` line of `stderr`; anything before it must be progress lines."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert lines, "nothing on stderr"
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    assert all(PROGRESS.match(line) for line in lines[:-1]), stderr
+    return errors[0]
+
+
+@dataclass
+class Published:
+    """One good run of the real CLI into `out`; later tests copy `out` and try to break it."""
+
+    root: Path
+    features: Path = field(init=False)
+    out: Path = field(init=False)
+    result: subprocess.CompletedProcess = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.features = self.root / "features.csv"
+        SAMPLE.to_csv(self.features, index=False)
+        self.out = self.root / "out"
+        self.result = cli("run", "--features", str(self.features), "--out", str(self.out), *FAST)
+
+    def copy_out(self, root: Path) -> Path:
+        out = root / "out"
+        shutil.copytree(self.out, out)
+        return out
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> Published:
+    # run_job forks a chart process that imports matplotlib, and a failed run waits for that
+    # import to finish (~1 s). Importing it here first lets each in-process run's fork inherit
+    # it, which keeps the ~30 bad-input runs below quick; it changes no behaviour under test.
+    importlib.import_module("matplotlib.backends.backend_agg")
+    importlib.import_module("matplotlib.figure")
+    return Published(tmp_path_factory.mktemp("published"))
+
+
+# --- a good run --------------------------------------------------------------------------------
+
+
+def test_a_good_run_publishes_the_six_artifacts(published):
+    result = published.result
+    assert result.returncode == 0, result.stderr
+    runs = list((published.out / "runs").iterdir())
+    assert len(runs) == 1
+    folder = runs[0]
+    run_id = folder.name
+    assert sorted(p.name for p in folder.iterdir()) == sorted(ARTIFACTS)
+    assert tree(published.out / "latest") == tree(folder)
+    manifest = json.loads((folder / "run.json").read_text())
+    assert sorted(manifest["outputs"]["files"]) == sorted(ARTIFACTS)
+    assert manifest["run_id"] == run_id
+    assert manifest["trigger"] == "cli"
+    assert manifest["input"]["source"] == str(published.features)
+    assert manifest["input"]["rows"] == ROWS
+    assert manifest["settings"]["k_max"] == 4
+    assert manifest["settings"]["min_population"] == 100
+    # The summary goes to stdout, in one line.
+    assert result.stdout.splitlines() == [result.stdout.strip()]
+    assert result.stdout.startswith(f"run {run_id}: {ROWS} neighborhoods; ")
+    assert f"artifacts in {published.out}/latest/" in result.stdout
+
+
+def test_progress_lines_go_to_stderr(published):
+    lines = published.result.stderr.splitlines()
+    assert all(PROGRESS.match(line) for line in lines), published.result.stderr
+    text = "\n".join(lines)
+    assert f"reading features from {published.features}" in text
+    assert f"validating {ROWS} rows" in text
+    assert "publishing run " in text
+    assert "warning" not in text
+    assert "error" not in text
+
+
+def test_quiet_prints_no_progress_and_dry_run_publishes_nothing(published, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run_main(
+        "run", "--features", str(published.features), "--out", str(out), "--quiet", "--dry-run",
+        *FAST,
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0
+    assert captured.err == ""
+    assert captured.out.startswith("run ")
+    assert "nothing published (dry run)" in captured.out
+    assert not out.exists()
+
+
+def test_warnings_do_not_fail_the_run(published, tmp_path):
+    # Two optional feature columns are missing and one is blank throughout: warnings, exit 0.
+    out = published.copy_out(tmp_path)
+    before = tree(out)
+    features = tmp_path / "features.csv"
+    SAMPLE.drop(columns=["permit_recent_5yr", "crime_yoy_change"]).assign(med_age=np.nan).to_csv(
+        features, index=False
+    )
+    result = cli("run", "--features", str(features), "--out", str(out), "--dry-run", *FAST)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    # Only progress and warning lines: no Python warning or traceback leaks through.
+    assert all(PROGRESS.match(line) for line in lines), result.stderr
+    warnings = [line for line in lines if "warning: " in line]
+    assert any("permit_recent_5yr" in w and "crime_yoy_change" in w for w in warnings), lines
+    assert any("med_age" in w for w in warnings), lines
+    assert "nothing published (dry run)" in result.stdout
+    assert tree(out) == before
+
+
+# --- bad input: the real entry point -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("garbage", ["cannot be read"]),
+        ("negative", ["population is negative", "data row 3"]),
+        ("settings", ["K_MIN=5", "K_MAX=3"]),
+    ],
+)
+def test_the_entry_point_exits_2_with_one_line(published, tmp_path, case, words):
+    out = published.copy_out(tmp_path)
+    before = tree(out)
+    features = tmp_path / "features.csv"
+    extra: tuple[str, ...] = ()
+    if case == "garbage":
+        features.write_bytes(bytes(range(256)) * 16)
+    elif case == "negative":
+        SAMPLE.assign(population=SAMPLE["population"].where(SAMPLE.index != 2, -4)).to_csv(
+            features, index=False
+        )
+    else:
+        shutil.copy(published.features, features)
+        extra = ("--k-min", "5", "--k-max", "3")
+    result = cli("run", "--features", str(features), "--out", str(out), *extra)
+    assert result.returncode == 2
+    line = one_error_line(result.stderr)
+    if case != "settings":
+        assert str(features) in line
+    for word in words:
+        assert word in line
+    assert result.stdout == ""
+    assert tree(out) == before
+
+
+# --- bad input: every case of the issue --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A bad features file: how to write it, extra flags, and words its error must contain."""
+
+    id: str
+    write: Callable[[Path], Path]
+    words: tuple[str, ...]
+    flags: tuple[str, ...] = ()
+
+
+def csv(frame: pd.DataFrame, name: str = "features.csv") -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        path = folder / name
+        frame.to_csv(path, index=False)
+        return path
+
+    return write
+
+
+def parquet(frame: pd.DataFrame) -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        path = folder / "features.parquet"
+        frame.to_parquet(path, index=False)
+        return path
+
+    return write
+
+
+def raw(name: str, content: bytes) -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        path = folder / name
+        path.write_bytes(content)
+        return path
+
+    return write
+
+
+def folder_named(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def changed(row: int, column: str, value) -> pd.DataFrame:
+    frame = SAMPLE.astype({column: object})
+    frame.loc[row, column] = value
+    return frame
+
+
+def name(row: int) -> str:
+    return SAMPLE.loc[row, "neighborhood"]
+
+
+def only_residential(rows: list[int]) -> pd.DataFrame:
+    """Everyone under MIN_POPULATION except `rows` (which must not be excluded areas)."""
+    assert not SAMPLE.loc[rows, "neighborhood"].isin(DEFAULT_EXCLUDE_NEIGHBORHOODS).any()
+    population = np.full(ROWS, 50)
+    population[rows] = 5_000
+    return SAMPLE.assign(population=population)
+
+
+RESIDENTIAL_ROWS = [
+    i for i in range(ROWS) if SAMPLE.loc[i, "neighborhood"] not in DEFAULT_EXCLUDE_NEIGHBORHOODS
+]
+LATIN1 = changed(4, "neighborhood", "Café Row").to_csv(index=False).encode("latin-1")
+
+BAD_INPUTS = [
+    Bad("missing file", lambda folder: folder / "no-such-file.csv", ("no such file",)),
+    Bad("empty file", raw("features.csv", b""), ("empty",)),
+    Bad("binary garbage", raw("features.csv", bytes(range(256)) * 16), ("cannot be read",)),
+    Bad("not utf-8", raw("features.csv", LATIN1), ("cannot be read",)),
+    Bad("not parquet", raw("features.parquet", b"PAR1 not a parquet file"),
+        ("cannot be read", "parquet")),
+    Bad("unknown format", raw("features.xlsx", b"PK\x03\x04"), ("unknown format", ".csv")),
+    Bad("a folder", lambda folder: folder_named(folder / "dir.csv"), ("folder",)),
+    Bad("header only csv", raw("features.csv", ",".join(SAMPLE.columns).encode() + b"\n"),
+        ("no rows",)),
+    Bad("header only parquet", parquet(SAMPLE.iloc[:0]), ("no rows",)),
+    Bad("no neighborhood column", csv(SAMPLE.drop(columns="neighborhood")),
+        ("'neighborhood' column",)),
+    Bad("no population column", csv(SAMPLE.drop(columns="population")),
+        ("'population' column",)),
+    Bad("renamed neighborhood column", csv(SAMPLE.rename(columns={"neighborhood": "name"})),
+        ("'neighborhood' column", "rename")),
+    Bad("blank name", csv(changed(5, "neighborhood", "")), ("blank", "data row 6")),
+    Bad("blank name spaces", csv(changed(5, "neighborhood", "   ")), ("blank", "data row 6")),
+    Bad("duplicate name", csv(changed(6, "neighborhood", name(3))),
+        (repr(name(3)), "more than once", "data rows 4, 7")),
+    Bad("text in a feature", csv(changed(7, "med_age", "forty")),
+        ("'med_age'", "'forty'", "data row 8", name(7))),
+    Bad("NA in a feature", csv(changed(7, "crime_per_capita", "NA")),
+        ("'crime_per_capita'", "'NA'", "data row 8")),
+    Bad("inf in a csv feature", csv(changed(8, "crime_per_capita", np.inf)),
+        ("'crime_per_capita'", "inf", "data row 9")),
+    Bad("-inf in a parquet feature",
+        parquet(SAMPLE.assign(owner_occupancy_rate=SAMPLE["owner_occupancy_rate"]
+                              .where(SAMPLE.index != 9, -np.inf))),
+        ("'owner_occupancy_rate'", "-inf", "data row 10")),
+    Bad("text in population", csv(changed(2, "population", "many")),
+        ("'population'", "'many'", "data row 3")),
+    Bad("negative population", csv(changed(2, "population", -1)),
+        ("population is negative", "data row 3", name(2))),
+    Bad("blank population", csv(changed(2, "population", None)),
+        ("population is blank", "data row 3")),
+    Bad("every feature blank", csv(SAMPLE.assign(**{f: np.nan for f in FEATURES})),
+        ("blank",)),
+    Bad("every configured feature blank",
+        csv(SAMPLE.assign(med_age=np.nan, crime_per_capita=np.nan)),
+        ("blank", "med_age"), ("--clustering-features", '["med_age", "crime_per_capita"]')),
+    Bad("severity feature blank", csv(SAMPLE.assign(crime_per_capita=np.nan)),
+        ("crime_per_capita", "SEVERITY_FEATURE")),
+    Bad("severity feature missing", csv(SAMPLE.drop(columns="crime_per_capita")),
+        ("crime_per_capita", "SEVERITY_FEATURE")),
+    Bad("too few residential rows", csv(only_residential(RESIDENTIAL_ROWS[:2])),
+        ("residential rows", "MIN_POPULATION")),
+    Bad("no residential rows", csv(only_residential([])),
+        ("residential rows", "MIN_POPULATION")),
+    Bad("a line break in a name", csv(changed(7, "med_age", "x").assign(
+        neighborhood=lambda f: f["neighborhood"].where(f.index != 7, "Old\nTown"))),
+        ("'med_age'", "data row 8")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", BAD_INPUTS, ids=[bad.id for bad in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_line_and_publishes_nothing(published, tmp_path, capsys, bad):
+    out = published.copy_out(tmp_path)
+    before = tree(out)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    features = bad.write(inputs)
+    code = run_main(
+        "run", "--features", str(features), "--out", str(out), "--quiet", *FAST, *bad.flags
+    )
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    line = one_error_line(captured.err)
+    assert len(captured.err.splitlines()) == 1, captured.err  # --quiet: the error alone
+    assert str(features) in line, f"the error does not name the file: {line}"
+    for word in bad.words:
+        assert word.lower() in line.lower(), f"{word!r} not in {line!r}"
+    # What, where, and how to fix: the line goes on after the problem with a hint.
+    assert ": " in line.removeprefix("error: ")
+    assert captured.out == ""
+    assert tree(out) == before
+
+
+# --- bad settings ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--k-min", "5", "--k-max", "3"], ["K_MIN=5", "K_MAX=3"]),
+        (["--sub-k-min", "1"], ["SUB_K_MIN=1"]),
+        (["--min-population", "-1"], ["MIN_POPULATION", "-1"]),
+        (["--random-state", "-3"], ["RANDOM_STATE"]),
+        (["--silhouette-sample-size", "5"], ["SILHOUETTE_SAMPLE_SIZE"]),
+        (["--exclude-neighborhoods", "not json"], ["--exclude-neighborhoods", "JSON list"]),
+        (["--exclude-neighborhoods", '{"a": 1}'], ["--exclude-neighborhoods"]),
+        (["--clustering-features", '["med_age", 3]'], ["--clustering-features", "JSON list"]),
+        (["--clustering-features", '["med_age", "med_age"]'], ["twice"]),
+        (["--clustering-features", "[]"], ["empty"]),
+        (["--severity-feature", ""], ["SEVERITY_FEATURE", "empty"]),
+        (["--clusters-table", "bq://project.dataset"], ["CLUSTERS_TABLE"]),
+        (["--runs-table", "bq://p.d.t; DROP TABLE p.d.t"], ["RUNS_TABLE"]),
+        (["--bogus"], ["unrecognized arguments: --bogus"]),
+        (["--k-min", "two"], ["--k-min", "invalid int value: 'two'"]),
+        (["--k-max"], ["--k-max", "expected one argument"]),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) and "--" in value[0] else None,
+)
+def test_bad_settings_exit_2_with_one_line(published, tmp_path, capsys, flags, words):
+    out = published.copy_out(tmp_path)
+    before = tree(out)
+    code = run_main("run", "--features", str(published.features), "--out", str(out), "--quiet",
+                    *flags)  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    line = one_error_line(captured.err)
+    assert len(captured.err.splitlines()) == 1
+    for word in words:
+        assert word in line
+    assert tree(out) == before
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["run", "--help-me"], ["sample"]])
+def test_usage_errors_exit_2_with_one_line(capsys, argv):
+    assert run_main(*argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.endswith("--help)")
+
+
+def test_flags_reach_the_settings():
+    args = build_parser().parse_args(
+        ["run", "--features", "f.csv", "--out", "o", "--min-population", "50", "--k-min", "3",
+         "--k-max", "6", "--sub-k-max", "4", "--random-state", "7",
+         "--exclude-neighborhoods", '["Inner Harbor"]', "--clustering-features",
+         '["population", "crime_per_capita"]', "--clusters-table", "c.csv",
+         "--runs-table", "r.jsonl"]
+    )  # fmt: skip
+    settings = settings_from_args(args)
+    assert (settings.features_source, settings.artifacts_dest) == ("f.csv", "o")
+    assert (settings.clusters_table, settings.runs_table) == ("c.csv", "r.jsonl")
+    analysis = settings.analysis
+    assert (analysis.min_population, analysis.k_min, analysis.k_max) == (50, 3, 6)
+    assert (analysis.sub_k_max, analysis.random_state) == (4, 7)
+    assert analysis.exclude_neighborhoods == ("Inner Harbor",)
+    assert analysis.clustering_features == ("population", "crime_per_capita")
+
+
+def test_defaults_are_the_built_in_sample_and_the_notebooks_settings():
+    settings = settings_from_args(build_parser().parse_args(["run"]))
+    assert settings.features_source is None
+    assert settings.artifacts_dest == "output"
+    assert settings.analysis.exclude_neighborhoods == DEFAULT_EXCLUDE_NEIGHBORHOODS
+    assert settings.analysis.clustering_features == DEFAULT_CLUSTERING_FEATURES
+
+
+def test_an_empty_exclusion_list_excludes_nothing():
+    # `[]` is a valid JSON list and means "exclude no neighborhood", as EXCLUDE_NEIGHBORHOODS=[]
+    # does for the function; it must not silently mean the 13 default names.
+    args = build_parser().parse_args(["run", "--exclude-neighborhoods", "[]"])
+    assert settings_from_args(args).analysis.exclude_neighborhoods == ()
+
+
+# --- the sample command ------------------------------------------------------------------------
+
+
+def test_sample_writes_the_synthetic_table(tmp_path):
+    path = tmp_path / "x.csv"
+    result = cli("sample", "--rows", "50", "--out", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote 50 rows to {path}"
+    assert result.stderr == ""
+    pd.testing.assert_frame_equal(read_table(str(path)), make_sample(50), check_dtype=False)
+
+
+def test_sample_writes_parquet_and_honours_the_seed(tmp_path, capsys):
+    path = tmp_path / "x.parquet"
+    assert run_main("sample", "--rows", "30", "--random-state", "5", "--out", str(path)) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(path), make_sample(30, random_state=5))
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--rows", "5", "--out", "x.csv"], ["--rows is 5", "at least 20"]),
+        (["--rows", "50", "--out", "x.txt"], ["x.txt", ".csv or .parquet"]),
+        (["--rows", "many", "--out", "x.csv"], ["--rows", "invalid int"]),
+    ],
+)
+def test_bad_sample_requests_exit_2_with_one_line(tmp_path, capsys, monkeypatch, flags, words):
+    monkeypatch.chdir(tmp_path)  # relative paths land in tmp_path, never in the repository
+    assert run_main("sample", *flags) == 2
+    line = one_error_line(capsys.readouterr().err)
+    for word in words:
+        assert word in line
+    assert list(tmp_path.iterdir()) == []

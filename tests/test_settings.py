@@ -1,0 +1,424 @@
+"""Settings: the notebook's defaults, validation at start-up, and the function's environment."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+
+import pytest
+
+from clustering.errors import InputError
+from clustering.settings import (
+    ENV_VARS,
+    AnalysisSettings,
+    JobSettings,
+    bq_table_id,
+    check_table_id,
+    parse_name_list,
+)
+
+# The notebook's configuration, copied from the seed notebook (cells 1-3), not from the product.
+NOTEBOOK_EXCLUDE = (
+    "Canton Industrial Area",
+    "Fairfield Area",
+    "Inner Harbor",
+    "Pulaski Industrial Area",
+    "Stadium/Entertainment Area",
+    "Dunbar-Broadway",
+    "Hopkins Bayview",
+    "Johns Hopkins Homewood",
+    "Morgan State University",
+    "Penn-Fallsway",
+    "Perkins",
+    "University of Maryland",
+    "Harbor Point",
+)
+NOTEBOOK_FEATURES = (
+    "population",
+    "med_age",
+    "housing_vacancy_rate",
+    "owner_occupancy_rate",
+    "crime_per_capita",
+    "arrest_per_capita",
+    "crime_yoy_change",
+    "vacant_notices_per_unit",
+    "rehab_to_vacant_ratio",
+    "permit_value_per_capita",
+    "permit_recent_5yr",
+    "requests_311_per_capita",
+    "requests_311_blight",
+    "median_assessed_value",
+    "avg_assessed_value",
+)
+REQUIRED = {"FEATURES_SOURCE": "bq://my-project.analytics.neighborhood_features",
+            "ARTIFACTS_DEST": "gs://my-bucket/clusters"}  # fmt: skip
+
+
+def env(**values: str) -> dict[str, str]:
+    return REQUIRED | values
+
+
+# --- AnalysisSettings --------------------------------------------------------------------------
+
+
+def test_defaults_are_the_notebooks():
+    settings = AnalysisSettings()
+    assert settings.min_population == 100
+    assert (settings.k_min, settings.k_max) == (2, 10)
+    # find_best_k(k_range=range(2, 6)) in the notebook's sub-clustering.
+    assert (settings.sub_k_min, settings.sub_k_max) == (2, 5)
+    assert settings.random_state == 42
+    assert settings.exclude_neighborhoods == NOTEBOOK_EXCLUDE
+    assert settings.clustering_features == NOTEBOOK_FEATURES
+    assert settings.severity_feature == "crime_per_capita"
+    assert settings.silhouette_sample_size >= 279
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"min_population": -1}, ["MIN_POPULATION", "-1", "0 or more"]),
+        ({"k_min": 1}, ["K_MIN=1", "2 <= K_MIN <= K_MAX"]),
+        ({"k_min": 5, "k_max": 3}, ["K_MIN=5", "K_MAX=3"]),
+        ({"sub_k_min": 1}, ["SUB_K_MIN=1"]),
+        ({"sub_k_min": 4, "sub_k_max": 3}, ["SUB_K_MIN=4", "SUB_K_MAX=3"]),
+        ({"random_state": -1}, ["RANDOM_STATE", "-1"]),
+        ({"random_state": 2**32}, ["RANDOM_STATE", str(2**32)]),
+        ({"clustering_features": ()}, ["CLUSTERING_FEATURES", "empty"]),
+        ({"clustering_features": ("med_age", "med_age")}, ["CLUSTERING_FEATURES", "twice"]),
+        ({"severity_feature": ""}, ["SEVERITY_FEATURE", "empty"]),
+        ({"silhouette_sample_size": 99}, ["SILHOUETTE_SAMPLE_SIZE", "99", "100 or more"]),
+    ],
+    ids=lambda value: "-".join(value) if isinstance(value, dict) else None,
+)
+def test_invalid_analysis_settings_are_refused_with_a_clear_message(changes, words):
+    with pytest.raises(InputError) as caught:
+        AnalysisSettings(**changes)
+    message = str(caught.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_boundary_values_are_accepted():
+    settings = AnalysisSettings(
+        min_population=0,
+        k_min=2,
+        k_max=2,
+        sub_k_min=3,
+        sub_k_max=3,
+        random_state=2**32 - 1,
+        exclude_neighborhoods=(),
+        clustering_features=("med_age",),
+        silhouette_sample_size=100,
+    )
+    assert settings.k_max == 2
+    assert settings.exclude_neighborhoods == ()
+
+
+# --- JobSettings -------------------------------------------------------------------------------
+
+
+def test_job_defaults_run_the_sample_locally():
+    settings = JobSettings()
+    assert settings.features_source is None
+    assert settings.artifacts_dest == "output"
+    assert settings.clusters_table is None
+    assert settings.runs_table is None
+    assert settings.watched_table is None
+    assert settings.analysis == AnalysisSettings()
+
+
+def test_watched_table_defaults_to_a_bigquery_features_table():
+    settings = JobSettings(features_source="bq://my-project.analytics.features")
+    assert settings.watched_table == "my-project.analytics.features"
+    explicit = JobSettings(
+        features_source="bq://my-project.analytics.features",
+        watched_table="other-project.raw.source",
+    )
+    assert explicit.watched_table == "other-project.raw.source"
+
+
+@pytest.mark.parametrize("source", ["gs://bucket/features.csv", "data/features.parquet", None])
+def test_no_watched_table_is_guessed_from_a_file_source(source):
+    assert JobSettings(features_source=source).watched_table is None
+
+
+def test_with_features_source_keeps_everything_else():
+    settings = JobSettings(artifacts_dest="out", runs_table="runs.jsonl")
+    other = settings.with_features_source("bq://p.d.t")
+    assert other.features_source == "bq://p.d.t"
+    assert (other.artifacts_dest, other.runs_table) == ("out", "runs.jsonl")
+    assert settings.features_source is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"artifacts_dest": ""}, ["ARTIFACTS_DEST", "empty"]),
+        ({"features_source": "bq://project.dataset"}, ["FEATURES_SOURCE", "project.dataset.table"]),
+        ({"clusters_table": "bq://p.d.t; DROP TABLE x"}, ["CLUSTERS_TABLE"]),
+        ({"runs_table": "bq://p.d.t`"}, ["RUNS_TABLE"]),
+        ({"watched_table": "p.d.t.extra"}, ["WATCHED_TABLE"]),
+        ({"allowed_features_tables": ("p.d.t", "p.d.t OR 1=1")}, ["ALLOWED_FEATURES_TABLES"]),
+        ({"max_event_age_seconds": 0}, ["MAX_EVENT_AGE_SECONDS", "positive"]),
+    ],
+    ids=lambda value: "-".join(value) if isinstance(value, dict) else None,
+)
+def test_invalid_job_settings_are_refused(kwargs, words):
+    with pytest.raises(InputError) as caught:
+        JobSettings(**kwargs)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_local_destinations_are_not_table_ids():
+    settings = JobSettings(clusters_table="out/clusters.csv", runs_table="out/runs.jsonl")
+    assert settings.clusters_table == "out/clusters.csv"
+
+
+# --- table ids ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "table_id",
+    ["my-project.analytics.neighborhood_features", "p1.d_2.T3", "a.b.c", "my_project.d.t"],
+)
+def test_plain_table_ids_are_accepted(table_id):
+    assert check_table_id(table_id, "X") == table_id
+    assert bq_table_id(f"bq://{table_id}", "X") == table_id
+
+
+@pytest.mark.parametrize(
+    "table_id",
+    [
+        "",
+        "dataset.table",
+        "p.d.t.x",
+        "p.d.t; DROP TABLE p.d.t",
+        "p.d.t`; DELETE FROM p.d.t WHERE true; --",
+        "p.d.t --",
+        "p.d.t\n",
+        "p.my-dataset.t",  # hyphens belong to project ids only
+        "p.d.t*",
+        "p..t",
+        " p.d.t",
+        "p.d.t/../../x",
+        "p.d.t'",
+        'p.d."t"',
+        "p.d.tâ",
+    ],
+)
+def test_injection_attempts_and_malformed_ids_are_rejected(table_id):
+    with pytest.raises(InputError) as caught:
+        check_table_id(table_id, "WATCHED_TABLE")
+    assert "WATCHED_TABLE" in str(caught.value)
+    assert "project.dataset.table" in str(caught.value)
+
+
+# --- parse_name_list ---------------------------------------------------------------------------
+
+
+def test_name_lists_are_json_lists_of_names():
+    assert parse_name_list('["Inner Harbor", " Perkins "]', "X") == ("Inner Harbor", "Perkins")
+    assert parse_name_list("[]", "X") == ()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["Inner Harbor", "not json", '"Inner Harbor"', '{"a": 1}', "[1, 2]", '["ok", ""]',
+     '["ok", "  "]', '["ok", null]', "[", "Inner Harbor, Perkins"],
+)  # fmt: skip
+def test_bad_name_lists_say_what_is_expected(raw):
+    with pytest.raises(InputError) as caught:
+        parse_name_list(raw, "EXCLUDE_NEIGHBORHOODS")
+    message = str(caught.value)
+    assert message.startswith("EXCLUDE_NEIGHBORHOODS must be a JSON list of non-empty strings")
+    assert "\n" not in message
+
+
+# --- JobSettings.from_env ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["FEATURES_SOURCE", "ARTIFACTS_DEST"])
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_required_variables(missing, value):
+    environ = dict(REQUIRED)
+    if value is None:
+        del environ[missing]
+    else:
+        environ[missing] = value
+    with pytest.raises(InputError, match=f"^{missing} is not set"):
+        JobSettings.from_env(environ)
+
+
+def test_from_env_defaults_equal_the_notebooks():
+    settings = JobSettings.from_env(REQUIRED)
+    assert settings.features_source == REQUIRED["FEATURES_SOURCE"]
+    assert settings.artifacts_dest == REQUIRED["ARTIFACTS_DEST"]
+    assert settings.analysis == AnalysisSettings()
+    assert settings.analysis.exclude_neighborhoods == NOTEBOOK_EXCLUDE
+    assert settings.analysis.clustering_features == NOTEBOOK_FEATURES
+    assert settings.clusters_table is None
+    assert settings.runs_table is None
+    assert settings.allowed_features_tables == ()
+    assert settings.function_service_account is None
+    assert settings.max_event_age_seconds == 3600
+    # WATCHED_TABLE defaults to the bq:// FEATURES_SOURCE's table.
+    assert settings.watched_table == "my-project.analytics.neighborhood_features"
+
+
+def test_empty_optional_variables_mean_their_defaults():
+    blank = {name: "" for name in ENV_VARS if name not in REQUIRED}
+    assert JobSettings.from_env(REQUIRED | blank) == JobSettings.from_env(REQUIRED)
+
+
+def test_every_variable_is_read_and_validated():
+    settings = JobSettings.from_env(
+        {
+            "FEATURES_SOURCE": " gs://my-bucket/features.parquet ",
+            "ARTIFACTS_DEST": "gs://my-bucket/artifacts",
+            "CLUSTERS_TABLE": "bq://my-project.analytics.neighborhood_clusters",
+            "RUNS_TABLE": "bq://my-project.analytics.clustering_runs",
+            "WATCHED_TABLE": "my-project.raw.features",
+            "ALLOWED_FEATURES_TABLES": '["my-project.analytics.a", "my-project.analytics.b"]',
+            "FUNCTION_SERVICE_ACCOUNT": "fn@my-project.iam.gserviceaccount.com",
+            "MAX_EVENT_AGE_SECONDS": "600",
+            "MIN_POPULATION": "50",
+            "K_MIN": "3",
+            "K_MAX": " 8 ",
+            "SUB_K_MIN": "2",
+            "SUB_K_MAX": "4",
+            "RANDOM_STATE": "7",
+            "EXCLUDE_NEIGHBORHOODS": '["Inner Harbor", "Perkins"]',
+            "CLUSTERING_FEATURES": '["population", "crime_per_capita"]',
+            "SEVERITY_FEATURE": "crime_per_capita",
+            "SILHOUETTE_SAMPLE_SIZE": "5000",
+        }
+    )
+    assert settings.features_source == "gs://my-bucket/features.parquet"
+    assert settings.clusters_table == "bq://my-project.analytics.neighborhood_clusters"
+    assert settings.runs_table == "bq://my-project.analytics.clustering_runs"
+    assert settings.watched_table == "my-project.raw.features"
+    assert settings.allowed_features_tables == ("my-project.analytics.a", "my-project.analytics.b")
+    assert settings.function_service_account == "fn@my-project.iam.gserviceaccount.com"
+    assert settings.max_event_age_seconds == 600
+    assert settings.analysis == AnalysisSettings(
+        min_population=50,
+        k_min=3,
+        k_max=8,
+        sub_k_min=2,
+        sub_k_max=4,
+        random_state=7,
+        exclude_neighborhoods=("Inner Harbor", "Perkins"),
+        clustering_features=("population", "crime_per_capita"),
+        severity_feature="crime_per_capita",
+        silhouette_sample_size=5000,
+    )
+
+
+class _Recorder(Mapping[str, str]):
+    """An environment that notes every variable looked up (a real Mapping, not a mock)."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.read.add(key)
+        return self.values[key]
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return self.values.get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def test_env_vars_lists_exactly_the_variables_read():
+    # Terraform sets exactly ENV_VARS, so the two must not drift.
+    environ = _Recorder(dict(REQUIRED))
+    JobSettings.from_env(environ)
+    assert environ.read == set(ENV_VARS)
+    assert len(ENV_VARS) == len(set(ENV_VARS))
+
+
+def test_an_empty_exclusion_list_excludes_nothing():
+    settings = JobSettings.from_env(env(EXCLUDE_NEIGHBORHOODS="[]"))
+    assert settings.analysis.exclude_neighborhoods == ()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["MIN_POPULATION", "K_MIN", "K_MAX", "SUB_K_MIN", "SUB_K_MAX", "RANDOM_STATE",
+     "SILHOUETTE_SAMPLE_SIZE", "MAX_EVENT_AGE_SECONDS"],
+)  # fmt: skip
+@pytest.mark.parametrize("raw", ["ten", "1.5", "3e2", "0x10", "1_000_000x"])
+def test_bad_integers_name_the_variable(name, raw):
+    with pytest.raises(InputError) as caught:
+        JobSettings.from_env(env(**{name: raw}))
+    message = str(caught.value)
+    assert message.startswith(f"{name}={raw!r} is not an integer")
+    assert "whole number" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("K_MIN", "11", ["K_MIN=11", "K_MAX=10"]),
+        ("MIN_POPULATION", "-5", ["MIN_POPULATION", "-5"]),
+        ("RANDOM_STATE", "-1", ["RANDOM_STATE"]),
+        ("CLUSTERING_FEATURES", "[]", ["CLUSTERING_FEATURES", "empty"]),
+        ("CLUSTERING_FEATURES", '["med_age", "med_age"]', ["CLUSTERING_FEATURES", "twice"]),
+        ("MAX_EVENT_AGE_SECONDS", "-1", ["MAX_EVENT_AGE_SECONDS"]),
+        ("SILHOUETTE_SAMPLE_SIZE", "10", ["SILHOUETTE_SAMPLE_SIZE"]),
+    ],
+)
+def test_out_of_range_values_fail_at_start_up(name, value, words):
+    with pytest.raises(InputError) as caught:
+        JobSettings.from_env(env(**{name: value}))
+    for word in words:
+        assert word in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "name", ["EXCLUDE_NEIGHBORHOODS", "CLUSTERING_FEATURES", "ALLOWED_FEATURES_TABLES"]
+)
+@pytest.mark.parametrize("raw", ["Inner Harbor", '{"names": []}', "[1]", '["a", ""]', "['a']"])
+def test_bad_json_lists_name_the_variable(name, raw):
+    with pytest.raises(InputError) as caught:
+        JobSettings.from_env(env(**{name: raw}))
+    message = str(caught.value)
+    assert message.startswith(f"{name} must be a JSON list")
+    assert json.dumps(["Inner Harbor", "Perkins"]) in message  # an example of the right form
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FEATURES_SOURCE", "bq://p.d.t` WHERE 1=1 --"),
+        ("FEATURES_SOURCE", "bq://p.d"),
+        ("CLUSTERS_TABLE", "bq://p.d.t; DROP TABLE p.d.t"),
+        ("RUNS_TABLE", "bq://p.d.t.u"),
+        ("WATCHED_TABLE", "p.d.t OR 1=1"),
+        ("WATCHED_TABLE", "bq://p.d.t"),
+        ("ALLOWED_FEATURES_TABLES", '["p.d.t", "p.d.t; DROP TABLE p.d.t"]'),
+    ],
+)
+def test_table_ids_from_the_environment_are_validated(name, value):
+    with pytest.raises(InputError) as caught:
+        JobSettings.from_env(env(**{name: value}))
+    assert name in str(caught.value)
+
+
+def test_watched_table_is_not_guessed_from_a_file_source():
+    settings = JobSettings.from_env(env(FEATURES_SOURCE="gs://bucket/features.csv"))
+    assert settings.watched_table is None
+    watched = JobSettings.from_env(
+        env(FEATURES_SOURCE="gs://bucket/features.csv", WATCHED_TABLE="p.d.t")
+    )
+    assert watched.watched_table == "p.d.t"

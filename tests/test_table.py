@@ -1,0 +1,384 @@
+"""The features table on the way in (read_table, validate_features) and out (output_schema)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clustering.adapters.local import read_table
+from clustering.errors import InputError
+from clustering.sample import make_sample
+from clustering.settings import AnalysisSettings
+from clustering.table import CLUSTER_COLUMNS, output_schema, table_schema, validate_features
+
+SETTINGS = AnalysisSettings()
+WHERE = "data/features.csv"
+
+
+def small() -> pd.DataFrame:
+    """Five rows in reverse name order with every column kind a features table may hold."""
+    return pd.DataFrame(
+        {
+            "neighborhood": ["Oak Hill", "Mill Park", "Elm Point", "Cedar Manor", "Ash Village"],
+            "population": [1200, 0, 350, 87, 4100],
+            "med_age": [34.5, np.nan, 41.0, 29.0, 38.2],
+            "crime_per_capita": [0.05, np.nan, 0.12, 0.3, 0.02],
+            "notes": ["a", "b", None, "d", "e"],
+        }
+    )
+
+
+def invalid(frame: pd.DataFrame, settings: AnalysisSettings = SETTINGS) -> str:
+    """The message of the InputError that validating `frame` raises; it must be one line."""
+    with pytest.raises(InputError) as caught:
+        validate_features(frame, settings, WHERE)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    assert WHERE in message, message
+    return message
+
+
+# --- what a valid table becomes ----------------------------------------------------------------
+
+
+def test_rows_come_back_sorted_by_name_with_a_fresh_index():
+    frame = small()
+    frame.index = [10, 3, 7, 1, 0]
+    valid = validate_features(frame, SETTINGS, WHERE)
+    assert list(valid.frame["neighborhood"]) == sorted(frame["neighborhood"])
+    assert list(valid.frame.index) == [0, 1, 2, 3, 4]
+    # Each row keeps its own values.
+    oak = valid.frame.set_index("neighborhood").loc["Oak Hill"]
+    assert oak["population"] == 1200
+    assert oak["med_age"] == 34.5
+    assert valid.warnings == ()
+
+
+def test_the_input_frame_is_not_modified():
+    frame = small().astype({"med_age": object})
+    frame.loc[0, "med_age"] = " 34.5 "
+    before = frame.copy()
+    validate_features(frame, SETTINGS, WHERE)
+    pd.testing.assert_frame_equal(frame, before)
+
+
+def test_population_is_int64_and_features_float64_with_blanks_as_nan():
+    frame = small().astype({"population": "float64", "med_age": object})
+    frame["med_age"] = ["34.5", "", " 41 ", "29", None]
+    valid = validate_features(frame, SETTINGS, WHERE).frame
+    assert valid["population"].dtype == np.int64
+    assert valid["med_age"].dtype == np.float64
+    assert valid["crime_per_capita"].dtype == np.float64
+    by_name = valid.set_index("neighborhood")
+    assert by_name.loc["Elm Point", "med_age"] == 41.0
+    assert np.isnan(by_name.loc["Mill Park", "med_age"])
+    assert np.isnan(by_name.loc["Ash Village", "med_age"])
+
+
+def test_names_are_stripped_strings():
+    frame = small()
+    frame["neighborhood"] = ["  Oak Hill", "Mill Park ", "Elm Point", "Cedar Manor", "Ash Village"]
+    valid = validate_features(frame, SETTINGS, WHERE).frame
+    assert list(valid["neighborhood"]) == [
+        "Ash Village", "Cedar Manor", "Elm Point", "Mill Park", "Oak Hill",
+    ]  # fmt: skip
+    numbers = small().assign(neighborhood=[5, 4, 3, 2, 1])
+    names = validate_features(numbers, SETTINGS, WHERE).frame["neighborhood"]
+    assert list(names) == ["1", "2", "3", "4", "5"]
+
+
+def test_columns_that_are_not_features_are_left_alone():
+    frame = small().assign(comment=["text", "is", "fine", "here", "!"])
+    settings = AnalysisSettings(clustering_features=("population", "crime_per_capita"))
+    valid = validate_features(frame.astype({"med_age": object}), settings, WHERE).frame
+    assert list(valid.columns) == list(frame.columns)
+    assert valid["comment"].tolist() == ["!", "here", "fine", "is", "text"]
+    # med_age is not configured, so it is neither checked nor converted.
+    assert valid["med_age"].dtype == object
+
+
+def test_an_all_blank_feature_is_a_warning_naming_it():
+    frame = small().assign(med_age=np.nan)
+    valid = validate_features(frame, SETTINGS, WHERE)
+    assert len(valid.warnings) == 1
+    assert "'med_age'" in valid.warnings[0]
+    assert WHERE in valid.warnings[0]
+    assert valid.frame["med_age"].isna().all()
+
+
+def test_missing_feature_columns_are_not_an_error_here():
+    frame = small()[["neighborhood", "population", "crime_per_capita"]]
+    valid = validate_features(frame, SETTINGS, WHERE)
+    assert len(valid.frame) == 5
+
+
+# --- what is refused, and how it is said -------------------------------------------------------
+
+
+def test_no_columns():
+    message = invalid(pd.DataFrame())
+    assert "no columns" in message
+    assert "header row" in message
+
+
+def test_header_without_rows():
+    message = invalid(small().iloc[:0])
+    assert "no rows" in message
+    assert "one row per neighborhood" in message
+
+
+@pytest.mark.parametrize("column", ["neighborhood", "population"])
+def test_required_column_missing(column):
+    message = invalid(small().drop(columns=column))
+    assert f"no {column!r} column" in message
+    # It lists the columns it did find, and says how to fix it.
+    assert "crime_per_capita" in message
+    assert "add it or rename" in message
+
+
+def test_a_long_column_list_is_shortened():
+    frame = make_sample(30).drop(columns="population")
+    message = invalid(frame)
+    assert "..." in message
+    assert "avg_assessed_value" not in message
+
+
+@pytest.mark.parametrize("blank", [None, np.nan, "", "   "])
+def test_blank_name(blank):
+    frame = small().astype({"neighborhood": object})
+    frame.loc[3, "neighborhood"] = blank
+    message = invalid(frame)
+    assert "neighborhood is blank in data row 4" in message
+    assert "give every row a name" in message
+
+
+def test_duplicate_names_list_their_rows():
+    frame = small()
+    frame.loc[3, "neighborhood"] = "Oak Hill "  # the same name once stripped
+    message = invalid(frame)
+    assert "'Oak Hill' appears more than once" in message
+    assert "data rows 1, 4" in message
+    assert "keep one row per neighborhood" in message
+
+
+def test_many_duplicates_list_at_most_five_rows():
+    frame = make_sample(30).assign(neighborhood="Same")
+    message = invalid(frame)
+    assert "data rows 1, 2, 3, 4, 5)" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("abc", "'abc'"), ("NA", "'NA'"), ("null", "'null'"), ("1,5", "'1,5'"), ("inf", "'inf'"),
+     ("-Infinity", "'-Infinity'"), ("nan", "'nan'"), ("12 %", "'12 %'")],
+)  # fmt: skip
+def test_text_or_non_finite_text_in_a_feature(value, shown):
+    frame = small().astype({"crime_per_capita": object})
+    frame.loc[2, "crime_per_capita"] = value
+    message = invalid(frame)
+    assert "column 'crime_per_capita'" in message
+    assert f"has {shown}" in message
+    # The data row counts from 1 in the input's order (not the sorted one), plus the name.
+    assert "data row 3 (Elm Point)" in message
+    assert "use a finite number, or leave it blank" in message
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf])
+def test_non_finite_number_in_a_numeric_feature(value):
+    frame = small()
+    frame.loc[4, "med_age"] = value
+    message = invalid(frame)
+    assert "column 'med_age'" in message
+    assert f"has '{value}'" in message
+    assert "data row 5 (Ash Village)" in message
+
+
+def test_true_false_feature():
+    frame = small().assign(crime_per_capita=[True, False, True, True, False])
+    message = invalid(frame)
+    assert "'crime_per_capita'" in message
+    assert "true/false" in message
+    assert "numeric" in message
+
+
+def test_text_in_population():
+    frame = small().astype({"population": object})
+    frame.loc[1, "population"] = "about 100"
+    message = invalid(frame)
+    assert "column 'population' has 'about 100' in data row 2 (Mill Park)" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "what", "fix"),
+    [
+        (-1, "is negative", "0 or more"),
+        (np.nan, "is blank", "number of residents"),
+        (12.5, "is not a whole number", "counts residents"),
+    ],
+)
+def test_bad_population(value, what, fix):
+    frame = small().astype({"population": "float64"})
+    frame.loc[3, "population"] = value
+    message = invalid(frame)
+    assert f"population {what} in data row 4 (Cedar Manor)" in message
+    assert fix in message
+
+
+def test_a_population_too_large_for_an_integer_is_refused():
+    # 1e30 passes the whole-number check but does not fit int64: it must not silently become
+    # -9223372036854775808 (a negative population) on the way to the clusters table.
+    frame = small().astype({"population": object})
+    frame.loc[0, "population"] = "1e30"
+    message = invalid(frame)
+    assert "population" in message
+    assert "data row 1 (Oak Hill)" in message
+
+
+def test_the_first_problem_in_row_order_is_reported():
+    frame = small().astype({"med_age": object})
+    frame.loc[4, "med_age"] = "x"
+    frame.loc[1, "med_age"] = "y"
+    assert "data row 2 (Mill Park)" in invalid(frame)
+
+
+# --- read_table: files to frames ---------------------------------------------------------------
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_csv_blanks_are_nan_but_na_words_stay_text(tmp_path):
+    path = write(
+        tmp_path / "f.csv",
+        "\n".join(
+            [
+                "neighborhood,population,med_age,crime_per_capita",
+                "Oak Hill, 1200,,0.05",
+                "Mill Park,0,NA,",
+                "",
+            ]
+        ),
+    )
+    frame = read_table(path)
+    assert frame["population"].tolist() == [1200, 0]
+    assert np.isnan(frame.loc[0, "med_age"])
+    assert frame.loc[1, "med_age"] == "NA"
+    with pytest.raises(InputError, match=r"column 'med_age' has 'NA' in data row 2 \(Mill Park\)"):
+        validate_features(frame, SETTINGS, path)
+
+
+def test_csv_and_parquet_validate_to_the_same_table(tmp_path):
+    table = make_sample(25)
+    table.to_csv(tmp_path / "f.csv", index=False)
+    table.to_parquet(tmp_path / "f.parquet", index=False)
+    from_csv = validate_features(read_table(str(tmp_path / "f.csv")), SETTINGS, "csv").frame
+    from_parquet = validate_features(
+        read_table(str(tmp_path / "f.parquet")), SETTINGS, "parquet"
+    ).frame
+    pd.testing.assert_frame_equal(from_csv, from_parquet, check_dtype=False)
+    pd.testing.assert_frame_equal(from_csv, table, check_dtype=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("missing.csv", None, ["no such file"]),
+        ("empty.csv", b"", ["is empty"]),
+        ("binary.csv", bytes(range(256)) * 8, ["cannot be read as CSV"]),
+        ("latin1.csv", "neighborhood,population\nCafé,10\n".encode("latin-1"), ["cannot be read"]),
+        ("fake.parquet", b"PAR1 not really", ["cannot be read as PARQUET"]),
+        ("table.xlsx", b"PK", ["unknown format '.xlsx'", ".csv or .parquet"]),
+        ("table", b"a,b\n1,2\n", ["unknown format", "no extension"]),
+    ],
+)
+def test_unreadable_files(tmp_path, name, content, words):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError) as caught:
+        read_table(str(path))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(path) in message
+    for word in words:
+        assert word in message
+
+
+def test_a_folder_is_not_a_file(tmp_path):
+    (tmp_path / "features.csv").mkdir()
+    with pytest.raises(InputError, match="is a folder"):
+        read_table(str(tmp_path / "features.csv"))
+
+
+def test_a_header_only_csv_reads_as_no_rows(tmp_path):
+    path = write(tmp_path / "f.csv", "neighborhood,population\n")
+    with pytest.raises(InputError, match="has a header but no rows"):
+        validate_features(read_table(path), SETTINGS, path)
+
+
+# --- output_schema -----------------------------------------------------------------------------
+
+
+def clusters_frame() -> pd.DataFrame:
+    """A validated table with extra columns of every kind, then the cluster columns."""
+    frame = validate_features(small(), SETTINGS, WHERE).frame.assign(
+        ward=np.arange(5, dtype=np.int64),
+        share=np.linspace(0, 1, 5),
+        flagged=[True, False, True, False, True],
+        surveyed=pd.to_datetime(["2024-01-0" + str(i) for i in range(1, 6)]),
+    )
+    return frame.assign(
+        top_cluster=pd.array([0, 1, -1, 0, 1], dtype="Int64"),
+        top_cluster_label=["Stable", "Distressed", "Excluded", "Stable", "Distressed"],
+        sub_cluster=pd.array([1, 10, -1, 2, 11], dtype="Int64"),
+        cluster_label=["Cluster 1", "Cluster 10", "x", "Cluster 2", "Cluster 11"],
+        excluded_type="Residential",
+        excluded_cluster=None,
+        run_id="20260101T000000Z-abcdef12",
+        _clustered_at=pd.Timestamp("2026-01-01", tz="UTC"),
+    )
+
+
+def test_schema_names_are_the_frames_columns_in_order():
+    frame = clusters_frame()
+    schema = output_schema(frame)
+    assert [field["name"] for field in schema] == list(frame.columns)
+
+
+def test_known_columns_get_their_declared_types():
+    types = {field["name"]: field for field in output_schema(clusters_frame())}
+    assert types["neighborhood"]["type"] == "STRING"
+    assert types["neighborhood"]["mode"] == "REQUIRED"
+    assert types["population"]["type"] == "INTEGER"
+    assert types["med_age"]["type"] == "FLOAT"
+    assert types["top_cluster"]["type"] == "INTEGER"
+    assert types["sub_cluster"]["type"] == "INTEGER"
+    for column in ("top_cluster_label", "cluster_label", "excluded_type", "excluded_cluster"):
+        assert types[column]["type"] == "STRING"
+    assert types["run_id"]["type"] == "STRING"
+    assert types["_clustered_at"]["type"] == "TIMESTAMP"
+
+
+def test_extra_columns_get_a_type_from_their_values():
+    types = {field["name"]: field for field in output_schema(clusters_frame())}
+    assert types["ward"]["type"] == "INTEGER"
+    assert types["share"]["type"] == "FLOAT"
+    assert types["flagged"]["type"] == "BOOLEAN"
+    assert types["surveyed"]["type"] == "TIMESTAMP"
+    assert types["notes"]["type"] == "STRING"
+    assert all(types[c]["mode"] == "NULLABLE" for c in ("ward", "share", "flagged", "notes"))
+
+
+def test_the_shipped_schema_declares_every_cluster_column_and_default_feature():
+    names = [field["name"] for field in table_schema("clusters_table")]
+    assert len(names) == len(set(names))
+    assert set(CLUSTER_COLUMNS) <= set(names)
+    assert set(SETTINGS.clustering_features) | {"neighborhood"} <= set(names)
+    assert names[-len(CLUSTER_COLUMNS) :] == list(CLUSTER_COLUMNS)
+    for field in table_schema("clusters_table"):
+        assert field["type"] in {"STRING", "INTEGER", "FLOAT", "BOOLEAN", "TIMESTAMP"}
