@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -256,8 +257,10 @@ class ChartRenderer:
     def __exit__(self, *exc_info) -> None:
         for fd in (self._to_child, self._from_child):
             if fd is not None:
-                os.close(fd)  # the child sees EOF and leaves
+                os.close(fd)
         self._to_child = self._from_child = None
+        if self._pid is not None:  # left before collecting (an error): don't wait for it
+            os.kill(self._pid, signal.SIGKILL)
         self._reap()
 
     def _reap(self) -> None:

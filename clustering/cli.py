@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Sequence
 
 from clustering.errors import InputError
+from clustering.job import one_line
 from clustering.settings import AnalysisSettings, JobSettings, parse_name_list
 
 
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except InputError as error:
-        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.write(f"error: {one_line(error)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted; nothing was published\n")
@@ -103,10 +104,12 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
         sub_k_min=args.sub_k_min,
         sub_k_max=args.sub_k_max,
         random_state=args.random_state,
-        exclude_neighborhoods=_names(args.exclude_neighborhoods, "--exclude-neighborhoods")
-        or defaults.exclude_neighborhoods,
-        clustering_features=_names(args.clustering_features, "--clustering-features")
-        or defaults.clustering_features,
+        exclude_neighborhoods=_names(
+            args.exclude_neighborhoods, "--exclude-neighborhoods", defaults.exclude_neighborhoods
+        ),
+        clustering_features=_names(
+            args.clustering_features, "--clustering-features", defaults.clustering_features
+        ),
         severity_feature=args.severity_feature,
         silhouette_sample_size=args.silhouette_sample_size,
     )
@@ -119,8 +122,9 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
     )
 
 
-def _names(raw: str | None, flag: str) -> tuple[str, ...]:
-    return parse_name_list(raw, flag) if raw else ()
+def _names(raw: str | None, flag: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A JSON list flag; absent means the default, `[]` means an empty list."""
+    return default if raw is None else parse_name_list(raw, flag)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -136,8 +140,9 @@ def _run(args: argparse.Namespace) -> int:
 
     report = run_job(settings, RunRequest(trigger="cli", dry_run=args.dry_run), progress)
     manifest = report.manifest
+    # Warnings are not progress: --quiet keeps them.
     for warning in manifest["warnings"]:
-        progress(f"warning: {warning}")
+        sys.stderr.write(f"warning: {one_line(warning)}\n")
     groups = ", ".join(f"{g['label']} {g['rows']} rows in {g['sub_k']} sub-clusters"
                        for g in manifest["top_groups"])  # fmt: skip
     where = "nothing published (dry run)" if args.dry_run else f"artifacts in {args.out}/latest/"

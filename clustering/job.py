@@ -122,7 +122,10 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
         clock.stage("validate", f"validating {len(frame)} rows")
         valid = validate_features(frame, analysis, where)
         clock.stage("cluster", "clustering")
-        result = cluster(valid.frame, analysis, progress=clock.progress)
+        try:
+            result = cluster(valid.frame, analysis, progress=clock.progress)
+        except InputError as error:
+            raise InputError(f"{where}: {error}") from None
         clock.stage("charts", "drawing charts")
         renderer.submit(charts.chart_data(result, analysis.random_state))
         # The CSVs are encoded while the chart process draws.

@@ -108,18 +108,6 @@ def cluster(
     say = progress or (lambda _message: None)
     types = row_types(table, settings)
     residential = (types == RESIDENTIAL).to_numpy()
-    features = select_features(table, types == RESIDENTIAL, settings)
-    warnings = _feature_warnings(features)
-    if not features.used:
-        raise InputError(
-            "every clustering feature is blank among the residential rows: fill in at least one "
-            f"of {', '.join(settings.clustering_features)}"
-        )
-    if settings.severity_feature not in table.columns:
-        raise InputError(
-            f"SEVERITY_FEATURE {settings.severity_feature!r} is not a column of the features "
-            "table: add the column or set SEVERITY_FEATURE to one that exists"
-        )
     n_res = int(residential.sum())
     minimum = max(3, settings.k_min + 1)
     if n_res < minimum:
@@ -127,6 +115,24 @@ def cluster(
             f"only {n_res} residential rows (population >= {settings.min_population}, not "
             f"excluded); at least {minimum} are needed: add rows or lower MIN_POPULATION"
         )
+    features = select_features(table, types == RESIDENTIAL, settings)
+    if not [f for f in features.used if f != "population"]:
+        wanted = ", ".join(f for f in settings.clustering_features if f != "population")
+        raise InputError(
+            "every clustering feature is blank among the residential rows (population alone "
+            f"cannot be clustered): fill in at least one of {wanted}"
+        )
+    if settings.severity_feature not in table.columns:
+        raise InputError(
+            f"SEVERITY_FEATURE {settings.severity_feature!r} is not a column of the features "
+            "table: add the column or set SEVERITY_FEATURE to one that exists"
+        )
+    if table.loc[residential, settings.severity_feature].isna().all():
+        raise InputError(
+            f"SEVERITY_FEATURE {settings.severity_feature!r} is blank in every residential row, "
+            "so Stable and Distressed cannot be told apart: fill it in or choose another column"
+        )
+    warnings = _feature_warnings(features, table)
     with _threads_for(n_res):
         return _cluster(table, settings, say, types, residential, features, warnings, n_res)
 
@@ -341,12 +347,15 @@ def _summary(resident_rows: pd.DataFrame, settings: AnalysisSettings) -> pd.Data
     return grouped.agg(**aggregations).round(3).reset_index()
 
 
-def _feature_warnings(features: FeatureSelection) -> list[str]:
+def _feature_warnings(features: FeatureSelection, table: pd.DataFrame) -> list[str]:
+    """Warnings on skipped features; columns blank in every row are already reported by
+    the table's validation, so only those blank in the residential rows alone are added."""
     warnings = []
     if features.missing:
         warnings.append(f"features not in the table, skipped: {', '.join(features.missing)}")
-    if features.all_blank:
+    residential_only = [f for f in features.all_blank if table[f].notna().any()]
+    if residential_only:
         warnings.append(
-            f"features blank in every residential row, skipped: {', '.join(features.all_blank)}"
+            f"features blank in every residential row, skipped: {', '.join(residential_only)}"
         )
     return warnings

@@ -107,25 +107,42 @@ class AnalysisSettings:
 
     def __post_init__(self) -> None:
         if self.min_population < 0:
-            raise InputError(f"MIN_POPULATION is {self.min_population}: it must be 0 or more")
+            raise InputError(
+                f"MIN_POPULATION (--min-population) is {self.min_population}: use 0 or more"
+            )
         if not 2 <= self.k_min <= self.k_max:
-            raise InputError(f"K_MIN={self.k_min}, K_MAX={self.k_max}: need 2 <= K_MIN <= K_MAX")
+            raise InputError(
+                f"K_MIN={self.k_min}, K_MAX={self.k_max} (--k-min, --k-max): "
+                "need 2 <= K_MIN <= K_MAX"
+            )
         if not 2 <= self.sub_k_min <= self.sub_k_max:
             raise InputError(
-                f"SUB_K_MIN={self.sub_k_min}, SUB_K_MAX={self.sub_k_max}: "
+                f"SUB_K_MIN={self.sub_k_min}, SUB_K_MAX={self.sub_k_max} "
+                "(--sub-k-min, --sub-k-max): "
                 "need 2 <= SUB_K_MIN <= SUB_K_MAX"
             )
         if not 0 <= self.random_state < 2**32:
-            raise InputError(f"RANDOM_STATE is {self.random_state}: use an integer in [0, 2^32)")
+            raise InputError(
+                f"RANDOM_STATE (--random-state) is {self.random_state}: use an integer in [0, 2^32)"
+            )
         if not self.clustering_features:
-            raise InputError("CLUSTERING_FEATURES is empty: name at least one feature column")
+            raise InputError(
+                "CLUSTERING_FEATURES (--clustering-features) is empty: name at least one column"
+            )
         if len(set(self.clustering_features)) != len(self.clustering_features):
-            raise InputError("CLUSTERING_FEATURES lists a column twice: remove the duplicate")
+            raise InputError(
+                "CLUSTERING_FEATURES (--clustering-features) lists a column twice: remove one"
+            )
         if not self.severity_feature:
-            raise InputError("SEVERITY_FEATURE is empty: name the column that ranks severity")
+            raise InputError(
+                "SEVERITY_FEATURE (--severity-feature) is empty: "
+                "name the column that ranks severity"
+            )
         if self.silhouette_sample_size < 100:
             raise InputError(
-                f"SILHOUETTE_SAMPLE_SIZE is {self.silhouette_sample_size}: use 100 or more"
+                "SILHOUETTE_SAMPLE_SIZE (--silhouette-sample-size) is "
+                f"{self.silhouette_sample_size}: "
+                "use 100 or more"
             )
 
 

@@ -17,6 +17,9 @@ import pandas as pd
 from clustering.errors import InputError
 from clustering.settings import AnalysisSettings
 
+# Far above any city's neighborhood, far below where int64 overflows.
+MAX_POPULATION = 10**12
+
 CLUSTER_COLUMNS: tuple[str, ...] = (
     "top_cluster",
     "top_cluster_label",
@@ -119,6 +122,7 @@ def _check_population(population: pd.Series, names: pd.Series, where: str) -> No
         (population.isna(), "is blank", "fill in the number of residents (0 if none)"),
         (population < 0, "is negative", "population must be 0 or more"),
         (population % 1 != 0, "is not a whole number", "population counts residents"),
+        (population > MAX_POPULATION, "is implausibly large", "population counts residents"),
     )
     for mask, what, fix in problems:
         mask = mask.to_numpy()
