@@ -56,7 +56,18 @@ def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
     note = json.dumps(
         {"run_id": run_id, "event_id": envelope.id, "claimed_at": claimed.isoformat()}
     )
-    if not store.claim(key, note.encode()):
+    try:
+        claimed_now = store.claim(key, note.encode())
+    except Exception as error:
+        if is_transient(error):
+            log.error(f"the claim store is unreachable, will be retried: {one_line(error)}")
+            raise
+        # A missing bucket or a denied write fails the same way on every retry.
+        log.error(f"cannot claim the event in {store.describe('claims/')}, not retried: "
+                  f"{one_line(error)}")  # fmt: skip
+        record_failure(settings, _request(decision, key), f"claim failed: {one_line(error)}")
+        return decision
+    if not claimed_now:
         log.info(f"duplicate delivery skipped: {key} was already claimed")
         return decision
     log = log.bind(run_id=run_id)
