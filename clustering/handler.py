@@ -39,9 +39,13 @@ def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
     envelope = envelope_from_cloudevent(cloud_event)
     decision = decide(envelope, settings, now or datetime.now(UTC))
     log = log.bind(trigger=decision.trigger, event_id=envelope.id, idempotency_key=decision.key)
+
+    def history_error(error: Exception) -> None:
+        log.error(f"run history not written: {one_line(error)}")
+
     if decision.action == "reject":
         log.error(f"event rejected, not retried: {decision.reason}")
-        record_failure(settings, _request(decision, envelope.id), decision.reason)
+        record_failure(settings, _request(decision, envelope.id), decision.reason, history_error)
         return decision
     if decision.action == "skip":
         log.info(f"event skipped: {decision.reason}")
@@ -65,7 +69,9 @@ def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
         # A missing bucket or a denied write fails the same way on every retry.
         log.error(f"cannot claim the event in {store.describe('claims/')}, not retried: "
                   f"{one_line(error)}")  # fmt: skip
-        record_failure(settings, _request(decision, key), f"claim failed: {one_line(error)}")
+        record_failure(
+            settings, _request(decision, key), f"claim failed: {one_line(error)}", history_error
+        )
         return decision
     if not claimed_now:
         log.info(f"duplicate delivery skipped: {key} was already claimed")
@@ -79,7 +85,7 @@ def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
             settings,
             _request(decision, key),
             progress=log.info,
-            on_history_error=lambda error: log.error(f"run history not written: {one_line(error)}"),
+            on_history_error=history_error,
             run_id=run_id,
         )
     except Exception as error:

@@ -158,10 +158,17 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
     return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
 
 
-def record_failure(settings: JobSettings, request: RunRequest, error: str) -> None:
+def record_failure(
+    settings: JobSettings,
+    request: RunRequest,
+    error: str,
+    on_history_error: Callable[[Exception], None] | None = None,
+) -> None:
     """Record a run that never started (a rejected event) in RUNS_TABLE, if configured."""
     started = datetime.now(UTC)
-    _record(settings, request, new_run_id(started), started, None, InputError(error), None)
+    _record(
+        settings, request, new_run_id(started), started, None, InputError(error), on_history_error
+    )
 
 
 def _record(settings, request, run_id, started, report, error, on_error) -> None:
