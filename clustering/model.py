@@ -8,11 +8,13 @@ sorted table, so the residential partitions equal the notebook's for the same in
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from clustering import fits
 from clustering.errors import InputError
 from clustering.prepare import (
     INSTITUTIONAL,
@@ -37,8 +39,6 @@ MIN_EXCLUDED_GROUP = 4
 # n_init of the notebook: 10 while searching K, 20 for the final residential fits.
 SEARCH_N_INIT = 10
 FINAL_N_INIT = 20
-# Below this many residential rows k-means runs on one thread (see _threads_for).
-SMALL_TABLE_ROWS = 5_000
 
 
 @dataclass(frozen=True)
@@ -133,64 +133,78 @@ def cluster(
             "so Stable and Distressed cannot be told apart: fill it in or choose another column"
         )
     warnings = _feature_warnings(features, table)
-    with _threads_for(n_res):
-        return _cluster(table, settings, say, types, residential, features, warnings, n_res)
+    with fits.executor_for(n_res) as pool:
+        return _cluster(table, settings, say, types, residential, features, warnings, pool)
 
 
-def _threads_for(n_rows: int):
-    """One OpenMP thread for small tables: k-means on a few hundred rows spends more time
-    waking threads than computing. Labels are identical for any thread count."""
-    from contextlib import nullcontext
-
-    if n_rows >= SMALL_TABLE_ROWS:
-        return nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="openmp")
-
-
-def _cluster(table, settings, say, types, residential, features, warnings, n_res):
-    sampled = n_res > settings.silhouette_sample_size
-    sample_size = settings.silhouette_sample_size if sampled else None
+def _cluster(table, settings, say, types, residential, features, warnings, pool):
+    n_res = int(residential.sum())
+    sample_size = (
+        settings.silhouette_sample_size if n_res > settings.silhouette_sample_size else None
+    )
     say(f"preparing {n_res} residential rows x {len(features.used)} features")
     raw = table.loc[residential, list(features.used)].to_numpy(dtype=np.float64)
     imputed, _ = impute_median(raw)
     scaled = standard_scale(winsorize(imputed))
+    seed = settings.random_state
 
     ks = [k for k in range(settings.k_min, settings.k_max + 1) if k < n_res]
     if settings.k_max >= n_res:
         warnings.append(f"K_MAX={settings.k_max} capped at {ks[-1]}: only {n_res} residential rows")
-    diagnostics = search_k(scaled, ks, settings, say=say, label="diagnostics")
-
-    say("fitting the top split (K=2)")
-    top_labels = _kmeans(scaled, 2, FINAL_N_INIT, settings.random_state)
-    severity = table.loc[residential, settings.severity_feature].to_numpy(dtype=np.float64)
-    overall = np.nanmean(severity)
-    sub_labels = np.full(n_res, -1, dtype=np.int64)
-    groups = []
-    for top in np.unique(top_labels):
-        mask = top_labels == top
-        with np.errstate(all="ignore"):
-            label = STABLE if np.nanmean(severity[mask]) < overall else DISTRESSED
-        say(f"sub-clustering top group {top} ({label}, {int(mask.sum())} rows)")
-        group, labels = _sub_cluster(scaled[mask], int(top), label, settings, say)
-        sub_labels[mask] = labels + int(top) * 10
-        groups.append(group)
-    top_label_of = {g.top: g.label for g in groups}
-
-    say("analysing excluded neighborhoods")
+    # Everything independent is submitted up front so a pool keeps every core busy.
+    diagnostics_pending = _submit_search(pool, scaled, ks, settings)
+    top_pending = pool.submit(fits.fit_labels, scaled, 2, FINAL_N_INIT, seed)
     excluded_mask = ~residential
     excluded = table.loc[excluded_mask].copy()
     excluded["excluded_type"] = types[excluded_mask].to_numpy()
     excluded["excluded_cluster"] = None
-    excluded_groups = []
+    excluded_pending = []
     for excluded_type in (INSTITUTIONAL, LOW_POPULATION):
         in_type = (excluded["excluded_type"] == excluded_type).to_numpy()
-        if not in_type.any():
+        if in_type.any():
+            rows = excluded.loc[in_type, list(features.used)]
+            excluded_pending.append(
+                (in_type, _submit_excluded(pool, rows, excluded_type, settings))
+            )
+
+    say("fitting the top split (K=2)")
+    top_labels = top_pending.result()
+    severity = table.loc[residential, settings.severity_feature].to_numpy(dtype=np.float64)
+    overall = np.nanmean(severity)
+    tops = []
+    for top in np.unique(top_labels):
+        mask = top_labels == top
+        with np.errstate(all="ignore"):
+            label = STABLE if np.nanmean(severity[mask]) < overall else DISTRESSED
+        n = int(mask.sum())
+        sub_ks = [k for k in range(settings.sub_k_min, settings.sub_k_max + 1) if k < n]
+        tops.append((int(top), label, mask, _submit_search(pool, scaled[mask], sub_ks, settings)))
+
+    diagnostics = _collect(diagnostics_pending, say, "diagnostics")
+    sub_labels = np.full(n_res, -1, dtype=np.int64)
+    groups, refits = [], []
+    for top, label, mask, pending in tops:
+        say(f"sub-clustering top group {top} ({label}, {int(mask.sum())} rows)")
+        search = _collect(pending, say, f"top group {top}")
+        if search is None:  # too small for any K: one sub-cluster
+            groups.append(
+                TopGroup(top=top, label=label, size=int(mask.sum()), search=None, sub_k=1)
+            )
+            refits.append((mask, top, None))
             continue
-        group, names = _excluded_group(
-            excluded.loc[in_type, list(features.used)], excluded_type, settings
-        )
+        groups.append(TopGroup(top=top, label=label, size=int(mask.sum()), search=search,
+                               sub_k=search.best_k))  # fmt: skip
+        refit = pool.submit(fits.fit_labels, scaled[mask], search.best_k, FINAL_N_INIT, seed)
+        refits.append((mask, top, refit))
+    for mask, top, refit in refits:
+        labels = 0 if refit is None else refit.result()
+        sub_labels[mask] = labels + top * 10
+    top_label_of = {g.top: g.label for g in groups}
+
+    say("analysing excluded neighborhoods")
+    excluded_groups = []
+    for in_type, pending in excluded_pending:
+        group, names = pending()
         excluded.loc[in_type, "excluded_cluster"] = names
         excluded_groups.append(group)
 
@@ -231,106 +245,80 @@ def search_k(
     settings: AnalysisSettings,
     say: Progress | None = None,
     label: str = "search",
-) -> KSearch:
-    """Fit k-means (n_init=10) for each K and score inertia and silhouette.
+    pool: Executor | None = None,
+) -> KSearch | None:
+    """Fit k-means (n_init=10) for each K and score inertia and silhouette; None without Ks.
 
     Silhouettes are exact up to `settings.silhouette_sample_size` rows and computed on a
-    fixed-seed sample of that size above it. A fit that finds fewer than two distinct clusters
-    scores -1, so it is never chosen.
+    fixed-seed sample of that size above it.
     """
-    from sklearn.cluster import KMeans
+    pending = _submit_search(pool or fits.InProcess(), matrix, ks, settings)
+    return _collect(pending, say, label)
 
-    inertias, scores = [], []
-    for k in ks:
-        model = KMeans(n_clusters=k, random_state=settings.random_state, n_init=SEARCH_N_INIT)
-        labels = model.fit_predict(matrix)
-        inertias.append(float(model.inertia_))
-        scores.append(silhouette(matrix, labels, settings))
+
+def _submit_search(pool: Executor, matrix: np.ndarray, ks: list[int], settings) -> list[Future]:
+    size = (
+        settings.silhouette_sample_size if len(matrix) > settings.silhouette_sample_size else None
+    )
+    return [
+        pool.submit(fits.fit_and_score, matrix, k, SEARCH_N_INIT, settings.random_state, size)
+        for k in ks
+    ]
+
+
+def _collect(pending: list[Future], say: Progress | None, label: str) -> KSearch | None:
+    if not pending:
+        return None
+    scores = []
+    for future in pending:
+        score = future.result()
+        scores.append(score)
         if say:
-            say(f"{label}: K={k} inertia={model.inertia_:.1f} silhouette={scores[-1]:.4f}")
-    best = int(np.argmax(scores)) if scores else 0
+            fit = f"inertia={score.inertia:.1f} silhouette={score.silhouette:.4f}"
+            say(f"{label}: K={score.k} {fit}")
+    silhouettes = [s.silhouette for s in scores]
+    best = int(np.argmax(silhouettes))
     return KSearch(
-        ks=tuple(ks),
-        inertias=tuple(inertias),
-        silhouettes=tuple(scores),
-        best_k=ks[best] if ks else 1,
-        best_score=scores[best] if scores else -1.0,
+        ks=tuple(s.k for s in scores),
+        inertias=tuple(s.inertia for s in scores),
+        silhouettes=tuple(silhouettes),
+        best_k=scores[best].k,
+        best_score=silhouettes[best],
     )
 
 
-def silhouette(matrix: np.ndarray, labels: np.ndarray, settings: AnalysisSettings) -> float:
-    """Mean silhouette, sampled with a fixed seed above `silhouette_sample_size` rows."""
-    from sklearn.metrics import silhouette_score
+def _submit_excluded(pool: Executor, rows: pd.DataFrame, excluded_type: str, settings):
+    """Start clustering one excluded type on its own; returns a callable giving
+    (ExcludedGroup, names).
 
-    n_labels = len(np.unique(labels))
-    if not 2 <= n_labels <= len(labels) - 1:
-        return -1.0
-    if len(labels) > settings.silhouette_sample_size:
-        try:
-            return float(
-                silhouette_score(
-                    matrix,
-                    labels,
-                    sample_size=settings.silhouette_sample_size,
-                    random_state=settings.random_state,
-                )
-            )
-        except ValueError:  # the sample happened to hold a single cluster
-            return -1.0
-    return float(silhouette_score(matrix, labels))
-
-
-def _kmeans(matrix: np.ndarray, k: int, n_init: int, random_state: int) -> np.ndarray:
-    from sklearn.cluster import KMeans
-
-    return KMeans(n_clusters=k, random_state=random_state, n_init=n_init).fit_predict(matrix)
-
-
-def _sub_cluster(
-    matrix: np.ndarray, top: int, label: str, settings: AnalysisSettings, say: Progress
-) -> tuple[TopGroup, np.ndarray]:
-    """Silhouette-chosen K in SUB_K_MIN..SUB_K_MAX (each below the group size), refit n_init=20.
-
-    A group too small for any K keeps a single sub-cluster rather than failing.
-    """
-    n = len(matrix)
-    ks = [k for k in range(settings.sub_k_min, settings.sub_k_max + 1) if k < n]
-    if not ks:
-        group = TopGroup(top=top, label=label, size=n, search=None, sub_k=1)
-        return group, np.zeros(n, dtype=np.int64)
-    search = search_k(matrix, ks, settings, say=say, label=f"top group {top}")
-    labels = _kmeans(matrix, search.best_k, FINAL_N_INIT, settings.random_state)
-    group = TopGroup(top=top, label=label, size=n, search=search, sub_k=search.best_k)
-    return group, labels.astype(np.int64)
-
-
-def _excluded_group(
-    rows: pd.DataFrame, excluded_type: str, settings: AnalysisSettings
-) -> tuple[ExcludedGroup, list[str]]:
-    """Cluster one excluded type on its own: median impute, scale, silhouette-chosen K.
-
-    The notebook searches K in range(2, min(5, n)), i.e. up to min(4, n-1); with the settings
-    that is SUB_K_MIN up to min(SUB_K_MAX, n) - 1. The final fit uses n_init=10 as it does.
+    Median impute and scale (no winsorizing, as in the notebook), then K by silhouette in
+    range(SUB_K_MIN, min(SUB_K_MAX, n)) -- the notebook's range(2, min(5, n)), i.e. up to
+    min(4, n-1) -- and a final fit with n_init=10, as it does. Groups under 4 rows are
+    labelled instead.
     """
     n = len(rows)
-    if n < MIN_EXCLUDED_GROUP:
-        note = f"{excluded_type} - Too few to cluster"
-        return ExcludedGroup(excluded_type, n, None, None, note), [note] * n
-    imputed, kept = impute_median(rows.to_numpy(dtype=np.float64))
     ks = list(range(settings.sub_k_min, min(settings.sub_k_max, n)))
-    if not kept.any() or not ks:
-        note = (
-            f"{excluded_type} - No features to cluster"
-            if not kept.any()
-            else (f"{excluded_type} - Too few to cluster")
+    imputed, kept = impute_median(rows.to_numpy(dtype=np.float64))
+    if n < MIN_EXCLUDED_GROUP or not kept.any() or not ks:
+        reason = (
+            "No features to cluster"
+            if n >= MIN_EXCLUDED_GROUP and not kept.any()
+            else ("Too few to cluster")
         )
-        return ExcludedGroup(excluded_type, n, None, None, note), [note] * n
+        note = f"{excluded_type} - {reason}"
+        group = ExcludedGroup(excluded_type, n, None, None, note)
+        return lambda: (group, [note] * n)
     matrix = standard_scale(imputed)
-    search = search_k(matrix, ks, settings)
-    labels = _kmeans(matrix, search.best_k, SEARCH_N_INIT, settings.random_state)
-    names = [f"{excluded_type} - Group {label}" for label in labels]
-    group = ExcludedGroup(excluded_type, n, search, search.best_k, f"{search.best_k} groups")
-    return group, names
+    pending = _submit_search(pool, matrix, ks, settings)
+
+    def finish() -> tuple[ExcludedGroup, list[str]]:
+        search = _collect(pending, None, excluded_type)
+        labels = fits.fit_labels(matrix, search.best_k, SEARCH_N_INIT, settings.random_state)
+        names = [f"{excluded_type} - Group {label}" for label in labels]
+        group = ExcludedGroup(excluded_type, n, search, search.best_k, f"{search.best_k} groups")
+        return group, names
+
+    return finish
 
 
 def _summary(resident_rows: pd.DataFrame, settings: AnalysisSettings) -> pd.DataFrame:

@@ -103,7 +103,7 @@ class AnalysisSettings:
     exclude_neighborhoods: tuple[str, ...] = DEFAULT_EXCLUDE_NEIGHBORHOODS
     clustering_features: tuple[str, ...] = DEFAULT_CLUSTERING_FEATURES
     severity_feature: str = "crime_per_capita"
-    silhouette_sample_size: int = 10_000
+    silhouette_sample_size: int = 3_000
 
     def __post_init__(self) -> None:
         if self.min_population < 0:

@@ -355,7 +355,7 @@ variable "severity_feature" {
 variable "silhouette_sample_size" {
   description = "Above this many rows, silhouettes are computed on a fixed-seed sample of this size (the exact score is O(n^2))."
   type        = number
-  default     = 10000
+  default     = 3000
   validation {
     condition     = floor(var.silhouette_sample_size) == var.silhouette_sample_size && var.silhouette_sample_size >= 100
     error_message = "silhouette_sample_size must be a whole number, 100 or more."
