@@ -1,10 +1,11 @@
 """The three charts of the notebook, rendered to PNG bytes at 150 dpi.
 
-Two costs dominate a cold run on a small table: importing matplotlib and drawing. Both are
-moved off the critical path: `ChartRenderer` forks a process at the start of a run that imports
-matplotlib while the parent clusters on the other core, and then draws from a small
-`ChartData` the parent sends it. Where fork is unavailable, or the child fails, the charts are
-drawn in-process: the same functions, the same bytes.
+On a small table, importing matplotlib and drawing cost more than the clustering itself, so
+both leave the critical path: `ChartRenderer` forks a worker that imports matplotlib while the
+parent reads and clusters, and that worker forks a second one (sharing the import), so the
+charts are drawn two at a time; the elbow chart starts as soon as the K diagnostics are known.
+Where fork is unavailable, or a worker fails, the charts are drawn in-process: the same
+functions, the same bytes.
 
 Figures use matplotlib's object API with the Agg canvas: no pyplot, no global figure state.
 """
@@ -15,12 +16,15 @@ import io
 import os
 import pickle
 import signal
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from clustering.model import ClusteringResult
+from clustering.model import ClusteringResult, KSearch
 
 DPI = 150
 # Above this many residential rows the scatter draws a fixed-seed sample: a PNG cannot show
@@ -32,41 +36,39 @@ HEATMAP = "cluster_heatmap.png"
 
 
 @dataclass(frozen=True)
-class ChartData:
-    """What the charts show, small enough to send to another process.
+class PcaData:
+    """The drawn residential rows on their first two principal components.
 
-    points: the drawn rows on the first two principal components (at most MAX_SCATTER_POINTS).
+    points: at most MAX_SCATTER_POINTS rows (a fixed-seed sample above that).
     variance: the share of variance each component explains.
     top, sub: top and sub-cluster ids of the drawn rows; labels: top id -> Stable/Distressed.
     n_rows: all residential rows (to say when the scatter is a sample).
-    zscores: the sub-cluster profile standardised per feature (features x sub-clusters).
     """
 
-    ks: tuple[int, ...]
-    inertias: tuple[float, ...]
-    silhouettes: tuple[float, ...]
-    best_k: int
-    silhouette_sample_size: int | None
     points: np.ndarray
     variance: tuple[float, float]
     top: np.ndarray
     sub: np.ndarray
     labels: dict[int, str]
     n_rows: int
-    zscores: pd.DataFrame
 
 
-def chart_data(
+def top_labels(result: ClusteringResult) -> dict[int, str]:
+    """Top cluster id -> Stable/Distressed."""
+    return {g.top: g.label for g in result.top_groups}
+
+
+def pca_data(
     result: ClusteringResult, random_state: int, max_points: int = MAX_SCATTER_POINTS
-) -> ChartData:
-    """Project the residential rows with PCA and gather what the three charts draw."""
-    from sklearn.decomposition import PCA
+) -> PcaData:
+    """Project the residential rows with PCA and pick the rows to draw."""
+    from sklearn.decomposition import PCA as Projection
 
     scaled = result.scaled
     components = min(2, scaled.shape[1])
-    pca = PCA(n_components=components, random_state=random_state)
-    points = pca.fit_transform(scaled)
-    variance = list(pca.explained_variance_ratio_)
+    projection = Projection(n_components=components, random_state=random_state)
+    points = projection.fit_transform(scaled)
+    variance = list(projection.explained_variance_ratio_)
     if components == 1:  # one feature: draw it on a line
         points = np.column_stack([points[:, 0], np.zeros(len(points))])
         variance.append(0.0)
@@ -77,53 +79,56 @@ def chart_data(
     if len(points) > max_points:
         rng = np.random.default_rng(random_state)
         shown = np.sort(rng.choice(len(points), max_points, replace=False))
-    search = result.diagnostics
-    return ChartData(
-        ks=search.ks,
-        inertias=search.inertias,
-        silhouettes=search.silhouettes,
-        best_k=search.best_k,
-        silhouette_sample_size=result.silhouette_sample_size,
+    return PcaData(
         points=points[shown],
         variance=(float(variance[0]), float(variance[1])),
         top=top[shown],
         sub=sub[shown],
-        labels={g.top: g.label for g in result.top_groups},
+        labels=top_labels(result),
         n_rows=len(points),
-        zscores=profile_zscores(result.profile),
     )
 
 
-def render(data: ChartData) -> dict[str, bytes]:
-    """The three charts by artifact name."""
-    return {ELBOW: elbow_silhouette(data), PCA: pca_clusters(data), HEATMAP: cluster_heatmap(data)}
+def chart_tasks(result: ClusteringResult, random_state: int) -> dict[str, tuple]:
+    """Artifact name -> (draw function, arguments) for the three charts."""
+    search = result.diagnostics
+    return {
+        ELBOW: (elbow_silhouette, (search, result.silhouette_sample_size)),
+        PCA: (pca_clusters, (pca_data(result, random_state),)),
+        HEATMAP: (cluster_heatmap, (profile_zscores(result.profile), top_labels(result))),
+    }
 
 
-def elbow_silhouette(data: ChartData) -> bytes:
+def render(result: ClusteringResult, random_state: int) -> dict[str, bytes]:
+    """The three charts by artifact name, drawn in this process."""
+    return {name: draw(*args) for name, (draw, args) in chart_tasks(result, random_state).items()}
+
+
+def elbow_silhouette(search: KSearch, sample_size: int | None) -> bytes:
     """Inertia and silhouette by K, with the best K marked."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(14, 5))
     left, right = fig.subplots(1, 2)
-    left.plot(data.ks, data.inertias, "bo-", linewidth=2, markersize=8)
+    left.plot(search.ks, search.inertias, "bo-", linewidth=2, markersize=8)
     left.set_xlabel("K (number of clusters)", fontsize=12)
     left.set_ylabel("Inertia (within-cluster sum of squares)", fontsize=12)
     left.set_title("Elbow method", fontsize=14)
-    right.plot(data.ks, data.silhouettes, "ro-", linewidth=2, markersize=8)
-    right.axvline(data.best_k, color="green", linestyle="--", label=f"Best K = {data.best_k}")
+    right.plot(search.ks, search.silhouettes, "ro-", linewidth=2, markersize=8)
+    best = search.best_k
+    right.axvline(best, color="green", linestyle="--", label=f"Best K = {best}")
     right.set_xlabel("K (number of clusters)", fontsize=12)
     right.set_ylabel("Silhouette score", fontsize=12)
-    sampled = data.silhouette_sample_size
-    suffix = f" (sample of {sampled:,} rows)" if sampled else ""
+    suffix = f" (sample of {sample_size:,} rows)" if sample_size else ""
     right.set_title(f"Silhouette score by K{suffix}", fontsize=14)
     right.legend(loc="upper right")
     for ax in (left, right):
-        ax.set_xticks(data.ks)
+        ax.set_xticks(search.ks)
         ax.grid(True, alpha=0.3)
     return _png(fig)
 
 
-def pca_clusters(data: ChartData) -> bytes:
+def pca_clusters(data: PcaData) -> bytes:
     """The residential rows on their first two principal components, coloured by top group
     (left) and by sub-cluster (right)."""
     from matplotlib import colormaps
@@ -157,18 +162,17 @@ def pca_clusters(data: ChartData) -> bytes:
     return _png(fig)
 
 
-def cluster_heatmap(data: ChartData) -> bytes:
+def cluster_heatmap(scores: pd.DataFrame, labels: dict[int, str]) -> bytes:
     """Sub-cluster feature profiles as z-scores across sub-clusters (red high, green low)."""
     from matplotlib.figure import Figure
 
-    scores = data.zscores
     n_features, n_subs = scores.shape
     fig = Figure(figsize=(max(8, n_subs * 2), n_features * 0.4 + 2))
     ax = fig.subplots()
     limit = max(float(np.abs(scores.to_numpy()).max()), 1e-9)
     image = ax.imshow(scores.to_numpy(), cmap="RdYlGn_r", vmin=-limit, vmax=limit,
                       aspect="auto", interpolation="nearest")  # fmt: skip
-    ax.set_xticks(range(n_subs), [f"{s}\n{data.labels[s // 10]}" for s in scores.columns])
+    ax.set_xticks(range(n_subs), [f"{s}\n{labels[s // 10]}" for s in scores.columns])
     ax.set_yticks(range(n_features), list(scores.index))
     ax.set_xticks(np.arange(n_subs + 1) - 0.5, minor=True)
     ax.set_yticks(np.arange(n_features + 1) - 0.5, minor=True)
@@ -201,87 +205,144 @@ def _png(fig) -> bytes:
 
 
 class ChartRenderer:
-    """Draws the charts in a process forked before the clustering starts.
+    """Draws charts in forked worker processes while the parent goes on.
 
-    Use as a context manager around the run: `submit(data)`, do other work, then `collect()`
-    the PNGs. The child only imports matplotlib and draws, so it never touches the parent's
-    OpenMP or BLAS state.
+    Use as a context manager around the run: `submit(name, draw, *args)` as each chart's data
+    is known, then `collect()` the PNGs by name. Tasks go to the worker with the fewest; a
+    thread per worker drains its results as they come, so a worker never blocks on a full
+    pipe. The workers only import matplotlib and draw: they never touch the parent's OpenMP
+    or BLAS state.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 2) -> None:
+        self._workers = workers
         self._pid: int | None = None
-        self._to_child: int | None = None
-        self._from_child: int | None = None
-        self._data: ChartData | None = None
+        self._tasks: list[int] = []  # per worker: the parent's end of its task pipe
+        self._queued: list[int] = []  # per worker: tasks sent
+        self._readers: list[threading.Thread] = []
+        self._received: dict[str, bytes] = {}
+        self._submitted: dict[str, tuple[Callable[..., bytes], tuple[Any, ...]]] = {}
 
     def __enter__(self) -> ChartRenderer:
         if not hasattr(os, "fork"):
             return self
-        down_read, down_write = os.pipe()
-        up_read, up_write = os.pipe()
+        pipes = [(os.pipe(), os.pipe()) for _ in range(self._workers)]
         pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, which leaves with os._exit
-            os.close(down_write)
-            os.close(up_read)
-            _child(down_read, up_write)
-        os.close(down_read)
-        os.close(up_write)
-        self._pid, self._to_child, self._from_child = pid, down_write, up_read
+        if pid == 0:  # pragma: no cover - the first worker, which leaves with os._exit
+            for (_, task_write), (result_read, _) in pipes:
+                os.close(task_write)
+                os.close(result_read)
+            _first_worker(
+                [(task_read, result_write) for (task_read, _), (_, result_write) in pipes]
+            )
+        self._pid = pid
+        for (task_read, task_write), (result_read, result_write) in pipes:
+            os.close(task_read)
+            os.close(result_write)
+            self._tasks.append(task_write)
+            self._queued.append(0)
+            reader = threading.Thread(target=self._drain, args=(result_read,), daemon=True)
+            reader.start()
+            self._readers.append(reader)
         return self
 
-    def submit(self, data: ChartData) -> None:
-        """Hand the data to the chart process (or keep it, to draw in-process later)."""
-        self._data = data
-        if self._pid is None:
+    def submit(self, name: str, draw: Callable[..., bytes], *args: Any) -> None:
+        """Start drawing `name` with `draw(*args)`; drawn in-process by collect() if no worker
+        takes it."""
+        self._submitted[name] = (draw, args)
+        if not self._tasks:
             return
+        worker = min(range(len(self._tasks)), key=lambda i: self._queued[i])
         try:
-            with os.fdopen(self._to_child, "wb") as pipe:
-                self._to_child = None
-                pickle.dump(data, pipe, protocol=pickle.HIGHEST_PROTOCOL)
-        except OSError:  # the child is gone: collect() draws in-process
-            self._reap()
+            with os.fdopen(self._tasks[worker], "wb", closefd=False) as pipe:
+                pickle.dump((name, draw, args), pipe, protocol=pickle.HIGHEST_PROTOCOL)
+            self._queued[worker] += 1
+        except OSError:  # the worker is gone: collect() draws this chart in-process
+            pass
 
     def collect(self) -> dict[str, bytes]:
-        """The PNGs by artifact name; drawn here if the chart process could not."""
-        images = None
-        if self._pid is not None:
-            try:
-                with os.fdopen(self._from_child, "rb") as pipe:
-                    self._from_child = None
-                    images = pickle.load(pipe)
-            except (OSError, EOFError, pickle.UnpicklingError):
-                images = None
-            self._reap()
-        return images if isinstance(images, dict) else render(self._data)
+        """Every submitted chart by name, in submission order."""
+        self._close_tasks()  # no more tasks: each worker finishes its queue and leaves
+        for reader in self._readers:
+            reader.join()
+        self._reap(kill=False)
+        images = dict(self._received)
+        for name, (draw, args) in self._submitted.items():
+            if name not in images:
+                images[name] = draw(*args)
+        return {name: images[name] for name in self._submitted}
 
     def __exit__(self, *exc_info) -> None:
-        for fd in (self._to_child, self._from_child):
-            if fd is not None:
-                os.close(fd)
-        self._to_child = self._from_child = None
-        if self._pid is not None:  # left before collecting (an error): don't wait for it
-            os.kill(self._pid, signal.SIGKILL)
-        self._reap()
+        self._close_tasks()
+        self._reap(kill=True)
 
-    def _reap(self) -> None:
+    def _drain(self, result_read: int) -> None:
+        with os.fdopen(result_read, "rb") as results:
+            while True:
+                try:
+                    name, content = pickle.load(results)
+                except (EOFError, OSError, pickle.UnpicklingError):
+                    return
+                self._received[name] = content
+
+    def _close_tasks(self) -> None:
+        for fd in self._tasks:
+            os.close(fd)
+        self._tasks = []
+
+    def _reap(self, kill: bool) -> None:
         if self._pid is not None:
+            if kill:  # left early (an error): the workers' work is no longer wanted
+                os.kill(self._pid, signal.SIGKILL)
             os.waitpid(self._pid, 0)
             self._pid = None
 
 
-def _child(read_fd: int, write_fd: int) -> None:  # pragma: no cover - runs in the child
+def _first_worker(channels: list[tuple[int, int]]) -> None:  # pragma: no cover - in a worker
+    """Import matplotlib once, fork the other workers from here so they share the import,
+    then serve the first channel. Leaves with os._exit, never returning to the caller."""
     status = 1
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401 - warm up
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
         from matplotlib.figure import Figure  # noqa: F401
 
-        with os.fdopen(read_fd, "rb") as pipe:
-            data = pickle.load(pipe)
-        images = render(data)
-        with os.fdopen(write_fd, "wb") as pipe:
-            pickle.dump(images, pipe, protocol=pickle.HIGHEST_PROTOCOL)
+        children = []
+        for index, (task_read, result_write) in enumerate(channels[1:], start=1):
+            pid = os.fork()
+            if pid == 0:
+                # Channels before this one were closed here as their workers were forked.
+                for other, (read_fd, write_fd) in enumerate(channels):
+                    if other == 0 or other > index:
+                        os.close(read_fd)
+                        os.close(write_fd)
+                _serve(task_read, result_write)
+            os.close(task_read)
+            os.close(result_write)
+            children.append(pid)
+        _serve_loop(*channels[0])
+        for pid in children:
+            os.waitpid(pid, 0)
         status = 0
-    except BaseException:  # the parent draws the charts itself when the child has nothing
-        pass
     finally:
         os._exit(status)
+
+
+def _serve(task_read: int, result_write: int) -> None:  # pragma: no cover - in a worker
+    status = 1
+    try:
+        _serve_loop(task_read, result_write)
+        status = 0
+    finally:
+        os._exit(status)
+
+
+def _serve_loop(task_read: int, result_write: int) -> None:  # pragma: no cover - in a worker
+    """Draw each task until the parent closes the task pipe."""
+    with os.fdopen(task_read, "rb") as tasks, os.fdopen(result_write, "wb") as results:
+        while True:
+            try:
+                name, draw, args = pickle.load(tasks)
+            except EOFError:
+                return
+            pickle.dump((name, draw(*args)), results, protocol=pickle.HIGHEST_PROTOCOL)
+            results.flush()

@@ -123,12 +123,21 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
         valid = validate_features(frame, analysis, where)
         clock.stage("cluster", "clustering")
         try:
-            result = cluster(valid.frame, analysis, progress=clock.progress)
+            result = cluster(
+                valid.frame,
+                analysis,
+                progress=clock.progress,
+                on_diagnostics=lambda search, sampled: renderer.submit(
+                    charts.ELBOW, charts.elbow_silhouette, search, sampled
+                ),
+            )
         except InputError as error:
             raise InputError(f"{where}: {error}") from None
         clock.stage("charts", "drawing charts")
-        renderer.submit(charts.chart_data(result, analysis.random_state))
-        # The CSVs are encoded while the chart process draws.
+        for name, (draw, args) in charts.chart_tasks(result, analysis.random_state).items():
+            if name != charts.ELBOW:  # already drawing since the diagnostics were known
+                renderer.submit(name, draw, *args)
+        # The CSVs are encoded while the chart workers draw.
         table = result.table.assign(run_id=run_id, _clustered_at=started)
         files = {
             CSV_CLUSTERS: table.to_csv(index=False).encode(),

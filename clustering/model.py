@@ -102,9 +102,17 @@ class ClusteringResult:
 
 
 def cluster(
-    table: pd.DataFrame, settings: AnalysisSettings, progress: Progress | None = None
+    table: pd.DataFrame,
+    settings: AnalysisSettings,
+    progress: Progress | None = None,
+    on_diagnostics: Callable[[KSearch, int | None], None] | None = None,
 ) -> ClusteringResult:
-    """Run the whole analysis on a validated features table sorted by neighborhood."""
+    """Run the whole analysis on a validated features table sorted by neighborhood.
+
+    progress: receives one line per stage and per K fitted.
+    on_diagnostics: receives the K diagnostics and the silhouette sample size (None when
+        exact) as soon as they are known, before the rest finishes (to start the elbow chart).
+    """
     say = progress or (lambda _message: None)
     types = row_types(table, settings)
     residential = (types == RESIDENTIAL).to_numpy()
@@ -134,10 +142,12 @@ def cluster(
         )
     warnings = _feature_warnings(features, table)
     with fits.executor_for(n_res) as pool:
-        return _cluster(table, settings, say, types, residential, features, warnings, pool)
+        return _cluster(
+            table, settings, say, on_diagnostics, types, residential, features, warnings, pool
+        )
 
 
-def _cluster(table, settings, say, types, residential, features, warnings, pool):
+def _cluster(table, settings, say, on_diagnostics, types, residential, features, warnings, pool):
     n_res = int(residential.sum())
     sample_size = (
         settings.silhouette_sample_size if n_res > settings.silhouette_sample_size else None
@@ -153,6 +163,11 @@ def _cluster(table, settings, say, types, residential, features, warnings, pool)
         warnings.append(f"K_MAX={settings.k_max} capped at {ks[-1]}: only {n_res} residential rows")
     # Everything independent is submitted up front so a pool keeps every core busy.
     diagnostics_pending = _submit_search(pool, scaled, ks, settings)
+    diagnostics = None
+    if all(f.done() for f in diagnostics_pending):  # fitted in-process: report them now
+        diagnostics = _collect(diagnostics_pending, say, "diagnostics")
+        if on_diagnostics:
+            on_diagnostics(diagnostics, sample_size)
     top_pending = pool.submit(fits.fit_labels, scaled, 2, FINAL_N_INIT, seed)
     excluded_mask = ~residential
     excluded = table.loc[excluded_mask].copy()
@@ -180,7 +195,10 @@ def _cluster(table, settings, say, types, residential, features, warnings, pool)
         sub_ks = [k for k in range(settings.sub_k_min, settings.sub_k_max + 1) if k < n]
         tops.append((int(top), label, mask, _submit_search(pool, scaled[mask], sub_ks, settings)))
 
-    diagnostics = _collect(diagnostics_pending, say, "diagnostics")
+    if diagnostics is None:
+        diagnostics = _collect(diagnostics_pending, say, "diagnostics")
+        if on_diagnostics:
+            on_diagnostics(diagnostics, sample_size)
     sub_labels = np.full(n_res, -1, dtype=np.int64)
     groups, refits = [], []
     for top, label, mask, pending in tops:
