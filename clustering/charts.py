@@ -33,6 +33,7 @@ MAX_SCATTER_POINTS = 20_000
 ELBOW = "elbow_silhouette.png"
 PCA = "pca_clusters.png"
 HEATMAP = "cluster_heatmap.png"
+MAP = "cluster_map.png"
 
 
 @dataclass(frozen=True)
@@ -89,19 +90,39 @@ def pca_data(
     )
 
 
-def chart_tasks(result: ClusteringResult, random_state: int) -> dict[str, tuple]:
-    """Artifact name -> (draw function, arguments) for the three charts."""
+def chart_tasks(
+    result: ClusteringResult,
+    random_state: int,
+    boundaries: dict[str, list[np.ndarray]] | None = None,
+) -> dict[str, tuple]:
+    """Artifact name -> (draw function, arguments) for the three charts, plus the cluster map
+    when boundaries are given."""
     search = result.diagnostics
-    return {
+    tasks = {
         ELBOW: (elbow_silhouette, (search, result.silhouette_sample_size)),
         PCA: (pca_clusters, (pca_data(result, random_state),)),
         HEATMAP: (cluster_heatmap, (profile_zscores(result.profile), top_labels(result))),
     }
+    if boundaries:
+        table = result.table
+        cohort = table["cluster_label"].where(
+            ~result.residential, table["cluster_label"] + " (" + table["top_cluster_label"] + ")"
+        )
+        tasks[MAP] = (
+            cluster_map,
+            (boundaries, dict(zip(table["neighborhood"], cohort, strict=True))),
+        )
+    return tasks
 
 
-def render(result: ClusteringResult, random_state: int) -> dict[str, bytes]:
-    """The three charts by artifact name, drawn in this process."""
-    return {name: draw(*args) for name, (draw, args) in chart_tasks(result, random_state).items()}
+def render(
+    result: ClusteringResult,
+    random_state: int,
+    boundaries: dict[str, list[np.ndarray]] | None = None,
+) -> dict[str, bytes]:
+    """The charts by artifact name, drawn in this process."""
+    tasks = chart_tasks(result, random_state, boundaries)
+    return {name: draw(*args) for name, (draw, args) in tasks.items()}
 
 
 def elbow_silhouette(search: KSearch, sample_size: int | None) -> bytes:
@@ -184,6 +205,53 @@ def cluster_heatmap(scores: pd.DataFrame, labels: dict[int, str]) -> bytes:
     return _png(fig)
 
 
+def cluster_map(boundaries: dict[str, list[np.ndarray]], labels: dict[str, str]) -> bytes:
+    """Neighborhoods coloured by cohort: residential sub-clusters in colour, excluded groups
+    in greys, boundaries without a row of the table hatched."""
+    from matplotlib import colormaps
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    residential = sorted({v for v in labels.values() if v.startswith("Cluster ")},
+                         key=lambda v: int(v.split()[1]))  # fmt: skip
+    # Residential labels read "Cluster 11 (Distressed)"; excluded ones name their group.
+    excluded = sorted({v for v in labels.values() if not v.startswith("Cluster ")})
+    palette = dict(zip(residential, colormaps["tab10"](np.arange(len(residential)) % 10),
+                       strict=True))  # fmt: skip
+    greys = colormaps["Greys"](np.linspace(0.25, 0.6, max(len(excluded), 1)))
+    palette |= dict(zip(excluded, greys, strict=False))
+    fig = Figure(figsize=(14, 10))
+    # Fixed margins: the equal-aspect map and the legend beside it defeat tight_layout.
+    fig.subplots_adjust(left=0.07, right=0.66, top=0.94, bottom=0.07)
+    ax = fig.subplots()
+    legend = []
+    for label in [*residential, *excluded, None]:
+        rings = [ring for name, shapes in boundaries.items() if labels.get(name) == label
+                 for ring in shapes]  # fmt: skip
+        if not rings:
+            continue
+        if label is None:
+            style = {"facecolor": "white", "hatch": "///", "edgecolor": "0.6"}
+            legend.append(Patch(label="No row in the table", **style))
+        else:
+            style = {"facecolor": palette[label], "edgecolor": "white"}
+            legend.append(Patch(label=label, **style))
+        ax.add_collection(PolyCollection(rings, linewidths=0.4, **style))
+    ax.autoscale_view()
+    (west, east), (south, north) = ax.get_xlim(), ax.get_ylim()
+    if -180 <= west <= east <= 180 and -85 <= south <= north <= 85:
+        # Degrees of longitude shrink with latitude: keep the city's true proportions.
+        ax.set_aspect(1 / np.cos(np.radians((south + north) / 2)))
+        ax.set_xlabel("Longitude")
+        ax.set_ylabel("Latitude")
+    else:  # projected coordinates (metres or feet): equal units on both axes
+        ax.set_aspect("equal")
+    ax.set_title("Neighborhood cohorts", fontsize=14)
+    ax.legend(handles=legend, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return _png(fig, tight=False)
+
+
 def profile_zscores(profile: pd.DataFrame) -> pd.DataFrame:
     """Standardise each feature's sub-cluster means across sub-clusters (the notebook's
     heatmap): a feature with one sub-cluster or no spread scores 0."""
@@ -192,11 +260,12 @@ def profile_zscores(profile: pd.DataFrame) -> pd.DataFrame:
     return centred.div(spread.where(spread > 0), axis=0).fillna(0.0)
 
 
-def _png(fig) -> bytes:
+def _png(fig, tight: bool = True) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     buffer = io.BytesIO()
     # Fast zlib level: the charts are small, and level 6 costs more than drawing them.
     fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None},

@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also replace this table: bq://project.dataset.table or a "
                           ".csv/.parquet path")  # fmt: skip
     run.add_argument(
+        "--boundaries",
+        metavar="SRC",
+        help="GeoJSON of the neighborhoods (path or gs://...); adds cluster_map.png",
+    )
+    run.add_argument(
         "--runs-table",
         metavar="DEST",
         help="append the run to this history: bq://... or a .jsonl path",
@@ -118,6 +123,7 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
         artifacts_dest=args.out,
         clusters_table=args.clusters_table,
         runs_table=args.runs_table,
+        boundaries_source=args.boundaries,
         analysis=analysis,
     )
 

@@ -121,6 +121,7 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
 
         clock.stage("validate", f"validating {len(frame)} rows")
         valid = validate_features(frame, analysis, where)
+        boundaries, map_warnings = _boundaries(settings.boundaries_source, valid.frame)
         clock.stage("cluster", "clustering")
         try:
             result = cluster(
@@ -134,7 +135,8 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
         except InputError as error:
             raise InputError(f"{where}: {error}") from None
         clock.stage("charts", "drawing charts")
-        for name, (draw, args) in charts.chart_tasks(result, analysis.random_state).items():
+        tasks = charts.chart_tasks(result, analysis.random_state, boundaries)
+        for name, (draw, args) in tasks.items():
             if name != charts.ELBOW:  # already drawing since the diagnostics were known
                 renderer.submit(name, draw, *args)
         # The CSVs are encoded while the chart workers draw.
@@ -150,8 +152,9 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
 
     def manifest(timings: dict[str, float]) -> dict:
         return _manifest(
-            run_id, request, settings, started, valid.warnings, result, timings, prefix
-        )
+            run_id, request, settings, started, valid.warnings + map_warnings, result,
+            timings, prefix, list(files),
+        )  # fmt: skip
 
     if request.dry_run:
         return RunReport(run_id, "dry_run", manifest(clock.done()), None)
@@ -239,7 +242,22 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-def _manifest(run_id, request, settings, started, input_warnings, result, timings, prefix):
+def _boundaries(source: str | None, table) -> tuple[dict | None, tuple[str, ...]]:
+    """The parsed boundaries (None without a source) and a warning for unmapped rows."""
+    if not source:
+        return None, ()
+    from clustering import adapters
+    from clustering.geo import parse_boundaries
+
+    shapes = parse_boundaries(adapters.read_bytes(source), source)
+    unmapped = [name for name in table["neighborhood"] if name not in shapes]
+    if not unmapped:
+        return shapes, ()
+    shown = ", ".join(unmapped[:5]) + (", ..." if len(unmapped) > 5 else "")
+    return shapes, (f"{len(unmapped)} neighborhoods have no boundary in {source}: {shown}",)
+
+
+def _manifest(run_id, request, settings, started, input_warnings, result, timings, prefix, files):
     counts = result.table["excluded_type"].value_counts()
     diagnostics = result.diagnostics
     return {
@@ -252,6 +270,7 @@ def _manifest(run_id, request, settings, started, input_warnings, result, timing
         "finished_at": datetime.now(UTC).isoformat(),
         "input": {
             "source": settings.features_source or "built-in sample",
+            "boundaries": settings.boundaries_source,
             "rows": len(result.table),
             "residential_rows": int(result.residential.sum()),
             "excluded_rows": len(result.excluded),
@@ -260,7 +279,7 @@ def _manifest(run_id, request, settings, started, input_warnings, result, timing
         "outputs": {
             "artifacts": prefix,
             "clusters_table": settings.clusters_table,
-            "files": list(ARTIFACTS),
+            "files": [*(name for name in files if name != MANIFEST), MANIFEST],
         },
         "features": {
             "used": list(result.features.used),

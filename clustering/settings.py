@@ -61,6 +61,7 @@ ENV_VARS: tuple[str, ...] = (
     "CLUSTERS_TABLE",
     "RUNS_TABLE",
     "WATCHED_TABLE",
+    "BOUNDARIES_SOURCE",
     "ALLOWED_FEATURES_TABLES",
     "FUNCTION_SERVICE_ACCOUNT",
     "MAX_EVENT_AGE_SECONDS",
@@ -159,6 +160,8 @@ class JobSettings:
         appended per run, success or failure.
     watched_table: `project.dataset.table` whose data changes trigger a run; defaults to the
         features table when the source is `bq://`.
+    boundaries_source: optional GeoJSON of the neighborhoods (`gs://...` or a local path);
+        when given, each run also draws cluster_map.png.
     allowed_features_tables: table ids a Pub/Sub message may select instead of the default.
     function_service_account: the function's own principal; audit-log events it caused are
         skipped.
@@ -170,6 +173,7 @@ class JobSettings:
     clusters_table: str | None = None
     runs_table: str | None = None
     watched_table: str | None = None
+    boundaries_source: str | None = None
     allowed_features_tables: tuple[str, ...] = ()
     function_service_account: str | None = None
     max_event_age_seconds: int = 3600
@@ -241,6 +245,7 @@ class JobSettings:
             clusters_table=environ.get("CLUSTERS_TABLE", "").strip() or None,
             runs_table=environ.get("RUNS_TABLE", "").strip() or None,
             watched_table=environ.get("WATCHED_TABLE", "").strip() or None,
+            boundaries_source=environ.get("BOUNDARIES_SOURCE", "").strip() or None,
             allowed_features_tables=_env_names(environ, "ALLOWED_FEATURES_TABLES", ()),
             function_service_account=environ.get("FUNCTION_SERVICE_ACCOUNT", "").strip() or None,
             max_event_age_seconds=_env_int(environ, "MAX_EVENT_AGE_SECONDS", 3600),

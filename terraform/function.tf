@@ -18,6 +18,9 @@ locals {
     CLUSTERS_TABLE = "bq://${google_bigquery_table.clusters.project}.${google_bigquery_table.clusters.dataset_id}.${google_bigquery_table.clusters.table_id}"
     RUNS_TABLE     = "bq://${google_bigquery_table.runs.project}.${google_bigquery_table.runs.dataset_id}.${google_bigquery_table.runs.table_id}"
     WATCHED_TABLE  = local.features_table
+    # Optional: a GeoJSON in the artifacts bucket, read with the bucket access the function
+    # already has; each run then also draws cluster_map.png.
+    BOUNDARIES_SOURCE = var.boundaries_object == null ? "" : "gs://${google_storage_bucket.artifacts.name}/${var.boundaries_object}"
     # JSON lists, as settings.parse_name_list reads them.
     ALLOWED_FEATURES_TABLES = jsonencode(var.allowed_features_tables)
     # Audit-log events caused by this principal are skipped by the code, as by the sink filter.

@@ -162,6 +162,16 @@ variable "artifact_retention_days" {
   }
 }
 
+variable "boundaries_object" {
+  description = "Optional object name, inside the artifacts bucket, of a GeoJSON FeatureCollection of the neighborhoods (a 'neighborhood' or 'name' property per polygon). When set, every run also draws cluster_map.png. Upload it outside runs/ and claims/, which expire, e.g. inputs/neighborhoods.geojson."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.boundaries_object == null || can(regex("^[^/][^\\r\\n]*\\.(geo)?json$", var.boundaries_object)) && !startswith(coalesce(var.boundaries_object, "x"), "runs/") && !startswith(coalesce(var.boundaries_object, "x"), "claims/")
+    error_message = "boundaries_object must be an object name ending in .geojson or .json, not under runs/ or claims/ (both expire)."
+  }
+}
+
 variable "claim_retention_days" {
   description = "Days an idempotency claim under claims/ is kept. It must outlive every redelivery of an event (retries stop after max_event_age_seconds, at most a day)."
   type        = number

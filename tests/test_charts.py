@@ -88,3 +88,14 @@ def test_large_scatter_draws_a_fixed_seed_sample_and_says_so():
     assert len(sampled.points) == 300 and sampled.n_rows == big.residential.sum()
     np.testing.assert_array_equal(sampled.points, charts.pca_data(big, 42, max_points=300).points)
     assert charts.pca_clusters(sampled) != charts.pca_clusters(charts.pca_data(big, 42))
+
+
+def test_cluster_map_is_drawn_when_boundaries_are_given(result):
+    ring = np.array([[0, 0], [1, 0], [1, 1], [0, 0]], dtype=float)
+    names = result.table["neighborhood"].tolist()
+    boundaries = {name: [ring + i] for i, name in enumerate(names[:-1])}
+    boundaries["Not In The Table"] = [ring - 5]
+    images = charts.render(result, 42, boundaries)
+    assert list(images)[-1] == "cluster_map.png"
+    assert png_size(images["cluster_map.png"]) == (14 * 150, 10 * 150)
+    assert "cluster_map.png" not in charts.render(result, 42)

@@ -469,3 +469,36 @@ def test_bad_sample_requests_exit_2_with_one_line(tmp_path, capsys, monkeypatch,
     for word in words:
         assert word in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_boundaries_add_a_cluster_map(published, tmp_path, capsys):
+    out = published.copy_out(tmp_path)
+    ring = [[-76.6, 39.3], [-76.59, 39.3], [-76.59, 39.31], [-76.6, 39.3]]
+    geojson = tmp_path / "bounds.geojson"
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"neighborhood": name},
+         "geometry": {"type": "Polygon", "coordinates": [ring]}}
+        for name in SAMPLE["neighborhood"][:-3]
+    ]}))  # fmt: skip
+    features = str(published.features)
+    args = ("run", "--features", features, "--out", str(out), "--boundaries", str(geojson))
+    assert run_main(*args, *FAST) == 0
+    latest = out / "latest"
+    assert (latest / "cluster_map.png").read_bytes()[:4] == b"\x89PNG"
+    manifest = json.loads((latest / "run.json").read_text())
+    assert manifest["outputs"]["files"] == [*ARTIFACTS[:-1], "cluster_map.png", "run.json"]
+    assert "3 neighborhoods have no boundary" in capsys.readouterr().err
+
+
+def test_bad_boundaries_exit_2_and_publish_nothing(published, tmp_path, capsys):
+    out = published.copy_out(tmp_path)
+    before = tree(out)
+    geojson = tmp_path / "bounds.geojson"
+    geojson.write_text("{not json")
+    args = ("run", "--features", str(published.features), "--out", str(out))
+    assert run_main(*args, "--boundaries", str(geojson), *FAST) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "bounds.geojson" in line and "GeoJSON" in line
+    assert run_main(*args, "--boundaries", str(tmp_path / "missing.geojson"), *FAST) == 2
+    assert "missing.geojson" in one_error_line(capsys.readouterr().err)
+    assert tree(out) == before

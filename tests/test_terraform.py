@@ -203,7 +203,8 @@ def split_template(text: str) -> Iterator[tuple[bool, str]]:
 
 class Renderer:
     """Evaluates the few expression forms the job's values use: var.X (defaults), local.X,
-    tostring(), jsonencode(), and resource attributes written in the configuration. Anything
+    tostring(), jsonencode(), `var.X == null ? "..." : "..."`, and resource attributes
+    written in the configuration. Anything
     else raises Unsupported, so a new form is noticed here, not in a deploy."""
 
     def __init__(self, config: Config, overrides: dict[str, Callable[[], Any]]):
@@ -237,6 +238,8 @@ class Renderer:
             if m.group(1) == "project_id":
                 return DEMO_PROJECT
             return self.config.default(m.group(1))
+        if m := re.fullmatch(r'(var\.\w+) == None \? "(.*?)" : "(.*)"', expr):
+            return m.group(2) if self.expr(m.group(1)) is None else self.render(m.group(3))
         if m := re.fullmatch(r"local\.(\w+)", expr):
             return self.render(self.config.locals[m.group(1)])
         if m := re.fullmatch(r"tostring\((.+)\)", expr):

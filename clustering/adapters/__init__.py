@@ -46,6 +46,17 @@ def read_features(source: str) -> tuple[pd.DataFrame, str]:
     return local.read_table(source), source
 
 
+def read_bytes(source: str) -> bytes:
+    """The content of a gs:// object or a local file; a missing one is an InputError."""
+    if source.startswith("gs://"):
+        from clustering.adapters import gcs
+
+        return gcs.read_bytes(source)
+    from clustering.adapters import local
+
+    return local.read_bytes(source)
+
+
 def artifact_store(dest: str) -> ArtifactStore:
     """The store behind `dest`: a gs:// prefix or a local folder."""
     if dest.startswith("gs://"):

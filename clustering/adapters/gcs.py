@@ -27,17 +27,22 @@ def client():
     return storage.Client()
 
 
-def read_table(uri: str) -> pd.DataFrame:
+def read_bytes(uri: str) -> bytes:
     from google.api_core import exceptions
 
     bucket, name = split_uri(uri)
+    try:
+        return client().bucket(bucket).blob(name).download_as_bytes()
+    except exceptions.NotFound:
+        raise InputError(f"{uri}: no such object: check the URI") from None
+
+
+def read_table(uri: str) -> pd.DataFrame:
+    _, name = split_uri(uri)
     kind = READERS.get(PurePosixPath(name).suffix.lower())
     if kind is None:
         raise InputError(f"{uri}: unknown format: give a .csv or .parquet object")
-    try:
-        content = client().bucket(bucket).blob(name).download_as_bytes()
-    except exceptions.NotFound:
-        raise InputError(f"{uri}: no such object: check the features URI") from None
+    content = read_bytes(uri)
     if not content:
         raise InputError(f"{uri} is empty: give a file with a header row and rows")
     return parse_table(content, kind, uri)

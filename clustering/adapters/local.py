@@ -35,6 +35,13 @@ def read_table(path: str) -> pd.DataFrame:
     return parse_table(file.read_bytes() if kind == "csv" else file, kind, path)
 
 
+def read_bytes(path: str) -> bytes:
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{path}: no such file: check the path")
+    return file.read_bytes()
+
+
 def parse_table(content, kind: str, where: str) -> pd.DataFrame:
     """Parse CSV bytes or a Parquet file/bytes into a DataFrame (shared with Cloud Storage)."""
     import io

@@ -1,0 +1,60 @@
+"""Neighborhood boundaries from GeoJSON, for the optional cluster map.
+
+Only what a map needs is kept: each neighborhood's outer rings as (lon, lat) arrays. Holes are
+dropped (they are courtyards and parks at city scale), and nothing outside the standard
+library and numpy is needed to read the file.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from clustering.errors import InputError
+
+# Property names that may carry the neighborhood's name, in order of preference.
+NAME_PROPERTIES = ("neighborhood", "name", "Name", "NAME", "nbrdesc")
+
+
+def parse_boundaries(content: bytes, where: str) -> dict[str, list[np.ndarray]]:
+    """Neighborhood name -> outer rings (arrays of lon, lat) from GeoJSON bytes."""
+    try:
+        document = json.loads(content)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{where} is not valid GeoJSON ({error.__class__.__name__}): "
+                         "give a FeatureCollection exported as .geojson") from None  # fmt: skip
+    is_collection = isinstance(document, dict) and document.get("type") == "FeatureCollection"
+    features = document.get("features") if is_collection else None
+    if not isinstance(features, list):
+        raise InputError(f"{where} is not a GeoJSON FeatureCollection: export the boundaries "
+                         "as a FeatureCollection of polygons")  # fmt: skip
+    shapes: dict[str, list[np.ndarray]] = {}
+    for feature in features:
+        properties = (feature or {}).get("properties") or {}
+        name = next((str(properties[k]).strip() for k in NAME_PROPERTIES if properties.get(k)),
+                    None)  # fmt: skip
+        rings = _outer_rings((feature or {}).get("geometry") or {})
+        if name and rings:
+            shapes.setdefault(name, []).extend(rings)
+    if not shapes:
+        raise InputError(
+            f"{where} has no named polygons: each feature needs a Polygon or MultiPolygon and a "
+            f"'{NAME_PROPERTIES[0]}' (or 'name') property"
+        )
+    return shapes
+
+
+def _outer_rings(geometry: dict) -> list[np.ndarray]:
+    kind, coordinates = geometry.get("type"), geometry.get("coordinates")
+    if kind == "Polygon":
+        polygons = [coordinates]
+    elif kind == "MultiPolygon":
+        polygons = coordinates
+    else:
+        return []
+    rings = []
+    for polygon in polygons or []:
+        if polygon and len(polygon[0]) >= 3:
+            rings.append(np.asarray(polygon[0], dtype=np.float64)[:, :2])
+    return rings
