@@ -60,8 +60,11 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
     names = _names(frame["neighborhood"], where)
     frame = frame.assign(neighborhood=names)
 
+    # The severity feature names the top split, so it must be numeric even when it is not
+    # clustered on.
+    wanted = [*settings.clustering_features, settings.severity_feature]
     numeric = ["population"] + [
-        f for f in settings.clustering_features if f in frame.columns and f != "population"
+        f for f in dict.fromkeys(wanted) if f in frame.columns and f != "population"
     ]
     columns = {c: _numbers(frame, c, where) for c in numeric}
     population = columns["population"]

@@ -382,3 +382,12 @@ def test_the_shipped_schema_declares_every_cluster_column_and_default_feature():
     assert names[-len(CLUSTER_COLUMNS) :] == list(CLUSTER_COLUMNS)
     for field in table_schema("clusters_table"):
         assert field["type"] in {"STRING", "INTEGER", "FLOAT", "BOOLEAN", "TIMESTAMP"}
+
+
+def test_the_severity_feature_is_checked_even_when_not_clustered_on():
+    settings = AnalysisSettings(clustering_features=("population", "med_age"),
+                                severity_feature="crime_per_capita")  # fmt: skip
+    frame = small().astype({"crime_per_capita": object})
+    frame.loc[2, "crime_per_capita"] = "lots"
+    with pytest.raises(InputError, match="'crime_per_capita' has 'lots'"):
+        validate_features(frame, settings, WHERE)
