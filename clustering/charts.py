@@ -25,15 +25,12 @@ import numpy as np
 import pandas as pd
 
 from clustering.model import ClusteringResult, KSearch
+from clustering.naming import PNG_ELBOW, PNG_HEATMAP, PNG_MAP, PNG_PCA
 
 DPI = 150
 # Above this many residential rows the scatter draws a fixed-seed sample: a PNG cannot show
 # more points, and drawing 250k markers would dominate the run.
 MAX_SCATTER_POINTS = 20_000
-ELBOW = "elbow_silhouette.png"
-PCA = "pca_clusters.png"
-HEATMAP = "cluster_heatmap.png"
-MAP = "cluster_map.png"
 
 
 @dataclass(frozen=True)
@@ -99,16 +96,16 @@ def chart_tasks(
     when boundaries are given."""
     search = result.diagnostics
     tasks = {
-        ELBOW: (elbow_silhouette, (search, result.silhouette_sample_size)),
-        PCA: (pca_clusters, (pca_data(result, random_state),)),
-        HEATMAP: (cluster_heatmap, (profile_zscores(result.profile), top_labels(result))),
+        PNG_ELBOW: (elbow_silhouette, (search, result.silhouette_sample_size)),
+        PNG_PCA: (pca_clusters, (pca_data(result, random_state),)),
+        PNG_HEATMAP: (cluster_heatmap, (profile_zscores(result.profile), top_labels(result))),
     }
     if boundaries:
         table = result.table
         cohort = table["cluster_label"].where(
             ~result.residential, table["cluster_label"] + " (" + table["top_cluster_label"] + ")"
         )
-        tasks[MAP] = (
+        tasks[PNG_MAP] = (
             cluster_map,
             (boundaries, dict(zip(table["neighborhood"], cohort, strict=True))),
         )

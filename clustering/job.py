@@ -16,17 +16,10 @@ from importlib.metadata import version
 
 from clustering import __version__
 from clustering.errors import InputError
-from clustering.naming import new_run_id
+from clustering.naming import CSV_CLUSTERS, CSV_EXCLUDED, MANIFEST, PNG_ELBOW, new_run_id
 from clustering.settings import JobSettings
 
-CSV_CLUSTERS = "neighborhood_clusters.csv"
-CSV_EXCLUDED = "excluded_neighborhood_analysis.csv"
-PNG_ELBOW = "elbow_silhouette.png"
-PNG_PCA = "pca_clusters.png"
-PNG_HEATMAP = "cluster_heatmap.png"
-MANIFEST = "run.json"
 VERSIONED = ("numpy", "pandas", "scikit-learn", "scipy", "matplotlib")
-ARTIFACTS = (CSV_CLUSTERS, CSV_EXCLUDED, PNG_ELBOW, PNG_PCA, PNG_HEATMAP, MANIFEST)
 
 
 @dataclass(frozen=True)
@@ -129,7 +122,7 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
                 analysis,
                 progress=clock.progress,
                 on_diagnostics=lambda search, sampled: renderer.submit(
-                    charts.ELBOW, charts.elbow_silhouette, search, sampled
+                    PNG_ELBOW, charts.elbow_silhouette, search, sampled
                 ),
             )
         except InputError as error:
@@ -137,7 +130,7 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
         clock.stage("charts", "drawing charts")
         tasks = charts.chart_tasks(result, analysis.random_state, boundaries)
         for name, (draw, args) in tasks.items():
-            if name != charts.ELBOW:  # already drawing since the diagnostics were known
+            if name != PNG_ELBOW:  # already drawing since the diagnostics were known
                 renderer.submit(name, draw, *args)
         # The CSVs are encoded while the chart workers draw.
         table = result.table.assign(run_id=run_id, _clustered_at=started)

@@ -7,6 +7,16 @@ import re
 import uuid
 from datetime import datetime
 
+# The artifacts of a run, in the order they are written; run.json always goes last.
+CSV_CLUSTERS = "neighborhood_clusters.csv"
+CSV_EXCLUDED = "excluded_neighborhood_analysis.csv"
+PNG_ELBOW = "elbow_silhouette.png"
+PNG_PCA = "pca_clusters.png"
+PNG_HEATMAP = "cluster_heatmap.png"
+PNG_MAP = "cluster_map.png"  # only when boundaries are given
+MANIFEST = "run.json"
+ARTIFACTS = (CSV_CLUSTERS, CSV_EXCLUDED, PNG_ELBOW, PNG_PCA, PNG_HEATMAP, MANIFEST)
+
 CONTENT_TYPES = {".csv": "text/csv", ".png": "image/png", ".json": "application/json"}
 
 

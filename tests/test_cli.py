@@ -23,7 +23,7 @@ import pytest
 
 from clustering.adapters.local import read_table
 from clustering.cli import build_parser, main, settings_from_args
-from clustering.job import ARTIFACTS
+from clustering.naming import ARTIFACTS
 from clustering.sample import make_sample
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES, DEFAULT_EXCLUDE_NEIGHBORHOODS
 

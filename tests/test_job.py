@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from clustering.errors import InputError
-from clustering.job import ARTIFACTS, MANIFEST, RunRequest, run_job
+from clustering.job import RunRequest, run_job
+from clustering.naming import ARTIFACTS, MANIFEST
 from clustering.sample import make_sample
 from clustering.settings import AnalysisSettings, JobSettings
 
