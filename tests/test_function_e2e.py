@@ -1,0 +1,863 @@
+"""The deployed function, end to end, on this machine: the real entry point served by
+functions-framework, the real Baltimore table in a BigQuery emulator, artifacts in
+fake-gcs-server, CloudEvents posted over HTTP (and, where the official emulator exists,
+published through Pub/Sub), and every result read back through the unmodified Google clients.
+
+One function server serves most tests; every test measures what it needs (history rows, the
+clusters table, latest/) just before its own event and compares just after, so the tests do not
+depend on their order. Tests that need another configuration (a missing bucket, a bucket that
+fails mid-run) start their own server.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from google.cloud import bigquery, storage
+
+from clustering.sender import pubsub_event, table_change_event
+from clustering.settings import DEFAULT_CLUSTERING_FEATURES
+from clustering.table import CLUSTER_COLUMNS, table_schema
+from tests import emulators
+from tests.helpers import REPO, real_table
+
+pytestmark = pytest.mark.e2e
+
+PROJECT = emulators.DEFAULT_PROJECT
+DATASET = "analytics"
+FEATURES = f"{PROJECT}.{DATASET}.neighborhood_features"
+CLUSTERS = f"{PROJECT}.{DATASET}.neighborhood_clusters"
+RUNS = f"{PROJECT}.{DATASET}.cluster_runs"
+SERVICE_ACCOUNT = f"recluster@{PROJECT}.iam.gserviceaccount.com"
+PREFIX = "e2e"
+# The six files of every run (DESIGN.md, "Artifacts"), written by name here rather than imported,
+# so that a renamed or dropped artifact fails these tests.
+ARTIFACTS = (
+    "neighborhood_clusters.csv",
+    "excluded_neighborhood_analysis.csv",
+    "elbow_silhouette.png",
+    "pca_clusters.png",
+    "cluster_heatmap.png",
+    "run.json",
+)
+MANIFEST = "run.json"
+MAIN = REPO / "main.py"
+
+# Bounds on waits, never expectations: a run of 279 rows takes 2-4 s (10 s when cold).
+RESPONSE_TIMEOUT_S = 180.0
+LOG_DEADLINE_S = 120.0
+# A storage outage is waited out by the storage client itself: it retries the upload for 120 s,
+# then the claim release for up to 120 s more, before the handler answers.
+OUTAGE_RESPONSE_TIMEOUT_S = 480.0
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(
+    check: Callable[[], object],
+    what: str,
+    deadline_s: float = LOG_DEADLINE_S,
+    interval_s: float = 0.05,
+):
+    """Poll check() until it returns something truthy, which is returned; fail past the bound."""
+    deadline = time.monotonic() + deadline_s
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what} after {deadline_s:.0f} s")
+        time.sleep(interval_s)
+    return result
+
+
+# --- What the function says and does --------------------------------------------------------
+
+
+def parse_log(text: str) -> tuple[list[dict], list[str]]:
+    """(JSON entries, other lines) of function output."""
+    entries, others = [], []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict):
+            entries.append(entry)
+        elif line.strip():
+            others.append(line)
+    return entries, others
+
+
+@dataclass
+class Delivery:
+    """One POST of a CloudEvent: the HTTP answer and the log entries written meanwhile."""
+
+    status: int
+    body: str
+    entries: list[dict]
+
+    @property
+    def acked(self) -> bool:
+        return 200 <= self.status < 300
+
+    def messages(self, severity: str | None = None) -> list[str]:
+        return [e["message"] for e in self.entries if severity is None or e["severity"] == severity]
+
+    def one(self, start: str) -> dict:
+        found = [e for e in self.entries if e["message"].startswith(start)]
+        assert len(found) == 1, f"expected one log entry starting {start!r}, got {self.entries}"
+        return found[0]
+
+
+@dataclass
+class Function:
+    """A functions-framework server running main.py's `recluster`."""
+
+    server: emulators.FunctionServer
+
+    def log_size(self) -> int:
+        return self.server.log_path.stat().st_size if self.server.log_path.exists() else 0
+
+    def log_since(self, offset: int) -> str:
+        with self.server.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
+    def post(self, event: dict, timeout: float = RESPONSE_TIMEOUT_S) -> Delivery:
+        """POST in structured mode (as clustering.sender.post_event does, but without any proxy
+        from the environment) and collect the log lines the request produced."""
+        offset = self.log_size()
+        request = urllib.request.Request(
+            self.server.url,
+            data=json.dumps(event).encode(),
+            headers={"Content-Type": "application/cloudevents+json"},
+            method="POST",
+        )
+        try:
+            with emulators.LOCAL_HTTP.open(request, timeout=timeout) as response:
+                status, body = response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as error:
+            status, body = error.code, error.read().decode(errors="replace")
+        # Requests are handled one at a time here, so what was appended is this event's.
+        return Delivery(status, body, parse_log(self.log_since(offset))[0])
+
+
+def function_env(bigquery_emulator, storage_endpoint: str, artifacts: str) -> dict[str, str]:
+    """The function's configuration, as Terraform sets it, pointed at the emulators."""
+    return {
+        "FEATURES_SOURCE": f"bq://{FEATURES}",
+        "ARTIFACTS_DEST": artifacts,
+        "CLUSTERS_TABLE": f"bq://{CLUSTERS}",
+        "RUNS_TABLE": f"bq://{RUNS}",
+        "FUNCTION_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
+        "BIGQUERY_EMULATOR_HOST": bigquery_emulator.endpoint,
+        "STORAGE_EMULATOR_HOST": storage_endpoint,
+    }
+
+
+@contextlib.contextmanager
+def serve(env: dict[str, str], log_path: Path) -> Iterator[Function]:
+    with emulators.functions_framework_server(MAIN, env=env, log_path=log_path) as server:
+        yield Function(server)
+
+
+# --- What is in BigQuery and Cloud Storage ---------------------------------------------------
+
+
+def load_features(bq: bigquery.Client, frame: pd.DataFrame) -> None:
+    """Replace the features table with a CSV load job, as an analyst would (no labels: not
+    ours), with an explicit schema: neighborhood STRING, population INTEGER, the rest FLOAT."""
+    types = {"neighborhood": "STRING", "population": "INTEGER"}
+    config = bigquery.LoadJobConfig(
+        schema=[bigquery.SchemaField(c, types.get(c, "FLOAT")) for c in frame.columns],
+        source_format=bigquery.SourceFormat.CSV,
+        skip_leading_rows=1,
+        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+    )
+    csv = io.BytesIO(frame.to_csv(index=False).encode())
+    bq.load_table_from_file(csv, FEATURES, job_config=config).result()
+
+
+def history(bq: bigquery.Client) -> list[dict]:
+    return [dict(row) for row in bq.list_rows(RUNS)]
+
+
+def rows_of(bq: bigquery.Client, event_id: str) -> list[dict]:
+    return [row for row in history(bq) if row["event_id"] == event_id]
+
+
+@dataclass(frozen=True)
+class TableState:
+    schema: tuple[tuple[str, str], ...]
+    rows: tuple[tuple, ...]
+
+
+def clusters_state(bq: bigquery.Client) -> TableState:
+    # Names and types only: local-bigquery drops REQUIRED modes on loads (test_emulators.py).
+    table = bq.get_table(CLUSTERS)
+    rows = sorted(tuple(row.values()) for row in bq.list_rows(table))
+    return TableState(tuple((f.name, f.field_type) for f in table.schema), tuple(rows))
+
+
+@dataclass(frozen=True)
+class Stored:
+    sha256: str
+    content_type: str
+    generation: int
+    content: bytes = field(repr=False, compare=False)
+
+
+def objects(gcs: storage.Client, bucket: str, prefix: str) -> dict[str, Stored]:
+    """Every object under gs://bucket/prefix, by name relative to the prefix."""
+    found = {}
+    for blob in gcs.list_blobs(bucket, prefix=prefix):
+        content = blob.download_as_bytes()
+        found[blob.name[len(prefix) :]] = Stored(
+            hashlib.sha256(content).hexdigest(), blob.content_type, blob.generation, content
+        )
+    return found
+
+
+def names(gcs: storage.Client, bucket: str, prefix: str) -> set[str]:
+    """Names of the objects under gs://bucket/prefix, relative to the prefix."""
+    return {blob.name[len(prefix) :] for blob in gcs.list_blobs(bucket, prefix=prefix)}
+
+
+@dataclass(frozen=True)
+class Published:
+    """Everything a run may change, to compare before and after an event."""
+
+    history_rows: int
+    table: TableState
+    latest: dict[str, Stored]
+    runs: frozenset[str]
+    claims: frozenset[str]
+
+
+def published(bq: bigquery.Client, gcs: storage.Client, bucket: str) -> Published:
+    return Published(
+        history_rows=len(history(bq)),
+        table=clusters_state(bq),
+        latest=objects(gcs, bucket, f"{PREFIX}/latest/"),
+        runs=frozenset(name.split("/")[0] for name in names(gcs, bucket, f"{PREFIX}/runs/")),
+        claims=frozenset(names(gcs, bucket, f"{PREFIX}/claims/")),
+    )
+
+
+# --- Fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bq(bigquery_emulator) -> Iterator[bigquery.Client]:
+    client = emulators.bigquery_client(bigquery_emulator)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def gcs(gcs_emulator) -> Iterator[storage.Client]:
+    client = emulators.storage_client(gcs_emulator)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def cloud(bq, gcs) -> Iterator[str]:
+    """The dataset as Terraform leaves it (both tables created from the code's schema files),
+    the real features loaded, and an empty artifacts bucket, whose name is yielded."""
+    bq.delete_dataset(f"{PROJECT}.{DATASET}", delete_contents=True, not_found_ok=True)
+    bq.create_dataset(f"{PROJECT}.{DATASET}")
+    for table_id, schema in ((CLUSTERS, "clusters_table"), (RUNS, "runs_table")):
+        fields = [bigquery.SchemaField.from_api_repr(f) for f in table_schema(schema)]
+        bq.create_table(bigquery.Table(table_id, schema=fields))
+    load_features(bq, real_table())
+    bucket = gcs.create_bucket(unique("artifacts"))
+    yield bucket.name
+    bq.delete_dataset(f"{PROJECT}.{DATASET}", delete_contents=True, not_found_ok=True)
+
+
+@pytest.fixture(scope="module")
+def function(cloud, bigquery_emulator, gcs_emulator, tmp_path_factory) -> Iterator[Function]:
+    env = function_env(bigquery_emulator, gcs_emulator.endpoint, f"gs://{cloud}/{PREFIX}")
+    log_path = tmp_path_factory.mktemp("function") / "functions-framework.log"
+    with serve(env, log_path) as server:
+        yield server
+
+
+@pytest.fixture
+def restore_features(bq) -> Iterator[None]:
+    """Put the real features table back after a test that loads bad data."""
+    yield
+    load_features(bq, real_table())
+
+
+@dataclass(frozen=True)
+class FirstRun:
+    event: dict
+    delivery: Delivery
+    history_row: dict
+    table: TableState
+    table_frame: pd.DataFrame
+    run_objects: dict[str, Stored]
+    latest: dict[str, Stored]
+
+
+@pytest.fixture(scope="module")
+def first_run(function, bq, gcs, cloud) -> FirstRun:
+    """A manual publish on the freshly deployed function, and what it published."""
+    event = pubsub_event({"reason": "e2e first run"})
+    delivery = function.post(event)
+    assert delivery.acked, (delivery.status, delivery.body, delivery.entries)
+    rows = rows_of(bq, event["id"])
+    assert len(rows) == 1, rows
+    run_id = rows[0]["run_id"]
+    frame = pd.DataFrame([dict(row) for row in bq.list_rows(CLUSTERS)])
+    return FirstRun(
+        event=event,
+        delivery=delivery,
+        history_row=rows[0],
+        table=clusters_state(bq),
+        table_frame=frame,
+        run_objects=objects(gcs, cloud, f"{PREFIX}/runs/{run_id}/"),
+        latest=objects(gcs, cloud, f"{PREFIX}/latest/"),
+    )
+
+
+# --- A manual publish ------------------------------------------------------------------------
+
+
+def test_a_manual_publish_replaces_the_clusters_table_with_the_declared_schema(first_run, bq):
+    assert first_run.delivery.acked
+    features = [f.name for f in bq.get_table(FEATURES).schema]
+    declared = {f["name"]: f["type"] for f in table_schema("clusters_table")}
+    # The rule (DESIGN.md): every features column in its order, then the cluster columns. The
+    # real table has 8 of the 15 default features, so the load replaced the columns Terraform
+    # created from the schema file with these 17; each of them is declared, with that type.
+    expected = [*features, *CLUSTER_COLUMNS]
+    assert len(expected) == 17 and set(expected) <= set(declared)
+    assert first_run.table.schema == tuple((name, declared[name]) for name in expected)
+
+    frame = first_run.table_frame
+    real = real_table()
+    assert len(frame) == 279 == len(real)
+    assert frame["neighborhood"].is_unique
+    assert set(frame["neighborhood"]) == set(real["neighborhood"])
+    # Every features column is copied as it was read.
+    merged = frame.merge(real, on="neighborhood", suffixes=("", "_input"))
+    for column in features[1:]:
+        pd.testing.assert_series_equal(
+            merged[column], merged[f"{column}_input"], check_names=False, check_dtype=False
+        )
+    # The notebook lost Harbor Point; the product keeps every row.
+    harbor_point = frame.set_index("neighborhood").loc["Harbor Point"]
+    assert harbor_point["excluded_type"] == "Institutional/Industrial"
+    assert harbor_point["top_cluster"] == -1 and harbor_point["sub_cluster"] == -1
+
+    row = first_run.history_row
+    assert frame["run_id"].unique().tolist() == [row["run_id"]]
+    assert frame["_clustered_at"].unique().tolist() == [pd.Timestamp(row["started_at"])]
+    types = frame["excluded_type"].value_counts()
+    assert types["Residential"] == row["residential_rows"]
+    assert types.drop("Residential").sum() == row["excluded_rows"]
+    residential = frame[frame["excluded_type"] == "Residential"]
+    assert set(residential["top_cluster_label"]) == {"Stable", "Distressed"}
+    assert residential["excluded_cluster"].isna().all()
+
+
+def test_a_manual_publish_appends_its_run_to_the_history(first_run, cloud):
+    row = first_run.history_row
+    real = real_table()
+    run_id = row["run_id"]
+    assert row["status"] == "succeeded" and row["error"] is None
+    assert row["trigger"] == "pubsub"
+    assert row["event_id"] == first_run.event["id"]
+    assert row["reason"] == "e2e first run"
+    assert row["source_table"] == f"bq://{FEATURES}"
+    assert row["input_rows"] == row["output_rows"] == 279
+    assert row["residential_rows"] + row["excluded_rows"] == 279
+    assert row["residential_rows"] > 200
+    assert 2 <= row["best_k"] <= 10
+    assert 2 <= row["stable_sub_k"] <= 5 and 2 <= row["distressed_sub_k"] <= 5
+    present = [f for f in DEFAULT_CLUSTERING_FEATURES if f in real.columns]
+    assert json.loads(row["features_used"]) == present
+    assert json.loads(row["features_missing"]) == [
+        f for f in DEFAULT_CLUSTERING_FEATURES if f not in real.columns
+    ]
+    assert list(json.loads(row["silhouette_by_k"])) == [str(k) for k in range(2, 11)]
+    assert row["silhouette_sample_size"] is None
+    assert row["artifact_prefix"] == f"gs://{cloud}/{PREFIX}/runs/{run_id}/"
+    assert row["started_at"] <= row["finished_at"]
+
+
+def test_a_manual_publish_writes_its_artifacts_then_latest(first_run, cloud):
+    run_id = first_run.history_row["run_id"]
+    stored = first_run.run_objects
+    assert sorted(stored) == sorted(ARTIFACTS)
+    expected_types = {".csv": "text/csv", ".png": "image/png", ".json": "application/json"}
+    for name, item in stored.items():
+        assert item.content_type == expected_types[Path(name).suffix], name
+    for name in ARTIFACTS:
+        if name.endswith(".png"):
+            assert stored[name].content.startswith(b"\x89PNG\r\n\x1a\n"), name
+    # latest/ holds exactly this run's files, byte for byte.
+    assert {n: (s.sha256, s.content_type) for n, s in first_run.latest.items()} == {
+        n: (s.sha256, s.content_type) for n, s in stored.items()
+    }
+
+    manifest = json.loads(stored[MANIFEST].content)
+    assert manifest["run_id"] == run_id
+    assert manifest["trigger"] == "pubsub"
+    assert manifest["event_id"] == first_run.event["id"]
+    assert manifest["input"]["rows"] == 279
+    assert manifest["outputs"]["artifacts"] == f"gs://{cloud}/{PREFIX}/runs/{run_id}/"
+    assert manifest["outputs"]["clusters_table"] == f"bq://{CLUSTERS}"
+    assert manifest["outputs"]["files"] == list(ARTIFACTS)
+
+    csv = pd.read_csv(io.BytesIO(stored["neighborhood_clusters.csv"].content))
+    assert list(csv.columns) == [name for name, _ in first_run.table.schema]
+    assert len(csv) == 279 and csv["run_id"].unique().tolist() == [run_id]
+
+
+def test_the_run_logs_json_lines_with_its_run_id_and_trigger(first_run):
+    delivery = first_run.delivery
+    run_id = first_run.history_row["run_id"]
+    starting = delivery.one("run starting")
+    done = delivery.one("run succeeded")
+    for entry in (starting, done):
+        assert entry["severity"] == "INFO"
+        assert entry["run_id"] == run_id and entry["trigger"] == "pubsub"
+        assert entry["event_id"] == first_run.event["id"]
+    assert "artifacts gs://" in done["message"] and run_id in done["message"]
+
+
+def test_the_load_job_carries_the_app_label(first_run, bq):
+    # local-bigquery lists jobs with their configuration and labels, as BigQuery does; the
+    # audit logs copy these labels, which is how the function recognises its own jobs.
+    loads = [job for job in bq.list_jobs() if job.job_type == "load"]
+    ours = [
+        job
+        for job in loads
+        if job.destination and job.destination.table_id == "neighborhood_clusters"
+    ]
+    assert ours, [(job.job_id, job.destination, job.labels) for job in loads]
+    assert all(job.labels == {"app": "neighborhood-clusters"} for job in ours)
+    # The test's own loads of the features table carry no label.
+    assert all(
+        job.labels == {} for job in loads if job.destination.table_id == "neighborhood_features"
+    )
+
+
+# --- Which events run, which are skipped ------------------------------------------------------
+
+
+def test_a_duplicate_delivery_runs_once(function, bq, gcs, cloud, first_run):
+    event = pubsub_event({"reason": "delivered twice"})
+    before = published(bq, gcs, cloud)
+
+    first = function.post(event)
+    assert first.acked and first.one("run succeeded")
+    after_first = published(bq, gcs, cloud)
+    second = function.post(event)
+
+    assert second.acked
+    duplicate = second.one("duplicate delivery skipped")
+    assert duplicate["idempotency_key"] == event["id"]
+    assert "run starting" not in " ".join(second.messages())
+    assert len(rows_of(bq, event["id"])) == 1
+    assert len(after_first.runs - before.runs) == 1
+    assert published(bq, gcs, cloud) == after_first
+
+
+def test_a_change_of_the_features_table_runs(function, bq, gcs, cloud, first_run):
+    job_id = f"bqjob_{uuid.uuid4().hex[:16]}"
+    event = table_change_event(FEATURES, job_id=job_id)
+    before = published(bq, gcs, cloud)
+
+    delivery = function.post(event)
+
+    assert delivery.acked
+    assert delivery.one("run starting")["trigger"] == "table-change"
+    rows = rows_of(bq, f"projects/{PROJECT}/jobs/{job_id}")
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["status"] == "succeeded" and row["trigger"] == "table-change"
+    assert f"data change of the watched table {FEATURES}" in row["reason"]
+    after = published(bq, gcs, cloud)
+    assert after.runs - before.runs == {row["run_id"]}
+    assert json.loads(after.latest[MANIFEST].content)["run_id"] == row["run_id"]
+    assert {r[-2] for r in after.table.rows} == {row["run_id"]}  # the run_id column
+    # The same data, clustered the same way: only run_id and _clustered_at differ.
+    assert [r[:-2] for r in after.table.rows] == [r[:-2] for r in before.table.rows]
+
+
+@pytest.mark.parametrize(
+    ("event", "cause"),
+    [
+        pytest.param(
+            table_change_event(FEATURES, read=True),
+            "(tableDataRead), not a data change",
+            id="read-of-the-features-table",
+        ),
+        pytest.param(
+            table_change_event(CLUSTERS),
+            "is the function's own clusters table",
+            id="write-to-the-clusters-table",
+        ),
+        pytest.param(
+            table_change_event(FEATURES, principal=SERVICE_ACCOUNT),
+            f"caused by the function's own service account {SERVICE_ACCOUNT}",
+            id="change-by-the-function-itself",
+        ),
+    ],
+)
+def test_reads_and_the_functions_own_writes_run_nothing(
+    function, bq, gcs, cloud, first_run, event, cause
+):
+    before = published(bq, gcs, cloud)
+
+    delivery = function.post(event)
+
+    assert delivery.acked
+    skipped = delivery.one("event skipped")
+    assert skipped["severity"] == "INFO" and cause in skipped["message"]
+    assert skipped["trigger"] == "table-change"
+    assert "run_id" not in skipped
+    assert published(bq, gcs, cloud) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "cause"),
+    [
+        pytest.param("{not json", "message data is not valid JSON", id="invalid-json"),
+        pytest.param(
+            {"features_table": f"{PROJECT}.{DATASET}.someone_elses_table"},
+            "is not allowed; allowed tables: " + FEATURES,
+            id="table-not-allowlisted",
+        ),
+    ],
+)
+def test_a_malformed_message_is_acked_never_run_and_recorded_as_failed(
+    function, bq, gcs, cloud, first_run, body, cause
+):
+    event = pubsub_event(body)
+    before = published(bq, gcs, cloud)
+
+    delivery = function.post(event)
+
+    assert delivery.acked
+    rejected = delivery.one("event rejected, not retried")
+    assert rejected["severity"] == "ERROR" and cause in rejected["message"]
+    assert not [m for m in delivery.messages() if m.startswith("run starting")]
+    rows = rows_of(bq, event["id"])
+    assert len(rows) == 1
+    assert rows[0]["status"] == "failed" and rows[0]["trigger"] == "pubsub"
+    assert cause in rows[0]["error"]
+    after = published(bq, gcs, cloud)
+    assert after.history_rows == before.history_rows + 1
+    assert (after.table, after.latest, after.runs, after.claims) == (
+        before.table,
+        before.latest,
+        before.runs,
+        before.claims,
+    )
+
+
+def duplicated_neighborhood(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.loc[5, "neighborhood"] = frame.loc[4, "neighborhood"]
+    return frame
+
+
+def negative_population(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.loc[10, "population"] = -40
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("spoil", "cause"),
+    [
+        (duplicated_neighborhood, "appears more than once"),
+        (negative_population, "population is negative"),
+    ],
+)
+def test_bad_data_is_acked_as_a_failed_run_and_publishes_nothing(
+    function, bq, gcs, cloud, first_run, restore_features, spoil, cause
+):
+    before = published(bq, gcs, cloud)
+    load_features(bq, spoil(real_table()))
+    event = table_change_event(FEATURES)
+
+    delivery = function.post(event)
+
+    assert delivery.acked, (delivery.status, delivery.body)
+    failed = delivery.one("run failed, not retried")
+    assert failed["severity"] == "WARNING" and failed["error_type"] == "InputError"
+    assert f"bq://{FEATURES}" in failed["message"] and cause in failed["message"]
+    (row,) = rows_of(bq, event["data"]["protoPayload"]["metadata"]["tableDataChange"]["jobName"])
+    assert row["status"] == "failed" and row["trigger"] == "table-change"
+    assert cause in row["error"] and row["run_id"] == failed["run_id"]
+    after = published(bq, gcs, cloud)
+    # The clusters table and latest/ are byte for byte as they were, and no run folder exists.
+    assert after.table == before.table
+    assert after.latest == before.latest
+    assert after.runs == before.runs
+    # The event stays claimed: a redelivery of a permanent failure is a duplicate.
+    assert len(after.claims - before.claims) == 1
+
+
+def test_every_line_the_function_prints_is_a_json_log_entry(function, first_run):
+    # Cloud Logging turns each line of output into an entry: a plain-text line (a library's
+    # warning, a traceback) becomes an entry without severity, run_id or trigger.
+    entries, others = parse_log(function.log_since(0))
+    assert entries
+    assert others == []
+    for entry in entries:
+        assert {"severity", "message", "time", "trigger"} <= set(entry), entry
+
+
+# --- Storage that is missing or fails ---------------------------------------------------------
+
+
+def test_a_missing_artifacts_bucket_is_acked_and_recorded_as_failed(
+    cloud, bq, gcs, first_run, bigquery_emulator, gcs_emulator, tmp_path
+):
+    missing = unique("no-such-bucket")
+    env = function_env(bigquery_emulator, gcs_emulator.endpoint, f"gs://{missing}/{PREFIX}")
+    table = clusters_state(bq)
+    history_rows = len(history(bq))
+    event = pubsub_event({"reason": "bucket missing"})
+
+    with serve(env, tmp_path / "functions-framework.log") as function:
+        delivery = function.post(event)
+
+    # A missing bucket fails the same way on every retry: acked, never run.
+    assert delivery.acked, (delivery.status, delivery.body)
+    error = delivery.one("cannot claim the event")
+    assert error["severity"] == "ERROR" and f"gs://{missing}/{PREFIX}/claims/" in error["message"]
+    assert not [m for m in delivery.messages() if m.startswith("run starting")]
+    (row,) = rows_of(bq, event["id"])
+    assert row["status"] == "failed" and row["error"].startswith("claim failed: ")
+    assert len(history(bq)) == history_rows + 1
+    assert clusters_state(bq) == table
+    assert gcs.lookup_bucket(missing) is None
+
+
+class FilesystemGcs:
+    """A fake-gcs-server of its own with its objects on disk, so that a test can take the
+    bucket away, or stop the server and start it again on the same port with the same data."""
+
+    def __init__(self, root: Path, log_path: Path) -> None:
+        self.root = root
+        self.log_path = log_path
+        self.port = emulators.free_port()
+        self.endpoint = f"http://{emulators.HOST}:{self.port}"
+        self._running: contextlib.ExitStack | None = None
+
+    def start(self) -> None:
+        command = [
+            str(emulators.GCS_BINARY),
+            *("-scheme", "http", "-host", emulators.HOST, "-port", str(self.port)),
+            *("-backend", "filesystem", "-filesystem-root", str(self.root)),
+            *("-external-url", self.endpoint, "-log-level", "warn"),
+        ]
+        stack = contextlib.ExitStack()
+        stack.enter_context(
+            emulators.running_process(
+                "fake-gcs-server (filesystem)",
+                command,
+                log_path=self.log_path,
+                ready=lambda: emulators.http_answers(f"{self.endpoint}/storage/v1/b"),
+            )
+        )
+        self._running = stack
+
+    def stop(self) -> None:
+        if self._running is not None:
+            self._running.close()
+            self._running = None
+
+    def client(self) -> storage.Client:
+        return emulators.storage_client(emulators.GcsEmulator(self.endpoint, self.log_path))
+
+
+@dataclass
+class OnDisk:
+    """The function with its artifacts on a FilesystemGcs, after one successful run."""
+
+    gcs: FilesystemGcs
+    client: storage.Client
+    bucket: str
+    function: Function
+
+
+@pytest.fixture(scope="module")
+def on_disk(cloud, bigquery_emulator, tmp_path_factory) -> Iterator[OnDisk]:
+    work = tmp_path_factory.mktemp("gcs-on-disk")
+    gcs = FilesystemGcs(work / "storage", work / "fake-gcs-server.log")
+    gcs.start()
+    try:
+        client = gcs.client()
+        bucket = client.create_bucket(unique("artifacts")).name
+        env = function_env(bigquery_emulator, gcs.endpoint, f"gs://{bucket}/{PREFIX}")
+        with serve(env, work / "functions-framework.log") as function:
+            baseline = function.post(pubsub_event({"reason": "baseline on disk"}))
+            assert baseline.one("run succeeded"), baseline.entries
+            yield OnDisk(gcs, client, bucket, function)
+    finally:
+        gcs.stop()
+
+
+def start_mid_run(on_disk: OnDisk, event: dict, response_timeout: float):
+    """POST the event from another thread; return the pending answer once the function has
+    logged that the run of this event started (claimed, nothing published yet)."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    offset = on_disk.function.log_size()
+    answer = pool.submit(on_disk.function.post, event, response_timeout)
+    pool.shutdown(wait=False)
+
+    def started() -> bool:
+        entries, _ = parse_log(on_disk.function.log_since(offset))
+        return any(
+            e["message"].startswith("run starting") and e.get("event_id") == event["id"]
+            for e in entries
+        )
+
+    wait_for(lambda: started() or answer.done(), "the function to log `run starting`")
+    assert not answer.done(), answer.result()
+    return answer
+
+
+def test_the_bucket_made_unavailable_mid_run_leaves_table_and_latest_intact(on_disk, bq):
+    before = published(bq, on_disk.client, on_disk.bucket)
+    event = pubsub_event({"reason": "bucket goes away"})
+    bucket_dir = on_disk.gcs.root / on_disk.bucket
+    hidden = bucket_dir.with_name(f"{on_disk.bucket}.hidden")
+
+    answer = start_mid_run(on_disk, event, RESPONSE_TIMEOUT_S)
+    # The run has read the features and is clustering; its first write will find no bucket.
+    bucket_dir.rename(hidden)
+    try:
+        delivery = answer.result(timeout=RESPONSE_TIMEOUT_S)
+    finally:
+        hidden.rename(bucket_dir)
+
+    # A bucket that is not there (404) fails every retry the same way: acked, recorded.
+    assert delivery.acked, (delivery.status, delivery.body)
+    failed = delivery.one("run failed, not retried")
+    assert failed["severity"] == "ERROR" and failed["error_type"] == "NotFound"
+    (row,) = rows_of(bq, event["id"])
+    assert row["status"] == "failed" and row["run_id"] == failed["run_id"]
+    assert "404" in row["error"]
+    after = published(bq, on_disk.client, on_disk.bucket)
+    assert after.table == before.table
+    assert after.latest == before.latest
+    assert after.runs == before.runs
+
+
+@pytest.mark.slow
+def test_a_storage_outage_mid_run_is_retried_and_leaves_table_and_latest_intact(on_disk, bq):
+    before = published(bq, on_disk.client, on_disk.bucket)
+    event = pubsub_event({"reason": "storage goes down"})
+
+    answer = start_mid_run(on_disk, event, OUTAGE_RESPONSE_TIMEOUT_S)
+    on_disk.gcs.stop()
+    try:
+        # The storage client retries the refused connections for its 120 s deadline before the
+        # handler sees the error; that wait is the product's, and it bounds this test's length.
+        delivery = answer.result(timeout=OUTAGE_RESPONSE_TIMEOUT_S)
+    finally:
+        on_disk.gcs.start()
+
+    # Transient: the handler raises and functions-framework answers 500, so Pub/Sub redelivers.
+    assert delivery.status == 500, (delivery.status, delivery.body)
+    failed = delivery.one("run failed with a transient error, will be retried")
+    assert failed["severity"] == "ERROR"
+    # The claim could not be released while storage was down, and the handler says so. The
+    # redelivery therefore finds the event claimed and is acked as a duplicate without a run:
+    # the change waits for the next event (or a manual publish).
+    unreleased = delivery.one(f"claim {event['id']} could not be released")
+    assert unreleased["severity"] == "ERROR"
+    assert "its retry will be skipped" in unreleased["message"]
+    (row,) = rows_of(bq, event["id"])
+    assert row["status"] == "failed" and row["run_id"] == failed["run_id"]
+
+    after = published(bq, on_disk.client, on_disk.bucket)
+    assert after.table == before.table
+    assert after.latest == before.latest
+    assert after.runs == before.runs
+    assert len(after.claims - before.claims) == 1
+
+
+# --- Through the Pub/Sub emulator -------------------------------------------------------------
+
+
+def pubsub_rest(emulator, method: str, path: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        f"{emulator.endpoint}/v1/projects/{emulator.project}/{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method=method,
+    )
+    with emulators.LOCAL_HTTP.open(request, timeout=30) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def test_a_message_published_to_the_topic_is_pushed_to_the_function_and_runs_once(
+    pubsub_emulator, function, bq, gcs, cloud, first_run
+):
+    topic = unique("neighborhood-clusters-runs")
+    before = published(bq, gcs, cloud)
+    offset = function.log_size()
+    pubsub_rest(pubsub_emulator, "PUT", f"topics/{topic}", {})
+    # As terraform/triggers.tf: the topic's path in the push URL becomes the CloudEvent source,
+    # and an ack deadline longer than a run, so a run in progress is not delivered again.
+    pubsub_rest(
+        pubsub_emulator,
+        "PUT",
+        f"subscriptions/{topic}-push",
+        {
+            "topic": f"projects/{pubsub_emulator.project}/topics/{topic}",
+            "ackDeadlineSeconds": 600,
+            "pushConfig": {
+                "pushEndpoint": f"{function.server.url}projects/{pubsub_emulator.project}"
+                f"/topics/{topic}"
+            },
+        },
+    )
+    data = base64.b64encode(json.dumps({"reason": "e2e"}).encode()).decode()
+    published_ids = pubsub_rest(
+        pubsub_emulator, "POST", f"topics/{topic}:publish", {"messages": [{"data": data}]}
+    )["messageIds"]
+    (message_id,) = published_ids
+
+    (row,) = wait_for(
+        lambda: rows_of(bq, message_id), "the run of the pushed message", interval_s=0.5
+    )
+
+    assert row["status"] == "succeeded" and row["trigger"] == "pubsub"
+    assert row["reason"] == "e2e"
+    after = published(bq, gcs, cloud)
+    assert after.runs - before.runs == {row["run_id"]}
+    assert json.loads(after.latest[MANIFEST].content)["event_id"] == message_id
+    entries, _ = parse_log(function.log_since(offset))
+    starts = [
+        e["message"]
+        for e in entries
+        if e.get("event_id") == message_id and e["message"].startswith("run starting")
+    ]
+    assert len(starts) == 1 and "reason: 'e2e'" in starts[0], starts

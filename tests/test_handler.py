@@ -1,0 +1,401 @@
+"""clustering.handler.handle on real local adapters: what each kind of event leaves behind.
+
+Events are built with clustering.sender and parsed by the cloudevents SDK exactly as
+functions-framework parses a structured-mode request; the artifacts, the claims, the clusters
+table and the run history are local files; logs are captured from a real JsonLog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cloudevents.http import from_http
+from google.api_core import exceptions
+
+from clustering.errors import InputError
+from clustering.handler import handle, is_transient
+from clustering.logs import JsonLog
+from clustering.sample import make_sample
+from clustering.sender import pubsub_event, table_change_event
+from clustering.settings import AnalysisSettings, JobSettings
+
+ROWS = 40
+# The six files of every run (DESIGN.md, "Artifacts"), written by name here rather than imported,
+# so that a renamed or dropped artifact fails these tests.
+ARTIFACTS = (
+    "neighborhood_clusters.csv",
+    "excluded_neighborhood_analysis.csv",
+    "elbow_silhouette.png",
+    "pca_clusters.png",
+    "cluster_heatmap.png",
+    "run.json",
+)
+MANIFEST = "run.json"
+# K up to 4 keeps each run around a second; nothing here depends on the K range.
+ANALYSIS = AnalysisSettings(k_max=4)
+WATCHED = "local-project.analytics.neighborhood_features"
+SERVICE_ACCOUNT = "recluster@local-project.iam.gserviceaccount.com"
+
+
+def cloud_event(event: dict):
+    """The CloudEvent functions-framework hands to `recluster` for this structured request."""
+    return from_http({"Content-Type": "application/cloudevents+json"}, json.dumps(event).encode())
+
+
+@dataclass
+class Local:
+    """A function configured on local files, and what its runs leave there."""
+
+    settings: JobSettings
+    out: Path
+    clusters: Path
+    runs: Path
+    features: Path
+    stream: io.StringIO
+
+    def handle(self, event: dict, settings: JobSettings | None = None):
+        return handle(cloud_event(event), settings or self.settings, JsonLog(self.stream))
+
+    def logs(self) -> list[dict]:
+        """Every line written so far, each parsed as one JSON object (or the test fails)."""
+        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
+
+    def history(self) -> list[dict]:
+        if not self.runs.exists():
+            return []
+        return [json.loads(line) for line in self.runs.read_text().splitlines()]
+
+    def tree(self, folder: str) -> dict[str, str]:
+        root = self.out / folder
+        return {
+            str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*"))
+            if path.is_file()
+        }
+
+    def run_ids(self) -> set[str]:
+        runs = self.out / "runs"
+        return {p.name for p in runs.iterdir()} if runs.exists() else set()
+
+    def claims(self) -> set[str]:
+        claims = self.out / "claims"
+        return {p.name for p in claims.iterdir()} if claims.exists() else set()
+
+
+@pytest.fixture
+def local(tmp_path) -> Local:
+    features = tmp_path / "features.csv"
+    make_sample(ROWS).to_csv(features, index=False)
+    settings = JobSettings(
+        features_source=str(features),
+        artifacts_dest=str(tmp_path / "out"),
+        clusters_table=str(tmp_path / "tables" / "clusters.csv"),
+        runs_table=str(tmp_path / "tables" / "runs.jsonl"),
+        watched_table=WATCHED,
+        function_service_account=SERVICE_ACCOUNT,
+        analysis=ANALYSIS,
+    )
+    return Local(
+        settings=settings,
+        out=tmp_path / "out",
+        clusters=tmp_path / "tables" / "clusters.csv",
+        runs=tmp_path / "tables" / "runs.jsonl",
+        features=features,
+        stream=io.StringIO(),
+    )
+
+
+def with_message(entries: list[dict], start: str) -> dict:
+    found = [e for e in entries if e["message"].startswith(start)]
+    assert len(found) == 1, f"expected one entry starting {start!r} in {entries}"
+    return found[0]
+
+
+# --- Runs ------------------------------------------------------------------------------------
+
+
+def test_a_manual_publish_runs_publishes_and_records_the_run(local):
+    event = pubsub_event({"reason": "unit"}, message_id="1001")
+
+    decision = local.handle(event)
+
+    assert decision.action == "run" and decision.key == "1001"
+    (row,) = local.history()
+    run_id = row["run_id"]
+    assert row["status"] == "succeeded" and row["error"] is None
+    assert (row["trigger"], row["event_id"], row["reason"]) == ("pubsub", "1001", "unit")
+    assert row["input_rows"] == row["output_rows"] == ROWS
+    assert row["artifact_prefix"] == str(local.out / "runs" / run_id)
+    assert sorted(local.tree(f"runs/{run_id}")) == sorted(ARTIFACTS)
+    assert local.tree("latest") == local.tree(f"runs/{run_id}")
+    assert json.loads((local.out / "latest" / MANIFEST).read_text())["run_id"] == run_id
+    assert local.clusters.read_text().count(run_id) == ROWS
+    assert len(local.claims()) == 1
+
+    entries = local.logs()
+    starting = with_message(entries, "run starting")
+    done = with_message(entries, "run succeeded")
+    for entry in (starting, done):
+        assert entry["severity"] == "INFO"
+        assert (entry["run_id"], entry["trigger"], entry["event_id"]) == (run_id, "pubsub", "1001")
+    assert done["status"] == "succeeded" and set(done["timings"]) >= {"read", "publish"}
+    # Every line of the run (progress included) carries the run id and the trigger.
+    after_start = entries[entries.index(starting) :]
+    assert all(e["run_id"] == run_id and e["trigger"] == "pubsub" for e in after_start)
+
+
+def test_a_change_of_the_watched_table_runs_keyed_by_its_job(local):
+    event = table_change_event(WATCHED, job_id="bqjob_unit_1")
+
+    decision = local.handle(event)
+
+    assert decision.action == "run" and decision.trigger == "table-change"
+    (row,) = local.history()
+    assert row["status"] == "succeeded" and row["trigger"] == "table-change"
+    assert row["event_id"] == "projects/local-project/jobs/bqjob_unit_1"
+    assert with_message(local.logs(), "run starting")["trigger"] == "table-change"
+
+
+def test_a_duplicate_delivery_is_acked_without_a_second_run(local):
+    event = pubsub_event({"reason": "twice"}, message_id="2002")
+    local.handle(event)
+    latest, runs, history = local.tree("latest"), local.run_ids(), local.history()
+
+    decision = local.handle(event)
+
+    assert decision.action == "run"  # the decision is the same; the claim stops the run
+    duplicate = with_message(local.logs(), "duplicate delivery skipped")
+    assert duplicate["severity"] == "INFO" and duplicate["idempotency_key"] == "2002"
+    assert "run_id" not in duplicate
+    assert (local.tree("latest"), local.run_ids(), local.history()) == (latest, runs, history)
+
+
+@pytest.mark.parametrize(
+    ("event", "cause"),
+    [
+        (table_change_event(WATCHED, read=True), "(tableDataRead), not a data change"),
+        (table_change_event(WATCHED, principal=SERVICE_ACCOUNT), "own service account"),
+        (table_change_event("local-project.analytics.other_table"), "not of the watched table"),
+    ],
+    ids=["read", "own-principal", "other-table"],
+)
+def test_a_skipped_event_is_logged_and_touches_nothing(local, event, cause):
+    decision = local.handle(event)
+
+    assert decision.action == "skip"
+    (entry,) = local.logs()
+    assert entry["severity"] == "INFO" and entry["message"].startswith("event skipped: ")
+    assert cause in entry["message"] and entry["trigger"] == "table-change"
+    assert not local.out.exists() and local.history() == []
+
+
+# --- Permanent failures: logged, recorded, acked -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "cause"),
+    [
+        ("{not json", "message data is not valid JSON"),
+        ({"reason": "x", "k_max": 3}, "unknown key(s) 'k_max'"),
+        ({"features_table": "other.dataset.table"}, "is not allowed"),
+    ],
+    ids=["invalid-json", "unknown-key", "table-not-allowlisted"],
+)
+def test_a_rejected_event_logs_an_error_and_records_a_failed_run(local, body, cause):
+    event = pubsub_event(body, message_id="3003")
+
+    decision = local.handle(event)
+
+    assert decision.action == "reject"
+    (entry,) = local.logs()
+    assert entry["severity"] == "ERROR"
+    assert entry["message"].startswith("event rejected, not retried: ")
+    assert cause in entry["message"] and entry["trigger"] == "pubsub"
+    (row,) = local.history()
+    assert row["status"] == "failed" and row["event_id"] == "3003"
+    assert row["trigger"] == "pubsub" and cause in row["error"]
+    assert not local.out.exists()  # never claimed, never run
+
+
+def test_bad_data_is_acked_with_a_warning_and_leaves_latest_and_table_unchanged(local):
+    local.handle(pubsub_event({"reason": "good"}, message_id="4001"))
+    latest, table, runs = local.tree("latest"), local.clusters.read_bytes(), local.run_ids()
+    frame = make_sample(ROWS)
+    frame.loc[3, "neighborhood"] = frame.loc[2, "neighborhood"]
+    frame.to_csv(local.features, index=False)
+
+    decision = local.handle(pubsub_event({"reason": "bad"}, message_id="4002"))
+
+    assert decision.action == "run"  # returned normally: acked
+    warning = with_message(local.logs(), "run failed, not retried")
+    assert warning["severity"] == "WARNING" and warning["error_type"] == "InputError"
+    assert "appears more than once" in warning["message"]
+    good, bad = local.history()
+    assert (good["status"], bad["status"]) == ("succeeded", "failed")
+    assert bad["event_id"] == "4002" and bad["run_id"] == warning["run_id"]
+    assert str(local.features) in bad["error"] and "appears more than once" in bad["error"]
+    assert local.tree("latest") == latest
+    assert local.clusters.read_bytes() == table
+    assert local.run_ids() == runs
+    assert len(local.claims()) == 2  # acked: a redelivery is a duplicate
+
+
+def test_a_claim_store_that_cannot_be_written_is_acked_and_recorded(local):
+    local.out.write_text("a file where the artifacts folder should be\n")
+
+    decision = local.handle(pubsub_event(None, message_id="5005"))
+
+    error = with_message(local.logs(), "cannot claim the event")
+    assert error["severity"] == "ERROR" and "not retried" in error["message"]
+    assert decision.action == "run"
+    (row,) = local.history()
+    assert row["status"] == "failed" and row["error"].startswith("claim failed: ")
+
+
+def test_a_history_that_cannot_be_written_does_not_turn_a_run_into_a_retry(local, tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a folder\n")
+    settings = JobSettings(
+        features_source=str(local.features),
+        artifacts_dest=str(local.out),
+        runs_table=str(blocked / "runs.jsonl"),
+        analysis=ANALYSIS,
+    )
+
+    local.handle(pubsub_event(None, message_id="6006"), settings)
+
+    entries = local.logs()
+    assert with_message(entries, "run succeeded")["severity"] == "INFO"
+    assert with_message(entries, "run history not written")["severity"] == "ERROR"
+    assert (local.out / "latest" / MANIFEST).exists()
+
+
+# --- Transient failures: released and raised ------------------------------------------------
+
+
+class FailingLoadJobs:
+    """A BigQuery endpoint whose every load job ends with `backendError`, as a real load job can
+    during a BigQuery incident.
+
+    Why a fake endpoint: a refused connection or a 5xx answer is retried by the Google clients
+    themselves for 120 s (Storage) to 600 s (BigQuery) before the handler sees it (the
+    end-to-end storage-outage test waits that out); a job that finished with backendError is
+    reported at once, which lets this test reach the handler's transient branch in a second.
+    The unmodified client parses the job and raises InternalServerError from it.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fake.requests.append(f"{self.command} {self.path}")
+                error = {"reason": "backendError", "message": "Backend error. Job aborted."}
+                body = json.dumps(
+                    {
+                        "kind": "bigquery#job",
+                        "jobReference": {"projectId": "p", "jobId": "j1", "location": "US"},
+                        "configuration": {"jobType": "LOAD", "load": {}},
+                        "status": {"state": "DONE", "errorResult": error, "errors": [error]},
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def failing_bigquery(monkeypatch) -> Iterator[FailingLoadJobs]:
+    fake = FailingLoadJobs()
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", fake.endpoint)
+    yield fake
+    fake.close()
+
+
+def test_a_transient_failure_raises_releases_the_claim_and_the_retry_runs(local, failing_bigquery):
+    local.handle(pubsub_event({"reason": "before"}, message_id="7001"))
+    latest, table, claims = local.tree("latest"), local.clusters.read_bytes(), local.claims()
+    to_bigquery = JobSettings(
+        features_source=local.settings.features_source,
+        artifacts_dest=local.settings.artifacts_dest,
+        clusters_table="bq://test-project.analytics.neighborhood_clusters",
+        runs_table=local.settings.runs_table,
+        analysis=ANALYSIS,
+    )
+    event = pubsub_event({"reason": "during an incident"}, message_id="7002")
+
+    with pytest.raises(exceptions.InternalServerError, match="backendError"):
+        local.handle(event, to_bigquery)
+
+    assert failing_bigquery.requests  # the load job really was sent
+    error = with_message(local.logs(), "run failed with a transient error, will be retried")
+    assert error["severity"] == "ERROR" and error["event_id"] == "7002"
+    assert local.claims() == claims  # released: the redelivery may claim it
+    assert local.tree("latest") == latest and local.clusters.read_bytes() == table
+    failed = local.history()[-1]
+    assert failed["status"] == "failed" and failed["event_id"] == "7002"
+    assert failed["run_id"] == error["run_id"]
+
+    # The redelivery (BigQuery has recovered; here: the local table) claims and runs.
+    decision = local.handle(event)
+    assert decision.action == "run"
+    retried = local.history()[-1]
+    assert retried["status"] == "succeeded" and retried["event_id"] == "7002"
+    assert json.loads((local.out / "latest" / MANIFEST).read_text())["event_id"] == "7002"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_is_transient_tells_outages_from_permanent_errors(monkeypatch):
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{closed_port()}")
+    blob = storage.Client().bucket("artifacts").blob("claims/x")
+    # retry=None: the error the client would retry for 120 s (then raise as RetryError).
+    with pytest.raises(Exception) as refused:
+        blob.upload_from_string(b"{}", if_generation_match=0, retry=None)
+    assert "refused" in str(refused.value).lower()
+
+    assert is_transient(refused.value)
+    assert is_transient(exceptions.RetryError("deadline exceeded", refused.value))
+    assert is_transient(exceptions.ServiceUnavailable("try again"))
+    assert is_transient(exceptions.InternalServerError("backendError"))
+    assert is_transient(exceptions.TooManyRequests("slow down"))
+    assert is_transient(TimeoutError("read timed out"))
+    assert not is_transient(exceptions.NotFound("no such bucket"))
+    assert not is_transient(exceptions.Forbidden("denied"))
+    assert not is_transient(exceptions.PreconditionFailed("claimed"))
+    assert not is_transient(exceptions.BadRequest("bad schema"))
+    assert not is_transient(InputError("bad data"))
+    assert not is_transient(ValueError("bug"))
