@@ -6,8 +6,10 @@ clustering.handler.
 
 import functions_framework
 
-from clustering.handler import handle, load_settings
+from clustering.handler import handle, load_settings, log_warnings
+from clustering.logs import JsonLog
 
+log_warnings(JsonLog())
 SETTINGS = load_settings()
 
 

@@ -8,18 +8,22 @@ trigger's retry policy delivers the event again and that delivery can claim it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from clustering import claims
 from clustering.errors import InputError
 from clustering.events import Decision, decide, envelope_from_cloudevent
 from clustering.job import RunRequest, one_line, record_failure, run_job
 from clustering.logs import JsonLog
 from clustering.naming import new_run_id
 from clustering.settings import JobSettings
+
+
+class EventBusy(RuntimeError):
+    """Another delivery of the event holds a fresh claim: raised so the event is retried."""
 
 
 def load_settings(environ: Mapping[str, str] = os.environ, log: JsonLog | None = None):
@@ -30,6 +34,17 @@ def load_settings(environ: Mapping[str, str] = os.environ, log: JsonLog | None =
     except InputError as error:
         (log or JsonLog())("CRITICAL", f"invalid function configuration: {error}")
         raise
+
+
+def log_warnings(log: JsonLog) -> None:
+    """Send Python warnings through the JSON log: Cloud Logging makes an entry of every
+    output line, and a plain-text warning would land without severity or context."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        log.warning(f"{category.__name__}: {message}", source=f"{filename}:{lineno}")
+
+    warnings.showwarning = show
 
 
 def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
@@ -55,13 +70,11 @@ def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
 
     key = decision.key or envelope.id or "no-id"
     store = artifact_store(settings.artifacts_dest)
-    claimed = datetime.now(UTC)
-    run_id = new_run_id(claimed)
-    note = json.dumps(
-        {"run_id": run_id, "event_id": envelope.id, "claimed_at": claimed.isoformat()}
-    )
+    started = datetime.now(UTC)
+    run_id = new_run_id(started)
+    mine = claims.Claim(run_id=run_id, event_id=envelope.id, claimed_at=started.isoformat())
     try:
-        claimed_now = store.claim(key, note.encode())
+        outcome, found = claims.claim(store, key, mine, started)
     except Exception as error:
         if is_transient(error):
             log.error(f"the claim store is unreachable, will be retried: {one_line(error)}")
@@ -73,9 +86,15 @@ def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
             settings, _request(decision, key), f"claim failed: {one_line(error)}", history_error
         )
         return decision
-    if not claimed_now:
-        log.info(f"duplicate delivery skipped: {key} was already claimed")
+    if outcome == "done":
+        log.info(f"duplicate delivery skipped: {key} was already handled")
         return decision
+    if outcome == "busy":
+        log.warning(f"event {key} is claimed by run {found.run_id if found else '?'} since "
+                    f"{found.claimed_at if found else '?'}; will be retried")  # fmt: skip
+        raise EventBusy(f"{key} is being handled by another delivery")
+    if found is not None:
+        log.warning(f"took over the claim of run {found.run_id}, which never finished")
     log = log.bind(run_id=run_id)
     log.info(f"run starting: {decision.reason}")
     settings = (settings.with_features_source(decision.features_source)
@@ -96,7 +115,9 @@ def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
         severity = "WARNING" if isinstance(error, InputError) else "ERROR"
         log(severity, f"run failed, not retried: {one_line(error)}",
             error_type=type(error).__name__)  # fmt: skip
+        _finish(store, key, mine, log)
         return decision
+    _finish(store, key, mine, log)
     manifest = report.manifest
     log.info(
         f"run {report.status}: {manifest['input']['rows']} rows, best K "
@@ -115,6 +136,7 @@ def is_transient(error: BaseException) -> bool:
     from requests import exceptions as http
 
     retryable = (
+        EventBusy,
         api.ServerError,
         api.TooManyRequests,
         api.RetryError,
@@ -139,6 +161,14 @@ def _request(decision: Decision, event_id: str | None) -> RunRequest:
 def _release(store, key: str, log: JsonLog) -> None:
     try:
         store.release(key)
-    except Exception as error:  # the retry will be skipped as a duplicate: say so loudly
-        log.error(f"claim {key} could not be released, its retry will be skipped: "
+    except Exception as error:
+        log.error(f"claim {key} could not be released: a redelivery waits until it is "
+                  f"{claims.STALE_AFTER_SECONDS} s old, then takes it over: "
                   f"{one_line(error)}")  # fmt: skip
+
+
+def _finish(store, key: str, mine: claims.Claim, log: JsonLog) -> None:
+    try:
+        claims.finish(store, key, mine)
+    except Exception as error:  # the outputs are published; at worst a late duplicate reruns
+        log.error(f"claim {key} could not be marked done: {one_line(error)}")

@@ -6,6 +6,17 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+# The six files of every run (DESIGN.md, "Artifacts"), written by name here rather than imported,
+# so that a renamed or dropped artifact fails these tests.
+ARTIFACTS = (
+    "neighborhood_clusters.csv",
+    "excluded_neighborhood_analysis.csv",
+    "elbow_silhouette.png",
+    "pca_clusters.png",
+    "cluster_heatmap.png",
+    "run.json",
+)
+MANIFEST = "run.json"
 REAL_FEATURES = (
     REPO.parent / "shared" / "data" / "baltimore" / "baltimore_neighborhood_features.csv"
 )

@@ -27,19 +27,9 @@ from clustering.logs import JsonLog
 from clustering.sample import make_sample
 from clustering.sender import pubsub_event, table_change_event
 from clustering.settings import AnalysisSettings, JobSettings
+from tests.helpers import ARTIFACTS, MANIFEST
 
 ROWS = 40
-# The six files of every run (DESIGN.md, "Artifacts"), written by name here rather than imported,
-# so that a renamed or dropped artifact fails these tests.
-ARTIFACTS = (
-    "neighborhood_clusters.csv",
-    "excluded_neighborhood_analysis.csv",
-    "elbow_silhouette.png",
-    "pca_clusters.png",
-    "cluster_heatmap.png",
-    "run.json",
-)
-MANIFEST = "run.json"
 # K up to 4 keeps each run around a second; nothing here depends on the K range.
 ANALYSIS = AnalysisSettings(k_max=4)
 WATCHED = "local-project.analytics.neighborhood_features"
@@ -399,3 +389,45 @@ def test_is_transient_tells_outages_from_permanent_errors(monkeypatch):
     assert not is_transient(exceptions.BadRequest("bad schema"))
     assert not is_transient(InputError("bad data"))
     assert not is_transient(ValueError("bug"))
+
+
+# --- Claims left behind by runs that never finished -------------------------------------------
+
+
+def leave_running_claim(local: Local, key: str, age_seconds: float) -> None:
+    """The claim a delivery leaves when its instance dies mid-run (timeout, crash)."""
+    from datetime import UTC, datetime, timedelta
+
+    from clustering import claims
+    from clustering.adapters.local import LocalStore
+
+    at = datetime.now(UTC) - timedelta(seconds=age_seconds)
+    dead = claims.Claim(run_id="dead-run", event_id=key, claimed_at=at.isoformat())
+    assert LocalStore(str(local.out)).create_claim(key, dead.encode())
+
+
+def test_a_fresh_unfinished_claim_is_retried_later_without_running(local):
+    from clustering.handler import EventBusy
+
+    leave_running_claim(local, "8001", age_seconds=30)
+    with pytest.raises(EventBusy):
+        local.handle(pubsub_event({"reason": "redelivery"}, message_id="8001"))
+    busy = with_message(local.logs(), "event 8001 is claimed by run dead-run")
+    assert busy["severity"] == "WARNING"
+    assert is_transient(EventBusy("x"))  # raised so the subscription delivers it again
+    assert local.history() == [] and not (local.out / "latest").exists()
+
+
+def test_a_stale_unfinished_claim_is_taken_over_and_the_event_runs(local):
+    from clustering.claims import STALE_AFTER_SECONDS
+
+    leave_running_claim(local, "8002", age_seconds=STALE_AFTER_SECONDS + 60)
+    decision = local.handle(pubsub_event({"reason": "after a crash"}, message_id="8002"))
+    assert decision.action == "run"
+    with_message(local.logs(), "took over the claim of run dead-run")
+    (row,) = local.history()
+    assert row["status"] == "succeeded" and row["event_id"] == "8002"
+    # Finished: a further redelivery is a plain duplicate.
+    local.handle(pubsub_event({"reason": "again"}, message_id="8002"))
+    with_message(local.logs(), "duplicate delivery skipped: 8002")
+    assert len(local.history()) == 1

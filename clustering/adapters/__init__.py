@@ -11,9 +11,11 @@ from typing import Protocol
 
 import pandas as pd
 
+from clustering.claims import ClaimStore
 
-class ArtifactStore(Protocol):
-    """A place holding runs/<run_id>/, latest/ and the idempotency claims."""
+
+class ArtifactStore(ClaimStore, Protocol):
+    """A place holding runs/<run_id>/, latest/ and the idempotency claims (claims/)."""
 
     def describe(self, path: str = "") -> str:
         """The user-facing location of `path` inside the store."""
@@ -23,12 +25,6 @@ class ArtifactStore(Protocol):
 
     def promote(self, run_id: str, files: dict[str, bytes]) -> None:
         """Replace latest/ by the files of runs/<run_id>/; the last file goes last."""
-
-    def claim(self, key: str, note: bytes) -> bool:
-        """Create the claim of an idempotency key; False if it was already claimed."""
-
-    def release(self, key: str) -> None:
-        """Remove a claim so a retried delivery can run."""
 
 
 def read_features(source: str) -> tuple[pd.DataFrame, str]:

@@ -9,6 +9,8 @@ the labels that mark it as ours in the audit logs.
 from __future__ import annotations
 
 import os
+import warnings
+from contextlib import contextmanager
 
 import pandas as pd
 
@@ -37,6 +39,18 @@ def client(project: str):
     )
 
 
+@contextmanager
+def _quiet_client():
+    """Silence the client's notices about its own future dependencies (pandas-gbq, the
+    BigQuery Storage API): they concern its next major version, not this pinned one, and each
+    would print plain-text lines into the function's JSON log on every run."""
+    with warnings.catch_warnings():
+        # Scoped to the client calls below; the notices name our line, not the client's.
+        for category in (FutureWarning, PendingDeprecationWarning, DeprecationWarning):
+            warnings.simplefilter("ignore", category)
+        yield
+
+
 def read_table(uri: str) -> pd.DataFrame:
     """All rows of the features table as a DataFrame (validation sorts them by name)."""
     from google.api_core import exceptions
@@ -44,8 +58,8 @@ def read_table(uri: str) -> pd.DataFrame:
     table_id = bq_table_id(uri, "features source")
     bq = client(table_id.split(".")[0])
     try:
-        rows = bq.list_rows(table_id)
-        return rows.to_dataframe(create_bqstorage_client=False)
+        with _quiet_client():
+            return bq.list_rows(table_id).to_dataframe(create_bqstorage_client=False)
     except exceptions.NotFound:
         raise InputError(
             f"{uri}: table not found: check FEATURES_SOURCE and that the table exists"
@@ -69,7 +83,8 @@ def replace_table(uri: str, frame: pd.DataFrame, schema: list[dict]) -> None:
         labels=dict(JOB_LABELS),
     )
     bq = client(table_id.split(".")[0])
-    bq.load_table_from_dataframe(frame, table_id, job_config=config).result()
+    with _quiet_client():
+        bq.load_table_from_dataframe(frame, table_id, job_config=config).result()
 
 
 def append_row(uri: str, row: dict) -> None:

@@ -79,13 +79,37 @@ class GcsStore:
             if blob.name[len(latest) :] not in files:
                 blob.delete()
 
-    def claim(self, key: str, note: bytes) -> bool:
+    def _claim(self, key: str):
+        return self._bucket.blob(self._name(f"claims/{claim_name(key)}"))
+
+    def create_claim(self, key: str, content: bytes) -> bool:
         from google.api_core import exceptions
 
-        blob = self._bucket.blob(self._name(f"claims/{claim_name(key)}"))
         try:
-            blob.upload_from_string(note, content_type="application/json",
-                                    if_generation_match=0)  # fmt: skip
+            self._claim(key).upload_from_string(content, content_type="application/json",
+                                                if_generation_match=0)  # fmt: skip
+        except exceptions.PreconditionFailed:
+            return False
+        return True
+
+    def read_claim(self, key: str) -> tuple[bytes, object] | None:
+        from google.api_core import exceptions
+
+        blob = self._bucket.get_blob(self._name(f"claims/{claim_name(key)}"))
+        if blob is None:
+            return None
+        try:
+            return blob.download_as_bytes(if_generation_match=blob.generation), blob.generation
+        except (exceptions.NotFound, exceptions.PreconditionFailed):
+            return None
+
+    def replace_claim(self, key: str, content: bytes, token: object | None) -> bool:
+        """Overwrite the claim; with a token, only if it is still that generation."""
+        from google.api_core import exceptions
+
+        try:
+            self._claim(key).upload_from_string(content, content_type="application/json",
+                                                if_generation_match=token)  # fmt: skip
         except exceptions.PreconditionFailed:
             return False
         return True
@@ -94,4 +118,4 @@ class GcsStore:
         from google.api_core import exceptions
 
         with contextlib.suppress(exceptions.NotFound):
-            self._bucket.blob(self._name(f"claims/{claim_name(key)}")).delete()
+            self._claim(key).delete()

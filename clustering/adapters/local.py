@@ -114,15 +114,43 @@ class LocalStore:
         staging.rename(latest)
         shutil.rmtree(retired, ignore_errors=True)
 
-    def claim(self, key: str, note: bytes) -> bool:
-        folder = self.root / "claims"
-        folder.mkdir(parents=True, exist_ok=True)
+    def _claim(self, key: str) -> Path:
+        return self.root / "claims" / claim_name(key)
+
+    def create_claim(self, key: str, content: bytes) -> bool:
+        path = self._claim(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with (folder / claim_name(key)).open("xb") as claim:
-                claim.write(note)
+            with path.open("xb") as claim:
+                claim.write(content)
         except FileExistsError:
             return False
         return True
 
+    def read_claim(self, key: str) -> tuple[bytes, object] | None:
+        path = self._claim(key)
+        try:
+            return path.read_bytes(), _version(path)
+        except FileNotFoundError:
+            return None
+
+    def replace_claim(self, key: str, content: bytes, token: object | None) -> bool:
+        """Overwrite the claim; with a token, only if it was not modified since. Local runs
+        have one process, so the check and the rename need no lock."""
+        path = self._claim(key)
+        if token is not None and (not path.exists() or _version(path) != token):
+            return False
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_bytes(content)
+        os.replace(partial, path)
+        return True
+
     def release(self, key: str) -> None:
-        (self.root / "claims" / claim_name(key)).unlink(missing_ok=True)
+        self._claim(key).unlink(missing_ok=True)
+
+
+def _version(path: Path) -> tuple[int, int]:
+    """Changes with every replacement: a replaced claim is a new file (a new inode), even
+    within one tick of the file system's clock."""
+    status = path.stat()
+    return status.st_ino, status.st_mtime_ns
