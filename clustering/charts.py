@@ -262,7 +262,11 @@ def _png(fig, tight: bool = True) -> bytes:
 
     FigureCanvasAgg(fig)
     if tight:
-        fig.tight_layout()
+        # Apply a tight layout once, without installing a layout engine: with an engine set,
+        # savefig draws the whole figure twice.
+        from matplotlib.layout_engine import TightLayoutEngine
+
+        TightLayoutEngine().execute(fig)
     buffer = io.BytesIO()
     # Fast zlib level: the charts are small, and level 6 costs more than drawing them.
     fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None},

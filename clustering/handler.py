@@ -3,7 +3,8 @@
 Permanent failures (a rejected event, bad data, bad settings) are logged, recorded in the run
 history and acked by returning normally, because a retry would fail the same way for a day.
 Transient failures (5xx, timeouts, a dropped connection) release the claim and raise, so the
-trigger's retry policy delivers the event again and that delivery can claim it.
+trigger's retry policy delivers the event again and that delivery can claim it. Each event is
+claimed before it runs (clustering.claims): a redelivery of a handled event is skipped.
 """
 
 from __future__ import annotations
