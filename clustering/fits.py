@@ -45,8 +45,9 @@ def fit_labels(matrix: np.ndarray, k: int, n_init: int, random_state: int) -> np
 def fit_and_score(
     matrix: np.ndarray, k: int, n_init: int, random_state: int, sample_size: int | None
 ) -> Score:
-    """Fit k-means and score it; silhouettes on a fixed-seed sample of `sample_size` rows when
-    given. A fit with fewer than two distinct clusters scores -1, so it is never chosen."""
+    """Fit k-means and score it; the silhouette is exact up to `sample_size` rows and taken on
+    a fixed-seed sample of that size above it. A fit with fewer than two distinct clusters
+    scores -1, so it is never chosen."""
     from sklearn.cluster import KMeans
 
     with _one_thread():

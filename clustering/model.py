@@ -275,13 +275,8 @@ def search_k(
 
 
 def _submit_search(pool: Executor, matrix: np.ndarray, ks: list[int], settings) -> list[Future]:
-    size = (
-        settings.silhouette_sample_size if len(matrix) > settings.silhouette_sample_size else None
-    )
-    return [
-        pool.submit(fits.fit_and_score, matrix, k, SEARCH_N_INIT, settings.random_state, size)
-        for k in ks
-    ]
+    size, seed = settings.silhouette_sample_size, settings.random_state
+    return [pool.submit(fits.fit_and_score, matrix, k, SEARCH_N_INIT, seed, size) for k in ks]
 
 
 def _collect(pending: list[Future], say: Progress | None, label: str) -> KSearch | None:
