@@ -65,11 +65,17 @@ def artifact_store(dest: str) -> ArtifactStore:
 
 
 def write_clusters(dest: str, frame: pd.DataFrame, schema: list[dict]) -> None:
-    """Replace the clusters table at `dest` (bq:// or a local .csv/.parquet) in one step."""
+    """Replace the clusters table at `dest` (bq://, or a .csv/.parquet object or file) in one
+    step."""
     if dest.startswith("bq://"):
         from clustering.adapters import bigquery
 
         bigquery.replace_table(dest, frame, schema)
+        return
+    if dest.startswith("gs://"):
+        from clustering.adapters import gcs
+
+        gcs.replace_table(dest, frame)
         return
     from clustering.adapters import local
 

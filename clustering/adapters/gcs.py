@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 
 import pandas as pd
 
-from clustering.adapters.local import READERS, parse_table
+from clustering.adapters.local import READERS, parse_table, table_bytes
 from clustering.errors import InputError
 from clustering.naming import claim_name, content_type
 
@@ -46,6 +46,14 @@ def read_table(uri: str) -> pd.DataFrame:
     if not content:
         raise InputError(f"{uri} is empty: give a file with a header row and rows")
     return parse_table(content, kind, uri)
+
+
+def replace_table(uri: str, frame: pd.DataFrame) -> None:
+    """Replace a .csv/.parquet object: one upload, which readers see whole or not at all."""
+    bucket, name = split_uri(uri)
+    content = table_bytes(frame, name)
+    blob = client().bucket(bucket).blob(name)
+    blob.upload_from_string(content, content_type=content_type(name))
 
 
 class GcsStore:

@@ -65,17 +65,23 @@ def parse_table(content, kind: str, where: str) -> pd.DataFrame:
         ) from None
 
 
+def table_bytes(frame: pd.DataFrame, name: str) -> bytes:
+    """The clusters table encoded for a .csv or .parquet destination named `name`."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in READERS:
+        raise InputError(f"{name}: the clusters table must be a .csv or .parquet path")
+    if suffix == ".csv":
+        return frame.to_csv(index=False).encode()
+    return frame.to_parquet(index=False)
+
+
 def replace_table(path: str, frame: pd.DataFrame) -> None:
     """Write the clusters table atomically: a temporary file renamed over the old one."""
+    content = table_bytes(frame, path)
     file = Path(path)
-    if file.suffix.lower() not in READERS:
-        raise InputError(f"{path}: the clusters table must be a .csv or .parquet path")
     file.parent.mkdir(parents=True, exist_ok=True)
     partial = file.with_name(f".{file.name}.partial")
-    if file.suffix.lower() == ".csv":
-        frame.to_csv(partial, index=False)
-    else:
-        frame.to_parquet(partial, index=False)
+    partial.write_bytes(content)
     os.replace(partial, file)
 
 
