@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DEST", default="output",
                      help="artifacts folder or gs://bucket/prefix (default: output)")  # fmt: skip
     run.add_argument("--clusters-table", metavar="DEST",
-                     help="also replace this table: bq://project.dataset.table or a "
-                          ".csv/.parquet path")  # fmt: skip
+                     help="also replace this table: bq://project.dataset.table, or a "
+                          ".csv/.parquet path or gs:// object")  # fmt: skip
     run.add_argument(
         "--boundaries",
         metavar="SRC",
