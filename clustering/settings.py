@@ -189,6 +189,19 @@ class JobSettings:
         ):
             if uri and uri.startswith("bq://"):
                 bq_table_id(uri, name)
+        clusters, runs = self.clusters_table or "bq://", self.runs_table or "bq://"
+        if not clusters.startswith("bq://") and not clusters.lower().endswith((".csv", ".parquet")):
+            raise InputError(
+                f"CLUSTERS_TABLE {clusters!r}: give bq://project.dataset.table or a "
+                ".csv/.parquet path or gs:// object"
+            )
+        if not runs.startswith("bq://") and (
+            runs.startswith("gs://") or not runs.endswith(".jsonl")
+        ):
+            raise InputError(
+                f"RUNS_TABLE {runs!r}: give bq://project.dataset.table or a local .jsonl path "
+                "(objects cannot be appended to)"
+            )
         if (
             self.watched_table is None
             and self.features_source

@@ -422,3 +422,21 @@ def test_watched_table_is_not_guessed_from_a_file_source():
         env(FEATURES_SOURCE="gs://bucket/features.csv", WATCHED_TABLE="p.d.t")
     )
     assert watched.watched_table == "p.d.t"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("clusters_table", "out/clusters.xlsx", "CLUSTERS_TABLE"),
+        ("runs_table", "gs://bucket/runs.jsonl", "RUNS_TABLE"),
+        ("runs_table", "out/runs.csv", "RUNS_TABLE"),
+    ],
+)
+def test_destinations_that_cannot_be_written_fail_at_start(field, value, message):
+    with pytest.raises(InputError, match=message):
+        JobSettings(**{field: value})
+
+
+def test_destinations_that_can_be_written_are_accepted():
+    JobSettings(clusters_table="gs://bucket/clusters.parquet", runs_table="out/runs.jsonl")
+    JobSettings(clusters_table="out/clusters.CSV", runs_table="bq://p.d.runs")
