@@ -37,10 +37,12 @@ class FeatureSelection:
 def row_types(table: pd.DataFrame, settings: AnalysisSettings) -> pd.Series:
     """Each row's `excluded_type`: Residential, Institutional/Industrial or Low Population.
 
-    The exclusion list wins over population, as in the notebook's excluded analysis.
+    The exclusion list wins over population, as in the notebook's excluded analysis; a blank
+    population counts as low.
     """
     listed = table["neighborhood"].isin(settings.exclude_neighborhoods)
-    low = table["population"] < settings.min_population
+    # A blank population is not known to reach the threshold: low population.
+    low = ~(table["population"] >= settings.min_population)
     types = np.where(listed, INSTITUTIONAL, np.where(low, LOW_POPULATION, RESIDENTIAL))
     return pd.Series(types, index=table.index, name="excluded_type")
 

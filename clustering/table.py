@@ -44,7 +44,8 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
     """Check and normalise a features table; raise InputError on the first problem.
 
     Rows come back sorted by neighborhood (k-means depends on row order), population as
-    int64 and every configured feature as float64 with blanks as NaN.
+    int64 when every value is a whole number (float64 otherwise, e.g. interpolated estimates
+    or blanks) and every configured feature as float64 with blanks as NaN.
     """
     if frame.shape[1] == 0:
         raise InputError(f"{where} has no columns: give a table with a header row")
@@ -69,9 +70,19 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
     columns = {c: _numbers(frame, c, where) for c in numeric}
     population = columns["population"]
     _check_population(population, names, where)
-    frame = frame.assign(**columns).astype({"population": np.int64})
-
+    frame = frame.assign(**columns)
     warnings = []
+    blank = population.isna().to_numpy()
+    if blank.any():
+        # Unknown is not residential: like the notebook, such rows never join the residential
+        # clustering; unlike it, they are kept, in the low-population group.
+        shown = ", ".join(names[blank][:5]) + (", ..." if blank.sum() > 5 else "")
+        warnings.append(
+            f"population is blank in {int(blank.sum())} rows of {where} ({shown}): they are "
+            "analysed with the low-population rows"
+        )
+    elif (population % 1 == 0).all():
+        frame = frame.astype({"population": np.int64})
     for feature in numeric[1:]:
         if frame[feature].isna().all():
             warnings.append(f"feature {feature!r} is blank in every row of {where}")
@@ -122,9 +133,7 @@ def _numbers(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
 
 def _check_population(population: pd.Series, names: pd.Series, where: str) -> None:
     problems = (
-        (population.isna(), "is blank", "fill in the number of residents (0 if none)"),
         (population < 0, "is negative", "population must be 0 or more"),
-        (population % 1 != 0, "is not a whole number", "population counts residents"),
         (population > MAX_POPULATION, "is implausibly large", "population counts residents"),
     )
     for mask, what, fix in problems:
@@ -157,13 +166,19 @@ def output_schema(frame: pd.DataFrame) -> list[dict]:
     declared = {field["name"]: field for field in table_schema("clusters_table")}
     fields = []
     for column in frame.columns:
-        if column in declared:
+        if column in declared and not _widened(declared[column], frame[column]):
             fields.append(declared[column])
         else:
             fields.append(
                 {"name": column, "type": _bigquery_type(frame[column]), "mode": "NULLABLE"}
             )
     return fields
+
+
+def _widened(field: dict, values: pd.Series) -> bool:
+    """A declared INTEGER column holding fractions or blanks (population estimates) is
+    written as FLOAT rather than failing the load."""
+    return field["type"] == "INTEGER" and pd.api.types.is_float_dtype(values)
 
 
 def _bigquery_type(values: pd.Series) -> str:

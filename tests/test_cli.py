@@ -313,8 +313,6 @@ BAD_INPUTS = [
         ("'population'", "'many'", "data row 3")),
     Bad("negative population", csv(changed(2, "population", -1)),
         ("population is negative", "data row 3", name(2))),
-    Bad("blank population", csv(changed(2, "population", None)),
-        ("population is blank", "data row 3")),
     Bad("every feature blank", csv(SAMPLE.assign(**{f: np.nan for f in FEATURES})),
         ("blank",)),
     Bad("every configured feature blank",

@@ -163,3 +163,13 @@ def test_large_tables_record_the_silhouette_sample_size():
     result = run(table, AnalysisSettings(silhouette_sample_size=300))
     assert result.silhouette_sample_size == 300
     assert run(table).silhouette_sample_size is None
+
+
+def test_a_blank_population_is_analysed_with_the_low_population_rows():
+    table = make_sample(60, random_state=4).astype({"population": "float64"})
+    name = table.loc[table["population"] >= 100, "neighborhood"].iloc[5]
+    table.loc[table["neighborhood"] == name, "population"] = np.nan
+    result = run(table)
+    row = result.table.set_index("neighborhood").loc[name]
+    assert row["excluded_type"] == LOW_POPULATION and row["top_cluster"] == -1
+    assert len(result.table) == 60

@@ -215,8 +215,7 @@ def test_text_in_population():
     ("value", "what", "fix"),
     [
         (-1, "is negative", "0 or more"),
-        (np.nan, "is blank", "number of residents"),
-        (12.5, "is not a whole number", "counts residents"),
+        (-0.5, "is negative", "0 or more"),
     ],
 )
 def test_bad_population(value, what, fix):
@@ -391,3 +390,25 @@ def test_the_severity_feature_is_checked_even_when_not_clustered_on():
     frame.loc[2, "crime_per_capita"] = "lots"
     with pytest.raises(InputError, match="'crime_per_capita' has 'lots'"):
         validate_features(frame, settings, WHERE)
+
+
+def test_a_blank_population_is_a_warning_and_keeps_the_row():
+    frame = small().astype({"population": "float64"})
+    frame.loc[3, "population"] = np.nan
+    valid = validate_features(frame, SETTINGS, WHERE)
+    assert len(valid.frame) == len(frame)
+    assert valid.frame["population"].dtype == np.float64
+    (warning,) = [w for w in valid.warnings if "population is blank" in w]
+    assert "Cedar Manor" in warning and WHERE in warning and "low-population" in warning
+
+
+def test_fractional_populations_are_kept_as_numbers_and_written_as_float():
+    frame = small().astype({"population": "float64"})
+    frame.loc[3, "population"] = 1234.5
+    valid = validate_features(frame, SETTINGS, WHERE)
+    assert valid.frame["population"].dtype == np.float64
+    types = {f["name"]: f["type"] for f in output_schema(valid.frame)}
+    assert types["population"] == "FLOAT"
+    whole = validate_features(small(), SETTINGS, WHERE).frame
+    assert whole["population"].dtype == np.int64
+    assert {f["name"]: f["type"] for f in output_schema(whole)}["population"] == "INTEGER"
