@@ -87,16 +87,19 @@ def pca_data(
     )
 
 
-def chart_tasks(
+def elbow_task(search: KSearch, sample_size: int | None) -> dict[str, tuple]:
+    """The elbow chart's task: it needs only the K diagnostics, so it can start early."""
+    return {PNG_ELBOW: (elbow_silhouette, (search, sample_size))}
+
+
+def result_tasks(
     result: ClusteringResult,
     random_state: int,
     boundaries: dict[str, list[np.ndarray]] | None = None,
 ) -> dict[str, tuple]:
-    """Artifact name -> (draw function, arguments) for the three charts, plus the cluster map
-    when boundaries are given."""
-    search = result.diagnostics
+    """Artifact name -> (draw function, arguments) for the charts that need the final
+    clusters: PCA, heatmap, and the cluster map when boundaries are given."""
     tasks = {
-        PNG_ELBOW: (elbow_silhouette, (search, result.silhouette_sample_size)),
         PNG_PCA: (pca_clusters, (pca_data(result, random_state),)),
         PNG_HEATMAP: (cluster_heatmap, (profile_zscores(result.profile), top_labels(result))),
     }
@@ -110,6 +113,17 @@ def chart_tasks(
             (boundaries, dict(zip(table["neighborhood"], cohort, strict=True))),
         )
     return tasks
+
+
+def chart_tasks(
+    result: ClusteringResult,
+    random_state: int,
+    boundaries: dict[str, list[np.ndarray]] | None = None,
+) -> dict[str, tuple]:
+    """Every chart's task, the elbow first."""
+    return elbow_task(result.diagnostics, result.silhouette_sample_size) | result_tasks(
+        result, random_state, boundaries
+    )
 
 
 def render(

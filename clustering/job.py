@@ -16,7 +16,7 @@ from importlib.metadata import version
 
 from clustering import __version__
 from clustering.errors import InputError
-from clustering.naming import CSV_CLUSTERS, CSV_EXCLUDED, MANIFEST, PNG_ELBOW, new_run_id
+from clustering.naming import CSV_CLUSTERS, CSV_EXCLUDED, MANIFEST, new_run_id
 from clustering.settings import JobSettings
 
 VERSIONED = ("numpy", "pandas", "scikit-learn", "scipy", "matplotlib")
@@ -121,17 +121,14 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
                 valid.frame,
                 analysis,
                 progress=clock.progress,
-                on_diagnostics=lambda search, sampled: renderer.submit(
-                    PNG_ELBOW, charts.elbow_silhouette, search, sampled
+                on_diagnostics=lambda search, sampled: _submit(
+                    renderer, charts.elbow_task(search, sampled)
                 ),
             )
         except InputError as error:
             raise InputError(f"{where}: {error}") from None
         clock.stage("charts", "drawing charts")
-        tasks = charts.chart_tasks(result, analysis.random_state, boundaries)
-        for name, (draw, args) in tasks.items():
-            if name != PNG_ELBOW:  # already drawing since the diagnostics were known
-                renderer.submit(name, draw, *args)
+        _submit(renderer, charts.result_tasks(result, analysis.random_state, boundaries))
         # The CSVs are encoded while the chart workers draw.
         table = result.table.assign(run_id=run_id, _clustered_at=started)
         files = {
@@ -161,6 +158,12 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
         adapters.write_clusters(settings.clusters_table, table, output_schema(table))
     store.promote(run_id, files)
     return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
+
+
+def _submit(renderer, tasks: dict[str, tuple]) -> None:
+    """Hand chart tasks (name -> draw function, arguments) to the chart workers."""
+    for name, (draw, args) in tasks.items():
+        renderer.submit(name, draw, *args)
 
 
 def record_failure(
