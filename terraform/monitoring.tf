@@ -331,8 +331,9 @@ resource "google_monitoring_alert_policy" "function_errors" {
       or the instance crashed or could not start (`settings_invalid`, out of memory). Pub/Sub
       retries each message up to ${var.max_delivery_attempts} times, then dead-letters it.
 
-      **What to do.** In Logs Explorer (`${local.logs_query}`), find the
-      `run_retry`/`run_busy` lines and any line without `event` (a crash, a timeout). An outage
+      **What to do.** In Logs Explorer (`${local.logs_query}`), or with
+      `gcloud functions logs read ${google_cloudfunctions2_function.recluster.name} --gen2 --region=${var.region} --project=${var.project_id} --limit=100`,
+      find the `run_retry`/`run_busy` lines and any error without `event` (a crash, a timeout). An outage
       of BigQuery or Cloud Storage passes by itself; timeouts need a larger function_memory or
       function_timeout_seconds; memory errors a larger function_memory. See README.md,
       "Troubleshooting", under "Alert: the function keeps failing".
