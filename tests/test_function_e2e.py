@@ -909,17 +909,23 @@ def test_bad_data_ends_in_run_failed_at_warning(function, bq, first_run, restore
     assert (line["event"], line["severity"]) == (Outcome.RUN_FAILED, "WARNING")
 
 
-def test_an_event_held_by_another_delivery_ends_in_run_busy(function, gcs_emulator, cloud):
+def test_an_event_held_by_another_delivery_ends_in_run_busy(
+    bigquery_emulator, gcs_emulator, cloud, tmp_path
+):
     from clustering.adapters.gcs import GcsStore
 
+    artifacts = f"gs://{cloud}/{PREFIX}-busy"
     event = pubsub_event({"reason": "held elsewhere"})
     now = datetime.now(UTC).isoformat()
     claim = Claim(run_id="other-run", event_id=event["id"], claimed_at=now)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.endpoint)
-        assert GcsStore(f"gs://{cloud}/{PREFIX}").create_claim(event["id"], claim.encode())
+        assert GcsStore(artifacts).create_claim(event["id"], claim.encode())
 
-    delivery = function.post(event)
+    # A server of its own: the raised exception's traceback stays out of the shared log.
+    env = function_env(bigquery_emulator, gcs_emulator.endpoint, artifacts)
+    with serve(env, tmp_path / "functions-framework.log") as function:
+        delivery = function.post(event)
 
     assert delivery.status == 500  # raised, so Pub/Sub delivers it again later
     line = outcome(delivery)
