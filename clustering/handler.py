@@ -18,7 +18,7 @@ from clustering import claims
 from clustering.errors import InputError
 from clustering.events import Decision, decide, envelope_from_cloudevent
 from clustering.job import RunRequest, one_line, record_failure, run_job
-from clustering.logs import JsonLog
+from clustering.logs import JsonLog, Outcome, run_outcome
 from clustering.naming import new_run_id
 from clustering.settings import JobSettings
 
@@ -33,7 +33,8 @@ def load_settings(environ: Mapping[str, str] = os.environ, log: JsonLog | None =
     try:
         return JobSettings.from_env(environ)
     except InputError as error:
-        (log or JsonLog())("CRITICAL", f"invalid function configuration: {error}")
+        (log or JsonLog())("CRITICAL", f"invalid function configuration: {error}",
+                           event=Outcome.SETTINGS_INVALID)  # fmt: skip
         raise
 
 
@@ -60,11 +61,11 @@ def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
         log.error(f"run history not written: {one_line(error)}")
 
     if decision.action == "reject":
-        log.error(f"event rejected, not retried: {decision.reason}")
+        log.error(f"event rejected, not retried: {decision.reason}", event=Outcome.EVENT_REJECTED)
         record_failure(settings, _request(decision, envelope.id), decision.reason, history_error)
         return decision
     if decision.action == "skip":
-        log.info(f"event skipped: {decision.reason}")
+        log.info(f"event skipped: {decision.reason}", event=Outcome.EVENT_SKIPPED)
         return decision
 
     from clustering.adapters import artifact_store
@@ -78,21 +79,23 @@ def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
         outcome, found = claims.claim(store, key, mine, started)
     except Exception as error:
         if is_transient(error):
-            log.error(f"the claim store is unreachable, will be retried: {one_line(error)}")
+            log.error(f"the claim store is unreachable, will be retried: {one_line(error)}",
+                      event=Outcome.RUN_RETRY)  # fmt: skip
             raise
         # A missing bucket or a denied write fails the same way on every retry.
         log.error(f"cannot claim the event in {store.describe('claims/')}, not retried: "
-                  f"{one_line(error)}")  # fmt: skip
+                  f"{one_line(error)}", event=Outcome.RUN_FAILED)  # fmt: skip
         record_failure(
             settings, _request(decision, key), f"claim failed: {one_line(error)}", history_error
         )
         return decision
     if outcome == "done":
-        log.info(f"duplicate delivery skipped: {key} was already handled")
+        log.info(f"duplicate delivery skipped: {key} was already handled", event=Outcome.DUPLICATE)
         return decision
     if outcome == "busy":
         log.warning(f"event {key} is claimed by run {found.run_id if found else '?'} since "
-                    f"{found.claimed_at if found else '?'}; will be retried")  # fmt: skip
+                    f"{found.claimed_at if found else '?'}; will be retried",
+                    event=Outcome.RUN_BUSY)  # fmt: skip
         raise EventBusy(f"{key} is being handled by another delivery")
     if found is not None:
         log.warning(f"took over the claim of run {found.run_id}, which never finished")
@@ -111,11 +114,12 @@ def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
     except Exception as error:
         if is_transient(error):
             _release(store, key, log)
-            log.error(f"run failed with a transient error, will be retried: {one_line(error)}")
+            log.error(f"run failed with a transient error, will be retried: {one_line(error)}",
+                      event=Outcome.RUN_RETRY)  # fmt: skip
             raise
         severity = "WARNING" if isinstance(error, InputError) else "ERROR"
         log(severity, f"run failed, not retried: {one_line(error)}",
-            error_type=type(error).__name__)  # fmt: skip
+            error_type=type(error).__name__, event=Outcome.RUN_FAILED)  # fmt: skip
         _finish(store, key, mine, log)
         return decision
     _finish(store, key, mine, log)
@@ -125,6 +129,7 @@ def handle(cloud_event: Any, settings: JobSettings, log: JsonLog | None = None,
         f"{manifest['diagnostics']['best_k']}, artifacts {report.artifact_prefix}",
         timings=manifest["timings_seconds"],
         status=report.status,
+        event=run_outcome(report.status),
     )
     return decision
 

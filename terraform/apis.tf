@@ -9,6 +9,7 @@ locals {
     "cloudfunctions.googleapis.com",
     "iam.googleapis.com",
     "logging.googleapis.com", # the log sink that reports table changes
+    "monitoring.googleapis.com",
     "pubsub.googleapis.com",
     "run.googleapis.com", # gen2 functions run as Cloud Run services
     "storage.googleapis.com",

@@ -55,3 +55,23 @@ resource "google_bigquery_table" "runs" {
   # is applied in place (additive schema change), and a difference is worth seeing in a plan.
   schema = file("${path.module}/../clustering/schemas/runs_table.json")
 }
+
+# The freshness of the results in one row, for the dashboard: the last successful run, its
+# time and input rows, and whether a run failed since. The SQL is its own file, which the tests
+# run on the BigQuery emulator exactly as rendered here.
+resource "google_bigquery_table" "run_freshness" {
+  #checkov:skip=CKV_GCP_80:A view stores no data of its own; it reads the runs table, whose encryption applies.
+  project             = var.project_id
+  dataset_id          = local.output_dataset_id
+  table_id            = var.freshness_view_id
+  description         = "One row: the last successful clustering run, its time and input rows, and whether a run failed since. Dry runs count as neither."
+  labels              = local.labels
+  deletion_protection = var.deletion_protection
+
+  view {
+    query = templatefile("${path.module}/sql/run_freshness.sql", {
+      runs_table = "${google_bigquery_table.runs.project}.${google_bigquery_table.runs.dataset_id}.${google_bigquery_table.runs.table_id}"
+    })
+    use_legacy_sql = false
+  }
+}

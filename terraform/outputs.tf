@@ -40,6 +40,21 @@ output "runs_table" {
   value       = local.runs_table
 }
 
+output "freshness_view" {
+  description = "project.dataset.table of the run freshness view (the last successful run and failures since), for Looker Studio."
+  value       = "${google_bigquery_table.run_freshness.project}.${google_bigquery_table.run_freshness.dataset_id}.${google_bigquery_table.run_freshness.table_id}"
+}
+
+output "alert_policies" {
+  description = "Names of the alerting policies (Monitoring > Alerting in the console)."
+  value       = { for key, policy in local.alert_policies : key => policy.name }
+}
+
+output "notification_channels" {
+  description = "Notification channels every alert notifies (alert_emails and notification_channel_ids); empty means incidents open in the console only."
+  value       = local.notification_channels
+}
+
 output "runtime_service_account" {
   description = "Service account the function runs as."
   value       = google_service_account.runtime.email

@@ -118,6 +118,16 @@ variable "runs_table_id" {
   }
 }
 
+variable "freshness_view_id" {
+  description = "View over the runs table with the last successful run, its time and input rows, and whether a run failed since (terraform/sql/run_freshness.sql); a Looker Studio source."
+  type        = string
+  default     = "run_freshness"
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_]{1,1024}$", var.freshness_view_id))
+    error_message = "freshness_view_id may hold only letters, digits and underscores."
+  }
+}
+
 variable "allowed_features_tables" {
   description = "Other tables (project.dataset.table) that a manual Pub/Sub message may name in features_table; the runtime account gets read access to each. The configured features table is always allowed."
   type        = list(string)
@@ -379,5 +389,52 @@ variable "max_event_age_seconds" {
   validation {
     condition     = floor(var.max_event_age_seconds) == var.max_event_age_seconds && var.max_event_age_seconds >= 60 && var.max_event_age_seconds <= 86400
     error_message = "max_event_age_seconds must be a whole number between 60 and 86400 (one day)."
+  }
+}
+
+# --- Alerts (monitoring.tf) --------------------------------------------------------------------
+
+variable "alert_emails" {
+  description = "Email addresses that receive every alert (one email notification channel each). Empty: the alerting policies are still created and open incidents in the console, but notify nobody unless notification_channel_ids names a channel."
+  type        = list(string)
+  default     = []
+  validation {
+    condition = (
+      length(distinct(var.alert_emails)) == length(var.alert_emails)
+      && alltrue([for e in var.alert_emails : can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", e))])
+    )
+    error_message = "alert_emails must be distinct email addresses such as ops@example.org."
+  }
+}
+
+variable "notification_channel_ids" {
+  description = "Existing Cloud Monitoring notification channels (projects/<project>/notificationChannels/<id>: Slack, PagerDuty, SMS...) that receive every alert, besides alert_emails."
+  type        = list(string)
+  default     = []
+  validation {
+    condition = alltrue([
+      for c in var.notification_channel_ids : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", c))
+    ])
+    error_message = "notification_channel_ids entries must be full channel names: projects/<project>/notificationChannels/<number>."
+  }
+}
+
+variable "stale_after_days" {
+  description = "The stale-results alert opens when the features table changed within this many days and no run succeeded in them."
+  type        = number
+  default     = 7
+  validation {
+    condition     = floor(var.stale_after_days) == var.stale_after_days && var.stale_after_days >= 1 && var.stale_after_days <= 90
+    error_message = "stale_after_days must be a whole number of days between 1 and 90."
+  }
+}
+
+variable "function_errors_per_hour" {
+  description = "The function-errors alert opens when the function answers more than this many deliveries in one hour with a server error (an exception, a timeout, a crash at start-up)."
+  type        = number
+  default     = 3
+  validation {
+    condition     = floor(var.function_errors_per_hour) == var.function_errors_per_hour && var.function_errors_per_hour >= 0 && var.function_errors_per_hour <= 1000
+    error_message = "function_errors_per_hour must be a whole number between 0 and 1000."
   }
 }

@@ -16,6 +16,8 @@ import contextlib
 import hashlib
 import io
 import json
+import os
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -23,17 +25,21 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from google.cloud import bigquery, storage
 
+from clustering.claims import Claim
+from clustering.logs import OUTCOMES, Outcome
 from clustering.sender import pubsub_event, table_change_event
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES
 from clustering.table import CLUSTER_COLUMNS, table_schema
 from tests import emulators
 from tests.helpers import ARTIFACTS, MANIFEST, REPO, real_table
+from tests.test_handler import FailingLoadJobs
 
 pytestmark = pytest.mark.e2e
 
@@ -850,3 +856,136 @@ def test_a_message_published_to_the_topic_is_pushed_to_the_function_and_runs_onc
         if e.get("event_id") == message_id and e["message"].startswith("run starting")
     ]
     assert len(starts) == 1 and "reason: 'e2e'" in starts[0], starts
+
+
+# --- The outcome field the alerts count (clustering.logs.Outcome, terraform/monitoring.tf) ------
+
+
+def outcome(delivery: Delivery) -> dict:
+    """The one line of a delivery that carries `event`: its last JSON line."""
+    marked = [e for e in delivery.entries if "event" in e]
+    assert len(marked) == 1, f"expected exactly one line with an event, got {delivery.entries}"
+    assert marked[0] is delivery.entries[-1], "the outcome is the delivery's final line"
+    assert marked[0]["event"] in OUTCOMES
+    return marked[0]
+
+
+def test_a_run_and_a_duplicate_end_in_their_outcomes(function, first_run):
+    done = outcome(first_run.delivery)
+    assert (done["event"], done["severity"]) == (Outcome.RUN_SUCCEEDED, "INFO")
+    assert done["run_id"] == first_run.history_row["run_id"]
+
+    again = function.post(first_run.event)
+    assert again.acked
+    duplicate = outcome(again)
+    assert (duplicate["event"], duplicate["severity"]) == (Outcome.DUPLICATE, "INFO")
+
+
+def test_a_dry_run_is_not_counted_as_a_success(function, first_run):
+    delivery = function.post(pubsub_event({"reason": "alerts dry run", "dry_run": True}))
+    assert delivery.acked
+    assert outcome(delivery)["event"] == Outcome.DRY_RUN
+
+
+def test_a_skipped_and_a_rejected_event_end_in_their_outcomes(function, first_run):
+    skipped = function.post(table_change_event(FEATURES, read=True))
+    assert skipped.acked
+    assert (outcome(skipped)["event"], outcome(skipped)["severity"]) == (
+        Outcome.EVENT_SKIPPED,
+        "INFO",
+    )
+    rejected = function.post(pubsub_event("{not json"))
+    assert rejected.acked
+    line = outcome(rejected)
+    assert (line["event"], line["severity"]) == (Outcome.EVENT_REJECTED, "ERROR")
+
+
+def test_bad_data_ends_in_run_failed_at_warning(function, bq, first_run, restore_features):
+    load_features(bq, negative_population(real_table()))
+    delivery = function.post(table_change_event(FEATURES))
+    assert delivery.acked
+    line = outcome(delivery)
+    # The failed-run metric counts WARNING and above: bad data is logged at WARNING.
+    assert (line["event"], line["severity"]) == (Outcome.RUN_FAILED, "WARNING")
+
+
+def test_an_event_held_by_another_delivery_ends_in_run_busy(
+    bigquery_emulator, gcs_emulator, cloud, tmp_path
+):
+    from clustering.adapters.gcs import GcsStore
+
+    artifacts = f"gs://{cloud}/{PREFIX}-busy"
+    event = pubsub_event({"reason": "held elsewhere"})
+    now = datetime.now(UTC).isoformat()
+    claim = Claim(run_id="other-run", event_id=event["id"], claimed_at=now)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.endpoint)
+        assert GcsStore(artifacts).create_claim(event["id"], claim.encode())
+
+    # A server of its own: the raised exception's traceback stays out of the shared log.
+    env = function_env(bigquery_emulator, gcs_emulator.endpoint, artifacts)
+    with serve(env, tmp_path / "functions-framework.log") as function:
+        delivery = function.post(event)
+
+    assert delivery.status == 500  # raised, so Pub/Sub delivers it again later
+    line = outcome(delivery)
+    assert (line["event"], line["severity"]) == (Outcome.RUN_BUSY, "WARNING")
+
+
+def test_a_missing_bucket_ends_in_run_failed(bigquery_emulator, gcs_emulator, first_run, tmp_path):
+    env = function_env(bigquery_emulator, gcs_emulator.endpoint, f"gs://{unique('none')}/x")
+    with serve(env, tmp_path / "functions-framework.log") as function:
+        delivery = function.post(pubsub_event({"reason": "no bucket"}))
+    assert delivery.acked
+    line = outcome(delivery)
+    assert (line["event"], line["severity"]) == (Outcome.RUN_FAILED, "ERROR")
+
+
+def test_a_transient_failure_ends_in_run_retry(gcs_emulator, cloud, tmp_path):
+    # A BigQuery incident: every load job ends in backendError (tests/test_handler.py says why
+    # this endpoint is a stand-in: a real outage is retried by the client for minutes first).
+    features = tmp_path / "features.csv"
+    real_table().to_csv(features, index=False)
+    failing = FailingLoadJobs()
+    env = {
+        "FEATURES_SOURCE": str(features),
+        "ARTIFACTS_DEST": f"gs://{cloud}/{PREFIX}-transient",
+        "CLUSTERS_TABLE": f"bq://{CLUSTERS}",
+        "RUNS_TABLE": str(tmp_path / "runs.jsonl"),
+        "BIGQUERY_EMULATOR_HOST": failing.endpoint,
+        "STORAGE_EMULATOR_HOST": gcs_emulator.endpoint,
+    }
+    try:
+        with serve(env, tmp_path / "functions-framework.log") as function:
+            delivery = function.post(pubsub_event({"reason": "during an incident"}))
+    finally:
+        failing.close()
+
+    assert delivery.status == 500, (delivery.status, delivery.body)
+    assert failing.requests, "the load job really reached the failing endpoint"
+    line = outcome(delivery)
+    assert (line["event"], line["severity"]) == (Outcome.RUN_RETRY, "ERROR")
+
+
+def test_invalid_settings_stop_the_server_with_settings_invalid(tmp_path):
+    env = {
+        **os.environ,
+        "FEATURES_SOURCE": str(tmp_path / "features.csv"),
+        "ARTIFACTS_DEST": str(tmp_path / "artifacts"),
+        "K_MIN": "9",
+        "K_MAX": "3",
+    }
+    command = [
+        str(emulators.FUNCTIONS_FRAMEWORK),
+        *("--target", "recluster", "--signature-type", "cloudevent"),
+        *("--source", str(MAIN), "--port", str(emulators.free_port()), "--host", emulators.HOST),
+    ]
+    # The server imports main.py before it listens: invalid settings end it at once.
+    result = subprocess.run(
+        command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode != 0
+    entries, _ = parse_log(result.stdout + result.stderr)
+    (line,) = [e for e in entries if "event" in e]
+    assert (line["event"], line["severity"]) == (Outcome.SETTINGS_INVALID, "CRITICAL")
+    assert "K_MIN" in line["message"]

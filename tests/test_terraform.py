@@ -733,9 +733,9 @@ def test_tables_take_their_schema_from_the_code(config: Config) -> None:
     clusters = config.resource("google_bigquery_table.clusters")
     assert one(block(clusters, "lifecycle")["ignore_changes"]) == ["${schema}"]
     assert "lifecycle" not in config.resource("google_bigquery_table.runs")
-    # Nowhere is a schema written inline.
+    # Nowhere is a schema written inline (a view's columns come from its query).
     for rtype_name, body in config.of_type("google_bigquery_table").items():
-        assert "file(" in one(body["schema"]), rtype_name
+        assert "view" in body or "file(" in one(body["schema"]), rtype_name
 
 
 def test_artifacts_bucket_is_private_versioned_and_expires_runs_and_claims(config: Config) -> None:
@@ -865,3 +865,219 @@ def test_env_scan_recognises_every_reading_form(tmp_path: Path) -> None:
         "F_VAR",
         "G_VAR",
     }
+
+
+# --- Alerts (monitoring.tf) and the freshness view -----------------------------------------------
+
+ALERT_POLICIES = ("run_failed", "dead_letter", "stale_results", "function_errors")
+FUNCTION_NAME = f"${{{FUNCTION}.name}}"
+
+
+def metric_filter(config: Config, metric: str) -> list[str]:
+    """The lines of a log-based metric's filter, with local.function_logs written out."""
+    text = one(config.resource(f"google_logging_metric.{metric}")["filter"])
+    text = text.replace("${local.function_logs}", config.locals["function_logs"])
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def event_names(line: str) -> set[str]:
+    """The outcome names a `jsonPayload.event=...` filter line selects."""
+    match = re.fullmatch(r'jsonPayload\.event=(?:"(\w+)"|\(((?:"\w+"(?: OR )?)+)\))', line)
+    assert match, f"not an event filter: {line}"
+    return {match.group(1)} if match.group(1) else set(re.findall(r'"(\w+)"', match.group(2)))
+
+
+def unquoted(text: str) -> str:
+    """A quoted HCL string as Terraform reads it (the parser keeps the escapes)."""
+    return text.replace('\\"', '"')
+
+
+def condition(config: Config, policy: str, kind: str) -> dict:
+    body = config.resource(f"google_monitoring_alert_policy.{policy}")
+    (only,) = blocks(body, "conditions")
+    return block(only, kind)
+
+
+def test_log_metrics_read_the_functions_outcome_field_not_its_wording(config: Config) -> None:
+    from clustering.logs import FAILURES, OUTCOMES, Outcome
+
+    function_lines = [
+        'resource.type="cloud_run_revision"',
+        f'resource.labels.service_name="{FUNCTION_NAME}"',
+    ]
+    failures = metric_filter(config, "run_failures")
+    assert failures[:2] == function_lines
+    # run_failed logs WARNING for bad data: a stricter severity would miss it.
+    assert failures[2] == "severity>=WARNING"
+    assert event_names(failures[3]) == {str(o) for o in FAILURES}
+    assert len(failures) == 4, "every line is ANDed; nothing else may narrow the filter"
+
+    successes = metric_filter(config, "run_successes")
+    assert successes == [*function_lines, "severity=INFO", 'jsonPayload.event="run_succeeded"']
+    assert Outcome.RUN_SUCCEEDED == "run_succeeded"
+
+    # No filter matches on message text, and every outcome named anywhere is one the code logs.
+    text = config.sources["monitoring.tf"]
+    assert "jsonPayload.message" not in text and "textPayload" not in text
+    named = set()
+    for line in re.findall(r"jsonPayload\.event=[^\n]*", text):
+        named |= event_names(line.strip())
+    assert named and named <= OUTCOMES, named - OUTCOMES
+
+    failures_metric = config.resource("google_logging_metric.run_failures")
+    assert one(failures_metric["label_extractors"])["event"] == "EXTRACT(jsonPayload.event)"
+    for metric in ("run_failures", "run_successes", "features_changes"):
+        descriptor = block(config.resource(f"google_logging_metric.{metric}"), "metric_descriptor")
+        assert (one(descriptor["metric_kind"]), one(descriptor["value_type"])) == ("DELTA", "INT64")
+    # The table changes are counted with the sink's own filter, not a copy that could drift.
+    changes = config.resource("google_logging_metric.features_changes")
+    assert one(changes["filter"]) == "${google_logging_project_sink.features_changed.filter}"
+
+
+def test_every_alert_notifies_the_channels_and_says_what_to_do(config: Config) -> None:
+    policies = config.of_type("google_monitoring_alert_policy")
+    assert sorted(policies) == sorted(ALERT_POLICIES)
+    for name, body in policies.items():
+        assert one(body["notification_channels"]) == "${local.notification_channels}", name
+        assert one(body["combiner"]) == "OR" and len(blocks(body, "conditions")) == 1, name
+        assert one(body["severity"]) in ("ERROR", "WARNING"), name
+        doc = block(body, "documentation")
+        assert one(doc["mime_type"]) == "text/markdown"
+        assert one(doc["subject"]).startswith("${var.name}: "), name
+        content = one(doc["content"])
+        assert "**What happened.**" in content and "**What to do.**" in content, name
+        assert "README.md" in content and '"Troubleshooting"' in content, name
+        assert "${var.project_id}" in content, f"{name}: the commands must name the project"
+
+    # The README has the sections the documentation points at.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for body in policies.values():
+        heading = re.search(r'under "(Alert: [^"]+)"', one(block(body, "documentation")["content"]))
+        assert heading, "each documentation text names its README entry"
+        assert f"### {heading.group(1)}" in readme, f"README.md lacks ### {heading.group(1)}"
+
+
+def test_notification_channels_come_from_the_variables(config: Config) -> None:
+    email = config.resource("google_monitoring_notification_channel.email")
+    assert one(email["for_each"]) == "${toset(var.alert_emails)}"
+    assert one(email["type"]) == "email"
+    assert one(email["labels"]) == {"email_address": "${each.value}"}
+    channels = config.locals["notification_channels"]
+    assert "google_monitoring_notification_channel.email[address].id" in channels
+    assert "for address in var.alert_emails" in channels
+    assert "var.notification_channel_ids" in channels
+    # None by default: the policies exist and open incidents, but notify nobody.
+    assert config.default("alert_emails") == [] and config.default("notification_channel_ids") == []
+
+    # The validations accept what they should and refuse the rest (their regexes, in Python).
+    def pattern(variable: str) -> re.Pattern:
+        rule = one(block(config.variables[variable], "validation")["condition"])
+        (found,) = re.findall(r'regex\("(.+?)",', rule)
+        return re.compile(found.replace("\\\\", "\\"))
+
+    address = pattern("alert_emails")
+    assert address.fullmatch("ops@city.gov") and address.fullmatch("a.b+c@x.example.org")
+    for bad in ("ops", "ops@", "@city.gov", "ops@city", "two words@city.gov"):
+        assert not address.fullmatch(bad), bad
+    channel = pattern("notification_channel_ids")
+    assert channel.fullmatch("projects/p-1/notificationChannels/123456")
+    for bad in ("123456", "projects/p/notificationChannels/", "notificationChannels/1"):
+        assert not channel.fullmatch(bad), bad
+
+
+def test_the_run_failed_alert_fires_on_the_first_failure(config: Config) -> None:
+    threshold = condition(config, "run_failed", "condition_threshold")
+    assert unquoted(one(threshold["filter"])) == (
+        'metric.type="logging.googleapis.com/user/${google_logging_metric.run_failures.name}"'
+        ' AND resource.type="cloud_run_revision"'
+    )
+    assert one(threshold["comparison"]) == "COMPARISON_GT"
+    assert one(threshold["threshold_value"]) == 0
+    assert one(threshold["duration"]) == "0s"
+    aggregation = block(threshold, "aggregations")
+    assert one(aggregation["per_series_aligner"]) == "ALIGN_SUM"
+    assert one(aggregation["group_by_fields"]) == ["metric.label.event"]
+    assert one(threshold["evaluation_missing_data"]) == "EVALUATION_MISSING_DATA_INACTIVE"
+
+
+def test_the_dead_letter_alert_watches_the_dead_letter_subscription(config: Config) -> None:
+    threshold = condition(config, "dead_letter", "condition_threshold")
+    lines = unquoted(one(threshold["filter"])).split(" AND ")
+    assert lines == [
+        'metric.type="pubsub.googleapis.com/subscription/num_undelivered_messages"',
+        'resource.type="pubsub_subscription"',
+        'resource.label.subscription_id="${google_pubsub_subscription.dead_letter.name}"',
+    ]
+    assert one(threshold["comparison"]) == "COMPARISON_GT"
+    assert one(threshold["threshold_value"]) == 0
+    assert one(threshold["duration"]) == "0s"
+    assert one(block(threshold, "aggregations")["per_series_aligner"]) == "ALIGN_MAX"
+    # The subscription it watches is the one that keeps the dead letters.
+    keeper = config.resource("google_pubsub_subscription.dead_letter")
+    assert one(keeper["topic"]) == DEAD_LETTER_TOPIC_ID
+
+
+def test_the_stale_results_alert_needs_a_change_and_no_success_for_stale_after_days(
+    config: Config,
+) -> None:
+    promql = condition(config, "stale_results", "condition_prometheus_query_language")
+    lines = [line.strip() for line in one(promql["query"]).splitlines()]
+    window = "[${var.stale_after_days}d]"
+    successes = "logging_googleapis_com:user_${google_logging_metric.run_successes.name}"
+    changes = "logging_googleapis_com:user_${google_logging_metric.features_changes.name}"
+    assert lines == [
+        f'absent_over_time({successes}{{monitored_resource="cloud_run_revision"}}{window})',
+        "and on()",
+        f"sum(increase({changes}{window})) > 0",
+    ]
+    assert one(promql["duration"]) == "0s"
+    # PromQL names allow no hyphen: the metric names are built from var.name without them.
+    assert config.locals["metric_prefix"] == '${replace(var.name,"-","_")}'
+    for metric in ("run_successes", "features_changes"):
+        name = one(config.resource(f"google_logging_metric.{metric}")["name"])
+        assert name == f"${{local.metric_prefix}}_{metric}"
+    assert config.default("stale_after_days") == 7
+    assert "<= 90" in one(block(config.variables["stale_after_days"], "validation")["condition"])
+
+
+def test_the_function_errors_alert_counts_server_errors_of_its_service(config: Config) -> None:
+    threshold = condition(config, "function_errors", "condition_threshold")
+    assert unquoted(one(threshold["filter"])).split(" AND ") == [
+        'metric.type="run.googleapis.com/request_count"',
+        'resource.type="cloud_run_revision"',
+        f'resource.label.service_name="{FUNCTION_NAME}"',
+        'metric.label.response_code_class="5xx"',
+    ]
+    assert one(threshold["comparison"]) == "COMPARISON_GT"
+    assert one(threshold["threshold_value"]) == "${var.function_errors_per_hour}"
+    assert one(block(threshold, "aggregations")["alignment_period"]) == "3600s"
+    assert one(block(threshold, "aggregations")["cross_series_reducer"]) == "REDUCE_SUM"
+    assert config.default("function_errors_per_hour") == 3
+
+
+def test_alerts_add_no_grant_and_their_api_is_enabled(config: Config) -> None:
+    # The metrics are computed by Cloud Logging and read by Cloud Monitoring: no IAM resource
+    # lives in monitoring.tf, and the exact grant set (above) is unchanged.
+    assert "_iam_" not in config.sources["monitoring.tf"]
+    assert "google_service_account.runtime" not in config.sources["monitoring.tf"]
+    assert "monitoring.googleapis.com" in config.locals["services"]
+    for rtype in ("google_monitoring_alert_policy", "google_logging_metric"):
+        for name, body in config.of_type(rtype).items():
+            assert one(body["depends_on"]) == ["${google_project_service.this}"], name
+
+
+def test_the_freshness_view_renders_the_sql_file_over_the_runs_table(config: Config) -> None:
+    view = config.resource("google_bigquery_table.run_freshness")
+    assert one(view["dataset_id"]) == "${local.output_dataset_id}"
+    assert one(view["table_id"]) == "${var.freshness_view_id}"
+    definition = block(view, "view")
+    assert one(definition["use_legacy_sql"]) is False
+    query = one(definition["query"])
+    runs = "google_bigquery_table.runs"
+    # The arguments map comes back as a Python repr: compare it with its quotes normalised.
+    assert query.replace("'", '"') == (
+        '${templatefile("${path.module}/sql/run_freshness.sql",'
+        f'{{"runs_table": "${{{runs}.project}}.${{{runs}.dataset_id}}.${{{runs}.table_id}}"}})}}'
+    )
+    assert (TF_DIR / "sql" / "run_freshness.sql").is_file()
+    assert "freshness_view" in config.outputs
