@@ -11,7 +11,7 @@ import pytest
 from clustering.adapters.local import read_table
 from clustering.errors import InputError
 from clustering.sample import make_sample
-from clustering.settings import AnalysisSettings
+from clustering.settings import DEFAULT_CLUSTERING_FEATURES, AnalysisSettings
 from clustering.table import (
     CLUSTER_COLUMNS,
     Unmatched,
@@ -497,3 +497,50 @@ def test_fractional_populations_are_kept_as_numbers_and_written_as_float():
     whole = validate_features(small(), SETTINGS, WHERE).frame
     assert whole["population"].dtype == np.int64
     assert {f["name"]: f["type"] for f in output_schema(whole)}["population"] == "INTEGER"
+
+
+# --- features_table.json: the schema of the README's `bq load` recipe ----------------------------
+
+
+def test_the_features_schema_is_the_default_columns_in_the_samples_order():
+    schema = table_schema("features_table")
+    names = [field["name"] for field in schema]
+    # `bq load` of a CSV maps columns by position: the sample's order is the schema's.
+    assert names == list(make_sample(20).columns)
+    assert names == ["neighborhood", *DEFAULT_CLUSTERING_FEATURES]
+    types = {field["name"]: (field["type"], field["mode"]) for field in schema}
+    assert types.pop("neighborhood") == ("STRING", "REQUIRED")
+    assert types.pop("population") == ("INTEGER", "NULLABLE")
+    assert set(types.values()) == {("FLOAT", "NULLABLE")}
+
+
+def test_a_csv_loaded_with_the_features_schema_reads_back_as_the_same_table(
+    bigquery_emulator, tmp_path, monkeypatch
+):
+    # What `bq load --source_format=CSV --skip_leading_rows=1 ... features_table.json` does, on
+    # the BigQuery emulator with the unmodified client; read back by the function's adapter.
+    from google.cloud import bigquery as bq
+
+    from clustering.adapters import bigquery as adapter
+    from tests.emulators import bigquery_client
+
+    table = make_sample(40)
+    path = tmp_path / "features.csv"
+    table.to_csv(path, index=False)
+    client = bigquery_client(bigquery_emulator)
+    dataset = f"{client.project}.features_schema_test"
+    client.create_dataset(dataset, exists_ok=True)
+    config = bq.LoadJobConfig(
+        schema=[bq.SchemaField.from_api_repr(f) for f in table_schema("features_table")],
+        source_format=bq.SourceFormat.CSV,
+        skip_leading_rows=1,
+        write_disposition=bq.WriteDisposition.WRITE_TRUNCATE,
+    )
+    with path.open("rb") as features:
+        client.load_table_from_file(features, f"{dataset}.features", job_config=config).result()
+    monkeypatch.setenv(adapter.EMULATOR_ENV, bigquery_emulator.endpoint)
+    read = adapter.read_table(f"bq://{dataset}.features")
+    valid = validate_features(read, SETTINGS, "bq").frame
+    pd.testing.assert_frame_equal(valid, table, check_dtype=False)
+    client.delete_dataset(dataset, delete_contents=True)
+    client.close()
