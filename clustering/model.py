@@ -167,7 +167,7 @@ def _cluster(table, settings, say, on_diagnostics, types, residential, features,
     diagnostics_pending = _submit_search(pool, scaled, ks, settings)
     diagnostics = None
     if all(f.done() for f in diagnostics_pending):  # fitted in-process: report them now
-        diagnostics = _collect(diagnostics_pending, say, "diagnostics")
+        diagnostics = _collect(diagnostics_pending, say, "K diagnostic")
         if on_diagnostics:
             on_diagnostics(diagnostics, sample_size)
     top_pending = pool.submit(fits.fit_labels, scaled, TOP_K, FINAL_N_INIT, seed)
@@ -198,7 +198,7 @@ def _cluster(table, settings, say, on_diagnostics, types, residential, features,
         tops.append((int(top), label, mask, _submit_search(pool, scaled[mask], sub_ks, settings)))
 
     if diagnostics is None:
-        diagnostics = _collect(diagnostics_pending, say, "diagnostics")
+        diagnostics = _collect(diagnostics_pending, say, "K diagnostic")
         if on_diagnostics:
             on_diagnostics(diagnostics, sample_size)
     sub_labels = np.full(n_res, -1, dtype=np.int64)
