@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                 option.flag,
                 dest=option.field,
                 metavar=option.metavar or "N",
-                type=int if option.kind == "int" else str,
+                type=option.type,
                 help=option.cli_help(),
             )
     run.add_argument("--dry-run", action="store_true", help="compute everything, publish nothing")

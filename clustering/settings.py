@@ -210,13 +210,13 @@ def _from_env(environ: Mapping[str, str], option: Option) -> object:
         if option.required:
             raise InputError(f"{option.env} is not set: set it in the function's environment")
         return option.default
-    if option.kind == "int":
+    if option.kind in ("int", "float"):
+        what = "an integer" if option.kind == "int" else "a number"
         try:
-            return int(raw)
+            return option.type(raw)
         except ValueError:
-            raise InputError(
-                f"{option.env}={raw!r} is not an integer: set it to a whole number"
-            ) from None
+            fix = "a whole number" if option.kind == "int" else "a number such as 0.5"
+            raise InputError(f"{option.env}={raw!r} is not {what}: set it to {fix}") from None
     if option.kind == "names":
         return parse_name_list(raw, option.env)
     return raw

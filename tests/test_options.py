@@ -46,8 +46,8 @@ def test_the_defaults_file_holds_the_analytic_defaults():
 
 
 def test_a_bad_kind_is_refused():
-    with pytest.raises(ValueError, match="kind 'float'"):
-        Option("x", "help", "float")
+    with pytest.raises(ValueError, match="kind 'bool'"):
+        Option("x", "help", "bool")
 
 
 def test_the_table_has_one_row_per_variable():
@@ -57,3 +57,20 @@ def test_the_table_has_one_row_per_variable():
     assert "| `FEATURES_SOURCE` | `--features` | required (CLI: the built-in sample) |" in (
         settings_table()
     )
+
+
+def test_a_float_option_reads_numbers_from_the_environment():
+    # For settings such as a ratio; none is registered yet, so the reader is driven directly.
+    from clustering.errors import InputError
+    from clustering.settings import _from_env
+
+    ratio = Option("ratio", "a share", "float", "RATIO", "--ratio", 0.5)
+    assert ratio.type is float
+    assert _from_env({"RATIO": " 0.25 "}, ratio) == 0.25
+    assert _from_env({}, ratio) == 0.5
+    with pytest.raises(InputError, match=r"^RATIO='half' is not a number: set it to a number"):
+        _from_env({"RATIO": "half"}, ratio)
+
+
+def test_markdown_special_characters_are_escaped_in_the_table():
+    assert "runs/&lt;run_id>/" in settings_table()
