@@ -64,7 +64,8 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
         if required not in frame.columns:
             raise InputError(
                 f"{where} has no {required!r} column{_did_you_mean(required, frame.columns)} "
-                f"(columns: {_short(frame.columns)}): add it or rename the column that holds it"
+                f"(columns: {_short(frame.columns)}): "
+                + (_separator_fix(frame.columns) or "add it or rename the column that holds it")
             )
     frame = frame.reset_index(drop=True)
     names = _names(frame["neighborhood"], where)
@@ -131,6 +132,17 @@ def _features(names: list[str]) -> str:
 
 def _normalised(name: str) -> str:
     return "".join(name.lower().replace("_", " ").split())
+
+
+def _separator_fix(columns: pd.Index) -> str | None:
+    """How to fix a header that was split on the wrong character, if it looks like one."""
+    for separator, name in ((";", "semicolons"), ("\t", "tabs")):
+        if any(separator in str(column) for column in columns):
+            return (
+                f"the header looks separated by {name}, not commas: export the file as "
+                "comma-separated CSV (or with one separator only)"
+            )
+    return None
 
 
 def _did_you_mean(name: str, candidates) -> str:

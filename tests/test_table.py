@@ -544,3 +544,13 @@ def test_a_csv_loaded_with_the_features_schema_reads_back_as_the_same_table(
     pd.testing.assert_frame_equal(valid, table, check_dtype=False)
     client.delete_dataset(dataset, delete_contents=True)
     client.close()
+
+
+def test_a_header_split_on_the_wrong_separator_says_so(tmp_path):
+    # A quoted comma in a semicolon header defeats the detection: the error names the cause.
+    path = write(tmp_path / "f.csv", 'neighborhood;population;"crime, per capita"\nA;10;0.1\n')
+    with pytest.raises(InputError) as caught:
+        validate_features(read_table(path), SETTINGS, path)
+    message = str(caught.value)
+    assert "no 'neighborhood' column" in message
+    assert "the header looks separated by semicolons, not commas" in message
