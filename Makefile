@@ -5,21 +5,37 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean readme-settings docs-charts
 
+# The first `make run` installs for a minute with pip --quiet: say what is happening.
 $(RUNTIME_STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+		echo "error: $(PYTHON) is missing or older than Python 3.11: install 3.11+ or run make PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@test -x $(BIN)/python || echo "==> creating the virtual environment $(VENV)/ with $$($(PYTHON) --version)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "==> installing requirements.txt into $(VENV)/ (pandas, scikit-learn, matplotlib, Google clients; about a minute the first time)"
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
+	@echo "==> $(VENV)/ is ready"
 
 $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
+	@echo "==> installing requirements-dev.txt into $(VENV)/ (pytest, ruff, seaborn)"
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 setup: $(RUNTIME_STAMP)
 
 run: setup
+	@echo "==> clustering the built-in sample into output/ (progress below, one line per stage)"
 	$(BIN)/python -m clustering run --out output
+
+# The README's settings table, regenerated from clustering/options.py (a test fails when stale).
+readme-settings: setup
+	$(BIN)/python -m clustering settings-table --readme README.md
+
+# The README's chart pictures: the built-in sample's charts, shrunk (committed under docs/).
+docs-charts: setup
+	PYTHONPATH=. $(BIN)/python docs/make_charts.py docs
 
 include make/*.mk
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clustering.model import ClusteringResult, KSearch
+from clustering.model import TOP_K, ClusteringResult, KSearch
 from clustering.naming import PNG_ELBOW, PNG_HEATMAP, PNG_MAP, PNG_PCA
 
 DPI = 150
@@ -137,7 +137,8 @@ def render(
 
 
 def elbow_silhouette(search: KSearch, sample_size: int | None) -> bytes:
-    """Inertia and silhouette by K, with the best K marked."""
+    """Inertia and silhouette by K, with the best K marked, labelled as the diagnostic it is:
+    the top split is TOP_K whatever K scores best."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(14, 5))
@@ -148,11 +149,13 @@ def elbow_silhouette(search: KSearch, sample_size: int | None) -> bytes:
     left.set_title("Elbow method", fontsize=14)
     right.plot(search.ks, search.silhouettes, "ro-", linewidth=2, markersize=8)
     best = search.best_k
-    right.axvline(best, color="green", linestyle="--", label=f"Best K = {best}")
+    right.axvline(best, color="green", linestyle="--",
+                  label=f"Best silhouette: K = {best} (diagnostic)")  # fmt: skip
     right.set_xlabel("K (number of clusters)", fontsize=12)
     right.set_ylabel("Silhouette score", fontsize=12)
     suffix = f" (sample of {sample_size:,} rows)" if sample_size else ""
-    right.set_title(f"Silhouette score by K{suffix}", fontsize=14)
+    note = f"(a diagnostic: the top split is always K={TOP_K})"
+    right.set_title(f"Silhouette score by K{suffix}\n{note}", fontsize=13)
     right.legend(loc="upper right")
     for ax in (left, right):
         ax.set_xticks(search.ks)

@@ -1,4 +1,4 @@
-"""Command line: `python -m clustering run | sample | send-event`.
+"""Command line: `python -m clustering run | sample | settings-table | send-event`.
 
 Exit codes: 0 success, 2 bad input or settings (one `error:` line, no traceback), 1 for the
 unexpected. Progress goes to stderr, one line per stage; the result summary to stdout.
@@ -7,76 +7,107 @@ unexpected. Progress goes to stderr, one line per stage; the result summary to s
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import time
 import traceback
+from argparse import SUPPRESS
 from collections.abc import Sequence
 
 from clustering.errors import InputError
 from clustering.job import one_line
+from clustering.options import OPTIONS
 from clustering.settings import AnalysisSettings, JobSettings, parse_name_list
 
 
+class _Help(argparse.HelpFormatter):
+    """Shows an option's default after its help, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == SUPPRESS
+        if "default" in text or action.required or unset:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit code 2."""
+    """argparse that reports a usage error as one line and exit code 2, pointing at the help
+    of the subcommand at fault."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         sys.exit(2)
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        # argparse reports a subcommand's unknown options from the top-level parser, whose
+        # help does not list them; report them from the subcommand, with a did-you-mean.
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            owner = self._command_parser(getattr(parsed, "command", None))
+            owner.error(f"unrecognized arguments: {' '.join(extras)}{owner._suggest(extras)}")
+        return parsed
+
+    def _command_parser(self, command: str | None) -> _Parser:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+                return action.choices[command]
+        return self
+
+    def _suggest(self, extras: list[str]) -> str:
+        known = [flag for action in self._actions for flag in action.option_strings]
+        for extra in extras:
+            if extra.startswith("--"):
+                close = difflib.get_close_matches(extra.split("=")[0], known, n=1, cutoff=0.6)
+                if close:
+                    return f"; did you mean {close[0]}?"
+        return ""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = AnalysisSettings()
     parser = _Parser(prog="python -m clustering", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = commands.add_parser("run", help="cluster a features table and write the artifacts")
-    run.add_argument("--features", metavar="SRC",
-                     help="features table: a .csv/.parquet path, gs://bucket/file or "
-                          "bq://project.dataset.table (default: the built-in sample)")  # fmt: skip
-    run.add_argument("--out", metavar="DEST", default="output",
-                     help="artifacts folder or gs://bucket/prefix (default: output)")  # fmt: skip
-    run.add_argument("--clusters-table", metavar="DEST",
-                     help="also replace this table: bq://project.dataset.table, or a "
-                          ".csv/.parquet path or gs:// object")  # fmt: skip
-    run.add_argument(
-        "--boundaries",
-        metavar="SRC",
-        help="GeoJSON of the neighborhoods (path or gs://...); adds cluster_map.png",
+    run = commands.add_parser(
+        "run",
+        help="cluster a features table and write the artifacts",
+        description="Cluster a features table and publish the artifacts. Each setting's help "
+        "names the function's environment variable for it (README: Configuration).",
     )
-    run.add_argument(
-        "--runs-table",
-        metavar="DEST",
-        help="append the run to this history: bq://... or a .jsonl path",
-    )
-    run.add_argument("--min-population", type=int, default=defaults.min_population)
-    run.add_argument("--k-min", type=int, default=defaults.k_min)
-    run.add_argument("--k-max", type=int, default=defaults.k_max)
-    run.add_argument("--sub-k-min", type=int, default=defaults.sub_k_min)
-    run.add_argument("--sub-k-max", type=int, default=defaults.sub_k_max)
-    run.add_argument("--random-state", type=int, default=defaults.random_state)
-    run.add_argument("--exclude-neighborhoods", metavar="JSON",
-                     help="JSON list of names kept out of the residential clustering "
-                          "(default: the notebook's 13)")  # fmt: skip
-    run.add_argument(
-        "--clustering-features",
-        metavar="JSON",
-        help="JSON list of feature columns (default: the notebook's 15)",
-    )
-    run.add_argument("--severity-feature", default=defaults.severity_feature)
-    run.add_argument("--silhouette-sample-size", type=int,
-                     default=defaults.silhouette_sample_size,
-                     help="above this many rows, silhouettes use a fixed-seed sample "
-                          "of this size")  # fmt: skip
+    for option in OPTIONS:
+        if option.flag:
+            run.add_argument(
+                option.flag,
+                dest=option.field,
+                metavar=option.metavar or "N",
+                type=option.type,
+                help=option.cli_help(),
+            )
     run.add_argument("--dry-run", action="store_true", help="compute everything, publish nothing")
-    run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    run.add_argument(
+        "--quiet", action="store_true", help="no progress lines on stderr (warnings still show)"
+    )
     run.set_defaults(func=_run)
 
     sample = commands.add_parser("sample", help="write the synthetic demo table")
-    sample.add_argument("--rows", type=int, default=279)
-    sample.add_argument("--random-state", type=int, default=0)
-    sample.add_argument("--out", metavar="PATH", required=True, help=".csv or .parquet file")
+    sample.add_argument("--rows", type=int, default=279, help="number of neighborhoods")
+    sample.add_argument("--random-state", type=int, default=0, help="seed of the generator")
+    sample.add_argument(
+        "--out", metavar="PATH", required=True, help=".csv or .parquet file to write (required)"
+    )
     sample.set_defaults(func=_sample)
+
+    table = commands.add_parser(
+        "settings-table", help="print the settings table (Markdown) that the README shows"
+    )
+    table.add_argument(
+        "--readme", metavar="PATH", help="rewrite the table inside this README file instead"
+    )
+    table.set_defaults(func=_settings_table)
 
     from clustering import sender
 
@@ -101,36 +132,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def settings_from_args(args: argparse.Namespace) -> JobSettings:
-    defaults = AnalysisSettings()
-    analysis = AnalysisSettings(
-        min_population=args.min_population,
-        k_min=args.k_min,
-        k_max=args.k_max,
-        sub_k_min=args.sub_k_min,
-        sub_k_max=args.sub_k_max,
-        random_state=args.random_state,
-        exclude_neighborhoods=_names(
-            args.exclude_neighborhoods, "--exclude-neighborhoods", defaults.exclude_neighborhoods
-        ),
-        clustering_features=_names(
-            args.clustering_features, "--clustering-features", defaults.clustering_features
-        ),
-        severity_feature=args.severity_feature,
-        silhouette_sample_size=args.silhouette_sample_size,
-    )
-    return JobSettings(
-        features_source=args.features,
-        artifacts_dest=args.out,
-        clusters_table=args.clusters_table,
-        runs_table=args.runs_table,
-        boundaries_source=args.boundaries,
-        analysis=analysis,
-    )
-
-
-def _names(raw: str | None, flag: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    """A JSON list flag; absent means the default, `[]` means an empty list."""
-    return default if raw is None else parse_name_list(raw, flag)
+    """The settings of `run`: each flag given, else its registry default."""
+    values: dict[str, dict[str, object]] = {"job": {}, "analysis": {}}
+    for option in OPTIONS:
+        if not option.flag:
+            continue
+        raw = getattr(args, option.field)
+        if raw is None:
+            value = option.default
+        elif option.kind == "names":
+            value = parse_name_list(raw, option.flag)
+        else:
+            value = raw
+        values["analysis" if option.analysis else "job"][option.field] = value
+    return JobSettings(**values["job"], analysis=AnalysisSettings(**values["analysis"]))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -144,14 +159,20 @@ def _run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"[{time.perf_counter() - began:6.1f}s] {message}\n")
             sys.stderr.flush()
 
-    report = run_job(settings, RunRequest(trigger="cli", dry_run=args.dry_run), progress)
-    manifest = report.manifest
-    # Warnings are not progress: --quiet keeps them.
-    for warning in manifest["warnings"]:
+    def warn(warning: str) -> None:  # not progress: --quiet keeps warnings
         sys.stderr.write(f"warning: {one_line(warning)}\n")
+        sys.stderr.flush()
+
+    request = RunRequest(trigger="cli", dry_run=args.dry_run)
+    report = run_job(settings, request, progress, on_warning=warn)
+    manifest = report.manifest
     groups = ", ".join(f"{g['label']} {g['rows']} rows in {g['sub_k']} sub-clusters"
                        for g in manifest["top_groups"])  # fmt: skip
-    where = "nothing published (dry run)" if args.dry_run else f"artifacts in {args.out}/latest/"
+    where = (
+        "nothing published (dry run)"
+        if args.dry_run
+        else f"artifacts in {settings.artifacts_dest}/latest/"
+    )
     print(f"run {report.run_id}: {manifest['input']['rows']} neighborhoods; {groups}; {where}")
     return 0
 
@@ -164,4 +185,23 @@ def _sample(args: argparse.Namespace) -> int:
         raise InputError(f"--rows is {args.rows}: the sample needs at least 20 rows")
     replace_table(args.out, make_sample(args.rows, args.random_state))
     print(f"wrote {args.rows} rows to {args.out}")
+    return 0
+
+
+def _settings_table(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clustering.options import settings_table, with_settings_table
+
+    if args.readme is None:
+        print(settings_table())
+        return 0
+    readme = Path(args.readme)
+    if not readme.is_file():
+        raise InputError(f"{readme}: no such file: give the path of README.md")
+    try:
+        readme.write_text(with_settings_table(readme.read_text("utf-8")), "utf-8")
+    except ValueError as error:
+        raise InputError(f"{readme}: {error}") from None
+    print(f"rewrote the settings table in {readme}")
     return 0

@@ -72,6 +72,7 @@ def run_job(
     progress: Callable[[str], None] | None = None,
     on_history_error: Callable[[Exception], None] | None = None,
     run_id: str | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Run the whole job; raise InputError for bad input, anything else for the unexpected.
 
@@ -80,13 +81,14 @@ def run_job(
     and latest/ as they were. With a RUNS_TABLE, one row is appended per run, failed or not;
     a failure to append it goes to `on_history_error` (default: raise), because the history
     must never turn a published run into a retried one. `run_id` lets a caller log under the
-    id before the run starts.
+    id before the run starts. `on_warning` receives each warning as soon as it is known (those
+    about the input when the input is read), long before publishing; run.json lists them all.
     """
     started = datetime.now(UTC)
     run_id = run_id or new_run_id(started)
     clock = _Stopwatch(progress or (lambda _message: None))
     try:
-        report = _run(settings, request, clock, run_id, started)
+        report = _run(settings, request, clock, run_id, started, on_warning or (lambda _w: None))
     except Exception as error:
         _record(settings, request, run_id, started, None, error, on_history_error)
         raise
@@ -94,7 +96,7 @@ def run_job(
     return report
 
 
-def _run(settings, request, clock, run_id, started) -> RunReport:
+def _run(settings, request, clock, run_id, started, warn) -> RunReport:
     from clustering import adapters, charts
 
     # Fork the chart process first: it imports matplotlib while this one reads and clusters.
@@ -115,18 +117,22 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
         clock.stage("validate", f"validating {len(frame)} rows")
         valid = validate_features(frame, analysis, where)
         boundaries, map_warnings = _boundaries(settings.boundaries_source, valid.frame)
+        for warning in valid.warnings + map_warnings:
+            warn(warning)
         clock.stage("cluster", "clustering")
         try:
             result = cluster(
                 valid.frame,
                 analysis,
                 progress=clock.progress,
-                on_diagnostics=lambda search, sampled: _submit(
-                    renderer, charts.elbow_task(search, sampled)
+                on_diagnostics=lambda search, sampled: _diagnosed(
+                    renderer, clock, charts.elbow_task(search, sampled), search.best_k
                 ),
             )
         except InputError as error:
             raise InputError(f"{where}: {error}") from None
+        for warning in result.warnings:
+            warn(warning)
         clock.stage("charts", "drawing charts")
         _submit(renderer, charts.result_tasks(result, analysis.random_state, boundaries))
         # The CSVs are encoded while the chart workers draw.
@@ -158,6 +164,14 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
         adapters.write_clusters(settings.clusters_table, table, output_schema(table))
     store.promote(run_id, files)
     return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
+
+
+def _diagnosed(renderer, clock: _Stopwatch, tasks: dict[str, tuple], best_k: int) -> None:
+    """Start the elbow chart and say what the K diagnostic found, and what it does not decide."""
+    from clustering.model import TOP_K
+
+    _submit(renderer, tasks)
+    clock.progress(f"K diagnostic: best silhouette at K={best_k} (the top split stays K={TOP_K})")
 
 
 def _submit(renderer, tasks: dict[str, tuple]) -> None:
@@ -254,6 +268,10 @@ def _boundaries(source: str | None, table) -> tuple[dict | None, tuple[str, ...]
 
 
 def _manifest(run_id, request, settings, started, input_warnings, result, timings, prefix, files):
+    from clustering.model import TOP_K
+    from clustering.table import unmatched_exclusions
+
+    unmatched = unmatched_exclusions(result.table["neighborhood"], settings.analysis)
     counts = result.table["excluded_type"].value_counts()
     diagnostics = result.diagnostics
     return {
@@ -266,6 +284,8 @@ def _manifest(run_id, request, settings, started, input_warnings, result, timing
         "finished_at": datetime.now(UTC).isoformat(),
         "input": {
             "source": settings.features_source or "built-in sample",
+            # Exclusion names that match no row: typos, or names the table spells otherwise.
+            "unmatched_exclusions": [asdict(u) for u in unmatched],
             "boundaries": settings.boundaries_source,
             "rows": len(result.table),
             "residential_rows": int(result.residential.sum()),
@@ -288,6 +308,9 @@ def _manifest(run_id, request, settings, started, input_warnings, result, timing
             "sample_size": result.silhouette_sample_size,
         },
         "diagnostics": {
+            "note": f"K_MIN..K_MAX is a diagnostic only: the top split is always K={TOP_K}, as "
+            "in the notebook; best_k is the K with the highest silhouette",
+            "top_split_k": TOP_K,
             "k": list(diagnostics.ks),
             "inertia": [round(v, 6) for v in diagnostics.inertias],
             "silhouette": [round(v, 6) for v in diagnostics.silhouettes],

@@ -36,6 +36,8 @@ DISTRESSED = "Distressed"
 EXCLUDED = "Excluded"
 # Groups smaller than this are labelled instead of clustered (notebook cell 9).
 MIN_EXCLUDED_GROUP = 4
+# The notebook's top split: always two groups, whatever the K diagnostic finds best.
+TOP_K = 2
 # n_init of the notebook: 10 while searching K, 20 for the final residential fits.
 SEARCH_N_INIT = 10
 FINAL_N_INIT = 20
@@ -165,10 +167,10 @@ def _cluster(table, settings, say, on_diagnostics, types, residential, features,
     diagnostics_pending = _submit_search(pool, scaled, ks, settings)
     diagnostics = None
     if all(f.done() for f in diagnostics_pending):  # fitted in-process: report them now
-        diagnostics = _collect(diagnostics_pending, say, "diagnostics")
+        diagnostics = _collect(diagnostics_pending, say, "K diagnostic")
         if on_diagnostics:
             on_diagnostics(diagnostics, sample_size)
-    top_pending = pool.submit(fits.fit_labels, scaled, 2, FINAL_N_INIT, seed)
+    top_pending = pool.submit(fits.fit_labels, scaled, TOP_K, FINAL_N_INIT, seed)
     excluded_mask = ~residential
     excluded = table.loc[excluded_mask].copy()
     excluded["excluded_type"] = types[excluded_mask].to_numpy()
@@ -182,7 +184,7 @@ def _cluster(table, settings, say, on_diagnostics, types, residential, features,
                 (in_type, _submit_excluded(pool, rows, excluded_type, settings))
             )
 
-    say("fitting the top split (K=2)")
+    say(f"fitting the top split (K={TOP_K})")
     top_labels = top_pending.result()
     severity = table.loc[residential, settings.severity_feature].to_numpy(dtype=np.float64)
     overall = np.nanmean(severity)
@@ -196,7 +198,7 @@ def _cluster(table, settings, say, on_diagnostics, types, residential, features,
         tops.append((int(top), label, mask, _submit_search(pool, scaled[mask], sub_ks, settings)))
 
     if diagnostics is None:
-        diagnostics = _collect(diagnostics_pending, say, "diagnostics")
+        diagnostics = _collect(diagnostics_pending, say, "K diagnostic")
         if on_diagnostics:
             on_diagnostics(diagnostics, sample_size)
     sub_labels = np.full(n_res, -1, dtype=np.int64)
@@ -349,11 +351,10 @@ def _summary(resident_rows: pd.DataFrame, settings: AnalysisSettings) -> pd.Data
 
 
 def _feature_warnings(features: FeatureSelection, table: pd.DataFrame) -> list[str]:
-    """Warnings on skipped features; columns blank in every row are already reported by
-    the table's validation, so only those blank in the residential rows alone are added."""
+    """Warnings on skipped features; absent columns and columns blank in every row are
+    already reported by the table's validation, so only those blank in the residential rows
+    alone are added."""
     warnings = []
-    if features.missing:
-        warnings.append(f"features not in the table, skipped: {', '.join(features.missing)}")
     residential_only = [f for f in features.all_blank if table[f].notna().any()]
     if residential_only:
         warnings.append(

@@ -40,7 +40,7 @@ def row_types(table: pd.DataFrame, settings: AnalysisSettings) -> pd.Series:
     The exclusion list wins over population, as in the notebook's excluded analysis; a blank
     population counts as low.
     """
-    listed = table["neighborhood"].isin(settings.exclude_neighborhoods)
+    listed = table["neighborhood"].isin(settings.excluded_names)
     # A blank population is not known to reach the threshold: low population.
     low = ~(table["population"] >= settings.min_population)
     types = np.where(listed, INSTITUTIONAL, np.where(low, LOW_POPULATION, RESIDENTIAL))

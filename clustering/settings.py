@@ -13,69 +13,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from clustering.errors import InputError
+from clustering.options import DEFAULTS, OPTIONS, Option, env_vars
 
-DEFAULT_EXCLUDE_NEIGHBORHOODS: tuple[str, ...] = (
-    # Industrial / entertainment areas: crime per capita inflated by a tiny residential population.
-    "Canton Industrial Area",
-    "Fairfield Area",
-    "Inner Harbor",
-    "Pulaski Industrial Area",
-    "Stadium/Entertainment Area",
-    # Institutional campuses with atypical property patterns.
-    "Dunbar-Broadway",
-    "Hopkins Bayview",
-    "Johns Hopkins Homewood",
-    "Morgan State University",
-    "Penn-Fallsway",
-    "Perkins",
-    "University of Maryland",
-    "Harbor Point",
-)
-
-DEFAULT_CLUSTERING_FEATURES: tuple[str, ...] = (
-    "population",
-    "med_age",
-    "housing_vacancy_rate",
-    "owner_occupancy_rate",
-    "crime_per_capita",
-    "arrest_per_capita",
-    "crime_yoy_change",
-    "vacant_notices_per_unit",
-    "rehab_to_vacant_ratio",
-    "permit_value_per_capita",
-    "permit_recent_5yr",
-    "requests_311_per_capita",
-    "requests_311_blight",
-    "median_assessed_value",
-    "avg_assessed_value",
-)
+# The notebook's one exclusion list: industrial/entertainment areas, whose crime per capita a
+# tiny residential population inflates, and institutional campuses with atypical property
+# patterns. Kept in defaults.json with the other defaults, which Terraform reads too.
+DEFAULT_EXCLUDE_NEIGHBORHOODS: tuple[str, ...] = tuple(DEFAULTS["exclude_neighborhoods"])
+DEFAULT_CLUSTERING_FEATURES: tuple[str, ...] = tuple(DEFAULTS["clustering_features"])
 
 # A BigQuery table id as `project.dataset.table` (DESIGN.md, reliability rules).
 TABLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+){2}$")
 
-# Every environment variable the function reads. Terraform sets exactly these (checked by
-# tests/test_terraform.py), so this tuple is the one source of truth for both.
-ENV_VARS: tuple[str, ...] = (
-    "FEATURES_SOURCE",
-    "ARTIFACTS_DEST",
-    "CLUSTERS_TABLE",
-    "RUNS_TABLE",
-    "WATCHED_TABLE",
-    "BOUNDARIES_SOURCE",
-    "ALLOWED_FEATURES_TABLES",
-    "FUNCTION_SERVICE_ACCOUNT",
-    "MAX_EVENT_AGE_SECONDS",
-    "MIN_POPULATION",
-    "K_MIN",
-    "K_MAX",
-    "SUB_K_MIN",
-    "SUB_K_MAX",
-    "RANDOM_STATE",
-    "EXCLUDE_NEIGHBORHOODS",
-    "CLUSTERING_FEATURES",
-    "SEVERITY_FEATURE",
-    "SILHOUETTE_SAMPLE_SIZE",
-)
+# Every environment variable the function reads, from the one registry of settings
+# (clustering/options.py). Terraform sets exactly these (checked by tests/test_terraform.py).
+ENV_VARS: tuple[str, ...] = env_vars()
 
 
 @dataclass(frozen=True)
@@ -83,28 +34,43 @@ class AnalysisSettings:
     """Parameters of the clustering, with the notebook's defaults.
 
     min_population: rows below it are "Low Population (Park/Open Space)", not residential.
-    k_min, k_max: the K range of the elbow/silhouette diagnostics.
+    k_min, k_max: the K range of the elbow/silhouette diagnostic. It only informs: the top
+        split is always K=2, as in the notebook.
     sub_k_min, sub_k_max: the K range searched inside each top group.
     random_state: seeds every k-means fit, PCA and the silhouette sample.
     exclude_neighborhoods: the ONE list of institutional/industrial areas kept out of the
         residential clustering and analysed separately.
-    clustering_features: the columns to cluster on; those absent from the table are reported.
+    exclude_also: names excluded in addition to `exclude_neighborhoods` (extends the list
+        where `exclude_neighborhoods` replaces it).
+    clustering_features: the columns to cluster on. With the default list, those absent from
+        the table are skipped with a warning; a list given by the user must all exist.
     severity_feature: names the top split: the group whose mean is below the residential
         mean is "Stable", the other "Distressed".
     silhouette_sample_size: above this many rows, silhouettes are computed on a fixed-seed
         sample of this size (the exact score is O(n^2) in time and memory).
     """
 
-    min_population: int = 100
-    k_min: int = 2
-    k_max: int = 10
-    sub_k_min: int = 2
-    sub_k_max: int = 5
-    random_state: int = 42
+    min_population: int = DEFAULTS["min_population"]
+    k_min: int = DEFAULTS["k_min"]
+    k_max: int = DEFAULTS["k_max"]
+    sub_k_min: int = DEFAULTS["sub_k_min"]
+    sub_k_max: int = DEFAULTS["sub_k_max"]
+    random_state: int = DEFAULTS["random_state"]
     exclude_neighborhoods: tuple[str, ...] = DEFAULT_EXCLUDE_NEIGHBORHOODS
+    exclude_also: tuple[str, ...] = ()
     clustering_features: tuple[str, ...] = DEFAULT_CLUSTERING_FEATURES
-    severity_feature: str = "crime_per_capita"
-    silhouette_sample_size: int = 3_000
+    severity_feature: str = DEFAULTS["severity_feature"]
+    silhouette_sample_size: int = DEFAULTS["silhouette_sample_size"]
+
+    @property
+    def excluded_names(self) -> tuple[str, ...]:
+        """Every name kept out of the residential clustering, each once, in list order."""
+        return tuple(dict.fromkeys(self.exclude_neighborhoods + self.exclude_also))
+
+    @property
+    def default_features(self) -> bool:
+        """True for the built-in feature list, whose absent columns are only skipped."""
+        return self.clustering_features == DEFAULT_CLUSTERING_FEATURES
 
     def __post_init__(self) -> None:
         if self.min_population < 0:
@@ -229,41 +195,31 @@ class JobSettings:
 
         FEATURES_SOURCE and ARTIFACTS_DEST are required; everything else has a default.
         """
-        for required in ("FEATURES_SOURCE", "ARTIFACTS_DEST"):
-            if not environ.get(required, "").strip():
-                raise InputError(f"{required} is not set: set it in the function's environment")
-        defaults = AnalysisSettings()
-        analysis = AnalysisSettings(
-            min_population=_env_int(environ, "MIN_POPULATION", defaults.min_population),
-            k_min=_env_int(environ, "K_MIN", defaults.k_min),
-            k_max=_env_int(environ, "K_MAX", defaults.k_max),
-            sub_k_min=_env_int(environ, "SUB_K_MIN", defaults.sub_k_min),
-            sub_k_max=_env_int(environ, "SUB_K_MAX", defaults.sub_k_max),
-            random_state=_env_int(environ, "RANDOM_STATE", defaults.random_state),
-            exclude_neighborhoods=_env_names(
-                environ, "EXCLUDE_NEIGHBORHOODS", defaults.exclude_neighborhoods
-            ),
-            clustering_features=_env_names(
-                environ, "CLUSTERING_FEATURES", defaults.clustering_features
-            ),
-            severity_feature=environ.get("SEVERITY_FEATURE", "").strip()
-            or defaults.severity_feature,
-            silhouette_sample_size=_env_int(
-                environ, "SILHOUETTE_SAMPLE_SIZE", defaults.silhouette_sample_size
-            ),
-        )
-        return cls(
-            features_source=environ["FEATURES_SOURCE"].strip(),
-            artifacts_dest=environ["ARTIFACTS_DEST"].strip(),
-            clusters_table=environ.get("CLUSTERS_TABLE", "").strip() or None,
-            runs_table=environ.get("RUNS_TABLE", "").strip() or None,
-            watched_table=environ.get("WATCHED_TABLE", "").strip() or None,
-            boundaries_source=environ.get("BOUNDARIES_SOURCE", "").strip() or None,
-            allowed_features_tables=_env_names(environ, "ALLOWED_FEATURES_TABLES", ()),
-            function_service_account=environ.get("FUNCTION_SERVICE_ACCOUNT", "").strip() or None,
-            max_event_age_seconds=_env_int(environ, "MAX_EVENT_AGE_SECONDS", 3600),
-            analysis=analysis,
-        )
+        values: dict[str, dict[str, object]] = {"job": {}, "analysis": {}}
+        for option in OPTIONS:
+            if option.env:
+                scope = "analysis" if option.analysis else "job"
+                values[scope][option.field] = _from_env(environ, option)
+        return cls(**values["job"], analysis=AnalysisSettings(**values["analysis"]))
+
+
+def _from_env(environ: Mapping[str, str], option: Option) -> object:
+    """The option's value from its environment variable; blank or unset means its default."""
+    raw = environ.get(option.env, "").strip()
+    if not raw:
+        if option.required:
+            raise InputError(f"{option.env} is not set: set it in the function's environment")
+        return option.default
+    if option.kind in ("int", "float"):
+        what = "an integer" if option.kind == "int" else "a number"
+        try:
+            return option.type(raw)
+        except ValueError:
+            fix = "a whole number" if option.kind == "int" else "a number such as 0.5"
+            raise InputError(f"{option.env}={raw!r} is not {what}: set it to {fix}") from None
+    if option.kind == "names":
+        return parse_name_list(raw, option.env)
+    return raw
 
 
 def check_table_id(table_id: str, where: str) -> str:
@@ -279,23 +235,6 @@ def check_table_id(table_id: str, where: str) -> str:
 def bq_table_id(uri: str, where: str) -> str:
     """The `project.dataset.table` of a `bq://` URI, validated."""
     return check_table_id(uri.removeprefix("bq://"), where)
-
-
-def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InputError(f"{name}={raw!r} is not an integer: set it to a whole number") from None
-
-
-def _env_names(environ: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    return parse_name_list(raw, name)
 
 
 def parse_name_list(raw: str, where: str) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ analysis sees it, so every bad input fails with one line that says what, where a
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -33,6 +34,14 @@ CLUSTER_COLUMNS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
+class Unmatched:
+    """An exclusion name that matches no row, and the table's closest name, if any."""
+
+    name: str
+    did_you_mean: str | None
+
+
+@dataclass(frozen=True)
 class ValidTable:
     """A validated features table, sorted by neighborhood, and what validation noticed."""
 
@@ -54,12 +63,15 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
     for required in ("neighborhood", "population"):
         if required not in frame.columns:
             raise InputError(
-                f"{where} has no {required!r} column (columns: {_short(frame.columns)}): "
-                f"add it or rename the column that holds it"
+                f"{where} has no {required!r} column{_did_you_mean(required, frame.columns)} "
+                f"(columns: {_short(frame.columns)}): "
+                + (_separator_fix(frame.columns) or "add it or rename the column that holds it")
             )
     frame = frame.reset_index(drop=True)
     names = _names(frame["neighborhood"], where)
     frame = frame.assign(neighborhood=names)
+    warnings = _absent_columns(frame.columns, settings, where)
+    warnings += _exclusion_warnings(names, settings, where)
 
     # The severity feature names the top split, so it must be numeric even when it is not
     # clustered on.
@@ -71,7 +83,6 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
     population = columns["population"]
     _check_population(population, names, where)
     frame = frame.assign(**columns)
-    warnings = []
     blank = population.isna().to_numpy()
     if blank.any():
         # Unknown is not residential: like the notebook, such rows never join the residential
@@ -83,11 +94,101 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
         )
     elif (population % 1 == 0).all():
         frame = frame.astype({"population": np.int64})
-    for feature in numeric[1:]:
-        if frame[feature].isna().all():
-            warnings.append(f"feature {feature!r} is blank in every row of {where}")
+    blank_features = [f for f in numeric[1:] if frame[f].isna().all()]
+    if blank_features:
+        warnings.append(f"{_features(blank_features)} blank in every row of {where}")
     frame = frame.sort_values("neighborhood", kind="stable").reset_index(drop=True)
     return ValidTable(frame=frame, warnings=tuple(warnings))
+
+
+def unmatched_exclusions(names: pd.Series, settings: AnalysisSettings) -> tuple[Unmatched, ...]:
+    """The exclusion names (EXCLUDE_NEIGHBORHOODS and EXCLUDE_ALSO) that match no row of
+    `names`, each with the closest name of the table."""
+    present = set(names)
+    return tuple(
+        Unmatched(name, closest(name, present))
+        for name in settings.excluded_names
+        if name not in present
+    )
+
+
+def closest(name: str, candidates) -> str | None:
+    """The candidate `name` most likely meant: the same up to case and spacing, else the
+    closest spelling (difflib), else None."""
+    candidates = [str(c) for c in candidates]
+    key = _normalised(name)
+    for candidate in candidates:
+        if _normalised(candidate) == key:
+            return candidate
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _features(names: list[str]) -> str:
+    if len(names) == 1:
+        return f"feature {names[0]!r} is"
+    return f"features {', '.join(map(repr, names))} are"
+
+
+def _normalised(name: str) -> str:
+    return "".join(name.lower().replace("_", " ").split())
+
+
+def _separator_fix(columns: pd.Index) -> str | None:
+    """How to fix a header that was split on the wrong character, if it looks like one."""
+    for separator, name in ((";", "semicolons"), ("\t", "tabs")):
+        if any(separator in str(column) for column in columns):
+            return (
+                f"the header looks separated by {name}, not commas: export the file as "
+                "comma-separated CSV (or with one separator only)"
+            )
+    return None
+
+
+def _did_you_mean(name: str, candidates) -> str:
+    match = closest(name, candidates)
+    return f" (did you mean {match!r}?)" if match is not None else ""
+
+
+def _absent_columns(columns: pd.Index, settings: AnalysisSettings, where: str) -> list[str]:
+    """Features and the severity feature the table lacks: an error for a list the user gave,
+    a warning for the built-in list (the notebook's skip-and-report)."""
+    severity = settings.severity_feature
+    if severity not in columns:
+        raise InputError(
+            f"{where} has no column {severity!r}{_did_you_mean(severity, columns)}, which "
+            "SEVERITY_FEATURE (--severity-feature) names: fix the name or add the column"
+        )
+    missing = [f for f in settings.clustering_features if f not in columns]
+    if not missing:
+        return []
+    if not settings.default_features:
+        others = f" (nor {', '.join(map(repr, missing[1:]))})" if missing[1:] else ""
+        raise InputError(
+            f"{where} has no column {missing[0]!r}{_did_you_mean(missing[0], columns)}, which "
+            f"CLUSTERING_FEATURES (--clustering-features) names{others}: fix the names or "
+            "remove them"
+        )
+    return [f"features not in the table, skipped: {', '.join(missing)} ({where})"]
+
+
+def _exclusion_warnings(names: pd.Series, settings: AnalysisSettings, where: str) -> list[str]:
+    unmatched = unmatched_exclusions(names, settings)
+    if not unmatched:
+        return []
+    shown = ", ".join(
+        repr(u.name) + (f" (did you mean {u.did_you_mean!r}?)" if u.did_you_mean else "")
+        for u in unmatched
+    )
+    count = (
+        "1 excluded name matches"
+        if len(unmatched) == 1
+        else (f"{len(unmatched)} excluded names match")
+    )
+    return [
+        f"{count} no neighborhood of {where}, so it excludes nothing: {shown} "
+        "(EXCLUDE_NEIGHBORHOODS replaces the default list, EXCLUDE_ALSO extends it)"
+    ]
 
 
 def _names(column: pd.Series, where: str) -> pd.Series:

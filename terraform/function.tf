@@ -26,16 +26,18 @@ locals {
     # Audit-log events caused by this principal are skipped by the code, as by the sink filter.
     FUNCTION_SERVICE_ACCOUNT = google_service_account.runtime.email
     MAX_EVENT_AGE_SECONDS    = tostring(var.max_event_age_seconds)
-    MIN_POPULATION           = tostring(var.min_population)
-    K_MIN                    = tostring(var.k_min)
-    K_MAX                    = tostring(var.k_max)
-    SUB_K_MIN                = tostring(var.sub_k_min)
-    SUB_K_MAX                = tostring(var.sub_k_max)
-    RANDOM_STATE             = tostring(var.random_state)
-    EXCLUDE_NEIGHBORHOODS    = jsonencode(var.exclude_neighborhoods)
-    CLUSTERING_FEATURES      = jsonencode(var.clustering_features)
-    SEVERITY_FEATURE         = var.severity_feature
-    SILHOUETTE_SAMPLE_SIZE   = tostring(var.silhouette_sample_size)
+    # The analytic settings, with the code's defaults where a variable is null (defaults.tf).
+    MIN_POPULATION         = tostring(local.analysis.min_population)
+    K_MIN                  = tostring(local.analysis.k_min)
+    K_MAX                  = tostring(local.analysis.k_max)
+    SUB_K_MIN              = tostring(local.analysis.sub_k_min)
+    SUB_K_MAX              = tostring(local.analysis.sub_k_max)
+    RANDOM_STATE           = tostring(local.analysis.random_state)
+    EXCLUDE_NEIGHBORHOODS  = jsonencode(local.analysis.exclude_neighborhoods)
+    EXCLUDE_ALSO           = jsonencode(var.exclude_also)
+    CLUSTERING_FEATURES    = jsonencode(local.analysis.clustering_features)
+    SEVERITY_FEATURE       = local.analysis.severity_feature
+    SILHOUETTE_SAMPLE_SIZE = tostring(local.analysis.silhouette_sample_size)
   }
 }
 
@@ -80,11 +82,11 @@ resource "google_cloudfunctions2_function" "recluster" {
     # Cross-variable checks the variables cannot express; the function would refuse these
     # settings at start-up, after a deploy that looked fine.
     precondition {
-      condition     = var.k_min <= var.k_max
+      condition     = local.analysis.k_min <= local.analysis.k_max
       error_message = "k_min must not exceed k_max."
     }
     precondition {
-      condition     = var.sub_k_min <= var.sub_k_max
+      condition     = local.analysis.sub_k_min <= local.analysis.sub_k_max
       error_message = "sub_k_min must not exceed sub_k_max."
     }
   }

@@ -1,5 +1,5 @@
-# Inputs. Every value the function receives comes from here; the analytic defaults are the
-# notebook's and equal clustering/settings.py (tests/test_terraform.py checks both ways).
+# Inputs. Every value the function receives comes from here; the analytic defaults are not
+# repeated: null means the code's default, read from clustering/defaults.json (defaults.tf).
 
 # --- Project and naming ----------------------------------------------------------------------
 
@@ -247,113 +247,95 @@ variable "deletion_protection" {
 }
 
 # --- Analytic settings (passed to the function as environment variables) -----------------------
+# Null (the default) means the code's default, read from clustering/defaults.json by
+# defaults.tf; `python -m clustering run --help` and the README show the values.
 
 variable "min_population" {
-  description = "Neighborhoods with fewer residents are analysed as Low Population (Park/Open Space), not clustered as residential."
+  description = "Neighborhoods with fewer residents are analysed as Low Population (Park/Open Space), not clustered as residential. Null: the code's default."
   type        = number
-  default     = 100
+  default     = null
   validation {
-    condition     = floor(var.min_population) == var.min_population && var.min_population >= 0
+    condition     = var.min_population == null ? true : floor(var.min_population) == var.min_population && var.min_population >= 0
     error_message = "min_population must be a whole number, 0 or more."
   }
 }
 
 variable "k_min" {
-  description = "Smallest K of the elbow/silhouette diagnostics."
+  description = "Smallest K of the elbow/silhouette diagnostic (a diagnostic only: the top split is always K=2). Null: the code's default."
   type        = number
-  default     = 2
+  default     = null
   validation {
-    condition     = floor(var.k_min) == var.k_min && var.k_min >= 2
+    condition     = var.k_min == null ? true : floor(var.k_min) == var.k_min && var.k_min >= 2
     error_message = "k_min must be a whole number, 2 or more."
   }
 }
 
 variable "k_max" {
-  description = "Largest K of the elbow/silhouette diagnostics (at least k_min)."
+  description = "Largest K of the elbow/silhouette diagnostic (at least k_min; a diagnostic only: the top split is always K=2). Null: the code's default."
   type        = number
-  default     = 10
+  default     = null
   validation {
-    condition     = floor(var.k_max) == var.k_max && var.k_max >= 2 && var.k_max <= 50
+    condition     = var.k_max == null ? true : floor(var.k_max) == var.k_max && var.k_max >= 2 && var.k_max <= 50
     error_message = "k_max must be a whole number between 2 and 50."
   }
 }
 
 variable "sub_k_min" {
-  description = "Smallest number of sub-clusters searched inside each top group."
+  description = "Smallest number of sub-clusters searched inside each top group. Null: the code's default."
   type        = number
-  default     = 2
+  default     = null
   validation {
-    condition     = floor(var.sub_k_min) == var.sub_k_min && var.sub_k_min >= 2
+    condition     = var.sub_k_min == null ? true : floor(var.sub_k_min) == var.sub_k_min && var.sub_k_min >= 2
     error_message = "sub_k_min must be a whole number, 2 or more."
   }
 }
 
 variable "sub_k_max" {
-  description = "Largest number of sub-clusters searched inside each top group (at least sub_k_min)."
+  description = "Largest number of sub-clusters searched inside each top group (at least sub_k_min). Null: the code's default."
   type        = number
-  default     = 5
+  default     = null
   validation {
-    condition     = floor(var.sub_k_max) == var.sub_k_max && var.sub_k_max >= 2 && var.sub_k_max <= 20
+    condition     = var.sub_k_max == null ? true : floor(var.sub_k_max) == var.sub_k_max && var.sub_k_max >= 2 && var.sub_k_max <= 20
     error_message = "sub_k_max must be a whole number between 2 and 20."
   }
 }
 
 variable "random_state" {
-  description = "Seed of every k-means fit, the PCA and the silhouette sample: the same input gives the same clusters."
+  description = "Seed of every k-means fit, the PCA and the silhouette sample: the same input gives the same clusters. Null: the code's default."
   type        = number
-  default     = 42
+  default     = null
   validation {
-    condition     = floor(var.random_state) == var.random_state && var.random_state >= 0 && var.random_state < 4294967296
+    condition     = var.random_state == null ? true : floor(var.random_state) == var.random_state && var.random_state >= 0 && var.random_state < 4294967296
     error_message = "random_state must be a whole number in [0, 2^32)."
   }
 }
 
 variable "exclude_neighborhoods" {
-  description = "Institutional and industrial areas kept out of the residential clustering and analysed separately (the notebook's one list)."
+  description = "Replaces the list of institutional and industrial areas kept out of the residential clustering and analysed separately ([] excludes none). Null: the notebook's 13 names from the code. To add names to that list instead, use exclude_also."
   type        = list(string)
-  default = [
-    "Canton Industrial Area",
-    "Fairfield Area",
-    "Inner Harbor",
-    "Pulaski Industrial Area",
-    "Stadium/Entertainment Area",
-    "Dunbar-Broadway",
-    "Hopkins Bayview",
-    "Johns Hopkins Homewood",
-    "Morgan State University",
-    "Penn-Fallsway",
-    "Perkins",
-    "University of Maryland",
-    "Harbor Point",
-  ]
+  default     = null
   validation {
-    condition     = alltrue([for n in var.exclude_neighborhoods : trimspace(n) != ""])
+    condition     = var.exclude_neighborhoods == null ? true : alltrue([for n in var.exclude_neighborhoods : trimspace(n) != ""])
     error_message = "exclude_neighborhoods entries must be non-empty neighborhood names."
   }
 }
 
-variable "clustering_features" {
-  description = "Feature columns to cluster on; configured columns absent from the table are skipped and reported in run.json."
+variable "exclude_also" {
+  description = "Names excluded in addition to exclude_neighborhoods (extends the list where exclude_neighborhoods replaces it)."
   type        = list(string)
-  default = [
-    "population",
-    "med_age",
-    "housing_vacancy_rate",
-    "owner_occupancy_rate",
-    "crime_per_capita",
-    "arrest_per_capita",
-    "crime_yoy_change",
-    "vacant_notices_per_unit",
-    "rehab_to_vacant_ratio",
-    "permit_value_per_capita",
-    "permit_recent_5yr",
-    "requests_311_per_capita",
-    "requests_311_blight",
-    "median_assessed_value",
-    "avg_assessed_value",
-  ]
+  default     = []
   validation {
-    condition = (
+    condition     = alltrue([for n in var.exclude_also : trimspace(n) != ""])
+    error_message = "exclude_also entries must be non-empty neighborhood names."
+  }
+}
+
+variable "clustering_features" {
+  description = "Feature columns to cluster on; a column named here that the table lacks fails the run (the code's default list, used when null, skips absent columns with a warning)."
+  type        = list(string)
+  default     = null
+  validation {
+    condition = var.clustering_features == null ? true : (
       length(var.clustering_features) > 0
       && length(distinct(var.clustering_features)) == length(var.clustering_features)
       && alltrue([for f in var.clustering_features : trimspace(f) != ""])
@@ -363,21 +345,21 @@ variable "clustering_features" {
 }
 
 variable "severity_feature" {
-  description = "Column that names the top split: the group whose mean is below the residential mean is Stable, the other Distressed."
+  description = "Column that names the top split: the group whose mean is below the residential mean is Stable, the other Distressed. Null: the code's default."
   type        = string
-  default     = "crime_per_capita"
+  default     = null
   validation {
-    condition     = trimspace(var.severity_feature) != ""
+    condition     = var.severity_feature == null ? true : trimspace(var.severity_feature) != ""
     error_message = "severity_feature must name a column."
   }
 }
 
 variable "silhouette_sample_size" {
-  description = "Above this many rows, silhouettes are computed on a fixed-seed sample of this size (the exact score is O(n^2))."
+  description = "Above this many rows, silhouettes are computed on a fixed-seed sample of this size (the exact score is O(n^2)). Null: the code's default."
   type        = number
-  default     = 3000
+  default     = null
   validation {
-    condition     = floor(var.silhouette_sample_size) == var.silhouette_sample_size && var.silhouette_sample_size >= 100
+    condition     = var.silhouette_sample_size == null ? true : floor(var.silhouette_sample_size) == var.silhouette_sample_size && var.silhouette_sample_size >= 100
     error_message = "silhouette_sample_size must be a whole number, 100 or more."
   }
 }

@@ -99,3 +99,15 @@ def test_cluster_map_is_drawn_when_boundaries_are_given(result):
     assert list(images)[-1] == "cluster_map.png"
     assert png_size(images["cluster_map.png"]) == (14 * 150, 10 * 150)
     assert "cluster_map.png" not in charts.render(result, 42)
+
+
+def test_the_elbow_chart_says_the_k_range_is_a_diagnostic(result, monkeypatch):
+    # The PNG's text cannot be read back, so the figure is taken just before it is encoded.
+    figures = []
+    monkeypatch.setattr(charts, "_png", lambda fig, tight=True: figures.append(fig) or b"")
+    charts.elbow_silhouette(result.diagnostics, None)
+    (fig,) = figures
+    silhouette = fig.axes[1]
+    assert "a diagnostic: the top split is always K=2" in silhouette.get_title()
+    (legend,) = [t.get_text() for t in silhouette.get_legend().get_texts()]
+    assert legend == f"Best silhouette: K = {result.diagnostics.best_k} (diagnostic)"

@@ -7,6 +7,7 @@ process, which is what that entry point runs, to keep the suite fast.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -24,6 +25,13 @@ import pytest
 from clustering.adapters.local import read_table
 from clustering.cli import build_parser, main, settings_from_args
 from clustering.naming import ARTIFACTS
+from clustering.options import (
+    OPTIONS,
+    README_BEGIN,
+    README_END,
+    settings_table,
+    with_settings_table,
+)
 from clustering.sample import make_sample
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES, DEFAULT_EXCLUDE_NEIGHBORHOODS
 
@@ -345,7 +353,8 @@ def test_bad_input_exits_2_with_one_line_and_publishes_nothing(published, tmp_pa
     captured = capsys.readouterr()
     assert code == 2, captured.err
     line = one_error_line(captured.err)
-    assert len(captured.err.splitlines()) == 1, captured.err  # --quiet: the error alone
+    # --quiet: the error alone, after any warning about the input (those print when it is read).
+    assert all(w.startswith("warning: ") for w in captured.err.splitlines()[:-1]), captured.err
     assert str(features) in line, f"the error does not name the file: {line}"
     for word in bad.words:
         assert word.lower() in line.lower(), f"{word!r} not in {line!r}"
@@ -500,3 +509,149 @@ def test_bad_boundaries_exit_2_and_publish_nothing(published, tmp_path, capsys):
     assert run_main(*args, "--boundaries", str(tmp_path / "missing.geojson"), *FAST) == 2
     assert "missing.geojson" in one_error_line(capsys.readouterr().err)
     assert tree(out) == before
+
+
+# --- settings that cannot silently mislead --------------------------------------------------
+
+
+def test_an_exclusion_typo_is_reported_when_the_input_is_read(published, tmp_path):
+    out = tmp_path / "out"
+    typo = SAMPLE.loc[3, "neighborhood"][:-1]  # one letter short: matches no row
+    args = ("run", "--features", str(published.features), "--out", str(out), *FAST)
+    result = cli(*args, "--exclude-neighborhoods", json.dumps(["Inner Harbor", typo]))
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    (warning,) = [line for line in lines if line.startswith("warning: ")]
+    assert f"{typo!r} (did you mean {SAMPLE.loc[3, 'neighborhood']!r}?)" in warning
+    assert "EXCLUDE_NEIGHBORHOODS replaces the default list, EXCLUDE_ALSO extends it" in warning
+    # Printed as soon as the table is read: before clustering, long before publishing.
+    assert lines.index(warning) < next(i for i, line in enumerate(lines) if "clustering" in line)
+    manifest = json.loads((out / "latest" / "run.json").read_text())
+    assert manifest["input"]["unmatched_exclusions"] == [
+        {"name": typo, "did_you_mean": SAMPLE.loc[3, "neighborhood"]}
+    ]
+    assert warning.removeprefix("warning: ") in manifest["warnings"]
+
+
+def test_exclude_also_extends_the_default_list(published, tmp_path, capsys):
+    extra = RESIDENTIAL_ROWS[0]
+    out = tmp_path / "out"
+    args = ("run", "--features", str(published.features), "--out", str(out), "--quiet", *FAST)
+    assert run_main(*args, "--exclude-also", json.dumps([name(extra)])) == 0
+    assert "warning" not in capsys.readouterr().err
+    table = pd.read_csv(out / "latest" / "neighborhood_clusters.csv")
+    institutional = set(table.loc[table["excluded_type"] == "Institutional/Industrial",
+                                  "neighborhood"])  # fmt: skip
+    listed = set(DEFAULT_EXCLUDE_NEIGHBORHOODS) & set(SAMPLE["neighborhood"])
+    assert institutional == listed | {name(extra)}
+    manifest = json.loads((out / "latest" / "run.json").read_text())
+    assert manifest["settings"]["exclude_also"] == [name(extra)]
+    assert manifest["input"]["unmatched_exclusions"] == []
+
+
+def test_a_feature_typo_exits_2_with_a_did_you_mean(published, tmp_path, capsys):
+    out = published.copy_out(tmp_path)
+    before = tree(out)
+    features = json.dumps(["population", "crime_per_captia", "med_age"])
+    args = ("run", "--features", str(published.features), "--out", str(out), "--quiet")
+    assert run_main(*args, "--clustering-features", features, *FAST) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "no column 'crime_per_captia' (did you mean 'crime_per_capita'?)" in line
+    assert "--clustering-features" in line
+    assert tree(out) == before
+
+
+def test_a_semicolon_separated_file_runs_like_a_comma_one(published, tmp_path, capsys):
+    features = tmp_path / "features.csv"
+    SAMPLE.to_csv(features, sep=";", decimal=",", index=False)
+    args = ("run", "--features", str(features), "--out", str(tmp_path / "out"), *FAST)
+    assert run_main(*args, "--quiet") == 0
+    assert capsys.readouterr().err == ""
+    ours = pd.read_csv(tmp_path / "out" / "latest" / "neighborhood_clusters.csv")
+    theirs = pd.read_csv(published.out / "latest" / "neighborhood_clusters.csv")
+    columns = ["neighborhood", "top_cluster", "sub_cluster", "excluded_type"]
+    pd.testing.assert_frame_equal(ours[columns], theirs[columns])
+
+
+def test_the_k_range_is_labelled_a_diagnostic(published):
+    run_json = json.loads((published.out / "latest" / "run.json").read_text())
+    diagnostics = run_json["diagnostics"]
+    assert diagnostics["top_split_k"] == 2
+    assert "diagnostic only" in diagnostics["note"]
+    best = diagnostics["best_k"]
+    assert f"K diagnostic: best silhouette at K={best} (the top split stays K=2)" in (
+        published.result.stderr
+    )
+    run_help = subcommand_help("run")
+    for flag in ("--k-min", "--k-max"):
+        assert "diagnostic" in run_help[flag] and "top split is always K=2" in run_help[flag]
+
+
+# --- every flag explains itself -----------------------------------------------------------------
+
+
+def subcommand_help(command: str) -> dict[str, str]:
+    """Each option of a subcommand -> its help as `--help` prints it (defaults expanded)."""
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    sub = commands.choices[command]
+    formatter = sub._get_formatter()
+    return {
+        action.option_strings[0] if action.option_strings else action.dest: " ".join(
+            formatter._expand_help(action).split()
+        )
+        if action.help
+        else ""
+        for action in sub._actions
+        if action.dest != "help"
+    }
+
+
+@pytest.mark.parametrize("command", ["run", "sample", "settings-table", "send-event"])
+def test_every_option_of_every_subcommand_has_help(command):
+    for option, text in subcommand_help(command).items():
+        assert text, f"{command} {option} has no help"
+        assert "\n" not in text
+
+
+def test_every_setting_flag_shows_its_default_and_its_environment_variable():
+    run_help = subcommand_help("run")
+    flags = [o for o in OPTIONS if o.flag]
+    assert {"--k-min", "--min-population", "--sub-k-max", "--severity-feature",
+            "--random-state", "--exclude-also"} <= {o.flag for o in flags}  # fmt: skip
+    for option in flags:
+        text = run_help[option.flag]
+        assert f"(default: {option.default_text}; function env {option.env}" in text, text
+    assert "(default: 10; function env K_MAX)" in run_help["--k-max"]
+    assert "(default: 0)" in subcommand_help("sample")["--random-state"]
+
+
+def test_an_unknown_flag_points_at_the_subcommands_help_with_a_guess(capsys):
+    assert run_main("run", "--kmax", "3") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "unrecognized arguments: --kmax 3" in line
+    assert "did you mean --k-max?" in line
+    assert line.endswith("(see python -m clustering run --help)")
+
+
+def test_the_readme_settings_table_is_the_registrys(capsys):
+    assert run_main("settings-table") == 0
+    printed = capsys.readouterr().out
+    assert printed.strip() == settings_table()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert with_settings_table(readme) == readme, "run `make readme-settings`"
+    for option in OPTIONS:
+        if option.env:
+            assert f"| `{option.env}` |" in readme
+
+
+def test_settings_table_rewrites_a_readme_in_place(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{README_BEGIN}\nold\n{README_END}\n\nafter\n", encoding="utf-8")
+    assert run_main("settings-table", "--readme", str(readme)) == 0
+    assert readme.read_text(encoding="utf-8") == (
+        f"# x\n\n{README_BEGIN}\n{settings_table()}\n{README_END}\n\nafter\n"
+    )
+    readme.write_text("no markers\n", encoding="utf-8")
+    assert run_main("settings-table", "--readme", str(readme)) == 2
+    assert "markers" in one_error_line(capsys.readouterr().err)

@@ -87,6 +87,18 @@ def test_row_types_use_one_exclusion_list_that_wins_over_population():
                               RESIDENTIAL]  # fmt: skip
 
 
+def test_exclude_also_extends_the_list_that_exclude_neighborhoods_replaces():
+    table = pd.DataFrame(
+        {"neighborhood": ["Harbor Point", "Rowhouse Row", "Edge"], "population": [900] * 3}
+    )
+    extended = row_types(table, AnalysisSettings(exclude_also=("Edge",)))
+    assert extended.tolist() == [INSTITUTIONAL, RESIDENTIAL, INSTITUTIONAL]
+    replaced = row_types(table, AnalysisSettings(exclude_neighborhoods=("Edge",)))
+    assert replaced.tolist() == [RESIDENTIAL, RESIDENTIAL, INSTITUTIONAL]
+    both = AnalysisSettings(exclude_neighborhoods=("Edge",), exclude_also=("Edge", "Perkins"))
+    assert both.excluded_names == ("Edge", "Perkins")
+
+
 def test_select_features_reports_missing_and_all_blank():
     table = pd.DataFrame(
         {

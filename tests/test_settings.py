@@ -352,6 +352,18 @@ def test_an_empty_exclusion_list_excludes_nothing():
     assert settings.analysis.exclude_neighborhoods == ()
 
 
+def test_exclude_also_extends_the_default_list():
+    settings = JobSettings.from_env(env(EXCLUDE_ALSO='["Greektown"]')).analysis
+    assert settings.exclude_neighborhoods == NOTEBOOK_EXCLUDE
+    assert settings.excluded_names == (*NOTEBOOK_EXCLUDE, "Greektown")
+
+
+def test_only_the_built_in_feature_list_counts_as_the_default():
+    assert AnalysisSettings().default_features
+    assert AnalysisSettings(clustering_features=NOTEBOOK_FEATURES).default_features
+    assert not AnalysisSettings(clustering_features=NOTEBOOK_FEATURES[:-1]).default_features
+
+
 @pytest.mark.parametrize(
     "name",
     ["MIN_POPULATION", "K_MIN", "K_MAX", "SUB_K_MIN", "SUB_K_MAX", "RANDOM_STATE",

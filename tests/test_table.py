@@ -11,10 +11,21 @@ import pytest
 from clustering.adapters.local import read_table
 from clustering.errors import InputError
 from clustering.sample import make_sample
-from clustering.settings import AnalysisSettings
-from clustering.table import CLUSTER_COLUMNS, output_schema, table_schema, validate_features
+from clustering.settings import DEFAULT_CLUSTERING_FEATURES, AnalysisSettings
+from clustering.table import (
+    CLUSTER_COLUMNS,
+    Unmatched,
+    output_schema,
+    table_schema,
+    unmatched_exclusions,
+    validate_features,
+)
 
 SETTINGS = AnalysisSettings()
+# Settings that fit small(): its features, no exclusion list, so validation has nothing to say.
+FITTED = AnalysisSettings(
+    clustering_features=("population", "med_age", "crime_per_capita"), exclude_neighborhoods=()
+)
 WHERE = "data/features.csv"
 
 
@@ -47,7 +58,7 @@ def invalid(frame: pd.DataFrame, settings: AnalysisSettings = SETTINGS) -> str:
 def test_rows_come_back_sorted_by_name_with_a_fresh_index():
     frame = small()
     frame.index = [10, 3, 7, 1, 0]
-    valid = validate_features(frame, SETTINGS, WHERE)
+    valid = validate_features(frame, FITTED, WHERE)
     assert list(valid.frame["neighborhood"]) == sorted(frame["neighborhood"])
     assert list(valid.frame.index) == [0, 1, 2, 3, 4]
     # Each row keeps its own values.
@@ -102,17 +113,91 @@ def test_columns_that_are_not_features_are_left_alone():
 
 def test_an_all_blank_feature_is_a_warning_naming_it():
     frame = small().assign(med_age=np.nan)
-    valid = validate_features(frame, SETTINGS, WHERE)
+    valid = validate_features(frame, FITTED, WHERE)
     assert len(valid.warnings) == 1
     assert "'med_age'" in valid.warnings[0]
     assert WHERE in valid.warnings[0]
     assert valid.frame["med_age"].isna().all()
 
 
-def test_missing_feature_columns_are_not_an_error_here():
+def test_absent_default_features_are_a_warning_naming_them():
+    # The built-in list keeps the notebook's skip-and-report.
     frame = small()[["neighborhood", "population", "crime_per_capita"]]
-    valid = validate_features(frame, SETTINGS, WHERE)
+    valid = validate_features(frame, AnalysisSettings(exclude_neighborhoods=()), WHERE)
     assert len(valid.frame) == 5
+    (warning,) = valid.warnings
+    assert warning.startswith("features not in the table, skipped: med_age, ")
+    assert "avg_assessed_value" in warning and WHERE in warning
+
+
+@pytest.mark.parametrize(
+    ("features", "words"),
+    [
+        (("population", "crime_per_captia", "med_age"),
+         ["no column 'crime_per_captia'", "did you mean 'crime_per_capita'?",
+          "CLUSTERING_FEATURES (--clustering-features)"]),
+        (("med_age", "Crime Per Capita"),
+         ["'Crime Per Capita'", "did you mean 'crime_per_capita'"]),
+        (("med_age", "zzz", "yyy"), ["no column 'zzz'", "nor 'yyy'"]),
+    ],
+)  # fmt: skip
+def test_a_feature_the_user_named_that_the_table_lacks_is_an_error(features, words):
+    message = invalid(small(), AnalysisSettings(clustering_features=features))
+    for word in words:
+        assert word in message
+    if "zzz" in features:
+        assert "did you mean" not in message  # nothing close: no guess
+
+
+def test_a_missing_severity_feature_is_an_error_with_a_guess():
+    frame = small().rename(columns={"crime_per_capita": "crime_per_capita_2024"})
+    message = invalid(frame, FITTED)
+    assert "no column 'crime_per_capita'" in message
+    assert "did you mean 'crime_per_capita_2024'?" in message
+    assert "SEVERITY_FEATURE (--severity-feature)" in message
+
+
+def test_exclusion_names_that_match_no_row_are_a_warning_with_a_guess():
+    settings = AnalysisSettings(
+        clustering_features=FITTED.clustering_features,
+        exclude_neighborhoods=("Oak Hill", "Mill Prak"),
+        exclude_also=("Nowhere At All",),
+    )
+    valid = validate_features(small(), settings, WHERE)
+    (warning,) = valid.warnings
+    assert warning.startswith(f"2 excluded names match no neighborhood of {WHERE}")
+    assert "'Mill Prak' (did you mean 'Mill Park'?)" in warning
+    assert "'Nowhere At All'" in warning and "'Oak Hill'" not in warning
+    assert "EXCLUDE_ALSO extends it" in warning
+    assert unmatched_exclusions(valid.frame["neighborhood"], settings) == (
+        Unmatched("Mill Prak", "Mill Park"),
+        Unmatched("Nowhere At All", None),
+    )
+    one = AnalysisSettings(clustering_features=FITTED.clustering_features,
+                           exclude_neighborhoods=("oak hill",))  # fmt: skip
+    (warning,) = validate_features(small(), one, WHERE).warnings
+    assert warning.startswith("1 excluded name matches no neighborhood")
+    assert "did you mean 'Oak Hill'?" in warning
+
+
+@pytest.mark.parametrize(
+    ("header", "meant"),
+    [("Neighborhood", "neighborhood"), (" neighborhood ", "neighborhood"),
+     ("NEIGHBOR HOOD", "neighborhood"), ("Population", "population")],
+)  # fmt: skip
+def test_a_required_column_spelled_differently_gets_a_guess(header, meant):
+    message = invalid(small().rename(columns={meant: header}))
+    assert f"no {meant!r} column (did you mean {header!r}?)" in message
+
+
+@pytest.mark.parametrize(("sep", "decimal"), [(";", ","), ("\t", ".")])
+def test_semicolon_and_tab_separated_files_read_like_comma_ones(tmp_path, sep, decimal):
+    # A spreadsheet in a decimal-comma locale exports ";" and "0,5".
+    table = make_sample(25)
+    path = tmp_path / "f.csv"
+    table.to_csv(path, sep=sep, decimal=decimal, index=False)
+    read = validate_features(read_table(str(path)), SETTINGS, "f").frame
+    pd.testing.assert_frame_equal(read, table, check_dtype=False)
 
 
 # --- what is refused, and how it is said -------------------------------------------------------
@@ -412,3 +497,60 @@ def test_fractional_populations_are_kept_as_numbers_and_written_as_float():
     whole = validate_features(small(), SETTINGS, WHERE).frame
     assert whole["population"].dtype == np.int64
     assert {f["name"]: f["type"] for f in output_schema(whole)}["population"] == "INTEGER"
+
+
+# --- features_table.json: the schema of the README's `bq load` recipe ----------------------------
+
+
+def test_the_features_schema_is_the_default_columns_in_the_samples_order():
+    schema = table_schema("features_table")
+    names = [field["name"] for field in schema]
+    # `bq load` of a CSV maps columns by position: the sample's order is the schema's.
+    assert names == list(make_sample(20).columns)
+    assert names == ["neighborhood", *DEFAULT_CLUSTERING_FEATURES]
+    types = {field["name"]: (field["type"], field["mode"]) for field in schema}
+    assert types.pop("neighborhood") == ("STRING", "REQUIRED")
+    assert types.pop("population") == ("INTEGER", "NULLABLE")
+    assert set(types.values()) == {("FLOAT", "NULLABLE")}
+
+
+def test_a_csv_loaded_with_the_features_schema_reads_back_as_the_same_table(
+    bigquery_emulator, tmp_path, monkeypatch
+):
+    # What `bq load --source_format=CSV --skip_leading_rows=1 ... features_table.json` does, on
+    # the BigQuery emulator with the unmodified client; read back by the function's adapter.
+    from google.cloud import bigquery as bq
+
+    from clustering.adapters import bigquery as adapter
+    from tests.emulators import bigquery_client
+
+    table = make_sample(40)
+    path = tmp_path / "features.csv"
+    table.to_csv(path, index=False)
+    client = bigquery_client(bigquery_emulator)
+    dataset = f"{client.project}.features_schema_test"
+    client.create_dataset(dataset, exists_ok=True)
+    config = bq.LoadJobConfig(
+        schema=[bq.SchemaField.from_api_repr(f) for f in table_schema("features_table")],
+        source_format=bq.SourceFormat.CSV,
+        skip_leading_rows=1,
+        write_disposition=bq.WriteDisposition.WRITE_TRUNCATE,
+    )
+    with path.open("rb") as features:
+        client.load_table_from_file(features, f"{dataset}.features", job_config=config).result()
+    monkeypatch.setenv(adapter.EMULATOR_ENV, bigquery_emulator.endpoint)
+    read = adapter.read_table(f"bq://{dataset}.features")
+    valid = validate_features(read, SETTINGS, "bq").frame
+    pd.testing.assert_frame_equal(valid, table, check_dtype=False)
+    client.delete_dataset(dataset, delete_contents=True)
+    client.close()
+
+
+def test_a_header_split_on_the_wrong_separator_says_so(tmp_path):
+    # A quoted comma in a semicolon header defeats the detection: the error names the cause.
+    path = write(tmp_path / "f.csv", 'neighborhood;population;"crime, per capita"\nA;10;0.1\n')
+    with pytest.raises(InputError) as caught:
+        validate_features(read_table(path), SETTINGS, path)
+    message = str(caught.value)
+    assert "no 'neighborhood' column" in message
+    assert "the header looks separated by semicolons, not commas" in message

@@ -61,6 +61,10 @@ NOT_CONFIGURED_HERE = frozenset(
     }
 )
 
+# The analytic settings: one Terraform variable per key of the code's defaults file.
+DEFAULTS_FILE = ROOT / "clustering" / "defaults.json"
+ANALYTIC_VARIABLES = tuple(json.loads(DEFAULTS_FILE.read_text(encoding="utf-8")))
+
 # A project id used to render the configuration with its defaults (project_id has none).
 DEMO_PROJECT = "demo-project-1"
 
@@ -203,7 +207,8 @@ def split_template(text: str) -> Iterator[tuple[bool, str]]:
 
 class Renderer:
     """Evaluates the few expression forms the job's values use: var.X (defaults), local.X,
-    tostring(), jsonencode(), `var.X == null ? "..." : "..."`, and resource attributes
+    local.X.Y, tostring(), jsonencode(), jsondecode(file(...)) of a repository file,
+    `var.X == null ? "..." : "..."`, `var.X == null ? a.b : c.d`, and resource attributes
     written in the configuration. Anything
     else raises Unsupported, so a new form is noticed here, not in a deploy."""
 
@@ -240,8 +245,15 @@ class Renderer:
             return self.config.default(m.group(1))
         if m := re.fullmatch(r'(var\.\w+) == None \? "(.*?)" : "(.*)"', expr):
             return m.group(2) if self.expr(m.group(1)) is None else self.render(m.group(3))
+        if m := re.fullmatch(r"(var\.\w+) == None \? ([\w.]+) : ([\w.]+)", expr):
+            return self.expr(m.group(2) if self.expr(m.group(1)) is None else m.group(3))
         if m := re.fullmatch(r"local\.(\w+)", expr):
             return self.render(self.config.locals[m.group(1)])
+        if m := re.fullmatch(r"local\.(\w+)\.(\w+)", expr):
+            return self.expr(f"local.{m.group(1)}")[m.group(2)]
+        if m := re.fullmatch(r'jsondecode\(file\("\$\{local\.repo_root\}/([\w./-]+)"\)\)', expr):
+            assert self.config.locals["repo_root"] == "${path.module}/.."
+            return json.loads((ROOT / m.group(1)).read_text(encoding="utf-8"))
         if m := re.fullmatch(r"tostring\((.+)\)", expr):
             return self.text(self.expr(m.group(1).strip()))
         if m := re.fullmatch(r"jsonencode\((.+)\)", expr):
@@ -392,16 +404,8 @@ def test_the_required_variables_exist(config: Config) -> None:
         "function_timeout_seconds",
         "artifact_retention_days",
         "claim_retention_days",
-        "min_population",
-        "k_min",
-        "k_max",
-        "sub_k_min",
-        "sub_k_max",
-        "random_state",
-        "exclude_neighborhoods",
-        "clustering_features",
-        "severity_feature",
-        "silhouette_sample_size",
+        *ANALYTIC_VARIABLES,
+        "exclude_also",
         "max_event_age_seconds",
         "allowed_features_tables",
     }
@@ -409,24 +413,30 @@ def test_the_required_variables_exist(config: Config) -> None:
     assert "default" not in config.variables["project_id"], "project_id must be given explicitly"
 
 
-def test_analytic_defaults_are_the_settings_defaults(config: Config) -> None:
-    analysis = settings.AnalysisSettings()
-    for var in (
-        "min_population",
-        "k_min",
-        "k_max",
-        "sub_k_min",
-        "sub_k_max",
-        "random_state",
-        "severity_feature",
-        "silhouette_sample_size",
-    ):
-        assert config.default(var) == getattr(analysis, var), var
-    assert config.default("exclude_neighborhoods") == list(settings.DEFAULT_EXCLUDE_NEIGHBORHOODS)
-    assert config.default("clustering_features") == list(settings.DEFAULT_CLUSTERING_FEATURES)
-    assert len(config.default("exclude_neighborhoods")) == 13
-    assert len(config.default("clustering_features")) == 15
+def test_analytic_defaults_come_from_the_file_the_code_reads(config: Config) -> None:
+    # One copy: clustering/defaults.json. Terraform reads it (defaults.tf) instead of repeating
+    # the values, so the variables default to null and fall back to the file.
+    assert config.locals["code_defaults"] == (
+        '${jsondecode(file("${local.repo_root}/clustering/defaults.json"))}'
+    )
+    assert set(config.locals["analysis"]) == set(ANALYTIC_VARIABLES)
+    for var in ANALYTIC_VARIABLES:
+        assert config.default(var) is None, f"variable {var} repeats the code's default"
+        assert config.locals["analysis"][var] == (
+            f"${{var.{var} == None ? local.code_defaults.{var} : var.{var}}}"
+        )
+    # No .tf file spells out the lists (a copy that could drift).
+    for name, text in config.sources.items():
+        assert "Harbor Point" not in text and "avg_assessed_value" not in text, name
     assert config.default("max_event_age_seconds") == settings.JobSettings().max_event_age_seconds
+
+
+def test_code_defaults_are_the_defaults_file() -> None:
+    defaults = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
+    analysis = settings.AnalysisSettings()
+    for name, value in defaults.items():
+        expected = tuple(value) if isinstance(value, list) else value
+        assert getattr(analysis, name) == expected, name
 
 
 def test_environment_keys_are_exactly_settings_env_vars(config: Config) -> None:
@@ -515,6 +525,7 @@ def test_function_source_bundle_is_main_clustering_and_requirements_only(config:
     )
     bundled = ["main.py", "requirements.txt", *package]
     assert "clustering/settings.py" in bundled
+    assert "clustering/defaults.json" in bundled  # read by settings at import
     assert "clustering/schemas/clusters_table.json" in bundled
     for name in bundled:
         path = ROOT / name
@@ -828,15 +839,16 @@ def test_every_env_var_the_code_reads_is_in_env_vars() -> None:
             pytest.fail(f"{path.relative_to(ROOT)} does not parse: {error}")
         for name in names:
             read.setdefault(name, set()).add(path.relative_to(ROOT).as_posix())
-    assert "FEATURES_SOURCE" in read, "the scan found nothing: is settings.py still reading env?"
+    # settings.py reads its variables through the registry (clustering/options.py), whose
+    # names ENV_VARS is made of; tests/test_settings.py proves from_env reads exactly those.
+    # This scan catches any other code that reads a variable by name.
+    assert "BIGQUERY_EMULATOR_HOST" in read, "the scan found nothing: is it still working?"
     unknown = {n: sorted(p) for n, p in read.items() if n not in settings.ENV_VARS}
     unknown = {n: p for n, p in unknown.items() if n not in NOT_CONFIGURED_HERE}
     assert not unknown, (
         f"read by the code but missing from clustering.settings.ENV_VARS (so Terraform never "
         f"sets them): {unknown}"
     )
-    never_read = set(settings.ENV_VARS) - set(read)
-    assert not never_read, f"ENV_VARS lists variables no code reads by name: {never_read}"
 
 
 def test_env_scan_recognises_every_reading_form(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def parse_table(content, kind: str, where: str) -> pd.DataFrame:
         if kind == "csv":
             # Only empty cells are blank: "NA" or "null" in a column is text, reported as such.
             return pd.read_csv(io.BytesIO(content), keep_default_na=False, na_values=[""],
-                               skipinitialspace=True)  # fmt: skip
+                               skipinitialspace=True, **csv_dialect(content))  # fmt: skip
         source = io.BytesIO(content) if isinstance(content, bytes) else content
         return pd.read_parquet(source)
     except pd.errors.EmptyDataError:
@@ -63,6 +63,26 @@ def parse_table(content, kind: str, where: str) -> pd.DataFrame:
             f"{where} cannot be read as {kind.upper()} ({detail}): check that the file is a "
             f"valid {kind} export"
         ) from None
+
+
+# Separators a spreadsheet's "CSV" export may use instead of commas, by the locale's habits.
+OTHER_SEPARATORS = {";": "semicolon", "\t": "tab"}
+
+
+def csv_dialect(content: bytes) -> dict[str, str]:
+    """read_csv options for a header without commas but with semicolons or tabs.
+
+    Spreadsheets in locales whose decimal mark is a comma export "CSV" with semicolons, and
+    their numbers with decimal commas, so those are read too ("0,5" is 0.5).
+    """
+    header = content.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    if "," in header:
+        return {}
+    counts = {sep: header.count(sep) for sep in OTHER_SEPARATORS}
+    sep = max(counts, key=counts.get)
+    if not counts[sep]:
+        return {}
+    return {"sep": sep, "decimal": ","} if sep == ";" else {"sep": sep}
 
 
 def table_bytes(frame: pd.DataFrame, name: str) -> bytes:

@@ -1,0 +1,21 @@
+# The analytic settings the function receives. Their defaults are read from the file the code
+# reads (clustering/defaults.json, bundled with the function source), so Terraform keeps no
+# copy of the feature list, the exclusion list or the limits: a variable left null takes the
+# code's default.
+
+locals {
+  code_defaults = jsondecode(file("${local.repo_root}/clustering/defaults.json"))
+
+  analysis = {
+    min_population         = var.min_population == null ? local.code_defaults.min_population : var.min_population
+    k_min                  = var.k_min == null ? local.code_defaults.k_min : var.k_min
+    k_max                  = var.k_max == null ? local.code_defaults.k_max : var.k_max
+    sub_k_min              = var.sub_k_min == null ? local.code_defaults.sub_k_min : var.sub_k_min
+    sub_k_max              = var.sub_k_max == null ? local.code_defaults.sub_k_max : var.sub_k_max
+    random_state           = var.random_state == null ? local.code_defaults.random_state : var.random_state
+    exclude_neighborhoods  = var.exclude_neighborhoods == null ? local.code_defaults.exclude_neighborhoods : var.exclude_neighborhoods
+    clustering_features    = var.clustering_features == null ? local.code_defaults.clustering_features : var.clustering_features
+    severity_feature       = var.severity_feature == null ? local.code_defaults.severity_feature : var.severity_feature
+    silhouette_sample_size = var.silhouette_sample_size == null ? local.code_defaults.silhouette_sample_size : var.silhouette_sample_size
+  }
+}
