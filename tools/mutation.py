@@ -22,6 +22,7 @@ import ast
 import copy
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,8 @@ MODULES: dict[str, str] = {
 # Not copied into the workers' trees: big, irrelevant, or the worker's own output.
 SKIPPED_IN_COPY = (".git", ".venv", ".tools", "output", "__pycache__", ".pytest_cache",
                    ".ruff_cache", "bench", "terraform")  # fmt: skip
+
+STOP_GRACE_S = 20.0
 
 COMPARE_SWAPS: dict[type, type] = {
     ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
@@ -247,12 +250,21 @@ def _pytest(test_file: str, timeout: float) -> str:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
                "--no-header", test_file]  # fmt: skip
-    try:
-        done = subprocess.run(command, cwd=_WORKTREE, env=env, capture_output=True,
-                              timeout=timeout, start_new_session=True)  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return "timeout"
-    return "survived" if done.returncode == 0 else "killed"
+    # Its own process group: on a timeout, Ctrl-C lets pytest tear its fixtures down (the
+    # emulators run in groups of their own), and a kill of the group follows if it hangs.
+    with subprocess.Popen(command, cwd=_WORKTREE, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True) as tests:  # fmt: skip
+        try:
+            returncode = tests.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(tests.pid, signal.SIGINT)
+            try:
+                tests.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(tests.pid, signal.SIGKILL)
+                tests.wait()
+            return "timeout"
+    return "survived" if returncode == 0 else "killed"
 
 
 def _run_one(job: tuple[Mutant, str, float]) -> Result:
