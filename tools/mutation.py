@@ -315,12 +315,13 @@ def report(results: list[Result], ignored: dict[str, list[Mutant]], modules: lis
             totals = [a + b for a, b in zip(totals, counts, strict=True)]
         print(f"{module:<10}{counts[0]:>8}{counts[1]:>8}{counts[2]:>10}{counts[3]:>9}"
               f"{counts[4]:>12}{_score(counts):>8.1f}%")  # fmt: skip
-    survivors = [r.mutant for r in results if r.status == "survived"]
-    survivors.sort(key=lambda m: (m.module, m.line))
-    if survivors:
-        print("\nSurvivors (file:line  id):")
-    for m in survivors:
-        print(f"  clustering/{m.module}.py:{m.line}  {m.id}")
+    unkilled = sorted((r for r in results if r.status != "killed"),
+                      key=lambda r: (r.mutant.module, r.mutant.line))  # fmt: skip
+    if unkilled:
+        print("\nSurvivors and timeouts (file:line  id):")
+    for r in unkilled:
+        tag = " [timeout]" if r.status == "timeout" else ""
+        print(f"  clustering/{r.mutant.module}.py:{r.mutant.line}  {r.mutant.id}{tag}")
     return _score(totals)
 
 
@@ -349,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     mutants = [mutant for m in args.modules for mutant in generate(m, sources[m])]
     if args.list:
         for mutant in mutants:
-            print(f"clustering/{mutant.module}.py:{mutant.line}  {mutant.id}")
+            tag = "  [equivalent]" if mutant.id in equivalents else ""
+            print(f"clustering/{mutant.module}.py:{mutant.line}  {mutant.id}{tag}")
         return 0
     ignored: dict[str, list[Mutant]] = {}
     for mutant in mutants:
