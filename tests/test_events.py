@@ -10,7 +10,9 @@ import base64
 import copy
 import dataclasses
 import json
+import os
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -496,3 +498,256 @@ def test_job_labels_are_valid_bigquery_labels() -> None:
     for key, value in JOB_LABELS.items():
         assert re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key)
         assert re.fullmatch(r"[a-z0-9_-]{0,63}", value)
+
+
+# --- Rules pinned by mutation testing (tools/mutation.py) ------------------------------------
+# Each test below fails when one rule of clustering/events.py is broken (a comparison flipped,
+# a fallback dropped, a constant bumped); `make mutation` shows which rules no test pins.
+
+
+@pytest.fixture
+def local_time_zone():
+    """Switch the process's local time zone (TZ + tzset) for one test, then restore it, so a
+    rule about naive times is checked the same way on every machine."""
+    saved = os.environ.get("TZ")
+
+    def use(name: str) -> None:
+        os.environ["TZ"] = name
+        time.tzset()
+
+    yield use
+    if saved is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = saved
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("zone", "naive_now", "action"),
+    [
+        # 15:05 taken as UTC is 3 h after the 12:00 publish: too old. Read as Tokyo time it
+        # would be 06:05 UTC, before the publish, and run.
+        ("Asia/Tokyo", datetime(2024, 5, 1, 15, 5), "skip"),
+        # 12:05 taken as UTC is 5 min after the publish: runs. Read as Los Angeles time it
+        # would be 19:05 UTC, 7 h later, and be dropped.
+        ("America/Los_Angeles", datetime(2024, 5, 1, 12, 5), "run"),
+    ],
+)
+def test_naive_now_is_utc_whatever_the_machines_time_zone(
+    local_time_zone, zone: str, naive_now: datetime, action: str
+) -> None:
+    local_time_zone(zone)
+    assert decide_fixture("pubsub_manual_publish", now=naive_now).action == action
+
+
+@pytest.mark.parametrize(
+    ("event_time", "action"),
+    [
+        ("2024-05-01T07:00:00-05:00", "run"),  # 12:00 UTC: 5 min old
+        ("2024-05-01T12:00:00+09:00", "skip"),  # 03:00 UTC: 9 h old
+        ("2024-05-01T13:00:00+01:00", "run"),
+    ],
+)
+def test_event_times_with_a_utc_offset_are_compared_in_utc(event_time: str, action: str) -> None:
+    event = load("pubsub_manual_publish")
+    event["time"] = event_time
+    assert decide_on(event).action == action
+
+
+def test_an_event_exactly_as_old_as_the_limit_still_runs() -> None:
+    at_limit = NOW.replace(minute=0) + timedelta(seconds=SETTINGS.max_event_age_seconds)
+    assert decide_fixture("pubsub_manual_publish", now=at_limit).action == "run"
+    one_more = at_limit + timedelta(seconds=1)
+    assert decide_fixture("pubsub_manual_publish", now=one_more).action == "skip"
+
+
+def test_the_age_of_a_dropped_event_is_shown_in_hours_and_minutes() -> None:
+    later = NOW.replace(minute=0) + timedelta(seconds=3_900)
+    decision = decide_fixture("pubsub_manual_publish", now=later)
+    assert "1h 5m old" in decision.reason, decision.reason
+
+
+def test_sink_delivery_without_times_is_aged_by_the_log_entry_timestamp() -> None:
+    # A sink delivery whose CloudEvent and message carry no time: the LogEntry's own
+    # timestamp (11:59:58) is what makes it too old.
+    event = load("pubsub_sink_table_data_change")
+    del event["time"]
+    del event["data"]["message"]["publishTime"]
+    decision = decide_on(event, now=NOW + timedelta(hours=2))
+    assert_decision(decision, "skip", "table-change", decision.key, "dropped", "2h 5m old")
+
+
+def test_eventarc_event_without_a_time_is_aged_by_the_log_entry_timestamp() -> None:
+    event = load("audit_table_data_change")
+    del event["time"]
+    decision = decide_on(event, now=NOW + timedelta(hours=2))
+    assert_decision(decision, "skip", "table-change", decision.key, "dropped")
+
+
+@pytest.mark.parametrize("data", [12345, ["eyJ9"], {"reason": "x"}, True])
+def test_non_string_message_data_is_rejected(data: Any) -> None:
+    event = load("pubsub_manual_publish")
+    event["data"]["message"]["data"] = data
+    decision = decide_on(event)
+    assert_decision(
+        decision, "reject", "pubsub", "11529734001", f"is a {type(data).__name__}", "base64"
+    )
+
+
+@pytest.mark.parametrize("garbage", ["!!", "$", " ?", "@@@@"])
+def test_base64_with_trailing_garbage_is_rejected(garbage: str) -> None:
+    # Without validation the decoder would silently drop the stray characters and run.
+    event = load("pubsub_manual_publish")
+    event["data"]["message"]["data"] += garbage
+    assert_decision(decide_on(event), "reject", "pubsub", "11529734001", "not valid base64")
+
+
+def test_a_reason_of_exactly_the_limit_is_accepted() -> None:
+    reason = "r" * 200
+    decision = decide_on(with_message_text(json.dumps({"reason": reason})))
+    assert decision.action == "run"
+    assert decision.message_reason == reason
+
+
+def test_an_integer_message_id_falls_back_to_the_cloudevent_id() -> None:
+    # Pub/Sub message ids are strings; a number is not trusted as a key or a log label.
+    event = load("pubsub_manual_publish")
+    event["data"]["message"]["messageId"] = 42
+    event["id"] = "ce-9"
+    decision = decide_on(event)
+    assert decision.key == "ce-9"
+    assert "Pub/Sub message ce-9 " in decision.reason
+
+
+def test_ids_name_the_event_in_every_reason() -> None:
+    assert "Pub/Sub message 11529734001 " in decide_fixture("pubsub_manual_publish").reason
+    unknown = load("unknown_type")
+    assert f"event {unknown['id']} " in decide_on(unknown).reason
+    del unknown["id"]
+    assert "event (no id) " in decide_on(unknown).reason
+    no_message = load("pubsub_manual_publish")
+    no_message["data"] = {}
+    assert "Pub/Sub event 11529734001 " in decide_on(no_message).reason
+    del no_message["id"]
+    assert "Pub/Sub event (no id) " in decide_on(no_message).reason
+
+
+def test_a_message_without_any_id_is_labelled_no_id() -> None:
+    event = load("pubsub_manual_publish")
+    del event["id"]
+    del event["data"]["message"]["messageId"]
+    decision = decide_on(event)
+    assert (decision.action, decision.key) == ("run", None)
+    assert "Pub/Sub message (no id) " in decision.reason
+
+
+def test_audit_reasons_name_the_entry_by_insert_id_else_event_id() -> None:
+    event = load("audit_table_data_change")
+    assert "audit log -k2m4a9e1b7x: " in decide_on(event).reason
+    del event["data"]["insertId"]
+    assert f"audit log {event['id']}: " in decide_on(event).reason
+    del event["id"]
+    assert "audit log (no id): " in decide_on(event).reason
+    not_an_entry = load("audit_table_data_change")
+    not_an_entry["data"] = "text"
+    assert f"audit-log event {not_an_entry['id']}: " in decide_on(not_an_entry).reason
+    del not_an_entry["id"]
+    assert "audit-log event (no id): " in decide_on(not_an_entry).reason
+
+
+def test_a_table_change_run_is_never_a_dry_run() -> None:
+    decision = decide_fixture("audit_table_data_change")
+    assert decision.action == "run"
+    assert decision.dry_run is False
+    assert decision.features_source is None and decision.message_reason is None
+
+
+def test_change_summary_names_the_job_and_counts_missing_as_zero() -> None:
+    event = load("audit_table_data_change")
+    assert "job projects/baltimore-data/jobs/bqjob_r5e1d0b2c3" in decide_on(event).reason
+    change = event["data"]["protoPayload"]["metadata"]["tableDataChange"]
+    for name in ("insertedRowsCount", "deletedRowsCount", "truncated", "jobName"):
+        del change[name]
+    reason = decide_on(event).reason
+    assert reason.endswith("(0 rows inserted, 0 deleted)"), reason
+
+
+def test_a_log_entry_is_recognised_by_its_audit_type_alone() -> None:
+    entry = load("audit_table_data_change")["data"]
+    del entry["logName"]
+    decision = decide_on(with_message_text(json.dumps(entry)))
+    assert (decision.action, decision.trigger) == ("run", "table-change")
+
+
+def test_method_and_resource_of_a_non_change_are_named_with_fallbacks() -> None:
+    event = load("audit_table_data_change")
+    payload = event["data"]["protoPayload"]
+    payload["metadata"] = {"tableCreation": {"reason": "JOB"}}
+    del payload["methodName"]
+    reason = decide_on(event).reason
+    assert "google.cloud.bigquery.v2.JobService.InsertJob on projects/baltimore-data/" in reason
+    assert "(tableCreation)" in reason
+    del event["methodname"], event["resourcename"], payload["resourceName"]
+    reason = decide_on(event).reason
+    assert "the call on an unnamed resource is not a tableDataChange" in reason
+
+
+def test_a_change_without_any_resource_name_is_skipped() -> None:
+    event = load("audit_table_data_change")
+    del event["resourcename"], event["data"]["protoPayload"]["resourceName"]
+    decision = decide_on(event)
+    assert decision.action == "skip"
+    assert "not of the watched table" in decision.reason
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        "projects/baltimore-data/datasets/neighborhoods/routines/features",
+        "projects/baltimore-data/datasets/neighborhoods/tables/features/extra",
+        "projects/baltimore-data/datasets/neighborhoods",
+    ],
+)
+def test_a_resource_that_is_not_a_table_path_never_matches_the_watched_table(
+    resource: str,
+) -> None:
+    event = load("audit_table_data_change")
+    event["data"]["protoPayload"]["resourceName"] = resource
+    assert decide_on(event).action == "skip"
+
+
+def test_features_table_is_allowed_without_a_configured_source() -> None:
+    sample = dataclasses.replace(SETTINGS, features_source=None)
+    decision = decide_on(
+        with_message_text(json.dumps({"features_table": SETTINGS.allowed_features_tables[0]})),
+        settings=sample,
+    )
+    assert decision.action == "run"
+    local = JobSettings(
+        features_source="data/features.csv",
+        allowed_features_tables=SETTINGS.allowed_features_tables,
+    )
+    decision = decide_on(
+        with_message_text(json.dumps({"features_table": SETTINGS.allowed_features_tables[0]})),
+        settings=local,
+    )
+    assert decision.action == "run"
+
+
+def test_a_refused_features_table_lists_the_allowed_ones_or_none() -> None:
+    other = {"features_table": "baltimore-data.neighborhoods.other"}
+    reason = decide_on(with_message_text(json.dumps(other))).reason
+    assert f"allowed tables: {WATCHED}, baltimore-data.neighborhoods.features_2023 " in reason
+    nothing = JobSettings(features_source="data/features.csv")
+    reason = decide_on(with_message_text(json.dumps(other)), settings=nothing).reason
+    assert "allowed tables: none " in reason
+
+
+def test_echoed_text_is_cut_at_sixty_characters() -> None:
+    def shown(key: str) -> str:
+        reason = decide_on(with_message_text(json.dumps({key: 1}))).reason
+        return reason.split("unknown key(s) ")[1].split(" in the message")[0]
+
+    assert shown("k" * 60) == repr("k" * 60)
+    assert shown("k" * 61) == repr("k" * 57 + "...")

@@ -114,3 +114,40 @@ def test_select_features_reports_missing_and_all_blank():
     assert selection.used == ("population", "med_age")
     assert selection.missing == ("avg_assessed_value",)
     assert selection.all_blank == ("crime_per_capita",)
+
+
+# --- Rules pinned by mutation testing (tools/mutation.py) ------------------------------------
+
+
+def test_a_feature_with_exactly_one_residential_value_is_used():
+    table = pd.DataFrame(
+        {
+            "neighborhood": ["a", "b", "c", "d"],
+            "population": [500, 600, 700, 800],
+            # The one value among residential rows is in row b; row d is not residential.
+            "med_age": [np.nan, 35.0, np.nan, 50.0],
+        }
+    )
+    settings = AnalysisSettings(clustering_features=("population", "med_age"))
+    residential = pd.Series([True, True, True, False])
+    selection = select_features(table, residential, settings)
+    assert selection.used == ("population", "med_age")
+    assert selection.all_blank == ()
+    blank_there = select_features(table, pd.Series([True, False, True, False]), settings)
+    assert blank_there.all_blank == ("med_age",)
+
+
+@pytest.mark.parametrize("n_rows", [10, 20, 57])
+@pytest.mark.parametrize("limits", [(0.0, 0.1), (0.1, 0.0), (0.1, 0.2), (0.0, 0.0)])
+def test_winsorize_with_uneven_limits_equals_scipy_mstats(n_rows, limits):
+    # Clipping one tail only, or each by its own share, must clip each side by its own limit.
+    matrix = np.random.default_rng(n_rows).normal(size=(n_rows, 3))
+    expected = np.asarray(mstats.winsorize(matrix, limits=list(limits), axis=0))
+    np.testing.assert_array_equal(winsorize(matrix, limits), expected)
+
+
+def test_winsorize_of_a_table_without_rows_is_empty():
+    empty = np.empty((0, 3))
+    clipped = winsorize(empty)
+    assert clipped.shape == (0, 3)
+    assert clipped is not empty

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pytest
 
@@ -452,3 +454,51 @@ def test_destinations_that_cannot_be_written_fail_at_start(field, value, message
 def test_destinations_that_can_be_written_are_accepted():
     JobSettings(clusters_table="gs://bucket/clusters.parquet", runs_table="out/runs.jsonl")
     JobSettings(clusters_table="out/clusters.CSV", runs_table="bq://p.d.runs")
+
+
+# --- Rules pinned by mutation testing (tools/mutation.py) ------------------------------------
+
+
+def _readme_integer_defaults() -> dict[str, int]:
+    """The rows of the README's configuration table whose default is one integer."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("<!-- section: configuration -->")[1].split("<!-- end: configuration")[0]
+    # Columns: variable, flag (or "function only"), default, meaning.
+    rows = re.findall(r"^\| `([A-Z_]+)` \| [^|]+ \| `(\d+)` \|", table, flags=re.MULTILINE)
+    return {name: int(value) for name, value in rows}
+
+
+def test_the_readme_states_the_integer_defaults_the_code_uses():
+    documented = _readme_integer_defaults()
+    for settings in (JobSettings.from_env(REQUIRED), JobSettings()):
+        actual = {
+            "MAX_EVENT_AGE_SECONDS": settings.max_event_age_seconds,
+            "MIN_POPULATION": settings.analysis.min_population,
+            "RANDOM_STATE": settings.analysis.random_state,
+            "SILHOUETTE_SAMPLE_SIZE": settings.analysis.silhouette_sample_size,
+        }
+        assert {name: documented.get(name) for name in actual} == actual
+
+
+def test_random_state_zero_is_a_valid_seed():
+    assert AnalysisSettings(random_state=0).random_state == 0
+    assert JobSettings.from_env(env(RANDOM_STATE="0")).analysis.random_state == 0
+
+
+def test_the_shortest_event_age_limit_is_one_second():
+    assert JobSettings(max_event_age_seconds=1).max_event_age_seconds == 1
+    with pytest.raises(InputError, match="MAX_EVENT_AGE_SECONDS is 0"):
+        JobSettings(max_event_age_seconds=0)
+
+
+def test_boundaries_source_is_read_from_the_environment():
+    settings = JobSettings.from_env(env(BOUNDARIES_SOURCE=" gs://my-bucket/boundaries.geojson "))
+    assert settings.boundaries_source == "gs://my-bucket/boundaries.geojson"
+    assert JobSettings.from_env(env(BOUNDARIES_SOURCE=" ")).boundaries_source is None
+
+
+def test_a_bad_name_list_is_echoed_up_to_80_characters():
+    raw = "[" + "x" * 200
+    with pytest.raises(InputError) as caught:
+        parse_name_list(raw, "EXCLUDE_NEIGHBORHOODS")
+    assert str(caught.value).endswith("got " + repr(raw[:80]))

@@ -554,3 +554,66 @@ def test_a_header_split_on_the_wrong_separator_says_so(tmp_path):
     message = str(caught.value)
     assert "no 'neighborhood' column" in message
     assert "the header looks separated by semicolons, not commas" in message
+
+
+# --- Rules pinned by mutation testing (tools/mutation.py) ------------------------------------
+
+
+def named(count: int, **columns) -> pd.DataFrame:
+    """`count` rows named n01, n02, ... with a population of 500, the FITTED features and the
+    given columns."""
+    names = [f"n{i:02d}" for i in range(1, count + 1)]
+    features = {"med_age": [35.0] * count, "crime_per_capita": [0.05] * count}
+    return pd.DataFrame({"neighborhood": names, "population": [500.0] * count, **features,
+                         **columns})  # fmt: skip
+
+
+def test_a_population_of_a_trillion_is_the_largest_accepted():
+    frame = small().astype({"population": "float64"})
+    frame.loc[0, "population"] = 10**12
+    assert validate_features(frame, SETTINGS, WHERE).frame["population"].max() == 10**12
+    frame.loc[0, "population"] = 10**12 + 1
+    assert "population is implausibly large in data row 1 (Oak Hill)" in invalid(frame)
+
+
+@pytest.mark.parametrize(("blanks", "more"), [(5, False), (6, True)])
+def test_the_blank_population_warning_names_at_most_five_rows(blanks, more):
+    frame = named(8)
+    frame.loc[: blanks - 1, "population"] = np.nan
+    (warning,) = validate_features(frame, FITTED, WHERE).warnings
+    shown = "n01, n02, n03, n04, n05" + (", ..." if more else "")
+    assert f"population is blank in {blanks} rows of {WHERE} ({shown}):" in warning
+
+
+def test_an_all_blank_population_is_warned_about_once():
+    frame = named(3, med_age=[30.0, 40.0, 50.0])
+    frame["population"] = np.nan
+    (warning,) = validate_features(frame, FITTED, WHERE).warnings
+    assert warning.startswith("population is blank in 3 rows")
+
+
+def test_the_first_duplicated_name_is_the_one_reported():
+    frame = named(4)
+    frame["neighborhood"] = ["Alpha", "Beta", "Alpha", "Beta"]
+    message = invalid(frame)
+    assert "neighborhood 'Alpha' appears more than once (data rows 1, 2, 3, 4)" in message
+
+
+@pytest.mark.parametrize(
+    ("extra", "shown"),
+    [
+        (7, "c1, c2, c3, c4, c5, c6, c7, neighborhood)"),
+        (8, "c1, c2, c3, c4, c5, c6, c7, c8, ...)"),
+    ],
+)
+def test_a_missing_column_message_lists_up_to_eight_columns(extra, shown):
+    frame = pd.DataFrame({f"c{i}": [1.0] for i in range(1, extra + 1)} | {"neighborhood": ["a"]})
+    assert f"(columns: {shown}" in invalid(frame)
+
+
+def test_declared_float_columns_keep_their_schema_description():
+    declared = {field["name"]: field for field in table_schema("clusters_table")}
+    schema = {field["name"]: field for field in output_schema(clusters_frame())}
+    assert clusters_frame()["med_age"].dtype == np.float64
+    assert schema["med_age"] == declared["med_age"]
+    assert schema["med_age"]["description"]
