@@ -16,7 +16,7 @@ from importlib.metadata import version
 
 from clustering import __version__
 from clustering.errors import InputError
-from clustering.naming import CSV_CLUSTERS, CSV_EXCLUDED, MANIFEST, new_run_id
+from clustering.naming import CSV_CLUSTERS, CSV_EXCLUDED, HTML_REPORT, MANIFEST, new_run_id
 from clustering.settings import JobSettings
 
 VERSIONED = ("numpy", "pandas", "scikit-learn", "scipy", "matplotlib")
@@ -95,7 +95,7 @@ def run_job(
 
 
 def _run(settings, request, clock, run_id, started) -> RunReport:
-    from clustering import adapters, charts
+    from clustering import adapters, charts, report
 
     # Fork the chart process first: it imports matplotlib while this one reads and clusters.
     with charts.ChartRenderer() as renderer:
@@ -128,7 +128,14 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
         except InputError as error:
             raise InputError(f"{where}: {error}") from None
         clock.stage("charts", "drawing charts")
-        _submit(renderer, charts.result_tasks(result, analysis.random_state, boundaries))
+        view = cohort_view(result)
+        tasks = charts.result_tasks(
+            result, view, analysis.random_state, boundaries, f"{started:%Y-%m-%d %H:%M} UTC"
+        )
+        _submit(renderer, tasks)
+        warnings = valid.warnings + map_warnings + result.warnings
+        page = _report_task(settings, request, run_id, started, result, view, warnings, tasks)
+        _submit(renderer, page)
         # The CSVs are encoded while the chart workers draw.
         table = result.table.assign(run_id=run_id, _clustered_at=started)
         files = {
@@ -136,15 +143,19 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
             CSV_EXCLUDED: result.excluded.to_csv(index=False).encode(),
         }
         files |= renderer.collect()
+        files[HTML_REPORT] = report.embed(files[HTML_REPORT], files)
 
     store = None if request.dry_run else adapters.artifact_store(settings.artifacts_dest)
     prefix = store.describe(f"runs/{run_id}/") if store else None
+    page = store.describe(f"runs/{run_id}/{HTML_REPORT}") if store else None
 
     def manifest(timings: dict[str, float]) -> dict:
-        return _manifest(
+        document = _manifest(
             run_id, request, settings, started, valid.warnings + map_warnings, result,
             timings, prefix, list(files),
         )  # fmt: skip
+        document["outputs"]["report"] = page
+        return document
 
     if request.dry_run:
         return RunReport(run_id, "dry_run", manifest(clock.done()), None)
@@ -157,7 +168,68 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
     if settings.clusters_table:
         adapters.write_clusters(settings.clusters_table, table, output_schema(table))
     store.promote(run_id, files)
+    clock.progress(f"report: {store.describe(f'latest/{HTML_REPORT}')}")
     return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
+
+
+def cohort_view(result, identity=None):
+    """The one input of the pictures and the report: the identity step's table (stable ids,
+    cohort_name, cohort_stability), cohorts and transitions, or the bare result without it."""
+    from clustering.palette import CohortView, index_scores
+
+    table = result.table if identity is None else identity.table
+    if "cohort_name" not in table.columns:
+        # PROVISIONAL until the identity branch is merged (it adds both columns): delete.
+        table = table.assign(cohort_name=table["cluster_label"], cohort_stability=float("nan"))
+    features = list(result.features.used)
+    if identity is None:
+        index = index_scores(table, features)
+    else:
+        import pandas as pd
+
+        index = pd.DataFrame({c.sub_cluster: c.index_scores for c in identity.cohorts})
+        index = index.reindex(features)
+    transitions = None if identity is None else identity.transitions
+    previous = None if identity is None else identity.previous_run_id
+    return CohortView(table, index, transitions, previous)
+
+
+def _report_task(settings, request, run_id, started, result, view, warnings, tasks) -> dict:
+    """report.html's task: rendered by a chart worker, its images embedded after collect()."""
+    from clustering import report
+    from clustering.naming import PNG_ELBOW
+
+    analysis = settings.analysis
+    facts = report.RunFacts(
+        run_id=run_id,
+        started=f"{started:%Y-%m-%d %H:%M:%S} UTC",
+        trigger=request.trigger,
+        reason=request.reason,
+        event_id=request.event_id,
+        source=settings.features_source or "built-in sample",
+        boundaries=settings.boundaries_source,
+        rows=len(result.table),
+        residential_rows=int(result.residential.sum()),
+        excluded_rows=len(result.excluded),
+        features_used=tuple(result.features.used),
+        features_missing=tuple(result.features.missing),
+        warnings=tuple(warnings),
+        settings=tuple(
+            (name.upper(), str(getattr(analysis, name)))
+            for name in (
+                "min_population",
+                "k_min",
+                "k_max",
+                "sub_k_min",
+                "sub_k_max",
+                "random_state",
+                "severity_feature",
+            )
+        ),
+    )
+    notes = {g.excluded_type: g.note for g in result.excluded_groups}
+    data = report.report_data(facts, view, notes, (PNG_ELBOW, *tasks))
+    return {HTML_REPORT: (report.render, (data,))}
 
 
 def _submit(renderer, tasks: dict[str, tuple]) -> None:
