@@ -300,12 +300,12 @@ def cluster_map(boundaries: dict[str, list[np.ndarray]], data: MapData) -> bytes
     fig.subplots_adjust(left=0.06, right=0.6, top=0.93, bottom=0.06)
     ax = fig.subplots()
     legend = []
-    by_label: dict[str | None, list[np.ndarray]] = {}
-    for name, shapes in boundaries.items():
-        by_label.setdefault(data.labels.get(name), []).extend(shapes)
-    for style in data.styles:
-        rings = by_label.get(style.label)
-        if not rings:
+    for style, names, rings in map_layers(boundaries, data):
+        if style is None:
+            ax.add_collection(PolyCollection(rings, facecolor="none", edgecolor=NO_ROW_EDGE,
+                                             linewidths=0.6))  # fmt: skip
+            outline = f"No row in the table ({len(names):,}, outlined)"
+            legend.append(Patch(facecolor="none", edgecolor=NO_ROW_EDGE, label=outline))
             continue
         look = {"facecolor": style.color, "edgecolor": "white", "linewidths": 0.4}
         if style.hatch:
@@ -313,11 +313,6 @@ def cluster_map(boundaries: dict[str, list[np.ndarray]], data: MapData) -> bytes
         ax.add_collection(PolyCollection(rings, **look))
         legend.append(Patch(facecolor=style.color, hatch=style.hatch, edgecolor=look["edgecolor"],
                             label=_wrap(f"{style.label} ({style.rows:,})", 55)))  # fmt: skip
-    if by_label.get(None):
-        ax.add_collection(PolyCollection(by_label[None], facecolor="none", edgecolor=NO_ROW_EDGE,
-                                         linewidths=0.6))  # fmt: skip
-        outline = f"No row in the table ({len(by_label[None]):,} shapes)"
-        legend.append(Patch(facecolor="none", edgecolor=NO_ROW_EDGE, label=outline))
     ax.autoscale_view()
     (west, east), (south, north) = ax.get_xlim(), ax.get_ylim()
     if -180 <= west <= east <= 180 and -85 <= south <= north <= 85:
@@ -332,6 +327,24 @@ def cluster_map(boundaries: dict[str, list[np.ndarray]], data: MapData) -> bytes
     ax.legend(handles=legend, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
               title="Cohort (neighborhoods)", title_fontsize=9)  # fmt: skip
     return _png(fig, tight=False)
+
+
+def map_layers(
+    boundaries: dict[str, list[np.ndarray]], data: MapData
+) -> list[tuple[CohortStyle | None, list[str], list[np.ndarray]]]:
+    """What the map draws, in drawing order: (style, neighborhood names, rings) per cohort
+    that has a boundary, then (None, ...) for the boundaries without a row of the table."""
+    known = {style.label for style in data.styles}
+    names: dict[str | None, list[str]] = {}
+    for name in boundaries:
+        label = data.labels.get(name)
+        names.setdefault(label if label in known else None, []).append(name)
+    layers = []
+    for style in (*data.styles, None):
+        members = names.get(None if style is None else style.label)
+        if members:
+            layers.append((style, members, [r for name in members for r in boundaries[name]]))
+    return layers
 
 
 def _wrap(text: str, width: int) -> str:
