@@ -42,7 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--boundaries",
         metavar="SRC",
-        help="GeoJSON of the neighborhoods (path or gs://...); adds cluster_map.png",
+        help="neighborhood shapes: GeoJSON (path or gs://...) or bq://project.dataset.table "
+        "with a GEOGRAPHY column; adds cluster_map.png",
+    )
+    run.add_argument(
+        "--boundaries-name-column",
+        metavar="COLUMN",
+        default="neighborhood",
+        help="name column of a bq:// boundaries table (default: neighborhood)",
+    )
+    run.add_argument(
+        "--boundaries-geography-column",
+        metavar="COLUMN",
+        default="geometry",
+        help="GEOGRAPHY column of a bq:// boundaries table (default: geometry)",
     )
     run.add_argument(
         "--runs-table",
@@ -124,6 +137,8 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
         clusters_table=args.clusters_table,
         runs_table=args.runs_table,
         boundaries_source=args.boundaries,
+        boundaries_name_column=args.boundaries_name_column,
+        boundaries_geography_column=args.boundaries_geography_column,
         analysis=analysis,
     )
 

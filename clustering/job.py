@@ -114,7 +114,7 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
 
         clock.stage("validate", f"validating {len(frame)} rows")
         valid = validate_features(frame, analysis, where)
-        boundaries, map_warnings = _boundaries(settings.boundaries_source, valid.frame)
+        boundaries, map_warnings = _boundaries(settings, valid.frame)
         clock.stage("cluster", "clustering")
         try:
             result = cluster(
@@ -166,10 +166,23 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
     files[MANIFEST] = _json_bytes(manifest(dict(clock.timings)))
     store.write_run(run_id, files)
     if settings.clusters_table:
-        adapters.write_clusters(settings.clusters_table, table, output_schema(table))
+        clusters = with_shapes(table, boundaries)
+        adapters.write_clusters(settings.clusters_table, clusters, output_schema(clusters))
     store.promote(run_id, files)
     clock.progress(f"report: {store.describe(f'latest/{HTML_REPORT}')}")
     return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
+
+
+def with_shapes(table, boundaries: dict | None):
+    """The clusters table with each neighborhood's shape as WKT in `neighborhood_shape`
+    (GEOGRAPHY in BigQuery, for Looker Studio's filled map) when boundaries are configured;
+    null where a neighborhood has no boundary."""
+    if not boundaries:
+        return table
+    from clustering.geo import to_wkt
+
+    shapes = {name: to_wkt(rings) for name, rings in boundaries.items()}
+    return table.assign(neighborhood_shape=table["neighborhood"].map(shapes))
 
 
 def cohort_view(result, identity=None):
@@ -310,14 +323,16 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-def _boundaries(source: str | None, table) -> tuple[dict | None, tuple[str, ...]]:
+def _boundaries(settings: JobSettings, table) -> tuple[dict | None, tuple[str, ...]]:
     """The parsed boundaries (None without a source) and a warning for unmapped rows."""
+    source = settings.boundaries_source
     if not source:
         return None, ()
     from clustering import adapters
-    from clustering.geo import parse_boundaries
 
-    shapes = parse_boundaries(adapters.read_bytes(source), source)
+    shapes = adapters.read_boundaries(
+        source, settings.boundaries_name_column, settings.boundaries_geography_column
+    )
     unmapped = [name for name in table["neighborhood"] if name not in shapes]
     if not unmapped:
         return shapes, ()
