@@ -108,14 +108,14 @@ def pca_data(
         variance=(float(variance[0]), float(variance[1])),
         top=top[shown],
         sub=sub[shown],
-        styles=_residential(view.styles()),
+        styles=_residential(view.styles),
         n_rows=len(points),
     )
 
 
 def heatmap_data(view: CohortView) -> HeatmapData:
     """The heatmap's inputs: index scores in the palette's cohort order, with stabilities."""
-    styles = _residential(view.styles())
+    styles = _residential(view.styles)
     table = view.table
     stability = {}
     if "cohort_stability" in table.columns:
@@ -130,7 +130,7 @@ def map_data(view: CohortView, run_date: str) -> MapData:
     labels = cohort_labels(view.table)
     return MapData(
         labels=dict(zip(view.table["neighborhood"], labels, strict=True)),
-        styles=view.styles(),
+        styles=view.styles,
         run_date=run_date,
     )
 
@@ -465,10 +465,12 @@ class ChartRenderer:
 
 
 def _first_worker(channels: list[tuple[int, int]]) -> None:  # pragma: no cover - in a worker
-    """Import matplotlib once, fork the other workers from here so they share the import,
-    then serve the first channel. Leaves with os._exit, never returning to the caller."""
+    """Import matplotlib (and Jinja2, for the report) once, fork the other workers from here
+    so they share the imports, then serve the first channel. Leaves with os._exit, never
+    returning to the caller."""
     status = 1
     try:
+        import jinja2  # noqa: F401
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
         from matplotlib.figure import Figure  # noqa: F401
 

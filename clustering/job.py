@@ -241,8 +241,7 @@ def _report_task(settings, request, run_id, started, result, view, warnings, tas
         ),
     )
     notes = {g.excluded_type: g.note for g in result.excluded_groups}
-    data = report.report_data(facts, view, notes, (PNG_ELBOW, *tasks))
-    return {HTML_REPORT: (report.render, (data,))}
+    return {HTML_REPORT: (report.page, (facts, view, notes, (PNG_ELBOW, *tasks)))}
 
 
 def _submit(renderer, tasks: dict[str, tuple]) -> None:

@@ -13,6 +13,7 @@ Pure Python: the parent process builds the styles without importing matplotlib.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import pandas as pd
 
@@ -145,7 +146,9 @@ class CohortView:
     transitions: pd.DataFrame | None = None
     previous_run_id: str | None = None
 
+    @cached_property
     def styles(self) -> tuple[CohortStyle, ...]:
+        """The cohorts' names and colours, computed once per run."""
         return cohort_styles(self.table)
 
 

@@ -97,7 +97,7 @@ def report_data(
     stability = table.groupby(labels)["cohort_stability"].first()
     features = tuple(view.index.index)
     cohorts, excluded = [], []
-    for style in view.styles():
+    for style in view.styles:
         if style.sub_cluster is None:
             kind = str(types[style.label])
             why = "; ".join(filter(None, [WHY_EXCLUDED.get(kind, kind), notes.get(kind)]))
@@ -131,6 +131,13 @@ def report_data(
         previous_run_id=view.previous_run_id,
         images=tuple((name, CAPTIONS[name]) for name in CAPTIONS if name in images),
     )
+
+
+def page(
+    facts: RunFacts, view: CohortView, notes: dict[str, str], images: tuple[str, ...]
+) -> bytes:
+    """report_data then render: the chart worker's task, so neither runs in the job's process."""
+    return render(report_data(facts, view, notes, images))
 
 
 def render(data: ReportData) -> bytes:

@@ -170,4 +170,4 @@ def test_the_real_map_paints_every_cohort_in_its_palette_colour(real):
     image = charts.cluster_map(boundaries, charts.map_data(view, "2026-11-29 12:00 UTC"))
     assert png_size(image) == (14 * 150, 10 * 150)
     colors = png_colors(image)
-    assert {style.color for style in view.styles()} <= colors
+    assert {style.color for style in view.styles} <= colors
