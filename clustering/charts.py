@@ -251,7 +251,12 @@ def cluster_heatmap(data: HeatmapData) -> bytes:
     from matplotlib.figure import Figure
 
     n_features, n_cohorts = data.index.shape
-    fig = Figure(figsize=(max(9, 2.3 * n_cohorts + 4), n_features * 0.5 + 3))
+    width, height = max(9, 2.3 * n_cohorts + 4), n_features * 0.5 + 3
+    fig = Figure(figsize=(width, height))
+    # Margins in inches (feature names left, four-line cohort labels below, the colour bar
+    # right): a tight layout would cost one more full draw of every label.
+    fig.subplots_adjust(left=3.3 / width, right=1 - 1.6 / width, top=1 - 0.5 / height,
+                        bottom=1.35 / height)  # fmt: skip
     ax = fig.subplots()
     values = data.index.to_numpy(dtype=np.float64)
     # Ratios read symmetrically on a log scale: half the mean is as far from 100 as double.
@@ -278,14 +283,14 @@ def cluster_heatmap(data: HeatmapData) -> bytes:
     ax.grid(which="minor", color="white", linewidth=0.8)
     ax.tick_params(which="minor", length=0)
     ax.set_title("Cohort profiles: index vs the residential mean (100 = mean)", fontsize=14)
-    bar = fig.colorbar(image, ax=ax, ticks=[25, 50, 100, 200, 400])
+    bar = fig.colorbar(image, ax=ax, ticks=[25, 50, 100, 200, 400], fraction=0.04, pad=0.02)
     bar.ax.set_yticklabels(["25 or less", "50", "100", "200", "400 or more"])
     bar.set_label("Index (cohort mean / residential mean x 100)")
     bar.ax.minorticks_off()
     if np.isnan(values).any():
         fig.text(0.01, 0.01, "n/a: the residential mean is zero or negative, so a ratio to it "
                  "says nothing", fontsize=8)  # fmt: skip
-    return _png(fig)
+    return _png(fig, tight=False)
 
 
 def cluster_map(boundaries: dict[str, list[np.ndarray]], data: MapData) -> bytes:
