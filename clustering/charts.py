@@ -216,7 +216,7 @@ def pca_clusters(data: PcaData) -> bytes:
     (left) and by cohort (right), with the legends below the panels, clear of the points."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(16, 8.5))
+    fig = Figure(figsize=(16, 8))
     # Fixed margins: the legends sit under the panels, outside the data.
     fig.subplots_adjust(left=0.06, right=0.98, top=0.9, bottom=0.3, wspace=0.15)
     left, right = fig.subplots(1, 2)
@@ -251,7 +251,7 @@ def cluster_heatmap(data: HeatmapData) -> bytes:
     from matplotlib.figure import Figure
 
     n_features, n_cohorts = data.index.shape
-    width, height = max(9, 2.3 * n_cohorts + 4), n_features * 0.5 + 3
+    width, height = max(8, 1.75 * n_cohorts + 4.9), n_features * 0.42 + 2.6
     fig = Figure(figsize=(width, height))
     # Margins in inches (feature names left, four-line cohort labels below, the colour bar
     # right): a tight layout would cost one more full draw of every label.

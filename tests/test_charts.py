@@ -46,11 +46,11 @@ def draw_in_workers(result, view, renderer):
 def test_render_gives_the_three_pngs_at_150_dpi(result, view, expected):
     assert list(expected) == ["elbow_silhouette.png", "pca_clusters.png", "cluster_heatmap.png"]
     assert png_size(expected["elbow_silhouette.png"]) == (14 * 150, 5 * 150)
-    assert png_size(expected["pca_clusters.png"]) == (16 * 150, round(8.5 * 150))
+    assert png_size(expected["pca_clusters.png"]) == (16 * 150, 8 * 150)
     cohorts = result.table["sub_cluster"].ge(0).groupby(result.table["sub_cluster"]).any().sum()
     assert png_size(expected["cluster_heatmap.png"]) == (
-        round(max(9, 2.3 * cohorts + 4) * 150),
-        round((len(result.features.used) * 0.5 + 3) * 150),
+        round(max(8, 1.75 * cohorts + 4.9) * 150),
+        round((len(result.features.used) * 0.42 + 2.6) * 150),
     )
 
 
