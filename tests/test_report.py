@@ -118,7 +118,9 @@ def test_the_page_shows_the_transitions_since_the_previous_run(sample_run):
     cases = {
         "No previous run": view_of(result.table, features),
         "No neighborhood changed": view_of(result.table, features, moved.iloc[:0], "old"),
-        "1 neighborhoods changed since run old": view_of(result.table, features, moved, "old"),
+        "1 neighborhoods changed since run old: 1 moved.": view_of(
+            result.table, features, moved, "old"
+        ),
     }
     for expected, view in cases.items():
         text = Page(report.render(report.report_data(FACTS, view, {}, ())).decode()).words()
