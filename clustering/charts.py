@@ -26,6 +26,14 @@ import pandas as pd
 
 from clustering.model import TOP_K, ClusteringResult, KSearch
 from clustering.naming import PNG_ELBOW, PNG_HEATMAP, PNG_MAP, PNG_PCA
+from clustering.palette import (
+    NO_ROW_EDGE,
+    CohortStyle,
+    CohortView,
+    cohort_labels,
+    direction,
+    group_color,
+)
 
 DPI = 150
 # Above this many residential rows the scatter draws a fixed-seed sample: a PNG cannot show
@@ -39,7 +47,8 @@ class PcaData:
 
     points: at most MAX_SCATTER_POINTS rows (a fixed-seed sample above that).
     variance: the share of variance each component explains.
-    top, sub: top and sub-cluster ids of the drawn rows; labels: top id -> Stable/Distressed.
+    top, sub: top group labels and stable sub-cluster ids of the drawn rows.
+    styles: the residential cohorts' names and colours (clustering.palette).
     n_rows: all residential rows (to say when the scatter is a sample).
     """
 
@@ -47,17 +56,34 @@ class PcaData:
     variance: tuple[float, float]
     top: np.ndarray
     sub: np.ndarray
-    labels: dict[int, str]
+    styles: tuple[CohortStyle, ...]
     n_rows: int
 
 
-def top_labels(result: ClusteringResult) -> dict[int, str]:
-    """Top cluster id -> Stable/Distressed."""
-    return {g.top: g.label for g in result.top_groups}
+@dataclass(frozen=True)
+class HeatmapData:
+    """Index scores (features x residential cohorts, in the order of `styles`) and how to
+    read each feature."""
+
+    index: pd.DataFrame
+    styles: tuple[CohortStyle, ...]
+    stability: dict[int, float]
+
+
+@dataclass(frozen=True)
+class MapData:
+    """Each neighborhood's cohort label, the cohorts' styles and the title's run date."""
+
+    labels: dict[str, str]
+    styles: tuple[CohortStyle, ...]
+    run_date: str
 
 
 def pca_data(
-    result: ClusteringResult, random_state: int, max_points: int = MAX_SCATTER_POINTS
+    result: ClusteringResult,
+    view: CohortView,
+    random_state: int,
+    max_points: int = MAX_SCATTER_POINTS,
 ) -> PcaData:
     """Project the residential rows with PCA and pick the rows to draw."""
     from sklearn.decomposition import PCA as Projection
@@ -70,8 +96,8 @@ def pca_data(
     if components == 1:  # one feature: draw it on a line
         points = np.column_stack([points[:, 0], np.zeros(len(points))])
         variance.append(0.0)
-    rows = result.table.loc[result.residential]
-    top = rows["top_cluster"].to_numpy(dtype=np.int64)
+    rows = view.table.loc[result.residential]
+    top = rows["top_cluster_label"].to_numpy(dtype=object)
     sub = rows["sub_cluster"].to_numpy(dtype=np.int64)
     shown = np.arange(len(points))
     if len(points) > max_points:
@@ -82,8 +108,30 @@ def pca_data(
         variance=(float(variance[0]), float(variance[1])),
         top=top[shown],
         sub=sub[shown],
-        labels=top_labels(result),
+        styles=_residential(view.styles),
         n_rows=len(points),
+    )
+
+
+def heatmap_data(view: CohortView) -> HeatmapData:
+    """The heatmap's inputs: index scores in the palette's cohort order, with stabilities."""
+    styles = _residential(view.styles)
+    table = view.table
+    stability = {}
+    if "cohort_stability" in table.columns:
+        firsts = table.dropna(subset=["cohort_stability"]).drop_duplicates("sub_cluster")
+        stability = dict(zip(firsts["sub_cluster"].astype(int), firsts["cohort_stability"],
+                             strict=True))  # fmt: skip
+    index = view.index[[s.sub_cluster for s in styles]]
+    return HeatmapData(index=index, styles=styles, stability=stability)
+
+
+def map_data(view: CohortView, run_date: str) -> MapData:
+    labels = cohort_labels(view.table)
+    return MapData(
+        labels=dict(zip(view.table["neighborhood"], labels, strict=True)),
+        styles=view.styles,
+        run_date=run_date,
     )
 
 
@@ -94,46 +142,49 @@ def elbow_task(search: KSearch, sample_size: int | None) -> dict[str, tuple]:
 
 def result_tasks(
     result: ClusteringResult,
+    view: CohortView,
     random_state: int,
     boundaries: dict[str, list[np.ndarray]] | None = None,
+    run_date: str = "",
 ) -> dict[str, tuple]:
     """Artifact name -> (draw function, arguments) for the charts that need the final
     clusters: PCA, heatmap, and the cluster map when boundaries are given."""
     tasks = {
-        PNG_PCA: (pca_clusters, (pca_data(result, random_state),)),
-        PNG_HEATMAP: (cluster_heatmap, (profile_zscores(result.profile), top_labels(result))),
+        PNG_PCA: (pca_clusters, (pca_data(result, view, random_state),)),
+        PNG_HEATMAP: (cluster_heatmap, (heatmap_data(view),)),
     }
     if boundaries:
-        table = result.table
-        cohort = table["cluster_label"].where(
-            ~result.residential, table["cluster_label"] + " (" + table["top_cluster_label"] + ")"
-        )
-        tasks[PNG_MAP] = (
-            cluster_map,
-            (boundaries, dict(zip(table["neighborhood"], cohort, strict=True))),
-        )
+        tasks[PNG_MAP] = (cluster_map, (boundaries, map_data(view, run_date)))
     return tasks
 
 
 def chart_tasks(
     result: ClusteringResult,
+    view: CohortView,
     random_state: int,
     boundaries: dict[str, list[np.ndarray]] | None = None,
+    run_date: str = "",
 ) -> dict[str, tuple]:
     """Every chart's task, the elbow first."""
     return elbow_task(result.diagnostics, result.silhouette_sample_size) | result_tasks(
-        result, random_state, boundaries
+        result, view, random_state, boundaries, run_date
     )
 
 
 def render(
     result: ClusteringResult,
+    view: CohortView,
     random_state: int,
     boundaries: dict[str, list[np.ndarray]] | None = None,
+    run_date: str = "",
 ) -> dict[str, bytes]:
     """The charts by artifact name, drawn in this process."""
-    tasks = chart_tasks(result, random_state, boundaries)
+    tasks = chart_tasks(result, view, random_state, boundaries, run_date)
     return {name: draw(*args) for name, (draw, args) in tasks.items()}
+
+
+def _residential(styles: tuple[CohortStyle, ...]) -> tuple[CohortStyle, ...]:
+    return tuple(s for s in styles if s.sub_cluster is not None)
 
 
 def elbow_silhouette(search: KSearch, sample_size: int | None) -> bytes:
@@ -165,93 +216,111 @@ def elbow_silhouette(search: KSearch, sample_size: int | None) -> bytes:
 
 def pca_clusters(data: PcaData) -> bytes:
     """The residential rows on their first two principal components, coloured by top group
-    (left) and by sub-cluster (right)."""
-    from matplotlib import colormaps
+    (left) and by cohort (right), with the legends below the panels, clear of the points."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(16, 7))
+    fig = Figure(figsize=(16, 8))
+    # Fixed margins: the legends sit under the panels, outside the data.
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.9, bottom=0.3, wspace=0.15)
     left, right = fig.subplots(1, 2)
     size = 60 if len(data.points) <= 2000 else 6
-    for group in sorted(data.labels):
+    for group in dict.fromkeys(s.group for s in data.styles):
         mask = data.top == group
-        left.scatter(*data.points[mask].T, s=size, alpha=0.8,
-                     label=f"Cluster {group} ({data.labels[group]})")  # fmt: skip
-    subs = np.unique(data.sub)
-    # The top end of nipy_spectral is near white: stop short of it so every group shows.
-    colors = colormaps["nipy_spectral"](np.linspace(0, 0.9, len(subs)))
-    for color, group in zip(colors, subs, strict=True):
-        mask = data.sub == group
-        right.scatter(*data.points[mask].T, color=color, s=size, alpha=0.8,
-                      label=f"Sub-cluster {group} ({data.labels[group // 10]})")  # fmt: skip
-    left.set_title("Top-level K=2 split", fontsize=13)
-    right.set_title("Hierarchical sub-clusters", fontsize=13)
-    for ax in (left, right):
+        left.scatter(*data.points[mask].T, s=size, alpha=0.8, color=group_color(group),
+                     label=f"{group} ({int(mask.sum()):,})")  # fmt: skip
+    for style in data.styles:
+        mask = data.sub == style.sub_cluster
+        right.scatter(*data.points[mask].T, s=size, alpha=0.85, color=style.color,
+                      label=_wrap(f"{style.label} (n = {style.rows:,})", 60))  # fmt: skip
+    left.set_title("Top-level split (K=2)", fontsize=13)
+    right.set_title("Cohorts (stable id · name)", fontsize=13)
+    for ax, columns in ((left, 2), (right, 1)):
         ax.set_xlabel(f"PC1 ({data.variance[0] * 100:.1f}% of variance)")
         ax.set_ylabel(f"PC2 ({data.variance[1] * 100:.1f}% of variance)")
-        # A fixed corner: "best" scans every point, which is slow for large scatters.
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=columns,
+                  frameon=False)  # fmt: skip
         ax.grid(True, alpha=0.3)
     drawn = len(data.points)
     note = f" ({drawn:,} of {data.n_rows:,} rows drawn)" if drawn < data.n_rows else ""
-    fig.suptitle(f"Neighborhood clustering - hierarchical k-means{note}", fontsize=14)
-    return _png(fig)
+    fig.suptitle(f"Residential neighborhoods on their first two principal components{note}",
+                 fontsize=14)  # fmt: skip
+    return _png(fig, tight=False)
 
 
-def cluster_heatmap(scores: pd.DataFrame, labels: dict[int, str]) -> bytes:
-    """Sub-cluster feature profiles as z-scores across sub-clusters (red high, green low)."""
+def cluster_heatmap(data: HeatmapData) -> bytes:
+    """Index scores per cohort (100 = the residential mean), on a scale that diverges at 100
+    without calling either side good: each feature says which way is better."""
+    from matplotlib import colors
     from matplotlib.figure import Figure
 
-    n_features, n_subs = scores.shape
-    fig = Figure(figsize=(max(8, n_subs * 2), n_features * 0.4 + 2))
+    n_features, n_cohorts = data.index.shape
+    width, height = max(8, 1.75 * n_cohorts + 4.9), n_features * 0.42 + 2.6
+    fig = Figure(figsize=(width, height))
+    # Margins in inches (feature names left, four-line cohort labels below, the colour bar
+    # right): a tight layout would cost one more full draw of every label.
+    fig.subplots_adjust(left=3.3 / width, right=1 - 1.6 / width, top=1 - 0.5 / height,
+                        bottom=1.35 / height)  # fmt: skip
     ax = fig.subplots()
-    limit = max(float(np.abs(scores.to_numpy()).max()), 1e-9)
-    image = ax.imshow(scores.to_numpy(), cmap="RdYlGn_r", vmin=-limit, vmax=limit,
-                      aspect="auto", interpolation="nearest")  # fmt: skip
-    ax.set_xticks(range(n_subs), [f"{s}\n{labels[s // 10]}" for s in scores.columns])
-    ax.set_yticks(range(n_features), list(scores.index))
-    ax.set_xticks(np.arange(n_subs + 1) - 0.5, minor=True)
+    values = data.index.to_numpy(dtype=np.float64)
+    # Ratios read symmetrically on a log scale: half the mean is as far from 100 as double.
+    norm = colors.LogNorm(vmin=25, vmax=400)
+    image = ax.imshow(np.clip(values, 25, 400), cmap="BrBG", norm=norm, aspect="auto",
+                      interpolation="nearest")  # fmt: skip
+    for (row, column), value in np.ndenumerate(values):
+        text = "n/a" if np.isnan(value) else f"{value:.0f}"
+        dark = not np.isnan(value) and not 50 <= value <= 200
+        ax.text(column, row, text, ha="center", va="center", fontsize=8,
+                color="white" if dark else "black")  # fmt: skip
+    ticks = []
+    for style in data.styles:
+        stability = data.stability.get(style.sub_cluster)
+        sure = f", stability {stability:.2f}" if stability is not None else ""
+        ticks.append(f"{_wrap(style.label, 22)}\nn = {style.rows:,}{sure}")
+    ax.set_xticks(range(n_cohorts), ticks, fontsize=8)
+    for label, style in zip(ax.get_xticklabels(), data.styles, strict=True):
+        label.set_bbox({"facecolor": style.color, "alpha": 0.35, "edgecolor": style.color})
+    features = [f"{f} ({direction(f)})" if direction(f) else f for f in data.index.index]
+    ax.set_yticks(range(n_features), features)
+    ax.set_xticks(np.arange(n_cohorts + 1) - 0.5, minor=True)
     ax.set_yticks(np.arange(n_features + 1) - 0.5, minor=True)
-    ax.grid(which="minor", color="white", linewidth=0.5)
+    ax.grid(which="minor", color="white", linewidth=0.8)
     ax.tick_params(which="minor", length=0)
-    ax.set_xlabel("Sub-cluster")
-    ax.set_title("Sub-cluster feature profiles", fontsize=14)
-    fig.colorbar(image, ax=ax, label="Z-score (red = high, green = low)")
-    return _png(fig)
+    ax.set_title("Cohort profiles: index vs the residential mean (100 = mean)", fontsize=14)
+    bar = fig.colorbar(image, ax=ax, ticks=[25, 50, 100, 200, 400], fraction=0.04, pad=0.02)
+    bar.ax.set_yticklabels(["25 or less", "50", "100", "200", "400 or more"])
+    bar.set_label("Index (cohort mean / residential mean x 100)")
+    bar.ax.minorticks_off()
+    if np.isnan(values).any():
+        fig.text(0.01, 0.01, "n/a: the residential mean is zero or negative, so a ratio to it "
+                 "says nothing", fontsize=8)  # fmt: skip
+    return _png(fig, tight=False)
 
 
-def cluster_map(boundaries: dict[str, list[np.ndarray]], labels: dict[str, str]) -> bytes:
-    """Neighborhoods coloured by cohort: residential sub-clusters in colour, excluded groups
-    in greys, boundaries without a row of the table hatched."""
-    from matplotlib import colormaps
+def cluster_map(boundaries: dict[str, list[np.ndarray]], data: MapData) -> bytes:
+    """Neighborhoods filled by cohort (shades of one hue per top group, excluded groups grey
+    and hatched), boundaries without a row of the table as outlines."""
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    residential = sorted({v for v in labels.values() if v.startswith("Cluster ")},
-                         key=lambda v: int(v.split()[1]))  # fmt: skip
-    # Residential labels read "Cluster 11 (Distressed)"; excluded ones name their group.
-    excluded = sorted({v for v in labels.values() if not v.startswith("Cluster ")})
-    palette = dict(zip(residential, colormaps["tab10"](np.arange(len(residential)) % 10),
-                       strict=True))  # fmt: skip
-    greys = colormaps["Greys"](np.linspace(0.25, 0.6, max(len(excluded), 1)))
-    palette |= dict(zip(excluded, greys, strict=False))
     fig = Figure(figsize=(14, 10))
     # Fixed margins: the equal-aspect map and the legend beside it defeat tight_layout.
-    fig.subplots_adjust(left=0.07, right=0.66, top=0.94, bottom=0.07)
+    fig.subplots_adjust(left=0.06, right=0.6, top=0.93, bottom=0.06)
     ax = fig.subplots()
     legend = []
-    for label in [*residential, *excluded, None]:
-        rings = [ring for name, shapes in boundaries.items() if labels.get(name) == label
-                 for ring in shapes]  # fmt: skip
-        if not rings:
+    for style, names, rings in map_layers(boundaries, data):
+        if style is None:
+            ax.add_collection(PolyCollection(rings, facecolor="none", edgecolor=NO_ROW_EDGE,
+                                             linewidths=0.6))  # fmt: skip
+            outline = f"No row in the table ({len(names):,}, outlined)"
+            legend.append(Patch(facecolor="none", edgecolor=NO_ROW_EDGE, label=outline))
             continue
-        if label is None:
-            style = {"facecolor": "white", "hatch": "///", "edgecolor": "0.6"}
-            legend.append(Patch(label="No row in the table", **style))
-        else:
-            style = {"facecolor": palette[label], "edgecolor": "white"}
-            legend.append(Patch(label=label, **style))
-        ax.add_collection(PolyCollection(rings, linewidths=0.4, **style))
+        look = {"facecolor": style.color, "edgecolor": "white", "linewidths": 0.4}
+        if style.hatch:
+            look |= {"hatch": style.hatch, "edgecolor": "#4d4d4d", "linewidths": 0.3}
+        ax.add_collection(PolyCollection(rings, **look))
+        legend.append(Patch(facecolor=style.color, hatch=style.hatch, edgecolor=look["edgecolor"],
+                            label=_wrap(f"{style.label} ({style.rows:,})", 55)))  # fmt: skip
     ax.autoscale_view()
     (west, east), (south, north) = ax.get_xlim(), ax.get_ylim()
     if -180 <= west <= east <= 180 and -85 <= south <= north <= 85:
@@ -261,17 +330,35 @@ def cluster_map(boundaries: dict[str, list[np.ndarray]], labels: dict[str, str])
         ax.set_ylabel("Latitude")
     else:  # projected coordinates (metres or feet): equal units on both axes
         ax.set_aspect("equal")
-    ax.set_title("Neighborhood cohorts", fontsize=14)
-    ax.legend(handles=legend, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    when = f" - run of {data.run_date}" if data.run_date else ""
+    ax.set_title(f"Neighborhood cohorts{when}", fontsize=14)
+    ax.legend(handles=legend, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              title="Cohort (neighborhoods)", title_fontsize=9)  # fmt: skip
     return _png(fig, tight=False)
 
 
-def profile_zscores(profile: pd.DataFrame) -> pd.DataFrame:
-    """Standardise each feature's sub-cluster means across sub-clusters (the notebook's
-    heatmap): a feature with one sub-cluster or no spread scores 0."""
-    spread = profile.std(axis=1)
-    centred = profile.sub(profile.mean(axis=1), axis=0)
-    return centred.div(spread.where(spread > 0), axis=0).fillna(0.0)
+def map_layers(
+    boundaries: dict[str, list[np.ndarray]], data: MapData
+) -> list[tuple[CohortStyle | None, list[str], list[np.ndarray]]]:
+    """What the map draws, in drawing order: (style, neighborhood names, rings) per cohort
+    that has a boundary, then (None, ...) for the boundaries without a row of the table."""
+    known = {style.label for style in data.styles}
+    names: dict[str | None, list[str]] = {}
+    for name in boundaries:
+        label = data.labels.get(name)
+        names.setdefault(label if label in known else None, []).append(name)
+    layers = []
+    for style in (*data.styles, None):
+        members = names.get(None if style is None else style.label)
+        if members:
+            layers.append((style, members, [r for name in members for r in boundaries[name]]))
+    return layers
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def _png(fig, tight: bool = True) -> bytes:
@@ -386,10 +473,12 @@ class ChartRenderer:
 
 
 def _first_worker(channels: list[tuple[int, int]]) -> None:  # pragma: no cover - in a worker
-    """Import matplotlib once, fork the other workers from here so they share the import,
-    then serve the first channel. Leaves with os._exit, never returning to the caller."""
+    """Import matplotlib (and Jinja2, for the report) once, fork the other workers from here
+    so they share the imports, then serve the first channel. Leaves with os._exit, never
+    returning to the caller."""
     status = 1
     try:
+        import jinja2  # noqa: F401
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
         from matplotlib.figure import Figure  # noqa: F401
 

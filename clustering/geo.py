@@ -1,8 +1,9 @@
-"""Neighborhood boundaries from GeoJSON, for the optional cluster map.
+"""Neighborhood boundaries, for the optional cluster map and the clusters table's shapes.
 
-Only what a map needs is kept: each neighborhood's outer rings as (lon, lat) arrays. Holes are
+They come as a GeoJSON file or as rows of a BigQuery table read as GeoJSON geometries. Only
+what a map needs is kept: each neighborhood's outer rings as (lon, lat) arrays. Holes are
 dropped (they are courtyards and parks at city scale), and nothing outside the standard
-library and numpy is needed to read the file.
+library and numpy is needed to read them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,37 @@ def parse_boundaries(content: bytes, where: str) -> dict[str, list[np.ndarray]]:
     if not isinstance(features, list):
         raise InputError(f"{where} is not a GeoJSON FeatureCollection: export the boundaries "
                          "as a FeatureCollection of polygons")  # fmt: skip
+    return _shapes(features, where)
+
+
+def boundaries_from_rows(
+    rows: list[tuple[str | None, str | None]], where: str
+) -> dict[str, list[np.ndarray]]:
+    """Neighborhood name -> outer rings from (name, GeoJSON geometry text) rows, as a
+    BigQuery boundaries table gives them (ST_ASGEOJSON)."""
+    features = []
+    for name, geometry in rows:
+        try:
+            shape = json.loads(geometry) if geometry else None
+        except json.JSONDecodeError:
+            raise InputError(f"{where}: the shape of {name!r} is not GeoJSON") from None
+        features.append({"properties": {NAME_PROPERTIES[0]: name}, "geometry": shape})
+    return _shapes(features, where)
+
+
+def to_wkt(rings: list[np.ndarray]) -> str:
+    """Outer rings as WKT (a POLYGON, or a MULTIPOLYGON for several), closed, in lon lat order:
+    what a BigQuery GEOGRAPHY column loads."""
+    polygons = []
+    for ring in rings:
+        points = ring if np.array_equal(ring[0], ring[-1]) else np.vstack([ring, ring[:1]])
+        polygons.append("((" + ", ".join(f"{x!r} {y!r}" for x, y in points.tolist()) + "))")
+    if len(polygons) == 1:
+        return "POLYGON" + polygons[0]
+    return "MULTIPOLYGON(" + ", ".join(polygons) + ")"
+
+
+def _shapes(features: list, where: str) -> dict[str, list[np.ndarray]]:
     shapes: dict[str, list[np.ndarray]] = {}
     for feature in features:
         properties = (feature or {}).get("properties") or {}

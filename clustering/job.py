@@ -16,7 +16,7 @@ from importlib.metadata import version
 
 from clustering import __version__
 from clustering.errors import InputError
-from clustering.naming import CSV_CLUSTERS, CSV_EXCLUDED, MANIFEST, new_run_id
+from clustering.naming import CSV_CLUSTERS, CSV_EXCLUDED, HTML_REPORT, MANIFEST, new_run_id
 from clustering.settings import JobSettings
 
 VERSIONED = ("numpy", "pandas", "scikit-learn", "scipy", "matplotlib")
@@ -97,7 +97,7 @@ def run_job(
 
 
 def _run(settings, request, clock, run_id, started, warn) -> RunReport:
-    from clustering import adapters, charts
+    from clustering import adapters, charts, report
 
     # Fork the chart process first: it imports matplotlib while this one reads and clusters.
     with charts.ChartRenderer() as renderer:
@@ -116,7 +116,7 @@ def _run(settings, request, clock, run_id, started, warn) -> RunReport:
 
         clock.stage("validate", f"validating {len(frame)} rows")
         valid = validate_features(frame, analysis, where)
-        boundaries, map_warnings = _boundaries(settings.boundaries_source, valid.frame)
+        boundaries, map_warnings = _boundaries(settings, valid.frame)
         for warning in valid.warnings + map_warnings:
             warn(warning)
         clock.stage("cluster", "clustering")
@@ -134,7 +134,14 @@ def _run(settings, request, clock, run_id, started, warn) -> RunReport:
         for warning in result.warnings:
             warn(warning)
         clock.stage("charts", "drawing charts")
-        _submit(renderer, charts.result_tasks(result, analysis.random_state, boundaries))
+        view = cohort_view(result)
+        tasks = charts.result_tasks(
+            result, view, analysis.random_state, boundaries, f"{started:%Y-%m-%d %H:%M} UTC"
+        )
+        _submit(renderer, tasks)
+        warnings = valid.warnings + map_warnings + result.warnings
+        page = _report_task(settings, request, run_id, started, result, view, warnings, tasks)
+        _submit(renderer, page)
         # The CSVs are encoded while the chart workers draw.
         table = result.table.assign(run_id=run_id, _clustered_at=started)
         files = {
@@ -142,15 +149,19 @@ def _run(settings, request, clock, run_id, started, warn) -> RunReport:
             CSV_EXCLUDED: result.excluded.to_csv(index=False).encode(),
         }
         files |= renderer.collect()
+        files[HTML_REPORT] = report.embed(files[HTML_REPORT], files)
 
     store = None if request.dry_run else adapters.artifact_store(settings.artifacts_dest)
     prefix = store.describe(f"runs/{run_id}/") if store else None
+    page = store.describe(f"runs/{run_id}/{HTML_REPORT}") if store else None
 
     def manifest(timings: dict[str, float]) -> dict:
-        return _manifest(
+        document = _manifest(
             run_id, request, settings, started, valid.warnings + map_warnings, result,
             timings, prefix, list(files),
         )  # fmt: skip
+        document["outputs"]["report"] = page
+        return document
 
     if request.dry_run:
         return RunReport(run_id, "dry_run", manifest(clock.done()), None)
@@ -161,8 +172,10 @@ def _run(settings, request, clock, run_id, started, warn) -> RunReport:
     files[MANIFEST] = _json_bytes(manifest(dict(clock.timings)))
     store.write_run(run_id, files)
     if settings.clusters_table:
-        adapters.write_clusters(settings.clusters_table, table, output_schema(table))
+        clusters = with_shapes(table, boundaries)
+        adapters.write_clusters(settings.clusters_table, clusters, output_schema(clusters))
     store.promote(run_id, files)
+    clock.progress(f"report: {store.describe(f'latest/{HTML_REPORT}')}")
     return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
 
 
@@ -172,6 +185,77 @@ def _diagnosed(renderer, clock: _Stopwatch, tasks: dict[str, tuple], best_k: int
 
     _submit(renderer, tasks)
     clock.progress(f"K diagnostic: best silhouette at K={best_k} (the top split stays K={TOP_K})")
+
+
+def with_shapes(table, boundaries: dict | None):
+    """The clusters table with each neighborhood's shape as WKT in `neighborhood_shape`
+    (GEOGRAPHY in BigQuery, for Looker Studio's filled map) when boundaries are configured;
+    null where a neighborhood has no boundary."""
+    if not boundaries:
+        return table
+    from clustering.geo import to_wkt
+
+    shapes = {name: to_wkt(rings) for name, rings in boundaries.items()}
+    return table.assign(neighborhood_shape=table["neighborhood"].map(shapes))
+
+
+def cohort_view(result, identity=None):
+    """The one input of the pictures and the report: the identity step's table (stable ids,
+    cohort_name, cohort_stability), cohorts and transitions, or the bare result without it."""
+    from clustering.palette import CohortView, index_scores
+
+    table = result.table if identity is None else identity.table
+    if "cohort_name" not in table.columns:
+        # PROVISIONAL until the identity branch is merged (it adds both columns): delete.
+        table = table.assign(cohort_name=table["cluster_label"], cohort_stability=float("nan"))
+    features = list(result.features.used)
+    if identity is None:
+        index = index_scores(table, features)
+    else:
+        import pandas as pd
+
+        index = pd.DataFrame({c.sub_cluster: c.index_scores for c in identity.cohorts})
+        index = index.reindex(features)
+    transitions = None if identity is None else identity.transitions
+    previous = None if identity is None else identity.previous_run_id
+    return CohortView(table, index, transitions, previous)
+
+
+def _report_task(settings, request, run_id, started, result, view, warnings, tasks) -> dict:
+    """report.html's task: rendered by a chart worker, its images embedded after collect()."""
+    from clustering import report
+    from clustering.naming import PNG_ELBOW
+
+    analysis = settings.analysis
+    facts = report.RunFacts(
+        run_id=run_id,
+        started=f"{started:%Y-%m-%d %H:%M:%S} UTC",
+        trigger=request.trigger,
+        reason=request.reason,
+        event_id=request.event_id,
+        source=settings.features_source or "built-in sample",
+        boundaries=settings.boundaries_source,
+        rows=len(result.table),
+        residential_rows=int(result.residential.sum()),
+        excluded_rows=len(result.excluded),
+        features_used=tuple(result.features.used),
+        features_missing=tuple(result.features.missing),
+        warnings=tuple(warnings),
+        settings=tuple(
+            (name.upper(), str(getattr(analysis, name)))
+            for name in (
+                "min_population",
+                "k_min",
+                "k_max",
+                "sub_k_min",
+                "sub_k_max",
+                "random_state",
+                "severity_feature",
+            )
+        ),
+    )
+    notes = {g.excluded_type: g.note for g in result.excluded_groups}
+    return {HTML_REPORT: (report.page, (facts, view, notes, (PNG_ELBOW, *tasks)))}
 
 
 def _submit(renderer, tasks: dict[str, tuple]) -> None:
@@ -252,14 +336,16 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-def _boundaries(source: str | None, table) -> tuple[dict | None, tuple[str, ...]]:
+def _boundaries(settings: JobSettings, table) -> tuple[dict | None, tuple[str, ...]]:
     """The parsed boundaries (None without a source) and a warning for unmapped rows."""
+    source = settings.boundaries_source
     if not source:
         return None, ()
     from clustering import adapters
-    from clustering.geo import parse_boundaries
 
-    shapes = parse_boundaries(adapters.read_bytes(source), source)
+    shapes = adapters.read_boundaries(
+        source, settings.boundaries_name_column, settings.boundaries_geography_column
+    )
     unmapped = [name for name in table["neighborhood"] if name not in shapes]
     if not unmapped:
         return shapes, ()

@@ -13,11 +13,17 @@ CSV_EXCLUDED = "excluded_neighborhood_analysis.csv"
 PNG_ELBOW = "elbow_silhouette.png"
 PNG_PCA = "pca_clusters.png"
 PNG_HEATMAP = "cluster_heatmap.png"
-PNG_MAP = "cluster_map.png"  # only when boundaries are given
+PNG_MAP = "cluster_map.png"  # only when boundaries are given (before the report)
+HTML_REPORT = "report.html"  # self-contained: the run's facts, charts, cohorts and changes
 MANIFEST = "run.json"
-ARTIFACTS = (CSV_CLUSTERS, CSV_EXCLUDED, PNG_ELBOW, PNG_PCA, PNG_HEATMAP, MANIFEST)
+ARTIFACTS = (CSV_CLUSTERS, CSV_EXCLUDED, PNG_ELBOW, PNG_PCA, PNG_HEATMAP, HTML_REPORT, MANIFEST)
 
-CONTENT_TYPES = {".csv": "text/csv", ".png": "image/png", ".json": "application/json"}
+CONTENT_TYPES = {
+    ".csv": "text/csv",
+    ".png": "image/png",
+    ".json": "application/json",
+    ".html": "text/html; charset=utf-8",
+}
 
 
 def new_run_id(started: datetime) -> str:

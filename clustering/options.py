@@ -103,8 +103,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("runs_table", "append one row per run, failed or not, to this history: "
            "bq://project.dataset.table or a .jsonl path", "optional", "RUNS_TABLE",
            "--runs-table", metavar="DEST"),
-    Option("boundaries_source", "GeoJSON of the neighborhoods (a path or gs:// object); adds "
-           "cluster_map.png", "optional", "BOUNDARIES_SOURCE", "--boundaries", metavar="SRC"),
+    Option("boundaries_source", "neighborhood shapes: GeoJSON (a path or gs:// object) or "
+           "bq://project.dataset.table with a GEOGRAPHY column; adds cluster_map.png",
+           "optional", "BOUNDARIES_SOURCE", "--boundaries", metavar="SRC"),
+    Option("boundaries_name_column", "name column of a bq:// boundaries table", "text",
+           "BOUNDARIES_NAME_COLUMN", "--boundaries-name-column", "neighborhood",
+           metavar="COLUMN"),
+    Option("boundaries_geography_column", "GEOGRAPHY column of a bq:// boundaries table",
+           "text", "BOUNDARIES_GEOGRAPHY_COLUMN", "--boundaries-geography-column", "geometry",
+           metavar="COLUMN"),
     Option("watched_table", "project.dataset.table whose data changes trigger a run",
            "optional", "WATCHED_TABLE", shown="the bq:// features table"),
     Option("allowed_features_tables", "JSON list of tables a Pub/Sub message may select with "

@@ -23,6 +23,8 @@ DEFAULT_CLUSTERING_FEATURES: tuple[str, ...] = tuple(DEFAULTS["clustering_featur
 
 # A BigQuery table id as `project.dataset.table` (DESIGN.md, reliability rules).
 TABLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+){2}$")
+# A BigQuery column name: the only identifiers ever written into a query (boundaries).
+COLUMN_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
 
 # Every environment variable the function reads, from the one registry of settings
 # (clustering/options.py). Terraform sets exactly these (checked by tests/test_terraform.py).
@@ -126,8 +128,12 @@ class JobSettings:
         appended per run, success or failure.
     watched_table: `project.dataset.table` whose data changes trigger a run; defaults to the
         features table when the source is `bq://`.
-    boundaries_source: optional GeoJSON of the neighborhoods (`gs://...` or a local path);
-        when given, each run also draws cluster_map.png.
+    boundaries_source: optional neighborhood shapes: a GeoJSON (`gs://...` or a local path)
+        or a BigQuery table with a GEOGRAPHY column (`bq://project.dataset.table`); when
+        given, each run also draws cluster_map.png and the clusters table gains
+        `neighborhood_shape` (GEOGRAPHY) for Looker Studio's filled map.
+    boundaries_name_column, boundaries_geography_column: the columns of a `bq://` boundaries
+        table holding the neighborhood name and its shape (default neighborhood, geometry).
     allowed_features_tables: table ids a Pub/Sub message may select instead of the default.
     function_service_account: the function's own principal; audit-log events it caused are
         skipped.
@@ -140,6 +146,8 @@ class JobSettings:
     runs_table: str | None = None
     watched_table: str | None = None
     boundaries_source: str | None = None
+    boundaries_name_column: str = "neighborhood"
+    boundaries_geography_column: str = "geometry"
     allowed_features_tables: tuple[str, ...] = ()
     function_service_account: str | None = None
     max_event_age_seconds: int = 3600
@@ -152,9 +160,15 @@ class JobSettings:
             ("FEATURES_SOURCE", self.features_source),
             ("CLUSTERS_TABLE", self.clusters_table),
             ("RUNS_TABLE", self.runs_table),
+            ("BOUNDARIES_SOURCE", self.boundaries_source),
         ):
             if uri and uri.startswith("bq://"):
                 bq_table_id(uri, name)
+        for name, column in (
+            ("BOUNDARIES_NAME_COLUMN", self.boundaries_name_column),
+            ("BOUNDARIES_GEOGRAPHY_COLUMN", self.boundaries_geography_column),
+        ):
+            check_column(column, name)
         clusters, runs = self.clusters_table or "bq://", self.runs_table or "bq://"
         if not clusters.startswith("bq://") and not clusters.lower().endswith((".csv", ".parquet")):
             raise InputError(
@@ -230,6 +244,16 @@ def check_table_id(table_id: str, where: str) -> str:
             "(letters, digits, _ and -)"
         )
     return table_id
+
+
+def check_column(column: str, where: str) -> str:
+    """Return `column` if it is a plain BigQuery column name, else raise InputError."""
+    if not COLUMN_PATTERN.fullmatch(column):
+        raise InputError(
+            f"{where}: {column!r} is not a column name; use letters, digits and _ "
+            "(not starting with a digit)"
+        )
+    return column
 
 
 def bq_table_id(uri: str, where: str) -> str:

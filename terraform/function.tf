@@ -2,6 +2,8 @@
 # tests/test_terraform.py both ways), in the formats JobSettings.from_env parses.
 
 locals {
+  boundaries_object_uri = var.boundaries_object == null ? "" : "gs://${google_storage_bucket.artifacts.name}/${var.boundaries_object}"
+
   # Memory decides the vCPU count (Cloud Run's minimums for each memory size).
   function_cpu = {
     "4Gi"  = "2"
@@ -20,7 +22,10 @@ locals {
     WATCHED_TABLE  = local.features_table
     # Optional: a GeoJSON in the artifacts bucket, read with the bucket access the function
     # already has; each run then also draws cluster_map.png.
-    BOUNDARIES_SOURCE = var.boundaries_object == null ? "" : "gs://${google_storage_bucket.artifacts.name}/${var.boundaries_object}"
+    # Or a BigQuery table with a GEOGRAPHY column, which iam.tf lets the function read.
+    BOUNDARIES_SOURCE           = var.boundaries_table == null ? "${local.boundaries_object_uri}" : "bq://${var.boundaries_table}"
+    BOUNDARIES_NAME_COLUMN      = var.boundaries_name_column
+    BOUNDARIES_GEOGRAPHY_COLUMN = var.boundaries_geography_column
     # JSON lists, as settings.parse_name_list reads them.
     ALLOWED_FEATURES_TABLES = jsonencode(var.allowed_features_tables)
     # Audit-log events caused by this principal are skipped by the code, as by the sink filter.

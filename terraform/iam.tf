@@ -32,6 +32,16 @@ resource "google_bigquery_table_iam_member" "runtime_features_reader" {
   member     = "serviceAccount:${google_service_account.runtime.email}"
 }
 
+# Read access on the boundaries table, only when one is configured, and on that table alone.
+resource "google_bigquery_table_iam_member" "runtime_boundaries_reader" {
+  count      = var.boundaries_table == null ? 0 : 1
+  project    = split(".", var.boundaries_table)[0]
+  dataset_id = split(".", var.boundaries_table)[1]
+  table_id   = split(".", var.boundaries_table)[2]
+  role       = "roles/bigquery.dataViewer"
+  member     = "serviceAccount:${google_service_account.runtime.email}"
+}
+
 # Write access on the two output tables only. dataEditor on a table allows the WRITE_TRUNCATE
 # load that replaces the clusters table (and its schema) and the appends to the runs table,
 # but not creating or deleting other tables; on the dataset it could also rewrite the features

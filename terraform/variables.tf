@@ -182,6 +182,36 @@ variable "boundaries_object" {
   }
 }
 
+variable "boundaries_table" {
+  description = "Optional BigQuery table of neighborhood shapes, as project.dataset.table, with a name column and a GEOGRAPHY column (boundaries_name_column, boundaries_geography_column). When set, the function may read this table (and no other), every run draws cluster_map.png and the clusters table gains neighborhood_shape (GEOGRAPHY) for Looker Studio's filled map. Set this or boundaries_object; if both are set, this table is used."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.boundaries_table == null || can(regex("^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_]+){2}$", coalesce(var.boundaries_table, "x")))
+    error_message = "boundaries_table must be project.dataset.table (letters, digits, _ and -)."
+  }
+}
+
+variable "boundaries_name_column" {
+  description = "Column of boundaries_table holding the neighborhood name, as the features table writes it."
+  type        = string
+  default     = "neighborhood"
+  validation {
+    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]{0,299}$", var.boundaries_name_column))
+    error_message = "boundaries_name_column must be a plain column name (letters, digits and _, not starting with a digit)."
+  }
+}
+
+variable "boundaries_geography_column" {
+  description = "GEOGRAPHY column of boundaries_table holding the neighborhood's shape."
+  type        = string
+  default     = "geometry"
+  validation {
+    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]{0,299}$", var.boundaries_geography_column))
+    error_message = "boundaries_geography_column must be a plain column name (letters, digits and _, not starting with a digit)."
+  }
+}
+
 variable "claim_retention_days" {
   description = "Days an idempotency claim under claims/ is kept. It must outlive every redelivery of an event (retries stop after max_event_age_seconds, at most a day)."
   type        = number

@@ -1,19 +1,21 @@
 """Paths and small builders shared by the tests."""
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-# The six files of every run (DESIGN.md, "Artifacts"), written by name here rather than imported,
-# so that a renamed or dropped artifact fails these tests.
+# The seven files of every run (DESIGN.md, "Artifacts"), written by name here rather than
+# imported, so that a renamed or dropped artifact fails these tests.
 ARTIFACTS = (
     "neighborhood_clusters.csv",
     "excluded_neighborhood_analysis.csv",
     "elbow_silhouette.png",
     "pca_clusters.png",
     "cluster_heatmap.png",
+    "report.html",
     "run.json",
 )
 MANIFEST = "run.json"
@@ -36,8 +38,41 @@ def png_size(content: bytes) -> tuple[int, int]:
     return int.from_bytes(content[16:20], "big"), int.from_bytes(content[20:24], "big")
 
 
+def png_colors(content: bytes) -> set[str]:
+    """Every colour of a PNG's pixels as "#rrggbb" (Pillow comes with matplotlib)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(content)) as image:
+        pixels = image.convert("RGB").getcolors(maxcolors=1 << 24)
+    return {f"#{r:02x}{g:02x}{b:02x}" for _, (r, g, b) in pixels}
+
+
 def blobs(n_rows: int, n_features: int, centers: int, seed: int) -> np.ndarray:
     """Well separated Gaussian blobs, for tests that need an obvious cluster structure."""
     rng = np.random.default_rng(seed)
     middles = rng.normal(0, 10, (centers, n_features))
     return middles[rng.integers(0, centers, n_rows)] + rng.normal(0, 1, (n_rows, n_features))
+
+
+# Descriptive cohort names as the identity step writes them (contract: cohort_name per row).
+COHORT_NAMES = {
+    0: "Stable: high owner occupancy, older residents",
+    1: "Stable: average on most measures",
+    2: "Stable: young renters, low vacancy",
+    3: "Stable: large households",
+    4: "Stable: high assessed values",
+    10: "Distressed: high vacancy, low owner occupancy",
+    11: "Distressed: high arrests and crime",
+    12: "Distressed: very high vacant notices",
+    13: "Distressed: shrinking population",
+    14: "Distressed: many blight requests",
+}
+
+
+def with_cohorts(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with the identity contract's cohort_name (descriptive for residential rows, the
+    group for excluded ones) and cohort_stability (null for excluded rows)."""
+    residential = table["top_cluster_label"] != "Excluded"
+    names = table["sub_cluster"].map(COHORT_NAMES).where(residential, table["cluster_label"])
+    stability = (0.55 + (table["sub_cluster"] % 10) * 0.1).where(residential)
+    return table.assign(cohort_name=names, cohort_stability=stability)

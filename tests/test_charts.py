@@ -6,11 +6,19 @@ import pandas as pd
 import pytest
 
 from clustering import charts
+from clustering.geo import parse_boundaries
 from clustering.model import cluster
+from clustering.palette import CohortView, index_scores
 from clustering.sample import make_sample
 from clustering.settings import AnalysisSettings
 from clustering.table import validate_features
-from tests.helpers import png_size
+from tests.helpers import png_colors, png_size, real_table, with_cohorts
+from tests.test_geo import REAL_BOUNDARIES
+
+
+def view_of(result) -> CohortView:
+    table = with_cohorts(result.table)
+    return CohortView(table, index_scores(table, list(result.features.used)))
 
 
 @pytest.fixture(scope="module")
@@ -20,41 +28,48 @@ def result():
 
 
 @pytest.fixture(scope="module")
-def expected(result):
-    return charts.render(result, random_state=42)
+def view(result):
+    return view_of(result)
 
 
-def draw_in_workers(result, renderer):
-    for name, (draw, args) in charts.chart_tasks(result, 42).items():
+@pytest.fixture(scope="module")
+def expected(result, view):
+    return charts.render(result, view, random_state=42)
+
+
+def draw_in_workers(result, view, renderer):
+    for name, (draw, args) in charts.chart_tasks(result, view, 42).items():
         renderer.submit(name, draw, *args)
     return renderer.collect()
 
 
-def test_render_gives_the_three_pngs_at_150_dpi(result, expected):
+def test_render_gives_the_three_pngs_at_150_dpi(result, view, expected):
     assert list(expected) == ["elbow_silhouette.png", "pca_clusters.png", "cluster_heatmap.png"]
     assert png_size(expected["elbow_silhouette.png"]) == (14 * 150, 5 * 150)
-    assert png_size(expected["pca_clusters.png"]) == (16 * 150, 7 * 150)
-    width, height = png_size(expected["cluster_heatmap.png"])
-    assert height == round((len(result.features.used) * 0.4 + 2) * 150)
-    assert width >= 8 * 150
+    assert png_size(expected["pca_clusters.png"]) == (16 * 150, 8 * 150)
+    cohorts = result.table["sub_cluster"].ge(0).groupby(result.table["sub_cluster"]).any().sum()
+    assert png_size(expected["cluster_heatmap.png"]) == (
+        round(max(8, 1.75 * cohorts + 4.9) * 150),
+        round((len(result.features.used) * 0.42 + 2.6) * 150),
+    )
 
 
-def test_charts_are_deterministic(result, expected):
-    assert charts.render(result, 42) == expected
+def test_charts_are_deterministic(result, view, expected):
+    assert charts.render(result, view, 42) == expected
 
 
-def test_the_chart_workers_draw_the_same_bytes_as_in_process(result, expected):
+def test_the_chart_workers_draw_the_same_bytes_as_in_process(result, view, expected):
     with charts.ChartRenderer() as renderer:
         assert renderer._pid is not None  # fork exists on Linux: the workers really draw
-        images = draw_in_workers(result, renderer)
+        images = draw_in_workers(result, view, renderer)
     assert images == expected
     assert renderer._pid is None  # collected and reaped
 
 
-def test_dead_chart_workers_fall_back_to_drawing_in_process(result, expected):
+def test_dead_chart_workers_fall_back_to_drawing_in_process(result, view, expected):
     with charts.ChartRenderer() as renderer:
         os.kill(renderer._pid, signal.SIGKILL)
-        images = draw_in_workers(result, renderer)
+        images = draw_in_workers(result, view, renderer)
     assert images == expected
 
 
@@ -66,39 +81,60 @@ def test_leaving_early_stops_the_chart_workers():
         os.waitpid(pid, os.WNOHANG)
 
 
-def test_pca_data_carries_the_projection_and_labels(result):
-    data = charts.pca_data(result, 42)
+def test_pca_data_carries_the_projection_and_the_cohort_styles(result, view):
+    data = charts.pca_data(result, view, 42)
     assert data.points.shape == (data.n_rows, 2) and data.n_rows == result.residential.sum()
     assert 0 < data.variance[1] <= data.variance[0] < 1
-    assert set(data.labels.values()) == {"Stable", "Distressed"}
-    assert set(np.unique(data.sub) // 10) == set(data.labels)
+    assert set(data.top) == {"Stable", "Distressed"}
+    assert {s.sub_cluster for s in data.styles} == set(np.unique(data.sub))
+    assert all(s.hatch is None for s in data.styles)  # excluded rows are not in the scatter
 
 
-def test_profile_zscores_standardise_each_feature_across_sub_clusters():
-    profile = pd.DataFrame({0: [1.0, 5.0], 1: [3.0, 5.0], 10: [5.0, 5.0]}, index=["a", "b"])
-    scores = charts.profile_zscores(profile)
-    np.testing.assert_allclose(scores.loc["a"].to_numpy(), [-1.0, 0.0, 1.0])
-    assert (scores.loc["b"] == 0).all()  # no spread: 0, as the notebook's heatmap
+def test_index_scores_are_cohort_means_over_the_residential_mean():
+    table = pd.DataFrame({
+        "top_cluster_label": ["Stable", "Stable", "Distressed", "Excluded"],
+        "sub_cluster": [0, 0, 10, -1],
+        "a": [1.0, 3.0, 8.0, 1000.0],  # residential mean 4; the excluded row does not count
+        "b": [-1.0, 1.0, 0.0, 5.0],  # residential mean 0: no ratio
+    })  # fmt: skip
+    scores = index_scores(table, ["a", "b"])
+    assert list(scores.columns) == [0, 10]
+    np.testing.assert_allclose(scores.loc["a"].to_numpy(), [50.0, 200.0])
+    assert scores.loc["b"].isna().all()
+
+
+def test_the_heatmap_lists_cohorts_in_palette_order_with_sizes_and_stability(view):
+    data = charts.heatmap_data(view)
+    assert list(data.index.columns) == [s.sub_cluster for s in data.styles]
+    table = view.table
+    for style in data.styles:
+        members = table[table["sub_cluster"] == style.sub_cluster]
+        assert style.rows == len(members)
+        assert data.stability[style.sub_cluster] == members["cohort_stability"].iloc[0]
 
 
 def test_large_scatter_draws_a_fixed_seed_sample_and_says_so():
     settings = AnalysisSettings(silhouette_sample_size=500)
     big = cluster(validate_features(make_sample(1500), settings, "s").frame, settings)
-    sampled = charts.pca_data(big, 42, max_points=300)
+    view = view_of(big)
+    sampled = charts.pca_data(big, view, 42, max_points=300)
     assert len(sampled.points) == 300 and sampled.n_rows == big.residential.sum()
-    np.testing.assert_array_equal(sampled.points, charts.pca_data(big, 42, max_points=300).points)
-    assert charts.pca_clusters(sampled) != charts.pca_clusters(charts.pca_data(big, 42))
+    again = charts.pca_data(big, view, 42, max_points=300)
+    np.testing.assert_array_equal(sampled.points, again.points)
+    assert charts.pca_clusters(sampled) != charts.pca_clusters(charts.pca_data(big, view, 42))
 
 
-def test_cluster_map_is_drawn_when_boundaries_are_given(result):
+def test_cluster_map_is_drawn_when_boundaries_are_given(result, view):
     ring = np.array([[0, 0], [1, 0], [1, 1], [0, 0]], dtype=float)
     names = result.table["neighborhood"].tolist()
     boundaries = {name: [ring + i] for i, name in enumerate(names[:-1])}
     boundaries["Not In The Table"] = [ring - 5]
-    images = charts.render(result, 42, boundaries)
+    images = charts.render(result, view, 42, boundaries, "2026-11-29 12:00 UTC")
     assert list(images)[-1] == "cluster_map.png"
     assert png_size(images["cluster_map.png"]) == (14 * 150, 10 * 150)
-    assert "cluster_map.png" not in charts.render(result, 42)
+    assert "cluster_map.png" not in charts.render(result, view, 42)
+    dated = charts.render(result, view, 42, boundaries, "2026-11-30 12:00 UTC")
+    assert dated["cluster_map.png"] != images["cluster_map.png"]  # the date is in the title
 
 
 def test_the_elbow_chart_says_the_k_range_is_a_diagnostic(result, monkeypatch):
@@ -111,3 +147,39 @@ def test_the_elbow_chart_says_the_k_range_is_a_diagnostic(result, monkeypatch):
     assert "a diagnostic: the top split is always K=2" in silhouette.get_title()
     (legend,) = [t.get_text() for t in silhouette.get_legend().get_texts()]
     assert legend == f"Best silhouette: K = {result.diagnostics.best_k} (diagnostic)"
+
+
+@pytest.fixture(scope="module")
+def real():
+    settings = AnalysisSettings()
+    result = cluster(validate_features(real_table(), settings, "real").frame, settings)
+    return result, view_of(result), parse_boundaries(REAL_BOUNDARIES.read_bytes(), "real")
+
+
+def test_the_map_covers_every_neighborhood_with_a_boundary(real):
+    _, view, boundaries = real
+    data = charts.map_data(view, "2026-11-29 12:00 UTC")
+    layers = charts.map_layers(boundaries, data)
+    drawn = [name for _, names, _ in layers for name in names]
+    assert sorted(drawn) == sorted(boundaries)  # each boundary drawn exactly once
+    assert all(style is not None for style, _, _ in layers)  # the real table has every one
+    for style, names, rings in layers:
+        assert set(data.labels[name] for name in names) == {style.label}
+        assert len(rings) == sum(len(boundaries[name]) for name in names)
+    hatched = {style.label for style, _, _ in layers if style.hatch}
+    assert hatched == set(view.table.loc[view.table["sub_cluster"] < 0, "cohort_name"])
+
+
+def test_boundaries_without_a_row_are_drawn_as_outlines(real):
+    _, view, boundaries = real
+    extra = {**boundaries, "Nowhere": [np.array([[0, 0], [1, 0], [1, 1]], dtype=float)]}
+    layers = charts.map_layers(extra, charts.map_data(view, ""))
+    assert layers[-1][0] is None and layers[-1][1] == ["Nowhere"]
+
+
+def test_the_real_map_paints_every_cohort_in_its_palette_colour(real):
+    _, view, boundaries = real
+    image = charts.cluster_map(boundaries, charts.map_data(view, "2026-11-29 12:00 UTC"))
+    assert png_size(image) == (14 * 150, 10 * 150)
+    colors = png_colors(image)
+    assert {style.color for style in view.styles} <= colors

@@ -113,7 +113,7 @@ def published(tmp_path_factory) -> Published:
 # --- a good run --------------------------------------------------------------------------------
 
 
-def test_a_good_run_publishes_the_six_artifacts(published):
+def test_a_good_run_publishes_the_seven_artifacts(published):
     result = published.result
     assert result.returncode == 0, result.stderr
     runs = list((published.out / "runs").iterdir())
@@ -493,7 +493,12 @@ def test_boundaries_add_a_cluster_map(published, tmp_path, capsys):
     latest = out / "latest"
     assert (latest / "cluster_map.png").read_bytes()[:4] == b"\x89PNG"
     manifest = json.loads((latest / "run.json").read_text())
-    assert manifest["outputs"]["files"] == [*ARTIFACTS[:-1], "cluster_map.png", "run.json"]
+    assert manifest["outputs"]["files"] == [
+        *ARTIFACTS[:-2],
+        "cluster_map.png",
+        "report.html",
+        "run.json",
+    ]
     assert "3 neighborhoods have no boundary" in capsys.readouterr().err
 
 

@@ -75,11 +75,11 @@ def published(tmp_path_factory) -> Published:
 # --- a successful run --------------------------------------------------------------------------
 
 
-def test_a_run_writes_the_six_artifacts_to_its_folder_and_to_latest(published):
+def test_a_run_writes_the_seven_artifacts_to_its_folder_and_to_latest(published):
     report = published.report
     assert report.status == "succeeded"
     assert sorted(p.name for p in published.folder.iterdir()) == sorted(ARTIFACTS)
-    assert len(ARTIFACTS) == 6
+    assert len(ARTIFACTS) == 7
     latest = published.out / "latest"
     assert tree(latest) == tree(published.folder)
     assert sorted(p.name for p in published.out.iterdir()) == ["latest", "runs"]

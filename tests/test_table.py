@@ -463,9 +463,14 @@ def test_the_shipped_schema_declares_every_cluster_column_and_default_feature():
     assert len(names) == len(set(names))
     assert set(CLUSTER_COLUMNS) <= set(names)
     assert set(SETTINGS.clustering_features) | {"neighborhood"} <= set(names)
-    assert names[-len(CLUSTER_COLUMNS) :] == list(CLUSTER_COLUMNS)
+    # The cluster columns, then the optional shape (only written with boundaries).
+    assert names[-len(CLUSTER_COLUMNS) - 1 : -1] == list(CLUSTER_COLUMNS)
+    assert names[-1] == "neighborhood_shape"
     for field in table_schema("clusters_table"):
-        assert field["type"] in {"STRING", "INTEGER", "FLOAT", "BOOLEAN", "TIMESTAMP"}
+        expected = {"STRING", "INTEGER", "FLOAT", "BOOLEAN", "TIMESTAMP"}
+        if field["name"] == "neighborhood_shape":
+            expected = {"GEOGRAPHY"}
+        assert field["type"] in expected
 
 
 def test_the_severity_feature_is_checked_even_when_not_clustered_on():

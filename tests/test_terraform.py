@@ -244,7 +244,8 @@ class Renderer:
                 return DEMO_PROJECT
             return self.config.default(m.group(1))
         if m := re.fullmatch(r'(var\.\w+) == None \? "(.*?)" : "(.*)"', expr):
-            return m.group(2) if self.expr(m.group(1)) is None else self.render(m.group(3))
+            branch = m.group(2) if self.expr(m.group(1)) is None else m.group(3)
+            return self.render(branch)
         if m := re.fullmatch(r"(var\.\w+) == None \? ([\w.]+) : ([\w.]+)", expr):
             return self.expr(m.group(2) if self.expr(m.group(1)) is None else m.group(3))
         if m := re.fullmatch(r"local\.(\w+)", expr):
@@ -648,6 +649,13 @@ def test_iam_grants_are_exactly_the_least_privilege_set(config: Config) -> None:
             runtime,
             "for_each ${local.readable_tables}",
         ),
+        # Runtime: read the boundaries table, that one table (only when configured: below).
+        (
+            "google_bigquery_table_iam_member",
+            "roles/bigquery.dataViewer",
+            runtime,
+            "${split('.',var.boundaries_table)[2]}",
+        ),
         # Runtime: write the two output tables.
         (
             "google_bigquery_table_iam_member",
@@ -701,6 +709,9 @@ def test_iam_grants_are_exactly_the_least_privilege_set(config: Config) -> None:
     # for_each maps come back from the parser as Python reprs; compare them loosely.
     normalise = lambda g: (g[0], g[1], g[2], g[3].replace('"', "'"))  # noqa: E731
     assert {normalise(g) for g in grants} == {normalise(g) for g in expected}
+
+    boundaries = config.resource("google_bigquery_table_iam_member.runtime_boundaries_reader")
+    assert one(boundaries["count"]) == "${var.boundaries_table == None ? 0 : 1}"
 
     readable = config.locals["readable_tables"]
     assert readable.startswith("${toset(concat([") and "local.features_table" in readable

@@ -53,6 +53,19 @@ def read_bytes(source: str) -> bytes:
     return local.read_bytes(source)
 
 
+def read_boundaries(source: str, name_column: str, geography_column: str):
+    """Neighborhood name -> outer rings from a bq:// table with a GEOGRAPHY column, or from a
+    GeoJSON at a gs:// or local path."""
+    from clustering import geo
+
+    if source.startswith("bq://"):
+        from clustering.adapters import bigquery
+
+        rows = bigquery.read_boundaries(source, name_column, geography_column)
+        return geo.boundaries_from_rows(rows, source)
+    return geo.parse_boundaries(read_bytes(source), source)
+
+
 def artifact_store(dest: str) -> ArtifactStore:
     """The store behind `dest`: a gs:// prefix or a local folder."""
     if dest.startswith("gs://"):

@@ -16,7 +16,7 @@ import pandas as pd
 
 from clustering.errors import InputError
 from clustering.events import JOB_LABELS
-from clustering.settings import bq_table_id
+from clustering.settings import bq_table_id, check_column
 
 EMULATOR_ENV = "BIGQUERY_EMULATOR_HOST"
 
@@ -95,3 +95,39 @@ def append_row(uri: str, row: dict) -> None:
     errors = bq.insert_rows_json(table_id, [row])
     if errors:
         raise RuntimeError(f"{uri}: the run record was rejected: {errors}")
+
+
+def read_boundaries(uri: str, name_column: str, geography_column: str) -> list[tuple]:
+    """(name, GeoJSON geometry) rows of a boundaries table with a GEOGRAPHY column.
+
+    The one query this adapter builds: it takes no parameters, and every identifier in it is
+    validated first (a table id, two column names), so no value from outside reaches SQL."""
+    from google.api_core import exceptions
+    from google.cloud import bigquery
+
+    table_id = bq_table_id(uri, "BOUNDARIES_SOURCE")
+    name = check_column(name_column, "BOUNDARIES_NAME_COLUMN")
+    shape = check_column(geography_column, "BOUNDARIES_GEOGRAPHY_COLUMN")
+    sql = (
+        f"SELECT CAST(`{name}` AS STRING) AS name, ST_ASGEOJSON(`{shape}`) AS geometry "
+        f"FROM `{table_id}`"
+    )
+    bq = client(table_id.split(".")[0])
+    try:
+        with _quiet_client():
+            job = bq.query(sql, job_config=bigquery.QueryJobConfig(labels=dict(JOB_LABELS)))
+            return [(row["name"], row["geometry"]) for row in job.result()]
+    except exceptions.NotFound:
+        raise InputError(
+            f"{uri}: boundaries table not found: check BOUNDARIES_SOURCE (--boundaries)"
+        ) from None
+    except exceptions.Forbidden as error:
+        raise InputError(
+            f"{uri}: access denied ({error.message}): set boundaries_table in Terraform so the "
+            "function's service account may read it"
+        ) from None
+    except exceptions.BadRequest as error:
+        raise InputError(
+            f"{uri}: cannot read {name!r} and the GEOGRAPHY {shape!r} ({error.message}): set "
+            "BOUNDARIES_NAME_COLUMN and BOUNDARIES_GEOGRAPHY_COLUMN to the table's columns"
+        ) from None
