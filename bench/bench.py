@@ -45,16 +45,15 @@ BASELINE = ROOT / "bench" / "baseline_notebook.py"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 
-OURS_FILES = (
+BASELINE_FILES = (
     "neighborhood_clusters.csv",
     "excluded_neighborhood_analysis.csv",
     "elbow_silhouette.png",
     "pca_clusters.png",
     "cluster_heatmap.png",
-    "run.json",
 )
-# The notebook writes no manifest.
-BASELINE_FILES = OURS_FILES[:-1]
+# The notebook writes no report and no manifest.
+OURS_FILES = (*BASELINE_FILES, "report.html", "run.json")
 CASES = ("real", "20k", "250k")
 SYNTHETIC_ROWS = {"20k": 20_000, "250k": 250_000}
 STDERR_TAIL_LINES = 40
