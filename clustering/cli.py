@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="above this many rows, silhouettes use a fixed-seed sample "
                           "of this size")  # fmt: skip
     run.add_argument("--dry-run", action="store_true", help="compute everything, publish nothing")
+    run.add_argument("--force", action="store_true",
+                     help="publish even if the table has fewer rows than MIN_ROWS_RATIO of the "
+                          "last published run (the row-drop guard)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     run.set_defaults(func=_run)
 
@@ -144,7 +147,8 @@ def _run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"[{time.perf_counter() - began:6.1f}s] {message}\n")
             sys.stderr.flush()
 
-    report = run_job(settings, RunRequest(trigger="cli", dry_run=args.dry_run), progress)
+    request = RunRequest(trigger="cli", dry_run=args.dry_run, force=args.force)
+    report = run_job(settings, request, progress)
     manifest = report.manifest
     # Warnings are not progress: --quiet keeps them.
     for warning in manifest["warnings"]:

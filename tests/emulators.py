@@ -299,7 +299,7 @@ def functions_framework_server(
     port: int | None = None,
     *,
     target: str = "recluster",
-    signature_type: str = "cloudevent",
+    signature_type: str = "http",
     log_path: Path | None = None,
 ) -> Iterator[FunctionServer]:
     """Serve target_file's `target` with functions-framework until the block exits.
@@ -325,7 +325,7 @@ def functions_framework_server(
         *("--target", target, "--signature-type", signature_type),
         *("--source", str(source), "--port", str(port), "--host", HOST),
     ]
-    # Any HTTP answer means the app is loaded: a cloudevent function rejects a bare GET.
+    # Any HTTP answer means the app is loaded: the function answers a bare GET with 405.
     with running_process(
         "functions-framework",
         command,
