@@ -1,6 +1,9 @@
-"""The claim protocol on both stores: local files, and Cloud Storage on fake-gcs-server."""
+"""The claim protocol and the run lock on both stores: local files, and Cloud Storage on
+fake-gcs-server (whose preconditions are the real ones' semantics)."""
 
+import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -28,50 +31,172 @@ def store(request, tmp_path, monkeypatch):
     return GcsStore(f"gs://{bucket}/prefix")
 
 
-def test_the_first_claim_wins_and_a_fresh_running_claim_is_busy(store):
-    assert claims.claim(store, "k", mine("run-a"), NOW) == ("claimed", None)
-    outcome, found = claims.claim(store, "k", mine("run-b"), NOW + timedelta(seconds=30))
-    assert outcome == "busy" and found.run_id == "run-a" and found.state == claims.RUNNING
+def holder(store) -> str | None:
+    found = store.read_claim(claims.LOCK_KEY)
+    return claims.decode(found[0]).run_id if found else None
 
 
-def test_a_finished_claim_makes_every_redelivery_a_duplicate(store):
-    claims.claim(store, "k", mine("run-a"), NOW)
-    claims.finish(store, "k", mine("run-a"))
+def test_the_first_claim_wins_and_holds_the_lock_for_every_event(store):
+    outcome, found, fence = claims.claim(store, "k", mine("run-a"), NOW)
+    assert (outcome, found) == ("claimed", None) and fence.holds()
+    # Another delivery of the same event, and an event of its own: both must wait.
+    for key in ("k", "other"):
+        outcome, found, none = claims.claim(store, key, mine("run-b"), NOW + timedelta(seconds=30))
+        assert (outcome, found.run_id, none) == ("busy", "run-a", None)
+
+
+def test_a_finished_event_is_a_duplicate_and_frees_the_lock(store):
+    _, _, fence = claims.claim(store, "k", mine("run-a"), NOW)
+    fence.finish()
+    assert holder(store) is None
     much_later = NOW + timedelta(days=1)
-    outcome, found = claims.claim(store, "k", mine("run-b", much_later), much_later)
+    outcome, found, _ = claims.claim(store, "k", mine("run-b", much_later), much_later)
     assert outcome == "done" and found.run_id == "run-a" and found.state == claims.DONE
+    assert claims.claim(store, "next", mine("run-c"), much_later)[0] == "claimed"
 
 
-def test_a_stale_running_claim_is_taken_over_once(store):
-    claims.claim(store, "k", mine("run-a"), NOW)
+def test_a_stale_lock_is_taken_over_once_and_fences_out_its_old_holder(store):
+    _, _, old = claims.claim(store, "k", mine("run-a"), NOW)
     later = NOW + timedelta(seconds=claims.STALE_AFTER_SECONDS + 1)
-    outcome, found = claims.claim(store, "k", mine("run-b", later), later)
+    outcome, found, new = claims.claim(store, "k", mine("run-b", later), later)
     assert outcome == "claimed" and found.run_id == "run-a"
-    # The takeover wrote a fresh claim: a third delivery finds run-b running.
-    outcome, found = claims.claim(store, "k", mine("run-c", later), later)
+    assert new.holds() and not old.holds()
+    with pytest.raises(claims.ClaimLost, match="run-a lost the run lock before publishing"):
+        old.check("publishing")
+    # The old run's release cannot delete the new holder's lock.
+    assert old.release() is False and holder(store) == "run-b"
+    outcome, found, _ = claims.claim(store, "k", mine("run-c", later), later)
     assert outcome == "busy" and found.run_id == "run-b"
 
 
-def test_a_takeover_loses_to_a_claim_changed_since_it_was_read(store):
+def test_a_lock_just_younger_than_stale_is_busy(store):
     claims.claim(store, "k", mine("run-a"), NOW)
-    _, token = store.read_claim("k")
-    assert store.replace_claim("k", mine("run-b").encode(), token)
-    assert not store.replace_claim("k", mine("run-c").encode(), token)  # token is stale now
-    assert claims.decode(store.read_claim("k")[0]).run_id == "run-b"
+    almost = NOW + timedelta(seconds=claims.STALE_AFTER_SECONDS - 1)
+    assert claims.claim(store, "k", mine("run-b", almost), almost)[0] == "busy"
 
 
-def test_a_released_claim_can_be_claimed_again(store):
+def test_stale_after_outlasts_the_function_timeout():
+    assert claims.stale_after(None) == claims.STALE_AFTER_SECONDS
+    assert claims.stale_after(540) == 540 + claims.STALE_MARGIN_SECONDS
+    assert claims.stale_after(540) > 540
+
+
+def test_a_takeover_loses_to_a_lock_changed_since_it_was_read(store):
     claims.claim(store, "k", mine("run-a"), NOW)
-    store.release("k")
-    assert store.read_claim("k") is None
-    assert claims.claim(store, "k", mine("run-b"), NOW)[0] == "claimed"
+    _, token = store.read_claim(claims.LOCK_KEY)
+    assert store.replace_claim(claims.LOCK_KEY, mine("run-b").encode(), token) is not None
+    assert store.replace_claim(claims.LOCK_KEY, mine("run-c").encode(), token) is None
+    assert holder(store) == "run-b"
 
 
-def test_an_unreadable_claim_counts_as_done(store):
-    assert store.create_claim("k", b"not json")
-    assert claims.claim(store, "k", mine("run-b"), NOW + timedelta(days=1)) == ("done", None)
+def test_the_lock_released_between_create_and_read_is_claimed_again(store):
+    class ReleasedMeanwhile:
+        """The store as a delivery sees it when the holder releases between two calls."""
+
+        def __init__(self, inner) -> None:
+            self.inner, self.creates = inner, 0
+
+        def create_claim(self, key, content):
+            self.creates += 1
+            if key == claims.LOCK_KEY and self.creates == 1:
+                return None  # the holder still had it at this instant
+            return self.inner.create_claim(key, content)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    racing = ReleasedMeanwhile(store)
+    outcome, found, fence = claims.claim(racing, "k", mine("run-b"), NOW)
+    assert (outcome, found) == ("claimed", None) and fence.holds()
 
 
-def test_keys_with_slashes_are_separate_claims(store):
-    assert claims.claim(store, "projects/p/jobs/1", mine("a"), NOW)[0] == "claimed"
+def test_an_event_finished_while_waiting_for_the_lock_is_done(store):
+    _, _, first = claims.claim(store, "k", mine("run-a"), NOW)
+
+    class FinishesMeanwhile:
+        """The first run finishes right after the second delivery checked the event."""
+
+        def __init__(self, inner) -> None:
+            self.inner, self.reads = inner, 0
+
+        def read_claim(self, key):
+            found = self.inner.read_claim(key)
+            if key == "k":
+                self.reads += 1
+                if self.reads == 1:
+                    first.finish()  # just after this delivery saw the event unfinished
+            return found
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    outcome, found, fence = claims.claim(FinishesMeanwhile(store), "k", mine("run-b"), NOW)
+    # The second delivery got the lock after run-a finished, saw the event done, let go.
+    assert (outcome, found.run_id, fence) == ("done", "run-a", None)
+    assert holder(store) is None
+
+
+def test_an_unreadable_event_record_counts_as_done(store):
+    assert store.create_claim("k", b"not json") is not None
+    assert claims.claim(store, "k", mine("run-b"), NOW + timedelta(days=1))[0] == "done"
+
+
+def test_keys_with_slashes_are_separate_events(store):
+    _, _, fence = claims.claim(store, "projects/p/jobs/1", mine("a"), NOW)
+    fence.finish()
     assert claims.claim(store, "projects/p/jobs/2", mine("b"), NOW)[0] == "claimed"
+
+
+def test_racing_deliveries_get_the_lock_once(store):
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(
+            pool.map(lambda i: claims.claim(store, "k", mine(f"run-{i}"), NOW)[0], range(8))
+        )
+    assert sorted(outcomes) == ["busy"] * 7 + ["claimed"]
+
+
+def test_the_pointer_switches_only_from_the_version_that_was_read(store):
+    assert store.read_pointer() == (None, 0)
+    files = {"run.json": json.dumps({"run_id": "r1"}).encode()}
+    store.write_run("r1", files)
+    assert store.switch_latest("r1", files, 0)
+    content, token = store.read_pointer()
+    assert json.loads(content)["run_id"] == "r1"
+
+    second = {"run.json": json.dumps({"run_id": "r2"}).encode()}
+    store.write_run("r2", second)
+    assert not store.switch_latest("r2", second, 0)  # read before r1 published: refused
+    assert json.loads(store.read_pointer()[0])["run_id"] == "r1"
+    assert store.switch_latest("r2", second, token)
+    assert json.loads(store.read_pointer()[0])["run_id"] == "r2"
+
+
+def test_a_lost_response_to_a_conditional_create_is_success(gcs_emulator, monkeypatch):
+    from tests.emulators import FaultProxy
+
+    bucket = f"lost-{uuid.uuid4().hex[:8]}"
+    storage_client(gcs_emulator).create_bucket(bucket)
+    dropped = []
+
+    def lose_the_first_lock_upload(method: str, path: str):
+        # The claim's first create is the lock's (the event is only read before it).
+        if (
+            method == "POST"
+            and "/upload/" in path
+            and "ifGenerationMatch=0" in path
+            and not dropped
+        ):
+            dropped.append(path)
+            return "drop"
+        return "pass"
+
+    with FaultProxy(gcs_emulator.endpoint, lose_the_first_lock_upload) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+        store = GcsStore(f"gs://{bucket}/p")
+        outcome, found, fence = claims.claim(store, "k", mine("run-a"), NOW)
+
+    # The upload landed, its answer was lost, the client's retry met it as a 412: ours.
+    assert dropped and outcome == "claimed" and found is None
+    uploads = [r for r in proxy.requests if "/upload/" in r]
+    assert len(uploads) == 2, proxy.requests
+    assert fence.holds() and holder(store) == "run-a"

@@ -180,13 +180,21 @@ class GcsStore:
 
     def release(self, key: str, token: object | None = None) -> bool:
         """Delete the claim (only if it is still generation `token`, when given); False when
-        it is someone else's now."""
+        it is someone else's now. The generation is read first as well as sent as the
+        precondition: fake-gcs-server ignores preconditions on delete, Cloud Storage does not."""
         from google.api_core import exceptions
 
-        blob = self._bucket.blob(self._name(f"claims/{claim_name(key)}"))
+        name = self._name(f"claims/{claim_name(key)}")
+        if token is not None:
+            found = self._bucket.get_blob(name, **limits("reading a claim"))
+            if found is None:
+                return True
+            if found.generation != int(token):
+                return False
+        expected = None if token is None else int(token)
         try:
-            blob.delete(if_generation_match=None if token is None else int(token),
-                        **limits("releasing a claim"))  # fmt: skip
+            self._bucket.blob(name).delete(if_generation_match=expected,
+                                           **limits("releasing a claim"))  # fmt: skip
         except exceptions.NotFound:
             return True
         except exceptions.PreconditionFailed:
