@@ -85,7 +85,7 @@ class Local:
         claims = self.out / "claims"
         if not claims.exists():
             return set()
-        return {p.name for p in claims.iterdir() if not p.name.startswith(".")}
+        return {p.name for p in claims.iterdir()}
 
 
 @pytest.fixture

@@ -263,7 +263,7 @@ def test_from_env_defaults_equal_the_notebooks():
     assert settings.runs_table is None
     assert settings.allowed_features_tables == ()
     assert settings.function_service_account is None
-    assert settings.max_event_age_seconds == 3600
+    assert settings.max_event_age_seconds == 86_400
     # WATCHED_TABLE defaults to the bq:// FEATURES_SOURCE's table.
     assert settings.watched_table == "my-project.analytics.neighborhood_features"
 

@@ -114,7 +114,7 @@ class LocalStore:
 
     latest/ is a full copy of the current run, swapped in with renames so readers see one run
     or the other; its run.json is the pointer the fencing compares. Compare-and-swap steps
-    hold an exclusive lock on claims/.lock, so threads and processes on one machine race
+    hold an exclusive lock on the folder, so threads and processes on one machine race
     safely, as they do on Cloud Storage's preconditions.
     """
 
@@ -126,14 +126,14 @@ class LocalStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        folder = self.root / "claims"
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        # An exclusive lock on the folder itself: no lock file appears among the outputs.
+        self.root.mkdir(parents=True, exist_ok=True)
+        folder = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(folder)  # closing the descriptor releases the lock
 
     def write_run(self, run_id: str, files: dict[str, bytes]) -> None:
         folder = self.root / "runs" / run_id
