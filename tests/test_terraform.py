@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from clustering import settings
+from clustering import events, settings
 
 pytestmark = pytest.mark.terraform
 
@@ -458,7 +458,9 @@ def test_environment_renders_to_the_default_settings(config: Config, renderer: R
     assert job.function_service_account == (
         f"{config.default('name')}-run@{DEMO_PROJECT}.iam.gserviceaccount.com"
     )
-    assert job.max_event_age_seconds == 3600
+    assert job.max_event_age_seconds == 86_400
+    assert job.function_timeout_seconds == config.default("function_timeout_seconds")
+    assert job.min_rows_ratio == settings.JobSettings().min_rows_ratio == 0.5
     assert job.analysis == settings.AnalysisSettings()
     assert json.loads(env["EXCLUDE_NEIGHBORHOODS"]) == list(settings.DEFAULT_EXCLUDE_NEIGHBORHOODS)
     assert json.loads(env["CLUSTERING_FEATURES"]) == list(settings.DEFAULT_CLUSTERING_FEATURES)
@@ -587,6 +589,10 @@ def test_table_change_sink_names_exactly_the_features_table(
     ], "the filter must match the features table exactly (=, no pattern)"
     assert "protoPayload.metadata.tableDataChange:*" in lines
     assert not any("tableDataRead" in line for line in lines)
+    # The sink and the code agree on which tableDataChange reasons start no run.
+    excluded = re.findall(r'^NOT protoPayload\.metadata\.tableDataChange\.reason="(\w+)"$',
+                          "\n".join(lines), re.MULTILINE)  # fmt: skip
+    assert tuple(excluded) == events.NON_RUN_REASONS
     assert f'NOT protoPayload.authenticationInfo.principalEmail="{RUNTIME_SA}"' in lines
 
     # Rendered, it names the very table the function reads and watches.
@@ -599,6 +605,40 @@ def test_table_change_sink_names_exactly_the_features_table(
     )
     assert env["FEATURES_SOURCE"] == f"bq://{env['WATCHED_TABLE']}"
     assert f'principalEmail="{env["FUNCTION_SERVICE_ACCOUNT"]}"' in rendered
+
+
+def test_the_age_limit_outlasts_the_retry_window_terraform_configures(config: Config) -> None:
+    push = config.resource("google_pubsub_subscription.function_push")
+    backoff = int(one(block(push, "retry_policy")["maximum_backoff"]).removesuffix("s"))
+    per_attempt = one(push["ack_deadline_seconds"]) + backoff
+    retention = int(one(push["message_retention_duration"]).removesuffix("s"))
+    window = min(retention, config.default("max_delivery_attempts") * per_attempt)
+    assert config.default("max_event_age_seconds") >= window
+    assert settings.JobSettings().max_event_age_seconds >= window
+    # The plan-time check says the same for any chosen values.
+    rules = [one(p["condition"]) for p in block(config.resource(FUNCTION), "lifecycle")
+             ["precondition"]]  # fmt: skip
+    expected = (f"${{var.max_event_age_seconds >= min({retention},"
+                f"var.max_delivery_attempts * {per_attempt})}}")  # fmt: skip
+    assert expected in [rule.replace(", ", ",") for rule in rules], rules
+
+
+def test_the_code_reads_the_function_timeout_that_terraform_configures(config: Config) -> None:
+    env = function_environment(config)
+    assert env["FUNCTION_TIMEOUT_SECONDS"] == "${tostring(var.function_timeout_seconds)}"
+    service = block(config.resource(FUNCTION), "service_config")
+    assert one(service["timeout_seconds"]) == "${var.function_timeout_seconds}"
+    timeout = config.default("function_timeout_seconds")
+    job = settings.JobSettings.from_env({"FEATURES_SOURCE": "x.csv", "ARTIFACTS_DEST": "out",
+                                         "FUNCTION_TIMEOUT_SECONDS": str(timeout)})  # fmt: skip
+    assert job.function_timeout_seconds == timeout
+    # A lock is taken over only after its run stopped itself: past the timeout.
+    from clustering import claims
+
+    assert claims.stale_after(timeout) > timeout
+    # The push request waits longer than a run may last: no redelivery overlaps a live run.
+    push = config.resource("google_pubsub_subscription.function_push")
+    assert one(push["ack_deadline_seconds"]) > timeout
 
 
 def iam_grants(config: Config) -> set[tuple[str, str, str, str]]:
