@@ -239,10 +239,12 @@ class JobSettings:
             raise InputError(
                 f"MIN_ROWS_RATIO is {self.min_rows_ratio}: use a share between 0 (guard off) and 1"
             )
-        if self.function_timeout_seconds is not None and self.function_timeout_seconds < 60:
+        if self.function_timeout_seconds is not None and self.function_timeout_seconds < 120:
+            # A run stops 30 s before the timeout and publishes only with 30 s left (job.py):
+            # below 120 s too little would remain to cluster.
             raise InputError(
                 f"FUNCTION_TIMEOUT_SECONDS is {self.function_timeout_seconds}: use the "
-                "function's timeout in seconds (60 or more)"
+                "function's timeout in seconds (120 or more)"
             )
 
     def with_features_source(self, source: str) -> JobSettings:

@@ -201,8 +201,10 @@ variable "function_timeout_seconds" {
   validation {
     # Pub/Sub waits at most 600 s for a push response; 540 s keeps a timed-out run from
     # overlapping its own redelivery.
-    condition     = floor(var.function_timeout_seconds) == var.function_timeout_seconds && var.function_timeout_seconds >= 60 && var.function_timeout_seconds <= 540
-    error_message = "function_timeout_seconds must be a whole number between 60 and 540."
+    # At least 120 s: the code stops a run 30 s before the timeout and publishes only with
+    # 30 s left, which leaves a minute to read and cluster.
+    condition     = floor(var.function_timeout_seconds) == var.function_timeout_seconds && var.function_timeout_seconds >= 120 && var.function_timeout_seconds <= 540
+    error_message = "function_timeout_seconds must be a whole number between 120 and 540."
   }
 }
 

@@ -371,13 +371,13 @@ class FaultProxy:
     a response lost after the request was applied, or an error answer (a 403 rate limit, a
     503) instead of forwarding.
 
-    `rule(method, path)` is asked for every request and returns "pass", "drop" (forward, then
+    `rule(method, path, body)` is asked for every request and returns "pass", "drop" (forward, then
     close the connection without answering, as a network failure after the server acted does)
     or (status, JSON body) to answer without forwarding. Every request is recorded in
     `.requests` as "METHOD path action".
     """
 
-    def __init__(self, target: str, rule: Callable[[str, str], object]) -> None:
+    def __init__(self, target: str, rule: Callable[[str, str, bytes], object]) -> None:
         import http.client
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -393,7 +393,7 @@ class FaultProxy:
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                action = rule(self.command, self.path)
+                action = rule(self.command, self.path, body or b"")
                 proxy.requests.append(f"{self.command} {self.path} {action}")
                 if isinstance(action, tuple):
                     status, payload = action

@@ -178,7 +178,7 @@ def test_a_lost_response_to_a_conditional_create_is_success(gcs_emulator, monkey
     storage_client(gcs_emulator).create_bucket(bucket)
     dropped = []
 
-    def lose_the_first_lock_upload(method: str, path: str):
+    def lose_the_first_lock_upload(method: str, path: str, body: bytes):
         # The claim's first create is the lock's (the event is only read before it).
         if (
             method == "POST"
