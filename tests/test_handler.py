@@ -647,3 +647,16 @@ def test_an_empty_data_push_and_a_binary_cloudevent_run(local):
     answer, _ = respond_to(local, body, headers)
     assert answer["event"] == "run_succeeded"
     assert [r["event_id"] for r in local.history()] == ["9601", "9602"]
+
+
+def test_a_features_file_above_the_size_limit_is_refused_as_bad_data(local, monkeypatch):
+    from clustering.adapters import local as local_adapter
+
+    size = local.features.stat().st_size
+    monkeypatch.setattr(local_adapter, "MAX_FEATURES_BYTES", size - 1)
+
+    answer = local.handle(pubsub_event({"reason": "too big"}, message_id="9701"))
+
+    assert (answer.event, answer.status) == ("run_failed", 200)
+    assert f"is {size:,} bytes, more than the {size - 1:,}" in answer.reason
+    assert published_state(local) == ({}, None, set())
