@@ -500,3 +500,21 @@ def test_bad_boundaries_exit_2_and_publish_nothing(published, tmp_path, capsys):
     assert run_main(*args, "--boundaries", str(tmp_path / "missing.geojson"), *FAST) == 2
     assert "missing.geojson" in one_error_line(capsys.readouterr().err)
     assert tree(out) == before
+
+
+def test_a_truncated_table_exits_2_unless_forced(tmp_path, capsys):
+    out, features = tmp_path / "out", tmp_path / "features.csv"
+    SAMPLE.to_csv(features, index=False)
+    assert run_main("run", "--features", str(features), "--out", str(out), "--quiet", *FAST) == 0
+    before = tree(out)
+    SAMPLE.head(len(SAMPLE) // 3).to_csv(features, index=False)
+    capsys.readouterr()
+
+    code = run_main("run", "--features", str(features), "--out", str(out), "--quiet", *FAST)
+
+    (line,) = capsys.readouterr().err.splitlines()
+    assert code == 2 and line.startswith("error: ") and "MIN_ROWS_RATIO=0.5" in line
+    assert f"of the {len(SAMPLE)} rows of the last published run" in line and "--force" in line
+    assert tree(out) == before
+    forced = ("run", "--features", str(features), "--out", str(out), "--quiet", "--force")
+    assert run_main(*forced, *FAST) == 0
