@@ -114,9 +114,12 @@ class Fence:
 
     def finish(self) -> None:
         """Mark the event done (every later delivery is a duplicate), then release the lock
-        if it is still ours."""
-        mark_done(self.store, self.key, self.mine)
-        self.release()
+        if it is still ours, even when the mark failed: a lock left behind would hold every
+        other event back until it is stale."""
+        try:
+            mark_done(self.store, self.key, self.mine)
+        finally:
+            self.release()
 
     def release(self) -> bool:
         return self.store.release(LOCK_KEY, self.token)

@@ -200,3 +200,25 @@ def test_a_lost_response_to_a_conditional_create_is_success(gcs_emulator, monkey
     uploads = [r for r in proxy.requests if "/upload/" in r]
     assert len(uploads) == 2, proxy.requests
     assert fence.holds() and holder(store) == "run-a"
+
+
+def test_the_lock_is_released_even_when_marking_the_event_done_fails(store):
+    class CannotMark:
+        """The store as a run sees it when the event's record cannot be written."""
+
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def create_claim(self, key, content):
+            if key == "k":
+                raise OSError("disk full")
+            return self.inner.create_claim(key, content)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    _, _, fence = claims.claim(CannotMark(store), "k", mine("run-a"), NOW)
+    with pytest.raises(OSError, match="disk full"):
+        fence.finish()
+    assert holder(store) is None
+    assert claims.claim(store, "other", mine("run-b"), NOW)[0] == "claimed"

@@ -159,7 +159,8 @@ def _wait(bq, job, uri: str) -> None:
     try:
         job.result(retry=DEFAULT_RETRY.with_deadline(deadline), timeout=deadline)
     except (FutureTimeout, exceptions.RetryError) as error:
-        job.cancel(timeout=budget.MAX_REQUEST_SECONDS)
+        job.cancel(retry=DEFAULT_RETRY.with_deadline(CANCEL_WAIT_SECONDS),
+                   timeout=CANCEL_WAIT_SECONDS)  # fmt: skip
         # Cancelled or failed: either way it no longer writes.
         with suppress(Exception):
             job.result(timeout=CANCEL_WAIT_SECONDS)
