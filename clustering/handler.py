@@ -226,7 +226,10 @@ def _run(decision: Decision, fence: claims.Fence, settings: JobSettings, log: Js
                          on_history_error=_history_error(log), run_id=run_id,
                          fence=fence.check)  # fmt: skip
     except claims.ClaimLost as error:
-        # Not ours any more: nothing to release. The retry is skipped if a run covers it.
+        # Released only if the lock still has our token (it may have looked lost because the
+        # store did not answer): a lock taken over is left to its new holder. The retry is
+        # skipped if a later run covers the event.
+        _settle(fence.release, fence.key, log, "released")
         reason = f"run stopped, will be retried: {one_line(error)}"
         log.warning(reason, event="run_retry")
         return Answer("run_retry", decision.action, reason, run_id)
