@@ -440,3 +440,28 @@ def test_destinations_that_cannot_be_written_fail_at_start(field, value, message
 def test_destinations_that_can_be_written_are_accepted():
     JobSettings(clusters_table="gs://bucket/clusters.parquet", runs_table="out/runs.jsonl")
     JobSettings(clusters_table="out/clusters.CSV", runs_table="bq://p.d.runs")
+
+
+def test_delivery_settings_are_read_and_validated():
+    import re
+
+    from clustering.settings import JobSettings
+
+    env = {"FEATURES_SOURCE": "f.csv", "ARTIFACTS_DEST": "out"}
+    default = JobSettings.from_env(env)
+    assert (default.min_rows_ratio, default.function_timeout_seconds) == (0.5, None)
+    assert default.max_event_age_seconds == 86_400
+    chosen = JobSettings.from_env(
+        env | {"MIN_ROWS_RATIO": "0.25", "FUNCTION_TIMEOUT_SECONDS": "120"}
+    )
+    assert (chosen.min_rows_ratio, chosen.function_timeout_seconds) == (0.25, 120)
+    assert JobSettings.from_env(env | {"MIN_ROWS_RATIO": "0"}).min_rows_ratio == 0
+    assert JobSettings.from_env(env | {"MIN_ROWS_RATIO": "1"}).min_rows_ratio == 1
+    for name, value, cause in (
+        ("MIN_ROWS_RATIO", "1.01", "between 0 (guard off) and 1"),
+        ("MIN_ROWS_RATIO", "-0.1", "between 0 (guard off) and 1"),
+        ("MIN_ROWS_RATIO", "half", "is not a number"),
+        ("FUNCTION_TIMEOUT_SECONDS", "119", "120 or more"),
+    ):
+        with pytest.raises(InputError, match=re.escape(cause)):
+            JobSettings.from_env(env | {name: value})
