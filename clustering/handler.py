@@ -152,14 +152,14 @@ def _claim_and_run(decision: Decision, envelope: EventEnvelope, settings: JobSet
     try:
         store = artifact_store(settings.artifacts_dest)
         # Before the lock, so a covered change of a burst is skipped without waiting for it.
-        covered = _coalesced(decision, store)
+        covered = _coalesced(decision, store, settings.features_source)
         if covered.action == "skip":
             return _skipped(covered, log)
         stale = claims.stale_after(settings.function_timeout_seconds)
         outcome, found, fence = claims.claim(store, key, mine, started, stale)
         if fence is not None:
             # Again under the lock: a run may have finished since the first look.
-            covered = _coalesced(decision, store)
+            covered = _coalesced(decision, store, settings.features_source)
             if covered.action == "skip":
                 fence.finish()
                 return _skipped(covered, log)
@@ -181,21 +181,24 @@ def _claim_and_run(decision: Decision, envelope: EventEnvelope, settings: JobSet
     return _run(decision, fence, settings, log.bind(run_id=run_id))
 
 
-def _coalesced(decision: Decision, store) -> Decision:
+def _coalesced(decision: Decision, store, source: str | None) -> Decision:
     """The decision, made a skip when the last successful run covers its table change (only
     table changes with a time are ever covered, so nothing else reads the store)."""
     if decision.trigger != "table-change" or decision.changed_at is None:
         return decision
-    return covered_by(decision, *_last_run(store))
+    return covered_by(decision, *_last_run(store, source))
 
 
-def _last_run(store) -> tuple[str | None, datetime | None]:
-    """(run id, start) of the run latest/ points to, or Nones."""
+def _last_run(store, source: str | None) -> tuple[str | None, datetime | None]:
+    """(run id, start) of the run latest/ points to, or Nones. A run that read another
+    table (a message's features_table) covers no change of the watched one."""
     import json
 
     content, _ = store.read_pointer()
     try:
         manifest = json.loads(content) if content else {}
+        if manifest["input"]["source"] != (source or "built-in sample"):
+            return None, None
         return manifest.get("run_id"), datetime.fromisoformat(manifest["started_at"])
     except (ValueError, TypeError, KeyError, AttributeError):
         return None, None

@@ -660,3 +660,18 @@ def test_a_features_file_above_the_size_limit_is_refused_as_bad_data(local, monk
     assert (answer.event, answer.status) == ("run_failed", 200)
     assert f"is {size:,} bytes, more than the {size - 1:,}" in answer.reason
     assert published_state(local) == ({}, None, set())
+
+
+@pytest.mark.parametrize(("source", "covered"), [("configured", True), ("bq://p.d.other", False)])
+def test_only_a_run_on_the_watched_source_covers_a_change(local, source, covered):
+    from datetime import UTC, datetime, timedelta
+
+    later = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    source = local.settings.features_source if source == "configured" else source
+    pointer = {"run_id": "r0", "started_at": later, "input": {"source": source, "rows": ROWS}}
+    (local.out / "latest").mkdir(parents=True)
+    (local.out / "latest" / MANIFEST).write_text(json.dumps(pointer))
+
+    answer = local.handle(table_change_event(WATCHED, job_id="bqjob_cover"))
+
+    assert answer.event == ("event_skipped" if covered else "run_succeeded"), answer
