@@ -222,3 +222,28 @@ def test_the_lock_is_released_even_when_marking_the_event_done_fails(store):
         fence.finish()
     assert holder(store) is None
     assert claims.claim(store, "other", mine("run-b"), NOW)[0] == "claimed"
+
+
+def test_a_lock_released_then_retaken_before_the_second_try_is_busy(store):
+    claims.claim(store, "k", mine("run-a"), NOW)
+
+    class ReleasedThenRetaken:
+        """run-b finds the lock gone when it reads it; run-c takes it before run-b retries."""
+
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def read_claim(self, key):
+            if key == claims.LOCK_KEY:
+                self.inner.release(claims.LOCK_KEY)
+                found = None
+                claims.claim(self.inner, "c", mine("run-c"), NOW)
+                return found
+            return self.inner.read_claim(key)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    outcome, found, fence = claims.claim(ReleasedThenRetaken(store), "k", mine("run-b"), NOW)
+    assert (outcome, found, fence) == ("busy", None, None)
+    assert holder(store) == "run-c"
