@@ -1082,3 +1082,29 @@ def test_a_burst_of_five_changes_gives_at_most_two_runs_the_last_on_the_final_da
     assert_table_and_latest_agree(after)
     frame = pd.DataFrame([dict(row) for row in bq.list_rows(CLUSTERS)])
     assert frame.set_index("neighborhood").loc[MARKER, "population"] == 5004
+
+
+def test_only_posts_are_deliveries(function):
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        emulators.LOCAL_HTTP.open(function.server.url, timeout=30)
+    assert answer.value.code == 405
+    assert "POST" in json.loads(answer.value.read())["error"]
+
+
+def test_a_raw_push_without_data_reaches_the_code_and_runs(function, bq, first_run):
+    # What Pub/Sub pushes for an attributes-only message: functions-framework's CloudEvent
+    # conversion would answer 400 to it before any code of ours ran.
+    message_id = str(uuid.uuid4().int % 10**16)
+    message = {"attributes": {"reason": "raw push", "dry_run": "true"}, "messageId": message_id}
+    body = {"message": message, "subscription": "projects/p/subscriptions/s"}
+    request = urllib.request.Request(
+        function.server.url + "projects/test-project/topics/runs",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with emulators.LOCAL_HTTP.open(request, timeout=RESPONSE_TIMEOUT_S) as response:
+        answer = json.loads(response.read())
+    assert response.status == 200 and answer["event"] == "run_succeeded", answer
+    (row,) = rows_of(bq, message_id)
+    assert (row["status"], row["reason"]) == ("dry_run", "raw push")
