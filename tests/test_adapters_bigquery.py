@@ -74,3 +74,44 @@ def test_only_throttling_403s_are_rate_limits():
     assert not adapter.is_rate_limited(
         exceptions.TooManyRequests("x", errors=[{"reason": "rateLimitExceeded"}])
     )
+
+
+def test_a_load_job_still_running_at_the_deadline_is_cancelled(
+    dataset, bigquery_emulator, monkeypatch
+):
+    from clustering import budget
+
+    project = bigquery_emulator.project
+    job_id = adapter.load_job_id("run-slow")
+    running = {
+        "kind": "bigquery#job",
+        "id": f"{project}:US.{job_id}",
+        "jobReference": {"projectId": project, "jobId": job_id, "location": "US"},
+        "configuration": {"jobType": "LOAD", "load": {}},
+        "status": {"state": "RUNNING"},
+    }
+
+    def never_finishes(method: str, path: str, body: bytes):
+        # The job is accepted and every poll of it says RUNNING, as a stuck job's would; no
+        # emulator can be told to keep a job running, so these answers come from the proxy.
+        if method == "POST" and "/upload/bigquery/" in path:
+            return (200, running)
+        if method == "GET" and f"/jobs/{job_id}" in path:
+            return (200, running)
+        if method == "POST" and f"/jobs/{job_id}/cancel" in path:
+            return (200, {"kind": "bigquery#jobCancelResponse", "job": running})
+        return "pass"
+
+    frame = clustered(20, "run-slow")
+    with FaultProxy(bigquery_emulator.endpoint, never_finishes) as proxy:
+        monkeypatch.setenv(adapter.EMULATOR_ENV, proxy.endpoint)
+        monkeypatch.setattr(adapter, "CANCEL_WAIT_SECONDS", 2.0)
+        with (
+            budget.bounded(budget.Budget.lasting(4)),
+            pytest.raises(
+                budget.OutOfTime, match=f"job {job_id}.* did not finish in the run's time"
+            ),
+        ):
+            adapter.replace_table(f"bq://{dataset}.clusters", frame, output_schema(frame),
+                                  run_id="run-slow")  # fmt: skip
+    assert [r for r in proxy.requests if "/cancel" in r], proxy.requests
