@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                 help=option.cli_help(),
             )
     run.add_argument("--dry-run", action="store_true", help="compute everything, publish nothing")
+    run.add_argument("--force", action="store_true",
+                     help="publish even if the table has fewer rows than MIN_ROWS_RATIO of the "
+                          "last published run (the row-drop guard)")  # fmt: skip
     run.add_argument(
         "--quiet", action="store_true", help="no progress lines on stderr (warnings still show)"
     )
@@ -163,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"warning: {one_line(warning)}\n")
         sys.stderr.flush()
 
-    request = RunRequest(trigger="cli", dry_run=args.dry_run)
+    request = RunRequest(trigger="cli", dry_run=args.dry_run, force=args.force)
     report = run_job(settings, request, progress, on_warning=warn)
     manifest = report.manifest
     groups = ", ".join(f"{g['label']} {g['rows']} rows in {g['sub_k']} sub-clusters"

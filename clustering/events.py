@@ -1,9 +1,13 @@
 """Decide what an incoming event means for the job: run, skip, or reject, and say why.
 
-Two deliveries reach the function: a Pub/Sub `messagePublished` CloudEvent (a manual publish,
-or a Cloud Logging sink forwarding an audit LogEntry) and an Eventarc
-`google.cloud.audit.log.v1.written` CloudEvent whose data is the LogEntry itself. Everything
-here is pure (no I/O, no google imports, `now` passed in) so every rule is tested on fixtures.
+Deliveries reach the function as raw HTTP requests (`envelope_from_http`): the deployed push
+subscription posts Pub/Sub's push body (a manual publish, or a Cloud Logging sink forwarding an
+audit LogEntry), and local tools post CloudEvents in structured or binary mode (a Pub/Sub
+`messagePublished` event, or an Eventarc `google.cloud.audit.log.v1.written` event whose data
+is the LogEntry itself). The function parses the body itself, so every message Pub/Sub can
+push, an attributes-only one or malformed JSON included, gets a decision here instead of a
+framework 400. Everything here is pure (no I/O, no google imports, `now` passed in) so every
+rule is tested on fixtures.
 
 Actions:
 - "run": the runner starts a clustering run, with the message's validated overrides.
@@ -11,12 +15,18 @@ Actions:
   duplicate source, an event too old); acked and logged.
 - "reject": a malformed or forbidden event; acked with an error log and never run. Raising
   would make Pub/Sub retry it for a day, and it would fail the same way every time.
+
+Table changes also coalesce (`covered_by`): a change that happened before the start of the
+last successful run is already in that run's input, so it is skipped. The handler applies it,
+since it needs the store; it also replaces the age limit for table changes: a late change
+still runs unless such a run covers it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,8 +49,21 @@ JOB_LABELS: dict[str, str] = {"app": "neighborhood-clusters"}
 
 # What a Pub/Sub message body may carry; anything else is rejected, so a typo never silently
 # runs with defaults.
-ALLOWED_MESSAGE_KEYS: tuple[str, ...] = ("reason", "features_table", "dry_run")
+ALLOWED_MESSAGE_KEYS: tuple[str, ...] = ("reason", "features_table", "dry_run", "force")
+# Message attributes that may carry options when the body is empty (`gcloud pubsub topics
+# publish TOPIC --attribute=reason=...,dry_run=true`); other attributes are ignored.
+ATTRIBUTE_OPTIONS: tuple[str, ...] = ("reason", "dry_run", "force")
 MAX_MESSAGE_REASON_CHARS = 200
+# Message data above this is refused unread: an audit LogEntry is at most 256 KB, a manual
+# message a few hundred bytes. A whole request above the larger limit is refused too.
+MAX_MESSAGE_BYTES = 1024**2
+MAX_REQUEST_BYTES = 16 * 1024**2
+# tableDataChange reasons that do not start a run: a Storage Write API append is not final
+# (pending streams become visible at BATCH_COMMIT, buffered ones at FLUSH) and FINALIZE
+# changes no data. The log sink's filter in terraform/triggers.tf excludes the same reasons
+# (tests/test_terraform.py checks both agree). Producers writing to committed or default
+# streams should publish a message to the run topic when their refresh is complete.
+NON_RUN_REASONS: tuple[str, ...] = ("WRITE_API_APPEND_ROWS", "FINALIZE")
 # Message text echoed into a log line is cut to this length: the publisher is not trusted.
 MAX_ECHOED_CHARS = 60
 
@@ -60,6 +83,7 @@ class EventEnvelope:
 
     attributes: Mapping[str, Any]
     data: Any = None
+    problem: str | None = None
 
     def __post_init__(self) -> None:
         lowered = {str(key).lower(): value for key, value in self.attributes.items()}
@@ -94,7 +118,12 @@ class Decision:
     features_source: `bq://project.dataset.table` chosen by the message, already validated
         against the allowlist; None means the configured source.
     dry_run: the message asked for the analysis without publishing anything.
+    force: the message overrides the row-drop guard (MIN_ROWS_RATIO).
     message_reason: the free-text `reason` a manual publisher gave, for the run record.
+    changed_at: when the watched table changed (the LogEntry's timestamp), for coalescing.
+    late: the table change is older than MAX_EVENT_AGE_SECONDS; it runs only if no
+        successful run has started since it happened.
+    warn: a skip of an event that was meant to run (logged as WARNING, not INFO).
     """
 
     action: Action
@@ -103,7 +132,11 @@ class Decision:
     key: str | None
     features_source: str | None = None
     dry_run: bool = False
+    force: bool = False
     message_reason: str | None = None
+    changed_at: datetime | None = None
+    late: bool = False
+    warn: bool = False
 
     @property
     def should_run(self) -> bool:
@@ -124,10 +157,75 @@ def envelope_from_structured(body: Mapping[str, Any]) -> EventEnvelope:
     """Build the envelope from a structured-mode CloudEvent (the JSON object of the HTTP body)."""
     attributes = {k: v for k, v in body.items() if k not in ("data", "data_base64")}
     if "data_base64" in body:
-        data: Any = base64.b64decode(body["data_base64"])
+        try:
+            data: Any = base64.b64decode(body["data_base64"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            return EventEnvelope(attributes, problem="the CloudEvent's data_base64 is not base64")
     else:
         data = body.get("data")
     return EventEnvelope(attributes=attributes, data=data)
+
+
+def envelope_from_http(body: bytes, headers: Mapping[str, str], path: str = "/") -> EventEnvelope:
+    """The envelope of one HTTP delivery, whatever its shape; `problem` says why it is none.
+
+    Accepted: Pub/Sub's push body (`{"message": {...}, "subscription": ...}`, camelCase or
+    snake_case, `data` and `attributes` optional), converted to the same messagePublished
+    event functions-framework would build (the request path names the topic); a structured
+    CloudEvent (`application/cloudevents+json`); a binary-mode CloudEvent (`ce-*` headers).
+    """
+    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+    if len(body) > MAX_REQUEST_BYTES:
+        return _unparsed(f"the request body has {len(body):,} bytes, more than the "
+                         f"{MAX_REQUEST_BYTES:,} a delivery may have")  # fmt: skip
+    parsed, problem = _loads(body, "the request body")
+    if problem:
+        return _unparsed(problem)
+    if "ce-specversion" in lowered:
+        attributes = {k[3:]: v for k, v in lowered.items() if k.startswith("ce-")}
+        return EventEnvelope(attributes=attributes, data=parsed)
+    if not isinstance(parsed, Mapping):
+        return _unparsed("the request body is not a JSON object (a Pub/Sub push or a CloudEvent)")
+    if "specversion" in parsed:
+        return envelope_from_structured(parsed)
+    message = parsed.get("message")
+    if isinstance(message, Mapping):
+        message_id = message.get("messageId", message.get("message_id"))
+        published = message.get("publishTime", message.get("publish_time"))
+        attributes = {
+            "specversion": "1.0",
+            "type": PUBSUB_MESSAGE_PUBLISHED,
+            "source": f"//pubsub.googleapis.com/{path.strip('/')}",
+            "id": str(message_id) if message_id is not None else None,
+            "time": published if isinstance(published, str) else None,
+        }
+        return EventEnvelope(attributes={k: v for k, v in attributes.items() if v}, data=parsed)
+    return _unparsed(
+        "the request body is neither a Pub/Sub push (no `message` object) nor a CloudEvent "
+        "(no `specversion`)"
+    )
+
+
+def _unparsed(problem: str) -> EventEnvelope:
+    return EventEnvelope(attributes={}, problem=problem)
+
+
+def _loads(raw: bytes | str, what: str) -> tuple[Any, str | None]:
+    """JSON from bytes or text; None for an empty body; or the reason it is malformed."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        return None, f"{what} is not UTF-8 text"
+    if not text.strip():
+        return None, None
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as err:
+        return None, (
+            f"{what} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+        )
+    except RecursionError:
+        return None, f"{what} is JSON nested too deeply to read"
 
 
 def decide(
@@ -140,6 +238,10 @@ def decide(
     """
     envelope = event if isinstance(event, EventEnvelope) else envelope_from_structured(event)
     now = _as_utc(now)
+    if envelope.problem:
+        trigger: Trigger = "pubsub" if envelope.type == PUBSUB_MESSAGE_PUBLISHED else "unknown"
+        return _reject(trigger, envelope.id, f"delivery {envelope.id or '(no id)'}: "
+                       f"{envelope.problem}")  # fmt: skip
     if envelope.type == PUBSUB_MESSAGE_PUBLISHED:
         return _decide_pubsub(envelope, settings, now)
     if envelope.type == AUDIT_LOG_WRITTEN:
@@ -176,6 +278,10 @@ def _decide_pubsub(envelope: EventEnvelope, settings: JobSettings, now: datetime
     body, problem = _decode_message_body(message.get("data"))
     if problem:
         return _reject("pubsub", message_id, f"{label}: {problem}")
+    if body is None:
+        body, problem = _attribute_options(message.get("attributes"))
+        if problem:
+            return _reject("pubsub", message_id, f"{label}: {problem}")
 
     if isinstance(body, Mapping) and _is_log_entry(body):
         return _decide_log_entry(
@@ -200,24 +306,35 @@ def _decode_message_body(raw: Any) -> tuple[Any, str | None]:
         return None, None
     if not isinstance(raw, str):
         return None, f"message data is a {type(raw).__name__}, expected a base64 string"
+    if len(raw) > MAX_MESSAGE_BYTES * 4 // 3 + 4:
+        return None, (f"message data has {len(raw) * 3 // 4:,} bytes, more than the "
+                      f"{MAX_MESSAGE_BYTES:,} a message may carry")  # fmt: skip
     try:
         decoded = base64.b64decode(raw, validate=True)
     except binascii.Error:
         return None, "message data is not valid base64"
-    try:
-        text = decoded.decode("utf-8")
-    except UnicodeDecodeError:
-        return None, "message data is not UTF-8 text"
-    if not text.strip():
-        return None, None
-    try:
-        return json.loads(text), None
-    except json.JSONDecodeError as err:
-        return None, (
-            f"message data is not valid JSON ({err.msg} at line {err.lineno} column "
-            f"{err.colno}); publish a JSON object such as "
-            '{"reason": "manual refresh"}'
-        )
+    body, problem = _loads(decoded, "message data")
+    if problem and "valid JSON" in problem:
+        problem += '; publish a JSON object such as {"reason": "manual refresh"}'
+    return body, problem
+
+
+def _attribute_options(attributes: Any) -> tuple[dict[str, Any], str | None]:
+    """The run options an attributes-only message carries (reason, dry_run, force)."""
+    if not isinstance(attributes, Mapping):
+        return {}, None
+    options: dict[str, Any] = {}
+    for name in ATTRIBUTE_OPTIONS:
+        value = attributes.get(name)
+        if value is None:
+            continue
+        if name == "reason":
+            options[name] = value
+        elif str(value).lower() in ("true", "false"):
+            options[name] = str(value).lower() == "true"
+        else:
+            return {}, f"attribute `{name}` must be true or false, got {_shown(value)}"
+    return options, None
 
 
 def _decide_manual_message(
@@ -262,6 +379,14 @@ def _decide_manual_message(
             f"{label}: `dry_run` must be true or false (a JSON boolean), got {_shown(dry_run)}",
         )
 
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        return _reject(
+            "pubsub",
+            message_id,
+            f"{label}: `force` must be true or false (a JSON boolean), got {_shown(force)}",
+        )
+
     features_source = None
     if "features_table" in body:
         features_source, problem = _allowed_features_source(body["features_table"], settings)
@@ -274,6 +399,8 @@ def _decide_manual_message(
     ]
     if dry_run:
         details.append("dry run: nothing will be published")
+    if force:
+        details.append("forced: the row-drop guard is off")
     return Decision(
         action="run",
         reason=f"{label} asks for a run ({'; '.join(details)})",
@@ -281,6 +408,7 @@ def _decide_manual_message(
         key=message_id,
         features_source=features_source,
         dry_run=dry_run,
+        force=force,
         message_reason=message_reason,
     )
 
@@ -369,10 +497,6 @@ def _decide_log_entry(
     def skip(why: str) -> Decision:
         return Decision(action="skip", reason=f"{via}: {why}", trigger="table-change", key=key)
 
-    too_old = _too_old(event_time, settings, now, "table-change", key, via)
-    if too_old:
-        return too_old
-
     service = _text(payload.get("serviceName")) or _text(attributes.get("servicename"))
     resource = _text(payload.get("resourceName")) or _text(attributes.get("resourcename"))
     method = _text(payload.get("methodName")) or _text(attributes.get("methodname"))
@@ -419,12 +543,53 @@ def _decide_log_entry(
             f"data change of {table or resource}, not of the watched table {settings.watched_table}"
         )
 
+    change_reason = _text(change.get("reason"))
+    if change_reason in NON_RUN_REASONS:
+        return skip(
+            f"a {change_reason} entry of {table} (Storage Write API) is not a finished change; "
+            "runs start at BATCH_COMMIT or FLUSH, or when the producer publishes to the run topic"
+        )
     counts = _change_summary(change)
+    changed_at = _parse_time(_text(entry.get("timestamp")) or event_time)
+    age = (now - changed_at).total_seconds() if changed_at else 0.0
+    late = age > settings.max_event_age_seconds
+    note = (
+        (
+            f"; late: {_duration(age)} old, more than MAX_EVENT_AGE_SECONDS="
+            f"{settings.max_event_age_seconds}, runs only if no run covers it"
+        )
+        if late
+        else ""
+    )
     return Decision(
         action="run",
-        reason=f"{via}: data change of the watched table {table} ({counts})",
+        reason=f"{via}: data change of the watched table {table} ({counts}){note}",
         trigger="table-change",
         key=key,
+        changed_at=changed_at,
+        late=late,
+    )
+
+
+def covered_by(decision: Decision, run_id: str | None, run_started: datetime | None) -> Decision:
+    """Coalescing: a table change that happened before the start of successful run `run_id`
+    is in that run's input (the run read the table after it started), so it becomes a skip;
+    any other decision is returned unchanged. A change without a time is never covered."""
+    if (
+        decision.action != "run"
+        or decision.trigger != "table-change"
+        or decision.changed_at is None
+        or run_started is None
+        or decision.changed_at >= _as_utc(run_started)
+    ):
+        return decision
+    return dataclasses.replace(
+        decision,
+        action="skip",
+        reason=(
+            f"{decision.reason}: already covered by run {run_id}, which started at "
+            f"{_as_utc(run_started).isoformat()}, after this change"
+        ),
     )
 
 
@@ -483,11 +648,12 @@ def _too_old(
         action="skip",
         reason=(
             f"{label} dropped: it is {_duration(age)} old (sent {when.isoformat()}), older than "
-            f"MAX_EVENT_AGE_SECONDS={settings.max_event_age_seconds}; a retry this late would "
-            "only repeat stale work"
+            f"MAX_EVENT_AGE_SECONDS={settings.max_event_age_seconds}; a message this late "
+            "is not run: publish it again if the run is still wanted"
         ),
         trigger=trigger,
         key=key,
+        warn=True,
     )
 
 
@@ -536,10 +702,13 @@ __all__ = [
     "ALLOWED_MESSAGE_KEYS",
     "AUDIT_LOG_WRITTEN",
     "JOB_LABELS",
+    "NON_RUN_REASONS",
     "PUBSUB_MESSAGE_PUBLISHED",
     "Decision",
     "EventEnvelope",
+    "covered_by",
     "decide",
     "envelope_from_cloudevent",
+    "envelope_from_http",
     "envelope_from_structured",
 ]

@@ -14,12 +14,21 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 
-from clustering import __version__
+from clustering import __version__, budget
 from clustering.errors import InputError
 from clustering.naming import CSV_CLUSTERS, CSV_EXCLUDED, HTML_REPORT, MANIFEST, new_run_id
 from clustering.settings import JobSettings
 
 VERSIONED = ("numpy", "pandas", "scikit-learn", "scipy", "matplotlib")
+# Publishing (run folder, table load, pointer) does not start with less time than this left
+# of the run's budget: a run that cannot finish publishing stops before it begins.
+PUBLISH_RESERVE_SECONDS = 30.0
+
+
+class PublishInterrupted(RuntimeError):
+    """The clusters table holds the run but latest/ does not point to it yet. Transient on
+    purpose, whatever the cause: the redelivery runs the event again and publishes both, which
+    repairs the disagreement (and so would any later successful run)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class RunRequest:
     event_id: str | None = None
     reason: str | None = None
     dry_run: bool = False
+    force: bool = False
 
 
 @dataclass
@@ -42,6 +52,10 @@ class _Stopwatch:
     _since: float = 0.0
 
     def stage(self, name: str, message: str) -> None:
+        # Stage boundaries are where a run past its deadline stops (clustering.budget).
+        active = budget.active()
+        if active is not None:
+            active.check(name, PUBLISH_RESERVE_SECONDS if name == "publish" else 0.0)
         self._close()
         self._stage, self._since = name, time.perf_counter()
         self.progress(message)
@@ -73,22 +87,27 @@ def run_job(
     on_history_error: Callable[[Exception], None] | None = None,
     run_id: str | None = None,
     on_warning: Callable[[str], None] | None = None,
+    fence: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Run the whole job; raise InputError for bad input, anything else for the unexpected.
 
     Artifacts go to runs/<run_id>/ first, then the clusters table is replaced in one atomic
-    step, then latest/ is replaced (run.json last): a failure before the end leaves the table
-    and latest/ as they were. With a RUNS_TABLE, one row is appended per run, failed or not;
-    a failure to append it goes to `on_history_error` (default: raise), because the history
-    must never turn a published run into a retried one. `run_id` lets a caller log under the
-    id before the run starts. `on_warning` receives each warning as soon as it is known (those
-    about the input when the input is read), long before publishing; run.json lists them all.
+    load job, then latest/ switches to the run in one conditional step: a failure before the
+    load leaves the table and latest/ as they were, one after it raises PublishInterrupted.
+    `fence(step)` is called before each publishing step and raises when the run may no longer
+    publish (it lost its claim). With a RUNS_TABLE, one row is appended per run, failed or
+    not; a failure to append it goes to `on_history_error` (default: raise), because the
+    history must never turn a published run into a retried one. `run_id` lets a caller log
+    under the id before the run starts. `on_warning` receives each warning as soon as it is
+    known (those about the input when the input is read), long before publishing; run.json
+    lists them all.
     """
     started = datetime.now(UTC)
     run_id = run_id or new_run_id(started)
     clock = _Stopwatch(progress or (lambda _message: None))
     try:
-        report = _run(settings, request, clock, run_id, started, on_warning or (lambda _w: None))
+        report = _run(settings, request, clock, run_id, started,
+                      on_warning or (lambda _w: None), fence or (lambda _step: None))  # fmt: skip
     except Exception as error:
         _record(settings, request, run_id, started, None, error, on_history_error)
         raise
@@ -96,8 +115,13 @@ def run_job(
     return report
 
 
-def _run(settings, request, clock, run_id, started, warn) -> RunReport:
+def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
     from clustering import adapters, charts, report
+
+    store = adapters.artifact_store(settings.artifacts_dest)
+    # Read once, before the data: the last published run's row count for the row-drop guard,
+    # and the pointer's version, which the switch of latest/ is conditional on.
+    pointer, pointer_token = store.read_pointer()
 
     # Fork the chart process first: it imports matplotlib while this one reads and clusters.
     with charts.ChartRenderer() as renderer:
@@ -116,6 +140,8 @@ def _run(settings, request, clock, run_id, started, warn) -> RunReport:
 
         clock.stage("validate", f"validating {len(frame)} rows")
         valid = validate_features(frame, analysis, where)
+        check_row_drop(len(valid.frame), _manifest_of(pointer), settings.min_rows_ratio,
+                       request.force, where)  # fmt: skip
         boundaries, map_warnings = _boundaries(settings, valid.frame)
         for warning in valid.warnings + map_warnings:
             warn(warning)
@@ -140,8 +166,8 @@ def _run(settings, request, clock, run_id, started, warn) -> RunReport:
         )
         _submit(renderer, tasks)
         warnings = valid.warnings + map_warnings + result.warnings
-        page = _report_task(settings, request, run_id, started, result, view, warnings, tasks)
-        _submit(renderer, page)
+        _submit(renderer, _report_task(settings, request, run_id, started, result, view,
+                                       warnings, tasks))  # fmt: skip
         # The CSVs are encoded while the chart workers draw.
         table = result.table.assign(run_id=run_id, _clustered_at=started)
         files = {
@@ -151,9 +177,8 @@ def _run(settings, request, clock, run_id, started, warn) -> RunReport:
         files |= renderer.collect()
         files[HTML_REPORT] = report.embed(files[HTML_REPORT], files)
 
-    store = None if request.dry_run else adapters.artifact_store(settings.artifacts_dest)
-    prefix = store.describe(f"runs/{run_id}/") if store else None
-    page = store.describe(f"runs/{run_id}/{HTML_REPORT}") if store else None
+    prefix = None if request.dry_run else store.describe(f"runs/{run_id}/")
+    page = None if request.dry_run else store.describe(f"runs/{run_id}/{HTML_REPORT}")
 
     def manifest(timings: dict[str, float]) -> dict:
         document = _manifest(
@@ -170,11 +195,25 @@ def _run(settings, request, clock, run_id, started, warn) -> RunReport:
 
     clock.stage("publish", f"publishing run {run_id}")
     files[MANIFEST] = _json_bytes(manifest(dict(clock.timings)))
+    fence("writing the run folder")
     store.write_run(run_id, files)
-    if settings.clusters_table:
-        clusters = with_shapes(table, boundaries)
-        adapters.write_clusters(settings.clusters_table, clusters, output_schema(clusters))
-    store.promote(run_id, files)
+    if not settings.clusters_table:
+        _switch_latest(store, run_id, files, pointer_token, fence)
+        clock.progress(f"report: {store.describe(f'latest/{HTML_REPORT}')}")
+        return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
+    fence("loading the clusters table")
+    clusters = with_shapes(table, boundaries)
+    adapters.write_clusters(settings.clusters_table, clusters, output_schema(clusters), run_id)
+    try:
+        if not adapters.clusters_hold(settings.clusters_table, run_id):
+            raise RuntimeError(f"{settings.clusters_table} holds another run's rows after the "
+                               "load (a late load job of an earlier run)")  # fmt: skip
+        _switch_latest(store, run_id, files, pointer_token, fence)
+    except Exception as error:
+        raise PublishInterrupted(
+            f"run {run_id} was loaded into {settings.clusters_table} but latest/ was not "
+            f"switched to it ({one_line(error)}); the redelivery of the event publishes again"
+        ) from error
     clock.progress(f"report: {store.describe(f'latest/{HTML_REPORT}')}")
     return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
 
@@ -258,6 +297,42 @@ def _report_task(settings, request, run_id, started, result, view, warnings, tas
     return {HTML_REPORT: (report.page, (facts, view, notes, (PNG_ELBOW, *tasks)))}
 
 
+def _switch_latest(store, run_id: str, files: dict[str, bytes], token, fence) -> None:
+    from clustering.claims import ClaimLost
+
+    fence("switching latest/")
+    if not store.switch_latest(run_id, files, token):
+        raise ClaimLost(f"latest/ changed since run {run_id} read it (another run published "
+                        "meanwhile): this run does not overwrite it")  # fmt: skip
+
+
+def _manifest_of(pointer: bytes | None) -> dict | None:
+    """The manifest latest/run.json holds, None when absent or unreadable."""
+    if pointer is None:
+        return None
+    try:
+        document = json.loads(pointer)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def check_row_drop(rows: int, previous: dict | None, ratio: float, force: bool, where: str) -> None:
+    """The row-drop guard: an input with fewer than `ratio` times the rows of the last
+    published run is refused as bad data (a truncated refresh would otherwise replace good
+    results), unless the run is forced. No previous run, or ratio 0, means no guard."""
+    if force or not previous or ratio <= 0:
+        return
+    before = (previous.get("input") or {}).get("rows")
+    if not isinstance(before, int) or rows >= ratio * before:
+        return
+    raise InputError(
+        f"{where} has {rows} rows, fewer than MIN_ROWS_RATIO={ratio:g} of the {before} rows of "
+        f"the last published run {previous.get('run_id', '?')}; nothing was published. If the "
+        'drop is real, run with --force (CLI) or publish {"force": true} to the run topic'
+    )
+
+
 def _submit(renderer, tasks: dict[str, tuple]) -> None:
     """Hand chart tasks (name -> draw function, arguments) to the chart workers."""
     for name, (draw, args) in tasks.items():
@@ -285,7 +360,9 @@ def _record(settings, request, run_id, started, report, error, on_error) -> None
 
     row = history_row(settings, request, run_id, started, report, error)
     try:
-        adapters.append_run(settings.runs_table, row)
+        # A budget of its own: a run stopped by its deadline is still recorded.
+        with budget.bounded(budget.Budget.lasting(budget.FINAL_STEP_SECONDS)):
+            adapters.append_run(settings.runs_table, row)
     except Exception as history_error:
         if on_error is None:
             raise
@@ -303,7 +380,7 @@ def history_row(settings, request, run_id, started, report, error) -> dict:
         "source_table": settings.features_source or "built-in sample",
         "started_at": started.isoformat(),
         "finished_at": finished.isoformat(),
-        "status": report.status if report else "failed",
+        "status": report.status if report else _failed_status(error),
         "error": one_line(error) if error else None,
         "duration_seconds": round((finished - started).total_seconds(), 3),
     }
@@ -328,6 +405,12 @@ def history_row(settings, request, run_id, started, report, error) -> dict:
         "silhouette_sample_size": manifest["silhouette"]["sample_size"],
         "artifact_prefix": report.artifact_prefix,
     }
+
+
+def _failed_status(error: BaseException | None) -> str:
+    """`published_partially` when the table holds the run but latest/ does not (repaired by
+    the redelivery, whose own row then says `succeeded`); `failed` otherwise."""
+    return "published_partially" if isinstance(error, PublishInterrupted) else "failed"
 
 
 def one_line(error: BaseException) -> str:

@@ -118,8 +118,16 @@ OPTIONS: tuple[Option, ...] = (
            "features_table", "names", "ALLOWED_FEATURES_TABLES", default=(), shown="[]"),
     Option("function_service_account", "the function's own principal: audit events it caused "
            "are skipped", "optional", "FUNCTION_SERVICE_ACCOUNT"),
-    Option("max_event_age_seconds", "older deliveries (retries of a long outage) are dropped",
-           "int", "MAX_EVENT_AGE_SECONDS", default=3600),
+    Option("max_event_age_seconds", "a table change older than this runs only if no run has "
+           "started since it; an older manual message is skipped", "int",
+           "MAX_EVENT_AGE_SECONDS", default=86_400),
+    Option("min_rows_ratio", "row-drop guard: a features table with fewer rows than this share "
+           "of the last published run's is refused (0 turns it off; --force or a message's "
+           '"force": true overrides it once)', "float", "MIN_ROWS_RATIO", "--min-rows-ratio",
+           0.5, metavar="SHARE"),
+    Option("function_timeout_seconds", "the function's timeout (Terraform sets it): a run stops "
+           "itself before it and is retried", "int", "FUNCTION_TIMEOUT_SECONDS",
+           shown="none (no deadline)"),
     _analysis("min_population", "MIN_POPULATION", "rows with fewer residents are analysed as "
               "Low Population (Park/Open Space), not clustered as residential"),
     _analysis("k_min", "K_MIN", "smallest K of the elbow/silhouette diagnostic, which only "

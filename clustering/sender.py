@@ -197,7 +197,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="post a Pub/Sub or BigQuery table-change CloudEvent to a running function",
         description=(
             "Post a CloudEvent shaped like Google's to a running function (for example "
-            "`functions-framework --target=recluster --signature-type=cloudevent`)."
+            "`functions-framework --target=recluster`) and print its JSON answer."
         ),
     )
     # Kind and numbers are checked by `send_event`, not argparse, so every mistake ends in the
@@ -239,8 +239,20 @@ def send_event(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"HTTP {status}" + (f" {body.strip()}" if body.strip() else ""))
+    print(describe_answer(status, body))
     return 0 if 200 <= status < 300 else 1
+
+
+def describe_answer(status: int, body: str) -> str:
+    """The function's answer as the user reads it: its JSON decision (event, action, reason,
+    run_id) pretty-printed under the status line, or the raw body when it is not JSON."""
+    try:
+        decision = json.loads(body)
+    except ValueError:
+        decision = None
+    if isinstance(decision, dict):
+        return f"HTTP {status}\n{json.dumps(decision, indent=2)}"
+    return f"HTTP {status}" + (f" {body.strip()}" if body.strip() else "")
 
 
 def _event_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], float]:

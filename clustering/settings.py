@@ -21,6 +21,13 @@ from clustering.options import DEFAULTS, OPTIONS, Option, env_vars
 DEFAULT_EXCLUDE_NEIGHBORHOODS: tuple[str, ...] = tuple(DEFAULTS["exclude_neighborhoods"])
 DEFAULT_CLUSTERING_FEATURES: tuple[str, ...] = tuple(DEFAULTS["clustering_features"])
 
+# Size limits (README, Limits): a features table or boundaries object above them is refused
+# before it is read, with a clear error, instead of an out-of-memory crash that the trigger
+# would retry. The function's 4 GiB instance clusters 250k rows at about 2 GiB (make bench).
+MAX_FEATURES_ROWS = 300_000
+MAX_FEATURES_BYTES = 512 * 1024**2
+MAX_BOUNDARIES_BYTES = 64 * 1024**2
+
 # A BigQuery table id as `project.dataset.table` (DESIGN.md, reliability rules).
 TABLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+){2}$")
 # A BigQuery column name: the only identifiers ever written into a query (boundaries).
@@ -137,7 +144,13 @@ class JobSettings:
     allowed_features_tables: table ids a Pub/Sub message may select instead of the default.
     function_service_account: the function's own principal; audit-log events it caused are
         skipped.
-    max_event_age_seconds: older events are dropped (they are retries of a long outage).
+    max_event_age_seconds: a manual message older than this is skipped; a table change older
+        than this still runs unless a successful run has started since it happened. Longer
+        than the retry window Terraform configures (checked by tests/test_terraform.py).
+    min_rows_ratio: the row-drop guard: a features table with fewer rows than this share of
+        the last published run's input fails as bad data unless the run is forced.
+    function_timeout_seconds: the platform's timeout of one invocation (the function's
+        Terraform passes it); the handler stops a run before it. None: no deadline (CLI).
     """
 
     features_source: str | None = None
@@ -150,7 +163,9 @@ class JobSettings:
     boundaries_geography_column: str = "geometry"
     allowed_features_tables: tuple[str, ...] = ()
     function_service_account: str | None = None
-    max_event_age_seconds: int = 3600
+    max_event_age_seconds: int = 86_400
+    min_rows_ratio: float = 0.5
+    function_timeout_seconds: int | None = None
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
 
     def __post_init__(self) -> None:
@@ -197,6 +212,17 @@ class JobSettings:
         if self.max_event_age_seconds <= 0:
             raise InputError(
                 f"MAX_EVENT_AGE_SECONDS is {self.max_event_age_seconds}: use a positive number"
+            )
+        if not 0 <= self.min_rows_ratio <= 1:
+            raise InputError(
+                f"MIN_ROWS_RATIO is {self.min_rows_ratio}: use a share between 0 (guard off) and 1"
+            )
+        if self.function_timeout_seconds is not None and self.function_timeout_seconds < 120:
+            # A run stops 30 s before the timeout and publishes only with 30 s left (job.py):
+            # below 120 s too little would remain to cluster.
+            raise InputError(
+                f"FUNCTION_TIMEOUT_SECONDS is {self.function_timeout_seconds}: use the "
+                "function's timeout in seconds (120 or more)"
             )
 
     def with_features_source(self, source: str) -> JobSettings:

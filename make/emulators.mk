@@ -3,7 +3,8 @@
 # behave). Everything lives in the git-ignored .tools/; each environment is rebuilt from scratch
 # only when its pin file or this file changes, so a second `make test` does nothing here.
 # The Pub/Sub emulator is not installable from a registry: tests/emulators.py finds the one that
-# comes with the Google Cloud CLI, and the Pub/Sub tests skip where it is absent.
+# comes with the Google Cloud CLI, and the Pub/Sub tests fail where it is absent (unless
+# CLUSTERING_TESTS_WITHOUT_PUBSUB_EMULATOR=1 leaves them out).
 
 GCS_TOOL := .tools/gcs
 GCS_STAMP := $(GCS_TOOL)/.installed

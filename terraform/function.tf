@@ -31,6 +31,10 @@ locals {
     # Audit-log events caused by this principal are skipped by the code, as by the sink filter.
     FUNCTION_SERVICE_ACCOUNT = google_service_account.runtime.email
     MAX_EVENT_AGE_SECONDS    = tostring(var.max_event_age_seconds)
+    # The code stops a run before this timeout (clustering/budget.py) and only takes a run
+    # lock over once it is older than it.
+    FUNCTION_TIMEOUT_SECONDS = tostring(var.function_timeout_seconds)
+    MIN_ROWS_RATIO           = tostring(var.min_rows_ratio)
     # The analytic settings, with the code's defaults where a variable is null (defaults.tf).
     MIN_POPULATION         = tostring(local.analysis.min_population)
     K_MIN                  = tostring(local.analysis.k_min)
@@ -55,7 +59,7 @@ resource "google_cloudfunctions2_function" "recluster" {
 
   build_config {
     runtime     = "python311" # the version the tests run on
-    entry_point = "recluster" # main.py, CloudEvent signature
+    entry_point = "recluster" # main.py, HTTP signature: the code parses every push body itself
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
@@ -65,14 +69,17 @@ resource "google_cloudfunctions2_function" "recluster" {
   }
 
   # No event_trigger: the push subscription in triggers.tf delivers the events, so that
-  # retries and dead lettering are under this configuration's control. functions-framework
-  # turns each raw push into the same messagePublished CloudEvent an Eventarc trigger sends.
+  # retries and dead lettering are under this configuration's control. The function is an
+  # HTTP function that parses each raw push body itself (clustering/events.py): the
+  # framework's CloudEvent conversion answers 400 to attribute-only messages before any code
+  # runs.
   service_config {
     available_memory = var.function_memory
     available_cpu    = local.function_cpu[var.function_memory]
     timeout_seconds  = var.function_timeout_seconds
-    # One run at a time: runs replace the same table and latest/ folder, so overlapping runs
-    # would race. A delivery that finds the instance busy is retried by Pub/Sub.
+    # One run at a time per revision. This alone does not serialize runs (a redeploy runs two
+    # revisions, and a timed-out run keeps its thread): the run lock in the artifacts bucket
+    # does (clustering/claims.py); this keeps a second delivery from waiting on the first.
     min_instance_count               = 0
     max_instance_count               = 1
     max_instance_request_concurrency = 1
@@ -93,6 +100,13 @@ resource "google_cloudfunctions2_function" "recluster" {
     precondition {
       condition     = local.analysis.sub_k_min <= local.analysis.sub_k_max
       error_message = "sub_k_min must not exceed sub_k_max."
+    }
+    # A table change that waited through every retry must still be recognised as one to run:
+    # the age limit outlasts the push subscription's retry window (triggers.tf: attempts x
+    # (600 s ack deadline + 600 s maximum backoff), and Pub/Sub keeps a message a day at most).
+    precondition {
+      condition     = var.max_event_age_seconds >= min(86400, var.max_delivery_attempts * 1200)
+      error_message = "max_event_age_seconds must be at least the retry window: max_delivery_attempts x 1200 s, or 86400."
     }
   }
 

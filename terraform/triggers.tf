@@ -33,12 +33,17 @@ resource "google_logging_project_sink" "features_changed" {
   #   function's writes to the clusters and runs tables (when they share the dataset);
   # - only data changes: the function's own read of the table (tableDataRead) has the same
   #   resourceName and method (InsertJob);
+  # - not the Storage Write API's unfinished entries (each append, and FINALIZE, logs one; the
+  #   data becomes visible at BATCH_COMMIT or FLUSH, which do pass), the same reasons the
+  #   code skips (clustering/events.py NON_RUN_REASONS; tests/test_terraform.py compares);
   # - never an entry caused by the function's own service account.
   filter = <<-EOT
     logName="projects/${var.project_id}/logs/cloudaudit.googleapis.com%2Fdata_access"
     protoPayload.serviceName="bigquery.googleapis.com"
     protoPayload.resourceName="projects/${var.project_id}/datasets/${var.features_dataset_id}/tables/${var.features_table_id}"
     protoPayload.metadata.tableDataChange:*
+    NOT protoPayload.metadata.tableDataChange.reason="WRITE_API_APPEND_ROWS"
+    NOT protoPayload.metadata.tableDataChange.reason="FINALIZE"
     NOT protoPayload.authenticationInfo.principalEmail="${google_service_account.runtime.email}"
   EOT
 
@@ -55,7 +60,8 @@ resource "google_pubsub_subscription" "function_push" {
   labels  = local.labels
 
   # For a push subscription this is the request timeout: longer than the function's own
-  # timeout, so a run still in progress is never delivered a second time.
+  # timeout, so a run still in progress is never delivered a second time. It and the maximum
+  # backoff make the retry window the age limit must outlast (function.tf precondition).
   ack_deadline_seconds = 600
   # A message that waited longer than a day is dropped by the function anyway.
   message_retention_duration = "86400s"
@@ -81,8 +87,8 @@ resource "google_pubsub_subscription" "function_push" {
   }
 
   push_config {
-    # The topic path in the URL becomes the CloudEvent source that functions-framework builds
-    # from the raw push body; the function serves every path.
+    # The topic path in the URL names the source of the event the code builds from the raw
+    # push body; the function serves every path.
     push_endpoint = "${google_cloudfunctions2_function.recluster.service_config[0].uri}/${google_pubsub_topic.runs.id}"
     oidc_token {
       service_account_email = google_service_account.trigger.email

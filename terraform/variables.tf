@@ -235,14 +235,16 @@ variable "function_memory" {
 }
 
 variable "function_timeout_seconds" {
-  description = "Run time limit of one invocation, in seconds."
+  description = "Run time limit of one invocation, in seconds. Passed to the code as FUNCTION_TIMEOUT_SECONDS: a run stops itself 30 s before it, and a run lock older than it plus 60 s is taken over."
   type        = number
   default     = 540
   validation {
     # Pub/Sub waits at most 600 s for a push response; 540 s keeps a timed-out run from
     # overlapping its own redelivery.
-    condition     = floor(var.function_timeout_seconds) == var.function_timeout_seconds && var.function_timeout_seconds >= 60 && var.function_timeout_seconds <= 540
-    error_message = "function_timeout_seconds must be a whole number between 60 and 540."
+    # At least 120 s: the code stops a run 30 s before the timeout and publishes only with
+    # 30 s left, which leaves a minute to read and cluster.
+    condition     = floor(var.function_timeout_seconds) == var.function_timeout_seconds && var.function_timeout_seconds >= 120 && var.function_timeout_seconds <= 540
+    error_message = "function_timeout_seconds must be a whole number between 120 and 540."
   }
 }
 
@@ -395,12 +397,22 @@ variable "silhouette_sample_size" {
 }
 
 variable "max_event_age_seconds" {
-  description = "Events older than this are acked without a run: a redelivery that late would only repeat stale work."
+  description = "A manual message older than this is acked without a run. A table change older than this still runs unless a successful run started after it. Must outlast the push subscription's retry window (checked at plan time)."
   type        = number
-  default     = 3600
+  default     = 86400
   validation {
     condition     = floor(var.max_event_age_seconds) == var.max_event_age_seconds && var.max_event_age_seconds >= 60 && var.max_event_age_seconds <= 86400
     error_message = "max_event_age_seconds must be a whole number between 60 and 86400 (one day)."
+  }
+}
+
+variable "min_rows_ratio" {
+  description = "Row-drop guard: a features table with fewer rows than this share of the last published run's input fails as bad data and publishes nothing, unless a message says \"force\": true. 0 turns the guard off."
+  type        = number
+  default     = 0.5
+  validation {
+    condition     = var.min_rows_ratio >= 0 && var.min_rows_ratio <= 1
+    error_message = "min_rows_ratio must be between 0 and 1."
   }
 }
 

@@ -10,6 +10,7 @@ make/emulators.mk into .tools/; the Pub/Sub emulator comes with the Google Cloud
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -299,7 +300,7 @@ def functions_framework_server(
     port: int | None = None,
     *,
     target: str = "recluster",
-    signature_type: str = "cloudevent",
+    signature_type: str = "http",
     log_path: Path | None = None,
 ) -> Iterator[FunctionServer]:
     """Serve target_file's `target` with functions-framework until the block exits.
@@ -325,7 +326,7 @@ def functions_framework_server(
         *("--target", target, "--signature-type", signature_type),
         *("--source", str(source), "--port", str(port), "--host", HOST),
     ]
-    # Any HTTP answer means the app is loaded: a cloudevent function rejects a bare GET.
+    # Any HTTP answer means the app is loaded: the function answers a bare GET with 405.
     with running_process(
         "functions-framework",
         command,
@@ -363,3 +364,80 @@ def storage_client(emulator: GcsEmulator, project: str = DEFAULT_PROJECT):
         credentials=AnonymousCredentials(),
         client_options={"api_endpoint": emulator.endpoint},
     )
+
+
+class FaultProxy:
+    """An HTTP proxy in front of an emulator that injects faults the emulators never produce:
+    a response lost after the request was applied, or an error answer (a 403 rate limit, a
+    503) instead of forwarding.
+
+    `rule(method, path, body)` is asked for every request and returns "pass", "drop" (forward, then
+    close the connection without answering, as a network failure after the server acted does)
+    or (status, JSON body) to answer without forwarding. Every request is recorded in
+    `.requests` as "METHOD path action".
+    """
+
+    def __init__(self, target: str, rule: Callable[[str, str, bytes], object]) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.requests: list[str] = []
+        proxy = self
+        upstream = urlsplit(target)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                action = rule(self.command, self.path, body or b"")
+                proxy.requests.append(f"{self.command} {self.path} {action}")
+                if isinstance(action, tuple):
+                    status, payload = action
+                    self._answer(status, [], json.dumps(payload).encode())
+                    return
+                connection = http.client.HTTPConnection(upstream.hostname, upstream.port,
+                                                        timeout=60)  # fmt: skip
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                connection.request(self.command, self.path, body=body, headers=headers)
+                response = connection.getresponse()
+                content = response.read()
+                connection.close()
+                if action == "drop":
+                    self.close_connection = True
+                    return
+                self._answer(response.status, response.getheaders(), content)
+
+            def _answer(self, status: int, headers, content: bytes) -> None:
+                self.send_response(status)
+                skip = {"content-length", "transfer-encoding", "connection"}
+                for name, value in headers:
+                    if name.lower() not in skip:
+                        self.send_header(name, value)
+                self.send_header("Content-Type", dict(headers).get("Content-Type",
+                                                                   "application/json"))  # fmt: skip
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.endpoint = f"http://{HOST}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,6 +1,9 @@
-"""The claim protocol on both stores: local files, and Cloud Storage on fake-gcs-server."""
+"""The claim protocol and the run lock on both stores: local files, and Cloud Storage on
+fake-gcs-server (whose preconditions are the real ones' semantics)."""
 
+import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -28,124 +31,219 @@ def store(request, tmp_path, monkeypatch):
     return GcsStore(f"gs://{bucket}/prefix")
 
 
-def test_the_first_claim_wins_and_a_fresh_running_claim_is_busy(store):
-    assert claims.claim(store, "k", mine("run-a"), NOW) == ("claimed", None)
-    outcome, found = claims.claim(store, "k", mine("run-b"), NOW + timedelta(seconds=30))
-    assert outcome == "busy" and found.run_id == "run-a" and found.state == claims.RUNNING
+def holder(store) -> str | None:
+    found = store.read_claim(claims.LOCK_KEY)
+    return claims.decode(found[0]).run_id if found else None
 
 
-def test_a_finished_claim_makes_every_redelivery_a_duplicate(store):
-    claims.claim(store, "k", mine("run-a"), NOW)
-    claims.finish(store, "k", mine("run-a"))
+def test_the_first_claim_wins_and_holds_the_lock_for_every_event(store):
+    outcome, found, fence = claims.claim(store, "k", mine("run-a"), NOW)
+    assert (outcome, found) == ("claimed", None) and fence.holds()
+    # Another delivery of the same event, and an event of its own: both must wait.
+    for key in ("k", "other"):
+        outcome, found, none = claims.claim(store, key, mine("run-b"), NOW + timedelta(seconds=30))
+        assert (outcome, found.run_id, none) == ("busy", "run-a", None)
+
+
+def test_a_finished_event_is_a_duplicate_and_frees_the_lock(store):
+    _, _, fence = claims.claim(store, "k", mine("run-a"), NOW)
+    fence.finish()
+    assert holder(store) is None
     much_later = NOW + timedelta(days=1)
-    outcome, found = claims.claim(store, "k", mine("run-b", much_later), much_later)
+    outcome, found, _ = claims.claim(store, "k", mine("run-b", much_later), much_later)
     assert outcome == "done" and found.run_id == "run-a" and found.state == claims.DONE
+    assert claims.claim(store, "next", mine("run-c"), much_later)[0] == "claimed"
 
 
-def test_a_stale_running_claim_is_taken_over_once(store):
-    claims.claim(store, "k", mine("run-a"), NOW)
+def test_a_stale_lock_is_taken_over_once_and_fences_out_its_old_holder(store):
+    _, _, old = claims.claim(store, "k", mine("run-a"), NOW)
     later = NOW + timedelta(seconds=claims.STALE_AFTER_SECONDS + 1)
-    outcome, found = claims.claim(store, "k", mine("run-b", later), later)
+    outcome, found, new = claims.claim(store, "k", mine("run-b", later), later)
     assert outcome == "claimed" and found.run_id == "run-a"
-    # The takeover wrote a fresh claim: a third delivery finds run-b running.
-    outcome, found = claims.claim(store, "k", mine("run-c", later), later)
+    assert new.holds() and not old.holds()
+    with pytest.raises(claims.ClaimLost, match="run-a lost the run lock before publishing"):
+        old.check("publishing")
+    # The old run's release cannot delete the new holder's lock.
+    assert old.release() is False and holder(store) == "run-b"
+    outcome, found, _ = claims.claim(store, "k", mine("run-c", later), later)
     assert outcome == "busy" and found.run_id == "run-b"
 
 
-def test_a_takeover_loses_to_a_claim_changed_since_it_was_read(store):
+def test_a_lock_just_younger_than_stale_is_busy(store):
     claims.claim(store, "k", mine("run-a"), NOW)
-    _, token = store.read_claim("k")
-    assert store.replace_claim("k", mine("run-b").encode(), token)
-    assert not store.replace_claim("k", mine("run-c").encode(), token)  # token is stale now
-    assert claims.decode(store.read_claim("k")[0]).run_id == "run-b"
+    almost = NOW + timedelta(seconds=claims.STALE_AFTER_SECONDS - 1)
+    assert claims.claim(store, "k", mine("run-b", almost), almost)[0] == "busy"
 
 
-def test_a_released_claim_can_be_claimed_again(store):
+def test_stale_after_outlasts_the_function_timeout():
+    assert claims.stale_after(None) == claims.STALE_AFTER_SECONDS
+    assert claims.stale_after(540) == 540 + claims.STALE_MARGIN_SECONDS
+    assert claims.stale_after(540) > 540
+
+
+def test_a_takeover_loses_to_a_lock_changed_since_it_was_read(store):
     claims.claim(store, "k", mine("run-a"), NOW)
-    store.release("k")
-    assert store.read_claim("k") is None
-    assert claims.claim(store, "k", mine("run-b"), NOW)[0] == "claimed"
+    _, token = store.read_claim(claims.LOCK_KEY)
+    assert store.replace_claim(claims.LOCK_KEY, mine("run-b").encode(), token) is not None
+    assert store.replace_claim(claims.LOCK_KEY, mine("run-c").encode(), token) is None
+    assert holder(store) == "run-b"
 
 
-def test_an_unreadable_claim_counts_as_done(store):
-    assert store.create_claim("k", b"not json")
-    assert claims.claim(store, "k", mine("run-b"), NOW + timedelta(days=1)) == ("done", None)
+def test_the_lock_released_between_create_and_read_is_claimed_again(store):
+    class ReleasedMeanwhile:
+        """The store as a delivery sees it when the holder releases between two calls."""
+
+        def __init__(self, inner) -> None:
+            self.inner, self.creates = inner, 0
+
+        def create_claim(self, key, content):
+            self.creates += 1
+            if key == claims.LOCK_KEY and self.creates == 1:
+                return None  # the holder still had it at this instant
+            return self.inner.create_claim(key, content)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    racing = ReleasedMeanwhile(store)
+    outcome, found, fence = claims.claim(racing, "k", mine("run-b"), NOW)
+    assert (outcome, found) == ("claimed", None) and fence.holds()
 
 
-def test_keys_with_slashes_are_separate_claims(store):
-    assert claims.claim(store, "projects/p/jobs/1", mine("a"), NOW)[0] == "claimed"
+def test_an_event_finished_while_waiting_for_the_lock_is_done(store):
+    _, _, first = claims.claim(store, "k", mine("run-a"), NOW)
+
+    class FinishesMeanwhile:
+        """The first run finishes right after the second delivery checked the event."""
+
+        def __init__(self, inner) -> None:
+            self.inner, self.reads = inner, 0
+
+        def read_claim(self, key):
+            found = self.inner.read_claim(key)
+            if key == "k":
+                self.reads += 1
+                if self.reads == 1:
+                    first.finish()  # just after this delivery saw the event unfinished
+            return found
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    outcome, found, fence = claims.claim(FinishesMeanwhile(store), "k", mine("run-b"), NOW)
+    # The second delivery got the lock after run-a finished, saw the event done, let go.
+    assert (outcome, found.run_id, fence) == ("done", "run-a", None)
+    assert holder(store) is None
+
+
+def test_an_unreadable_event_record_counts_as_done(store):
+    assert store.create_claim("k", b"not json") is not None
+    assert claims.claim(store, "k", mine("run-b"), NOW + timedelta(days=1))[0] == "done"
+
+
+def test_keys_with_slashes_are_separate_events(store):
+    _, _, fence = claims.claim(store, "projects/p/jobs/1", mine("a"), NOW)
+    fence.finish()
     assert claims.claim(store, "projects/p/jobs/2", mine("b"), NOW)[0] == "claimed"
 
 
-# --- Races and limits pinned by mutation testing (tools/mutation.py) -------------------------
+def test_racing_deliveries_get_the_lock_once(store):
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(
+            pool.map(lambda i: claims.claim(store, "k", mine(f"run-{i}"), NOW)[0], range(8))
+        )
+    assert sorted(outcomes) == ["busy"] * 7 + ["claimed"]
 
 
-class Interleaved:
-    """A real claim store (local files or Cloud Storage on the emulator) that lets another
-    delivery act once at a chosen moment: just before or just after this delivery reads the
-    claim, or just before it swaps a stale claim. No call is faked: every write is real."""
+def test_the_pointer_switches_only_from_the_version_that_was_read(store):
+    assert store.read_pointer() == (None, 0)
+    files = {"run.json": json.dumps({"run_id": "r1"}).encode()}
+    store.write_run("r1", files)
+    assert store.switch_latest("r1", files, 0)
+    content, token = store.read_pointer()
+    assert json.loads(content)["run_id"] == "r1"
 
-    def __init__(self, store, *, before_read=None, after_read=None, before_replace=None):
-        self.store = store
-        self.hooks = {"before_read": before_read, "after_read": after_read,
-                      "before_replace": before_replace}  # fmt: skip
-
-    def _at(self, moment: str) -> None:
-        hook = self.hooks.pop(moment, None)
-        if hook:
-            hook()
-
-    def create_claim(self, key, content):
-        return self.store.create_claim(key, content)
-
-    def read_claim(self, key):
-        self._at("before_read")
-        found = self.store.read_claim(key)
-        self._at("after_read")
-        return found
-
-    def replace_claim(self, key, content, token):
-        self._at("before_replace")
-        return self.store.replace_claim(key, content, token)
-
-    def release(self, key):
-        self.store.release(key)
+    second = {"run.json": json.dumps({"run_id": "r2"}).encode()}
+    store.write_run("r2", second)
+    assert not store.switch_latest("r2", second, 0)  # read before r1 published: refused
+    assert json.loads(store.read_pointer()[0])["run_id"] == "r1"
+    assert store.switch_latest("r2", second, token)
+    assert json.loads(store.read_pointer()[0])["run_id"] == "r2"
 
 
-def test_a_claim_released_between_create_and_read_is_claimed_on_the_second_try(store):
+def test_a_lost_response_to_a_conditional_create_is_success(gcs_emulator, monkeypatch):
+    from tests.emulators import FaultProxy
+
+    bucket = f"lost-{uuid.uuid4().hex[:8]}"
+    storage_client(gcs_emulator).create_bucket(bucket)
+    dropped = []
+
+    def lose_the_first_lock_upload(method: str, path: str, body: bytes):
+        # The claim's first create is the lock's (the event is only read before it).
+        if (
+            method == "POST"
+            and "/upload/" in path
+            and "ifGenerationMatch=0" in path
+            and not dropped
+        ):
+            dropped.append(path)
+            return "drop"
+        return "pass"
+
+    with FaultProxy(gcs_emulator.endpoint, lose_the_first_lock_upload) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+        store = GcsStore(f"gs://{bucket}/p")
+        outcome, found, fence = claims.claim(store, "k", mine("run-a"), NOW)
+
+    # The upload landed, its answer was lost, the client's retry met it as a 412: ours.
+    assert dropped and outcome == "claimed" and found is None
+    uploads = [r for r in proxy.requests if "/upload/" in r]
+    assert len(uploads) == 2, proxy.requests
+    assert fence.holds() and holder(store) == "run-a"
+
+
+def test_the_lock_is_released_even_when_marking_the_event_done_fails(store):
+    class CannotMark:
+        """The store as a run sees it when the event's record cannot be written."""
+
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def create_claim(self, key, content):
+            if key == "k":
+                raise OSError("disk full")
+            return self.inner.create_claim(key, content)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    _, _, fence = claims.claim(CannotMark(store), "k", mine("run-a"), NOW)
+    with pytest.raises(OSError, match="disk full"):
+        fence.finish()
+    assert holder(store) is None
+    assert claims.claim(store, "other", mine("run-b"), NOW)[0] == "claimed"
+
+
+def test_a_lock_released_then_retaken_before_the_second_try_is_busy(store):
     claims.claim(store, "k", mine("run-a"), NOW)
-    racing = Interleaved(store, before_read=lambda: store.release("k"))
-    assert claims.claim(racing, "k", mine("run-b"), NOW) == ("claimed", None)
-    assert claims.decode(store.read_claim("k")[0]).run_id == "run-b"
 
+    class ReleasedThenRetaken:
+        """run-b finds the lock gone when it reads it; run-c takes it before run-b retries."""
 
-def test_a_claim_released_then_retaken_before_the_second_try_is_busy(store):
-    claims.claim(store, "k", mine("run-a"), NOW)
-    # run-b finds the claim gone when it reads, and run-c creates it before run-b retries.
-    racing = Interleaved(
-        store,
-        before_read=lambda: store.release("k"),
-        after_read=lambda: claims.claim(store, "k", mine("run-c"), NOW),
-    )
-    assert claims.claim(racing, "k", mine("run-b"), NOW) == ("busy", None)
-    assert claims.decode(store.read_claim("k")[0]).run_id == "run-c"
+        def __init__(self, inner) -> None:
+            self.inner = inner
 
+        def read_claim(self, key):
+            if key == claims.LOCK_KEY:
+                self.inner.release(claims.LOCK_KEY)
+                found = None
+                claims.claim(self.inner, "c", mine("run-c"), NOW)
+                return found
+            return self.inner.read_claim(key)
 
-def test_a_takeover_that_loses_the_swap_to_another_delivery_is_busy(store):
-    claims.claim(store, "k", mine("run-a"), NOW)
-    later = NOW + timedelta(seconds=claims.STALE_AFTER_SECONDS + 1)
-    racing = Interleaved(
-        store, before_replace=lambda: claims.claim(store, "k", mine("run-c", later), later)
-    )
-    outcome, found = claims.claim(racing, "k", mine("run-b", later), later)
-    assert (outcome, found.run_id) == ("busy", "run-a")
-    assert claims.decode(store.read_claim("k")[0]).run_id == "run-c"
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
 
-
-def test_a_running_claim_is_stale_from_ten_minutes_on(store):
-    # Ten minutes: longer than the function's 540 s timeout, so its run is gone.
-    claims.claim(store, "k", mine("run-a"), NOW)
-    just_before = NOW + timedelta(seconds=599)
-    assert claims.claim(store, "k", mine("run-b", just_before), just_before)[0] == "busy"
-    at_limit = NOW + timedelta(seconds=600)
-    assert claims.claim(store, "k", mine("run-b", at_limit), at_limit)[0] == "claimed"
+    outcome, found, fence = claims.claim(ReleasedThenRetaken(store), "k", mine("run-b"), NOW)
+    assert (outcome, found, fence) == ("busy", None, None)
+    assert holder(store) == "run-c"

@@ -660,3 +660,21 @@ def test_settings_table_rewrites_a_readme_in_place(tmp_path, capsys):
     readme.write_text("no markers\n", encoding="utf-8")
     assert run_main("settings-table", "--readme", str(readme)) == 2
     assert "markers" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_truncated_table_exits_2_unless_forced(tmp_path, capsys):
+    out, features = tmp_path / "out", tmp_path / "features.csv"
+    SAMPLE.to_csv(features, index=False)
+    assert run_main("run", "--features", str(features), "--out", str(out), "--quiet", *FAST) == 0
+    before = tree(out)
+    SAMPLE.head(len(SAMPLE) // 3).to_csv(features, index=False)
+    capsys.readouterr()
+
+    code = run_main("run", "--features", str(features), "--out", str(out), "--quiet", *FAST)
+
+    (line,) = capsys.readouterr().err.splitlines()
+    assert code == 2 and line.startswith("error: ") and "MIN_ROWS_RATIO=0.5" in line
+    assert f"of the {len(SAMPLE)} rows of the last published run" in line and "--force" in line
+    assert tree(out) == before
+    forced = ("run", "--features", str(features), "--out", str(out), "--quiet", "--force")
+    assert run_main(*forced, *FAST) == 0

@@ -25,8 +25,10 @@ from clustering.events import (
     JOB_LABELS,
     Decision,
     EventEnvelope,
+    covered_by,
     decide,
     envelope_from_cloudevent,
+    envelope_from_http,
     envelope_from_structured,
 )
 from clustering.settings import JobSettings
@@ -376,22 +378,32 @@ def test_log_entry_without_proto_payload_is_rejected() -> None:
 # --- Event age and unknown types -------------------------------------------------------------
 
 
-def test_too_old_audit_event_is_dropped_with_its_age() -> None:
+def test_too_old_audit_event_still_runs_marked_late_for_the_coverage_check() -> None:
     decision = decide_fixture("audit_too_old")
     assert_decision(
         decision,
-        "skip",
+        "run",
         "table-change",
         "projects/baltimore-data/jobs/bqjob_r0o0l0d0e0_0000018f39e05555_1",
-        "dropped",
-        "3h 50m old",
+        "late: 3h 50m old",
         "MAX_EVENT_AGE_SECONDS=3600",
+        "runs only if no run covers it",
     )
+    assert decision.late and decision.changed_at == datetime(2024, 5, 1, 8, 14, 2, 1234, UTC)
 
 
-def test_too_old_pubsub_message_is_dropped() -> None:
+def test_an_audit_event_just_within_the_age_limit_is_not_late() -> None:
+    event = load("audit_table_data_change")
+    changed = datetime.fromisoformat(event["data"]["timestamp"])
+    at_limit = changed + timedelta(seconds=SETTINGS.max_event_age_seconds)
+    assert not decide_on(event, now=at_limit).late
+    assert decide_on(event, now=at_limit + timedelta(seconds=1)).late
+
+
+def test_too_old_pubsub_message_is_dropped_as_a_warning() -> None:
     decision = decide_fixture("pubsub_manual_publish", now=NOW + timedelta(days=2))
     assert_decision(decision, "skip", "pubsub", "11529734001", "dropped", "2d 0h 5m old")
+    assert decision.warn
 
 
 def test_publish_time_is_used_when_the_event_has_no_time() -> None:
@@ -570,19 +582,21 @@ def test_the_age_of_a_dropped_event_is_shown_in_hours_and_minutes() -> None:
 
 def test_sink_delivery_without_times_is_aged_by_the_log_entry_timestamp() -> None:
     # A sink delivery whose CloudEvent and message carry no time: the LogEntry's own
-    # timestamp (11:59:58) is what makes it too old.
+    # timestamp (11:59:58) is what makes it late (a late table change still runs, marked).
     event = load("pubsub_sink_table_data_change")
     del event["time"]
     del event["data"]["message"]["publishTime"]
     decision = decide_on(event, now=NOW + timedelta(hours=2))
-    assert_decision(decision, "skip", "table-change", decision.key, "dropped", "2h 5m old")
+    assert_decision(decision, "run", "table-change", decision.key, "late", "2h 5m old")
+    assert decision.late
 
 
 def test_eventarc_event_without_a_time_is_aged_by_the_log_entry_timestamp() -> None:
     event = load("audit_table_data_change")
     del event["time"]
     decision = decide_on(event, now=NOW + timedelta(hours=2))
-    assert_decision(decision, "skip", "table-change", decision.key, "dropped")
+    assert_decision(decision, "run", "table-change", decision.key, "late", "2h 5m old")
+    assert decision.late
 
 
 @pytest.mark.parametrize("data", [12345, ["eyJ9"], {"reason": "x"}, True])
@@ -751,3 +765,113 @@ def test_echoed_text_is_cut_at_sixty_characters() -> None:
 
     assert shown("k" * 60) == repr("k" * 60)
     assert shown("k" * 61) == repr("k" * 57 + "...")
+
+
+# --- Raw HTTP deliveries, coalescing, Storage Write API reasons, force -------------------------
+
+
+def push_body(message: dict[str, Any]) -> bytes:
+    return json.dumps({"message": message, "subscription": "projects/p/subscriptions/s"}).encode()
+
+
+def test_a_push_body_becomes_the_messagepublished_event_functions_framework_would_build() -> None:
+    body = push_body({"data": base64.b64encode(b'{"reason": "push"}').decode(),
+                      "messageId": "42", "publishTime": "2024-05-01T12:00:00Z"})  # fmt: skip
+    envelope = envelope_from_http(body, {"Content-Type": "application/json"},
+                                  "/projects/p/topics/runs")  # fmt: skip
+    assert envelope.type == "google.cloud.pubsub.topic.v1.messagePublished"
+    assert (envelope.id, envelope.time) == ("42", "2024-05-01T12:00:00Z")
+    assert envelope.attribute("source") == "//pubsub.googleapis.com/projects/p/topics/runs"
+    decision = decide(envelope, SETTINGS, NOW)
+    assert (decision.action, decision.key, decision.message_reason) == ("run", "42", "push")
+
+
+def test_a_snake_case_push_without_data_runs_with_its_attribute_options() -> None:
+    body = push_body({"message_id": "43", "publish_time": "2024-05-01T12:00:00Z",
+                      "attributes": {"reason": "attrs", "dry_run": "TRUE", "force": "false",
+                                     "googclient_x": "ignored"}})  # fmt: skip
+    decision = decide(envelope_from_http(body, {}), SETTINGS, NOW)
+    assert (decision.action, decision.key) == ("run", "43")
+    assert (decision.message_reason, decision.dry_run, decision.force) == ("attrs", True, False)
+
+
+def test_a_body_takes_precedence_over_attributes() -> None:
+    data = base64.b64encode(b'{"reason": "body"}').decode()
+    body = push_body({"data": data, "messageId": "44", "attributes": {"reason": "attr"}})
+    assert decide(envelope_from_http(body, {}), SETTINGS, NOW).message_reason == "body"
+
+
+def test_structured_and_binary_cloudevents_are_read_from_http() -> None:
+    event = load("pubsub_manual_publish")
+    structured = envelope_from_http(json.dumps(event).encode(),
+                                    {"Content-Type": "application/cloudevents+json"})  # fmt: skip
+    headers = {f"Ce-{k}": str(v) for k, v in event.items() if k != "data"}
+    binary = envelope_from_http(json.dumps(event["data"]).encode(), headers)
+    assert decide(structured, SETTINGS, NOW) == decide(binary, SETTINGS, NOW)
+    assert decide(binary, SETTINGS, NOW).action == "run"
+
+
+@pytest.mark.parametrize(
+    ("body", "cause"),
+    [
+        (b"\xff\xfe", "not UTF-8"),
+        (b"{", "not valid JSON"),
+        (b"[]", "not a JSON object"),
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"specversion": "1.0", "type": "x", "data_base64": "!!"}', "not base64"),
+        (b" " * (16 * 1024**2 + 1), "more than the"),
+    ],
+    ids=["not-utf8", "truncated", "array", "nested", "bad-base64", "oversized"],
+)
+def test_an_unreadable_request_is_rejected_with_the_cause(body: bytes, cause: str) -> None:
+    decision = decide(envelope_from_http(body, {}), SETTINGS, NOW)
+    assert decision.action == "reject" and cause in decision.reason
+
+
+def test_an_oversized_message_is_rejected_before_it_is_decoded() -> None:
+    raw = "A" * (4 * 1024**2 // 3 + 8)
+    event = load("pubsub_manual_publish")
+    event["data"]["message"]["data"] = raw
+    assert "more than the 1,048,576" in decide_on(event).reason
+
+
+def test_force_is_a_boolean_option_of_the_message() -> None:
+    assert decide_on(with_message_text('{"force": true}')).force
+    assert not decide_on(with_message_text("{}")).force
+    rejected = decide_on(with_message_text('{"force": "yes"}'))
+    assert rejected.action == "reject" and "`force` must be true or false" in rejected.reason
+
+
+def change_with_reason(reason: str) -> dict[str, Any]:
+    event = load("audit_table_data_change")
+    change = event["data"]["protoPayload"]["metadata"]["tableDataChange"]
+    change["reason"] = reason
+    change.pop("jobName", None)
+    change["streamName"] = "projects/p/datasets/d/tables/t/streams/_default"
+    return event
+
+
+@pytest.mark.parametrize("reason", ["WRITE_API_APPEND_ROWS", "FINALIZE"])
+def test_unfinished_storage_write_api_entries_do_not_start_a_run(reason: str) -> None:
+    decision = decide_on(change_with_reason(reason))
+    assert decision.action == "skip" and f"a {reason} entry" in decision.reason
+
+
+@pytest.mark.parametrize("reason", ["BATCH_COMMIT", "FLUSH", "JOB", "QUERY", "TRUNCATE_TABLE"])
+def test_finished_changes_start_a_run_keyed_by_their_entry(reason: str) -> None:
+    decision = decide_on(change_with_reason(reason))
+    # Without a jobName the entry's insertId is the key; coalescing bounds the runs.
+    assert (decision.action, decision.key) == ("run", "-k2m4a9e1b7x")
+
+
+def test_a_change_before_the_last_run_started_is_covered() -> None:
+    decision = decide_fixture("audit_table_data_change")
+    changed = decision.changed_at
+    covered = covered_by(decision, "run-1", changed + timedelta(microseconds=1))
+    assert covered.action == "skip" and "already covered by run run-1" in covered.reason
+    # At or after the change, or without any run, it still runs.
+    assert covered_by(decision, "run-1", changed) == decision
+    assert covered_by(decision, None, None) == decision
+    # Manual messages are requests, never coalesced.
+    manual = decide_fixture("pubsub_manual_publish")
+    assert covered_by(manual, "run-1", NOW + timedelta(days=1)) == manual

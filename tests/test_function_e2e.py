@@ -1,7 +1,9 @@
 """The deployed function, end to end, on this machine: the real entry point served by
 functions-framework, the real Baltimore table in a BigQuery emulator, artifacts in
-fake-gcs-server, CloudEvents posted over HTTP (and, where the official emulator exists,
-published through Pub/Sub), and every result read back through the unmodified Google clients.
+fake-gcs-server, CloudEvents posted over HTTP and messages published to the official Pub/Sub
+emulator and pushed by a push subscription, as terraform/triggers.tf deploys it, and every
+result read back through the unmodified Google clients. Faults the emulators never produce (a
+lost response, a rate limit, a refused write) come from tests.emulators.FaultProxy.
 
 One function server serves most tests; every test measures what it needs (history rows, the
 clusters table, latest/) just before its own event and compares just after, so the tests do not
@@ -34,7 +36,7 @@ from google.cloud import bigquery, storage
 
 from clustering.claims import Claim
 from clustering.logs import OUTCOMES, Outcome
-from clustering.sender import pubsub_event, table_change_event
+from clustering.sender import bigquery_log_entry, pubsub_event, table_change_event
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES
 from clustering.table import CLUSTER_COLUMNS, table_schema
 from tests import emulators
@@ -55,9 +57,11 @@ MAIN = REPO / "main.py"
 # Bounds on waits, never expectations: a run of 279 rows takes 2-4 s (10 s when cold).
 RESPONSE_TIMEOUT_S = 180.0
 LOG_DEADLINE_S = 120.0
-# A storage outage is waited out by the storage client itself: it retries the upload for 120 s,
-# then the claim release for up to 120 s more, before the handler answers.
-OUTAGE_RESPONSE_TIMEOUT_S = 480.0
+# A storage outage is waited out by the storage client for the run's remaining budget (the
+# timeout below minus the handler's margin), then the release for a few seconds more.
+OUTAGE_RESPONSE_TIMEOUT_S = 240.0
+# The function timeout the tests configure, as Terraform passes it: the run's budget.
+FUNCTION_TIMEOUT_S = 120
 
 
 def unique(prefix: str) -> str:
@@ -109,6 +113,11 @@ class Delivery:
     def acked(self) -> bool:
         return 200 <= self.status < 300
 
+    @property
+    def answer(self) -> dict:
+        """The function's JSON decision: event, action, reason, run_id."""
+        return json.loads(self.body)
+
     def messages(self, severity: str | None = None) -> list[str]:
         return [e["message"] for e in self.entries if severity is None or e["severity"] == severity]
 
@@ -159,6 +168,7 @@ def function_env(bigquery_emulator, storage_endpoint: str, artifacts: str) -> di
         "CLUSTERS_TABLE": f"bq://{CLUSTERS}",
         "RUNS_TABLE": f"bq://{RUNS}",
         "FUNCTION_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
+        "FUNCTION_TIMEOUT_SECONDS": str(FUNCTION_TIMEOUT_S),
         "BIGQUERY_EMULATOR_HOST": bigquery_emulator.endpoint,
         "STORAGE_EMULATOR_HOST": storage_endpoint,
     }
@@ -241,6 +251,22 @@ class Published:
     latest: dict[str, Stored]
     runs: frozenset[str]
     claims: frozenset[str]
+
+
+def latest_run_id(state: Published) -> str | None:
+    pointer = state.latest.get(MANIFEST)
+    return json.loads(pointer.content)["run_id"] if pointer else None
+
+
+def assert_table_and_latest_agree(state: Published) -> None:
+    """After every completed event the table holds the run latest/ points to, whose folder
+    is complete: readers of either see the same run."""
+    run_id = latest_run_id(state)
+    assert {row[-2] for row in state.table.rows} == {run_id}  # the run_id column
+    assert run_id in state.runs
+    # Beside the pointer, copies of exactly that run's files.
+    files = json.loads(state.latest[MANIFEST].content)["outputs"]["files"]
+    assert set(state.latest) == set(files)
 
 
 def published(bq: bigquery.Client, gcs: storage.Client, bucket: str) -> Published:
@@ -402,17 +428,17 @@ def test_a_manual_publish_writes_its_artifacts_then_latest(first_run, cloud):
     run_id = first_run.history_row["run_id"]
     stored = first_run.run_objects
     assert sorted(stored) == sorted(ARTIFACTS)
-    expected_types = {".csv": "text/csv", ".png": "image/png", ".json": "application/json",
-                      ".html": "text/html; charset=utf-8"}  # fmt: skip
+    expected_types = {".csv": "text/csv", ".png": "image/png", ".json": "application/json"}
     for name, item in stored.items():
         assert item.content_type == expected_types[Path(name).suffix], name
     for name in ARTIFACTS:
         if name.endswith(".png"):
             assert stored[name].content.startswith(b"\x89PNG\r\n\x1a\n"), name
-    # latest/ holds exactly this run's files, byte for byte.
-    assert {n: (s.sha256, s.content_type) for n, s in first_run.latest.items()} == {
-        n: (s.sha256, s.content_type) for n, s in stored.items()
-    }
+    # latest/ is the pointer, this run's manifest byte for byte, and copies of its files.
+    assert set(first_run.latest) == set(stored)
+    for name, item in stored.items():
+        assert first_run.latest[name].sha256 == item.sha256, name
+    assert first_run.latest[MANIFEST].content_type == "application/json"
 
     manifest = json.loads(stored[MANIFEST].content)
     assert manifest["run_id"] == run_id
@@ -745,24 +771,29 @@ def test_the_bucket_made_unavailable_mid_run_leaves_table_and_latest_intact(on_d
     hidden = bucket_dir.with_name(f"{on_disk.bucket}.hidden")
 
     answer = start_mid_run(on_disk, event, RESPONSE_TIMEOUT_S)
-    # The run has read the features and is clustering; its first write will find no bucket.
+    # The run has read the features and is clustering; its first step will find no bucket.
     bucket_dir.rename(hidden)
     try:
         delivery = answer.result(timeout=RESPONSE_TIMEOUT_S)
     finally:
         hidden.rename(bucket_dir)
 
-    # A bucket that is not there (404) fails every retry the same way: acked, recorded.
-    assert delivery.acked, (delivery.status, delivery.body)
-    failed = delivery.one("run failed, not retried")
-    assert failed["severity"] == "ERROR" and failed["error_type"] == "NotFound"
+    # Without the bucket the run cannot show it still holds the run lock: it publishes
+    # nothing and asks for a retry (a redelivery then claims again, or meets the 404).
+    assert delivery.status == 500 and delivery.answer["event"] == "run_retry", delivery.body
+    stopped = delivery.one("run stopped, will be retried")
+    assert "lost the run lock before writing the run folder" in stopped["message"]
     (row,) = rows_of(bq, event["id"])
-    assert row["status"] == "failed" and row["run_id"] == failed["run_id"]
-    assert "404" in row["error"]
+    assert row["status"] == "failed" and row["run_id"] == stopped["run_id"]
     after = published(bq, on_disk.client, on_disk.bucket)
     assert after.table == before.table
     assert after.latest == before.latest
     assert after.runs == before.runs
+    # Its run lock could not be released while the bucket was away: it stays until it is
+    # stale (the function timeout plus a minute). Removed here instead of waiting that out.
+    (lock,) = after.claims - before.claims
+    assert lock.startswith("run-lock")
+    on_disk.client.bucket(on_disk.bucket).blob(f"{PREFIX}/claims/{lock}").delete()
 
 
 @pytest.mark.slow
@@ -772,23 +803,25 @@ def test_a_storage_outage_mid_run_is_retried_and_leaves_table_and_latest_intact(
 
     answer = start_mid_run(on_disk, event, OUTAGE_RESPONSE_TIMEOUT_S)
     on_disk.gcs.stop()
+    started = time.monotonic()
     try:
-        # The storage client retries the refused connections for its 120 s deadline before the
-        # handler sees the error; that wait is the product's, and it bounds this test's length.
+        # The storage client retries the refused connections for what is left of the run's
+        # budget (FUNCTION_TIMEOUT_S minus the handler's margin), never past it.
         delivery = answer.result(timeout=OUTAGE_RESPONSE_TIMEOUT_S)
     finally:
         on_disk.gcs.start()
+    assert time.monotonic() - started < FUNCTION_TIMEOUT_S
 
-    # Transient: the handler raises and functions-framework answers 500, so Pub/Sub redelivers.
+    # Transient: the function answers 500, so Pub/Sub redelivers.
     assert delivery.status == 500, (delivery.status, delivery.body)
     failed = delivery.one("run failed with a transient error, will be retried")
-    assert failed["severity"] == "ERROR"
-    # The claim could not be released while storage was down, and the handler says so. It
-    # stays "running": a redelivery is retried (raised) until the claim is older than a run
-    # can last, then takes it over and runs (tests/test_handler.py, tests/test_claims.py).
+    assert failed["severity"] == "ERROR" and failed["event"] == "run_retry"
+    assert delivery.answer["event"] == "run_retry"
+    # The run lock could not be released while storage was down, and the handler says so; a
+    # redelivery waits until it is stale, then takes it over (tests/test_claims.py).
     unreleased = delivery.one(f"claim {event['id']} could not be released")
     assert unreleased["severity"] == "ERROR"
-    assert "then takes it over" in unreleased["message"]
+    assert "taken over once it is stale" in unreleased["message"]
     (row,) = rows_of(bq, event["id"])
     assert row["status"] == "failed" and row["run_id"] == failed["run_id"]
 
@@ -796,10 +829,106 @@ def test_a_storage_outage_mid_run_is_retried_and_leaves_table_and_latest_intact(
     assert after.table == before.table
     assert after.latest == before.latest
     assert after.runs == before.runs
-    assert len(after.claims - before.claims) == 1
+    assert len(after.claims - before.claims) == 1  # the run lock, left to go stale
 
 
-# --- Through the Pub/Sub emulator -------------------------------------------------------------
+# --- Fault injection -------------------------------------------------------------------------
+
+
+def test_two_deliveries_of_one_event_racing_publish_once(function, bq, gcs, cloud, first_run):
+    event = pubsub_event({"reason": "racing"})
+    before = published(bq, gcs, cloud)
+    with ThreadPoolExecutor(2) as pool:
+        deliveries = list(pool.map(lambda _: function.post(event), range(2)))
+
+    events = sorted(d.answer["event"] for d in deliveries)
+    # The loser met the done record (duplicate) or the winner's lock (busy, or its own
+    # lock-taking lost the race and it stopped before running: retry).
+    assert events in (
+        ["duplicate", "run_succeeded"],
+        ["run_busy", "run_succeeded"],
+        ["run_retry", "run_succeeded"],
+    ), events
+    (row,) = rows_of(bq, event["id"])
+    after = published(bq, gcs, cloud)
+    assert after.runs - before.runs == {row["run_id"]}
+    assert_table_and_latest_agree(after)
+
+
+HELD = {"error": {"code": 403, "message": "Object is under active Event-Based hold.",
+                  "errors": [{"reason": "forbidden", "message": "held"}]}}  # fmt: skip
+
+
+def test_a_failure_between_the_table_load_and_latest_is_repaired_by_the_redelivery(
+    cloud, bq, gcs, first_run, bigquery_emulator, gcs_emulator, tmp_path
+):
+    bucket = gcs.create_bucket(unique("partial")).name
+    failing = [True]
+
+    def refuse_the_pointer(method: str, path: str, body: bytes):
+        # The pointer's write is refused (an object hold answers 403): after the table load.
+        return (403, HELD) if failing[0] and b"/latest/run.json" in body else "pass"
+
+    event = pubsub_event({"reason": "interrupted"})
+    with emulators.FaultProxy(gcs_emulator.endpoint, refuse_the_pointer) as proxy:
+        env = function_env(bigquery_emulator, proxy.endpoint, f"gs://{bucket}/{PREFIX}")
+        with serve(env, tmp_path / "functions-framework.log") as function:
+            first = function.post(event)
+            interrupted = published(bq, gcs, bucket)
+            failing[0] = False
+            second = function.post(event)
+
+    assert first.status == 500 and first.answer["event"] == "run_retry", first.body
+    assert "was loaded into" in first.answer["reason"]
+    # Between the two deliveries: the table holds the interrupted run, latest/ names no run
+    # (it had none): never a mix, and the history says what was published.
+    assert {row[-2] for row in interrupted.table.rows} == {first.answer["run_id"]}
+    assert interrupted.latest == {}
+    assert second.answer["event"] == "run_succeeded", second.body
+    statuses = [
+        r["status"] for r in sorted(rows_of(bq, event["id"]), key=lambda r: r["started_at"])
+    ]
+    assert statuses == ["published_partially", "succeeded"]
+    repaired = published(bq, gcs, bucket)
+    assert latest_run_id(repaired) == second.answer["run_id"]
+    assert_table_and_latest_agree(repaired)
+
+
+RATE_LIMITED = {"error": {"code": 403, "message": "Exceeded rate limits: too many api requests",
+                          "errors": [{"reason": "rateLimitExceeded", "domain": "usageLimits",
+                                      "message": "Exceeded rate limits"}],
+                          "status": "PERMISSION_DENIED"}}  # fmt: skip
+
+
+def test_a_bigquery_rate_limit_is_retried(
+    cloud, bq, gcs, first_run, bigquery_emulator, gcs_emulator, tmp_path
+):
+    bucket = gcs.create_bucket(unique("throttled")).name
+    throttled: list[str] = []
+
+    def throttle_the_first_table_lookup(method: str, path: str, body: bytes):
+        lookup = method == "GET" and "/tables/neighborhood_features?" in path
+        if lookup and not throttled:
+            throttled.append(path)
+            return (403, RATE_LIMITED)
+        return "pass"
+
+    event = pubsub_event({"reason": "throttled"})
+    with emulators.FaultProxy(bigquery_emulator.endpoint, throttle_the_first_table_lookup) as proxy:
+        env = function_env(bigquery_emulator, gcs_emulator.endpoint, f"gs://{bucket}/{PREFIX}")
+        env["BIGQUERY_EMULATOR_HOST"] = proxy.endpoint
+        with serve(env, tmp_path / "functions-framework.log") as function:
+            delivery = function.post(event)
+
+    assert throttled, proxy.requests
+    lookups = [r for r in proxy.requests if r.startswith("GET /") and "features?" in r]
+    assert len(lookups) >= 2  # refused once, then retried within the run
+    assert delivery.answer["event"] == "run_succeeded", delivery.body
+    (row,) = rows_of(bq, event["id"])
+    assert row["status"] == "succeeded"
+
+
+# --- Through the Pub/Sub emulator: the deployed path --------------------------------------------
 
 
 def pubsub_rest(emulator, method: str, path: str, body: dict) -> dict:
@@ -813,50 +942,187 @@ def pubsub_rest(emulator, method: str, path: str, body: dict) -> dict:
         return json.loads(response.read() or b"{}")
 
 
-def test_a_message_published_to_the_topic_is_pushed_to_the_function_and_runs_once(
-    pubsub_emulator, function, bq, gcs, cloud, first_run
-):
+@dataclass
+class RunTopic:
+    """A run topic and its push subscription to the function, as terraform/triggers.tf makes
+    them, except for the ack deadline: the emulator redelivers a failed push only once the
+    ack deadline passed (Pub/Sub itself follows the retry policy), so it is 10 s here rather
+    than 600 s, for a busy retry to land within a test. A delivery that overlaps a run still
+    in progress meets the run lock and is retried once more."""
+
+    emulator: emulators.PubSubEmulator
+    function: Function
+    name: str
+
+    def publish(self, *messages: dict) -> list[str]:
+        answer = pubsub_rest(self.emulator, "POST", f"topics/{self.name}:publish",
+                             {"messages": list(messages)})  # fmt: skip
+        return answer["messageIds"]
+
+    def decision(self, message_id: str, offset: int) -> dict:
+        """The final log line of the message's delivery (retries of a busy one are skipped)."""
+
+        def final() -> dict | None:
+            entries, _ = parse_log(self.function.log_since(offset))
+            found = [e for e in entries if e.get("event_id") == message_id and "event" in e]
+            done = [e for e in found if e["event"] not in ("run_retry", "run_busy")]
+            return done[-1] if done else None
+
+        return wait_for(final, f"the decision on message {message_id}", interval_s=0.2)
+
+
+@pytest.fixture
+def run_topic(pubsub_emulator, function) -> RunTopic:
     topic = unique("neighborhood-clusters-runs")
-    before = published(bq, gcs, cloud)
-    offset = function.log_size()
     pubsub_rest(pubsub_emulator, "PUT", f"topics/{topic}", {})
-    # As terraform/triggers.tf: the topic's path in the push URL becomes the CloudEvent source,
-    # and an ack deadline longer than a run, so a run in progress is not delivered again.
+    project = pubsub_emulator.project
     pubsub_rest(
         pubsub_emulator,
         "PUT",
         f"subscriptions/{topic}-push",
         {
-            "topic": f"projects/{pubsub_emulator.project}/topics/{topic}",
-            "ackDeadlineSeconds": 600,
+            "topic": f"projects/{project}/topics/{topic}",
+            "ackDeadlineSeconds": 10,
+            "retryPolicy": {"minimumBackoff": "1s", "maximumBackoff": "2s"},
+            # The topic's path in the push URL names the event source, as in triggers.tf.
             "pushConfig": {
-                "pushEndpoint": f"{function.server.url}projects/{pubsub_emulator.project}"
-                f"/topics/{topic}"
+                "pushEndpoint": f"{function.server.url}projects/{project}/topics/{topic}"
             },
         },
     )
-    data = base64.b64encode(json.dumps({"reason": "e2e"}).encode()).decode()
-    published_ids = pubsub_rest(
-        pubsub_emulator, "POST", f"topics/{topic}:publish", {"messages": [{"data": data}]}
-    )["messageIds"]
-    (message_id,) = published_ids
+    return RunTopic(pubsub_emulator, function, topic)
 
-    (row,) = wait_for(
-        lambda: rows_of(bq, message_id), "the run of the pushed message", interval_s=0.5
-    )
 
-    assert row["status"] == "succeeded" and row["trigger"] == "pubsub"
-    assert row["reason"] == "e2e"
+def log_entry_message(entry: dict) -> dict:
+    """What the log sink publishes: the LogEntry as JSON, the message's data."""
+    return {"data": base64.b64encode(json.dumps(entry).encode()).decode()}
+
+
+def test_a_sink_log_entry_pushed_through_pubsub_runs_once(run_topic, bq, gcs, cloud, first_run):
+    before = published(bq, gcs, cloud)
+    offset = run_topic.function.log_size()
+
+    (message_id,) = run_topic.publish(log_entry_message(bigquery_log_entry(FEATURES)))
+    decision = run_topic.decision(message_id, offset)
+
+    assert decision["event"] == "run_succeeded" and decision["trigger"] == "table-change"
+    # A table change is keyed, and recorded, by its BigQuery job.
+    (row,) = rows_of(bq, decision["idempotency_key"])
+    after = published(bq, gcs, cloud)
+    assert after.runs - before.runs == {row["run_id"]}
+    assert_table_and_latest_agree(after)
+
+
+@pytest.mark.parametrize(
+    ("entry", "cause"),
+    [
+        pytest.param(bigquery_log_entry(FEATURES, read=True), "tableDataRead", id="read"),
+        pytest.param(
+            bigquery_log_entry(f"{PROJECT}.{DATASET}.someone_elses_table"),
+            "not of the watched table",
+            id="other-table",
+        ),
+    ],
+)
+def test_a_pushed_read_or_change_of_another_table_runs_nothing(
+    run_topic, bq, gcs, cloud, first_run, entry, cause
+):
+    before = published(bq, gcs, cloud)
+    offset = run_topic.function.log_size()
+
+    (message_id,) = run_topic.publish(log_entry_message(entry))
+    decision = run_topic.decision(message_id, offset)
+
+    assert decision["event"] == "event_skipped" and cause in decision["message"]
+    assert published(bq, gcs, cloud) == before
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        pytest.param(
+            {"attributes": {"reason": "attributes only"}}, "attributes only", id="attribute-only"
+        ),
+        pytest.param(
+            {"data": base64.b64encode(b'{"reason": "json body"}').decode()},
+            "json body",
+            id="json-body",
+        ),
+    ],
+)
+def test_a_manual_publish_is_pushed_and_runs_once(
+    run_topic, bq, gcs, cloud, first_run, message, reason
+):
+    before = published(bq, gcs, cloud)
+    offset = run_topic.function.log_size()
+
+    (message_id,) = run_topic.publish(message)
+    decision = run_topic.decision(message_id, offset)
+
+    assert decision["event"] == "run_succeeded", decision
+    (row,) = rows_of(bq, message_id)
+    assert (row["status"], row["trigger"], row["reason"]) == ("succeeded", "pubsub", reason)
     after = published(bq, gcs, cloud)
     assert after.runs - before.runs == {row["run_id"]}
     assert json.loads(after.latest[MANIFEST].content)["event_id"] == message_id
-    entries, _ = parse_log(function.log_since(offset))
-    starts = [
-        e["message"]
-        for e in entries
-        if e.get("event_id") == message_id and e["message"].startswith("run starting")
-    ]
-    assert len(starts) == 1 and "reason: 'e2e'" in starts[0], starts
+    assert_table_and_latest_agree(after)
+
+
+MARKER = "Abell"  # a neighborhood whose population each refresh of the burst changes
+
+
+def test_a_burst_of_five_changes_gives_at_most_two_runs_the_last_on_the_final_data(
+    run_topic, bq, gcs, cloud, first_run, restore_features
+):
+    before = published(bq, gcs, cloud)
+    offset = run_topic.function.log_size()
+    real = real_table()
+    assert MARKER in set(real["neighborhood"])
+    messages = []
+    for step in range(5):
+        # A refresh made of five load jobs; each logs a data change when it lands.
+        version = real.copy()
+        version.loc[version["neighborhood"] == MARKER, "population"] = 5000 + step
+        load_features(bq, version)
+        messages.append(log_entry_message(bigquery_log_entry(FEATURES)))
+
+    ids = run_topic.publish(*messages)  # delivered back to back
+    decisions = [run_topic.decision(message_id, offset) for message_id in ids]
+
+    outcomes = [d["event"] for d in decisions]
+    assert set(outcomes) <= {"run_succeeded", "event_skipped", "duplicate"}, outcomes
+    assert 1 <= outcomes.count("run_succeeded") <= 2, outcomes
+    after = published(bq, gcs, cloud)
+    assert len(after.runs - before.runs) == outcomes.count("run_succeeded")
+    assert_table_and_latest_agree(after)
+    frame = pd.DataFrame([dict(row) for row in bq.list_rows(CLUSTERS)])
+    assert frame.set_index("neighborhood").loc[MARKER, "population"] == 5004
+
+
+def test_only_posts_are_deliveries(function):
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        emulators.LOCAL_HTTP.open(function.server.url, timeout=30)
+    assert answer.value.code == 405
+    assert "POST" in json.loads(answer.value.read())["error"]
+
+
+def test_a_raw_push_without_data_reaches_the_code_and_runs(function, bq, first_run):
+    # What Pub/Sub pushes for an attributes-only message: functions-framework's CloudEvent
+    # conversion would answer 400 to it before any code of ours ran.
+    message_id = str(uuid.uuid4().int % 10**16)
+    message = {"attributes": {"reason": "raw push", "dry_run": "true"}, "messageId": message_id}
+    body = {"message": message, "subscription": "projects/p/subscriptions/s"}
+    request = urllib.request.Request(
+        function.server.url + "projects/test-project/topics/runs",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with emulators.LOCAL_HTTP.open(request, timeout=RESPONSE_TIMEOUT_S) as response:
+        answer = json.loads(response.read())
+    assert response.status == 200 and answer["event"] == "run_succeeded", answer
+    (row,) = rows_of(bq, message_id)
+    assert (row["status"], row["reason"]) == ("dry_run", "raw push")
 
 
 # --- The outcome field the alerts count (clustering.logs.Outcome, terraform/monitoring.tf) ------

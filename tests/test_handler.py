@@ -7,6 +7,7 @@ table and the run history are local files; logs are captured from a real JsonLog
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -21,8 +22,11 @@ import pytest
 from cloudevents.http import from_http
 from google.api_core import exceptions
 
+from clustering import claims
+from clustering.adapters.local import LocalStore
+from clustering.budget import Budget
 from clustering.errors import InputError
-from clustering.handler import handle, is_transient
+from clustering.handler import handle, is_transient, respond
 from clustering.logs import JsonLog
 from clustering.sample import make_sample
 from clustering.sender import pubsub_event, table_change_event
@@ -52,8 +56,9 @@ class Local:
     features: Path
     stream: io.StringIO
 
-    def handle(self, event: dict, settings: JobSettings | None = None):
-        return handle(cloud_event(event), settings or self.settings, JsonLog(self.stream))
+    def handle(self, event: dict, settings: JobSettings | None = None, run_budget=None):
+        return handle(cloud_event(event), settings or self.settings, JsonLog(self.stream),
+                      run_budget=run_budget)  # fmt: skip
 
     def logs(self) -> list[dict]:
         """Every line written so far, each parsed as one JSON object (or the test fails)."""
@@ -78,7 +83,9 @@ class Local:
 
     def claims(self) -> set[str]:
         claims = self.out / "claims"
-        return {p.name for p in claims.iterdir()} if claims.exists() else set()
+        if not claims.exists():
+            return set()
+        return {p.name for p in claims.iterdir()}
 
 
 @pytest.fixture
@@ -116,11 +123,13 @@ def with_message(entries: list[dict], start: str) -> dict:
 def test_a_manual_publish_runs_publishes_and_records_the_run(local):
     event = pubsub_event({"reason": "unit"}, message_id="1001")
 
-    decision = local.handle(event)
+    answer = local.handle(event)
 
-    assert decision.action == "run" and decision.key == "1001"
+    assert answer.event == "run_succeeded" and answer.status == 200
     (row,) = local.history()
     run_id = row["run_id"]
+    assert answer.body() == {"event": "run_succeeded", "action": "run",
+                             "reason": answer.reason, "run_id": run_id}  # fmt: skip
     assert row["status"] == "succeeded" and row["error"] is None
     assert (row["trigger"], row["event_id"], row["reason"]) == ("pubsub", "1001", "unit")
     assert row["input_rows"] == row["output_rows"] == ROWS
@@ -138,6 +147,7 @@ def test_a_manual_publish_runs_publishes_and_records_the_run(local):
         assert entry["severity"] == "INFO"
         assert (entry["run_id"], entry["trigger"], entry["event_id"]) == (run_id, "pubsub", "1001")
     assert done["status"] == "succeeded" and set(done["timings"]) >= {"read", "publish"}
+    assert done["event"] == "run_succeeded"
     # Every line of the run (progress included) carries the run id and the trigger.
     after_start = entries[entries.index(starting) :]
     assert all(e["run_id"] == run_id and e["trigger"] == "pubsub" for e in after_start)
@@ -146,9 +156,9 @@ def test_a_manual_publish_runs_publishes_and_records_the_run(local):
 def test_a_change_of_the_watched_table_runs_keyed_by_its_job(local):
     event = table_change_event(WATCHED, job_id="bqjob_unit_1")
 
-    decision = local.handle(event)
+    answer = local.handle(event)
 
-    assert decision.action == "run" and decision.trigger == "table-change"
+    assert answer.event == "run_succeeded"
     (row,) = local.history()
     assert row["status"] == "succeeded" and row["trigger"] == "table-change"
     assert row["event_id"] == "projects/local-project/jobs/bqjob_unit_1"
@@ -160,10 +170,11 @@ def test_a_duplicate_delivery_is_acked_without_a_second_run(local):
     local.handle(event)
     latest, runs, history = local.tree("latest"), local.run_ids(), local.history()
 
-    decision = local.handle(event)
+    answer = local.handle(event)
 
-    assert decision.action == "run"  # the decision is the same; the claim stops the run
+    assert (answer.event, answer.action, answer.status) == ("duplicate", "run", 200)
     duplicate = with_message(local.logs(), "duplicate delivery skipped")
+    assert duplicate["event"] == "duplicate"
     assert duplicate["severity"] == "INFO" and duplicate["idempotency_key"] == "2002"
     assert "run_id" not in duplicate
     assert (local.tree("latest"), local.run_ids(), local.history()) == (latest, runs, history)
@@ -179,11 +190,12 @@ def test_a_duplicate_delivery_is_acked_without_a_second_run(local):
     ids=["read", "own-principal", "other-table"],
 )
 def test_a_skipped_event_is_logged_and_touches_nothing(local, event, cause):
-    decision = local.handle(event)
+    answer = local.handle(event)
 
-    assert decision.action == "skip"
+    assert (answer.event, answer.action) == ("event_skipped", "skip")
     (entry,) = local.logs()
     assert entry["severity"] == "INFO" and entry["message"].startswith("event skipped: ")
+    assert entry["event"] == "event_skipped"
     assert cause in entry["message"] and entry["trigger"] == "table-change"
     assert not local.out.exists() and local.history() == []
 
@@ -203,11 +215,11 @@ def test_a_skipped_event_is_logged_and_touches_nothing(local, event, cause):
 def test_a_rejected_event_logs_an_error_and_records_a_failed_run(local, body, cause):
     event = pubsub_event(body, message_id="3003")
 
-    decision = local.handle(event)
+    answer = local.handle(event)
 
-    assert decision.action == "reject"
+    assert (answer.event, answer.action, answer.status) == ("event_rejected", "reject", 200)
     (entry,) = local.logs()
-    assert entry["severity"] == "ERROR"
+    assert entry["severity"] == "ERROR" and entry["event"] == "event_rejected"
     assert entry["message"].startswith("event rejected, not retried: ")
     assert cause in entry["message"] and entry["trigger"] == "pubsub"
     (row,) = local.history()
@@ -223,11 +235,12 @@ def test_bad_data_is_acked_with_a_warning_and_leaves_latest_and_table_unchanged(
     frame.loc[3, "neighborhood"] = frame.loc[2, "neighborhood"]
     frame.to_csv(local.features, index=False)
 
-    decision = local.handle(pubsub_event({"reason": "bad"}, message_id="4002"))
+    answer = local.handle(pubsub_event({"reason": "bad"}, message_id="4002"))
 
-    assert decision.action == "run"  # returned normally: acked
+    assert (answer.event, answer.status) == ("run_failed", 200)  # acked
     warning = with_message(local.logs(), "run failed, not retried")
     assert warning["severity"] == "WARNING" and warning["error_type"] == "InputError"
+    assert warning["event"] == "run_failed"
     assert "appears more than once" in warning["message"]
     good, bad = local.history()
     assert (good["status"], bad["status"]) == ("succeeded", "failed")
@@ -242,11 +255,11 @@ def test_bad_data_is_acked_with_a_warning_and_leaves_latest_and_table_unchanged(
 def test_a_claim_store_that_cannot_be_written_is_acked_and_recorded(local):
     local.out.write_text("a file where the artifacts folder should be\n")
 
-    decision = local.handle(pubsub_event(None, message_id="5005"))
+    answer = local.handle(pubsub_event(None, message_id="5005"))
 
     error = with_message(local.logs(), "cannot claim the event")
     assert error["severity"] == "ERROR" and "not retried" in error["message"]
-    assert decision.action == "run"
+    assert (answer.event, answer.status) == ("run_failed", 200)
     (row,) = local.history()
     assert row["status"] == "failed" and row["error"].startswith("claim failed: ")
 
@@ -341,9 +354,10 @@ def test_a_transient_failure_raises_releases_the_claim_and_the_retry_runs(local,
     )
     event = pubsub_event({"reason": "during an incident"}, message_id="7002")
 
-    with pytest.raises(exceptions.InternalServerError, match="backendError"):
-        local.handle(event, to_bigquery)
+    answer = local.handle(event, to_bigquery)
 
+    assert (answer.event, answer.status) == ("run_retry", 500)
+    assert "backendError" in answer.reason
     assert failing_bigquery.requests  # the load job really was sent
     error = with_message(local.logs(), "run failed with a transient error, will be retried")
     assert error["severity"] == "ERROR" and error["event_id"] == "7002"
@@ -354,8 +368,7 @@ def test_a_transient_failure_raises_releases_the_claim_and_the_retry_runs(local,
     assert failed["run_id"] == error["run_id"]
 
     # The redelivery (BigQuery has recovered; here: the local table) claims and runs.
-    decision = local.handle(event)
-    assert decision.action == "run"
+    assert local.handle(event).event == "run_succeeded"
     retried = local.history()[-1]
     assert retried["status"] == "succeeded" and retried["event_id"] == "7002"
     assert json.loads((local.out / "latest" / MANIFEST).read_text())["event_id"] == "7002"
@@ -395,26 +408,21 @@ def test_is_transient_tells_outages_from_permanent_errors(monkeypatch):
 
 
 def leave_running_claim(local: Local, key: str, age_seconds: float) -> None:
-    """The claim a delivery leaves when its instance dies mid-run (timeout, crash)."""
+    """The run lock a delivery leaves when its instance dies mid-run (timeout, crash)."""
     from datetime import UTC, datetime, timedelta
 
-    from clustering import claims
-    from clustering.adapters.local import LocalStore
-
     at = datetime.now(UTC) - timedelta(seconds=age_seconds)
-    dead = claims.Claim(run_id="dead-run", event_id=key, claimed_at=at.isoformat())
-    assert LocalStore(str(local.out)).create_claim(key, dead.encode())
+    dead = claims.Claim(run_id="dead-run", event_id=key, claimed_at=at.isoformat(), key=key)
+    assert LocalStore(str(local.out)).create_claim(claims.LOCK_KEY, dead.encode())
 
 
 def test_a_fresh_unfinished_claim_is_retried_later_without_running(local):
-    from clustering.handler import EventBusy
-
     leave_running_claim(local, "8001", age_seconds=30)
-    with pytest.raises(EventBusy):
-        local.handle(pubsub_event({"reason": "redelivery"}, message_id="8001"))
-    busy = with_message(local.logs(), "event 8001 is claimed by run dead-run")
-    assert busy["severity"] == "WARNING"
-    assert is_transient(EventBusy("x"))  # raised so the subscription delivers it again
+    answer = local.handle(pubsub_event({"reason": "redelivery"}, message_id="8001"))
+    assert (answer.event, answer.status) == ("run_busy", 500)  # delivered again later
+    busy = with_message(local.logs(), "run dead-run since")
+    assert busy["severity"] == "WARNING" and busy["event"] == "run_busy"
+    assert "holds the run lock; event 8001 will be retried" in busy["message"]
     assert local.history() == [] and not (local.out / "latest").exists()
 
 
@@ -422,12 +430,254 @@ def test_a_stale_unfinished_claim_is_taken_over_and_the_event_runs(local):
     from clustering.claims import STALE_AFTER_SECONDS
 
     leave_running_claim(local, "8002", age_seconds=STALE_AFTER_SECONDS + 60)
-    decision = local.handle(pubsub_event({"reason": "after a crash"}, message_id="8002"))
-    assert decision.action == "run"
-    with_message(local.logs(), "took over the claim of run dead-run")
+    answer = local.handle(pubsub_event({"reason": "after a crash"}, message_id="8002"))
+    assert answer.event == "run_succeeded"
+    with_message(local.logs(), "took over the run lock of run dead-run")
     (row,) = local.history()
     assert row["status"] == "succeeded" and row["event_id"] == "8002"
     # Finished: a further redelivery is a plain duplicate.
     local.handle(pubsub_event({"reason": "again"}, message_id="8002"))
     with_message(local.logs(), "duplicate delivery skipped: 8002")
     assert len(local.history()) == 1
+
+
+# --- Deadlines, fencing, coalescing ---------------------------------------------------------
+
+
+def published_state(local: Local) -> tuple:
+    table = local.clusters.read_bytes() if local.clusters.exists() else None
+    latest = local.tree("latest") if (local.out / "latest").exists() else {}
+    return latest, table, local.run_ids()
+
+
+def test_a_run_stopped_by_its_deadline_publishes_nothing_and_the_redelivery_publishes_once(local):
+    event = pubsub_event({"reason": "slow"}, message_id="9001")
+    # 20 s lets every stage start but not publishing, which needs 30 s left (job.py).
+    answer = local.handle(event, run_budget=Budget.lasting(20))
+
+    assert (answer.event, answer.status) == ("run_retry", 500)
+    assert "out of time before publish" in answer.reason
+    assert published_state(local) == ({}, None, set())
+    assert local.claims() == set()  # the lock is released, the event not marked done
+    (failed,) = local.history()
+    assert failed["status"] == "failed" and "out of time" in failed["error"]
+
+    assert local.handle(event).event == "run_succeeded"
+    assert len(local.run_ids()) == 1
+    assert [r["status"] for r in local.history()] == ["failed", "succeeded"]
+    assert local.handle(event).event == "duplicate"
+
+
+def test_is_transient_covers_deadlines_lost_claims_throttling_and_partial_publication():
+    from clustering.budget import OutOfTime
+    from clustering.job import PublishInterrupted
+
+    assert is_transient(OutOfTime("late"))
+    assert is_transient(claims.ClaimLost("taken over"))
+    assert is_transient(PublishInterrupted("loaded, not switched"))
+    for reason in ("rateLimitExceeded", "quotaExceeded"):
+        assert is_transient(exceptions.Forbidden("slow down", errors=[{"reason": reason}]))
+    assert not is_transient(exceptions.Forbidden("denied", errors=[{"reason": "accessDenied"}]))
+
+
+class TakeoverAt(io.StringIO):
+    """A log stream that, when the run logs `trigger`, lets another delivery take the run
+    lock over (as a redelivery does once it believes the run dead): a real write to the store
+    at exactly that point of the run."""
+
+    def __init__(self, out: Path, trigger: str) -> None:
+        super().__init__()
+        self.out, self.trigger, self.done = out, trigger, False
+
+    def write(self, text: str) -> int:
+        if not self.done and self.trigger in text:
+            self.done = True
+            thief = claims.Claim("thief-run", "other", "2026-01-01T00:00:00+00:00")
+            store = LocalStore(str(self.out))
+            assert store.replace_claim(claims.LOCK_KEY, thief.encode(), None) is not None
+        return super().write(text)
+
+
+def test_a_run_whose_lock_was_taken_over_publishes_nothing(local):
+    local.handle(pubsub_event({"reason": "before"}, message_id="9101"))
+    before = published_state(local)
+    local.stream = TakeoverAt(local.out, "publishing run")
+
+    answer = local.handle(pubsub_event({"reason": "overtaken"}, message_id="9102"))
+
+    assert (answer.event, answer.status) == ("run_retry", 500)
+    lost = with_message(local.logs(), "run stopped, will be retried")
+    assert "lost the run lock before writing the run folder" in lost["message"]
+    assert published_state(local) == before
+    # Not ours any more: the thief's lock is left alone.
+    found = LocalStore(str(local.out)).read_claim(claims.LOCK_KEY)
+    assert claims.decode(found[0]).run_id == "thief-run"
+
+
+def test_two_deliveries_of_one_event_racing_publish_once(local):
+    from concurrent.futures import ThreadPoolExecutor
+
+    event = pubsub_event({"reason": "race"}, message_id="9201")
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: local.handle(event), range(2)))
+
+    events = sorted(a.event for a in answers)
+    # The loser met the done record (duplicate) or the winner's lock (busy, or its own
+    # lock-taking lost the race and it stopped before running: retry).
+    assert events in (
+        ["duplicate", "run_succeeded"],
+        ["run_busy", "run_succeeded"],
+        ["run_retry", "run_succeeded"],
+    ), events
+    assert len(local.run_ids()) == 1 and len(local.history()) == 1
+    assert local.handle(event).event == "duplicate"
+
+
+def test_a_burst_of_table_changes_runs_once_on_the_final_data(local):
+    from datetime import UTC, datetime, timedelta
+
+    burst = [
+        table_change_event(
+            WATCHED, job_id=f"bqjob_burst_{i}", time=datetime.now(UTC) - timedelta(seconds=5 - i)
+        )
+        for i in range(5)
+    ]
+    answers = [local.handle(event) for event in burst]
+
+    assert [a.event for a in answers] == ["run_succeeded"] + ["event_skipped"] * 4
+    run_id = answers[0].run_id
+    for answer in answers[1:]:
+        assert f"already covered by run {run_id}" in answer.reason
+    assert local.run_ids() == {run_id}
+
+
+def test_a_change_after_the_last_run_started_runs_again(local):
+    from datetime import UTC, datetime, timedelta
+
+    first = local.handle(table_change_event(WATCHED, job_id="bqjob_a"))
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    second = local.handle(table_change_event(WATCHED, job_id="bqjob_b", time=later))
+    assert (first.event, second.event) == ("run_succeeded", "run_succeeded")
+
+
+def test_a_late_table_change_runs_unless_a_later_run_covers_it(local):
+    from datetime import UTC, datetime, timedelta
+
+    old = datetime.now(UTC) - timedelta(seconds=local.settings.max_event_age_seconds + 60)
+    late = local.handle(table_change_event(WATCHED, job_id="bqjob_late", time=old))
+    assert late.event == "run_succeeded"  # nothing has run since it happened
+    assert with_message(local.logs(), "late table change runs")["severity"] == "WARNING"
+
+    again = local.handle(table_change_event(WATCHED, job_id="bqjob_later", time=old))
+    assert again.event == "event_skipped" and "already covered" in again.reason
+
+
+def test_a_truncated_table_is_refused_unless_the_message_forces_it(local):
+    from dataclasses import replace
+
+    guarded = replace(local.settings, min_rows_ratio=0.8)
+    local.handle(pubsub_event({"reason": "full"}, message_id="9301"), guarded)
+    before = published_state(local)
+    make_sample(ROWS).head(30).to_csv(local.features, index=False)
+
+    refused = local.handle(pubsub_event({"reason": "truncated"}, message_id="9302"), guarded)
+
+    assert (refused.event, refused.status) == ("run_failed", 200)
+    assert f"has 30 rows, fewer than MIN_ROWS_RATIO=0.8 of the {ROWS} rows" in refused.reason
+    assert '{"force": true}' in refused.reason and "--force" in refused.reason
+    assert published_state(local) == before
+    assert local.history()[-1]["status"] == "failed"
+
+    forced = local.handle(pubsub_event({"force": True}, message_id="9303"), guarded)
+    assert forced.event == "run_succeeded"
+    manifest = json.loads((local.out / "latest" / MANIFEST).read_text())
+    assert manifest["input"]["rows"] == 30
+
+
+# --- Raw deliveries (what the HTTP entry point hands over) ---------------------------------------
+
+
+def push(message: dict) -> bytes:
+    return json.dumps({"message": message, "subscription": "projects/p/subscriptions/s"}).encode()
+
+
+def respond_to(local: Local, body: bytes, headers: dict | None = None):
+    return respond(body, headers or {"Content-Type": "application/json"},
+                   "/projects/p/topics/runs", local.settings, JsonLog(local.stream))  # fmt: skip
+
+
+def test_an_attribute_only_push_runs_with_the_options_of_its_attributes(local):
+    body = push({"attributes": {"reason": "from attributes", "dry_run": "true"},
+                 "messageId": "9401"})  # fmt: skip
+
+    answer, status = respond_to(local, body)
+
+    assert status == 200 and answer["event"] == "dry_run", answer
+    (row,) = local.history()
+    assert (row["status"], row["reason"], row["event_id"]) == ("dry_run", "from attributes", "9401")
+    assert not (local.out / "latest").exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "cause"),
+    [
+        (b"{not json", "the request body is not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"hello": "world"}', "neither a Pub/Sub push"),
+        (
+            push({"data": base64.b64encode(b"[" * 50_000).decode(), "messageId": "9501"}),
+            "message data is JSON nested too deeply",
+        ),
+        (push({"data": "A" * 2_000_000, "messageId": "9502"}), "more than the 1,048,576"),
+        (push({"attributes": {"force": "yes"}, "messageId": "9503"}), "`force` must be true"),
+    ],
+    ids=["not-json", "nested-body", "no-message", "nested-data", "oversized-data", "bad-attr"],
+)
+def test_a_malformed_delivery_is_rejected_with_a_reason_and_a_history_row(local, body, cause):
+    answer, status = respond_to(local, body)
+
+    assert status == 200 and answer["event"] == "event_rejected", answer
+    assert cause in answer["reason"]
+    (row,) = local.history()
+    assert row["status"] == "failed" and cause in row["error"]
+    assert not local.out.exists()
+
+
+def test_an_empty_data_push_and_a_binary_cloudevent_run(local):
+    answer, _ = respond_to(local, push({"data": "", "messageId": "9601"}))
+    assert answer["event"] == "run_succeeded"
+    headers = {"ce-specversion": "1.0", "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+               "ce-id": "9602", "ce-source": "//pubsub.googleapis.com/projects/p/topics/t",
+               "Content-Type": "application/json"}  # fmt: skip
+    body = json.dumps({"message": {"messageId": "9602"}}).encode()
+    answer, _ = respond_to(local, body, headers)
+    assert answer["event"] == "run_succeeded"
+    assert [r["event_id"] for r in local.history()] == ["9601", "9602"]
+
+
+def test_a_features_file_above_the_size_limit_is_refused_as_bad_data(local, monkeypatch):
+    from clustering.adapters import local as local_adapter
+
+    size = local.features.stat().st_size
+    monkeypatch.setattr(local_adapter, "MAX_FEATURES_BYTES", size - 1)
+
+    answer = local.handle(pubsub_event({"reason": "too big"}, message_id="9701"))
+
+    assert (answer.event, answer.status) == ("run_failed", 200)
+    assert f"is {size:,} bytes, more than the {size - 1:,}" in answer.reason
+    assert published_state(local) == ({}, None, set())
+
+
+@pytest.mark.parametrize(("source", "covered"), [("configured", True), ("bq://p.d.other", False)])
+def test_only_a_run_on_the_watched_source_covers_a_change(local, source, covered):
+    from datetime import UTC, datetime, timedelta
+
+    later = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    source = local.settings.features_source if source == "configured" else source
+    pointer = {"run_id": "r0", "started_at": later, "input": {"source": source, "rows": ROWS}}
+    (local.out / "latest").mkdir(parents=True)
+    (local.out / "latest" / MANIFEST).write_text(json.dumps(pointer))
+
+    answer = local.handle(table_change_event(WATCHED, job_id="bqjob_cover"))
+
+    assert answer.event == ("event_skipped" if covered else "run_succeeded"), answer

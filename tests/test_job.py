@@ -257,3 +257,19 @@ def test_a_dry_run_computes_everything_and_writes_nothing(published, tmp_path):
     # The same analysis as the published run.
     published_manifest = json.loads((published.folder / MANIFEST).read_text())
     assert report.manifest["diagnostics"] == published_manifest["diagnostics"]
+
+
+def test_the_row_drop_guard_refuses_only_a_real_drop():
+    from clustering.errors import InputError
+    from clustering.job import check_row_drop
+
+    previous = {"run_id": "r1", "input": {"rows": 100}}
+    check_row_drop(50, previous, 0.5, False, "t")  # exactly the share: allowed
+    with pytest.raises(
+        InputError, match=r"t has 49 rows, fewer than MIN_ROWS_RATIO=0\.5 of the 100"
+    ):
+        check_row_drop(49, previous, 0.5, False, "t")
+    check_row_drop(49, previous, 0.5, True, "t")  # forced
+    check_row_drop(1, previous, 0, False, "t")  # guard off
+    check_row_drop(1, None, 0.5, False, "t")  # no previous run
+    check_row_drop(1, {"input": {"rows": "100"}}, 0.5, False, "t")  # unreadable count

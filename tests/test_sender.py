@@ -115,11 +115,12 @@ def test_table_change_event_carries_the_eventarc_attributes() -> None:
 
 
 def test_table_change_event_time_drives_the_age_check() -> None:
-    event = table_change_event(WATCHED, time=datetime.now(UTC) - timedelta(hours=2))
+    event = table_change_event(WATCHED, time=datetime.now(UTC) - timedelta(hours=25))
     assert event["time"] == event["recordedtime"] == event["data"]["timestamp"]
     decision = decide_now(event)
-    assert decision.action == "skip"
-    assert "dropped: it is 2h 0m old" in decision.reason
+    assert decision.action == "run" and decision.late
+    assert "late: 1d 1h 0m old" in decision.reason
+    assert decision.changed_at == datetime.fromisoformat(event["data"]["timestamp"])
 
 
 @pytest.mark.parametrize(
@@ -155,6 +156,7 @@ class Receiver:
 
     url: str
     status: int = 200
+    answer: bytes | None = None
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
 
 
@@ -168,7 +170,8 @@ def receiver() -> Iterator[Receiver]:
             state.requests.append((dict(self.headers.items()), body))
             self.send_response(state.status)
             self.end_headers()
-            self.wfile.write(b"OK" if state.status == 200 else b"boom")
+            default = b"OK" if state.status == 200 else b"boom"
+            self.wfile.write(state.answer if state.answer is not None else default)
 
         def log_message(self, format: str, *args: Any) -> None:
             return
@@ -233,6 +236,17 @@ def test_cli_principal_flag_sets_the_caller(receiver: Receiver) -> None:
     ((_, body),) = receiver.requests
     event = json.loads(body)
     assert event["data"]["protoPayload"]["authenticationInfo"]["principalEmail"] == OWN_ACCOUNT
+
+
+def test_cli_prints_the_functions_json_decision(
+    receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    decision = {"event": "run_succeeded", "action": "run", "reason": "r", "run_id": "20261127"}
+    receiver.answer = json.dumps(decision).encode()
+    assert run_cli("pubsub", "--url", receiver.url) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "HTTP 200"
+    assert json.loads(out.split("\n", 1)[1]) == decision
 
 
 def test_cli_exits_1_on_a_non_2xx_answer(

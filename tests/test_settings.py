@@ -265,7 +265,7 @@ def test_from_env_defaults_equal_the_notebooks():
     assert settings.runs_table is None
     assert settings.allowed_features_tables == ()
     assert settings.function_service_account is None
-    assert settings.max_event_age_seconds == 3600
+    assert settings.max_event_age_seconds == 86_400
     # WATCHED_TABLE defaults to the bq:// FEATURES_SOURCE's table.
     assert settings.watched_table == "my-project.analytics.neighborhood_features"
 
@@ -502,3 +502,28 @@ def test_a_bad_name_list_is_echoed_up_to_80_characters():
     with pytest.raises(InputError) as caught:
         parse_name_list(raw, "EXCLUDE_NEIGHBORHOODS")
     assert str(caught.value).endswith("got " + repr(raw[:80]))
+
+
+def test_delivery_settings_are_read_and_validated():
+    import re
+
+    from clustering.settings import JobSettings
+
+    env = {"FEATURES_SOURCE": "f.csv", "ARTIFACTS_DEST": "out"}
+    default = JobSettings.from_env(env)
+    assert (default.min_rows_ratio, default.function_timeout_seconds) == (0.5, None)
+    assert default.max_event_age_seconds == 86_400
+    chosen = JobSettings.from_env(
+        env | {"MIN_ROWS_RATIO": "0.25", "FUNCTION_TIMEOUT_SECONDS": "120"}
+    )
+    assert (chosen.min_rows_ratio, chosen.function_timeout_seconds) == (0.25, 120)
+    assert JobSettings.from_env(env | {"MIN_ROWS_RATIO": "0"}).min_rows_ratio == 0
+    assert JobSettings.from_env(env | {"MIN_ROWS_RATIO": "1"}).min_rows_ratio == 1
+    for name, value, cause in (
+        ("MIN_ROWS_RATIO", "1.01", "between 0 (guard off) and 1"),
+        ("MIN_ROWS_RATIO", "-0.1", "between 0 (guard off) and 1"),
+        ("MIN_ROWS_RATIO", "half", "is not a number"),
+        ("FUNCTION_TIMEOUT_SECONDS", "119", "120 or more"),
+    ):
+        with pytest.raises(InputError, match=re.escape(cause)):
+            JobSettings.from_env(env | {name: value})

@@ -24,13 +24,14 @@ from typing import Any
 
 import pytest
 
-from clustering import settings
+from clustering import events, settings
 
 pytestmark = pytest.mark.terraform
 
 ROOT = Path(__file__).resolve().parents[1]
 TF_DIR = ROOT / "terraform"
 TERRAFORM = ROOT / ".tools" / "terraform" / "terraform"
+PROVIDER_SCHEMA = ROOT / ".tools" / "provider-schema" / "package" / "lib"
 CHECKOV_BIN = ROOT / ".tools" / "checkov" / "bin"
 
 # No network calls from the tools: Terraform's update check and checkov's platform mapping.
@@ -72,7 +73,8 @@ DEMO_PROJECT = "demo-project-1"
 def tool(path: Path) -> Path:
     if not path.exists():
         where = path.relative_to(ROOT)
-        pytest.fail(f"{where} is missing: run `make terraform-tools` (make test builds it)")
+        target = "provider-schema" if "provider-schema" in str(path) else "terraform-tools"
+        pytest.fail(f"{where} is missing: run `make {target}` (make test builds it)")
     return path
 
 
@@ -469,7 +471,9 @@ def test_environment_renders_to_the_default_settings(config: Config, renderer: R
     assert job.function_service_account == (
         f"{config.default('name')}-run@{DEMO_PROJECT}.iam.gserviceaccount.com"
     )
-    assert job.max_event_age_seconds == 3600
+    assert job.max_event_age_seconds == 86_400
+    assert job.function_timeout_seconds == config.default("function_timeout_seconds")
+    assert job.min_rows_ratio == settings.JobSettings().min_rows_ratio == 0.5
     assert job.analysis == settings.AnalysisSettings()
     assert json.loads(env["EXCLUDE_NEIGHBORHOODS"]) == list(settings.DEFAULT_EXCLUDE_NEIGHBORHOODS)
     assert json.loads(env["CLUSTERING_FEATURES"]) == list(settings.DEFAULT_CLUSTERING_FEATURES)
@@ -599,6 +603,10 @@ def test_table_change_sink_names_exactly_the_features_table(
     ], "the filter must match the features table exactly (=, no pattern)"
     assert "protoPayload.metadata.tableDataChange:*" in lines
     assert not any("tableDataRead" in line for line in lines)
+    # The sink and the code agree on which tableDataChange reasons start no run.
+    excluded = re.findall(r'^NOT protoPayload\.metadata\.tableDataChange\.reason="(\w+)"$',
+                          "\n".join(lines), re.MULTILINE)  # fmt: skip
+    assert tuple(excluded) == events.NON_RUN_REASONS
     assert f'NOT protoPayload.authenticationInfo.principalEmail="{RUNTIME_SA}"' in lines
 
     # Rendered, it names the very table the function reads and watches.
@@ -611,6 +619,40 @@ def test_table_change_sink_names_exactly_the_features_table(
     )
     assert env["FEATURES_SOURCE"] == f"bq://{env['WATCHED_TABLE']}"
     assert f'principalEmail="{env["FUNCTION_SERVICE_ACCOUNT"]}"' in rendered
+
+
+def test_the_age_limit_outlasts_the_retry_window_terraform_configures(config: Config) -> None:
+    push = config.resource("google_pubsub_subscription.function_push")
+    backoff = int(one(block(push, "retry_policy")["maximum_backoff"]).removesuffix("s"))
+    per_attempt = one(push["ack_deadline_seconds"]) + backoff
+    retention = int(one(push["message_retention_duration"]).removesuffix("s"))
+    window = min(retention, config.default("max_delivery_attempts") * per_attempt)
+    assert config.default("max_event_age_seconds") >= window
+    assert settings.JobSettings().max_event_age_seconds >= window
+    # The plan-time check says the same for any chosen values.
+    rules = [one(p["condition"]) for p in block(config.resource(FUNCTION), "lifecycle")
+             ["precondition"]]  # fmt: skip
+    expected = (f"${{var.max_event_age_seconds >= min({retention},"
+                f"var.max_delivery_attempts * {per_attempt})}}")  # fmt: skip
+    assert expected in [rule.replace(", ", ",") for rule in rules], rules
+
+
+def test_the_code_reads_the_function_timeout_that_terraform_configures(config: Config) -> None:
+    env = function_environment(config)
+    assert env["FUNCTION_TIMEOUT_SECONDS"] == "${tostring(var.function_timeout_seconds)}"
+    service = block(config.resource(FUNCTION), "service_config")
+    assert one(service["timeout_seconds"]) == "${var.function_timeout_seconds}"
+    timeout = config.default("function_timeout_seconds")
+    job = settings.JobSettings.from_env({"FEATURES_SOURCE": "x.csv", "ARTIFACTS_DEST": "out",
+                                         "FUNCTION_TIMEOUT_SECONDS": str(timeout)})  # fmt: skip
+    assert job.function_timeout_seconds == timeout
+    # A lock is taken over only after its run stopped itself: past the timeout.
+    from clustering import claims
+
+    assert claims.stale_after(timeout) > timeout
+    # The push request waits longer than a run may last: no redelivery overlaps a live run.
+    push = config.resource("google_pubsub_subscription.function_push")
+    assert one(push["ack_deadline_seconds"]) > timeout
 
 
 def iam_grants(config: Config) -> set[tuple[str, str, str, str]]:
@@ -1104,3 +1146,146 @@ def test_the_freshness_view_renders_the_sql_file_over_the_runs_table(config: Con
     )
     assert (TF_DIR / "sql" / "run_freshness.sql").is_file()
     assert "freshness_view" in config.outputs
+
+
+# --- (d) the google provider's schema ---------------------------------------------------------
+#
+# terraform validate needs the provider, which no registry here serves; @cdktf/provider-google
+# (make/provider-schema.mk) is generated from the provider's schema, so its generated code
+# names every argument and block of every resource, and its type declarations say which are
+# required. Each resource of terraform/ is checked against it: no unknown argument, blocks
+# written as blocks, every required argument present.
+
+META_ARGUMENTS = frozenset(
+    {"count", "for_each", "depends_on", "lifecycle", "provider", "provisioner", "connection"}
+)
+
+
+@dataclass
+class SchemaBlock:
+    """Arguments (None) and nested blocks (SchemaBlock) of a resource or block."""
+
+    name: str
+    members: dict[str, SchemaBlock | None]
+    required: frozenset[str]
+
+
+def _entries(body: str) -> dict[str, str | None]:
+    """name -> block converter (None for an argument) of one generated `attrs` object."""
+    found: dict[str, str | None] = {}
+    pattern = r"(\w+): \{\s*value: ([^\n]*),\s*isBlock: (true|false),"
+    for name, value, is_block in re.findall(pattern, body):
+        if is_block == "false":
+            found[name] = None
+            continue
+        converters = re.findall(r"(?<![.\w])(\w+ToHclTerraform)\b", value)
+        assert converters, f"block {name}: no converter in {value!r}"
+        found[name] = converters[0]
+    return found
+
+
+def _required(declarations: str, interface: str) -> frozenset[str]:
+    match = re.search(rf"export interface {interface}(?: extends [\w.]+)? \{{(.*?)\n\}}",
+                      declarations, re.DOTALL)  # fmt: skip
+    assert match, f"interface {interface} not found"
+    pattern = r"#(\w+) [^}]*\}\s*\*/\s*readonly \w+(\??):"
+    return frozenset(name for name, optional in re.findall(pattern, match.group(1)) if not optional)
+
+
+def provider_schema(resource_type: str, data_source: bool = False) -> SchemaBlock:
+    """The schema of resource (or data source) `resource_type` from the generated package."""
+    name = resource_type.removeprefix("google_").replace("_", "-")
+    folder = PROVIDER_SCHEMA / (f"data-google-{name}" if data_source else name)
+    code = tool(folder / "index.js").read_text(encoding="utf-8")
+    declarations = (folder / "index.d.ts").read_text(encoding="utf-8")
+    match = re.search(rf'(\w+)\.tfResourceType = "{resource_type}";', code)
+    assert match, f"{folder} does not define {resource_type}"
+    top = code[code.index("synthesizeHclAttributes() {") :]
+
+    def block(name: str, body: str, interface: str) -> SchemaBlock:
+        members: dict[str, SchemaBlock | None] = {}
+        for member, converter in _entries(body[: body.index("return Object.fromEntries")]).items():
+            if converter is None:
+                members[member] = None
+                continue
+            start = code.index(f"function {converter}(struct) {{")
+            nested = converter.removesuffix("ToHclTerraform")
+            members[member] = block(member, code[start:], nested[0].upper() + nested[1:])
+        return SchemaBlock(name, members, _required(declarations, interface))
+
+    return block(resource_type, top, f"{match.group(1)}Config")
+
+
+def schema_problems(body: dict, schema: SchemaBlock, where: str) -> list[str]:
+    """What in a parsed resource body the schema does not allow, or misses."""
+    problems = []
+    present = {k for k in body if not k.startswith("__")}
+    for key in sorted(present):
+        if key in META_ARGUMENTS:
+            continue
+        if key == "dynamic":
+            for dynamic in body["dynamic"]:
+                for label, spec in dynamic.items():
+                    nested = schema.members.get(label)
+                    if not isinstance(nested, SchemaBlock):
+                        problems.append(f"{where}: dynamic {label!r} is not a block")
+                        continue
+                    for content in spec.get("content", []):
+                        problems += schema_problems(content, nested, f"{where}.{label}")
+            continue
+        if key not in schema.members:
+            problems.append(f"{where}: unknown argument or block {key!r}")
+            continue
+        nested = schema.members[key]
+        if nested is None:
+            continue
+        values = body[key]
+        if not (isinstance(values, list) and all(isinstance(v, dict) for v in values)):
+            problems.append(f"{where}: {key} must be written as a block")
+            continue
+        for value in values:
+            problems += schema_problems(value, nested, f"{where}.{key}")
+    dynamic_labels = {label for d in body.get("dynamic", []) for label in d}
+    for missing in sorted(schema.required - present - dynamic_labels):
+        problems.append(f"{where}: required argument {missing!r} is missing")
+    return problems
+
+
+def test_every_resource_matches_the_google_providers_schema(config: Config) -> None:
+    checked, problems = set(), []
+    for (rtype, name), body in sorted(config.resources.items()):
+        assert rtype.startswith("google_"), f"{rtype}.{name}: not a google resource"
+        problems += schema_problems(body, provider_schema(rtype), f"{rtype}.{name}")
+        checked.add(rtype)
+    for (dtype, name), body in sorted(config.data.items()):
+        if dtype.startswith("google_"):  # archive_file belongs to the archive provider
+            checked.add(f"data.{dtype}")
+            schema = provider_schema(dtype, data_source=True)
+            problems += schema_problems(body, schema, f"data.{dtype}.{name}")
+    assert not problems, "\n".join(problems)
+    assert {
+        "google_cloudfunctions2_function",
+        "google_pubsub_subscription",
+        "data.google_project",
+    } <= checked
+
+
+def test_the_schema_check_catches_unknown_arguments_blocks_and_missing_required_ones() -> None:
+    schema = provider_schema("google_pubsub_subscription")
+    assert {"name", "topic"} <= schema.required
+    assert schema.members["retry_policy"].members == {"maximum_backoff": None,
+                                                      "minimum_backoff": None}  # fmt: skip
+    good = {"name": ["s"], "topic": ["t"], "retry_policy": [{"minimum_backoff": ["1s"]}]}
+    assert schema_problems(good, schema, "s") == []
+    bad = {
+        "name": ["s"],
+        "ack_deadline": [10],  # the argument is ack_deadline_seconds
+        "retry_policy": [{"min_backoff": ["1s"]}],
+        "push_config": ["https://example.com"],
+    }
+    assert schema_problems(bad, schema, "s") == [
+        "s: unknown argument or block 'ack_deadline'",
+        "s: push_config must be written as a block",
+        "s.retry_policy: unknown argument or block 'min_backoff'",
+        "s: required argument 'topic' is missing",
+    ]

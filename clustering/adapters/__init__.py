@@ -23,8 +23,12 @@ class ArtifactStore(ClaimStore, Protocol):
     def write_run(self, run_id: str, files: dict[str, bytes]) -> None:
         """Write runs/<run_id>/ with `files`; the last file is written last."""
 
-    def promote(self, run_id: str, files: dict[str, bytes]) -> None:
-        """Replace latest/ by the files of runs/<run_id>/; the last file goes last."""
+    def read_pointer(self) -> tuple[bytes | None, object]:
+        """latest/run.json (the current run's manifest) and its version token."""
+
+    def switch_latest(self, run_id: str, files: dict[str, bytes], token: object) -> bool:
+        """Point latest/ at runs/<run_id>/ in one step, only if latest/run.json is still the
+        version `token`; False (nothing changed) otherwise."""
 
 
 def read_features(source: str) -> tuple[pd.DataFrame, str]:
@@ -77,13 +81,15 @@ def artifact_store(dest: str) -> ArtifactStore:
     return local.LocalStore(dest)
 
 
-def write_clusters(dest: str, frame: pd.DataFrame, schema: list[dict]) -> None:
+def write_clusters(
+    dest: str, frame: pd.DataFrame, schema: list[dict], run_id: str | None = None
+) -> None:
     """Replace the clusters table at `dest` (bq://, or a .csv/.parquet object or file) in one
-    step."""
+    step; a BigQuery load job is named after `run_id`."""
     if dest.startswith("bq://"):
         from clustering.adapters import bigquery
 
-        bigquery.replace_table(dest, frame, schema)
+        bigquery.replace_table(dest, frame, schema, run_id)
         return
     if dest.startswith("gs://"):
         from clustering.adapters import gcs
@@ -93,6 +99,17 @@ def write_clusters(dest: str, frame: pd.DataFrame, schema: list[dict]) -> None:
     from clustering.adapters import local
 
     local.replace_table(dest, frame)
+
+
+def clusters_hold(dest: str, run_id: str) -> bool:
+    """Whether the clusters table at `dest` holds run `run_id` now. A BigQuery load job that
+    was cancelled may still land late, so the table is read back; a file replacement is
+    synchronous and atomic, so it is not."""
+    if not dest.startswith("bq://"):
+        return True
+    from clustering.adapters import bigquery
+
+    return bigquery.table_run_id(dest) == run_id
 
 
 def append_run(dest: str, row: dict) -> None:

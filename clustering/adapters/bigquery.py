@@ -4,21 +4,32 @@ No SQL is ever assembled: the features table is read with the tabledata API (`li
 validated table id, the clusters table is replaced by one WRITE_TRUNCATE load job with an
 explicit schema (atomic: readers see the old table or the new one), and every job carries
 the labels that mark it as ours in the audit logs.
+
+Every call has a retry deadline and a per-request timeout from the run's budget
+(clustering.budget), and a load job is waited on with a timeout and cancelled when it passes,
+instead of the client's 600 s defaults that outlast the function.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from contextlib import contextmanager
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager, suppress
 
 import pandas as pd
 
+from clustering import budget
 from clustering.errors import InputError
 from clustering.events import JOB_LABELS
-from clustering.settings import bq_table_id, check_column
+from clustering.settings import MAX_FEATURES_BYTES, MAX_FEATURES_ROWS, bq_table_id, check_column
 
 EMULATOR_ENV = "BIGQUERY_EMULATOR_HOST"
+# Error reasons BigQuery returns with 403 that a later attempt can pass: throttling, not a
+# missing permission (https://cloud.google.com/bigquery/docs/error-messages).
+TRANSIENT_403_REASONS = frozenset({"rateLimitExceeded", "quotaExceeded"})
+# How long a cancelled load job is waited on to reach DONE before the run gives up its claim.
+CANCEL_WAIT_SECONDS = 10.0
 
 
 def client(project: str):
@@ -39,6 +50,25 @@ def client(project: str):
     )
 
 
+def limits(step: str) -> dict:
+    """retry= and timeout= for one BigQuery call, within the run's remaining time."""
+    from google.cloud.bigquery import DEFAULT_RETRY
+
+    deadline, timeout = budget.call_limits(step)
+    return {"retry": DEFAULT_RETRY.with_deadline(deadline), "timeout": timeout}
+
+
+def is_rate_limited(error: BaseException) -> bool:
+    """A 403 that is throttling (rateLimitExceeded, quotaExceeded): transient."""
+    from google.api_core import exceptions
+
+    if not isinstance(error, exceptions.Forbidden):
+        return False
+    return any(
+        isinstance(e, dict) and e.get("reason") in TRANSIENT_403_REASONS for e in error.errors
+    )
+
+
 @contextmanager
 def _quiet_client():
     """Silence the client's notices about its own future dependencies (pandas-gbq, the
@@ -52,27 +82,51 @@ def _quiet_client():
 
 
 def read_table(uri: str) -> pd.DataFrame:
-    """All rows of the features table as a DataFrame (validation sorts them by name)."""
+    """All rows of the features table as a DataFrame (validation sorts them by name); a table
+    above the size limits is refused before any row is read."""
     from google.api_core import exceptions
 
     table_id = bq_table_id(uri, "features source")
     bq = client(table_id.split(".")[0])
     try:
+        table = bq.get_table(table_id, **limits(f"looking up {uri}"))
+        _check_size(uri, table.num_rows, table.num_bytes)
         with _quiet_client():
-            return bq.list_rows(table_id).to_dataframe(create_bqstorage_client=False)
+            rows = bq.list_rows(table, **limits(f"reading {uri}"))
+            return rows.to_dataframe(create_bqstorage_client=False)
     except exceptions.NotFound:
         raise InputError(
             f"{uri}: table not found: check FEATURES_SOURCE and that the table exists"
         ) from None
     except exceptions.Forbidden as error:
+        if is_rate_limited(error):
+            raise
         raise InputError(
             f"{uri}: access denied ({error.message}): grant the function's service account "
             "BigQuery Data Viewer on the table"
         ) from None
 
 
-def replace_table(uri: str, frame: pd.DataFrame, schema: list[dict]) -> None:
-    """Replace the table's contents and schema with `frame` in one load job."""
+def _check_size(uri: str, rows: int | None, size: int | None) -> None:
+    if rows is not None and rows > MAX_FEATURES_ROWS:
+        raise InputError(f"{uri} has {rows:,} rows, more than the {MAX_FEATURES_ROWS:,} this "
+                         "job clusters (see README, Limits): filter the table")  # fmt: skip
+    if size is not None and size > MAX_FEATURES_BYTES:
+        raise InputError(f"{uri} holds {size:,} bytes, more than the {MAX_FEATURES_BYTES:,} "
+                         "this job reads (see README, Limits): drop unused columns")  # fmt: skip
+
+
+def load_job_id(run_id: str) -> str:
+    """The load job of a run has a fixed id, so a retried insert cannot load twice and any
+    later delivery can look up whether the run's load landed."""
+    return f"neighborhood_clusters_{run_id}"
+
+
+def replace_table(uri: str, frame: pd.DataFrame, schema: list[dict],
+                  run_id: str | None = None) -> None:  # fmt: skip
+    """Replace the table's contents and schema with `frame` in one load job (named after
+    `run_id` when given), waited on within the run's budget and cancelled when it runs out."""
+    from google.api_core import exceptions
     from google.cloud import bigquery
 
     table_id = bq_table_id(uri, "clusters table")
@@ -83,16 +137,55 @@ def replace_table(uri: str, frame: pd.DataFrame, schema: list[dict]) -> None:
         labels=dict(JOB_LABELS),
     )
     bq = client(table_id.split(".")[0])
-    with _quiet_client():
-        bq.load_table_from_dataframe(frame, table_id, job_config=config).result()
+    job_id = load_job_id(run_id) if run_id else None
+    _, timeout = budget.call_limits(f"loading {uri}")
+    try:
+        with _quiet_client():
+            job = bq.load_table_from_dataframe(frame, table_id, job_config=config,
+                                               job_id=job_id, timeout=timeout)  # fmt: skip
+    except exceptions.Conflict:
+        # Our own insert, retried after its response was lost: the job exists; wait on it.
+        job = bq.get_job(job_id, **limits(f"looking up load job {job_id}"))
+    _wait(bq, job, uri)
+
+
+def _wait(bq, job, uri: str) -> None:
+    """Wait for the job within the budget; past it, cancel the job, wait for it to stop, and
+    raise OutOfTime."""
+    from google.api_core import exceptions
+    from google.cloud.bigquery import DEFAULT_RETRY
+
+    deadline, _ = budget.call_limits(f"waiting for the load of {uri}")
+    try:
+        job.result(retry=DEFAULT_RETRY.with_deadline(deadline), timeout=deadline)
+    except (FutureTimeout, exceptions.RetryError) as error:
+        job.cancel(retry=DEFAULT_RETRY.with_deadline(CANCEL_WAIT_SECONDS),
+                   timeout=CANCEL_WAIT_SECONDS)  # fmt: skip
+        # Cancelled or failed: either way it no longer writes.
+        with suppress(Exception):
+            job.result(timeout=CANCEL_WAIT_SECONDS)
+        raise budget.OutOfTime(f"the load of {uri} (job {job.job_id}) did not finish in the "
+                               f"run's time and was cancelled: {error}") from None  # fmt: skip
+
+
+def table_run_id(uri: str) -> str | None:
+    """The run_id column of the table's first row (all rows share it), None when empty."""
+    from google.cloud import bigquery
+
+    table_id = bq_table_id(uri, "clusters table")
+    bq = client(table_id.split(".")[0])
+    rows = bq.list_rows(table_id, selected_fields=[bigquery.SchemaField("run_id", "STRING")],
+                        max_results=1, **limits(f"checking {uri}"))  # fmt: skip
+    return next((row["run_id"] for row in rows), None)
 
 
 def append_row(uri: str, row: dict) -> None:
     """Append one run record. Streaming inserts log no tableDataChange, so the history can
-    never trigger a run."""
+    never trigger a run. The insert id makes a retried insert land once."""
     table_id = bq_table_id(uri, "runs table")
     bq = client(table_id.split(".")[0])
-    errors = bq.insert_rows_json(table_id, [row])
+    row_id = f"{row.get('run_id')}:{row.get('status')}"
+    errors = bq.insert_rows_json(table_id, [row], row_ids=[row_id], **limits(f"appending to {uri}"))
     if errors:
         raise RuntimeError(f"{uri}: the run record was rejected: {errors}")
 

@@ -3,15 +3,19 @@ share one code path."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
 from clustering.errors import InputError
-from clustering.naming import claim_name
+from clustering.naming import MANIFEST, claim_name
+from clustering.settings import MAX_BOUNDARIES_BYTES, MAX_FEATURES_BYTES
 
 READERS = {".csv": "csv", ".parquet": "parquet"}
 
@@ -32,14 +36,26 @@ def read_table(path: str) -> pd.DataFrame:
     if file.stat().st_size == 0:
         raise InputError(f"{path} is empty: give a file with a header row and one row per "
                          "neighborhood")  # fmt: skip
+    _check_size(file, MAX_FEATURES_BYTES)
     return parse_table(file.read_bytes() if kind == "csv" else file, kind, path)
 
 
-def read_bytes(path: str) -> bytes:
+def read_bytes(path: str, max_bytes: int = MAX_BOUNDARIES_BYTES) -> bytes:
     file = Path(path)
     if not file.is_file():
         raise InputError(f"{path}: no such file: check the path")
+    _check_size(file, max_bytes)
     return file.read_bytes()
+
+
+def _check_size(file: Path, max_bytes: int) -> None:
+    """Refuse a file larger than the documented limit before reading it (README, Limits)."""
+    size = file.stat().st_size
+    if size > max_bytes:
+        raise InputError(
+            f"{file} is {size:,} bytes, more than the {max_bytes:,} this job reads "
+            "(see README, Limits): split or shrink the file"
+        )
 
 
 def parse_table(content, kind: str, where: str) -> pd.DataFrame:
@@ -114,7 +130,13 @@ def append_row(path: str, row: dict) -> None:
 
 
 class LocalStore:
-    """runs/<run_id>/, latest/ and claims/ under a local folder."""
+    """runs/<run_id>/, latest/ and claims/ under a local folder.
+
+    latest/ is a full copy of the current run, swapped in with renames so readers see one run
+    or the other; its run.json is the pointer the fencing compares. Compare-and-swap steps
+    hold an exclusive lock on the folder, so threads and processes on one machine race
+    safely, as they do on Cloud Storage's preconditions.
+    """
 
     def __init__(self, root: str) -> None:
         self.root = Path(root)
@@ -122,57 +144,92 @@ class LocalStore:
     def describe(self, path: str = "") -> str:
         return str(self.root / path)
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # An exclusive lock on the folder itself: no lock file appears among the outputs.
+        self.root.mkdir(parents=True, exist_ok=True)
+        folder = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(folder)  # closing the descriptor releases the lock
+
     def write_run(self, run_id: str, files: dict[str, bytes]) -> None:
         folder = self.root / "runs" / run_id
         folder.mkdir(parents=True, exist_ok=False)
         for name, content in files.items():
             (folder / name).write_bytes(content)
 
-    def promote(self, run_id: str, files: dict[str, bytes]) -> None:
+    def read_pointer(self) -> tuple[bytes | None, object]:
+        """latest/run.json and its version (0 when there is none)."""
+        path = self.root / "latest" / MANIFEST
+        try:
+            return path.read_bytes(), _version(path)
+        except FileNotFoundError:
+            return None, 0
+
+    def switch_latest(self, run_id: str, files: dict[str, bytes], token: object) -> bool:
         """Fill a hidden folder, then swap it in with two renames, so readers see the old
-        latest/ or the new one, never a mixture."""
+        latest/ or the new one, never a mixture; False (nothing changed) when latest/ is no
+        longer the version `token` that this run read."""
         staging = self.root / f".latest-{run_id}"
+        shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(self.root / "runs" / run_id, staging)
         latest = self.root / "latest"
         retired = self.root / f".retired-{run_id}"
-        if latest.exists():
-            latest.rename(retired)
-        staging.rename(latest)
+        with self._locked():
+            if self.read_pointer()[1] != token:
+                shutil.rmtree(staging, ignore_errors=True)
+                return False
+            if latest.exists():
+                latest.rename(retired)
+            staging.rename(latest)
         shutil.rmtree(retired, ignore_errors=True)
+        return True
 
     def _claim(self, key: str) -> Path:
         return self.root / "claims" / claim_name(key)
 
-    def create_claim(self, key: str, content: bytes) -> bool:
+    def create_claim(self, key: str, content: bytes) -> object | None:
+        """Create the claim exclusively; its version (the fencing token), or None."""
         path = self._claim(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with path.open("xb") as claim:
                 claim.write(content)
         except FileExistsError:
-            return False
-        return True
+            return None
+        return _version(path)
 
     def read_claim(self, key: str) -> tuple[bytes, object] | None:
         path = self._claim(key)
-        try:
-            return path.read_bytes(), _version(path)
-        except FileNotFoundError:
-            return None
+        with self._locked():
+            try:
+                return path.read_bytes(), _version(path)
+            except FileNotFoundError:
+                return None
 
-    def replace_claim(self, key: str, content: bytes, token: object | None) -> bool:
-        """Overwrite the claim; with a token, only if it was not modified since. Local runs
-        have one process, so the check and the rename need no lock."""
+    def replace_claim(self, key: str, content: bytes, token: object | None) -> object | None:
+        """Overwrite the claim; with a token, only if it was not modified since. Returns the
+        new version, or None when the claim changed meanwhile."""
         path = self._claim(key)
-        if token is not None and (not path.exists() or _version(path) != token):
-            return False
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_bytes(content)
-        os.replace(partial, path)
-        return True
+        with self._locked():
+            if token is not None and (not path.exists() or _version(path) != token):
+                return None
+            partial = path.with_name(f".{path.name}.partial")
+            partial.write_bytes(content)
+            os.replace(partial, path)
+            return _version(path)
 
-    def release(self, key: str) -> None:
-        self._claim(key).unlink(missing_ok=True)
+    def release(self, key: str, token: object | None = None) -> bool:
+        """Delete the claim (only if it is still version `token`, when given)."""
+        path = self._claim(key)
+        with self._locked():
+            if token is not None and path.exists() and _version(path) != token:
+                return False
+            path.unlink(missing_ok=True)
+            return True
 
 
 def _version(path: Path) -> tuple[int, int]:

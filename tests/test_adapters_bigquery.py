@@ -1,0 +1,117 @@
+"""The BigQuery adapter with the unmodified client against local-bigquery: size limits checked
+before any row is read, the run's load job named after it (a retried insert is the same job),
+the run_id read back, and which 403s are throttling."""
+
+import uuid
+
+import pytest
+from google.api_core import exceptions
+
+from clustering.adapters import bigquery as adapter
+from clustering.errors import InputError
+from clustering.sample import make_sample
+from clustering.table import output_schema
+from tests.emulators import FaultProxy, bigquery_client
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def dataset(bigquery_emulator, monkeypatch):
+    monkeypatch.setenv(adapter.EMULATOR_ENV, bigquery_emulator.endpoint)
+    name = f"adapter_{uuid.uuid4().hex[:8]}"
+    client = bigquery_client(bigquery_emulator)
+    client.create_dataset(f"{bigquery_emulator.project}.{name}")
+    yield f"{bigquery_emulator.project}.{name}"
+    client.delete_dataset(f"{bigquery_emulator.project}.{name}", delete_contents=True)
+
+
+def clustered(rows: int, run_id: str):
+    frame = make_sample(rows)
+    return frame.assign(run_id=run_id)
+
+
+def test_a_table_above_the_row_limit_is_refused_before_any_row_is_read(
+    dataset, bigquery_emulator, monkeypatch
+):
+    table = f"{dataset}.features"
+    frame = make_sample(30)
+    bigquery_client(bigquery_emulator).load_table_from_dataframe(frame, table).result()
+    monkeypatch.setattr(adapter, "MAX_FEATURES_ROWS", 29)
+    with FaultProxy(bigquery_emulator.endpoint, lambda *_: "pass") as proxy:
+        monkeypatch.setenv(adapter.EMULATOR_ENV, proxy.endpoint)
+        with pytest.raises(InputError, match="has 30 rows, more than the 29 this job clusters"):
+            adapter.read_table(f"bq://{table}")
+    assert proxy.requests and not [r for r in proxy.requests if "/data?" in r]
+    monkeypatch.setattr(adapter, "MAX_FEATURES_ROWS", 30)
+    monkeypatch.setenv(adapter.EMULATOR_ENV, bigquery_emulator.endpoint)
+    assert len(adapter.read_table(f"bq://{table}")) == 30
+
+
+def test_the_load_job_is_named_after_the_run_and_a_repeat_is_the_same_job(
+    dataset, bigquery_emulator
+):
+    table = f"bq://{dataset}.clusters"
+    frame = clustered(25, "run-1")
+    adapter.replace_table(table, frame, output_schema(frame), run_id="run-1")
+    assert adapter.table_run_id(table) == "run-1"
+    job = bigquery_client(bigquery_emulator).get_job(adapter.load_job_id("run-1"))
+    assert job.labels == {"app": "neighborhood-clusters"} and job.state == "DONE"
+
+    # The insert retried after a lost response meets its own job (409) and waits on it.
+    adapter.replace_table(table, frame, output_schema(frame), run_id="run-1")
+    assert adapter.table_run_id(table) == "run-1"
+
+
+def test_only_throttling_403s_are_rate_limits():
+    assert adapter.is_rate_limited(exceptions.Forbidden("x", errors=[{"reason": "quotaExceeded"}]))
+    assert adapter.is_rate_limited(
+        exceptions.Forbidden("x", errors=[{"reason": "rateLimitExceeded"}])
+    )
+    assert not adapter.is_rate_limited(
+        exceptions.Forbidden("x", errors=[{"reason": "accessDenied"}])
+    )
+    assert not adapter.is_rate_limited(
+        exceptions.TooManyRequests("x", errors=[{"reason": "rateLimitExceeded"}])
+    )
+
+
+def test_a_load_job_still_running_at_the_deadline_is_cancelled(
+    dataset, bigquery_emulator, monkeypatch
+):
+    from clustering import budget
+
+    project = bigquery_emulator.project
+    job_id = adapter.load_job_id("run-slow")
+    running = {
+        "kind": "bigquery#job",
+        "id": f"{project}:US.{job_id}",
+        "jobReference": {"projectId": project, "jobId": job_id, "location": "US"},
+        "configuration": {"jobType": "LOAD", "load": {}},
+        "status": {"state": "RUNNING"},
+    }
+
+    def never_finishes(method: str, path: str, body: bytes):
+        # The job is accepted and every poll of it says RUNNING, as a stuck job's would; no
+        # emulator can be told to keep a job running, so these answers come from the proxy.
+        if method == "POST" and "/upload/bigquery/" in path:
+            return (200, running)
+        if method == "GET" and f"/jobs/{job_id}" in path:
+            return (200, running)
+        if method == "POST" and f"/jobs/{job_id}/cancel" in path:
+            return (200, {"kind": "bigquery#jobCancelResponse", "job": running})
+        return "pass"
+
+    frame = clustered(20, "run-slow")
+    with FaultProxy(bigquery_emulator.endpoint, never_finishes) as proxy:
+        monkeypatch.setenv(adapter.EMULATOR_ENV, proxy.endpoint)
+        monkeypatch.setattr(adapter, "CANCEL_WAIT_SECONDS", 2.0)
+        with (
+            budget.bounded(budget.Budget.lasting(4)),
+            pytest.raises(
+                budget.OutOfTime, match=f"job {job_id}.* did not finish in the run's time"
+            ),
+        ):
+            adapter.replace_table(f"bq://{dataset}.clusters", frame, output_schema(frame),
+                                  run_id="run-slow")  # fmt: skip
+    assert [r for r in proxy.requests if "/cancel" in r], proxy.requests
