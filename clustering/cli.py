@@ -14,7 +14,12 @@ from collections.abc import Sequence
 
 from clustering.errors import InputError
 from clustering.job import one_line
-from clustering.settings import AnalysisSettings, JobSettings, parse_name_list
+from clustering.settings import (
+    AnalysisSettings,
+    JobSettings,
+    parse_label_overrides,
+    parse_name_list,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs-table",
         metavar="DEST",
         help="append the run to this history: bq://... or a .jsonl path",
+    )
+    run.add_argument(
+        "--transitions-table",
+        metavar="DEST",
+        help="append the neighborhoods that changed cohort since the previous run to this "
+        "table: bq://... or a local .csv/.jsonl path (default: none; env TRANSITIONS_TABLE)",
+    )
+    run.add_argument(
+        "--label-overrides",
+        metavar="JSON",
+        help='JSON object of cohort id (sub_cluster) to name, e.g. \'{"11": "Rowhouse core"}\'; '
+        "these names win over the generated ones (default: {}; env LABEL_OVERRIDES)",
     )
     run.add_argument("--min-population", type=int, default=defaults.min_population)
     run.add_argument("--k-min", type=int, default=defaults.k_min)
@@ -125,6 +142,8 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
         runs_table=args.runs_table,
         boundaries_source=args.boundaries,
         analysis=analysis,
+        transitions_table=args.transitions_table,
+        label_overrides=parse_label_overrides(args.label_overrides or "{}", "--label-overrides"),
     )
 
 

@@ -6,6 +6,7 @@ the same steps and produce the same artifacts.
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 import time
@@ -16,7 +17,7 @@ from importlib.metadata import version
 
 from clustering import __version__
 from clustering.errors import InputError
-from clustering.naming import CSV_CLUSTERS, CSV_EXCLUDED, MANIFEST, new_run_id
+from clustering.naming import CSV_CLUSTERS, CSV_EXCLUDED, CSV_TRANSITIONS, MANIFEST, new_run_id
 from clustering.settings import JobSettings
 
 VERSIONED = ("numpy", "pandas", "scikit-learn", "scipy", "matplotlib")
@@ -97,6 +98,7 @@ def run_job(
 def _run(settings, request, clock, run_id, started) -> RunReport:
     from clustering import adapters, charts
 
+    store = adapters.artifact_store(settings.artifacts_dest)
     # Fork the chart process first: it imports matplotlib while this one reads and clusters.
     with charts.ChartRenderer() as renderer:
         source = settings.features_source
@@ -115,6 +117,7 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
         clock.stage("validate", f"validating {len(frame)} rows")
         valid = validate_features(frame, analysis, where)
         boundaries, map_warnings = _boundaries(settings.boundaries_source, valid.frame)
+        previous = _previous(store)
         clock.stage("cluster", "clustering")
         try:
             result = cluster(
@@ -127,37 +130,102 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
             )
         except InputError as error:
             raise InputError(f"{where}: {error}") from None
+        from clustering.identity import identify, with_stability
+
+        against = f"run {previous.run_id}" if previous else "nothing (first run)"
+        clock.stage("identity", f"matching cohorts to {against}")
+        named = identify(result, previous, dict(settings.label_overrides), run_id)
+        _submit(renderer, charts.result_tasks(named.result, analysis.random_state, boundaries))
+        # The bootstrap runs while the chart workers draw.
+        clock.stage("stability", "bootstrapping cohort stability")
+        identity = with_stability(named, _stability(named, analysis))
         clock.stage("charts", "drawing charts")
-        _submit(renderer, charts.result_tasks(result, analysis.random_state, boundaries))
-        # The CSVs are encoded while the chart workers draw.
-        table = result.table.assign(run_id=run_id, _clustered_at=started)
+        table = identity.table.assign(run_id=run_id, _clustered_at=started)
         files = {
             CSV_CLUSTERS: table.to_csv(index=False).encode(),
             CSV_EXCLUDED: result.excluded.to_csv(index=False).encode(),
         }
+        if identity.transitions is not None:
+            files[CSV_TRANSITIONS] = identity.transitions.to_csv(index=False).encode()
         files |= renderer.collect()
 
-    store = None if request.dry_run else adapters.artifact_store(settings.artifacts_dest)
-    prefix = store.describe(f"runs/{run_id}/") if store else None
+    prefix = None if request.dry_run else store.describe(f"runs/{run_id}/")
 
     def manifest(timings: dict[str, float]) -> dict:
         return _manifest(
-            run_id, request, settings, started, valid.warnings + map_warnings, result,
+            run_id, request, settings, started, valid.warnings + map_warnings, identity,
             timings, prefix, list(files),
         )  # fmt: skip
 
     if request.dry_run:
         return RunReport(run_id, "dry_run", manifest(clock.done()), None)
 
-    from clustering.table import output_schema
+    from clustering.table import output_schema, table_schema
 
     clock.stage("publish", f"publishing run {run_id}")
     files[MANIFEST] = _json_bytes(manifest(dict(clock.timings)))
     store.write_run(run_id, files)
     if settings.clusters_table:
         adapters.write_clusters(settings.clusters_table, table, output_schema(table))
+    if settings.transitions_table and identity.transitions is not None:
+        # Before latest/ switches: a run that fails after this leaves rows under a run_id
+        # that the runs table records as failed, never a published run without its moves.
+        schema = list(table_schema("transitions_table"))
+        adapters.append_transitions(settings.transitions_table, identity.transitions, schema)
     store.promote(run_id, files)
     return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
+
+
+def _previous(store):
+    """The last published run (latest/ of the artifacts destination), None on the first run.
+
+    Centroids, names and ids come from its run.json; each neighborhood's previous cohort from
+    its clusters CSV, the published record of that run: run.json stays one entry per cohort
+    whatever the number of rows, and nothing is stored twice.
+    """
+    import pandas as pd
+
+    from clustering.identity import previous_run
+    from clustering.transitions import PREVIOUS_COLUMNS
+
+    raw = store.read_latest(MANIFEST)
+    if raw is None:
+        return None
+    where = store.describe(f"latest/{MANIFEST}")
+    try:
+        manifest = json.loads(raw)
+        run_id = str(manifest["run_id"])
+    except (ValueError, KeyError, TypeError):
+        raise InputError(
+            f"{where} is not a run manifest: restore it from runs/<run_id>/run.json, or remove "
+            "latest/ to number the cohorts afresh"
+        ) from None
+    content = store.read_latest(CSV_CLUSTERS)
+    if content is None:
+        return previous_run(manifest, None)
+    wanted = {*PREVIOUS_COLUMNS, "cluster_label", "run_id"}
+    rows = pd.read_csv(io.BytesIO(content), usecols=lambda c: c in wanted,
+                       dtype={"neighborhood": str}, keep_default_na=False,
+                       na_values=[""])  # fmt: skip
+    if set(rows["run_id"].astype(str)) - {run_id}:
+        # latest/ is switched file by file in Cloud Storage: this is a switch in progress.
+        raise RuntimeError(f"{store.describe('latest/')} holds files of more than one run")
+    if "cohort_name" not in rows:  # published before cohorts had names
+        rows["cohort_name"] = rows["cluster_label"]
+    return previous_run(manifest, rows[list(PREVIOUS_COLUMNS)])
+
+
+def _stability(identity, analysis):
+    from clustering.stability import bootstrap_stability
+
+    rows = identity.table.loc[identity.result.residential]
+    return bootstrap_stability(
+        identity.result.scaled,
+        rows["top_cluster"].to_numpy(dtype="int64"),
+        rows["sub_cluster"].to_numpy(dtype="int64"),
+        analysis.random_state,
+        analysis.silhouette_sample_size,
+    )
 
 
 def _submit(renderer, tasks: dict[str, tuple]) -> None:
@@ -228,7 +296,23 @@ def history_row(settings, request, run_id, started, report, error) -> dict:
             dict(zip(map(str, diagnostics["k"]), diagnostics["silhouette"], strict=True))
         ),
         "silhouette_sample_size": manifest["silhouette"]["sample_size"],
+        **_moves(manifest),
         "artifact_prefix": report.artifact_prefix,
+    }
+
+
+def _moves(manifest: dict) -> dict:
+    """The runs table's transition and stability counts."""
+    moves = manifest["transitions"]
+    bar = manifest["stability"]["threshold"]
+    scores = [c["stability"] for c in manifest["cohorts"] if c["stability"] is not None]
+    return {
+        "previous_run_id": moves["previous_run_id"],
+        "moved_neighborhoods": moves["moved"],
+        "moved_stable_distressed": moves["between_top_groups"],
+        "appeared_neighborhoods": moves["appeared"],
+        "disappeared_neighborhoods": moves["disappeared"],
+        "unstable_cohorts": sum(1 for score in scores if score < bar),
     }
 
 
@@ -253,7 +337,10 @@ def _boundaries(source: str | None, table) -> tuple[dict | None, tuple[str, ...]
     return shapes, (f"{len(unmapped)} neighborhoods have no boundary in {source}: {shown}",)
 
 
-def _manifest(run_id, request, settings, started, input_warnings, result, timings, prefix, files):
+def _manifest(run_id, request, settings, started, input_warnings, identity, timings, prefix, files):
+    from clustering.identity import manifest_entries
+
+    result = identity.result
     counts = result.table["excluded_type"].value_counts()
     diagnostics = result.diagnostics
     return {
@@ -314,7 +401,9 @@ def _manifest(run_id, request, settings, started, input_warnings, result, timing
             for g in result.excluded_groups
         ],
         "summary": json.loads(result.summary.to_json(orient="records")),
-        "warnings": list(input_warnings) + list(result.warnings),
+        **manifest_entries(identity),
+        "label_overrides": {str(sub): name for sub, name in settings.label_overrides},
+        "warnings": list(input_warnings) + list(result.warnings) + list(identity.warnings),
         "timings_seconds": timings,
         "versions": {
             "neighborhood-clusters": __version__,

@@ -14,6 +14,7 @@ PNG_ELBOW = "elbow_silhouette.png"
 PNG_PCA = "pca_clusters.png"
 PNG_HEATMAP = "cluster_heatmap.png"
 PNG_MAP = "cluster_map.png"  # only when boundaries are given
+CSV_TRANSITIONS = "neighborhood_cluster_transitions.csv"  # only when a previous run exists
 MANIFEST = "run.json"
 ARTIFACTS = (CSV_CLUSTERS, CSV_EXCLUDED, PNG_ELBOW, PNG_PCA, PNG_HEATMAP, MANIFEST)
 

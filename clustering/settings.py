@@ -75,6 +75,8 @@ ENV_VARS: tuple[str, ...] = (
     "CLUSTERING_FEATURES",
     "SEVERITY_FEATURE",
     "SILHOUETTE_SAMPLE_SIZE",
+    "TRANSITIONS_TABLE",
+    "LABEL_OVERRIDES",
 )
 
 
@@ -166,6 +168,10 @@ class JobSettings:
     function_service_account: the function's own principal; audit-log events it caused are
         skipped.
     max_event_age_seconds: older events are dropped (they are retries of a long outage).
+    transitions_table: optional `bq://project.dataset.table` (or a local .csv/.jsonl path):
+        the neighborhoods that changed cohort, appended by every run that has a previous one.
+    label_overrides: (stable sub-cluster id, cohort name) pairs that replace the generated
+        cohort names; the names must be unique.
     """
 
     features_source: str | None = None
@@ -178,6 +184,8 @@ class JobSettings:
     function_service_account: str | None = None
     max_event_age_seconds: int = 3600
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    transitions_table: str | None = None
+    label_overrides: tuple[tuple[int, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.artifacts_dest:
@@ -186,6 +194,7 @@ class JobSettings:
             ("FEATURES_SOURCE", self.features_source),
             ("CLUSTERS_TABLE", self.clusters_table),
             ("RUNS_TABLE", self.runs_table),
+            ("TRANSITIONS_TABLE", self.transitions_table),
         ):
             if uri and uri.startswith("bq://"):
                 bq_table_id(uri, name)
@@ -218,6 +227,8 @@ class JobSettings:
             raise InputError(
                 f"MAX_EVENT_AGE_SECONDS is {self.max_event_age_seconds}: use a positive number"
             )
+        _check_transitions_table(self.transitions_table)
+        _check_label_overrides(self.label_overrides)
 
     def with_features_source(self, source: str) -> JobSettings:
         """The same settings reading another features source (a validated message override)."""
@@ -263,7 +274,55 @@ class JobSettings:
             function_service_account=environ.get("FUNCTION_SERVICE_ACCOUNT", "").strip() or None,
             max_event_age_seconds=_env_int(environ, "MAX_EVENT_AGE_SECONDS", 3600),
             analysis=analysis,
+            transitions_table=environ.get("TRANSITIONS_TABLE", "").strip() or None,
+            label_overrides=parse_label_overrides(
+                environ.get("LABEL_OVERRIDES", "").strip() or "{}", "LABEL_OVERRIDES"
+            ),
         )
+
+
+def _check_transitions_table(dest: str | None) -> None:
+    if not dest:
+        return
+    if dest.startswith("bq://"):
+        bq_table_id(dest, "TRANSITIONS_TABLE")
+    elif dest.startswith("gs://") or not dest.lower().endswith((".csv", ".jsonl")):
+        raise InputError(
+            f"TRANSITIONS_TABLE {dest!r}: give bq://project.dataset.table or a local .csv or "
+            ".jsonl path (objects cannot be appended to)"
+        )
+
+
+def _check_label_overrides(overrides: tuple[tuple[int, str], ...]) -> None:
+    ids = [sub for sub, _ in overrides]
+    if len(set(ids)) != len(ids):
+        raise InputError("LABEL_OVERRIDES (--label-overrides) names a cohort id twice: keep one")
+    names = [name for _, name in overrides]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise InputError(
+            f"LABEL_OVERRIDES (--label-overrides) gives the name {twice[0]!r} to more than one "
+            "cohort: cohort names must be unique"
+        )
+
+
+def parse_label_overrides(raw: str, where: str) -> tuple[tuple[int, str], ...]:
+    """Parse a JSON object of stable sub-cluster id -> cohort name, e.g.
+    '{"11": "Rowhouse core", "3": "Leafy north"}', into sorted (id, name) pairs."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    valid = isinstance(value, dict) and all(
+        re.fullmatch(r"\d{1,9}", str(k).strip()) and isinstance(v, str) and v.strip()
+        for k, v in value.items()
+    )
+    if not valid:
+        raise InputError(
+            f"{where} must be a JSON object of cohort id (sub_cluster) to name, like "
+            '{"11": "Rowhouse core"}; got ' + repr(raw[:80])
+        )
+    return tuple(sorted((int(k), v.strip()) for k, v in value.items()))
 
 
 def check_table_id(table_id: str, where: str) -> str:

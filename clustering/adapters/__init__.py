@@ -26,6 +26,9 @@ class ArtifactStore(ClaimStore, Protocol):
     def promote(self, run_id: str, files: dict[str, bytes]) -> None:
         """Replace latest/ by the files of runs/<run_id>/; the last file goes last."""
 
+    def read_latest(self, name: str) -> bytes | None:
+        """The content of latest/<name>, or None when there is no such file (first run)."""
+
 
 def read_features(source: str) -> tuple[pd.DataFrame, str]:
     """The features table at `source` and a description of where it came from."""
@@ -92,3 +95,15 @@ def append_run(dest: str, row: dict) -> None:
     from clustering.adapters import local
 
     local.append_row(dest, row)
+
+
+def append_transitions(dest: str, frame: pd.DataFrame, schema: list[dict]) -> None:
+    """Append a run's transitions (bq://, or a local .csv/.jsonl file)."""
+    if dest.startswith("bq://"):
+        from clustering.adapters import bigquery
+
+        bigquery.append_table(dest, frame, schema)
+        return
+    from clustering.adapters import local
+
+    local.append_table(dest, frame)

@@ -73,12 +73,21 @@ def read_table(uri: str) -> pd.DataFrame:
 
 def replace_table(uri: str, frame: pd.DataFrame, schema: list[dict]) -> None:
     """Replace the table's contents and schema with `frame` in one load job."""
+    _load(bq_table_id(uri, "clusters table"), frame, schema, "WRITE_TRUNCATE")
+
+
+def append_table(uri: str, frame: pd.DataFrame, schema: list[dict]) -> None:
+    """Append `frame` in one load job: all of its rows or none."""
+    _load(bq_table_id(uri, "transitions table"), frame, schema, "WRITE_APPEND")
+
+
+def _load(table_id: str, frame: pd.DataFrame, schema: list[dict], disposition: str) -> None:
+    """One Parquet load job with an explicit schema, labelled as ours."""
     from google.cloud import bigquery
 
-    table_id = bq_table_id(uri, "clusters table")
     config = bigquery.LoadJobConfig(
         schema=[bigquery.SchemaField.from_api_repr(field) for field in schema],
-        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+        write_disposition=disposition,
         source_format=bigquery.SourceFormat.PARQUET,
         labels=dict(JOB_LABELS),
     )

@@ -87,6 +87,14 @@ class GcsStore:
             if blob.name[len(latest) :] not in files:
                 blob.delete()
 
+    def read_latest(self, name: str) -> bytes | None:
+        from google.api_core import exceptions
+
+        try:
+            return self._bucket.blob(self._name(f"latest/{name}")).download_as_bytes()
+        except exceptions.NotFound:
+            return None
+
     def _claim(self, key: str):
         return self._bucket.blob(self._name(f"claims/{claim_name(key)}"))
 

@@ -93,6 +93,20 @@ def append_row(path: str, row: dict) -> None:
         history.write(json.dumps(row, default=str) + "\n")
 
 
+def append_table(path: str, frame: pd.DataFrame) -> None:
+    """Append rows to a local .csv (header written when the file is new) or .jsonl file."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    if file.suffix.lower() == ".jsonl":
+        text = frame.to_json(orient="records", lines=True, date_format="iso")
+        with file.open("a", encoding="utf-8") as out:
+            out.write(text if text.endswith("\n") or not text else text + "\n")
+        return
+    new = not file.exists() or file.stat().st_size == 0
+    with file.open("a", encoding="utf-8", newline="") as out:
+        frame.to_csv(out, index=False, header=new)
+
+
 class LocalStore:
     """runs/<run_id>/, latest/ and claims/ under a local folder."""
 
@@ -119,6 +133,12 @@ class LocalStore:
             latest.rename(retired)
         staging.rename(latest)
         shutil.rmtree(retired, ignore_errors=True)
+
+    def read_latest(self, name: str) -> bytes | None:
+        try:
+            return (self.root / "latest" / name).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def _claim(self, key: str) -> Path:
         return self.root / "claims" / claim_name(key)
