@@ -233,7 +233,7 @@ def with_stability(identity: Identity, stability: Stability) -> Identity:
     table = identity.table.copy()
     table["cohort_stability"] = table["sub_cluster"].map(scores).astype("float64")
     warnings = tuple(
-        f"cohort {c.sub_cluster} ({c.name}) has bootstrap stability {c.stability:.2f}, below "
+        f"cohort {c.sub_cluster} ({c.name}) has bootstrap stability {c.stability}, below "
         f"{UNSTABLE}: it may not be a real cluster; treat its borders with care"
         for c in cohorts
         if c.stability < UNSTABLE

@@ -167,11 +167,12 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
     store.write_run(run_id, files)
     if settings.clusters_table:
         adapters.write_clusters(settings.clusters_table, table, output_schema(table))
-    if settings.transitions_table and identity.transitions is not None:
+    moves = identity.transitions
+    if settings.transitions_table and moves is not None and not moves.empty:
         # Before latest/ switches: a run that fails after this leaves rows under a run_id
         # that the runs table records as failed, never a published run without its moves.
         schema = list(table_schema("transitions_table"))
-        adapters.append_transitions(settings.transitions_table, identity.transitions, schema)
+        adapters.append_transitions(settings.transitions_table, moves, schema)
     store.promote(run_id, files)
     return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
 
