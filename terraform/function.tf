@@ -36,6 +36,9 @@ locals {
     CLUSTERING_FEATURES      = jsonencode(var.clustering_features)
     SEVERITY_FEATURE         = var.severity_feature
     SILHOUETTE_SAMPLE_SIZE   = tostring(var.silhouette_sample_size)
+    TRANSITIONS_TABLE        = "bq://${google_bigquery_table.transitions.project}.${google_bigquery_table.transitions.dataset_id}.${google_bigquery_table.transitions.table_id}"
+    # A JSON object, as settings.parse_label_overrides reads it.
+    LABEL_OVERRIDES = jsonencode(var.label_overrides)
   }
 }
 

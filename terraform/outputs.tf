@@ -40,6 +40,11 @@ output "runs_table" {
   value       = local.runs_table
 }
 
+output "transitions_table" {
+  description = "project.dataset.table of the cohort transitions table (neighborhoods that changed cohort, per run)."
+  value       = local.transitions_table
+}
+
 output "runtime_service_account" {
   description = "Service account the function runs as."
   value       = google_service_account.runtime.email
