@@ -171,6 +171,12 @@ def _run(args: argparse.Namespace) -> int:
     groups = ", ".join(f"{g['label']} {g['rows']} rows in {g['sub_k']} sub-clusters"
                        for g in manifest["top_groups"])  # fmt: skip
     where = "nothing published (dry run)" if args.dry_run else f"artifacts in {args.out}/latest/"
+    moves = manifest["transitions"]
+    if moves["previous_run_id"]:
+        changed = moves["moved"] + moves["appeared"] + moves["disappeared"]
+        where = (
+            f"{changed} neighborhoods changed cohort since run {moves['previous_run_id']}; {where}"
+        )
     print(f"run {report.run_id}: {manifest['input']['rows']} neighborhoods; {groups}; {where}")
     return 0
 

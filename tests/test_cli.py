@@ -26,6 +26,7 @@ from clustering.cli import build_parser, main, settings_from_args
 from clustering.naming import ARTIFACTS
 from clustering.sample import make_sample
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES, DEFAULT_EXCLUDE_NEIGHBORHOODS
+from tests.helpers import real_table
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 40
@@ -374,6 +375,12 @@ def test_bad_input_exits_2_with_one_line_and_publishes_nothing(published, tmp_pa
         (["--severity-feature", ""], ["SEVERITY_FEATURE", "empty"]),
         (["--clusters-table", "bq://project.dataset"], ["CLUSTERS_TABLE"]),
         (["--runs-table", "bq://p.d.t; DROP TABLE p.d.t"], ["RUNS_TABLE"]),
+        (["--transitions-table", "gs://bucket/transitions.csv"], ["TRANSITIONS_TABLE"]),
+        (["--transitions-table", "moves.txt"], ["TRANSITIONS_TABLE", ".jsonl"]),
+        (["--label-overrides", "not json"], ["--label-overrides", "JSON object"]),
+        (["--label-overrides", '{"eleven": "Core"}'], ["--label-overrides", "cohort id"]),
+        (["--label-overrides", '{"11": ""}'], ["--label-overrides"]),
+        (["--label-overrides", '{"11": "Core", "12": "Core"}'], ["'Core'", "unique"]),
         (["--bogus"], ["unrecognized arguments: --bogus"]),
         (["--k-min", "two"], ["--k-min", "invalid int value: 'two'"]),
         (["--k-max"], ["--k-max", "expected one argument"]),
@@ -407,9 +414,12 @@ def test_flags_reach_the_settings():
          "--k-max", "6", "--sub-k-max", "4", "--random-state", "7",
          "--exclude-neighborhoods", '["Inner Harbor"]', "--clustering-features",
          '["population", "crime_per_capita"]', "--clusters-table", "c.csv",
-         "--runs-table", "r.jsonl"]
+         "--runs-table", "r.jsonl", "--transitions-table", "t.csv",
+         "--label-overrides", '{"12": "Rowhouse core", "3": " Leafy north "}']
     )  # fmt: skip
     settings = settings_from_args(args)
+    assert settings.transitions_table == "t.csv"
+    assert settings.label_overrides == ((3, "Leafy north"), (12, "Rowhouse core"))
     assert (settings.features_source, settings.artifacts_dest) == ("f.csv", "o")
     assert (settings.clusters_table, settings.runs_table) == ("c.csv", "r.jsonl")
     analysis = settings.analysis
@@ -500,3 +510,44 @@ def test_bad_boundaries_exit_2_and_publish_nothing(published, tmp_path, capsys):
     assert run_main(*args, "--boundaries", str(tmp_path / "missing.geojson"), *FAST) == 2
     assert "missing.geojson" in one_error_line(capsys.readouterr().err)
     assert tree(out) == before
+
+
+# --- cohorts across runs -----------------------------------------------------------------------
+
+
+def test_reruns_keep_ids_and_names_and_report_new_cohorts_and_moves(tmp_path):
+    features = tmp_path / "features.csv"
+    real_table().to_csv(features, index=False)
+    out, moves = tmp_path / "out", tmp_path / "transitions.csv"
+    common = ("run", "--features", str(features), "--out", str(out), "--quiet")
+
+    def run(*flags: str) -> tuple[pd.DataFrame, dict, str]:
+        result = cli(*common, "--transitions-table", str(moves), *flags)
+        assert result.returncode == 0, result.stderr
+        manifest = json.loads((out / "latest" / "run.json").read_text())
+        return pd.read_csv(out / "latest" / "neighborhood_clusters.csv"), manifest, result.stdout
+
+    first, _, _ = run()
+    names = first.set_index("neighborhood")[["sub_cluster", "cohort_name", "cohort_stability"]]
+    # An identical re-run: same ids, names and stability; nothing moved.
+    again, manifest, stdout = run()
+    pd.testing.assert_frame_equal(again.set_index("neighborhood")[list(names.columns)], names)
+    assert "0 neighborhoods changed cohort since run" in stdout
+    assert manifest["transitions"]["moved"] == 0 and not moves.exists()
+    # A fourth Stable and Distressed sub-cluster forced: new ids, moves listed and appended.
+    more, manifest, stdout = run("--sub-k-min", "4", "--sub-k-max", "4")
+    new_ids = sorted(n["current"] for n in manifest["identity"]["new"])
+    assert len(new_ids) == 2 and not set(new_ids) & set(names["sub_cluster"])
+    changed = more.set_index("neighborhood")["sub_cluster"] != names["sub_cluster"]
+    listed = pd.read_csv(out / "latest" / "neighborhood_cluster_transitions.csv")
+    assert listed["neighborhood"].tolist() == sorted(changed[changed].index)
+    assert pd.read_csv(moves)["neighborhood"].tolist() == listed["neighborhood"].tolist()
+    assert f"{int(changed.sum())} neighborhoods changed cohort" in stdout
+    # Back to the defaults with a name override: the two new cohorts vanish, the rest return
+    # to their ids and the override wins over the generated name.
+    target = int(names.loc[names["sub_cluster"] >= 0, "sub_cluster"].iloc[0])
+    back, manifest, _ = run("--label-overrides", json.dumps({str(target): "Our cohort"}))
+    assert sorted(v["previous"] for v in manifest["identity"]["vanished"]) == new_ids
+    back = back.set_index("neighborhood")
+    assert (back["sub_cluster"] == names["sub_cluster"]).all()
+    assert set(back.loc[back["sub_cluster"] == target, "cohort_name"]) == {"Our cohort"}
