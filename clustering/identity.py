@@ -156,65 +156,27 @@ def identify(
     """Stable ids, names and transitions of a run (stability comes after: `with_stability`)."""
     matching = match(result, previous)
     renumbered = renumber(result, matching)
-    residential = renumbered.table.loc[renumbered.residential]
-    used = list(result.features.used)
-    top, sub = (residential[c].to_numpy(dtype=np.int64) for c in ("top_cluster", "sub_cluster"))
-    winsorized = pd.DataFrame(result.winsorized, columns=used)
-    scaled = pd.DataFrame(result.scaled, columns=used)
-    centroids = winsorized.groupby(sub).mean()
-    z = scaled.groupby(sub).mean()
-    raw = residential[used].reset_index(drop=True)
-    means, overall = raw.groupby(sub).mean(), raw.mean()
-    labels = {g.top: g.label for g in renumbered.top_groups}
-    top_of = dict(zip(sub, top, strict=True))
-    profiles = [Profile(int(s), labels[top_of[s]], z.loc[s].to_dict()) for s in z.index]
     matched = {p["current"] for p in matching.record["pairs"] if p["level"] == SUB}
     before = {
         c.id: PreviousName(c.name, c.label, c.name_source, c.name_features)
         for c in (previous.cohorts if previous else ())
         if c.id in matched
     }
-    names = naming.name_cohorts(profiles, before, overrides)
-    sizes = pd.Series(sub).value_counts()
-    cohorts = tuple(
-        _cohort(
-            p,
-            top_of[p.sub_cluster],
-            int(sizes[p.sub_cluster]),
-            names[p.sub_cluster],
-            naming.index_scores(means.loc[p.sub_cluster], overall),
-            centroids.loc[p.sub_cluster],
-        )
-        for p in profiles
-    )
+    cohorts, names = _cohorts(renumbered, before, overrides)
     table = _with_names(renumbered.table, renumbered.residential, names)
-    tops = winsorized.groupby(top)
-    top_centroids = tuple(
-        {
-            "top_cluster": int(t),
-            "label": labels[t],
-            "rows": len(rows),
-            "centroid": _floats(rows.mean()),
-        }
-        for t, rows in tops
-    )
     moves, counts = None, None
     if previous is not None and previous.rows is not None:
         moves, counts = transitions(previous.rows, table, previous.run_id, run_id)
     unknown = sorted(set(overrides) - {c.sub_cluster for c in cohorts})
-    warnings = (
-        (
-            f"LABEL_OVERRIDES names cohort(s) {', '.join(map(str, unknown))}, which this run does "
-            "not have: those names are unused",
-        )
-        if unknown
-        else ()
+    warnings = tuple(
+        f"LABEL_OVERRIDES names cohort {sub}, which this run does not have: the name is unused"
+        for sub in unknown
     )
     return Identity(
         result=replace(renumbered, table=table),
         table=table,
         cohorts=cohorts,
-        top_centroids=top_centroids,
+        top_centroids=_top_centroids(renumbered),
         matching=matching.record,
         transitions=moves,
         counts=counts,
@@ -222,6 +184,50 @@ def identify(
         stability=None,
         warnings=warnings,
     )
+
+
+def _cohorts(result: ClusteringResult, before, overrides) -> tuple[tuple[Cohort, ...], dict]:
+    """The cohorts of a renumbered result (stability unknown yet) and their names."""
+    residential = result.table.loc[result.residential]
+    used = list(result.features.used)
+    top, sub = (residential[c].to_numpy(dtype=np.int64) for c in ("top_cluster", "sub_cluster"))
+    centroids = pd.DataFrame(result.winsorized, columns=used).groupby(sub).mean()
+    z = pd.DataFrame(result.scaled, columns=used).groupby(sub).mean()
+    raw = residential[used].reset_index(drop=True)
+    means, overall = raw.groupby(sub).mean(), raw.mean()
+    labels = {g.top: g.label for g in result.top_groups}
+    top_of = dict(zip(sub, top, strict=True))
+    profiles = [Profile(int(s), labels[top_of[s]], z.loc[s].to_dict()) for s in z.index]
+    names = naming.name_cohorts(profiles, before, overrides)
+    sizes = pd.Series(sub).value_counts()
+    cohorts = tuple(
+        Cohort(
+            top_cluster=int(top_of[p.sub_cluster]),
+            top_label=p.top_label,
+            sub_cluster=p.sub_cluster,
+            name=names[p.sub_cluster].name,
+            rows=int(sizes[p.sub_cluster]),
+            stability=math.nan,
+            index_scores=naming.index_scores(means.loc[p.sub_cluster], overall),
+            centroid=_floats(centroids.loc[p.sub_cluster]),
+            name_source=names[p.sub_cluster].source,
+            name_features=names[p.sub_cluster].features,
+        )
+        for p in profiles
+    )
+    return cohorts, names
+
+
+def _top_centroids(result: ClusteringResult) -> tuple[dict, ...]:
+    """Per top group: id, label, rows and centroid in original units."""
+    top = result.table.loc[result.residential, "top_cluster"].to_numpy(dtype=np.int64)
+    frame = pd.DataFrame(result.winsorized, columns=list(result.features.used))
+    labels = {g.top: g.label for g in result.top_groups}
+    return tuple(
+        {"top_cluster": int(t), "label": labels[t], "rows": len(rows),
+         "centroid": _floats(rows.mean())}
+        for t, rows in frame.groupby(top)
+    )  # fmt: skip
 
 
 def with_stability(identity: Identity, stability: Stability) -> Identity:
@@ -468,21 +474,6 @@ def _with_names(table: pd.DataFrame, residential: np.ndarray, names: dict[int, N
     out["cohort_name"] = np.where(residential, named, out["excluded_cluster"]).astype(object)
     out["cohort_stability"] = np.nan
     return out
-
-
-def _cohort(profile, top, rows, name, index, centroid) -> Cohort:
-    return Cohort(
-        top_cluster=int(top),
-        top_label=profile.top_label,
-        sub_cluster=profile.sub_cluster,
-        name=name.name,
-        rows=rows,
-        stability=math.nan,
-        index_scores=index,
-        centroid=_floats(centroid),
-        name_source=name.source,
-        name_features=name.features,
-    )
 
 
 def _floats(values: pd.Series) -> dict[str, float]:

@@ -200,7 +200,7 @@ def test_overrides_win_and_survive_a_rerun(chain):
 def test_an_override_for_an_id_the_run_lacks_is_a_warning(chain):
     table, _first, _ = chain
     named = identify(clustered(table), None, {42: "Nowhere"}, "run-1")
-    assert any("cohort(s) 42" in w for w in named.warnings)
+    assert any("LABEL_OVERRIDES names cohort 42," in w for w in named.warnings)
     assert "Nowhere" not in set(named.table["cohort_name"])
 
 
