@@ -130,15 +130,12 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
             )
         except InputError as error:
             raise InputError(f"{where}: {error}") from None
-        from clustering.identity import identify, with_stability
-
-        against = f"run {previous.run_id}" if previous else "nothing (first run)"
-        clock.stage("identity", f"matching cohorts to {against}")
-        named = identify(result, previous, dict(settings.label_overrides), run_id)
-        _submit(renderer, charts.result_tasks(named.result, analysis.random_state, boundaries))
-        # The bootstrap runs while the chart workers draw.
-        clock.stage("stability", "bootstrapping cohort stability")
-        identity = with_stability(named, _stability(named, analysis))
+        identity = _identify(
+            result, previous, settings, run_id, clock,
+            lambda renumbered: _submit(
+                renderer, charts.result_tasks(renumbered, analysis.random_state, boundaries)
+            ),
+        )  # fmt: skip
         clock.stage("charts", "drawing charts")
         table = identity.table.assign(run_id=run_id, _clustered_at=started)
         files = {
@@ -160,19 +157,16 @@ def _run(settings, request, clock, run_id, started) -> RunReport:
     if request.dry_run:
         return RunReport(run_id, "dry_run", manifest(clock.done()), None)
 
-    from clustering.table import output_schema, table_schema
+    from clustering.table import output_schema
 
     clock.stage("publish", f"publishing run {run_id}")
     files[MANIFEST] = _json_bytes(manifest(dict(clock.timings)))
     store.write_run(run_id, files)
     if settings.clusters_table:
         adapters.write_clusters(settings.clusters_table, table, output_schema(table))
-    moves = identity.transitions
-    if settings.transitions_table and moves is not None and not moves.empty:
-        # Before latest/ switches: a run that fails after this leaves rows under a run_id
-        # that the runs table records as failed, never a published run without its moves.
-        schema = list(table_schema("transitions_table"))
-        adapters.append_transitions(settings.transitions_table, moves, schema)
+    # Before latest/ switches: a run that fails after this leaves rows under a run_id that the
+    # runs table records as failed, never a published run without its moves.
+    _append_transitions(settings.transitions_table, identity.transitions)
     store.promote(run_id, files)
     return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
 
@@ -214,6 +208,29 @@ def _previous(store):
     if "cohort_name" not in rows:  # published before cohorts had names
         rows["cohort_name"] = rows["cluster_label"]
     return previous_run(manifest, rows[list(PREVIOUS_COLUMNS)])
+
+
+def _identify(result, previous, settings, run_id, clock, draw):
+    """Stable ids and names; then the renumbered result goes to `draw` (the charts), and
+    the bootstrap stability is computed while the chart workers draw."""
+    from clustering.identity import identify, with_stability
+
+    against = f"run {previous.run_id}" if previous else "nothing (first run)"
+    clock.stage("identity", f"matching cohorts to {against}")
+    named = identify(result, previous, dict(settings.label_overrides), run_id)
+    draw(named.result)
+    clock.stage("stability", "bootstrapping cohort stability")
+    return with_stability(named, _stability(named, settings.analysis))
+
+
+def _append_transitions(dest, moves) -> None:
+    """Append the run's moves to TRANSITIONS_TABLE, if configured and there are any."""
+    if not dest or moves is None or moves.empty:
+        return
+    from clustering import adapters
+    from clustering.table import table_schema
+
+    adapters.append_transitions(dest, moves, list(table_schema("transitions_table")))
 
 
 def _stability(identity, analysis):
