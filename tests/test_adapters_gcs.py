@@ -68,3 +68,13 @@ def test_a_run_folder_is_never_overwritten(bucket):
     store.write_run("r1", {"a.csv": b"1"})
     with pytest.raises(exceptions.PreconditionFailed):
         store.write_run("r1", {"a.csv": b"other"})
+
+
+def test_read_latest_is_none_before_the_first_promote_and_the_file_after(bucket):
+    store = GcsStore(f"gs://{bucket.name}/artifacts")
+    assert store.read_latest("run.json") is None
+    store.write_run("r1", {"a.csv": b"1", "run.json": b'{"run_id": "r1"}'})
+    assert store.read_latest("run.json") is None  # written, not yet published
+    store.promote("r1", {"a.csv": b"1", "run.json": b'{"run_id": "r1"}'})
+    assert store.read_latest("run.json") == b'{"run_id": "r1"}'
+    assert store.read_latest("missing.csv") is None
