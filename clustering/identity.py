@@ -302,7 +302,7 @@ def match(result: ClusteringResult, previous: PreviousRun | None) -> Matching:
                 "vanished": [],
             },
         )
-    space = _Space.of(result, shared)
+    space = ScaledSpace.of(result, shared)
     pairs, new, vanished = [], [], []
     old_tops = {c.id: c for c in previous.tops}
     top_ids = _assign(
@@ -349,7 +349,7 @@ def match(result: ClusteringResult, previous: PreviousRun | None) -> Matching:
 
 
 @dataclass(frozen=True)
-class _Space:
+class ScaledSpace:
     """This run's winsorizing bounds and scaling, over the features both runs used."""
 
     features: tuple[str, ...]
@@ -359,7 +359,7 @@ class _Space:
     scale: np.ndarray
 
     @classmethod
-    def of(cls, result: ClusteringResult, features: list[str]) -> _Space:
+    def of(cls, result: ClusteringResult, features: list[str]) -> ScaledSpace:
         columns = [result.features.used.index(f) for f in features]
         values = result.winsorized[:, columns]
         scale = values.std(axis=0)

@@ -18,6 +18,7 @@ from clustering.identity import (
     NEXT_ID,
     NO_CENTROIDS,
     Matching,
+    ScaledSpace,
     identify,
     manifest_entries,
     previous_run,
@@ -240,3 +241,25 @@ def test_the_real_table_rerun_with_rows_shuffled_changes_nothing():
     pd.testing.assert_frame_equal(ids(second), ids(first))
     assert second.transitions.empty
     assert np.allclose([p["distance"] for p in second.matching["pairs"]], 0)
+
+
+def test_old_centroids_enter_the_new_scaled_space_clipped_and_standardised(chain):
+    table, first, _ = chain
+    result = clustered(table)
+    used = list(result.features.used)
+    space = ScaledSpace.of(result, used)
+    # A recorded centroid lands exactly on the k-means centroid of its cohort.
+    cohort = next(c for c in first.cohorts if c.sub_cluster == 12)
+    scaled = pd.DataFrame(result.scaled, columns=used)[
+        (first.table["sub_cluster"] == 12).to_numpy()
+    ]
+    np.testing.assert_allclose(space.project(cohort.centroid), scaled.mean().to_numpy(), atol=1e-9)
+    # Beyond this run's winsorizing bounds a value counts as the bound; a feature the old run
+    # did not record sits at the mean.
+    far = dict(cohort.centroid, med_age=1e9)
+    del far["population"]
+    point = dict(zip(used, space.project(far), strict=True))
+    assert point["med_age"] == pytest.approx(
+        pd.DataFrame(result.scaled, columns=used)["med_age"].max()
+    )
+    assert point["population"] == pytest.approx(0)
