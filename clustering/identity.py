@@ -25,7 +25,7 @@ which neighborhoods are clustered together is never touched.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -303,48 +303,21 @@ def match(result: ClusteringResult, previous: PreviousRun | None) -> Matching:
             },
         )
     space = ScaledSpace.of(result, shared)
-    pairs, new, vanished = [], [], []
+    ledger = _Ledger()
     old_tops = {c.id: c for c in previous.tops}
-    top_ids = _assign(
-        TOP,
-        space,
-        _centroids(result, top, shared),
-        old_tops,
-        set(old_tops),
-        pairs,
-        new,
-        vanished,
-    )
+    top_ids = ledger.assign(TOP, space, _centroids(result, top, shared), old_tops, set(old_tops))
     used = {c.id for c in previous.cohorts}
     sub_ids: dict[int, int] = {}
     for own_top, stable_top in top_ids.items():
-        in_top = top == own_top
-        olds = {c.id: c for c in previous.cohorts if c.top == stable_top}
-        if stable_top not in old_tops:  # a new top group: nothing of the past to match
-            olds = {}
-        found = _assign(
-            SUB,
-            space,
-            _centroids(result, sub, shared, in_top),
-            olds,
-            used,
-            pairs,
-            new,
-            vanished,
-            base=stable_top * 10,
-        )
-        sub_ids |= found
+        # A new top group has nothing of the past to match.
+        olds = {c.id: c for c in previous.cohorts if c.top == stable_top and stable_top in old_tops}
+        current = _centroids(result, sub, shared, top == own_top)
+        sub_ids |= ledger.assign(SUB, space, current, olds, used, base=stable_top * 10)
     return Matching(
         top_ids=top_ids,
         sub_ids=sub_ids,
-        record={
-            "previous_run_id": previous.run_id,
-            "rule": RULE,
-            "features": shared,
-            "pairs": pairs,
-            "new": new,
-            "vanished": vanished,
-        },
+        record={"previous_run_id": previous.run_id, "rule": RULE, "features": shared}
+        | asdict(ledger),
     )
 
 
@@ -376,51 +349,47 @@ class ScaledSpace:
         return (np.clip(point, self.low, self.high) - self.mean) / self.scale
 
 
-def _assign(level, space, current, olds, used, pairs, new, vanished, base=0) -> dict[int, int]:
-    """Pair `current` (own id -> centroid) with `olds` (id -> PreviousCluster) optimally;
-    record pairs, new and vanished clusters; return own id -> stable id. `used` (ids taken,
-    previous ones included) grows with the ids handed out."""
-    from scipy.optimize import linear_sum_assignment
+@dataclass
+class _Ledger:
+    """What the matching decided, as run.json records it."""
 
-    own, old = sorted(current), sorted(olds)
-    new_points = np.array([space.project(current[c]) for c in own])
-    old_points = np.array([space.project(olds[o].centroid) for o in old]).reshape(len(old), -1)
-    cost = np.linalg.norm(new_points[:, None, :] - old_points[None, :, :], axis=2)
-    rows, cols = linear_sum_assignment(cost) if len(old) else ((), ())
-    ids = {}
-    for r, c in zip(rows, cols, strict=True):
-        ids[own[r]] = old[c]
-        pairs.append(
-            {
-                "level": level,
-                "previous": old[c],
-                "current": old[c],
-                "own": own[r],
-                "name": olds[old[c]].name,
-                "distance": round(float(cost[r, c]), 6),
-                "rule": ASSIGNED,
-            }
-        )
-    for index, own_id in enumerate(own):
-        if own_id in ids:
-            continue
-        stable = next(i for i in range(base, base + 10**6) if i not in used)
-        used.add(stable)
-        ids[own_id] = stable
-        nearest = round(float(cost[index].min()), 6) if len(old) else None
-        new.append(
-            {
-                "level": level,
-                "current": stable,
-                "own": own_id,
-                "nearest_distance": nearest,
-                "rule": NEXT_ID,
-            }
-        )
-    for o in old:
-        if o not in ids.values():
-            vanished.append({"level": level, "previous": o, "name": olds[o].name})
-    return ids
+    pairs: list[dict] = field(default_factory=list)
+    new: list[dict] = field(default_factory=list)
+    vanished: list[dict] = field(default_factory=list)
+
+    def assign(self, level, space, current, olds, used, base=0) -> dict[int, int]:
+        """Pair `current` (own id -> centroid) with `olds` (id -> PreviousCluster) optimally
+        and return own id -> stable id; a new cluster takes the lowest id from `base` on that
+        is not in `used` (which the ids handed out join)."""
+        from scipy.optimize import linear_sum_assignment
+
+        own, old = sorted(current), sorted(olds)
+        new_points = np.array([space.project(current[c]) for c in own])
+        old_points = np.array([space.project(olds[o].centroid) for o in old])
+        old_points = old_points.reshape(len(old), len(space.features))
+        cost = np.linalg.norm(new_points[:, None, :] - old_points[None, :, :], axis=2)
+        rows, cols = linear_sum_assignment(cost) if len(old) else ((), ())
+        ids = {}
+        for r, c in zip(rows, cols, strict=True):
+            ids[own[r]] = old[c]
+            distance = round(float(cost[r, c]), 6)
+            self.pairs.append({"level": level, "previous": old[c], "current": old[c],
+                               "own": own[r], "name": olds[old[c]].name,
+                               "distance": distance, "rule": ASSIGNED})  # fmt: skip
+        for index, own_id in enumerate(own):
+            if own_id in ids:
+                continue
+            ids[own_id] = next(i for i in range(base, base + 10**6) if i not in used)
+            used.add(ids[own_id])
+            nearest = round(float(cost[index].min()), 6) if len(old) else None
+            self.new.append({"level": level, "current": ids[own_id], "own": own_id,
+                             "nearest_distance": nearest, "rule": NEXT_ID})  # fmt: skip
+        self.vanished += [
+            {"level": level, "previous": o, "name": olds[o].name}
+            for o in old
+            if o not in ids.values()
+        ]
+        return ids
 
 
 def _own_labels(result: ClusteringResult) -> tuple[np.ndarray, np.ndarray]:
