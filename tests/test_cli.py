@@ -35,6 +35,8 @@ FEATURES = [c for c in DEFAULT_CLUSTERING_FEATURES if c != "population"]
 # K up to 4 keeps the good runs short; nothing here depends on the K range.
 FAST = ("--k-max", "4")
 PROGRESS = re.compile(r"^(\[\s*\d+\.\ds\] \S|warning: \S)")
+UNSTABLE = "has bootstrap stability"
+CSV_TRANSITIONS = "neighborhood_cluster_transitions.csv"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -136,7 +138,8 @@ def test_progress_lines_go_to_stderr(published):
     assert f"reading features from {published.features}" in text
     assert f"validating {ROWS} rows" in text
     assert "publishing run " in text
-    assert "warning" not in text
+    # The 40-row sample may hold a cohort the bootstrap finds shaky: the only warning allowed.
+    assert "warning" not in "\n".join(line for line in lines if UNSTABLE not in line)
     assert "error" not in text
 
 
@@ -148,7 +151,7 @@ def test_quiet_prints_no_progress_and_dry_run_publishes_nothing(published, tmp_p
     )  # fmt: skip
     captured = capsys.readouterr()
     assert code == 0
-    assert captured.err == ""
+    assert [line for line in captured.err.splitlines() if UNSTABLE not in line] == []
     assert captured.out.startswith("run ")
     assert "nothing published (dry run)" in captured.out
     assert not out.exists()
@@ -494,7 +497,10 @@ def test_boundaries_add_a_cluster_map(published, tmp_path, capsys):
     latest = out / "latest"
     assert (latest / "cluster_map.png").read_bytes()[:4] == b"\x89PNG"
     manifest = json.loads((latest / "run.json").read_text())
-    assert manifest["outputs"]["files"] == [*ARTIFACTS[:-1], "cluster_map.png", "run.json"]
+    # A second run into `out`: the transitions since the first one come along.
+    files = manifest["outputs"]["files"]
+    assert files[-2:] == ["cluster_map.png", "run.json"]
+    assert sorted(files) == sorted([*ARTIFACTS, "cluster_map.png", CSV_TRANSITIONS])
     assert "3 neighborhoods have no boundary" in capsys.readouterr().err
 
 
