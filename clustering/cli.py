@@ -17,7 +17,12 @@ from collections.abc import Sequence
 from clustering.errors import InputError
 from clustering.job import one_line
 from clustering.options import OPTIONS
-from clustering.settings import AnalysisSettings, JobSettings, parse_name_list
+from clustering.settings import (
+    AnalysisSettings,
+    JobSettings,
+    parse_label_overrides,
+    parse_name_list,
+)
 
 
 class _Help(argparse.HelpFormatter):
@@ -145,6 +150,8 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
             value = option.default
         elif option.kind == "names":
             value = parse_name_list(raw, option.flag)
+        elif option.kind == "overrides":
+            value = parse_label_overrides(raw, option.flag)
         else:
             value = raw
         values["analysis" if option.analysis else "job"][option.field] = value
@@ -176,6 +183,12 @@ def _run(args: argparse.Namespace) -> int:
         if args.dry_run
         else f"artifacts in {settings.artifacts_dest}/latest/"
     )
+    moves = manifest["transitions"]
+    if moves["previous_run_id"]:
+        changed = moves["moved"] + moves["appeared"] + moves["disappeared"]
+        where = (
+            f"{changed} neighborhoods changed cohort since run {moves['previous_run_id']}; {where}"
+        )
     print(f"run {report.run_id}: {manifest['input']['rows']} neighborhoods; {groups}; {where}")
     return 0
 

@@ -35,11 +35,17 @@ class Score:
 
 def fit_labels(matrix: np.ndarray, k: int, n_init: int, random_state: int) -> np.ndarray:
     """Labels of the best of `n_init` seeded k-means++ / Lloyd fits."""
+    with one_thread():
+        return kmeans_labels(matrix, k, n_init, random_state)
+
+
+def kmeans_labels(matrix: np.ndarray, k: int, n_init: int, random_state: int) -> np.ndarray:
+    """`fit_labels` without setting the thread limit, for a caller that holds `one_thread()`
+    around many small fits: setting the limit costs milliseconds, as much as a small fit."""
     from sklearn.cluster import KMeans
 
-    with _one_thread():
-        model = KMeans(n_clusters=k, random_state=random_state, n_init=n_init)
-        return model.fit_predict(matrix).astype(np.int64)
+    model = KMeans(n_clusters=k, random_state=random_state, n_init=n_init)
+    return model.fit_predict(matrix).astype(np.int64)
 
 
 def fit_and_score(
@@ -50,7 +56,7 @@ def fit_and_score(
     scores -1, so it is never chosen."""
     from sklearn.cluster import KMeans
 
-    with _one_thread():
+    with one_thread():
         model = KMeans(n_clusters=k, random_state=random_state, n_init=n_init)
         labels = model.fit_predict(matrix)
         return Score(
@@ -95,7 +101,7 @@ def executor_for(n_rows: int) -> Executor:
     return ProcessPoolExecutor(max_workers=cores, mp_context=multiprocessing.get_context("fork"))
 
 
-def _one_thread():
+def one_thread():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1)

@@ -6,6 +6,7 @@ the same steps and produce the same artifacts.
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 import time
@@ -16,7 +17,16 @@ from importlib.metadata import version
 
 from clustering import __version__, budget
 from clustering.errors import InputError
-from clustering.naming import CSV_CLUSTERS, CSV_EXCLUDED, HTML_REPORT, MANIFEST, new_run_id
+from clustering.naming import (
+    CSV_CLUSTERS,
+    CSV_EXCLUDED,
+    CSV_TRANSITIONS,
+    HTML_REPORT,
+    MANIFEST,
+    PNG_ELBOW,
+    PNG_HEATMAP,
+    new_run_id,
+)
 from clustering.settings import JobSettings
 
 VERSIONED = ("numpy", "pandas", "scikit-learn", "scipy", "matplotlib")
@@ -119,8 +129,9 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
     from clustering import adapters, charts, report
 
     store = adapters.artifact_store(settings.artifacts_dest)
-    # Read once, before the data: the last published run's row count for the row-drop guard,
-    # and the pointer's version, which the switch of latest/ is conditional on.
+    # Read once, before the data: the last published run (row count for the row-drop guard,
+    # cohorts for stable ids) and the pointer's version, which the switch of latest/ is
+    # conditional on.
     pointer, pointer_token = store.read_pointer()
 
     # Fork the chart process first: it imports matplotlib while this one reads and clusters.
@@ -145,6 +156,7 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
         boundaries, map_warnings = _boundaries(settings, valid.frame)
         for warning in valid.warnings + map_warnings:
             warn(warning)
+        previous = _previous(store, pointer)
         clock.stage("cluster", "clustering")
         try:
             result = cluster(
@@ -157,23 +169,32 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
             )
         except InputError as error:
             raise InputError(f"{where}: {error}") from None
-        for warning in result.warnings:
+        run_date = f"{started:%Y-%m-%d %H:%M} UTC"
+
+        def draw_named(named) -> None:
+            # Ids and names are final: the scatter and the map start while the stability is
+            # bootstrapped; the heatmap shows stability, so it waits for it.
+            tasks = charts.result_tasks(named.result, cohort_view(named), analysis.random_state,
+                                        boundaries, run_date)  # fmt: skip
+            _submit(renderer, {name: task for name, task in tasks.items() if name != PNG_HEATMAP})
+
+        identity = _identify(result, previous, settings, run_id, clock, draw_named)
+        for warning in result.warnings + identity.warnings:
             warn(warning)
         clock.stage("charts", "drawing charts")
-        view = cohort_view(result)
-        tasks = charts.result_tasks(
-            result, view, analysis.random_state, boundaries, f"{started:%Y-%m-%d %H:%M} UTC"
-        )
-        _submit(renderer, tasks)
-        warnings = valid.warnings + map_warnings + result.warnings
-        _submit(renderer, _report_task(settings, request, run_id, started, result, view,
-                                       warnings, tasks))  # fmt: skip
+        view = cohort_view(identity)
+        _submit(renderer, {PNG_HEATMAP: (charts.cluster_heatmap, (charts.heatmap_data(view),))})
+        warnings = valid.warnings + map_warnings + result.warnings + identity.warnings
+        _submit(renderer, _report_task(settings, request, run_id, started, identity.result,
+                                       view, warnings, _chart_names(boundaries)))  # fmt: skip
         # The CSVs are encoded while the chart workers draw.
-        table = result.table.assign(run_id=run_id, _clustered_at=started)
+        table = identity.table.assign(run_id=run_id, _clustered_at=started)
         files = {
             CSV_CLUSTERS: table.to_csv(index=False).encode(),
             CSV_EXCLUDED: result.excluded.to_csv(index=False).encode(),
         }
+        if identity.transitions is not None:
+            files[CSV_TRANSITIONS] = identity.transitions.to_csv(index=False).encode()
         files |= renderer.collect()
         files[HTML_REPORT] = report.embed(files[HTML_REPORT], files)
 
@@ -182,7 +203,7 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
 
     def manifest(timings: dict[str, float]) -> dict:
         document = _manifest(
-            run_id, request, settings, started, valid.warnings + map_warnings, result,
+            run_id, request, settings, started, valid.warnings + map_warnings, identity,
             timings, prefix, list(files),
         )  # fmt: skip
         document["outputs"]["report"] = page
@@ -198,6 +219,7 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
     fence("writing the run folder")
     store.write_run(run_id, files)
     if not settings.clusters_table:
+        _append_transitions(settings.transitions_table, identity.transitions, fence)
         _switch_latest(store, run_id, files, pointer_token, fence)
         clock.progress(f"report: {store.describe(f'latest/{HTML_REPORT}')}")
         return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
@@ -208,6 +230,7 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
         if not adapters.clusters_hold(settings.clusters_table, run_id):
             raise RuntimeError(f"{settings.clusters_table} holds another run's rows after the "
                                "load (a late load job of an earlier run)")  # fmt: skip
+        _append_transitions(settings.transitions_table, identity.transitions, fence)
         _switch_latest(store, run_id, files, pointer_token, fence)
     except Exception as error:
         raise PublishInterrupted(
@@ -216,6 +239,13 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
         ) from error
     clock.progress(f"report: {store.describe(f'latest/{HTML_REPORT}')}")
     return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
+
+
+def _chart_names(boundaries) -> tuple[str, ...]:
+    """The pictures the report embeds, in its order (the map only with boundaries)."""
+    from clustering.naming import PNG_MAP, PNG_PCA
+
+    return (PNG_ELBOW, PNG_PCA, PNG_HEATMAP, *((PNG_MAP,) if boundaries else ()))
 
 
 def _diagnosed(renderer, clock: _Stopwatch, tasks: dict[str, tuple], best_k: int) -> None:
@@ -238,32 +268,21 @@ def with_shapes(table, boundaries: dict | None):
     return table.assign(neighborhood_shape=table["neighborhood"].map(shapes))
 
 
-def cohort_view(result, identity=None):
+def cohort_view(identity):
     """The one input of the pictures and the report: the identity step's table (stable ids,
-    cohort_name, cohort_stability), cohorts and transitions, or the bare result without it."""
-    from clustering.palette import CohortView, index_scores
+    cohort_name, cohort_stability), its cohorts' index scores and its transitions."""
+    import pandas as pd
 
-    table = result.table if identity is None else identity.table
-    if "cohort_name" not in table.columns:
-        # PROVISIONAL until the identity branch is merged (it adds both columns): delete.
-        table = table.assign(cohort_name=table["cluster_label"], cohort_stability=float("nan"))
-    features = list(result.features.used)
-    if identity is None:
-        index = index_scores(table, features)
-    else:
-        import pandas as pd
+    from clustering.palette import CohortView
 
-        index = pd.DataFrame({c.sub_cluster: c.index_scores for c in identity.cohorts})
-        index = index.reindex(features)
-    transitions = None if identity is None else identity.transitions
-    previous = None if identity is None else identity.previous_run_id
-    return CohortView(table, index, transitions, previous)
+    index = pd.DataFrame({c.sub_cluster: c.index_scores for c in identity.cohorts})
+    index = index.reindex(list(identity.result.features.used))
+    return CohortView(identity.table, index, identity.transitions, identity.previous_run_id)
 
 
-def _report_task(settings, request, run_id, started, result, view, warnings, tasks) -> dict:
-    """report.html's task: rendered by a chart worker, its images embedded after collect()."""
+def _report_task(settings, request, run_id, started, result, view, warnings, images) -> dict:
+    """report.html's task: rendered by a chart worker, its `images` embedded after collect()."""
     from clustering import report
-    from clustering.naming import PNG_ELBOW
 
     analysis = settings.analysis
     facts = report.RunFacts(
@@ -294,7 +313,7 @@ def _report_task(settings, request, run_id, started, result, view, warnings, tas
         ),
     )
     notes = {g.excluded_type: g.note for g in result.excluded_groups}
-    return {HTML_REPORT: (report.page, (facts, view, notes, (PNG_ELBOW, *tasks)))}
+    return {HTML_REPORT: (report.page, (facts, view, notes, images))}
 
 
 def _switch_latest(store, run_id: str, files: dict[str, bytes], token, fence) -> None:
@@ -330,6 +349,81 @@ def check_row_drop(rows: int, previous: dict | None, ratio: float, force: bool, 
         f"{where} has {rows} rows, fewer than MIN_ROWS_RATIO={ratio:g} of the {before} rows of "
         f"the last published run {previous.get('run_id', '?')}; nothing was published. If the "
         'drop is real, run with --force (CLI) or publish {"force": true} to the run topic'
+    )
+
+
+def _previous(store, pointer: bytes | None):
+    """The last published run (the run latest/run.json points to), None on the first run.
+
+    Centroids, names and ids come from its run.json; each neighborhood's previous cohort from
+    its clusters CSV in runs/<run_id>/, the published record of that run: run.json stays one
+    entry per cohort whatever the number of rows, and nothing is stored twice.
+    """
+    import pandas as pd
+
+    from clustering.identity import previous_run
+    from clustering.transitions import PREVIOUS_COLUMNS
+
+    raw = pointer
+    if raw is None:
+        return None
+    where = store.describe(f"latest/{MANIFEST}")
+    try:
+        manifest = json.loads(raw)
+        run_id = str(manifest["run_id"])
+    except (ValueError, KeyError, TypeError):
+        raise InputError(
+            f"{where} is not a run manifest: restore it from runs/<run_id>/run.json, or remove "
+            "latest/ to number the cohorts afresh"
+        ) from None
+    content = store.read_run_file(run_id, CSV_CLUSTERS)
+    if content is None:
+        return previous_run(manifest, None)
+    wanted = {*PREVIOUS_COLUMNS, "cluster_label", "run_id"}
+    rows = pd.read_csv(io.BytesIO(content), usecols=lambda c: c in wanted,
+                       dtype={"neighborhood": str}, keep_default_na=False,
+                       na_values=[""])  # fmt: skip
+    if "cohort_name" not in rows:  # published before cohorts had names
+        rows["cohort_name"] = rows["cluster_label"]
+    return previous_run(manifest, rows[list(PREVIOUS_COLUMNS)])
+
+
+def _identify(result, previous, settings, run_id, clock, draw):
+    """Stable ids and names; then the named cohorts go to `draw` (the charts that need no
+    stability), and the bootstrap stability is computed while the chart workers draw."""
+    from clustering.identity import identify, with_stability
+
+    against = f"run {previous.run_id}" if previous else "nothing (first run)"
+    clock.stage("identity", f"matching cohorts to {against}")
+    named = identify(result, previous, dict(settings.label_overrides), run_id)
+    draw(named)
+    clock.stage("stability", "bootstrapping cohort stability")
+    return with_stability(named, _stability(named, settings.analysis))
+
+
+def _append_transitions(dest, moves, fence) -> None:
+    """Append the run's moves to TRANSITIONS_TABLE, if configured and there are any. Before
+    latest/ switches: a run that fails after this leaves rows under a run_id that the runs
+    table records as failed, never a published run without its moves."""
+    if not dest or moves is None or moves.empty:
+        return
+    fence("appending the transitions")
+    from clustering import adapters
+    from clustering.table import table_schema
+
+    adapters.append_transitions(dest, moves, list(table_schema("transitions_table")))
+
+
+def _stability(identity, analysis):
+    from clustering.stability import bootstrap_stability
+
+    rows = identity.table.loc[identity.result.residential]
+    return bootstrap_stability(
+        identity.result.scaled,
+        rows["top_cluster"].to_numpy(dtype="int64"),
+        rows["sub_cluster"].to_numpy(dtype="int64"),
+        analysis.random_state,
+        analysis.silhouette_sample_size,
     )
 
 
@@ -403,6 +497,7 @@ def history_row(settings, request, run_id, started, report, error) -> dict:
             dict(zip(map(str, diagnostics["k"]), diagnostics["silhouette"], strict=True))
         ),
         "silhouette_sample_size": manifest["silhouette"]["sample_size"],
+        **_moves(manifest),
         "artifact_prefix": report.artifact_prefix,
     }
 
@@ -411,6 +506,21 @@ def _failed_status(error: BaseException | None) -> str:
     """`published_partially` when the table holds the run but latest/ does not (repaired by
     the redelivery, whose own row then says `succeeded`); `failed` otherwise."""
     return "published_partially" if isinstance(error, PublishInterrupted) else "failed"
+
+
+def _moves(manifest: dict) -> dict:
+    """The runs table's transition and stability counts."""
+    moves = manifest["transitions"]
+    bar = manifest["stability"]["threshold"]
+    scores = [c["stability"] for c in manifest["cohorts"] if c["stability"] is not None]
+    return {
+        "previous_run_id": moves["previous_run_id"],
+        "moved_neighborhoods": moves["moved"],
+        "moved_stable_distressed": moves["between_top_groups"],
+        "appeared_neighborhoods": moves["appeared"],
+        "disappeared_neighborhoods": moves["disappeared"],
+        "unstable_cohorts": sum(1 for score in scores if score < bar),
+    }
 
 
 def one_line(error: BaseException) -> str:
@@ -436,9 +546,12 @@ def _boundaries(settings: JobSettings, table) -> tuple[dict | None, tuple[str, .
     return shapes, (f"{len(unmapped)} neighborhoods have no boundary in {source}: {shown}",)
 
 
-def _manifest(run_id, request, settings, started, input_warnings, result, timings, prefix, files):
+def _manifest(run_id, request, settings, started, input_warnings, identity, timings, prefix, files):
+    from clustering.identity import manifest_entries
     from clustering.model import TOP_K
     from clustering.table import unmatched_exclusions
+
+    result = identity.result
 
     unmatched = unmatched_exclusions(result.table["neighborhood"], settings.analysis)
     counts = result.table["excluded_type"].value_counts()
@@ -506,7 +619,9 @@ def _manifest(run_id, request, settings, started, input_warnings, result, timing
             for g in result.excluded_groups
         ],
         "summary": json.loads(result.summary.to_json(orient="records")),
-        "warnings": list(input_warnings) + list(result.warnings),
+        **manifest_entries(identity),
+        "label_overrides": {str(sub): name for sub, name in settings.label_overrides},
+        "warnings": list(input_warnings) + list(result.warnings) + list(identity.warnings),
         "timings_seconds": timings,
         "versions": {
             "neighborhood-clusters": __version__,

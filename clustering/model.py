@@ -83,6 +83,10 @@ class ClusteringResult:
     table: every input row (sorted by name), its columns, then the cluster columns.
     excluded: the excluded rows with their type and group (excluded_neighborhood_analysis).
     scaled: the residential matrix the residential fits saw, for the charts.
+    winsorized: the same rows and features (`features.used`) before scaling: imputed and
+        winsorized, in the features' own units. Its column means and standard deviations
+        are the scaling, its column minima and maxima the winsorizing bounds, so a point in
+        original units can be brought into this run's scaled space (clustering.identity).
     residential: boolean mask of `table` rows that were clustered as residential.
     profile: mean of each used feature per sub-cluster (rows: features, columns: sub-clusters).
     summary: the final cohort table (counts and key means per top label and cluster label).
@@ -96,6 +100,7 @@ class ClusteringResult:
     top_groups: tuple[TopGroup, ...]
     excluded_groups: tuple[ExcludedGroup, ...]
     scaled: np.ndarray
+    winsorized: np.ndarray
     residential: np.ndarray
     profile: pd.DataFrame
     summary: pd.DataFrame
@@ -157,7 +162,8 @@ def _cluster(table, settings, say, on_diagnostics, types, residential, features,
     say(f"preparing {n_res} residential rows x {len(features.used)} features")
     raw = table.loc[residential, list(features.used)].to_numpy(dtype=np.float64)
     imputed, _ = impute_median(raw)
-    scaled = standard_scale(winsorize(imputed))
+    winsorized = winsorize(imputed)
+    scaled = standard_scale(winsorized)
     seed = settings.random_state
 
     ks = [k for k in range(settings.k_min, settings.k_max + 1) if k < n_res]
@@ -251,6 +257,7 @@ def _cluster(table, settings, say, on_diagnostics, types, residential, features,
         top_groups=tuple(groups),
         excluded_groups=tuple(excluded_groups),
         scaled=scaled,
+        winsorized=winsorized,
         residential=residential,
         profile=resident_rows.groupby("sub_cluster")[list(features.used)].mean().T,
         summary=_summary(resident_rows, settings),

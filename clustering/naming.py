@@ -15,6 +15,7 @@ PNG_PCA = "pca_clusters.png"
 PNG_HEATMAP = "cluster_heatmap.png"
 PNG_MAP = "cluster_map.png"  # only when boundaries are given (before the report)
 HTML_REPORT = "report.html"  # self-contained: the run's facts, charts, cohorts and changes
+CSV_TRANSITIONS = "neighborhood_cluster_transitions.csv"  # only when a previous run exists
 MANIFEST = "run.json"
 ARTIFACTS = (CSV_CLUSTERS, CSV_EXCLUDED, PNG_ELBOW, PNG_PCA, PNG_HEATMAP, HTML_REPORT, MANIFEST)
 

@@ -151,6 +151,10 @@ class JobSettings:
         the last published run's input fails as bad data unless the run is forced.
     function_timeout_seconds: the platform's timeout of one invocation (the function's
         Terraform passes it); the handler stops a run before it. None: no deadline (CLI).
+    transitions_table: optional `bq://project.dataset.table` (or a local .csv/.jsonl path):
+        the neighborhoods that changed cohort, appended by every run that has a previous one.
+    label_overrides: (stable sub-cluster id, cohort name) pairs that replace the generated
+        cohort names; the names must be unique.
     """
 
     features_source: str | None = None
@@ -167,6 +171,8 @@ class JobSettings:
     min_rows_ratio: float = 0.5
     function_timeout_seconds: int | None = None
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    transitions_table: str | None = None
+    label_overrides: tuple[tuple[int, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.artifacts_dest:
@@ -176,6 +182,7 @@ class JobSettings:
             ("CLUSTERS_TABLE", self.clusters_table),
             ("RUNS_TABLE", self.runs_table),
             ("BOUNDARIES_SOURCE", self.boundaries_source),
+            ("TRANSITIONS_TABLE", self.transitions_table),
         ):
             if uri and uri.startswith("bq://"):
                 bq_table_id(uri, name)
@@ -224,6 +231,8 @@ class JobSettings:
                 f"FUNCTION_TIMEOUT_SECONDS is {self.function_timeout_seconds}: use the "
                 "function's timeout in seconds (120 or more)"
             )
+        _check_transitions_table(self.transitions_table)
+        _check_label_overrides(self.label_overrides)
 
     def with_features_source(self, source: str) -> JobSettings:
         """The same settings reading another features source (a validated message override)."""
@@ -259,7 +268,53 @@ def _from_env(environ: Mapping[str, str], option: Option) -> object:
             raise InputError(f"{option.env}={raw!r} is not {what}: set it to {fix}") from None
     if option.kind == "names":
         return parse_name_list(raw, option.env)
+    if option.kind == "overrides":
+        return parse_label_overrides(raw, option.env)
     return raw
+
+
+def _check_transitions_table(dest: str | None) -> None:
+    if not dest:
+        return
+    if dest.startswith("bq://"):
+        bq_table_id(dest, "TRANSITIONS_TABLE")
+    elif dest.startswith("gs://") or not dest.lower().endswith((".csv", ".jsonl")):
+        raise InputError(
+            f"TRANSITIONS_TABLE {dest!r}: give bq://project.dataset.table or a local .csv or "
+            ".jsonl path (objects cannot be appended to)"
+        )
+
+
+def _check_label_overrides(overrides: tuple[tuple[int, str], ...]) -> None:
+    ids = [sub for sub, _ in overrides]
+    if len(set(ids)) != len(ids):
+        raise InputError("LABEL_OVERRIDES (--label-overrides) names a cohort id twice: keep one")
+    names = [name for _, name in overrides]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise InputError(
+            f"LABEL_OVERRIDES (--label-overrides) gives the name {twice[0]!r} to more than one "
+            "cohort: cohort names must be unique"
+        )
+
+
+def parse_label_overrides(raw: str, where: str) -> tuple[tuple[int, str], ...]:
+    """Parse a JSON object of stable sub-cluster id -> cohort name, e.g.
+    '{"11": "Rowhouse core", "3": "Leafy north"}', into sorted (id, name) pairs."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    valid = isinstance(value, dict) and all(
+        re.fullmatch(r"\d{1,9}", str(k).strip()) and isinstance(v, str) and v.strip()
+        for k, v in value.items()
+    )
+    if not valid:
+        raise InputError(
+            f"{where} must be a JSON object of cohort id (sub_cluster) to name, like "
+            '{"11": "Rowhouse core"}; got ' + repr(raw[:80])
+        )
+    return tuple(sorted((int(k), v.strip()) for k, v in value.items()))
 
 
 def check_table_id(table_id: str, where: str) -> str:

@@ -28,6 +28,8 @@ CLUSTER_COLUMNS: tuple[str, ...] = (
     "cluster_label",
     "excluded_type",
     "excluded_cluster",
+    "cohort_name",
+    "cohort_stability",
     "run_id",
     "_clustered_at",
 )
@@ -253,7 +255,8 @@ def _short(columns: pd.Index) -> str:
 
 @cache
 def table_schema(name: str) -> tuple[dict, ...]:
-    """A BigQuery JSON schema shipped with the package: 'clusters_table' or 'runs_table'.
+    """A BigQuery JSON schema shipped with the package: 'clusters_table', 'runs_table' or
+    'transitions_table'.
 
     The same files create the tables in Terraform, so code and deployment cannot drift.
     """

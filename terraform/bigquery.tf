@@ -9,7 +9,7 @@ resource "google_bigquery_dataset" "output" {
   location    = var.bigquery_location
   description = "Neighborhood clusters and the history of the clustering runs."
   labels      = local.labels
-  # Terraform deletes the two tables it manages first; anything else found in the dataset
+  # Terraform deletes the tables it manages first; anything else found in the dataset
   # (someone's own table) makes destroy fail rather than vanish.
   delete_contents_on_destroy = false
   depends_on                 = [google_project_service.this]
@@ -74,4 +74,16 @@ resource "google_bigquery_table" "run_freshness" {
     })
     use_legacy_sql = false
   }
+}
+
+resource "google_bigquery_table" "transitions" {
+  #checkov:skip=CKV_GCP_80:Neighborhood names and cohort ids; Google-managed encryption is adequate (see the dataset).
+  project             = var.project_id
+  dataset_id          = local.output_dataset_id
+  table_id            = var.transitions_table_id
+  description         = "One row per neighborhood that changed cohort (moved, appeared, disappeared), appended by every run that follows a published one."
+  labels              = local.labels
+  deletion_protection = var.deletion_protection
+  # Append-only with a fixed schema, like the runs table.
+  schema = file("${path.module}/../clustering/schemas/transitions_table.json")
 }

@@ -47,6 +47,9 @@ locals {
     CLUSTERING_FEATURES    = jsonencode(local.analysis.clustering_features)
     SEVERITY_FEATURE       = local.analysis.severity_feature
     SILHOUETTE_SAMPLE_SIZE = tostring(local.analysis.silhouette_sample_size)
+    TRANSITIONS_TABLE      = "bq://${google_bigquery_table.transitions.project}.${google_bigquery_table.transitions.dataset_id}.${google_bigquery_table.transitions.table_id}"
+    # A JSON object, as settings.parse_label_overrides reads it.
+    LABEL_OVERRIDES = jsonencode(var.label_overrides)
   }
 }
 

@@ -42,14 +42,15 @@ resource "google_bigquery_table_iam_member" "runtime_boundaries_reader" {
   member     = "serviceAccount:${google_service_account.runtime.email}"
 }
 
-# Write access on the two output tables only. dataEditor on a table allows the WRITE_TRUNCATE
-# load that replaces the clusters table (and its schema) and the appends to the runs table,
-# but not creating or deleting other tables; on the dataset it could also rewrite the features
-# table when the outputs share the features dataset.
+# Write access on the three output tables only. dataEditor on a table allows the WRITE_TRUNCATE
+# load that replaces the clusters table (and its schema) and the appends to the runs and
+# transitions tables, but not creating or deleting other tables; on the dataset it could also
+# rewrite the features table when the outputs share the features dataset.
 resource "google_bigquery_table_iam_member" "runtime_output_writer" {
   for_each = {
-    clusters = google_bigquery_table.clusters.table_id
-    runs     = google_bigquery_table.runs.table_id
+    clusters    = google_bigquery_table.clusters.table_id
+    runs        = google_bigquery_table.runs.table_id
+    transitions = google_bigquery_table.transitions.table_id
   }
   project    = var.project_id
   dataset_id = var.dataset_id

@@ -14,9 +14,10 @@ locals {
   source_bucket    = coalesce(var.source_bucket_name, "${var.project_id}-${var.name}-source")
 
   # project.dataset.table of every table the function touches.
-  features_table = "${var.project_id}.${var.features_dataset_id}.${var.features_table_id}"
-  clusters_table = "${var.project_id}.${var.dataset_id}.${var.clusters_table_id}"
-  runs_table     = "${var.project_id}.${var.dataset_id}.${var.runs_table_id}"
+  features_table    = "${var.project_id}.${var.features_dataset_id}.${var.features_table_id}"
+  clusters_table    = "${var.project_id}.${var.dataset_id}.${var.clusters_table_id}"
+  runs_table        = "${var.project_id}.${var.dataset_id}.${var.runs_table_id}"
+  transitions_table = "${var.project_id}.${var.dataset_id}.${var.transitions_table_id}"
 
   # The Google-managed Pub/Sub service agent: it pushes messages with the trigger account's
   # token and moves undeliverable messages to the dead-letter topic.

@@ -55,6 +55,11 @@ output "notification_channels" {
   value       = local.notification_channels
 }
 
+output "transitions_table" {
+  description = "project.dataset.table of the cohort transitions table (neighborhoods that changed cohort, per run)."
+  value       = local.transitions_table
+}
+
 output "runtime_service_account" {
   description = "Service account the function runs as."
   value       = google_service_account.runtime.email

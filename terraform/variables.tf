@@ -128,6 +128,16 @@ variable "freshness_view_id" {
   }
 }
 
+variable "transitions_table_id" {
+  description = "Transitions table: one row appended per neighborhood that changed cohort, by every run that follows a published one."
+  type        = string
+  default     = "neighborhood_cluster_transitions"
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_]{1,1024}$", var.transitions_table_id))
+    error_message = "transitions_table_id may hold only letters, digits and underscores."
+  }
+}
+
 variable "allowed_features_tables" {
   description = "Other tables (project.dataset.table) that a manual Pub/Sub message may name in features_table; the runtime account gets read access to each. The configured features table is always allowed."
   type        = list(string)
@@ -460,5 +470,18 @@ variable "function_errors_per_hour" {
   validation {
     condition     = floor(var.function_errors_per_hour) == var.function_errors_per_hour && var.function_errors_per_hour >= 0 && var.function_errors_per_hour <= 1000
     error_message = "function_errors_per_hour must be a whole number between 0 and 1000."
+  }
+}
+
+variable "label_overrides" {
+  description = "Cohort names that replace the generated ones, by stable cohort id (the sub_cluster column), e.g. { \"11\" = \"Rowhouse core\" }. Ids persist from run to run, so a name set here stays on its cohort."
+  type        = map(string)
+  default     = {}
+  validation {
+    condition = (
+      alltrue([for id, label in var.label_overrides : can(regex("^[0-9]{1,9}$", id)) && trimspace(label) != ""])
+      && length(distinct(values(var.label_overrides))) == length(var.label_overrides)
+    )
+    error_message = "label_overrides keys must be cohort ids (whole numbers such as \"11\") and values non-empty names, each name used once."
   }
 }

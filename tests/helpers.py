@@ -76,3 +76,43 @@ def with_cohorts(table: pd.DataFrame) -> pd.DataFrame:
     names = table["sub_cluster"].map(COHORT_NAMES).where(residential, table["cluster_label"])
     stability = (0.55 + (table["sub_cluster"] % 10) * 0.1).where(residential)
     return table.assign(cohort_name=names, cohort_stability=stability)
+
+
+# Cohorts of cohort_table(): (top group, centre of crime, vacancy, owner occupancy, age, size).
+COHORT_CENTRES = (
+    ("Stable", 0.02, 0.05, 0.80, 55.0, 900.0),
+    ("Stable", 0.02, 0.05, 0.40, 30.0, 900.0),
+    ("Stable", 0.02, 0.05, 0.60, 42.0, 6000.0),
+    ("Distressed", 0.12, 0.35, 0.20, 30.0, 900.0),
+    ("Distressed", 0.12, 0.35, 0.60, 55.0, 900.0),
+    ("Distressed", 0.12, 0.35, 0.40, 42.0, 6000.0),
+)
+
+
+def cohort_table(per_cohort: int = 30, seed: int = 0) -> pd.DataFrame:
+    """A features table with six obvious cohorts, three Stable and three Distressed, so that
+    which neighborhood belongs where is never in doubt; row i is in cohort i // per_cohort."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index, (_, crime, vacancy, owners, age, size) in enumerate(COHORT_CENTRES):
+        for i in range(per_cohort):
+            rows.append(
+                {
+                    "neighborhood": f"Cohort {index} Street {i:03d}",
+                    "population": int(size * rng.uniform(0.9, 1.1)),
+                    "crime_per_capita": crime * rng.uniform(0.9, 1.1),
+                    "arrest_per_capita": crime * 0.4 * rng.uniform(0.9, 1.1),
+                    "housing_vacancy_rate": vacancy * rng.uniform(0.9, 1.1),
+                    "owner_occupancy_rate": owners + rng.normal(0, 0.02),
+                    "med_age": age + rng.normal(0, 1.5),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def move_rows(table: pd.DataFrame, names: list[str], like: str) -> pd.DataFrame:
+    """`table` with the features (not population) of `names` copied from neighborhood `like`."""
+    moved = table.set_index("neighborhood")
+    features = [c for c in moved.columns if c != "population"]
+    moved.loc[names, features] = moved.loc[like, features].to_numpy()
+    return moved.reset_index()

@@ -109,3 +109,11 @@ def test_an_object_above_the_size_limit_is_refused_before_it_is_downloaded(bucke
     assert gcs.read_bytes(f"gs://{bucket.name}/in/features.csv", max_bytes=size)
     with pytest.raises(InputError, match="see README, Limits"):
         gcs.read_bytes(f"gs://{bucket.name}/in/features.csv", max_bytes=size - 1)
+
+
+def test_a_run_file_is_read_from_its_folder(bucket):
+    store = GcsStore(f"gs://{bucket.name}/artifacts")
+    assert store.read_run_file("r1", "a.csv") is None
+    store.write_run("r1", {"a.csv": b"1", "run.json": b'{"run_id": "r1"}'})
+    assert store.read_run_file("r1", "a.csv") == b"1"
+    assert store.read_run_file("r1", "missing.csv") is None

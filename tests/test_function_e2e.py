@@ -39,9 +39,12 @@ from clustering.logs import OUTCOMES, Outcome
 from clustering.sender import bigquery_log_entry, pubsub_event, table_change_event
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES
 from clustering.table import CLUSTER_COLUMNS, table_schema
+from clustering.transitions import COLUMNS as TRANSITION_COLUMNS
 from tests import emulators
-from tests.helpers import ARTIFACTS, MANIFEST, REPO, real_table
+from tests.helpers import ARTIFACTS, MANIFEST, REPO, move_rows, real_table
 from tests.test_handler import FailingLoadJobs
+
+CSV_TRANSITIONS = "neighborhood_cluster_transitions.csv"
 
 pytestmark = pytest.mark.e2e
 
@@ -50,6 +53,7 @@ DATASET = "analytics"
 FEATURES = f"{PROJECT}.{DATASET}.neighborhood_features"
 CLUSTERS = f"{PROJECT}.{DATASET}.neighborhood_clusters"
 RUNS = f"{PROJECT}.{DATASET}.cluster_runs"
+TRANSITIONS = f"{PROJECT}.{DATASET}.neighborhood_cluster_transitions"
 SERVICE_ACCOUNT = f"recluster@{PROJECT}.iam.gserviceaccount.com"
 PREFIX = "e2e"
 MAIN = REPO / "main.py"
@@ -167,6 +171,7 @@ def function_env(bigquery_emulator, storage_endpoint: str, artifacts: str) -> di
         "ARTIFACTS_DEST": artifacts,
         "CLUSTERS_TABLE": f"bq://{CLUSTERS}",
         "RUNS_TABLE": f"bq://{RUNS}",
+        "TRANSITIONS_TABLE": f"bq://{TRANSITIONS}",
         "FUNCTION_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
         "FUNCTION_TIMEOUT_SECONDS": str(FUNCTION_TIMEOUT_S),
         "BIGQUERY_EMULATOR_HOST": bigquery_emulator.endpoint,
@@ -302,7 +307,11 @@ def cloud(bq, gcs) -> Iterator[str]:
     the real features loaded, and an empty artifacts bucket, whose name is yielded."""
     bq.delete_dataset(f"{PROJECT}.{DATASET}", delete_contents=True, not_found_ok=True)
     bq.create_dataset(f"{PROJECT}.{DATASET}")
-    for table_id, schema in ((CLUSTERS, "clusters_table"), (RUNS, "runs_table")):
+    for table_id, schema in (
+        (CLUSTERS, "clusters_table"),
+        (RUNS, "runs_table"),
+        (TRANSITIONS, "transitions_table"),
+    ):
         fields = [bigquery.SchemaField.from_api_repr(f) for f in table_schema(schema)]
         bq.create_table(bigquery.Table(table_id, schema=fields))
     load_features(bq, real_table())
@@ -367,9 +376,9 @@ def test_a_manual_publish_replaces_the_clusters_table_with_the_declared_schema(f
     declared = {f["name"]: f["type"] for f in table_schema("clusters_table")}
     # The rule (DESIGN.md): every features column in its order, then the cluster columns. The
     # real table has 8 of the 15 default features, so the load replaced the columns Terraform
-    # created from the schema file with these 17; each of them is declared, with that type.
+    # created from the schema file with these 19; each of them is declared, with that type.
     expected = [*features, *CLUSTER_COLUMNS]
-    assert len(expected) == 17 and set(expected) <= set(declared)
+    assert len(expected) == 19 and set(expected) <= set(declared)
     assert first_run.table.schema == tuple((name, declared[name]) for name in expected)
 
     frame = first_run.table_frame
@@ -397,6 +406,12 @@ def test_a_manual_publish_replaces_the_clusters_table_with_the_declared_schema(f
     residential = frame[frame["excluded_type"] == "Residential"]
     assert set(residential["top_cluster_label"]) == {"Stable", "Distressed"}
     assert residential["excluded_cluster"].isna().all()
+    # Cohorts are named and scored; excluded rows keep their group name and have no score.
+    assert residential["cohort_name"].str.match(r"^(Stable|Distressed): \S").all()
+    assert residential["cohort_stability"].between(0, 1).all()
+    excluded = frame[frame["excluded_type"] != "Residential"]
+    assert (excluded["cohort_name"] == excluded["cluster_label"]).all()
+    assert excluded["cohort_stability"].isna().all()
 
 
 def test_a_manual_publish_appends_its_run_to_the_history(first_run, cloud):
@@ -522,8 +537,92 @@ def test_a_change_of_the_features_table_runs(function, bq, gcs, cloud, first_run
     assert after.runs - before.runs == {row["run_id"]}
     assert json.loads(after.latest[MANIFEST].content)["run_id"] == row["run_id"]
     assert {r[-2] for r in after.table.rows} == {row["run_id"]}  # the run_id column
-    # The same data, clustered the same way: only run_id and _clustered_at differ.
+    # The same data, clustered the same way: only run_id and _clustered_at differ, so every
+    # id, cohort name and stability is as it was, and no neighborhood is reported as moved.
     assert [r[:-2] for r in after.table.rows] == [r[:-2] for r in before.table.rows]
+    previous = json.loads(before.latest[MANIFEST].content)["run_id"]
+    assert row["previous_run_id"] == previous
+    assert (row["moved_neighborhoods"], row["appeared_neighborhoods"]) == (0, 0)
+    listed = pd.read_csv(io.BytesIO(after.latest[CSV_TRANSITIONS].content))
+    assert listed.empty and list(listed.columns) == list(TRANSITION_COLUMNS)
+    assert transitions_of(bq, row["run_id"]) == []
+
+
+def transitions_of(bq: bigquery.Client, run_id: str) -> list[dict]:
+    return [dict(r) for r in bq.list_rows(TRANSITIONS) if r["run_id"] == run_id]
+
+
+def cohorts_of(bq: bigquery.Client) -> pd.DataFrame:
+    frame = pd.DataFrame([dict(row) for row in bq.list_rows(CLUSTERS)])
+    return frame.set_index("neighborhood").sort_index()[["sub_cluster", "cohort_name"]]
+
+
+def test_moved_neighborhoods_are_listed_and_appended_then_move_back(
+    function, bq, gcs, cloud, first_run, restore_features
+):
+    before = cohorts_of(bq)
+    residential = before[before["sub_cluster"] >= 0]
+    cohort = residential["sub_cluster"].iloc[0]
+    moved = residential.index[residential["sub_cluster"] == cohort][:3].tolist()
+    donor = residential.index[residential["sub_cluster"] != cohort][0]
+    load_features(bq, move_rows(real_table(), moved, like=donor))
+
+    delivery = function.post(table_change_event(FEATURES))
+
+    assert delivery.one("run succeeded")
+    after = cohorts_of(bq)
+    changed = sorted(after.index[after["sub_cluster"] != before["sub_cluster"]])
+    assert set(moved) <= set(changed)
+    run_id = delivery.one("run succeeded")["run_id"]
+    latest = objects(gcs, cloud, f"{PREFIX}/latest/")
+    listed = pd.read_csv(io.BytesIO(latest[CSV_TRANSITIONS].content))
+    assert listed["neighborhood"].tolist() == changed
+    assert set(listed["change"]) == {"moved"} and set(listed["run_id"]) == {run_id}
+    appended = transitions_of(bq, run_id)
+    assert sorted(r["neighborhood"] for r in appended) == changed
+    for r in appended:
+        assert r["previous_sub_cluster"] == before.loc[r["neighborhood"], "sub_cluster"]
+        assert r["sub_cluster"] == after.loc[r["neighborhood"], "sub_cluster"]
+        assert r["cohort_name"] == after.loc[r["neighborhood"], "cohort_name"]
+    manifest = json.loads(latest[MANIFEST].content)
+    assert manifest["transitions"]["moved"] == len(changed)
+    (row,) = [r for r in history(bq) if r["run_id"] == run_id]
+    assert row["moved_neighborhoods"] == len(changed)
+    assert row["moved_stable_distressed"] == manifest["transitions"]["between_top_groups"]
+
+    # The real data again: every neighborhood returns to its cohort, under its old id and name.
+    load_features(bq, real_table())
+    back = function.post(table_change_event(FEATURES))
+    assert back.one("run succeeded")
+    pd.testing.assert_frame_equal(cohorts_of(bq), before)
+    returned = transitions_of(bq, back.one("run succeeded")["run_id"])
+    assert sorted(r["neighborhood"] for r in returned) == changed
+
+
+def test_label_overrides_win_and_survive_a_rerun(
+    cloud, bq, gcs, first_run, bigquery_emulator, gcs_emulator, tmp_path
+):
+    clusters = f"{PROJECT}.{DATASET}.clusters_with_overrides"
+    fields = [bigquery.SchemaField.from_api_repr(f) for f in table_schema("clusters_table")]
+    bq.create_table(bigquery.Table(clusters, schema=fields))
+    first = first_run.table_frame.set_index("neighborhood")
+    target = int(first.loc[first["sub_cluster"] >= 0, "sub_cluster"].iloc[0])
+    env = function_env(bigquery_emulator, gcs_emulator.endpoint, f"gs://{cloud}/overrides")
+    env |= {
+        "CLUSTERS_TABLE": f"bq://{clusters}",
+        "LABEL_OVERRIDES": json.dumps({str(target): "Our own name"}),
+    }
+    with serve(env, tmp_path / "functions-framework.log") as server:
+        for reason in ("overridden", "overridden again"):
+            delivery = server.post(pubsub_event({"reason": reason}))
+            assert delivery.one("run succeeded"), delivery.entries
+            frame = pd.DataFrame([dict(r) for r in bq.list_rows(clusters)])
+            frame = frame.set_index("neighborhood").sort_index()
+            assert (frame["sub_cluster"] == first["sub_cluster"].sort_index()).all()
+            named = frame.loc[frame["sub_cluster"] == target, "cohort_name"]
+            assert set(named) == {"Our own name"}
+            others = frame.loc[frame["sub_cluster"] != target, "cohort_name"]
+            assert "Our own name" not in set(others)
 
 
 @pytest.mark.parametrize(

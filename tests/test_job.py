@@ -15,6 +15,8 @@ from clustering.job import RunRequest, run_job
 from clustering.naming import ARTIFACTS, MANIFEST
 from clustering.sample import make_sample
 from clustering.settings import AnalysisSettings, JobSettings
+from clustering.transitions import COLUMNS as TRANSITION_COLUMNS
+from tests.helpers import cohort_table, move_rows
 
 ROWS = 40
 # K up to 4 keeps each run short; nothing here depends on the K range.
@@ -113,7 +115,8 @@ def test_the_manifest_describes_the_run(published):
     assert {g["label"] for g in manifest["top_groups"]} == {"Stable", "Distressed"}
     assert set(manifest["timings_seconds"]) >= {"read", "validate", "cluster"}
     assert manifest["versions"]["scikit-learn"]
-    assert manifest["warnings"] == []
+    # A small synthetic table may hold a cohort that the bootstrap finds shaky; nothing else.
+    assert [w for w in manifest["warnings"] if "bootstrap stability" not in w] == []
 
 
 def test_the_clusters_csv_has_one_row_per_input_row_stamped_with_the_run(published):
@@ -273,3 +276,158 @@ def test_the_row_drop_guard_refuses_only_a_real_drop():
     check_row_drop(1, previous, 0, False, "t")  # guard off
     check_row_drop(1, None, 0.5, False, "t")  # no previous run
     check_row_drop(1, {"input": {"rows": "100"}}, 0.5, False, "t")  # unreadable count
+
+
+# --- identity across runs ----------------------------------------------------------------------
+
+
+class Chain:
+    """Runs of the job into one artifacts folder, each matched to the one before."""
+
+    def __init__(self, root: Path, table: pd.DataFrame) -> None:
+        self.root = root
+        self.out = root / "out"
+        self.transitions = root / "tables" / "transitions.csv"
+        self.runs = root / "tables" / "runs.jsonl"
+        self.table = table
+
+    def run(self, table: pd.DataFrame | None = None, **changes) -> tuple[dict, pd.DataFrame]:
+        """Run on `table` (default: the chain's), return run.json and the clusters CSV."""
+        features = self.root / "features.csv"
+        (self.table if table is None else table).to_csv(features, index=False)
+        settings = JobSettings(
+            features_source=str(features),
+            artifacts_dest=str(self.out),
+            runs_table=str(self.runs),
+            transitions_table=str(self.transitions),
+            analysis=changes.pop("analysis", ANALYSIS),
+            **changes,
+        )
+        report = run_job(settings, RunRequest(trigger="test"))
+        folder = self.out / "runs" / report.run_id
+        return report.manifest, pd.read_csv(folder / "neighborhood_clusters.csv")
+
+
+def cohort_ids(clusters: pd.DataFrame) -> pd.DataFrame:
+    columns = ["top_cluster", "sub_cluster", "cluster_label", "cohort_name", "cohort_stability"]
+    return clusters.set_index("neighborhood")[columns]
+
+
+@pytest.fixture(scope="module")
+def chained(tmp_path_factory):
+    chain = Chain(tmp_path_factory.mktemp("chain"), cohort_table())
+    first = chain.run()
+    return chain, first
+
+
+def test_the_first_run_writes_names_stability_and_centroids_but_no_transitions(chained):
+    chain, (manifest, clusters) = chained
+    assert "neighborhood_cluster_transitions.csv" not in manifest["outputs"]["files"]
+    assert not chain.transitions.exists()
+    assert manifest["transitions"]["previous_run_id"] is None
+    assert manifest["identity"]["rule"].startswith("first run")
+    cohorts = manifest["cohorts"]
+    assert [c["sub_cluster"] for c in cohorts] == sorted(c["sub_cluster"] for c in cohorts)
+    for cohort in cohorts:
+        assert 0 <= cohort["stability"] <= 1
+        assert set(cohort["centroid"]) == set(manifest["features"]["used"])
+        rows = clusters[clusters["sub_cluster"] == cohort["sub_cluster"]]
+        assert len(rows) == cohort["rows"]
+        assert set(rows["cohort_name"]) == {cohort["name"]}
+        assert set(rows["cohort_stability"]) == {cohort["stability"]}
+    assert manifest["stability"] == {
+        "method": manifest["stability"]["method"],
+        "resamples": 50,
+        "sample_size": None,
+        "seed": ANALYSIS.random_state,
+        "threshold": 0.6,
+    }
+    assert len(manifest["top_centroids"]) == 2
+    row = history(chain.runs)[0]
+    assert row["previous_run_id"] is None and row["moved_neighborhoods"] is None
+
+
+def test_an_identical_rerun_with_shuffled_rows_changes_no_id_or_name(chained):
+    chain, (first, clusters) = chained
+    shuffled = chain.table.sample(frac=1, random_state=5)
+    manifest, again = chain.run(shuffled)
+    pd.testing.assert_frame_equal(cohort_ids(again), cohort_ids(clusters))
+    assert manifest["transitions"] == {
+        "previous_run_id": first["run_id"],
+        "moved": 0,
+        "between_top_groups": 0,
+        "stable_to_distressed": 0,
+        "distressed_to_stable": 0,
+        "appeared": 0,
+        "disappeared": 0,
+    }
+    folder = chain.out / "runs" / manifest["run_id"]
+    written = pd.read_csv(folder / "neighborhood_cluster_transitions.csv")
+    assert written.empty and list(written.columns) == list(TRANSITION_COLUMNS)
+    assert sorted(manifest["outputs"]["files"]) == sorted(
+        [*ARTIFACTS, "neighborhood_cluster_transitions.csv"]
+    )
+    assert tree(chain.out / "latest") == tree(folder)
+    # Nothing moved, so nothing was appended to the transitions table.
+    assert not chain.transitions.exists()
+    row = history(chain.runs)[-1]
+    assert row["previous_run_id"] == first["run_id"]
+    assert (row["moved_neighborhoods"], row["moved_stable_distressed"]) == (0, 0)
+
+
+def test_moved_neighborhoods_are_appended_to_the_transitions_table(chained, tmp_path):
+    chain, (_first, clusters) = chained
+    mine = Chain(tmp_path, chain.table)
+    shutil.copytree(chain.out, mine.out)
+    moved = ["Cohort 3 Street 001", "Cohort 3 Street 002"]
+    manifest, after = mine.run(move_rows(chain.table, moved, like="Cohort 1 Street 000"))
+    before = cohort_ids(clusters)
+    pd.testing.assert_frame_equal(cohort_ids(after).drop(moved), before.drop(moved))
+    table = pd.read_csv(mine.transitions)
+    assert table["neighborhood"].tolist() == moved
+    assert set(table["run_id"]) == {manifest["run_id"]}
+    assert set(table["previous_sub_cluster"]) == set(before.loc[moved, "sub_cluster"])
+    assert set(table["sub_cluster"]) == {before.loc["Cohort 1 Street 000", "sub_cluster"]}
+    assert manifest["transitions"]["moved"] == 2
+    assert manifest["transitions"]["distressed_to_stable"] == 2
+    row = history(mine.runs)[-1]
+    assert (row["moved_neighborhoods"], row["moved_stable_distressed"]) == (2, 2)
+    # The next run moves them back: appended below, the header once.
+    mine.run()
+    table = pd.read_csv(mine.transitions)
+    assert len(table) == 4 and table["neighborhood"].tolist() == moved + moved
+    assert mine.transitions.read_text().count("neighborhood,") == 1
+
+
+def test_overrides_win_in_every_output_and_survive_a_rerun(chained, tmp_path):
+    chain, (_first, clusters) = chained
+    mine = Chain(tmp_path, chain.table)
+    shutil.copytree(chain.out, mine.out)
+    overrides = ((10, "Distressed core"),)
+    for _ in range(2):
+        manifest, after = mine.run(label_overrides=overrides)
+        assert set(after.loc[after["sub_cluster"] == 10, "cohort_name"]) == {"Distressed core"}
+        assert (after["sub_cluster"] == clusters["sub_cluster"]).all()
+        cohort = next(c for c in manifest["cohorts"] if c["sub_cluster"] == 10)
+        assert (cohort["name"], cohort["name_source"]) == ("Distressed core", "override")
+        assert manifest["label_overrides"] == {"10": "Distressed core"}
+
+
+def test_a_dry_run_is_matched_to_the_published_run(chained):
+    chain, _first = chained
+    settings = JobSettings(features_source=None, artifacts_dest=str(chain.out), analysis=ANALYSIS)
+    latest = tree(chain.out / "latest")
+    published_id = json.loads((chain.out / "latest" / MANIFEST).read_text())["run_id"]
+    report = run_job(settings, RunRequest(dry_run=True))
+    assert report.manifest["identity"]["previous_run_id"] == published_id
+    assert report.manifest["transitions"]["previous_run_id"] == published_id
+    assert tree(chain.out / "latest") == latest
+
+
+def test_a_latest_manifest_that_is_not_one_is_an_input_error(tmp_path):
+    (tmp_path / "out" / "latest").mkdir(parents=True)
+    (tmp_path / "out" / "latest" / MANIFEST).write_text("{not json")
+    settings = JobSettings(artifacts_dest=str(tmp_path / "out"), analysis=ANALYSIS)
+    with pytest.raises(InputError, match=r"latest/run\.json is not a run manifest"):
+        run_job(settings, RunRequest())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["latest"]

@@ -444,6 +444,9 @@ def test_watched_table_is_not_guessed_from_a_file_source():
         ("clusters_table", "out/clusters.xlsx", "CLUSTERS_TABLE"),
         ("runs_table", "gs://bucket/runs.jsonl", "RUNS_TABLE"),
         ("runs_table", "out/runs.csv", "RUNS_TABLE"),
+        ("transitions_table", "gs://bucket/moves.csv", "TRANSITIONS_TABLE"),
+        ("transitions_table", "out/moves.parquet", "TRANSITIONS_TABLE"),
+        ("transitions_table", "bq://p.d", "TRANSITIONS_TABLE"),
     ],
 )
 def test_destinations_that_cannot_be_written_fail_at_start(field, value, message):
@@ -527,3 +530,38 @@ def test_delivery_settings_are_read_and_validated():
     ):
         with pytest.raises(InputError, match=re.escape(cause)):
             JobSettings.from_env(env | {name: value})
+
+    for moves in ("bq://p.d.moves", "out/moves.csv", "out/moves.jsonl"):
+        assert JobSettings(transitions_table=moves).transitions_table == moves
+
+
+def test_transitions_table_and_label_overrides_come_from_the_environment():
+    settings = JobSettings.from_env(
+        env(
+            TRANSITIONS_TABLE=" bq://p.d.moves ",
+            LABEL_OVERRIDES='{"11": " Rowhouse core ", "3": "Leafy north"}',
+        )
+    )
+    assert settings.transitions_table == "bq://p.d.moves"
+    assert settings.label_overrides == ((3, "Leafy north"), (11, "Rowhouse core"))
+    defaults = JobSettings.from_env(env(LABEL_OVERRIDES="", TRANSITIONS_TABLE=""))
+    assert (defaults.transitions_table, defaults.label_overrides) == (None, ())
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ("not json", "JSON object"),
+        ('["11"]', "JSON object"),
+        ('{"eleven": "Core"}', "cohort id"),
+        ('{"-1": "Core"}', "cohort id"),
+        ('{"11": ""}', "cohort id"),
+        ('{"11": 5}', "cohort id"),
+        ('{"11": "Core", "12": "Core"}', "'Core' to more than one cohort"),
+        ('{"11": "Core", " 11": "Other"}', "names a cohort id twice"),
+    ],
+)
+def test_bad_label_overrides_fail_at_start_up(raw, words):
+    with pytest.raises(InputError, match="LABEL_OVERRIDES") as error:
+        JobSettings.from_env(env(LABEL_OVERRIDES=raw))
+    assert words in str(error.value)

@@ -463,6 +463,9 @@ def test_environment_renders_to_the_default_settings(config: Config, renderer: R
     assert job.watched_table == f"{DEMO_PROJECT}.{dataset}.{table}"
     assert job.clusters_table == f"bq://{DEMO_PROJECT}.{out}.{config.default('clusters_table_id')}"
     assert job.runs_table == f"bq://{DEMO_PROJECT}.{out}.{config.default('runs_table_id')}"
+    transitions = config.default("transitions_table_id")
+    assert job.transitions_table == f"bq://{DEMO_PROJECT}.{out}.{transitions}"
+    assert job.label_overrides == () and env["LABEL_OVERRIDES"] == "{}"
     # The bucket root, so runs/, latest/ and claims/ are where the lifecycle rules look.
     assert re.fullmatch(r"gs://[a-z0-9][a-z0-9_.-]+[a-z0-9]", job.artifacts_dest), (
         job.artifacts_dest
@@ -698,13 +701,14 @@ def test_iam_grants_are_exactly_the_least_privilege_set(config: Config) -> None:
             runtime,
             "${split('.',var.boundaries_table)[2]}",
         ),
-        # Runtime: write the two output tables.
+        # Runtime: write the three output tables.
         (
             "google_bigquery_table_iam_member",
             "roles/bigquery.dataEditor",
             runtime,
             "for_each {'clusters': '${google_bigquery_table.clusters.table_id}', "
-            "'runs': '${google_bigquery_table.runs.table_id}'}",
+            "'runs': '${google_bigquery_table.runs.table_id}', "
+            "'transitions': '${google_bigquery_table.transitions.table_id}'}",
         ),
         # Runtime: objects of the artifacts bucket only.
         (
@@ -785,7 +789,11 @@ def test_no_primitive_roles_public_members_keys_or_authoritative_iam(config: Con
 
 
 def test_tables_take_their_schema_from_the_code(config: Config) -> None:
-    for table, schema_file in (("clusters", "clusters_table.json"), ("runs", "runs_table.json")):
+    for table, schema_file in (
+        ("clusters", "clusters_table.json"),
+        ("runs", "runs_table.json"),
+        ("transitions", "transitions_table.json"),
+    ):
         body = config.resource(f"google_bigquery_table.{table}")
         expected = f'${{file("${{path.module}}/../clustering/schemas/{schema_file}")}}'
         assert one(body["schema"]) == expected, f"{table}: schema must be read from {schema_file}"
@@ -797,6 +805,7 @@ def test_tables_take_their_schema_from_the_code(config: Config) -> None:
     clusters = config.resource("google_bigquery_table.clusters")
     assert one(block(clusters, "lifecycle")["ignore_changes"]) == ["${schema}"]
     assert "lifecycle" not in config.resource("google_bigquery_table.runs")
+    assert "lifecycle" not in config.resource("google_bigquery_table.transitions")
     # Nowhere is a schema written inline (a view's columns come from its query).
     for rtype_name, body in config.of_type("google_bigquery_table").items():
         assert "view" in body or "file(" in one(body["schema"]), rtype_name

@@ -30,6 +30,9 @@ class ArtifactStore(ClaimStore, Protocol):
         """Point latest/ at runs/<run_id>/ in one step, only if latest/run.json is still the
         version `token`; False (nothing changed) otherwise."""
 
+    def read_run_file(self, run_id: str, name: str) -> bytes | None:
+        """The content of runs/<run_id>/<name>, or None when there is no such file."""
+
 
 def read_features(source: str) -> tuple[pd.DataFrame, str]:
     """The features table at `source` and a description of where it came from."""
@@ -122,3 +125,15 @@ def append_run(dest: str, row: dict) -> None:
     from clustering.adapters import local
 
     local.append_row(dest, row)
+
+
+def append_transitions(dest: str, frame: pd.DataFrame, schema: list[dict]) -> None:
+    """Append a run's transitions (bq://, or a local .csv/.jsonl file)."""
+    if dest.startswith("bq://"):
+        from clustering.adapters import bigquery
+
+        bigquery.append_table(dest, frame, schema)
+        return
+    from clustering.adapters import local
+
+    local.append_table(dest, frame)

@@ -126,24 +126,36 @@ def replace_table(uri: str, frame: pd.DataFrame, schema: list[dict],
                   run_id: str | None = None) -> None:  # fmt: skip
     """Replace the table's contents and schema with `frame` in one load job (named after
     `run_id` when given), waited on within the run's budget and cancelled when it runs out."""
+    job_id = load_job_id(run_id) if run_id else None
+    _load(uri, bq_table_id(uri, "clusters table"), frame, schema, "WRITE_TRUNCATE", job_id)
+
+
+def append_table(uri: str, frame: pd.DataFrame, schema: list[dict]) -> None:
+    """Append `frame` in one load job: all of its rows or none."""
+    _load(uri, bq_table_id(uri, "transitions table"), frame, schema, "WRITE_APPEND", None)
+
+
+def _load(uri: str, table_id: str, frame: pd.DataFrame, schema: list[dict], disposition: str,
+          job_id: str | None) -> None:  # fmt: skip
+    """One Parquet load job with an explicit schema, labelled as ours, within the budget."""
     from google.api_core import exceptions
     from google.cloud import bigquery
 
-    table_id = bq_table_id(uri, "clusters table")
     config = bigquery.LoadJobConfig(
         schema=[bigquery.SchemaField.from_api_repr(field) for field in schema],
-        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+        write_disposition=disposition,
         source_format=bigquery.SourceFormat.PARQUET,
         labels=dict(JOB_LABELS),
     )
     bq = client(table_id.split(".")[0])
-    job_id = load_job_id(run_id) if run_id else None
     _, timeout = budget.call_limits(f"loading {uri}")
     try:
         with _quiet_client():
             job = bq.load_table_from_dataframe(frame, table_id, job_config=config,
                                                job_id=job_id, timeout=timeout)  # fmt: skip
     except exceptions.Conflict:
+        if job_id is None:
+            raise
         # Our own insert, retried after its response was lost: the job exists; wait on it.
         job = bq.get_job(job_id, **limits(f"looking up load job {job_id}"))
     _wait(bq, job, uri)

@@ -138,6 +138,10 @@ class GcsStore:
                 raise RuntimeError(f"{self.describe(f'runs/{run_id}/{name}')} exists already "
                                    "with other content: run ids never repeat")  # fmt: skip
 
+    def read_run_file(self, run_id: str, name: str) -> bytes | None:
+        found = self._read(f"runs/{run_id}/{name}")
+        return found[0] if found else None
+
     def read_pointer(self) -> tuple[bytes | None, int]:
         """latest/run.json and its generation (0 when there is none)."""
         found = self._read(f"latest/{MANIFEST}")

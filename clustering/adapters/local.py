@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,6 +130,20 @@ def append_row(path: str, row: dict) -> None:
         history.write(json.dumps(row, default=str) + "\n")
 
 
+def append_table(path: str, frame: pd.DataFrame) -> None:
+    """Append rows to a local .csv (header written when the file is new) or .jsonl file."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    if file.suffix.lower() == ".jsonl":
+        text = frame.to_json(orient="records", lines=True, date_format="iso")
+        with file.open("a", encoding="utf-8") as out:
+            out.write(text if text.endswith("\n") or not text else text + "\n")
+        return
+    new = not file.exists() or file.stat().st_size == 0
+    with file.open("a", encoding="utf-8", newline="") as out:
+        frame.to_csv(out, index=False, header=new)
+
+
 class LocalStore:
     """runs/<run_id>/, latest/ and claims/ under a local folder.
 
@@ -188,6 +203,12 @@ class LocalStore:
         shutil.rmtree(retired, ignore_errors=True)
         return True
 
+    def read_run_file(self, run_id: str, name: str) -> bytes | None:
+        try:
+            return (self.root / "runs" / run_id / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def _claim(self, key: str) -> Path:
         return self.root / "claims" / claim_name(key)
 
@@ -195,11 +216,17 @@ class LocalStore:
         """Create the claim exclusively; its version (the fencing token), or None."""
         path = self._claim(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Written aside, then hard-linked into place: the link fails if the claim exists, and a
+        # reader never meets a claim whose content is not written yet (an empty claim would
+        # read as unreadable, and racing deliveries could both take it).
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+        partial.write_bytes(content)
         try:
-            with path.open("xb") as claim:
-                claim.write(content)
+            os.link(partial, path)
         except FileExistsError:
             return None
+        finally:
+            partial.unlink()
         return _version(path)
 
     def read_claim(self, key: str) -> tuple[bytes, object] | None:

@@ -1,0 +1,123 @@
+"""Cohort names and index scores: from the profile, unique, stable, overridable."""
+
+from __future__ import annotations
+
+import math
+
+from clustering.cohorts import (
+    FEATURE_WORDS,
+    GENERATED,
+    KEPT,
+    OVERRIDE,
+    PreviousName,
+    Profile,
+    index_scores,
+    name_cohorts,
+    words_for,
+)
+from clustering.settings import DEFAULT_CLUSTERING_FEATURES
+
+
+def profile(sub: int, label: str = "Distressed", **z: float) -> Profile:
+    return Profile(sub, label, dict(z))
+
+
+def test_every_default_feature_has_words_and_others_read_as_their_name():
+    assert set(FEATURE_WORDS) == set(DEFAULT_CLUSTERING_FEATURES)
+    assert words_for("housing_vacancy_rate", "high") == "high vacancy"
+    assert words_for("owner_occupancy_rate", "low") == "low owner occupancy"
+    assert words_for("tree_canopy_pct", "high") == "high tree canopy pct"
+    assert words_for("tree__canopy", "low") == "low tree canopy"
+
+
+def test_the_two_most_distinctive_features_name_the_cohort_with_their_direction():
+    names = name_cohorts(
+        [profile(10, housing_vacancy_rate=1.8, owner_occupancy_rate=-1.2, med_age=0.3)], {}, {}
+    )
+    naming = names[10]
+    assert naming.name == "Distressed: high vacancy, low owner occupancy"
+    assert naming.source == GENERATED
+    assert naming.features == (("housing_vacancy_rate", "high"), ("owner_occupancy_rate", "low"))
+
+
+def test_a_single_distinctive_feature_gives_one_word_and_none_the_closest():
+    one = name_cohorts([profile(1, "Stable", crime_per_capita=-0.9, med_age=0.1)], {}, {})
+    assert one[1].name == "Stable: low crime"
+    flat = name_cohorts([profile(2, "Stable", crime_per_capita=0.05, med_age=-0.2)], {}, {})
+    assert flat[2].name == "Stable: younger residents"
+
+
+def test_names_that_would_clash_get_a_third_word_then_the_id():
+    profiles = [
+        profile(10, crime_per_capita=2.0, arrest_per_capita=1.5, med_age=0.9),
+        profile(11, crime_per_capita=2.1, arrest_per_capita=1.4, med_age=-0.8),
+        profile(12, crime_per_capita=1.0, arrest_per_capita=0.8),
+        profile(13, crime_per_capita=1.1, arrest_per_capita=0.7),
+    ]
+    names = {sub: n.name for sub, n in name_cohorts(profiles, {}, {}).items()}
+    assert names[10] == "Distressed: high crime, many arrests, older residents"
+    assert names[11] == "Distressed: high crime, many arrests, younger residents"
+    assert names[12] == "Distressed: high crime, many arrests (Cluster 12)"
+    assert names[13] == "Distressed: high crime, many arrests (Cluster 13)"
+    assert len(set(names.values())) == 4
+
+
+def test_naming_is_deterministic_and_ties_follow_the_feature_order():
+    profiles = [profile(0, "Stable", med_age=1.0, population=-1.0, crime_per_capita=1.0)]
+    first = name_cohorts(profiles, {}, {})
+    assert first == name_cohorts(profiles, {}, {})
+    assert first[0].name == "Stable: older residents, small population"
+
+
+def test_a_matched_cohort_keeps_its_name_while_its_features_still_hold():
+    before = {12: PreviousName("Distressed: high vacancy, low owner occupancy", "Distressed",
+                               GENERATED, (("housing_vacancy_rate", "high"),
+                                           ("owner_occupancy_rate", "low")))}  # fmt: skip
+    # The profile moved: another feature now stands out more, but the named ones still hold.
+    moved = profile(12, housing_vacancy_rate=0.4, owner_occupancy_rate=-0.3, crime_per_capita=2)
+    kept = name_cohorts([moved], before, {})[12]
+    assert (kept.name, kept.source) == ("Distressed: high vacancy, low owner occupancy", KEPT)
+    assert kept.features == before[12].features
+    # Fresh, the same profile would be named otherwise.
+    assert name_cohorts([moved], {}, {})[12].name.startswith("Distressed: high crime")
+
+
+def test_a_name_whose_features_no_longer_hold_is_renamed():
+    before = {12: PreviousName("Distressed: high vacancy", "Distressed", GENERATED,
+                               (("housing_vacancy_rate", "high"),))}  # fmt: skip
+    faded = profile(12, housing_vacancy_rate=0.2, crime_per_capita=1.5)
+    assert name_cohorts([faded], before, {})[12].name == "Distressed: high crime"
+    flipped = profile(12, "Stable", housing_vacancy_rate=1.5)
+    assert name_cohorts([flipped], before, {})[12].name == "Stable: high vacancy"
+
+
+def test_a_kept_name_that_an_override_now_takes_is_not_kept():
+    before = {12: PreviousName("Core", "Distressed", GENERATED, (("crime_per_capita", "high"),))}
+    names = name_cohorts(
+        [profile(12, crime_per_capita=1.0), profile(11, crime_per_capita=1.0)], before, {11: "Core"}
+    )
+    assert names[11] == names[11].__class__("Core", OVERRIDE, ())
+    assert names[12].name == "Distressed: high crime"
+
+
+def test_overrides_win_and_generated_names_avoid_them():
+    profiles = [profile(10, crime_per_capita=2.0), profile(11, crime_per_capita=2.0, med_age=-1)]
+    names = name_cohorts(profiles, {}, {10: "Distressed: high crime, younger residents"})
+    assert names[10].source == OVERRIDE
+    assert names[10].name == "Distressed: high crime, younger residents"
+    assert names[11].name == "Distressed: high crime, younger residents (Cluster 11)"
+
+
+def test_a_previous_override_is_not_kept_once_the_override_is_gone():
+    before = {10: PreviousName("Rowhouse core", "Distressed", OVERRIDE, ())}
+    names = name_cohorts([profile(10, crime_per_capita=2.0)], before, {})
+    assert names[10].name == "Distressed: high crime"
+
+
+def test_index_scores_are_cohort_over_residential_mean_times_100():
+    scores = index_scores(
+        {"crime_per_capita": 0.15, "med_age": 30.0, "crime_yoy_change": 0.2, "x": math.nan},
+        {"crime_per_capita": 0.10, "med_age": 40.0, "crime_yoy_change": -0.1, "x": 1.0},
+    )
+    # A signed feature (negative mean) and a feature without values have no index.
+    assert scores == {"crime_per_capita": 150.0, "med_age": 75.0}
