@@ -443,7 +443,8 @@ def test_a_manual_publish_writes_its_artifacts_then_latest(first_run, cloud):
     run_id = first_run.history_row["run_id"]
     stored = first_run.run_objects
     assert sorted(stored) == sorted(ARTIFACTS)
-    expected_types = {".csv": "text/csv", ".png": "image/png", ".json": "application/json"}
+    expected_types = {".csv": "text/csv", ".png": "image/png", ".json": "application/json",
+                      ".html": "text/html; charset=utf-8"}  # fmt: skip
     for name, item in stored.items():
         assert item.content_type == expected_types[Path(name).suffix], name
     for name in ARTIFACTS:
