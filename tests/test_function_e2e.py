@@ -34,7 +34,7 @@ import pandas as pd
 import pytest
 from google.cloud import bigquery, storage
 
-from clustering.claims import Claim
+from clustering.claims import LOCK_KEY, Claim
 from clustering.logs import OUTCOMES, Outcome
 from clustering.sender import bigquery_log_entry, pubsub_event, table_change_event
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES
@@ -1220,7 +1220,7 @@ def test_a_raw_push_without_data_reaches_the_code_and_runs(function, bq, first_r
     )
     with emulators.LOCAL_HTTP.open(request, timeout=RESPONSE_TIMEOUT_S) as response:
         answer = json.loads(response.read())
-    assert response.status == 200 and answer["event"] == "run_succeeded", answer
+    assert response.status == 200 and answer["event"] == "dry_run", answer
     (row,) = rows_of(bq, message_id)
     assert (row["status"], row["reason"]) == ("dry_run", "raw push")
 
@@ -1284,10 +1284,11 @@ def test_an_event_held_by_another_delivery_ends_in_run_busy(
     artifacts = f"gs://{cloud}/{PREFIX}-busy"
     event = pubsub_event({"reason": "held elsewhere"})
     now = datetime.now(UTC).isoformat()
-    claim = Claim(run_id="other-run", event_id=event["id"], claimed_at=now)
+    # Another run holds the run lock, freshly: this delivery must wait for it.
+    lock = Claim(run_id="other-run", event_id="other", claimed_at=now, key="other")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.endpoint)
-        assert GcsStore(artifacts).create_claim(event["id"], claim.encode())
+        assert GcsStore(artifacts).create_claim(LOCK_KEY, lock.encode())
 
     # A server of its own: the raised exception's traceback stays out of the shared log.
     env = function_env(bigquery_emulator, gcs_emulator.endpoint, artifacts)
