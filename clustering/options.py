@@ -127,11 +127,11 @@ OPTIONS: tuple[Option, ...] = (
            "are skipped", "optional", "FUNCTION_SERVICE_ACCOUNT"),
     Option("max_event_age_seconds", "a table change older than this runs only if no run has "
            "started since it; an older manual message is skipped", "int",
-           "MAX_EVENT_AGE_SECONDS", default=86_400),
+           "MAX_EVENT_AGE_SECONDS", default=DEFAULTS["max_event_age_seconds"]),
     Option("min_rows_ratio", "row-drop guard: a features table with fewer rows than this share "
            "of the last published run's is refused (0 turns it off; --force or a message's "
            '"force": true overrides it once)', "float", "MIN_ROWS_RATIO", "--min-rows-ratio",
-           0.5, metavar="SHARE"),
+           DEFAULTS["min_rows_ratio"], metavar="SHARE"),
     Option("function_timeout_seconds", "the function's timeout (Terraform sets it): a run stops "
            "itself before it and is retried", "int", "FUNCTION_TIMEOUT_SECONDS",
            shown="none (no deadline)"),

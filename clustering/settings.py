@@ -167,8 +167,8 @@ class JobSettings:
     boundaries_geography_column: str = "geometry"
     allowed_features_tables: tuple[str, ...] = ()
     function_service_account: str | None = None
-    max_event_age_seconds: int = 86_400
-    min_rows_ratio: float = 0.5
+    max_event_age_seconds: int = DEFAULTS["max_event_age_seconds"]
+    min_rows_ratio: float = DEFAULTS["min_rows_ratio"]
     function_timeout_seconds: int | None = None
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     transitions_table: str | None = None

@@ -18,4 +18,11 @@ locals {
     severity_feature       = var.severity_feature == null ? local.code_defaults.severity_feature : var.severity_feature
     silhouette_sample_size = var.silhouette_sample_size == null ? local.code_defaults.silhouette_sample_size : var.silhouette_sample_size
   }
+
+  # The delivery limits the code and Terraform share (the age limit is also checked against
+  # the retry window at plan time, function.tf).
+  limits = {
+    max_event_age_seconds = var.max_event_age_seconds == null ? local.code_defaults.max_event_age_seconds : var.max_event_age_seconds
+    min_rows_ratio        = var.min_rows_ratio == null ? local.code_defaults.min_rows_ratio : var.min_rows_ratio
+  }
 }

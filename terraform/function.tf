@@ -30,11 +30,11 @@ locals {
     ALLOWED_FEATURES_TABLES = jsonencode(var.allowed_features_tables)
     # Audit-log events caused by this principal are skipped by the code, as by the sink filter.
     FUNCTION_SERVICE_ACCOUNT = google_service_account.runtime.email
-    MAX_EVENT_AGE_SECONDS    = tostring(var.max_event_age_seconds)
+    MAX_EVENT_AGE_SECONDS    = tostring(local.limits.max_event_age_seconds)
     # The code stops a run before this timeout (clustering/budget.py) and only takes a run
     # lock over once it is older than it.
     FUNCTION_TIMEOUT_SECONDS = tostring(var.function_timeout_seconds)
-    MIN_ROWS_RATIO           = tostring(var.min_rows_ratio)
+    MIN_ROWS_RATIO           = tostring(local.limits.min_rows_ratio)
     # The analytic settings, with the code's defaults where a variable is null (defaults.tf).
     MIN_POPULATION         = tostring(local.analysis.min_population)
     K_MIN                  = tostring(local.analysis.k_min)
@@ -108,7 +108,7 @@ resource "google_cloudfunctions2_function" "recluster" {
     # the age limit outlasts the push subscription's retry window (triggers.tf: attempts x
     # (600 s ack deadline + 600 s maximum backoff), and Pub/Sub keeps a message a day at most).
     precondition {
-      condition     = var.max_event_age_seconds >= min(86400, var.max_delivery_attempts * 1200)
+      condition     = local.limits.max_event_age_seconds >= min(86400, var.max_delivery_attempts * 1200)
       error_message = "max_event_age_seconds must be at least the retry window: max_delivery_attempts x 1200 s, or 86400."
     }
   }

@@ -409,9 +409,9 @@ variable "silhouette_sample_size" {
 variable "max_event_age_seconds" {
   description = "A manual message older than this is acked without a run. A table change older than this still runs unless a successful run started after it. Must outlast the push subscription's retry window (checked at plan time)."
   type        = number
-  default     = 86400
+  default     = null # the code's default, clustering/defaults.json (defaults.tf)
   validation {
-    condition     = floor(var.max_event_age_seconds) == var.max_event_age_seconds && var.max_event_age_seconds >= 60 && var.max_event_age_seconds <= 86400
+    condition     = var.max_event_age_seconds == null ? true : floor(var.max_event_age_seconds) == var.max_event_age_seconds && var.max_event_age_seconds >= 60 && var.max_event_age_seconds <= 86400
     error_message = "max_event_age_seconds must be a whole number between 60 and 86400 (one day)."
   }
 }
@@ -419,9 +419,9 @@ variable "max_event_age_seconds" {
 variable "min_rows_ratio" {
   description = "Row-drop guard: a features table with fewer rows than this share of the last published run's input fails as bad data and publishes nothing, unless a message says \"force\": true. 0 turns the guard off."
   type        = number
-  default     = 0.5
+  default     = null # the code's default, clustering/defaults.json (defaults.tf)
   validation {
-    condition     = var.min_rows_ratio >= 0 && var.min_rows_ratio <= 1
+    condition     = var.min_rows_ratio == null ? true : var.min_rows_ratio >= 0 && var.min_rows_ratio <= 1
     error_message = "min_rows_ratio must be between 0 and 1."
   }
 }

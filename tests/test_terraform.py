@@ -64,7 +64,12 @@ NOT_CONFIGURED_HERE = frozenset(
 
 # The analytic settings: one Terraform variable per key of the code's defaults file.
 DEFAULTS_FILE = ROOT / "clustering" / "defaults.json"
-ANALYTIC_VARIABLES = tuple(json.loads(DEFAULTS_FILE.read_text(encoding="utf-8")))
+# clustering/defaults.json holds the analytic defaults and the delivery limits.
+LIMIT_VARIABLES = ("max_event_age_seconds", "min_rows_ratio")
+ANALYTIC_VARIABLES = tuple(
+    name for name in json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
+    if name not in LIMIT_VARIABLES
+)  # fmt: skip
 
 # A project id used to render the configuration with its defaults (project_id has none).
 DEMO_PROJECT = "demo-project-1"
@@ -431,15 +436,21 @@ def test_analytic_defaults_come_from_the_file_the_code_reads(config: Config) -> 
     # No .tf file spells out the lists (a copy that could drift).
     for name, text in config.sources.items():
         assert "Harbor Point" not in text and "avg_assessed_value" not in text, name
-    assert config.default("max_event_age_seconds") == settings.JobSettings().max_event_age_seconds
+    assert set(config.locals["limits"]) == set(LIMIT_VARIABLES)
+    for var in LIMIT_VARIABLES:
+        assert config.default(var) is None, f"variable {var} repeats the code's default"
+        assert config.locals["limits"][var] == (
+            f"${{var.{var} == None ? local.code_defaults.{var} : var.{var}}}"
+        )
 
 
 def test_code_defaults_are_the_defaults_file() -> None:
     defaults = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
-    analysis = settings.AnalysisSettings()
+    analysis, job = settings.AnalysisSettings(), settings.JobSettings()
     for name, value in defaults.items():
         expected = tuple(value) if isinstance(value, list) else value
-        assert getattr(analysis, name) == expected, name
+        holder = job if name in LIMIT_VARIABLES else analysis
+        assert getattr(holder, name) == expected, name
 
 
 def test_environment_keys_are_exactly_settings_env_vars(config: Config) -> None:
@@ -630,12 +641,11 @@ def test_the_age_limit_outlasts_the_retry_window_terraform_configures(config: Co
     per_attempt = one(push["ack_deadline_seconds"]) + backoff
     retention = int(one(push["message_retention_duration"]).removesuffix("s"))
     window = min(retention, config.default("max_delivery_attempts") * per_attempt)
-    assert config.default("max_event_age_seconds") >= window
-    assert settings.JobSettings().max_event_age_seconds >= window
+    assert settings.JobSettings().max_event_age_seconds >= window  # also Terraform's default
     # The plan-time check says the same for any chosen values.
     rules = [one(p["condition"]) for p in block(config.resource(FUNCTION), "lifecycle")
              ["precondition"]]  # fmt: skip
-    expected = (f"${{var.max_event_age_seconds >= min({retention},"
+    expected = (f"${{local.limits.max_event_age_seconds >= min({retention},"
                 f"var.max_delivery_attempts * {per_attempt})}}")  # fmt: skip
     assert expected in [rule.replace(", ", ",") for rule in rules], rules
 
