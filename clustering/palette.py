@@ -150,13 +150,3 @@ class CohortView:
     def styles(self) -> tuple[CohortStyle, ...]:
         """The cohorts' names and colours, computed once per run."""
         return cohort_styles(self.table)
-
-
-def index_scores(table: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    """Cohort mean / residential mean x 100 for each feature (rows) and residential
-    sub-cluster (columns); NaN where the residential mean is not positive, since a ratio to a
-    zero or negative mean says nothing."""
-    rows = table.loc[table["top_cluster_label"] != EXCLUDED]
-    means = rows[features].mean()
-    cohort_means = rows.groupby("sub_cluster")[features].mean().T
-    return cohort_means.div(means.where(means > 0), axis=0) * 100

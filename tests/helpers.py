@@ -116,3 +116,15 @@ def move_rows(table: pd.DataFrame, names: list[str], like: str) -> pd.DataFrame:
     features = [c for c in moved.columns if c != "population"]
     moved.loc[names, features] = moved.loc[like, features].to_numpy()
     return moved.reset_index()
+
+
+def index_table(table: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """Index scores, features x residential sub_cluster, computed by the identity step's own
+    function (clustering.cohorts.index_scores), for views built from a synthetic table."""
+    from clustering.cohorts import index_scores
+
+    rows = table.loc[table["top_cluster_label"] != "Excluded"]
+    overall = rows[features].mean()
+    means = rows.groupby("sub_cluster")[features].mean()
+    scores = {sub: index_scores(means.loc[sub], overall) for sub in means.index}
+    return pd.DataFrame(scores, columns=list(means.index)).reindex(features)

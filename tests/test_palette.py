@@ -5,11 +5,11 @@ import pytest
 
 from clustering import charts, palette, report
 from clustering.model import cluster
-from clustering.palette import CohortView, cohort_labels, cohort_styles, index_scores
+from clustering.palette import CohortView, cohort_labels, cohort_styles
 from clustering.sample import make_sample
 from clustering.settings import AnalysisSettings
 from clustering.table import validate_features
-from tests.helpers import COHORT_NAMES, with_cohorts
+from tests.helpers import COHORT_NAMES, index_table, with_cohorts
 
 RING = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
 
@@ -89,7 +89,7 @@ def run():
     settings = AnalysisSettings(k_max=4)
     result = cluster(validate_features(make_sample(), settings, "sample").frame, settings)
     table = with_cohorts(result.table)
-    return result, CohortView(table, index_scores(table, list(result.features.used)))
+    return result, CohortView(table, index_table(table, list(result.features.used)))
 
 
 def test_the_same_cohort_has_the_same_name_and_colour_in_every_picture(run):

@@ -16,11 +16,11 @@ import pytest
 from clustering import report
 from clustering.job import RunRequest, run_job
 from clustering.model import cluster
-from clustering.palette import CohortView, index_scores
+from clustering.palette import CohortView
 from clustering.sample import make_sample
 from clustering.settings import AnalysisSettings, JobSettings
 from clustering.table import validate_features
-from tests.helpers import REAL_FEATURES, REPO, png_colors, png_size, with_cohorts
+from tests.helpers import REAL_FEATURES, REPO, index_table, png_colors, png_size, with_cohorts
 from tests.test_geo import REAL_BOUNDARIES
 
 ANALYSIS = AnalysisSettings(k_max=4)
@@ -76,7 +76,7 @@ def assert_self_contained(content: str) -> None:
 
 def view_of(table: pd.DataFrame, features: list[str], transitions=None, previous=None):
     named = with_cohorts(table)
-    return CohortView(named, index_scores(named, features), transitions, previous)
+    return CohortView(named, index_table(named, features), transitions, previous)
 
 
 @pytest.fixture(scope="module")
