@@ -55,3 +55,39 @@ def test_budgets_are_per_thread():
         thread.start()
         thread.join()
     assert seen == [None]
+
+
+# --- Rules pinned by mutation testing (tools/mutation.py) ------------------------------------
+
+
+def test_the_documented_limits_without_a_budget_and_for_the_final_steps():
+    # A CLI call may retry for two minutes and wait a minute per request; the steps after a
+    # run stopped get 12 s, well inside the handler's 30 s margin before the timeout.
+    assert budget.call_limits("x") == (120.0, 60.0)
+    assert budget.FINAL_STEP_SECONDS == 12.0
+
+
+def test_a_call_with_just_over_a_second_left_still_runs_and_gets_that_second():
+    clock = Clock()
+    with budget.bounded(budget.Budget.lasting(61, clock)):
+        assert budget.call_limits("x") == (61, 60)  # the request cap is one minute exactly
+        clock.now += 59.5
+        assert budget.call_limits("x") == (1.5, 1.5)
+        clock.now += 0.5
+        with pytest.raises(budget.OutOfTime, match="1 s left of the run's budget, 1 s needed"):
+            budget.call_limits("x")  # exactly the minimum left: no call starts
+
+
+def test_check_without_a_reserve_runs_until_the_deadline():
+    clock = Clock()
+    run = budget.Budget.lasting(10, clock)
+    clock.now += 9.5
+    run.check("cluster")  # half a second left, nothing reserved
+    clock.now += 2
+    with pytest.raises(budget.OutOfTime, match="out of time before cluster: 0 s left"):
+        run.check("cluster")  # past the deadline: the time left shows as 0, not negative
+
+
+def test_budgets_are_equal_by_deadline_whatever_their_clock():
+    assert budget.Budget(5.0, Clock()) == budget.Budget(5.0, Clock())
+    assert budget.Budget(5.0, Clock()) != budget.Budget(6.0, Clock())

@@ -247,3 +247,102 @@ def test_a_lock_released_then_retaken_before_the_second_try_is_busy(store):
     outcome, found, fence = claims.claim(ReleasedThenRetaken(store), "k", mine("run-b"), NOW)
     assert (outcome, found, fence) == ("busy", None, None)
     assert holder(store) == "run-c"
+
+
+# --- Rules pinned by mutation testing (tools/mutation.py) ------------------------------------
+
+
+def test_a_lock_exactly_ten_minutes_old_is_stale_without_a_function_timeout(store):
+    claims.claim(store, "k", mine("run-a"), NOW)
+    ten_minutes = NOW + timedelta(seconds=600)
+    outcome, found, fence = claims.claim(store, "k", mine("run-b", ten_minutes), ten_minutes)
+    assert (outcome, found.run_id) == ("claimed", "run-a") and fence.holds()
+
+
+def test_the_stale_age_is_the_function_timeout_plus_a_minute():
+    assert claims.stale_after(540) == 600
+    assert claims.stale_after(120) == 180
+
+
+def test_a_claim_without_a_time_reads_the_clock(store):
+    fresh = claims.Claim(run_id="run-a", event_id="e-1", claimed_at=datetime.now(UTC).isoformat())
+    assert claims.claim(store, "k", fresh)[0] == "claimed"
+    # Without `now` the age is measured against the clock: a lock taken just now is busy.
+    outcome, found, fence = claims.claim(store, "other", mine("run-b"))
+    assert (outcome, found.run_id, fence) == ("busy", "run-a", None)
+
+
+def test_a_released_lock_is_no_longer_held_and_fences_its_run(store):
+    _, _, fence = claims.claim(store, "k", mine("run-a"), NOW)
+    assert fence.release() is True
+    assert fence.holds() is False
+    with pytest.raises(claims.ClaimLost, match="run-a lost the run lock before the table load"):
+        fence.check("the table load")
+
+
+def test_an_unreadable_lock_is_taken_over(store):
+    # A lock whose content cannot be read has no age: it cannot prove a live run holds it.
+    assert store.create_claim(claims.LOCK_KEY, b"not json") is not None
+    outcome, found, fence = claims.claim(store, "k", mine("run-b"), NOW)
+    assert (outcome, found) == ("claimed", None) and fence.holds()
+    assert holder(store) == "run-b"
+
+
+def test_a_takeover_beaten_by_another_delivery_is_busy(store):
+    claims.claim(store, "k", mine("run-a"), NOW)
+
+    class BeatenToIt:
+        """Another delivery replaces the stale lock between this one's read and its swap."""
+
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def replace_claim(self, key, content, token):
+            self.inner.replace_claim(key, mine("run-c").encode(), token)
+            return self.inner.replace_claim(key, content, token)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    later = NOW + timedelta(seconds=claims.STALE_AFTER_SECONDS + 1)
+    outcome, found, fence = claims.claim(BeatenToIt(store), "k", mine("run-b", later), later)
+    assert (outcome, found.run_id, fence) == ("busy", "run-a", None)
+    assert holder(store) == "run-c"
+
+
+def test_finishing_replaces_a_running_record_of_the_event(store):
+    running = claims.Claim(run_id="run-0", event_id="e-1", claimed_at=NOW.isoformat())
+    assert store.create_claim("k", running.encode()) is not None  # not done: the event runs
+    _, _, fence = claims.claim(store, "k", mine("run-a"), NOW)
+    fence.finish()
+    done, found = claims.is_done(store, "k")
+    assert done and (found.run_id, found.state, found.key) == ("run-a", claims.DONE, "k")
+
+
+def test_finishing_writes_the_record_even_if_it_vanished_after_the_create(store):
+    class VanishedMeanwhile:
+        """The event's record exists at the create and is gone when read back."""
+
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def create_claim(self, key, content):
+            return None if key == "k" else self.inner.create_claim(key, content)
+
+        def read_claim(self, key):
+            return None if key == "k" else self.inner.read_claim(key)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    claims.claim(store, "other", mine("run-a"), NOW)  # the run holds the lock
+    claims.mark_done(VanishedMeanwhile(store), "k", mine("run-a"))
+    assert claims.is_done(store, "k")[0]
+
+
+def test_a_finished_event_is_a_duplicate_even_while_another_run_holds_the_lock(store):
+    _, _, first = claims.claim(store, "k", mine("run-a"), NOW)
+    first.finish()
+    claims.claim(store, "other", mine("run-b"), NOW)  # now run-b holds the lock
+    outcome, found, fence = claims.claim(store, "k", mine("run-c"), NOW)
+    assert (outcome, found.run_id, fence) == ("done", "run-a", None)

@@ -875,3 +875,101 @@ def test_a_change_before_the_last_run_started_is_covered() -> None:
     # Manual messages are requests, never coalesced.
     manual = decide_fixture("pubsub_manual_publish")
     assert covered_by(manual, "run-1", NOW + timedelta(days=1)) == manual
+
+
+# --- Rules pinned by mutation testing (tools/mutation.py): the delivery code -------------------
+
+
+def test_decisions_are_not_forced_late_or_warned_unless_said() -> None:
+    for decision in (
+        decide_fixture("audit_table_data_change"),  # a run
+        decide_fixture("audit_other_table"),  # a skip
+        decide_fixture("pubsub_invalid_json"),  # a reject
+    ):
+        assert (decision.force, decision.late, decision.warn) == (False, False, False), decision
+
+
+def test_a_request_body_of_exactly_the_limit_is_read() -> None:
+    limit = 16 * 1024**2
+    at_limit = push_body({"messageId": "45"}).ljust(limit)  # JSON allows trailing blanks
+    assert decide(envelope_from_http(at_limit, {}), SETTINGS, NOW).action == "run"
+    over = decide(envelope_from_http(at_limit + b" ", {}), SETTINGS, NOW)
+    assert over.action == "reject" and f"{limit + 1:,} bytes, more than the {limit:,}" in (
+        over.reason
+    )
+
+
+def test_a_binary_cloudevent_keeps_its_own_attributes() -> None:
+    event = load("pubsub_manual_publish")
+    headers = {f"Ce-{k}": str(v) for k, v in event.items() if k != "data"}
+    headers["Ce-Id"] = "binary-1"
+    envelope = envelope_from_http(json.dumps(event["data"]).encode(), headers, "/")
+    # Its id and source are the CloudEvent's, not rebuilt from the message as for a push.
+    assert (envelope.id, envelope.attribute("source")) == ("binary-1", event["source"])
+
+
+def test_an_unreadable_delivery_is_rejected_under_its_trigger_and_id() -> None:
+    unparsed = decide(envelope_from_http(b"{", {}), SETTINGS, NOW)
+    assert (unparsed.trigger, unparsed.key) == ("unknown", None)
+    assert unparsed.reason.startswith("rejected delivery (no id): the request body is not valid")
+    event = {**load("pubsub_manual_publish"), "data_base64": "!!"}
+    del event["data"]
+    bad = decide(envelope_from_structured(event), SETTINGS, NOW)
+    assert (bad.action, bad.trigger, bad.key) == ("reject", "pubsub", "11529734001")
+    assert bad.reason.startswith("rejected delivery 11529734001: the CloudEvent's data_base64")
+
+
+@pytest.mark.parametrize("value", ["yes", "1", ""])
+def test_an_attribute_option_that_is_not_true_or_false_is_rejected(value: str) -> None:
+    body = push_body({"messageId": "46", "attributes": {"dry_run": value}})
+    decision = decide(envelope_from_http(body, {}), SETTINGS, NOW)
+    assert_decision(decision, "reject", "pubsub", "46", "attribute `dry_run` must be true or false")
+
+
+def test_message_data_at_the_size_limit_is_read_and_just_over_it_is_refused_unread() -> None:
+    limit = 1024**2 * 4 // 3 + 4  # base64 characters of a 1 MiB message, and its padding
+    one_mib = base64.b64encode(b'{"reason": "big"}'.ljust(1024**2)).decode()
+    assert len(one_mib) <= limit
+    assert decide_on(with_base64_data(one_mib)).message_reason == "big"
+    read = decide_on(with_base64_data("A" * limit))  # read, and found not to be base64
+    assert read.action == "reject" and "not valid base64" in read.reason
+    refused = decide_on(with_base64_data("A" * (limit + 1)))
+    assert_decision(refused, "reject", "pubsub", "11529734001",
+                    "message data has 1,048,579 bytes, more than the 1,048,576")  # fmt: skip
+
+
+def with_base64_data(data: str) -> dict[str, Any]:
+    event = load("pubsub_manual_publish")
+    event["data"]["message"]["data"] = data
+    return event
+
+
+def test_only_invalid_json_gets_the_hint_of_a_valid_message() -> None:
+    hint = 'publish a JSON object such as {"reason": "manual refresh"}'
+    assert hint in decide_on(with_message_text("{bad")).reason
+    not_utf8 = decide_on(with_base64_data(base64.b64encode(b"\xff\xfe").decode()))
+    assert "not UTF-8 text" in not_utf8.reason and hint not in not_utf8.reason
+
+
+def test_a_forced_run_says_so_in_its_reason() -> None:
+    forced = decide_on(with_message_text('{"force": true}'))
+    assert "forced: the row-drop guard is off" in forced.reason
+    assert "forced" not in decide_on(with_message_text("{}")).reason
+
+
+def test_an_eventarc_entry_without_a_timestamp_is_timed_by_its_event() -> None:
+    event = load("audit_table_data_change")
+    del event["data"]["timestamp"]
+    decision = decide_on(event, now=NOW + timedelta(hours=2))
+    assert decision.changed_at == datetime(2024, 5, 1, 11, 59, 59, 120884, UTC)
+    assert decision.late
+
+
+def test_a_sink_entry_without_a_timestamp_is_timed_by_its_message() -> None:
+    event = load("pubsub_sink_table_data_change")
+    entry = json.loads(base64.b64decode(event["data"]["message"]["data"]))
+    del entry["timestamp"]
+    event["data"]["message"]["data"] = base64.b64encode(json.dumps(entry).encode()).decode()
+    decision = decide_on(event, now=NOW + timedelta(hours=2))
+    assert decision.changed_at == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)  # its publish time
+    assert decision.late

@@ -565,3 +565,33 @@ def test_bad_label_overrides_fail_at_start_up(raw, words):
     with pytest.raises(InputError, match="LABEL_OVERRIDES") as error:
         JobSettings.from_env(env(LABEL_OVERRIDES=raw))
     assert words in str(error.value)
+
+
+def test_the_size_limits_are_the_ones_the_readme_documents():
+    from clustering.settings import MAX_BOUNDARIES_BYTES, MAX_FEATURES_BYTES, MAX_FEATURES_ROWS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    limits = readme.split("**Limits.**")[1].split("\n\n")[0]
+    found = re.search(r"above ([\d,]+) rows or (\d+) MiB, or a boundaries file above (\d+) MiB",
+                      " ".join(limits.split()))  # fmt: skip
+    assert found, limits
+    rows, features_mib, boundaries_mib = found.groups()
+    assert int(rows.replace(",", "")) == MAX_FEATURES_ROWS
+    assert int(features_mib) * 1024**2 == MAX_FEATURES_BYTES
+    assert int(boundaries_mib) * 1024**2 == MAX_BOUNDARIES_BYTES
+
+
+@pytest.mark.parametrize("column", ["1st_name", "name; DROP TABLE x", "shape-wkt", ""])
+def test_a_boundaries_column_that_is_not_a_column_name_fails_at_start(column):
+    for variable in ("BOUNDARIES_NAME_COLUMN", "BOUNDARIES_GEOGRAPHY_COLUMN"):
+        field = variable.lower()
+        with pytest.raises(InputError, match=f"{variable}: .* is not a column name"):
+            JobSettings(**{field: column})
+    assert JobSettings(boundaries_name_column="_name2").boundaries_name_column == "_name2"
+
+
+def test_bad_label_overrides_are_echoed_up_to_eighty_characters():
+    raw = "x" * 100
+    with pytest.raises(InputError) as error:
+        JobSettings.from_env(env(LABEL_OVERRIDES=raw))
+    assert str(error.value).endswith(f"got {'x' * 80!r}")

@@ -622,3 +622,17 @@ def test_declared_float_columns_keep_their_schema_description():
     assert clusters_frame()["med_age"].dtype == np.float64
     assert schema["med_age"] == declared["med_age"]
     assert schema["med_age"]["description"]
+
+
+def test_one_missing_feature_the_user_named_has_no_others_to_list():
+    message = invalid(small(), AnalysisSettings(clustering_features=("med_age", "zzz")))
+    assert "no column 'zzz'" in message and "(nor" not in message
+
+
+def test_features_blank_in_every_row_are_named_in_the_singular_or_plural():
+    frame = small().assign(med_age=np.nan)
+    (warning,) = validate_features(frame, FITTED, WHERE).warnings
+    assert warning == f"feature 'med_age' is blank in every row of {WHERE}"
+    frame = frame.assign(crime_per_capita=np.nan)
+    (warning,) = validate_features(frame, FITTED, WHERE).warnings
+    assert warning == f"features 'med_age', 'crime_per_capita' are blank in every row of {WHERE}"

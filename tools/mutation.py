@@ -42,6 +42,7 @@ MODULES: dict[str, str] = {
     "settings": "tests/test_settings.py",
     "prepare": "tests/test_prepare.py",
     "table": "tests/test_table.py",
+    "budget": "tests/test_budget.py",
 }
 # Not copied into the workers' trees: big, irrelevant, or the worker's own output.
 SKIPPED_IN_COPY = (".git", ".venv", ".tools", "output", "__pycache__", ".pytest_cache",
