@@ -340,8 +340,6 @@ def _attribute_options(attributes: Any) -> tuple[dict[str, Any], str | None]:
 def _decide_manual_message(
     body: Any, settings: JobSettings, message_id: str | None, label: str
 ) -> Decision:
-    if body is None:
-        body = {}
     if not isinstance(body, Mapping):
         kind = "an array" if isinstance(body, list) else f"a JSON {type(body).__name__}"
         return _reject(
