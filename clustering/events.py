@@ -369,21 +369,15 @@ def _decide_manual_message(
                 f"{MAX_MESSAGE_REASON_CHARS} or fewer",
             )
 
-    dry_run = body.get("dry_run", False)
-    if not isinstance(dry_run, bool):
-        return _reject(
-            "pubsub",
-            message_id,
-            f"{label}: `dry_run` must be true or false (a JSON boolean), got {_shown(dry_run)}",
-        )
-
-    force = body.get("force", False)
-    if not isinstance(force, bool):
-        return _reject(
-            "pubsub",
-            message_id,
-            f"{label}: `force` must be true or false (a JSON boolean), got {_shown(force)}",
-        )
+    for flag in ("dry_run", "force"):
+        if not isinstance(body.get(flag, False), bool):
+            return _reject(
+                "pubsub",
+                message_id,
+                f"{label}: `{flag}` must be true or false (a JSON boolean), got "
+                f"{_shown(body[flag])}",
+            )
+    dry_run, force = body.get("dry_run", False), body.get("force", False)
 
     features_source = None
     if "features_table" in body:

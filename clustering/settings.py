@@ -274,11 +274,10 @@ def _from_env(environ: Mapping[str, str], option: Option) -> object:
 
 
 def _check_transitions_table(dest: str | None) -> None:
-    if not dest:
+    """A local destination must be appendable; a bq:// one is checked with the other ids."""
+    if not dest or dest.startswith("bq://"):
         return
-    if dest.startswith("bq://"):
-        bq_table_id(dest, "TRANSITIONS_TABLE")
-    elif dest.startswith("gs://") or not dest.lower().endswith((".csv", ".jsonl")):
+    if dest.startswith("gs://") or not dest.lower().endswith((".csv", ".jsonl")):
         raise InputError(
             f"TRANSITIONS_TABLE {dest!r}: give bq://project.dataset.table or a local .csv or "
             ".jsonl path (objects cannot be appended to)"
