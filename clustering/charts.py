@@ -140,6 +140,26 @@ def elbow_task(search: KSearch, sample_size: int | None) -> dict[str, tuple]:
     return {PNG_ELBOW: (elbow_silhouette, (search, sample_size))}
 
 
+def named_tasks(
+    result: ClusteringResult,
+    view: CohortView,
+    random_state: int,
+    boundaries: dict[str, list[np.ndarray]] | None = None,
+    run_date: str = "",
+) -> dict[str, tuple]:
+    """The tasks of the charts that need the cohorts' ids and names but not their stability:
+    PCA, and the cluster map when boundaries are given."""
+    tasks = {PNG_PCA: (pca_clusters, (pca_data(result, view, random_state),))}
+    if boundaries:
+        tasks[PNG_MAP] = (cluster_map, (boundaries, map_data(view, run_date)))
+    return tasks
+
+
+def heatmap_task(view: CohortView) -> dict[str, tuple]:
+    """The heatmap's task; it shows each cohort's stability, so it needs the final view."""
+    return {PNG_HEATMAP: (cluster_heatmap, (heatmap_data(view),))}
+
+
 def result_tasks(
     result: ClusteringResult,
     view: CohortView,
@@ -149,13 +169,8 @@ def result_tasks(
 ) -> dict[str, tuple]:
     """Artifact name -> (draw function, arguments) for the charts that need the final
     clusters: PCA, heatmap, and the cluster map when boundaries are given."""
-    tasks = {
-        PNG_PCA: (pca_clusters, (pca_data(result, view, random_state),)),
-        PNG_HEATMAP: (cluster_heatmap, (heatmap_data(view),)),
-    }
-    if boundaries:
-        tasks[PNG_MAP] = (cluster_map, (boundaries, map_data(view, run_date)))
-    return tasks
+    named = named_tasks(result, view, random_state, boundaries, run_date)
+    return {PNG_PCA: named.pop(PNG_PCA), **heatmap_task(view), **named}
 
 
 def chart_tasks(

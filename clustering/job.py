@@ -174,16 +174,16 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
         def draw_named(named) -> None:
             # Ids and names are final: the scatter and the map start while the stability is
             # bootstrapped; the heatmap shows stability, so it waits for it.
-            tasks = charts.result_tasks(named.result, cohort_view(named), analysis.random_state,
-                                        boundaries, run_date)  # fmt: skip
-            _submit(renderer, {name: task for name, task in tasks.items() if name != PNG_HEATMAP})
+            _submit(renderer, charts.named_tasks(named.result, cohort_view(named),
+                                                 analysis.random_state, boundaries,
+                                                 run_date))  # fmt: skip
 
         identity = _identify(result, previous, settings, run_id, clock, draw_named)
         for warning in result.warnings + identity.warnings:
             warn(warning)
         clock.stage("charts", "drawing charts")
         view = cohort_view(identity)
-        _submit(renderer, {PNG_HEATMAP: (charts.cluster_heatmap, (charts.heatmap_data(view),))})
+        _submit(renderer, charts.heatmap_task(view))
         warnings = valid.warnings + map_warnings + result.warnings + identity.warnings
         _submit(renderer, _report_task(settings, request, run_id, started, identity.result,
                                        view, warnings, _chart_names(boundaries)))  # fmt: skip
