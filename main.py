@@ -4,15 +4,15 @@ Registered with the HTTP signature on purpose: functions-framework's CloudEvent 
 answers 400, before any code of ours runs, to a Pub/Sub push without `data` (an attributes-only
 message) or with `"data": ""`, and Pub/Sub retries that until the dead letter, unlogged. As an
 HTTP function, every push body and every CloudEvent (structured or binary mode) reaches
-clustering.handler.respond, which parses it and answers with a JSON decision. Settings are read
-and validated once per instance, at import.
+clustering.cloud.handler.respond, which parses it and answers with a JSON decision. Settings are
+read and validated once per instance, at import.
 """
 
 import functions_framework
 from flask import jsonify
 
-from clustering.handler import load_settings, log_warnings, respond
-from clustering.logs import JsonLog
+from clustering.cloud.handler import load_settings, log_warnings, respond
+from clustering.cloud.logs import JsonLog
 
 log_warnings(JsonLog())
 SETTINGS = load_settings()

@@ -301,8 +301,9 @@ class CodeSnapshot:
 def snapshot_code(scratch: Path) -> CodeSnapshot:
     """Copy clustering/ and compile it, so every round runs the same, already compiled code."""
     where = scratch / "code"
-    shutil.copytree(ROOT / "clustering", where / "clustering",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copytree(
+        ROOT / "clustering", where / "clustering", ignore=shutil.ignore_patterns("__pycache__")
+    )
     subprocess.run([PYTHON, "-m", "compileall", "-q", str(where / "clustering")], check=True)
     digest = hashlib.sha256()
     for path in sorted((where / "clustering").rglob("*")):
@@ -592,18 +593,33 @@ def _progress(message: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="rounds of the real-table case (default 5)")  # fmt: skip
-    parser.add_argument("--large-rounds", type=int, default=1,
-                        help="rounds of the 20k and 250k cases (default 1)")  # fmt: skip
-    parser.add_argument("--only", action="append", choices=CASES,
-                        help="run only this case; repeatable (default: all)")  # fmt: skip
-    parser.add_argument("--json", metavar="PATH", type=Path,
-                        help="also save results as JSON (e.g. under bench/results/)")  # fmt: skip
-    parser.add_argument("--timeout", type=float, default=3600,
-                        help="kill any one process after this long (default 3600 s)")  # fmt: skip
-    parser.add_argument("--no-warmup", action="store_true",
-                        help="no untimed warm-up run per real-table contender")  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds of the real-table case (default 5)"
+    )
+    parser.add_argument(
+        "--large-rounds", type=int, default=1, help="rounds of the 20k and 250k cases (default 1)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=CASES,
+        help="run only this case; repeatable (default: all)",
+    )
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        type=Path,
+        help="also save results as JSON (e.g. under bench/results/)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600,
+        help="kill any one process after this long (default 3600 s)",
+    )
+    parser.add_argument(
+        "--no-warmup", action="store_true", help="no untimed warm-up run per real-table contender"
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.large_rounds < 1:
         parser.error("--rounds and --large-rounds must be at least 1")
@@ -628,8 +644,16 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 contenders = [ours(code.where), baseline(), floor()]
                 rows = count_rows(REAL_TABLE)
-                result = run_case(case, REAL_TABLE, rows, contenders, args.rounds, scratch,
-                                  args.timeout, warmup=not args.no_warmup)  # fmt: skip
+                result = run_case(
+                    case,
+                    REAL_TABLE,
+                    rows,
+                    contenders,
+                    args.rounds,
+                    scratch,
+                    args.timeout,
+                    warmup=not args.no_warmup,
+                )
             else:
                 rows = SYNTHETIC_ROWS[case]
                 _progress(f"{case}: generating {rows} synthetic rows (untimed)")
@@ -639,8 +663,16 @@ def main(argv: list[str] | None = None) -> int:
                     _progress(f"{case}: skipped, {error}")
                     continue
                 contenders = [ours(code.where)] + ([baseline()] if case == "20k" else [])
-                result = run_case(case, path, rows, contenders, args.large_rounds, scratch,
-                                  args.timeout, warmup=False)  # fmt: skip
+                result = run_case(
+                    case,
+                    path,
+                    rows,
+                    contenders,
+                    args.large_rounds,
+                    scratch,
+                    args.timeout,
+                    warmup=False,
+                )
                 path.unlink(missing_ok=True)
             cases.append(result)
     load = {"before": load_before, "after": os.getloadavg()}

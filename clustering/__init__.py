@@ -6,3 +6,12 @@ what it uses.
 """
 
 __version__ = "0.1.0"
+
+
+# The two kinds of failure the product tells apart.
+#
+# A permanent error (bad input, bad settings, a malformed event) will fail again on retry: the CLI
+# exits 2 and the function acks the event. Anything transient (a 5xx, a timeout) is left to raise
+# so the trigger's retry policy can try again.
+class InputError(ValueError):
+    """Bad input or settings: one line saying what is wrong, where, and how to fix it."""

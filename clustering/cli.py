@@ -14,7 +14,7 @@ import traceback
 from argparse import SUPPRESS
 from collections.abc import Sequence
 
-from clustering.errors import InputError
+from clustering import InputError
 from clustering.job import one_line
 from clustering.options import OPTIONS
 from clustering.settings import (
@@ -93,9 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help=option.cli_help(),
             )
     run.add_argument("--dry-run", action="store_true", help="compute everything, publish nothing")
-    run.add_argument("--force", action="store_true",
-                     help="publish even if the table has fewer rows than MIN_ROWS_RATIO of the "
-                          "last published run (the row-drop guard)")  # fmt: skip
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="publish even if the table has fewer rows than MIN_ROWS_RATIO of the "
+        "last published run (the row-drop guard)",
+    )
     run.add_argument(
         "--quiet", action="store_true", help="no progress lines on stderr (warnings still show)"
     )
@@ -117,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     table.set_defaults(func=_settings_table)
 
-    from clustering import sender
+    from clustering.cloud import sender
 
     sender.register(commands)
     return parser
@@ -176,8 +179,10 @@ def _run(args: argparse.Namespace) -> int:
     request = RunRequest(trigger="cli", dry_run=args.dry_run, force=args.force)
     report = run_job(settings, request, progress, on_warning=warn)
     manifest = report.manifest
-    groups = ", ".join(f"{g['label']} {g['rows']} rows in {g['sub_k']} sub-clusters"
-                       for g in manifest["top_groups"])  # fmt: skip
+    groups = ", ".join(
+        f"{g['label']} {g['rows']} rows in {g['sub_k']} sub-clusters"
+        for g in manifest["top_groups"]
+    )
     where = (
         "nothing published (dry run)"
         if args.dry_run
@@ -195,7 +200,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     from clustering.adapters.local import replace_table
-    from clustering.sample import make_sample
+    from clustering.analysis.sample import make_sample
 
     if args.rows < 20:
         raise InputError(f"--rows is {args.rows}: the sample needs at least 20 rows")

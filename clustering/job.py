@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 
-from clustering import __version__, budget
-from clustering.errors import InputError
+from clustering import InputError, __version__
+from clustering.adapters import budget
 from clustering.naming import (
     CSV_CLUSTERS,
     CSV_EXCLUDED,
@@ -62,7 +62,7 @@ class _Stopwatch:
     _since: float = 0.0
 
     def stage(self, name: str, message: str) -> None:
-        # Stage boundaries are where a run past its deadline stops (clustering.budget).
+        # Stage boundaries are where a run past its deadline stops (clustering.adapters.budget).
         active = budget.active()
         if active is not None:
             active.check(name, PUBLISH_RESERVE_SECONDS if name == "publish" else 0.0)
@@ -116,8 +116,15 @@ def run_job(
     run_id = run_id or new_run_id(started)
     clock = _Stopwatch(progress or (lambda _message: None))
     try:
-        report = _run(settings, request, clock, run_id, started,
-                      on_warning or (lambda _w: None), fence or (lambda _step: None))  # fmt: skip
+        report = _run(
+            settings,
+            request,
+            clock,
+            run_id,
+            started,
+            on_warning or (lambda _w: None),
+            fence or (lambda _step: None),
+        )
     except Exception as error:
         _record(settings, request, run_id, started, None, error, on_history_error)
         raise
@@ -126,7 +133,8 @@ def run_job(
 
 
 def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
-    from clustering import adapters, charts, report
+    from clustering import adapters
+    from clustering.outputs import charts, report
 
     store = adapters.artifact_store(settings.artifacts_dest)
     # Read once, before the data: the last published run (row count for the row-drop guard,
@@ -140,19 +148,20 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
         analysis = settings.analysis
         clock.stage("read", f"reading features from {source or 'the built-in sample'}")
         if source is None:
-            from clustering.sample import make_sample
+            from clustering.analysis.sample import make_sample
 
             frame, where = make_sample(), "the built-in sample"
         else:
             frame, where = adapters.read_features(source)
 
-        from clustering.model import cluster
+        from clustering.analysis.model import cluster
         from clustering.table import validate_features
 
         clock.stage("validate", f"validating {len(frame)} rows")
         valid = validate_features(frame, analysis, where)
-        check_row_drop(len(valid.frame), _manifest_of(pointer), settings.min_rows_ratio,
-                       request.force, where)  # fmt: skip
+        check_row_drop(
+            len(valid.frame), _manifest_of(pointer), settings.min_rows_ratio, request.force, where
+        )
         boundaries, map_warnings = _boundaries(settings, valid.frame)
         for warning in valid.warnings + map_warnings:
             warn(warning)
@@ -174,9 +183,12 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
         def draw_named(named) -> None:
             # Ids and names are final: the scatter and the map start while the stability is
             # bootstrapped; the heatmap shows stability, so it waits for it.
-            _submit(renderer, charts.named_tasks(named.result, cohort_view(named),
-                                                 analysis.random_state, boundaries,
-                                                 run_date))  # fmt: skip
+            _submit(
+                renderer,
+                charts.named_tasks(
+                    named.result, cohort_view(named), analysis.random_state, boundaries, run_date
+                ),
+            )
 
         identity = _identify(result, previous, settings, run_id, clock, draw_named)
         for warning in result.warnings + identity.warnings:
@@ -185,8 +197,19 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
         view = cohort_view(identity)
         _submit(renderer, charts.heatmap_task(view))
         warnings = valid.warnings + map_warnings + result.warnings + identity.warnings
-        _submit(renderer, _report_task(settings, request, run_id, started, identity.result,
-                                       view, warnings, _chart_names(boundaries)))  # fmt: skip
+        _submit(
+            renderer,
+            _report_task(
+                settings,
+                request,
+                run_id,
+                started,
+                identity.result,
+                view,
+                warnings,
+                _chart_names(boundaries),
+            ),
+        )
         # The CSVs are encoded while the chart workers draw.
         table = identity.table.assign(run_id=run_id, _clustered_at=started)
         files = {
@@ -203,9 +226,16 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
 
     def manifest(timings: dict[str, float]) -> dict:
         document = _manifest(
-            run_id, request, settings, started, valid.warnings + map_warnings, identity,
-            timings, prefix, list(files),
-        )  # fmt: skip
+            run_id,
+            request,
+            settings,
+            started,
+            valid.warnings + map_warnings,
+            identity,
+            timings,
+            prefix,
+            list(files),
+        )
         document["outputs"]["report"] = page
         return document
 
@@ -228,8 +258,10 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
     adapters.write_clusters(settings.clusters_table, clusters, output_schema(clusters), run_id)
     try:
         if not adapters.clusters_hold(settings.clusters_table, run_id):
-            raise RuntimeError(f"{settings.clusters_table} holds another run's rows after the "
-                               "load (a late load job of an earlier run)")  # fmt: skip
+            raise RuntimeError(
+                f"{settings.clusters_table} holds another run's rows after the "
+                "load (a late load job of an earlier run)"
+            )
         _append_transitions(settings.transitions_table, identity.transitions, fence)
         _switch_latest(store, run_id, files, pointer_token, fence)
     except Exception as error:
@@ -250,7 +282,7 @@ def _chart_names(boundaries) -> tuple[str, ...]:
 
 def _diagnosed(renderer, clock: _Stopwatch, tasks: dict[str, tuple], best_k: int) -> None:
     """Start the elbow chart and say what the K diagnostic found, and what it does not decide."""
-    from clustering.model import TOP_K
+    from clustering.analysis.model import TOP_K
 
     _submit(renderer, tasks)
     clock.progress(f"K diagnostic: best silhouette at K={best_k} (the top split stays K={TOP_K})")
@@ -262,7 +294,7 @@ def with_shapes(table, boundaries: dict | None):
     null where a neighborhood has no boundary."""
     if not boundaries:
         return table
-    from clustering.geo import to_wkt
+    from clustering.outputs.geo import to_wkt
 
     shapes = {name: to_wkt(rings) for name, rings in boundaries.items()}
     return table.assign(neighborhood_shape=table["neighborhood"].map(shapes))
@@ -273,7 +305,7 @@ def cohort_view(identity):
     cohort_name, cohort_stability), its cohorts' index scores and its transitions."""
     import pandas as pd
 
-    from clustering.palette import CohortView
+    from clustering.outputs.palette import CohortView
 
     index = pd.DataFrame({c.sub_cluster: c.index_scores for c in identity.cohorts})
     index = index.reindex(list(identity.result.features.used))
@@ -282,7 +314,7 @@ def cohort_view(identity):
 
 def _report_task(settings, request, run_id, started, result, view, warnings, images) -> dict:
     """report.html's task: rendered by a chart worker, its `images` embedded after collect()."""
-    from clustering import report
+    from clustering.outputs import report
 
     analysis = settings.analysis
     facts = report.RunFacts(
@@ -317,12 +349,14 @@ def _report_task(settings, request, run_id, started, result, view, warnings, ima
 
 
 def _switch_latest(store, run_id: str, files: dict[str, bytes], token, fence) -> None:
-    from clustering.claims import ClaimLost
+    from clustering.adapters.claims import ClaimLost
 
     fence("switching latest/")
     if not store.switch_latest(run_id, files, token):
-        raise ClaimLost(f"latest/ changed since run {run_id} read it (another run published "
-                        "meanwhile): this run does not overwrite it")  # fmt: skip
+        raise ClaimLost(
+            f"latest/ changed since run {run_id} read it (another run published "
+            "meanwhile): this run does not overwrite it"
+        )
 
 
 def _manifest_of(pointer: bytes | None) -> dict | None:
@@ -361,8 +395,8 @@ def _previous(store, pointer: bytes | None):
     """
     import pandas as pd
 
-    from clustering.identity import previous_run
-    from clustering.transitions import PREVIOUS_COLUMNS
+    from clustering.analysis.identity import previous_run
+    from clustering.analysis.transitions import PREVIOUS_COLUMNS
 
     raw = pointer
     if raw is None:
@@ -380,9 +414,13 @@ def _previous(store, pointer: bytes | None):
     if content is None:
         return previous_run(manifest, None)
     wanted = {*PREVIOUS_COLUMNS, "cluster_label", "run_id"}
-    rows = pd.read_csv(io.BytesIO(content), usecols=lambda c: c in wanted,
-                       dtype={"neighborhood": str}, keep_default_na=False,
-                       na_values=[""])  # fmt: skip
+    rows = pd.read_csv(
+        io.BytesIO(content),
+        usecols=lambda c: c in wanted,
+        dtype={"neighborhood": str},
+        keep_default_na=False,
+        na_values=[""],
+    )
     if "cohort_name" not in rows:  # published before cohorts had names
         rows["cohort_name"] = rows["cluster_label"]
     return previous_run(manifest, rows[list(PREVIOUS_COLUMNS)])
@@ -391,7 +429,7 @@ def _previous(store, pointer: bytes | None):
 def _identify(result, previous, settings, run_id, clock, draw):
     """Stable ids and names; then the named cohorts go to `draw` (the charts that need no
     stability), and the bootstrap stability is computed while the chart workers draw."""
-    from clustering.identity import identify, with_stability
+    from clustering.analysis.identity import identify, with_stability
 
     against = f"run {previous.run_id}" if previous else "nothing (first run)"
     clock.stage("identity", f"matching cohorts to {against}")
@@ -415,7 +453,7 @@ def _append_transitions(dest, moves, fence) -> None:
 
 
 def _stability(identity, analysis):
-    from clustering.stability import bootstrap_stability
+    from clustering.analysis.stability import bootstrap_stability
 
     rows = identity.table.loc[identity.result.residential]
     return bootstrap_stability(
@@ -547,8 +585,8 @@ def _boundaries(settings: JobSettings, table) -> tuple[dict | None, tuple[str, .
 
 
 def _manifest(run_id, request, settings, started, input_warnings, identity, timings, prefix, files):
-    from clustering.identity import manifest_entries
-    from clustering.model import TOP_K
+    from clustering.analysis.identity import manifest_entries
+    from clustering.analysis.model import TOP_K
     from clustering.table import unmatched_exclusions
 
     result = identity.result

@@ -1,4 +1,4 @@
-"""Names shared by every store: run ids, artifact names and claim object names."""
+"""Names shared by every layer: run ids, artifact names, claim object names and job labels."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ HTML_REPORT = "report.html"  # self-contained: the run's facts, charts, cohorts 
 CSV_TRANSITIONS = "neighborhood_cluster_transitions.csv"  # only when a previous run exists
 MANIFEST = "run.json"
 ARTIFACTS = (CSV_CLUSTERS, CSV_EXCLUDED, PNG_ELBOW, PNG_PCA, PNG_HEATMAP, HTML_REPORT, MANIFEST)
+
+# Every BigQuery job the function runs carries these labels. BigQuery copies them into
+# jobInsertion/jobChange.job.jobConfig.labels of its audit logs, which is how the events layer
+# recognises an event caused by our own job even under another principal.
+JOB_LABELS: dict[str, str] = {"app": "neighborhood-clusters"}
 
 CONTENT_TYPES = {
     ".csv": "text/csv",

@@ -91,77 +91,211 @@ def _analysis(field: str, env: str, help: str, kind: str = "int", **extra) -> Op
 _NAMES = {"kind": "names", "metavar": "JSON"}
 
 OPTIONS: tuple[Option, ...] = (
-    Option("features_source", "features table: a .csv/.parquet path, gs://bucket/file or "
-           "bq://project.dataset.table", env="FEATURES_SOURCE", flag="--features",
-           shown="the built-in sample", required=True,
-           metavar="SRC"),
-    Option("artifacts_dest", "where runs/<run_id>/, latest/ and claims/ go: a folder or "
-           "gs://bucket/prefix", env="ARTIFACTS_DEST", flag="--out", default="output",
-           required=True, metavar="DEST"),
-    Option("clusters_table", "also replace this table: bq://project.dataset.table, or a "
-           ".csv/.parquet path or gs:// object", "optional", "CLUSTERS_TABLE",
-           "--clusters-table", metavar="DEST"),
-    Option("runs_table", "append one row per run, failed or not, to this history: "
-           "bq://project.dataset.table or a .jsonl path", "optional", "RUNS_TABLE",
-           "--runs-table", metavar="DEST"),
-    Option("transitions_table", "append the neighborhoods that changed cohort since the "
-           "previous run: bq://project.dataset.table or a local .csv/.jsonl path", "optional",
-           "TRANSITIONS_TABLE", "--transitions-table", metavar="DEST"),
-    Option("label_overrides", "JSON object of cohort id (sub_cluster) to name, e.g. "
-           '{"11": "Rowhouse core"}; these names win over the generated ones', "overrides",
-           "LABEL_OVERRIDES", "--label-overrides", (), shown="{}", metavar="JSON"),
-    Option("boundaries_source", "neighborhood shapes: GeoJSON (a path or gs:// object) or "
-           "bq://project.dataset.table with a GEOGRAPHY column; adds cluster_map.png",
-           "optional", "BOUNDARIES_SOURCE", "--boundaries", metavar="SRC"),
-    Option("boundaries_name_column", "name column of a bq:// boundaries table", "text",
-           "BOUNDARIES_NAME_COLUMN", "--boundaries-name-column", "neighborhood",
-           metavar="COLUMN"),
-    Option("boundaries_geography_column", "GEOGRAPHY column of a bq:// boundaries table",
-           "text", "BOUNDARIES_GEOGRAPHY_COLUMN", "--boundaries-geography-column", "geometry",
-           metavar="COLUMN"),
-    Option("watched_table", "project.dataset.table whose data changes trigger a run",
-           "optional", "WATCHED_TABLE", shown="the bq:// features table"),
-    Option("allowed_features_tables", "JSON list of tables a Pub/Sub message may select with "
-           "features_table", "names", "ALLOWED_FEATURES_TABLES", default=(), shown="[]"),
-    Option("function_service_account", "the function's own principal: audit events it caused "
-           "are skipped", "optional", "FUNCTION_SERVICE_ACCOUNT"),
-    Option("max_event_age_seconds", "a table change older than this runs only if no run has "
-           "started since it; an older manual message is skipped", "int",
-           "MAX_EVENT_AGE_SECONDS", default=DEFAULTS["max_event_age_seconds"]),
-    Option("min_rows_ratio", "row-drop guard: a features table with fewer rows than this share "
-           "of the last published run's is refused (0 turns it off; --force or a message's "
-           '"force": true overrides it once)', "float", "MIN_ROWS_RATIO", "--min-rows-ratio",
-           DEFAULTS["min_rows_ratio"], metavar="SHARE"),
-    Option("function_timeout_seconds", "the function's timeout (Terraform sets it): a run stops "
-           "itself before it and is retried", "int", "FUNCTION_TIMEOUT_SECONDS",
-           shown="none (no deadline)"),
-    _analysis("min_population", "MIN_POPULATION", "rows with fewer residents are analysed as "
-              "Low Population (Park/Open Space), not clustered as residential"),
-    _analysis("k_min", "K_MIN", "smallest K of the elbow/silhouette diagnostic, which only "
-              "informs: the top split is always K=2"),
-    _analysis("k_max", "K_MAX", "largest K of the elbow/silhouette diagnostic, which only "
-              "informs: the top split is always K=2"),
-    _analysis("sub_k_min", "SUB_K_MIN", "smallest number of sub-clusters searched inside each "
-              "top group (and each excluded group)"),
-    _analysis("sub_k_max", "SUB_K_MAX", "largest number of sub-clusters searched inside each "
-              "top group (and each excluded group)"),
-    _analysis("random_state", "RANDOM_STATE", "seed of every k-means fit, the PCA and the "
-              "silhouette sample"),
-    _analysis("exclude_neighborhoods", "EXCLUDE_NEIGHBORHOODS", "JSON list that REPLACES the "
-              "names kept out of the residential clustering ([] excludes none)",
-              shown="the notebook's 13", **_NAMES),
-    Option("exclude_also", "JSON list of names excluded IN ADDITION to EXCLUDE_NEIGHBORHOODS",
-           "names", "EXCLUDE_ALSO", "--exclude-also", (), shown="[]", analysis=True,
-           metavar="JSON"),
-    _analysis("clustering_features", "CLUSTERING_FEATURES", "JSON list of feature columns; a "
-              "column named here that the table lacks is an error (the default list skips "
-              "them with a warning)", shown="the notebook's 15", **_NAMES),
-    _analysis("severity_feature", "SEVERITY_FEATURE", "column that names the top split: the "
-              "group whose mean is below the residential mean is Stable", "text",
-              metavar="COLUMN"),
-    _analysis("silhouette_sample_size", "SILHOUETTE_SAMPLE_SIZE", "above this many rows, "
-              "silhouettes use a fixed-seed sample of this size"),
-)  # fmt: skip
+    Option(
+        "features_source",
+        "features table: a .csv/.parquet path, gs://bucket/file or bq://project.dataset.table",
+        env="FEATURES_SOURCE",
+        flag="--features",
+        shown="the built-in sample",
+        required=True,
+        metavar="SRC",
+    ),
+    Option(
+        "artifacts_dest",
+        "where runs/<run_id>/, latest/ and claims/ go: a folder or gs://bucket/prefix",
+        env="ARTIFACTS_DEST",
+        flag="--out",
+        default="output",
+        required=True,
+        metavar="DEST",
+    ),
+    Option(
+        "clusters_table",
+        "also replace this table: bq://project.dataset.table, or a "
+        ".csv/.parquet path or gs:// object",
+        "optional",
+        "CLUSTERS_TABLE",
+        "--clusters-table",
+        metavar="DEST",
+    ),
+    Option(
+        "runs_table",
+        "append one row per run, failed or not, to this history: "
+        "bq://project.dataset.table or a .jsonl path",
+        "optional",
+        "RUNS_TABLE",
+        "--runs-table",
+        metavar="DEST",
+    ),
+    Option(
+        "transitions_table",
+        "append the neighborhoods that changed cohort since the "
+        "previous run: bq://project.dataset.table or a local .csv/.jsonl path",
+        "optional",
+        "TRANSITIONS_TABLE",
+        "--transitions-table",
+        metavar="DEST",
+    ),
+    Option(
+        "label_overrides",
+        "JSON object of cohort id (sub_cluster) to name, e.g. "
+        '{"11": "Rowhouse core"}; these names win over the generated ones',
+        "overrides",
+        "LABEL_OVERRIDES",
+        "--label-overrides",
+        (),
+        shown="{}",
+        metavar="JSON",
+    ),
+    Option(
+        "boundaries_source",
+        "neighborhood shapes: GeoJSON (a path or gs:// object) or "
+        "bq://project.dataset.table with a GEOGRAPHY column; adds cluster_map.png",
+        "optional",
+        "BOUNDARIES_SOURCE",
+        "--boundaries",
+        metavar="SRC",
+    ),
+    Option(
+        "boundaries_name_column",
+        "name column of a bq:// boundaries table",
+        "text",
+        "BOUNDARIES_NAME_COLUMN",
+        "--boundaries-name-column",
+        "neighborhood",
+        metavar="COLUMN",
+    ),
+    Option(
+        "boundaries_geography_column",
+        "GEOGRAPHY column of a bq:// boundaries table",
+        "text",
+        "BOUNDARIES_GEOGRAPHY_COLUMN",
+        "--boundaries-geography-column",
+        "geometry",
+        metavar="COLUMN",
+    ),
+    Option(
+        "watched_table",
+        "project.dataset.table whose data changes trigger a run",
+        "optional",
+        "WATCHED_TABLE",
+        shown="the bq:// features table",
+    ),
+    Option(
+        "allowed_features_tables",
+        "JSON list of tables a Pub/Sub message may select with features_table",
+        "names",
+        "ALLOWED_FEATURES_TABLES",
+        default=(),
+        shown="[]",
+    ),
+    Option(
+        "function_service_account",
+        "the function's own principal: audit events it caused are skipped",
+        "optional",
+        "FUNCTION_SERVICE_ACCOUNT",
+    ),
+    Option(
+        "max_event_age_seconds",
+        "a table change older than this runs only if no run has "
+        "started since it; an older manual message is skipped",
+        "int",
+        "MAX_EVENT_AGE_SECONDS",
+        default=DEFAULTS["max_event_age_seconds"],
+    ),
+    Option(
+        "min_rows_ratio",
+        "row-drop guard: a features table with fewer rows than this share "
+        "of the last published run's is refused (0 turns it off; --force or a message's "
+        '"force": true overrides it once)',
+        "float",
+        "MIN_ROWS_RATIO",
+        "--min-rows-ratio",
+        DEFAULTS["min_rows_ratio"],
+        metavar="SHARE",
+    ),
+    Option(
+        "function_timeout_seconds",
+        "the function's timeout (Terraform sets it): a run stops itself before it and is retried",
+        "int",
+        "FUNCTION_TIMEOUT_SECONDS",
+        shown="none (no deadline)",
+    ),
+    _analysis(
+        "min_population",
+        "MIN_POPULATION",
+        "rows with fewer residents are analysed as "
+        "Low Population (Park/Open Space), not clustered as residential",
+    ),
+    _analysis(
+        "k_min",
+        "K_MIN",
+        "smallest K of the elbow/silhouette diagnostic, which only "
+        "informs: the top split is always K=2",
+    ),
+    _analysis(
+        "k_max",
+        "K_MAX",
+        "largest K of the elbow/silhouette diagnostic, which only "
+        "informs: the top split is always K=2",
+    ),
+    _analysis(
+        "sub_k_min",
+        "SUB_K_MIN",
+        "smallest number of sub-clusters searched inside each top group (and each excluded group)",
+    ),
+    _analysis(
+        "sub_k_max",
+        "SUB_K_MAX",
+        "largest number of sub-clusters searched inside each top group (and each excluded group)",
+    ),
+    _analysis(
+        "random_state",
+        "RANDOM_STATE",
+        "seed of every k-means fit, the PCA and the silhouette sample",
+    ),
+    _analysis(
+        "exclude_neighborhoods",
+        "EXCLUDE_NEIGHBORHOODS",
+        "JSON list that REPLACES the "
+        "names kept out of the residential clustering ([] excludes none)",
+        shown="the notebook's 13",
+        **_NAMES,
+    ),
+    Option(
+        "exclude_also",
+        "JSON list of names excluded IN ADDITION to EXCLUDE_NEIGHBORHOODS",
+        "names",
+        "EXCLUDE_ALSO",
+        "--exclude-also",
+        (),
+        shown="[]",
+        analysis=True,
+        metavar="JSON",
+    ),
+    _analysis(
+        "clustering_features",
+        "CLUSTERING_FEATURES",
+        "JSON list of feature columns; a "
+        "column named here that the table lacks is an error (the default list skips "
+        "them with a warning)",
+        shown="the notebook's 15",
+        **_NAMES,
+    ),
+    _analysis(
+        "severity_feature",
+        "SEVERITY_FEATURE",
+        "column that names the top split: the "
+        "group whose mean is below the residential mean is Stable",
+        "text",
+        metavar="COLUMN",
+    ),
+    _analysis(
+        "silhouette_sample_size",
+        "SILHOUETTE_SAMPLE_SIZE",
+        "above this many rows, silhouettes use a fixed-seed sample of this size",
+    ),
+)
 
 
 def env_vars() -> tuple[str, ...]:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from clustering.errors import InputError
+from clustering import InputError
 from clustering.options import DEFAULTS, OPTIONS, Option, env_vars
 
 # The notebook's one exclusion list: industrial/entertainment areas, whose crime per capita a

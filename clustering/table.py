@@ -15,7 +15,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from clustering.errors import InputError
+from clustering import InputError
 from clustering.settings import AnalysisSettings
 
 # Far above any city's neighborhood, far below where int64 overflows.

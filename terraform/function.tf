@@ -31,7 +31,7 @@ locals {
     # Audit-log events caused by this principal are skipped by the code, as by the sink filter.
     FUNCTION_SERVICE_ACCOUNT = google_service_account.runtime.email
     MAX_EVENT_AGE_SECONDS    = tostring(local.limits.max_event_age_seconds)
-    # The code stops a run before this timeout (clustering/budget.py) and only takes a run
+    # The code stops a run before this timeout (clustering/adapters/budget.py) and only takes a run
     # lock over once it is older than it.
     FUNCTION_TIMEOUT_SECONDS = tostring(var.function_timeout_seconds)
     MIN_ROWS_RATIO           = tostring(local.limits.min_rows_ratio)
@@ -73,7 +73,7 @@ resource "google_cloudfunctions2_function" "recluster" {
 
   # No event_trigger: the push subscription in triggers.tf delivers the events, so that
   # retries and dead lettering are under this configuration's control. The function is an
-  # HTTP function that parses each raw push body itself (clustering/events.py): the
+  # HTTP function that parses each raw push body itself (clustering/cloud/events.py): the
   # framework's CloudEvent conversion answers 400 to attribute-only messages before any code
   # runs.
   service_config {
@@ -82,7 +82,7 @@ resource "google_cloudfunctions2_function" "recluster" {
     timeout_seconds  = var.function_timeout_seconds
     # One run at a time per revision. This alone does not serialize runs (a redeploy runs two
     # revisions, and a timed-out run keeps its thread): the run lock in the artifacts bucket
-    # does (clustering/claims.py); this keeps a second delivery from waiting on the first.
+    # does (clustering/adapters/claims.py); this keeps a second delivery from waiting on the first.
     min_instance_count               = 0
     max_instance_count               = 1
     max_instance_request_concurrency = 1

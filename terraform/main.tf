@@ -7,7 +7,7 @@ data "google_project" "this" {
 
 locals {
   # Labels on everything: the app label is the one the function also puts on its own BigQuery
-  # jobs (clustering/events.py JOB_LABELS), so all of the job's resources filter together.
+  # jobs (clustering/naming.py JOB_LABELS), so all of the job's resources filter together.
   labels = merge(var.labels, { app = "neighborhood-clusters" })
 
   artifacts_bucket = coalesce(var.artifacts_bucket_name, "${var.project_id}-${var.name}-artifacts")

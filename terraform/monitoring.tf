@@ -10,7 +10,7 @@
 # - the function keeps erroring or timing out: server errors of its Cloud Run service.
 #
 # The log-based metrics filter on severity and on `event`, the outcome field of the function's
-# final log line (clustering/logs.py Outcome), never on message text; tests/test_logs.py checks
+# final log line (clustering/cloud/logs.py Outcome), never on message text; tests/test_logs.py checks
 # that every name below is one the code writes.
 #
 # Nothing here is granted to the runtime account: Cloud Logging computes the metrics from lines

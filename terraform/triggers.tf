@@ -10,7 +10,7 @@
 # trigger would invoke the function for its own reads, and it cannot require tableDataChange
 # nor exclude a principal. The logging filter language can: the sink below forwards only
 # tableDataChange entries of exactly the features table that the function's own account did
-# not cause. The function re-checks all of this (clustering/events.py), so a too-broad filter
+# not cause. The function re-checks all of this (clustering/cloud/events.py), so a too-broad filter
 # costs an invocation, never a loop.
 #
 # Why a push subscription and not the function's own event_trigger: a Cloud Functions trigger
@@ -35,7 +35,7 @@ resource "google_logging_project_sink" "features_changed" {
   #   resourceName and method (InsertJob);
   # - not the Storage Write API's unfinished entries (each append, and FINALIZE, logs one; the
   #   data becomes visible at BATCH_COMMIT or FLUSH, which do pass), the same reasons the
-  #   code skips (clustering/events.py NON_RUN_REASONS; tests/test_terraform.py compares);
+  #   code skips (clustering/cloud/events.py NON_RUN_REASONS; tests/test_terraform.py compares);
   # - never an entry caused by the function's own service account.
   filter = <<-EOT
     logName="projects/${var.project_id}/logs/cloudaudit.googleapis.com%2Fdata_access"

@@ -399,8 +399,9 @@ class FaultProxy:
                     status, payload = action
                     self._answer(status, [], json.dumps(payload).encode())
                     return
-                connection = http.client.HTTPConnection(upstream.hostname, upstream.port,
-                                                        timeout=60)  # fmt: skip
+                connection = http.client.HTTPConnection(
+                    upstream.hostname, upstream.port, timeout=60
+                )
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 connection.request(self.command, self.path, body=body, headers=headers)
                 response = connection.getresponse()
@@ -417,8 +418,9 @@ class FaultProxy:
                 for name, value in headers:
                     if name.lower() not in skip:
                         self.send_header(name, value)
-                self.send_header("Content-Type", dict(headers).get("Content-Type",
-                                                                   "application/json"))  # fmt: skip
+                self.send_header(
+                    "Content-Type", dict(headers).get("Content-Type", "application/json")
+                )
                 self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
                 self.wfile.write(content)

@@ -120,8 +120,8 @@ def move_rows(table: pd.DataFrame, names: list[str], like: str) -> pd.DataFrame:
 
 def index_table(table: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     """Index scores, features x residential sub_cluster, computed by the identity step's own
-    function (clustering.cohorts.index_scores), for views built from a synthetic table."""
-    from clustering.cohorts import index_scores
+    function (clustering.analysis.cohorts.index_scores), for views built from a synthetic table."""
+    from clustering.analysis.cohorts import index_scores
 
     rows = table.loc[table["top_cluster_label"] != "Excluded"]
     overall = rows[features].mean()

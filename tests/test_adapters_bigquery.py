@@ -7,9 +7,9 @@ import uuid
 import pytest
 from google.api_core import exceptions
 
+from clustering import InputError
 from clustering.adapters import bigquery as adapter
-from clustering.errors import InputError
-from clustering.sample import make_sample
+from clustering.analysis.sample import make_sample
 from clustering.table import output_schema
 from tests.emulators import FaultProxy, bigquery_client
 
@@ -79,7 +79,7 @@ def test_only_throttling_403s_are_rate_limits():
 def test_a_load_job_still_running_at_the_deadline_is_cancelled(
     dataset, bigquery_emulator, monkeypatch
 ):
-    from clustering import budget
+    from clustering.adapters import budget
 
     project = bigquery_emulator.project
     job_id = adapter.load_job_id("run-slow")
@@ -112,6 +112,7 @@ def test_a_load_job_still_running_at_the_deadline_is_cancelled(
                 budget.OutOfTime, match=f"job {job_id}.* did not finish in the run's time"
             ),
         ):
-            adapter.replace_table(f"bq://{dataset}.clusters", frame, output_schema(frame),
-                                  run_id="run-slow")  # fmt: skip
+            adapter.replace_table(
+                f"bq://{dataset}.clusters", frame, output_schema(frame), run_id="run-slow"
+            )
     assert [r for r in proxy.requests if "/cancel" in r], proxy.requests

@@ -5,10 +5,9 @@ import uuid
 import pandas as pd
 import pytest
 
-from clustering import adapters
+from clustering import InputError, adapters
 from clustering.adapters.gcs import GcsStore
-from clustering.errors import InputError
-from clustering.sample import make_sample
+from clustering.analysis.sample import make_sample
 from tests.emulators import storage_client
 
 pytestmark = pytest.mark.e2e

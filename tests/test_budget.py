@@ -1,10 +1,10 @@
-"""clustering.budget: the run's deadline and the limits each client call gets from it."""
+"""clustering.adapters.budget: the run's deadline and the limits each client call gets from it."""
 
 import threading
 
 import pytest
 
-from clustering import budget
+from clustering.adapters import budget
 
 
 class Clock:

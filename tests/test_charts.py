@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clustering import charts
-from clustering.geo import parse_boundaries
-from clustering.model import cluster
-from clustering.palette import CohortView
-from clustering.sample import make_sample
+from clustering.analysis.model import cluster
+from clustering.analysis.sample import make_sample
+from clustering.outputs import charts
+from clustering.outputs.geo import parse_boundaries
+from clustering.outputs.palette import CohortView
 from clustering.settings import AnalysisSettings
 from clustering.table import validate_features
 from tests.helpers import index_table, png_colors, png_size, real_table, with_cohorts
@@ -91,12 +91,14 @@ def test_pca_data_carries_the_projection_and_the_cohort_styles(result, view):
 
 
 def test_view_index_scores_are_cohort_means_over_the_residential_mean():
-    table = pd.DataFrame({
-        "top_cluster_label": ["Stable", "Stable", "Distressed", "Excluded"],
-        "sub_cluster": [0, 0, 10, -1],
-        "a": [1.0, 3.0, 8.0, 1000.0],  # residential mean 4; the excluded row does not count
-        "b": [-1.0, 1.0, 0.0, 5.0],  # residential mean 0: no ratio
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "top_cluster_label": ["Stable", "Stable", "Distressed", "Excluded"],
+            "sub_cluster": [0, 0, 10, -1],
+            "a": [1.0, 3.0, 8.0, 1000.0],  # residential mean 4; the excluded row does not count
+            "b": [-1.0, 1.0, 0.0, 5.0],  # residential mean 0: no ratio
+        }
+    )
     scores = index_table(table, ["a", "b"])
     assert list(scores.columns) == [0, 10]
     np.testing.assert_allclose(scores.loc["a"].to_numpy(), [50.0, 200.0])  # the identity's

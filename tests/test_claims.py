@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from clustering import claims
+from clustering.adapters import claims
 from clustering.adapters.gcs import GcsStore
 from clustering.adapters.local import LocalStore
 from tests.emulators import storage_client

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 from clustering.adapters.local import read_table
+from clustering.analysis.sample import make_sample
 from clustering.cli import build_parser, main, settings_from_args
 from clustering.naming import ARTIFACTS
 from clustering.options import (
@@ -32,7 +33,6 @@ from clustering.options import (
     settings_table,
     with_settings_table,
 )
-from clustering.sample import make_sample
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES, DEFAULT_EXCLUDE_NEIGHBORHOODS
 from tests.helpers import real_table
 
@@ -154,9 +154,15 @@ def test_progress_lines_go_to_stderr(published):
 def test_quiet_prints_no_progress_and_dry_run_publishes_nothing(published, tmp_path, capsys):
     out = tmp_path / "out"
     code = run_main(
-        "run", "--features", str(published.features), "--out", str(out), "--quiet", "--dry-run",
+        "run",
+        "--features",
+        str(published.features),
+        "--out",
+        str(out),
+        "--quiet",
+        "--dry-run",
         *FAST,
-    )  # fmt: skip
+    )
     captured = capsys.readouterr()
     assert code == 0
     assert [line for line in captured.err.splitlines() if UNSTABLE not in line] == []
@@ -294,54 +300,106 @@ BAD_INPUTS = [
     Bad("empty file", raw("features.csv", b""), ("empty",)),
     Bad("binary garbage", raw("features.csv", bytes(range(256)) * 16), ("cannot be read",)),
     Bad("not utf-8", raw("features.csv", LATIN1), ("cannot be read",)),
-    Bad("not parquet", raw("features.parquet", b"PAR1 not a parquet file"),
-        ("cannot be read", "parquet")),
+    Bad(
+        "not parquet",
+        raw("features.parquet", b"PAR1 not a parquet file"),
+        ("cannot be read", "parquet"),
+    ),
     Bad("unknown format", raw("features.xlsx", b"PK\x03\x04"), ("unknown format", ".csv")),
     Bad("a folder", lambda folder: folder_named(folder / "dir.csv"), ("folder",)),
-    Bad("header only csv", raw("features.csv", ",".join(SAMPLE.columns).encode() + b"\n"),
-        ("no rows",)),
+    Bad(
+        "header only csv",
+        raw("features.csv", ",".join(SAMPLE.columns).encode() + b"\n"),
+        ("no rows",),
+    ),
     Bad("header only parquet", parquet(SAMPLE.iloc[:0]), ("no rows",)),
-    Bad("no neighborhood column", csv(SAMPLE.drop(columns="neighborhood")),
-        ("'neighborhood' column",)),
-    Bad("no population column", csv(SAMPLE.drop(columns="population")),
-        ("'population' column",)),
-    Bad("renamed neighborhood column", csv(SAMPLE.rename(columns={"neighborhood": "name"})),
-        ("'neighborhood' column", "rename")),
+    Bad(
+        "no neighborhood column",
+        csv(SAMPLE.drop(columns="neighborhood")),
+        ("'neighborhood' column",),
+    ),
+    Bad("no population column", csv(SAMPLE.drop(columns="population")), ("'population' column",)),
+    Bad(
+        "renamed neighborhood column",
+        csv(SAMPLE.rename(columns={"neighborhood": "name"})),
+        ("'neighborhood' column", "rename"),
+    ),
     Bad("blank name", csv(changed(5, "neighborhood", "")), ("blank", "data row 6")),
     Bad("blank name spaces", csv(changed(5, "neighborhood", "   ")), ("blank", "data row 6")),
-    Bad("duplicate name", csv(changed(6, "neighborhood", name(3))),
-        (repr(name(3)), "more than once", "data rows 4, 7")),
-    Bad("text in a feature", csv(changed(7, "med_age", "forty")),
-        ("'med_age'", "'forty'", "data row 8", name(7))),
-    Bad("NA in a feature", csv(changed(7, "crime_per_capita", "NA")),
-        ("'crime_per_capita'", "'NA'", "data row 8")),
-    Bad("inf in a csv feature", csv(changed(8, "crime_per_capita", np.inf)),
-        ("'crime_per_capita'", "inf", "data row 9")),
-    Bad("-inf in a parquet feature",
-        parquet(SAMPLE.assign(owner_occupancy_rate=SAMPLE["owner_occupancy_rate"]
-                              .where(SAMPLE.index != 9, -np.inf))),
-        ("'owner_occupancy_rate'", "-inf", "data row 10")),
-    Bad("text in population", csv(changed(2, "population", "many")),
-        ("'population'", "'many'", "data row 3")),
-    Bad("negative population", csv(changed(2, "population", -1)),
-        ("population is negative", "data row 3", name(2))),
-    Bad("every feature blank", csv(SAMPLE.assign(**{f: np.nan for f in FEATURES})),
-        ("blank",)),
-    Bad("every configured feature blank",
+    Bad(
+        "duplicate name",
+        csv(changed(6, "neighborhood", name(3))),
+        (repr(name(3)), "more than once", "data rows 4, 7"),
+    ),
+    Bad(
+        "text in a feature",
+        csv(changed(7, "med_age", "forty")),
+        ("'med_age'", "'forty'", "data row 8", name(7)),
+    ),
+    Bad(
+        "NA in a feature",
+        csv(changed(7, "crime_per_capita", "NA")),
+        ("'crime_per_capita'", "'NA'", "data row 8"),
+    ),
+    Bad(
+        "inf in a csv feature",
+        csv(changed(8, "crime_per_capita", np.inf)),
+        ("'crime_per_capita'", "inf", "data row 9"),
+    ),
+    Bad(
+        "-inf in a parquet feature",
+        parquet(
+            SAMPLE.assign(
+                owner_occupancy_rate=SAMPLE["owner_occupancy_rate"].where(
+                    SAMPLE.index != 9, -np.inf
+                )
+            )
+        ),
+        ("'owner_occupancy_rate'", "-inf", "data row 10"),
+    ),
+    Bad(
+        "text in population",
+        csv(changed(2, "population", "many")),
+        ("'population'", "'many'", "data row 3"),
+    ),
+    Bad(
+        "negative population",
+        csv(changed(2, "population", -1)),
+        ("population is negative", "data row 3", name(2)),
+    ),
+    Bad("every feature blank", csv(SAMPLE.assign(**{f: np.nan for f in FEATURES})), ("blank",)),
+    Bad(
+        "every configured feature blank",
         csv(SAMPLE.assign(med_age=np.nan, crime_per_capita=np.nan)),
-        ("blank", "med_age"), ("--clustering-features", '["med_age", "crime_per_capita"]')),
-    Bad("severity feature blank", csv(SAMPLE.assign(crime_per_capita=np.nan)),
-        ("crime_per_capita", "SEVERITY_FEATURE")),
-    Bad("severity feature missing", csv(SAMPLE.drop(columns="crime_per_capita")),
-        ("crime_per_capita", "SEVERITY_FEATURE")),
-    Bad("too few residential rows", csv(only_residential(RESIDENTIAL_ROWS[:2])),
-        ("residential rows", "MIN_POPULATION")),
-    Bad("no residential rows", csv(only_residential([])),
-        ("residential rows", "MIN_POPULATION")),
-    Bad("a line break in a name", csv(changed(7, "med_age", "x").assign(
-        neighborhood=lambda f: f["neighborhood"].where(f.index != 7, "Old\nTown"))),
-        ("'med_age'", "data row 8")),
-]  # fmt: skip
+        ("blank", "med_age"),
+        ("--clustering-features", '["med_age", "crime_per_capita"]'),
+    ),
+    Bad(
+        "severity feature blank",
+        csv(SAMPLE.assign(crime_per_capita=np.nan)),
+        ("crime_per_capita", "SEVERITY_FEATURE"),
+    ),
+    Bad(
+        "severity feature missing",
+        csv(SAMPLE.drop(columns="crime_per_capita")),
+        ("crime_per_capita", "SEVERITY_FEATURE"),
+    ),
+    Bad(
+        "too few residential rows",
+        csv(only_residential(RESIDENTIAL_ROWS[:2])),
+        ("residential rows", "MIN_POPULATION"),
+    ),
+    Bad("no residential rows", csv(only_residential([])), ("residential rows", "MIN_POPULATION")),
+    Bad(
+        "a line break in a name",
+        csv(
+            changed(7, "med_age", "x").assign(
+                neighborhood=lambda f: f["neighborhood"].where(f.index != 7, "Old\nTown")
+            )
+        ),
+        ("'med_age'", "data row 8"),
+    ),
+]
 
 
 @pytest.mark.parametrize("bad", BAD_INPUTS, ids=[bad.id for bad in BAD_INPUTS])
@@ -402,8 +460,9 @@ def test_bad_input_exits_2_with_one_line_and_publishes_nothing(published, tmp_pa
 def test_bad_settings_exit_2_with_one_line(published, tmp_path, capsys, flags, words):
     out = published.copy_out(tmp_path)
     before = tree(out)
-    code = run_main("run", "--features", str(published.features), "--out", str(out), "--quiet",
-                    *flags)  # fmt: skip
+    code = run_main(
+        "run", "--features", str(published.features), "--out", str(out), "--quiet", *flags
+    )
     captured = capsys.readouterr()
     assert code == 2, captured.err
     line = one_error_line(captured.err)
@@ -422,13 +481,36 @@ def test_usage_errors_exit_2_with_one_line(capsys, argv):
 
 def test_flags_reach_the_settings():
     args = build_parser().parse_args(
-        ["run", "--features", "f.csv", "--out", "o", "--min-population", "50", "--k-min", "3",
-         "--k-max", "6", "--sub-k-max", "4", "--random-state", "7",
-         "--exclude-neighborhoods", '["Inner Harbor"]', "--clustering-features",
-         '["population", "crime_per_capita"]', "--clusters-table", "c.csv",
-         "--runs-table", "r.jsonl", "--transitions-table", "t.csv",
-         "--label-overrides", '{"12": "Rowhouse core", "3": " Leafy north "}']
-    )  # fmt: skip
+        [
+            "run",
+            "--features",
+            "f.csv",
+            "--out",
+            "o",
+            "--min-population",
+            "50",
+            "--k-min",
+            "3",
+            "--k-max",
+            "6",
+            "--sub-k-max",
+            "4",
+            "--random-state",
+            "7",
+            "--exclude-neighborhoods",
+            '["Inner Harbor"]',
+            "--clustering-features",
+            '["population", "crime_per_capita"]',
+            "--clusters-table",
+            "c.csv",
+            "--runs-table",
+            "r.jsonl",
+            "--transitions-table",
+            "t.csv",
+            "--label-overrides",
+            '{"12": "Rowhouse core", "3": " Leafy north "}',
+        ]
+    )
     settings = settings_from_args(args)
     assert settings.transitions_table == "t.csv"
     assert settings.label_overrides == ((3, "Leafy north"), (12, "Rowhouse core"))
@@ -495,11 +577,21 @@ def test_boundaries_add_a_cluster_map(published, tmp_path, capsys):
     out = published.copy_out(tmp_path)
     ring = [[-76.6, 39.3], [-76.59, 39.3], [-76.59, 39.31], [-76.6, 39.3]]
     geojson = tmp_path / "bounds.geojson"
-    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"neighborhood": name},
-         "geometry": {"type": "Polygon", "coordinates": [ring]}}
-        for name in SAMPLE["neighborhood"][:-3]
-    ]}))  # fmt: skip
+    geojson.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {"neighborhood": name},
+                        "geometry": {"type": "Polygon", "coordinates": [ring]},
+                    }
+                    for name in SAMPLE["neighborhood"][:-3]
+                ],
+            }
+        )
+    )
     features = str(published.features)
     args = ("run", "--features", features, "--out", str(out), "--boundaries", str(geojson))
     assert run_main(*args, *FAST) == 0
@@ -556,8 +648,9 @@ def test_exclude_also_extends_the_default_list(published, tmp_path, capsys):
     assert run_main(*args, "--exclude-also", json.dumps([name(extra)])) == 0
     assert "warning" not in capsys.readouterr().err
     table = pd.read_csv(out / "latest" / "neighborhood_clusters.csv")
-    institutional = set(table.loc[table["excluded_type"] == "Institutional/Industrial",
-                                  "neighborhood"])  # fmt: skip
+    institutional = set(
+        table.loc[table["excluded_type"] == "Institutional/Industrial", "neighborhood"]
+    )
     listed = set(DEFAULT_EXCLUDE_NEIGHBORHOODS) & set(SAMPLE["neighborhood"])
     assert institutional == listed | {name(extra)}
     manifest = json.loads((out / "latest" / "run.json").read_text())
@@ -635,8 +728,14 @@ def test_every_option_of_every_subcommand_has_help(command):
 def test_every_setting_flag_shows_its_default_and_its_environment_variable():
     run_help = subcommand_help("run")
     flags = [o for o in OPTIONS if o.flag]
-    assert {"--k-min", "--min-population", "--sub-k-max", "--severity-feature",
-            "--random-state", "--exclude-also"} <= {o.flag for o in flags}  # fmt: skip
+    assert {
+        "--k-min",
+        "--min-population",
+        "--sub-k-max",
+        "--severity-feature",
+        "--random-state",
+        "--exclude-also",
+    } <= {o.flag for o in flags}
     for option in flags:
         text = run_help[option.flag]
         assert f"(default: {option.default_text}; function env {option.env}" in text, text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from clustering.cohorts import (
+from clustering.analysis.cohorts import (
     FEATURE_WORDS,
     GENERATED,
     KEPT,
@@ -70,9 +70,14 @@ def test_naming_is_deterministic_and_ties_follow_the_feature_order():
 
 
 def test_a_matched_cohort_keeps_its_name_while_its_features_still_hold():
-    before = {12: PreviousName("Distressed: high vacancy, low owner occupancy", "Distressed",
-                               GENERATED, (("housing_vacancy_rate", "high"),
-                                           ("owner_occupancy_rate", "low")))}  # fmt: skip
+    before = {
+        12: PreviousName(
+            "Distressed: high vacancy, low owner occupancy",
+            "Distressed",
+            GENERATED,
+            (("housing_vacancy_rate", "high"), ("owner_occupancy_rate", "low")),
+        )
+    }
     # The profile moved: another feature now stands out more, but the named ones still hold.
     moved = profile(12, housing_vacancy_rate=0.4, owner_occupancy_rate=-0.3, crime_per_capita=2)
     kept = name_cohorts([moved], before, {})[12]
@@ -83,8 +88,11 @@ def test_a_matched_cohort_keeps_its_name_while_its_features_still_hold():
 
 
 def test_a_name_whose_features_no_longer_hold_is_renamed():
-    before = {12: PreviousName("Distressed: high vacancy", "Distressed", GENERATED,
-                               (("housing_vacancy_rate", "high"),))}  # fmt: skip
+    before = {
+        12: PreviousName(
+            "Distressed: high vacancy", "Distressed", GENERATED, (("housing_vacancy_rate", "high"),)
+        )
+    }
     faded = profile(12, housing_vacancy_rate=0.2, crime_per_capita=1.5)
     assert name_cohorts([faded], before, {})[12].name == "Distressed: high crime"
     flipped = profile(12, "Stable", housing_vacancy_rate=1.5)

@@ -1,4 +1,4 @@
-"""Every run/skip/reject rule of clustering.events, on events shaped like Google's deliveries.
+"""Every run/skip/reject rule of clustering.cloud.events, on events shaped like Google's deliveries.
 
 The fixtures in tests/fixtures/events/ are structured-mode CloudEvents as Eventarc and Pub/Sub
 send them; "now" is fixed five minutes after they were published.
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from cloudevents.http import from_http
 
-from clustering.events import (
+from clustering.cloud.events import (
     ALLOWED_MESSAGE_KEYS,
     JOB_LABELS,
     Decision,
@@ -513,7 +513,7 @@ def test_job_labels_are_valid_bigquery_labels() -> None:
 
 
 # --- Rules pinned by mutation testing (tools/mutation.py) ------------------------------------
-# Each test below fails when one rule of clustering/events.py is broken (a comparison flipped,
+# Each test below fails when one rule of clustering/cloud/events.py is broken (a comparison flipped,
 # a fallback dropped, a constant bumped); `make mutation` shows which rules no test pins.
 
 
@@ -775,10 +775,16 @@ def push_body(message: dict[str, Any]) -> bytes:
 
 
 def test_a_push_body_becomes_the_messagepublished_event_functions_framework_would_build() -> None:
-    body = push_body({"data": base64.b64encode(b'{"reason": "push"}').decode(),
-                      "messageId": "42", "publishTime": "2024-05-01T12:00:00Z"})  # fmt: skip
-    envelope = envelope_from_http(body, {"Content-Type": "application/json"},
-                                  "/projects/p/topics/runs")  # fmt: skip
+    body = push_body(
+        {
+            "data": base64.b64encode(b'{"reason": "push"}').decode(),
+            "messageId": "42",
+            "publishTime": "2024-05-01T12:00:00Z",
+        }
+    )
+    envelope = envelope_from_http(
+        body, {"Content-Type": "application/json"}, "/projects/p/topics/runs"
+    )
     assert envelope.type == "google.cloud.pubsub.topic.v1.messagePublished"
     assert (envelope.id, envelope.time) == ("42", "2024-05-01T12:00:00Z")
     assert envelope.attribute("source") == "//pubsub.googleapis.com/projects/p/topics/runs"
@@ -787,9 +793,18 @@ def test_a_push_body_becomes_the_messagepublished_event_functions_framework_woul
 
 
 def test_a_snake_case_push_without_data_runs_with_its_attribute_options() -> None:
-    body = push_body({"message_id": "43", "publish_time": "2024-05-01T12:00:00Z",
-                      "attributes": {"reason": "attrs", "dry_run": "TRUE", "force": "false",
-                                     "googclient_x": "ignored"}})  # fmt: skip
+    body = push_body(
+        {
+            "message_id": "43",
+            "publish_time": "2024-05-01T12:00:00Z",
+            "attributes": {
+                "reason": "attrs",
+                "dry_run": "TRUE",
+                "force": "false",
+                "googclient_x": "ignored",
+            },
+        }
+    )
     decision = decide(envelope_from_http(body, {}), SETTINGS, NOW)
     assert (decision.action, decision.key) == ("run", "43")
     assert (decision.message_reason, decision.dry_run, decision.force) == ("attrs", True, False)
@@ -803,8 +818,9 @@ def test_a_body_takes_precedence_over_attributes() -> None:
 
 def test_structured_and_binary_cloudevents_are_read_from_http() -> None:
     event = load("pubsub_manual_publish")
-    structured = envelope_from_http(json.dumps(event).encode(),
-                                    {"Content-Type": "application/cloudevents+json"})  # fmt: skip
+    structured = envelope_from_http(
+        json.dumps(event).encode(), {"Content-Type": "application/cloudevents+json"}
+    )
     headers = {f"Ce-{k}": str(v) for k, v in event.items() if k != "data"}
     binary = envelope_from_http(json.dumps(event["data"]).encode(), headers)
     assert decide(structured, SETTINGS, NOW) == decide(binary, SETTINGS, NOW)
@@ -934,8 +950,13 @@ def test_message_data_at_the_size_limit_is_read_and_just_over_it_is_refused_unre
     read = decide_on(with_base64_data("A" * limit))  # read, and found not to be base64
     assert read.action == "reject" and "not valid base64" in read.reason
     refused = decide_on(with_base64_data("A" * (limit + 1)))
-    assert_decision(refused, "reject", "pubsub", "11529734001",
-                    "message data has 1,048,579 bytes, more than the 1,048,576")  # fmt: skip
+    assert_decision(
+        refused,
+        "reject",
+        "pubsub",
+        "11529734001",
+        "message data has 1,048,579 bytes, more than the 1,048,576",
+    )
 
 
 def with_base64_data(data: str) -> dict[str, Any]:

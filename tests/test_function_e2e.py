@@ -34,12 +34,12 @@ import pandas as pd
 import pytest
 from google.cloud import bigquery, storage
 
-from clustering.claims import LOCK_KEY, Claim
-from clustering.logs import OUTCOMES, Outcome
-from clustering.sender import bigquery_log_entry, pubsub_event, table_change_event
+from clustering.adapters.claims import LOCK_KEY, Claim
+from clustering.analysis.transitions import COLUMNS as TRANSITION_COLUMNS
+from clustering.cloud.logs import OUTCOMES, Outcome
+from clustering.cloud.sender import bigquery_log_entry, pubsub_event, table_change_event
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES
 from clustering.table import CLUSTER_COLUMNS, table_schema
-from clustering.transitions import COLUMNS as TRANSITION_COLUMNS
 from tests import emulators
 from tests.helpers import ARTIFACTS, MANIFEST, REPO, move_rows, real_table
 from tests.test_handler import FailingLoadJobs
@@ -146,8 +146,8 @@ class Function:
             return log.read().decode(errors="replace")
 
     def post(self, event: dict, timeout: float = RESPONSE_TIMEOUT_S) -> Delivery:
-        """POST in structured mode (as clustering.sender.post_event does, but without any proxy
-        from the environment) and collect the log lines the request produced."""
+        """POST in structured mode (as clustering.cloud.sender.post_event does, but without any
+        proxy from the environment) and collect the log lines the request produced."""
         offset = self.log_size()
         request = urllib.request.Request(
             self.server.url,
@@ -443,8 +443,12 @@ def test_a_manual_publish_writes_its_artifacts_then_latest(first_run, cloud):
     run_id = first_run.history_row["run_id"]
     stored = first_run.run_objects
     assert sorted(stored) == sorted(ARTIFACTS)
-    expected_types = {".csv": "text/csv", ".png": "image/png", ".json": "application/json",
-                      ".html": "text/html; charset=utf-8"}  # fmt: skip
+    expected_types = {
+        ".csv": "text/csv",
+        ".png": "image/png",
+        ".json": "application/json",
+        ".html": "text/html; charset=utf-8",
+    }
     for name, item in stored.items():
         assert item.content_type == expected_types[Path(name).suffix], name
     for name in ARTIFACTS:
@@ -955,8 +959,13 @@ def test_two_deliveries_of_one_event_racing_publish_once(function, bq, gcs, clou
     assert_table_and_latest_agree(after)
 
 
-HELD = {"error": {"code": 403, "message": "Object is under active Event-Based hold.",
-                  "errors": [{"reason": "forbidden", "message": "held"}]}}  # fmt: skip
+HELD = {
+    "error": {
+        "code": 403,
+        "message": "Object is under active Event-Based hold.",
+        "errors": [{"reason": "forbidden", "message": "held"}],
+    }
+}
 
 
 def test_a_failure_between_the_table_load_and_latest_is_repaired_by_the_redelivery(
@@ -994,10 +1003,20 @@ def test_a_failure_between_the_table_load_and_latest_is_repaired_by_the_redelive
     assert_table_and_latest_agree(repaired)
 
 
-RATE_LIMITED = {"error": {"code": 403, "message": "Exceeded rate limits: too many api requests",
-                          "errors": [{"reason": "rateLimitExceeded", "domain": "usageLimits",
-                                      "message": "Exceeded rate limits"}],
-                          "status": "PERMISSION_DENIED"}}  # fmt: skip
+RATE_LIMITED = {
+    "error": {
+        "code": 403,
+        "message": "Exceeded rate limits: too many api requests",
+        "errors": [
+            {
+                "reason": "rateLimitExceeded",
+                "domain": "usageLimits",
+                "message": "Exceeded rate limits",
+            }
+        ],
+        "status": "PERMISSION_DENIED",
+    }
+}
 
 
 def test_a_bigquery_rate_limit_is_retried(
@@ -1055,8 +1074,9 @@ class RunTopic:
     name: str
 
     def publish(self, *messages: dict) -> list[str]:
-        answer = pubsub_rest(self.emulator, "POST", f"topics/{self.name}:publish",
-                             {"messages": list(messages)})  # fmt: skip
+        answer = pubsub_rest(
+            self.emulator, "POST", f"topics/{self.name}:publish", {"messages": list(messages)}
+        )
         return answer["messageIds"]
 
     def decision(self, message_id: str, offset: int) -> dict:
@@ -1235,7 +1255,7 @@ def test_a_raw_push_without_data_reaches_the_code_and_runs(function, bq, first_r
     assert (row["status"], row["reason"]) == ("dry_run", "raw push")
 
 
-# --- The outcome field the alerts count (clustering.logs.Outcome, terraform/monitoring.tf) ------
+# --- The outcome field the alerts count (clustering.cloud.logs.Outcome, terraform/monitoring.tf) -
 
 
 def outcome(delivery: Delivery) -> dict:

@@ -4,8 +4,8 @@ import uuid
 import numpy as np
 import pytest
 
-from clustering.errors import InputError
-from clustering.geo import boundaries_from_rows, parse_boundaries, to_wkt
+from clustering import InputError
+from clustering.outputs.geo import boundaries_from_rows, parse_boundaries, to_wkt
 from tests.helpers import REPO
 
 REAL_BOUNDARIES = REPO.parent / "shared" / "data" / "baltimore" / "baltimore_neighborhoods.geojson"
@@ -49,10 +49,12 @@ def test_polygons_and_multipolygons_keep_outer_rings_only():
         (b"\xff\xfe", "not valid GeoJSON"),
         (json.dumps({"type": "Feature"}).encode(), "not a GeoJSON FeatureCollection"),
         (b"[]", "not a GeoJSON FeatureCollection"),
-        (collection(feature({"other": "x"}, {"type": "Polygon", "coordinates": [SQUARE]})),
-         "no named polygons"),
+        (
+            collection(feature({"other": "x"}, {"type": "Polygon", "coordinates": [SQUARE]})),
+            "no named polygons",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_geojson_is_an_input_error_naming_the_source(content, message):
     with pytest.raises(InputError, match=message) as error:
         parse_boundaries(content, "bounds.geojson")
@@ -91,8 +93,10 @@ def bq_boundaries(bigquery_emulator):
     bq = emulators.bigquery_client(bigquery_emulator)
     dataset = f"{bigquery_emulator.project}.geo_{uuid.uuid4().hex[:8]}"
     bq.create_dataset(dataset)
-    schema = [bigquery.SchemaField("nbr_name", "STRING"),
-              bigquery.SchemaField("shape", "GEOGRAPHY")]  # fmt: skip
+    schema = [
+        bigquery.SchemaField("nbr_name", "STRING"),
+        bigquery.SchemaField("shape", "GEOGRAPHY"),
+    ]
     shapes = parse_boundaries(REAL_BOUNDARIES.read_bytes(), "real")
     rows = [{"nbr_name": name, "shape": to_wkt(rings)} for name, rings in shapes.items()]
     table = bq.create_table(bigquery.Table(f"{dataset}.boundaries", schema=schema))
@@ -152,16 +156,21 @@ def test_the_clusters_table_carries_each_neighborhoods_shape_as_geography(
     bq, table_id, shapes = bq_boundaries
     clusters = table_id.rsplit(".", 1)[0] + ".clusters"
     settings = JobSettings(
-        features_source=str(REAL_FEATURES), artifacts_dest=str(tmp_path / "out"),
-        clusters_table=f"bq://{clusters}", boundaries_source=f"bq://{table_id}",
-        boundaries_name_column="nbr_name", boundaries_geography_column="shape",
+        features_source=str(REAL_FEATURES),
+        artifacts_dest=str(tmp_path / "out"),
+        clusters_table=f"bq://{clusters}",
+        boundaries_source=f"bq://{table_id}",
+        boundaries_name_column="nbr_name",
+        boundaries_geography_column="shape",
         analysis=AnalysisSettings(k_max=4),
-    )  # fmt: skip
+    )
     run_job(settings, RunRequest(trigger="test"))
     schema = {f.name: f.field_type for f in bq.get_table(clusters).schema}
     assert schema["neighborhood_shape"] == "GEOGRAPHY"
-    sql = (f"SELECT neighborhood, ST_ASGEOJSON(neighborhood_shape) AS g, "
-           f"ST_AREA(neighborhood_shape) AS area FROM `{clusters}`")  # fmt: skip
+    sql = (
+        f"SELECT neighborhood, ST_ASGEOJSON(neighborhood_shape) AS g, "
+        f"ST_AREA(neighborhood_shape) AS area FROM `{clusters}`"
+    )
     rows = {r["neighborhood"]: r for r in bq.query(sql).result()}
     assert sorted(rows) == sorted(shapes)  # every neighborhood has a row and a shape
     assert all(r["area"] > 0 for r in rows.values())
@@ -175,19 +184,34 @@ def test_the_boundary_columns_come_from_the_environment_and_the_cli():
     from clustering.cli import build_parser, settings_from_args
     from clustering.settings import JobSettings
 
-    env = {"FEATURES_SOURCE": "f.csv", "ARTIFACTS_DEST": "out", "BOUNDARIES_SOURCE": "bq://p.d.t",
-           "BOUNDARIES_NAME_COLUMN": "nbr", "BOUNDARIES_GEOGRAPHY_COLUMN": "geom"}  # fmt: skip
+    env = {
+        "FEATURES_SOURCE": "f.csv",
+        "ARTIFACTS_DEST": "out",
+        "BOUNDARIES_SOURCE": "bq://p.d.t",
+        "BOUNDARIES_NAME_COLUMN": "nbr",
+        "BOUNDARIES_GEOGRAPHY_COLUMN": "geom",
+    }
     settings = JobSettings.from_env(env)
     assert (settings.boundaries_name_column, settings.boundaries_geography_column) == (
-        "nbr", "geom"
-    )  # fmt: skip
+        "nbr",
+        "geom",
+    )
     defaults = JobSettings.from_env({"FEATURES_SOURCE": "f.csv", "ARTIFACTS_DEST": "out"})
     assert (defaults.boundaries_name_column, defaults.boundaries_geography_column) == (
-        "neighborhood", "geometry"
-    )  # fmt: skip
-    args = build_parser().parse_args(["run", "--boundaries", "bq://p.d.t",
-                                      "--boundaries-name-column", "nbr",
-                                      "--boundaries-geography-column", "geom"])  # fmt: skip
+        "neighborhood",
+        "geometry",
+    )
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--boundaries",
+            "bq://p.d.t",
+            "--boundaries-name-column",
+            "nbr",
+            "--boundaries-geography-column",
+            "geom",
+        ]
+    )
     cli = settings_from_args(args)
     assert (cli.boundaries_source, cli.boundaries_name_column) == ("bq://p.d.t", "nbr")
     assert cli.boundaries_geography_column == "geom"

@@ -1,6 +1,6 @@
-"""clustering.handler.handle on real local adapters: what each kind of event leaves behind.
+"""clustering.cloud.handler.handle on real local adapters: what each kind of event leaves behind.
 
-Events are built with clustering.sender and parsed by the cloudevents SDK exactly as
+Events are built with clustering.cloud.sender and parsed by the cloudevents SDK exactly as
 functions-framework parses a structured-mode request; the artifacts, the claims, the clusters
 table and the run history are local files; logs are captured from a real JsonLog.
 """
@@ -22,14 +22,14 @@ import pytest
 from cloudevents.http import from_http
 from google.api_core import exceptions
 
-from clustering import claims
+from clustering import InputError
+from clustering.adapters import claims
+from clustering.adapters.budget import Budget
 from clustering.adapters.local import LocalStore
-from clustering.budget import Budget
-from clustering.errors import InputError
-from clustering.handler import handle, is_transient, respond
-from clustering.logs import JsonLog
-from clustering.sample import make_sample
-from clustering.sender import pubsub_event, table_change_event
+from clustering.analysis.sample import make_sample
+from clustering.cloud.handler import handle, is_transient, respond
+from clustering.cloud.logs import JsonLog
+from clustering.cloud.sender import pubsub_event, table_change_event
 from clustering.settings import AnalysisSettings, JobSettings
 from tests.helpers import ARTIFACTS, MANIFEST
 
@@ -57,8 +57,12 @@ class Local:
     stream: io.StringIO
 
     def handle(self, event: dict, settings: JobSettings | None = None, run_budget=None):
-        return handle(cloud_event(event), settings or self.settings, JsonLog(self.stream),
-                      run_budget=run_budget)  # fmt: skip
+        return handle(
+            cloud_event(event),
+            settings or self.settings,
+            JsonLog(self.stream),
+            run_budget=run_budget,
+        )
 
     def logs(self) -> list[dict]:
         """Every line written so far, each parsed as one JSON object (or the test fails)."""
@@ -128,8 +132,12 @@ def test_a_manual_publish_runs_publishes_and_records_the_run(local):
     assert answer.event == "run_succeeded" and answer.status == 200
     (row,) = local.history()
     run_id = row["run_id"]
-    assert answer.body() == {"event": "run_succeeded", "action": "run",
-                             "reason": answer.reason, "run_id": run_id}  # fmt: skip
+    assert answer.body() == {
+        "event": "run_succeeded",
+        "action": "run",
+        "reason": answer.reason,
+        "run_id": run_id,
+    }
     assert row["status"] == "succeeded" and row["error"] is None
     assert (row["trigger"], row["event_id"], row["reason"]) == ("pubsub", "1001", "unit")
     assert row["input_rows"] == row["output_rows"] == ROWS
@@ -427,7 +435,7 @@ def test_a_fresh_unfinished_claim_is_retried_later_without_running(local):
 
 
 def test_a_stale_unfinished_claim_is_taken_over_and_the_event_runs(local):
-    from clustering.claims import STALE_AFTER_SECONDS
+    from clustering.adapters.claims import STALE_AFTER_SECONDS
 
     leave_running_claim(local, "8002", age_seconds=STALE_AFTER_SECONDS + 60)
     answer = local.handle(pubsub_event({"reason": "after a crash"}, message_id="8002"))
@@ -469,7 +477,7 @@ def test_a_run_stopped_by_its_deadline_publishes_nothing_and_the_redelivery_publ
 
 
 def test_is_transient_covers_deadlines_lost_claims_throttling_and_partial_publication():
-    from clustering.budget import OutOfTime
+    from clustering.adapters.budget import OutOfTime
     from clustering.job import PublishInterrupted
 
     assert is_transient(OutOfTime("late"))
@@ -602,13 +610,19 @@ def push(message: dict) -> bytes:
 
 
 def respond_to(local: Local, body: bytes, headers: dict | None = None):
-    return respond(body, headers or {"Content-Type": "application/json"},
-                   "/projects/p/topics/runs", local.settings, JsonLog(local.stream))  # fmt: skip
+    return respond(
+        body,
+        headers or {"Content-Type": "application/json"},
+        "/projects/p/topics/runs",
+        local.settings,
+        JsonLog(local.stream),
+    )
 
 
 def test_an_attribute_only_push_runs_with_the_options_of_its_attributes(local):
-    body = push({"attributes": {"reason": "from attributes", "dry_run": "true"},
-                 "messageId": "9401"})  # fmt: skip
+    body = push(
+        {"attributes": {"reason": "from attributes", "dry_run": "true"}, "messageId": "9401"}
+    )
 
     answer, status = respond_to(local, body)
 
@@ -646,9 +660,13 @@ def test_a_malformed_delivery_is_rejected_with_a_reason_and_a_history_row(local,
 def test_an_empty_data_push_and_a_binary_cloudevent_run(local):
     answer, _ = respond_to(local, push({"data": "", "messageId": "9601"}))
     assert answer["event"] == "run_succeeded"
-    headers = {"ce-specversion": "1.0", "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
-               "ce-id": "9602", "ce-source": "//pubsub.googleapis.com/projects/p/topics/t",
-               "Content-Type": "application/json"}  # fmt: skip
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+        "ce-id": "9602",
+        "ce-source": "//pubsub.googleapis.com/projects/p/topics/t",
+        "Content-Type": "application/json",
+    }
     body = json.dumps({"message": {"messageId": "9602"}}).encode()
     answer, _ = respond_to(local, body, headers)
     assert answer["event"] == "run_succeeded"

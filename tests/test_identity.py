@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clustering.identity import (
+from clustering.analysis.identity import (
     FIRST_RUN,
     NEXT_ID,
     NO_CENTROIDS,
@@ -24,10 +24,10 @@ from clustering.identity import (
     previous_run,
     renumber,
 )
-from clustering.model import cluster
+from clustering.analysis.model import cluster
+from clustering.analysis.transitions import PREVIOUS_COLUMNS
 from clustering.settings import AnalysisSettings
 from clustering.table import validate_features
-from clustering.transitions import PREVIOUS_COLUMNS
 from tests.helpers import cohort_table, move_rows, real_table
 
 SETTINGS = AnalysisSettings()

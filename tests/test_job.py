@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clustering.errors import InputError
+from clustering import InputError
+from clustering.analysis.sample import make_sample
+from clustering.analysis.transitions import COLUMNS as TRANSITION_COLUMNS
 from clustering.job import RunRequest, run_job
 from clustering.naming import ARTIFACTS, MANIFEST
-from clustering.sample import make_sample
 from clustering.settings import AnalysisSettings, JobSettings
-from clustering.transitions import COLUMNS as TRANSITION_COLUMNS
 from tests.helpers import cohort_table, move_rows
 
 ROWS = 40
@@ -130,8 +130,12 @@ def test_the_clusters_csv_has_one_row_per_input_row_stamped_with_the_run(publish
 
 
 def test_progress_reports_each_stage_in_order(published):
-    stages = ["reading features", "validating", "clustering",
-              f"publishing run {published.report.run_id}"]  # fmt: skip
+    stages = [
+        "reading features",
+        "validating",
+        "clustering",
+        f"publishing run {published.report.run_id}",
+    ]
     positions = [
         next(i for i, m in enumerate(published.messages) if m.startswith(stage)) for stage in stages
     ]
@@ -145,8 +149,9 @@ def test_a_local_clusters_table_is_replaced(published):
     )
     # Replaced by a rename: no temporary file is left beside it.
     assert sorted(p.name for p in published.clusters.parent.iterdir()) == [
-        "clusters.csv", "runs.jsonl",
-    ]  # fmt: skip
+        "clusters.csv",
+        "runs.jsonl",
+    ]
 
 
 def test_the_runs_table_gets_one_row_for_the_run(published):
@@ -263,7 +268,7 @@ def test_a_dry_run_computes_everything_and_writes_nothing(published, tmp_path):
 
 
 def test_the_row_drop_guard_refuses_only_a_real_drop():
-    from clustering.errors import InputError
+    from clustering import InputError
     from clustering.job import check_row_drop
 
     previous = {"run_id": "r1", "input": {"rows": 100}}

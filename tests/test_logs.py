@@ -1,4 +1,4 @@
-"""clustering.logs: JSON lines with severity and context, and the pinned set of outcomes that
+"""clustering.cloud.logs: JSON lines with severity and context, and the pinned set of outcomes that
 the alerts count (terraform/monitoring.tf filters on them; tests/test_terraform.py reads both).
 Every path of the handler is checked through functions-framework in tests/test_function_e2e.py.
 """
@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from clustering.logs import FAILURES, OUTCOMES, JsonLog, Outcome, run_outcome
+from clustering.cloud.logs import FAILURES, OUTCOMES, JsonLog, Outcome, run_outcome
 
 
 def lines(stream: io.StringIO) -> list[dict]:

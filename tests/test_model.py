@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clustering.errors import InputError
-from clustering.model import cluster, search_k
-from clustering.prepare import INSTITUTIONAL, LOW_POPULATION
-from clustering.sample import make_sample
+from clustering import InputError
+from clustering.analysis.model import cluster, search_k
+from clustering.analysis.prepare import INSTITUTIONAL, LOW_POPULATION
+from clustering.analysis.sample import make_sample
 from clustering.settings import AnalysisSettings
 from clustering.table import validate_features
 from tests.helpers import blobs, real_table
@@ -25,8 +25,9 @@ def real_result():
 
 def test_residential_partitions_equal_the_notebooks_on_the_real_table(real_result):
     expected = notebook_partitions(real_table())
-    ours = real_result.table.loc[real_result.residential,
-                                 ["neighborhood", "top_cluster", "sub_cluster"]]  # fmt: skip
+    ours = real_result.table.loc[
+        real_result.residential, ["neighborhood", "top_cluster", "sub_cluster"]
+    ]
     assert len(expected) == len(ours) == 247
     assert ours["neighborhood"].tolist() == expected["neighborhood"].tolist()
     assert ours["top_cluster"].astype(int).tolist() == expected["top_cluster"].tolist()
@@ -84,10 +85,14 @@ def test_excluded_analysis_groups_each_type_separately(real_result):
 
 def test_missing_features_are_reported_not_fatal(real_result):
     assert real_result.features.missing == (
-        "rehab_to_vacant_ratio", "permit_value_per_capita", "permit_recent_5yr",
-        "requests_311_per_capita", "requests_311_blight", "median_assessed_value",
+        "rehab_to_vacant_ratio",
+        "permit_value_per_capita",
+        "permit_recent_5yr",
+        "requests_311_per_capita",
+        "requests_311_blight",
+        "median_assessed_value",
         "avg_assessed_value",
-    )  # fmt: skip
+    )
     # Reported when the table is read, before clustering starts, and not again after it.
     warnings = validate_features(real_table(), SETTINGS, "real").warnings
     assert any("skipped: rehab_to_vacant_ratio, permit_value_per_capita" in w for w in warnings)
@@ -110,8 +115,9 @@ def test_random_state_is_threaded_through():
 
 def test_small_excluded_groups_are_labelled_too_few():
     table = make_sample(60, random_state=2)
-    table = table[~table["neighborhood"].isin(["Perkins", "Inner Harbor"])
-                  | (table["population"] >= 100)]  # fmt: skip
+    table = table[
+        ~table["neighborhood"].isin(["Perkins", "Inner Harbor"]) | (table["population"] >= 100)
+    ]
     settings = AnalysisSettings(exclude_neighborhoods=("Perkins", "Inner Harbor", "Harbor Point"))
     result = run(table, settings)
     institutional = result.excluded[result.excluded["excluded_type"] == INSTITUTIONAL]
@@ -136,8 +142,13 @@ def test_k_range_is_capped_below_the_number_of_rows():
 
 
 def test_too_few_residential_rows_is_an_input_error():
-    table = pd.DataFrame({"neighborhood": ["a", "b", "c"], "population": [500, 500, 5],
-                          "crime_per_capita": [0.1, 0.2, 0.3]})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "neighborhood": ["a", "b", "c"],
+            "population": [500, 500, 5],
+            "crime_per_capita": [0.1, 0.2, 0.3],
+        }
+    )
     with pytest.raises(InputError, match="only 2 residential rows"):
         run(table)
 

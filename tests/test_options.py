@@ -61,7 +61,7 @@ def test_the_table_has_one_row_per_variable():
 
 def test_a_float_option_reads_numbers_from_the_environment():
     # For settings such as a ratio; none is registered yet, so the reader is driven directly.
-    from clustering.errors import InputError
+    from clustering import InputError
     from clustering.settings import _from_env
 
     ratio = Option("ratio", "a share", "float", "RATIO", "--ratio", 0.5)

@@ -3,10 +3,10 @@ import html
 import pandas as pd
 import pytest
 
-from clustering import charts, palette, report
-from clustering.model import cluster
-from clustering.palette import CohortView, cohort_labels, cohort_styles
-from clustering.sample import make_sample
+from clustering.analysis.model import cluster
+from clustering.analysis.sample import make_sample
+from clustering.outputs import charts, palette, report
+from clustering.outputs.palette import CohortView, cohort_labels, cohort_styles
 from clustering.settings import AnalysisSettings
 from clustering.table import validate_features
 from tests.helpers import COHORT_NAMES, index_table, with_cohorts
@@ -20,29 +20,36 @@ def rgb(color: str) -> tuple[int, int, int]:
 
 def table_of(rows: list[tuple[str, str, int, str]]) -> pd.DataFrame:
     """Rows of (neighborhood, top label, sub_cluster, cohort_name)."""
-    frame = pd.DataFrame(rows, columns=["neighborhood", "top_cluster_label", "sub_cluster",
-                                        "cohort_name"])  # fmt: skip
+    frame = pd.DataFrame(
+        rows, columns=["neighborhood", "top_cluster_label", "sub_cluster", "cohort_name"]
+    )
     top = {"Stable": 0, "Distressed": 1}
     return frame.assign(top_cluster=frame["top_cluster_label"].map(top).fillna(-1).astype(int))
 
 
-SMALL = table_of([
-    ("A", "Stable", 0, "Stable: quiet"),
-    ("B", "Stable", 1, "Stable: busy"),
-    ("C", "Stable", 1, "Stable: busy"),
-    ("D", "Distressed", 10, "Distressed: vacant"),
-    ("E", "Distressed", 11, "Distressed: crime"),
-    ("F", "Excluded", -1, "Low Population (Park/Open Space) - Group 0"),
-    ("G", "Excluded", -1, "Institutional/Industrial - Group 0"),
-])  # fmt: skip
+SMALL = table_of(
+    [
+        ("A", "Stable", 0, "Stable: quiet"),
+        ("B", "Stable", 1, "Stable: busy"),
+        ("C", "Stable", 1, "Stable: busy"),
+        ("D", "Distressed", 10, "Distressed: vacant"),
+        ("E", "Distressed", 11, "Distressed: crime"),
+        ("F", "Excluded", -1, "Low Population (Park/Open Space) - Group 0"),
+        ("G", "Excluded", -1, "Institutional/Industrial - Group 0"),
+    ]
+)
 
 
 def test_residential_cohorts_are_named_by_stable_id_and_name_excluded_by_group():
     assert list(cohort_labels(SMALL)) == [
-        "0 · Stable: quiet", "1 · Stable: busy", "1 · Stable: busy", "10 · Distressed: vacant",
-        "11 · Distressed: crime", "Low Population (Park/Open Space) - Group 0",
+        "0 · Stable: quiet",
+        "1 · Stable: busy",
+        "1 · Stable: busy",
+        "10 · Distressed: vacant",
+        "11 · Distressed: crime",
+        "Low Population (Park/Open Space) - Group 0",
         "Institutional/Industrial - Group 0",
-    ]  # fmt: skip
+    ]
 
 
 def test_each_top_group_is_a_family_of_one_hue_and_excluded_groups_are_hatched_greys():
@@ -64,10 +71,13 @@ def test_each_top_group_is_a_family_of_one_hue_and_excluded_groups_are_hatched_g
 def test_styles_come_residential_by_top_group_and_id_then_excluded_by_name():
     order = [s.label for s in cohort_styles(SMALL.sample(frac=1, random_state=3))]
     assert order == [
-        "0 · Stable: quiet", "1 · Stable: busy", "10 · Distressed: vacant",
-        "11 · Distressed: crime", "Institutional/Industrial - Group 0",
+        "0 · Stable: quiet",
+        "1 · Stable: busy",
+        "10 · Distressed: vacant",
+        "11 · Distressed: crime",
+        "Institutional/Industrial - Group 0",
         "Low Population (Park/Open Space) - Group 0",
-    ]  # fmt: skip
+    ]
 
 
 def test_a_cohort_keeps_its_colour_when_names_change_but_ids_do_not():
@@ -102,8 +112,7 @@ def test_the_same_cohort_has_the_same_name_and_colour_in_every_picture(run):
     heatmap = {s.label: s.color for s in tasks["cluster_heatmap.png"][1][0].styles}
     map_data = tasks["cluster_map.png"][1][1]
     drawn = {s.label: s.color for s, _, _ in charts.map_layers(boundaries, map_data)}
-    facts = report.RunFacts("r", "now", "test", None, None, "sample", None, 1, 1, 0, (), (), (),
-                            ())  # fmt: skip
+    facts = report.RunFacts("r", "now", "test", None, None, "sample", None, 1, 1, 0, (), (), (), ())
     page = report.report_data(facts, view, {}, ("cluster_map.png",))
     listed = {c.label: c.color for c in page.cohorts + page.excluded}
 

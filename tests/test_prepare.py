@@ -4,7 +4,7 @@ import pytest
 from scipy.stats import mstats
 from sklearn.impute import SimpleImputer
 
-from clustering.prepare import (
+from clustering.analysis.prepare import (
     INSTITUTIONAL,
     LOW_POPULATION,
     RESIDENTIAL,
@@ -83,8 +83,13 @@ def test_row_types_use_one_exclusion_list_that_wins_over_population():
         }
     )
     types = row_types(table, AnalysisSettings())
-    assert types.tolist() == [INSTITUTIONAL, INSTITUTIONAL, LOW_POPULATION, RESIDENTIAL,
-                              RESIDENTIAL]  # fmt: skip
+    assert types.tolist() == [
+        INSTITUTIONAL,
+        INSTITUTIONAL,
+        LOW_POPULATION,
+        RESIDENTIAL,
+        RESIDENTIAL,
+    ]
 
 
 def test_exclude_also_extends_the_list_that_exclude_neighborhoods_replaces():
@@ -108,8 +113,9 @@ def test_select_features_reports_missing_and_all_blank():
             "crime_per_capita": [np.nan, np.nan, np.nan],
         }
     )
-    settings = AnalysisSettings(clustering_features=("population", "med_age", "crime_per_capita",
-                                                     "avg_assessed_value"))  # fmt: skip
+    settings = AnalysisSettings(
+        clustering_features=("population", "med_age", "crime_per_capita", "avg_assessed_value")
+    )
     selection = select_features(table, pd.Series([True] * 3), settings)
     assert selection.used == ("population", "med_age")
     assert selection.missing == ("avg_assessed_value",)

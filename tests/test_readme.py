@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from clustering.prepare import INSTITUTIONAL, LOW_POPULATION, RESIDENTIAL, row_types
-from clustering.sample import SAMPLE_ROWS, make_sample
+from clustering.analysis.prepare import INSTITUTIONAL, LOW_POPULATION, RESIDENTIAL, row_types
+from clustering.analysis.sample import SAMPLE_ROWS, make_sample
 from clustering.settings import (
     DEFAULT_CLUSTERING_FEATURES,
     DEFAULT_EXCLUDE_NEIGHBORHOODS,

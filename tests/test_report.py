@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clustering import report
+from clustering.analysis.model import cluster
+from clustering.analysis.sample import make_sample
 from clustering.job import RunRequest, run_job
-from clustering.model import cluster
-from clustering.palette import CohortView
-from clustering.sample import make_sample
+from clustering.outputs import report
+from clustering.outputs.palette import CohortView
 from clustering.settings import AnalysisSettings, JobSettings
 from clustering.table import validate_features
 from tests.helpers import REAL_FEATURES, REPO, index_table, png_colors, png_size, with_cohorts
@@ -25,11 +25,21 @@ from tests.test_geo import REAL_BOUNDARIES
 
 ANALYSIS = AnalysisSettings(k_max=4)
 FACTS = report.RunFacts(
-    run_id="20261129T120000Z-abcdef12", started="2026-11-29 12:00:00 UTC", trigger="test",
-    reason="unit", event_id=None, source="sample.csv", boundaries=None, rows=60,
-    residential_rows=50, excluded_rows=10, features_used=("population",), features_missing=(),
-    warnings=("a warning <b>kept as text</b>",), settings=(("K_MAX", "4"),),
-)  # fmt: skip
+    run_id="20261129T120000Z-abcdef12",
+    started="2026-11-29 12:00:00 UTC",
+    trigger="test",
+    reason="unit",
+    event_id=None,
+    source="sample.csv",
+    boundaries=None,
+    rows=60,
+    residential_rows=50,
+    excluded_rows=10,
+    features_used=("population",),
+    features_missing=(),
+    warnings=("a warning <b>kept as text</b>",),
+    settings=(("K_MAX", "4"),),
+)
 
 
 class Page(HTMLParser):
@@ -109,12 +119,22 @@ def test_the_page_names_every_cohort_with_its_size_stability_and_neighborhoods(s
 def test_the_page_shows_the_transitions_since_the_previous_run(sample_run):
     result, _ = sample_run
     features = list(result.features.used)
-    moved = pd.DataFrame([{
-        "neighborhood": "Moved Place", "previous_run_id": "old", "run_id": FACTS.run_id,
-        "previous_top_cluster": 0, "previous_sub_cluster": 1.0,
-        "previous_cohort_name": "Stable: before", "top_cluster": 1, "sub_cluster": 10,
-        "cohort_name": "Distressed: after", "change": "moved",
-    }])  # fmt: skip
+    moved = pd.DataFrame(
+        [
+            {
+                "neighborhood": "Moved Place",
+                "previous_run_id": "old",
+                "run_id": FACTS.run_id,
+                "previous_top_cluster": 0,
+                "previous_sub_cluster": 1.0,
+                "previous_cohort_name": "Stable: before",
+                "top_cluster": 1,
+                "sub_cluster": 10,
+                "cohort_name": "Distressed: after",
+                "change": "moved",
+            }
+        ]
+    )
     cases = {
         "No previous run": view_of(result.table, features),
         "No neighborhood changed": view_of(result.table, features, moved.iloc[:0], "old"),
@@ -210,18 +230,26 @@ def test_headless_chromium_draws_the_report(real_run, tmp_path):
     shot = tmp_path / "report.png"
     width, height = 1280, 2400
     completed = subprocess.run(
-        [browser, *chromium_flags(), f"--user-data-dir={tmp_path / 'profile'}",
-         f"--window-size={width},{height}", f"--screenshot={shot}",
-         (out / "latest" / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            browser,
+            *chromium_flags(),
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--window-size={width},{height}",
+            f"--screenshot={shot}",
+            (out / "latest" / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.exists(), completed.stderr[-2000:]
     content = shot.read_bytes()
     assert png_size(content) == (width, height)
     colors = png_colors(content)
     assert len(colors) > 200  # text, swatches and the map: not a blank page
     table = pd.read_csv(out / "latest" / "neighborhood_clusters.csv")
-    swatches = {c.color for c in report.report_data(
-        FACTS, view_of(table, ["population"]), {}, ()).cohorts}  # fmt: skip
+    swatches = {
+        c.color for c in report.report_data(FACTS, view_of(table, ["population"]), {}, ()).cohorts
+    }
     assert swatches <= colors  # the at-a-glance swatches are painted in the palette's colours
     Path(shot).unlink()

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clustering.sample import SAMPLE_ROWS, make_sample
+from clustering.analysis.sample import SAMPLE_ROWS, make_sample
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES, DEFAULT_EXCLUDE_NEIGHBORHOODS
 
 # The notebook's lists, copied from the seed notebook (cells 2 and 3), not from the product.

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from cloudevents.http import from_http
 
-from clustering.events import Decision, decide, envelope_from_cloudevent
-from clustering.sender import (
+from clustering.cloud.events import Decision, decide, envelope_from_cloudevent
+from clustering.cloud.sender import (
     STRUCTURED_CONTENT_TYPE,
     bigquery_log_entry,
     pubsub_event,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clustering.errors import InputError
+from clustering import InputError
 from clustering.settings import (
     ENV_VARS,
     AnalysisSettings,
@@ -52,8 +52,10 @@ NOTEBOOK_FEATURES = (
     "median_assessed_value",
     "avg_assessed_value",
 )
-REQUIRED = {"FEATURES_SOURCE": "bq://my-project.analytics.neighborhood_features",
-            "ARTIFACTS_DEST": "gs://my-bucket/clusters"}  # fmt: skip
+REQUIRED = {
+    "FEATURES_SOURCE": "bq://my-project.analytics.neighborhood_features",
+    "ARTIFACTS_DEST": "gs://my-bucket/clusters",
+}
 
 
 def env(**values: str) -> dict[str, str]:
@@ -228,9 +230,19 @@ def test_name_lists_are_json_lists_of_names():
 
 @pytest.mark.parametrize(
     "raw",
-    ["Inner Harbor", "not json", '"Inner Harbor"', '{"a": 1}', "[1, 2]", '["ok", ""]',
-     '["ok", "  "]', '["ok", null]', "[", "Inner Harbor, Perkins"],
-)  # fmt: skip
+    [
+        "Inner Harbor",
+        "not json",
+        '"Inner Harbor"',
+        '{"a": 1}',
+        "[1, 2]",
+        '["ok", ""]',
+        '["ok", "  "]',
+        '["ok", null]',
+        "[",
+        "Inner Harbor, Perkins",
+    ],
+)
 def test_bad_name_lists_say_what_is_expected(raw):
     with pytest.raises(InputError) as caught:
         parse_name_list(raw, "EXCLUDE_NEIGHBORHOODS")
@@ -368,9 +380,17 @@ def test_only_the_built_in_feature_list_counts_as_the_default():
 
 @pytest.mark.parametrize(
     "name",
-    ["MIN_POPULATION", "K_MIN", "K_MAX", "SUB_K_MIN", "SUB_K_MAX", "RANDOM_STATE",
-     "SILHOUETTE_SAMPLE_SIZE", "MAX_EVENT_AGE_SECONDS"],
-)  # fmt: skip
+    [
+        "MIN_POPULATION",
+        "K_MIN",
+        "K_MAX",
+        "SUB_K_MIN",
+        "SUB_K_MAX",
+        "RANDOM_STATE",
+        "SILHOUETTE_SAMPLE_SIZE",
+        "MAX_EVENT_AGE_SECONDS",
+    ],
+)
 @pytest.mark.parametrize("raw", ["ten", "1.5", "3e2", "0x10", "1_000_000x"])
 def test_bad_integers_name_the_variable(name, raw):
     with pytest.raises(InputError) as caught:
@@ -572,8 +592,10 @@ def test_the_size_limits_are_the_ones_the_readme_documents():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     limits = readme.split("**Limits.**")[1].split("\n\n")[0]
-    found = re.search(r"above ([\d,]+) rows or (\d+) MiB, or a boundaries file above (\d+) MiB",
-                      " ".join(limits.split()))  # fmt: skip
+    found = re.search(
+        r"above ([\d,]+) rows or (\d+) MiB, or a boundaries file above (\d+) MiB",
+        " ".join(limits.split()),
+    )
     assert found, limits
     rows, features_mib, boundaries_mib = found.groups()
     assert int(rows.replace(",", "")) == MAX_FEATURES_ROWS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clustering.stability import RESAMPLES, bootstrap_stability
+from clustering.analysis.stability import RESAMPLES, bootstrap_stability
 
 
 def two_level(seed: int = 0, per_blob: int = 60):

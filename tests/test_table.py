@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from clustering import InputError
 from clustering.adapters.local import read_table
-from clustering.errors import InputError
-from clustering.sample import make_sample
+from clustering.analysis.sample import make_sample
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES, AnalysisSettings
 from clustering.table import (
     CLUSTER_COLUMNS,
@@ -94,8 +94,12 @@ def test_names_are_stripped_strings():
     frame["neighborhood"] = ["  Oak Hill", "Mill Park ", "Elm Point", "Cedar Manor", "Ash Village"]
     valid = validate_features(frame, SETTINGS, WHERE).frame
     assert list(valid["neighborhood"]) == [
-        "Ash Village", "Cedar Manor", "Elm Point", "Mill Park", "Oak Hill",
-    ]  # fmt: skip
+        "Ash Village",
+        "Cedar Manor",
+        "Elm Point",
+        "Mill Park",
+        "Oak Hill",
+    ]
     numbers = small().assign(neighborhood=[5, 4, 3, 2, 1])
     names = validate_features(numbers, SETTINGS, WHERE).frame["neighborhood"]
     assert list(names) == ["1", "2", "3", "4", "5"]
@@ -133,14 +137,21 @@ def test_absent_default_features_are_a_warning_naming_them():
 @pytest.mark.parametrize(
     ("features", "words"),
     [
-        (("population", "crime_per_captia", "med_age"),
-         ["no column 'crime_per_captia'", "did you mean 'crime_per_capita'?",
-          "CLUSTERING_FEATURES (--clustering-features)"]),
-        (("med_age", "Crime Per Capita"),
-         ["'Crime Per Capita'", "did you mean 'crime_per_capita'"]),
+        (
+            ("population", "crime_per_captia", "med_age"),
+            [
+                "no column 'crime_per_captia'",
+                "did you mean 'crime_per_capita'?",
+                "CLUSTERING_FEATURES (--clustering-features)",
+            ],
+        ),
+        (
+            ("med_age", "Crime Per Capita"),
+            ["'Crime Per Capita'", "did you mean 'crime_per_capita'"],
+        ),
         (("med_age", "zzz", "yyy"), ["no column 'zzz'", "nor 'yyy'"]),
     ],
-)  # fmt: skip
+)
 def test_a_feature_the_user_named_that_the_table_lacks_is_an_error(features, words):
     message = invalid(small(), AnalysisSettings(clustering_features=features))
     for word in words:
@@ -173,8 +184,9 @@ def test_exclusion_names_that_match_no_row_are_a_warning_with_a_guess():
         Unmatched("Mill Prak", "Mill Park"),
         Unmatched("Nowhere At All", None),
     )
-    one = AnalysisSettings(clustering_features=FITTED.clustering_features,
-                           exclude_neighborhoods=("oak hill",))  # fmt: skip
+    one = AnalysisSettings(
+        clustering_features=FITTED.clustering_features, exclude_neighborhoods=("oak hill",)
+    )
     (warning,) = validate_features(small(), one, WHERE).warnings
     assert warning.startswith("1 excluded name matches no neighborhood")
     assert "did you mean 'Oak Hill'?" in warning
@@ -182,9 +194,13 @@ def test_exclusion_names_that_match_no_row_are_a_warning_with_a_guess():
 
 @pytest.mark.parametrize(
     ("header", "meant"),
-    [("Neighborhood", "neighborhood"), (" neighborhood ", "neighborhood"),
-     ("NEIGHBOR HOOD", "neighborhood"), ("Population", "population")],
-)  # fmt: skip
+    [
+        ("Neighborhood", "neighborhood"),
+        (" neighborhood ", "neighborhood"),
+        ("NEIGHBOR HOOD", "neighborhood"),
+        ("Population", "population"),
+    ],
+)
 def test_a_required_column_spelled_differently_gets_a_guess(header, meant):
     message = invalid(small().rename(columns={meant: header}))
     assert f"no {meant!r} column (did you mean {header!r}?)" in message
@@ -257,9 +273,17 @@ def test_many_duplicates_list_at_most_five_rows():
 
 @pytest.mark.parametrize(
     ("value", "shown"),
-    [("abc", "'abc'"), ("NA", "'NA'"), ("null", "'null'"), ("1,5", "'1,5'"), ("inf", "'inf'"),
-     ("-Infinity", "'-Infinity'"), ("nan", "'nan'"), ("12 %", "'12 %'")],
-)  # fmt: skip
+    [
+        ("abc", "'abc'"),
+        ("NA", "'NA'"),
+        ("null", "'null'"),
+        ("1,5", "'1,5'"),
+        ("inf", "'inf'"),
+        ("-Infinity", "'-Infinity'"),
+        ("nan", "'nan'"),
+        ("12 %", "'12 %'"),
+    ],
+)
 def test_text_or_non_finite_text_in_a_feature(value, shown):
     frame = small().astype({"crime_per_capita": object})
     frame.loc[2, "crime_per_capita"] = value
@@ -474,8 +498,9 @@ def test_the_shipped_schema_declares_every_cluster_column_and_default_feature():
 
 
 def test_the_severity_feature_is_checked_even_when_not_clustered_on():
-    settings = AnalysisSettings(clustering_features=("population", "med_age"),
-                                severity_feature="crime_per_capita")  # fmt: skip
+    settings = AnalysisSettings(
+        clustering_features=("population", "med_age"), severity_feature="crime_per_capita"
+    )
     frame = small().astype({"crime_per_capita": object})
     frame.loc[2, "crime_per_capita"] = "lots"
     with pytest.raises(InputError, match="'crime_per_capita' has 'lots'"):
@@ -569,8 +594,9 @@ def named(count: int, **columns) -> pd.DataFrame:
     given columns."""
     names = [f"n{i:02d}" for i in range(1, count + 1)]
     features = {"med_age": [35.0] * count, "crime_per_capita": [0.05] * count}
-    return pd.DataFrame({"neighborhood": names, "population": [500.0] * count, **features,
-                         **columns})  # fmt: skip
+    return pd.DataFrame(
+        {"neighborhood": names, "population": [500.0] * count, **features, **columns}
+    )
 
 
 def test_a_population_of_a_trillion_is_the_largest_accepted():

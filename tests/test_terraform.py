@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from clustering import events, settings
+from clustering import settings
+from clustering.cloud import events
 
 pytestmark = pytest.mark.terraform
 
@@ -67,9 +68,10 @@ DEFAULTS_FILE = ROOT / "clustering" / "defaults.json"
 # clustering/defaults.json holds the analytic defaults and the delivery limits.
 LIMIT_VARIABLES = ("max_event_age_seconds", "min_rows_ratio")
 ANALYTIC_VARIABLES = tuple(
-    name for name in json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
+    name
+    for name in json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
     if name not in LIMIT_VARIABLES
-)  # fmt: skip
+)
 
 # A project id used to render the configuration with its defaults (project_id has none).
 DEMO_PROJECT = "demo-project-1"
@@ -618,8 +620,11 @@ def test_table_change_sink_names_exactly_the_features_table(
     assert "protoPayload.metadata.tableDataChange:*" in lines
     assert not any("tableDataRead" in line for line in lines)
     # The sink and the code agree on which tableDataChange reasons start no run.
-    excluded = re.findall(r'^NOT protoPayload\.metadata\.tableDataChange\.reason="(\w+)"$',
-                          "\n".join(lines), re.MULTILINE)  # fmt: skip
+    excluded = re.findall(
+        r'^NOT protoPayload\.metadata\.tableDataChange\.reason="(\w+)"$',
+        "\n".join(lines),
+        re.MULTILINE,
+    )
     assert tuple(excluded) == events.NON_RUN_REASONS
     assert f'NOT protoPayload.authenticationInfo.principalEmail="{RUNTIME_SA}"' in lines
 
@@ -643,10 +648,13 @@ def test_the_age_limit_outlasts_the_retry_window_terraform_configures(config: Co
     window = min(retention, config.default("max_delivery_attempts") * per_attempt)
     assert settings.JobSettings().max_event_age_seconds >= window  # also Terraform's default
     # The plan-time check says the same for any chosen values.
-    rules = [one(p["condition"]) for p in block(config.resource(FUNCTION), "lifecycle")
-             ["precondition"]]  # fmt: skip
-    expected = (f"${{local.limits.max_event_age_seconds >= min({retention},"
-                f"var.max_delivery_attempts * {per_attempt})}}")  # fmt: skip
+    rules = [
+        one(p["condition"]) for p in block(config.resource(FUNCTION), "lifecycle")["precondition"]
+    ]
+    expected = (
+        f"${{local.limits.max_event_age_seconds >= min({retention},"
+        f"var.max_delivery_attempts * {per_attempt})}}"
+    )
     assert expected in [rule.replace(", ", ",") for rule in rules], rules
 
 
@@ -656,11 +664,16 @@ def test_the_code_reads_the_function_timeout_that_terraform_configures(config: C
     service = block(config.resource(FUNCTION), "service_config")
     assert one(service["timeout_seconds"]) == "${var.function_timeout_seconds}"
     timeout = config.default("function_timeout_seconds")
-    job = settings.JobSettings.from_env({"FEATURES_SOURCE": "x.csv", "ARTIFACTS_DEST": "out",
-                                         "FUNCTION_TIMEOUT_SECONDS": str(timeout)})  # fmt: skip
+    job = settings.JobSettings.from_env(
+        {
+            "FEATURES_SOURCE": "x.csv",
+            "ARTIFACTS_DEST": "out",
+            "FUNCTION_TIMEOUT_SECONDS": str(timeout),
+        }
+    )
     assert job.function_timeout_seconds == timeout
     # A lock is taken over only after its run stopped itself: past the timeout.
-    from clustering import claims
+    from clustering.adapters import claims
 
     assert claims.stale_after(timeout) > timeout
     # The push request waits longer than a run may last: no redelivery overlaps a live run.
@@ -983,7 +996,7 @@ def condition(config: Config, policy: str, kind: str) -> dict:
 
 
 def test_log_metrics_read_the_functions_outcome_field_not_its_wording(config: Config) -> None:
-    from clustering.logs import FAILURES, OUTCOMES, Outcome
+    from clustering.cloud.logs import FAILURES, OUTCOMES, Outcome
 
     function_lines = [
         'resource.type="cloud_run_revision"',
@@ -1204,8 +1217,9 @@ def _entries(body: str) -> dict[str, str | None]:
 
 
 def _required(declarations: str, interface: str) -> frozenset[str]:
-    match = re.search(rf"export interface {interface}(?: extends [\w.]+)? \{{(.*?)\n\}}",
-                      declarations, re.DOTALL)  # fmt: skip
+    match = re.search(
+        rf"export interface {interface}(?: extends [\w.]+)? \{{(.*?)\n\}}", declarations, re.DOTALL
+    )
     assert match, f"interface {interface} not found"
     pattern = r"#(\w+) [^}]*\}\s*\*/\s*readonly \w+(\??):"
     return frozenset(name for name, optional in re.findall(pattern, match.group(1)) if not optional)
@@ -1292,8 +1306,10 @@ def test_every_resource_matches_the_google_providers_schema(config: Config) -> N
 def test_the_schema_check_catches_unknown_arguments_blocks_and_missing_required_ones() -> None:
     schema = provider_schema("google_pubsub_subscription")
     assert {"name", "topic"} <= schema.required
-    assert schema.members["retry_policy"].members == {"maximum_backoff": None,
-                                                      "minimum_backoff": None}  # fmt: skip
+    assert schema.members["retry_policy"].members == {
+        "maximum_backoff": None,
+        "minimum_backoff": None,
+    }
     good = {"name": ["s"], "topic": ["t"], "retry_policy": [{"minimum_backoff": ["1s"]}]}
     assert schema_problems(good, schema, "s") == []
     bad = {

@@ -2,7 +2,7 @@
 
 Each mutant is one small change to one module (flip a comparison, swap and/or, negate a
 condition, drop a `not`, bump a number, swap True/False, drop a raise or a branch), run against
-that module's own unit tests (clustering/events.py -> tests/test_events.py). A mutant is
+that module's own unit tests (clustering/cloud/events.py -> tests/test_events.py). A mutant is
 "killed" when those tests fail, "survived" when they pass (a rule nobody pins), "timeout" when
 they hang. Mutants listed in tools/mutation_equivalents.toml behave exactly like the original
 (no test can tell them apart); they are left out of the score, each with the reason why.
@@ -44,17 +44,42 @@ MODULES: dict[str, str] = {
     "table": "tests/test_table.py",
     "budget": "tests/test_budget.py",
 }
+# Where each module lives in the package's layer folders (the ids above stay short).
+PATHS: dict[str, str] = {
+    "events": "clustering/cloud/events.py",
+    "claims": "clustering/adapters/claims.py",
+    "settings": "clustering/settings.py",
+    "prepare": "clustering/analysis/prepare.py",
+    "table": "clustering/table.py",
+    "budget": "clustering/adapters/budget.py",
+}
 # Not copied into the workers' trees: big, irrelevant, or the worker's own output.
-SKIPPED_IN_COPY = (".git", ".venv", ".tools", "output", "__pycache__", ".pytest_cache",
-                   ".ruff_cache", "bench", "terraform")  # fmt: skip
+SKIPPED_IN_COPY = (
+    ".git",
+    ".venv",
+    ".tools",
+    "output",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    "bench",
+    "terraform",
+)
 
 STOP_GRACE_S = 20.0
 
 COMPARE_SWAPS: dict[type, type] = {
-    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
-    ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In,
-    ast.Is: ast.IsNot, ast.IsNot: ast.Is,
-}  # fmt: skip
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+}
 
 
 @dataclass(frozen=True)
@@ -249,12 +274,27 @@ def _init_worker(parent: str) -> None:
 def _pytest(test_file: str, timeout: float) -> str:
     assert _WORKTREE is not None
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-               "--no-header", test_file]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--no-header",
+        test_file,
+    ]
     # Its own process group: on a timeout, Ctrl-C lets pytest tear its fixtures down (the
     # emulators run in groups of their own), and a kill of the group follows if it hangs.
-    with subprocess.Popen(command, cwd=_WORKTREE, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, start_new_session=True) as tests:  # fmt: skip
+    with subprocess.Popen(
+        command,
+        cwd=_WORKTREE,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    ) as tests:
         try:
             returncode = tests.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -271,7 +311,7 @@ def _pytest(test_file: str, timeout: float) -> str:
 def _run_one(job: tuple[Mutant, str, float]) -> Result:
     mutant, source, timeout = job
     assert _WORKTREE is not None
-    target = _WORKTREE / "clustering" / f"{mutant.module}.py"
+    target = _WORKTREE / PATHS[mutant.module]
     target.write_text(mutated_source(source, mutant))
     try:
         return Result(mutant, _pytest(MODULES[mutant.module], timeout))
@@ -302,8 +342,10 @@ def load_equivalents(path: Path) -> dict[str, str]:
 
 
 def report(results: list[Result], ignored: dict[str, list[Mutant]], modules: list[str]) -> float:
-    print(f"{'module':<10}{'mutants':>8}{'killed':>8}{'survived':>10}{'timeout':>9}"
-          f"{'equivalent':>12}{'score':>9}")  # fmt: skip
+    print(
+        f"{'module':<10}{'mutants':>8}{'killed':>8}{'survived':>10}{'timeout':>9}"
+        f"{'equivalent':>12}{'score':>9}"
+    )
     totals = [0, 0, 0, 0, 0]
     for module in [*modules, "total"]:
         mine = [r for r in results if module in ("total", r.mutant.module)]
@@ -314,15 +356,18 @@ def report(results: list[Result], ignored: dict[str, list[Mutant]], modules: lis
         counts.append(equivalent)
         if module != "total":
             totals = [a + b for a, b in zip(totals, counts, strict=True)]
-        print(f"{module:<10}{counts[0]:>8}{counts[1]:>8}{counts[2]:>10}{counts[3]:>9}"
-              f"{counts[4]:>12}{_score(counts):>8.1f}%")  # fmt: skip
-    unkilled = sorted((r for r in results if r.status != "killed"),
-                      key=lambda r: (r.mutant.module, r.mutant.line))  # fmt: skip
+        print(
+            f"{module:<10}{counts[0]:>8}{counts[1]:>8}{counts[2]:>10}{counts[3]:>9}"
+            f"{counts[4]:>12}{_score(counts):>8.1f}%"
+        )
+    unkilled = sorted(
+        (r for r in results if r.status != "killed"), key=lambda r: (r.mutant.module, r.mutant.line)
+    )
     if unkilled:
         print("\nSurvivors and timeouts (file:line  id):")
     for r in unkilled:
         tag = " [timeout]" if r.status == "timeout" else ""
-        print(f"  clustering/{r.mutant.module}.py:{r.mutant.line}  {r.mutant.id}{tag}")
+        print(f"  {PATHS[r.mutant.module]}:{r.mutant.line}  {r.mutant.id}{tag}")
     return _score(totals)
 
 
@@ -334,11 +379,19 @@ def _score(counts: list[int]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("modules", nargs="*", metavar="MODULE",
-                        help=f"modules to mutate (default: {' '.join(MODULES)})")  # fmt: skip
+    parser.add_argument(
+        "modules",
+        nargs="*",
+        metavar="MODULE",
+        help=f"modules to mutate (default: {' '.join(MODULES)})",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="parallel workers (default 2)")
-    parser.add_argument("--fail-under", type=float, default=95.0,
-                        help="exit 1 below this percentage killed (default 95)")  # fmt: skip
+    parser.add_argument(
+        "--fail-under",
+        type=float,
+        default=95.0,
+        help="exit 1 below this percentage killed (default 95)",
+    )
     parser.add_argument("--list", action="store_true", help="print the mutant ids and stop")
     args = parser.parse_args(argv)
     args.modules = args.modules or list(MODULES)
@@ -347,12 +400,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
 
     equivalents = load_equivalents(EQUIVALENTS)
-    sources = {m: (REPO / "clustering" / f"{m}.py").read_text() for m in args.modules}
+    sources = {m: (REPO / PATHS[m]).read_text() for m in args.modules}
     mutants = [mutant for m in args.modules for mutant in generate(m, sources[m])]
     if args.list:
         for mutant in mutants:
             tag = "  [equivalent]" if mutant.id in equivalents else ""
-            print(f"clustering/{mutant.module}.py:{mutant.line}  {mutant.id}{tag}")
+            print(f"{PATHS[mutant.module]}:{mutant.line}  {mutant.id}{tag}")
         return 0
     ignored: dict[str, list[Mutant]] = {}
     for mutant in mutants:
@@ -366,8 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mutation-") as parent:
         _init_worker(parent)
         timeouts = {m: max(30.0, 5 * _baseline(m)) for m in args.modules}
-        print(f"{len(todo)} mutants to run ({sum(map(len, ignored.values()))} equivalent "
-              f"ignored), {args.jobs} workers", flush=True)  # fmt: skip
+        print(
+            f"{len(todo)} mutants to run ({sum(map(len, ignored.values()))} equivalent "
+            f"ignored), {args.jobs} workers",
+            flush=True,
+        )
         jobs = [(m, sources[m.module], timeouts[m.module]) for m in todo]
         with ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(parent,)) as pool:
             results = list(pool.map(_run_one, jobs))

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import pandas as pd
 
-from clustering.claims import ClaimStore
+from clustering.adapters.claims import ClaimStore
 
 
 class ArtifactStore(ClaimStore, Protocol):
@@ -63,7 +63,7 @@ def read_bytes(source: str) -> bytes:
 def read_boundaries(source: str, name_column: str, geography_column: str):
     """Neighborhood name -> outer rings from a bq:// table with a GEOGRAPHY column, or from a
     GeoJSON at a gs:// or local path."""
-    from clustering import geo
+    from clustering.outputs import geo
 
     if source.startswith("bq://"):
         from clustering.adapters import bigquery

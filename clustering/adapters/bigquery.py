@@ -6,8 +6,8 @@ explicit schema (atomic: readers see the old table or the new one), and every jo
 the labels that mark it as ours in the audit logs.
 
 Every call has a retry deadline and a per-request timeout from the run's budget
-(clustering.budget), and a load job is waited on with a timeout and cancelled when it passes,
-instead of the client's 600 s defaults that outlast the function.
+(clustering.adapters.budget), and a load job is waited on with a timeout and cancelled when it
+passes, instead of the client's 600 s defaults that outlast the function.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from contextlib import contextmanager, suppress
 
 import pandas as pd
 
-from clustering import budget
-from clustering.errors import InputError
-from clustering.events import JOB_LABELS
+from clustering import InputError
+from clustering.adapters import budget
+from clustering.naming import JOB_LABELS
 from clustering.settings import MAX_FEATURES_BYTES, MAX_FEATURES_ROWS, bq_table_id, check_column
 
 EMULATOR_ENV = "BIGQUERY_EMULATOR_HOST"
@@ -109,11 +109,15 @@ def read_table(uri: str) -> pd.DataFrame:
 
 def _check_size(uri: str, rows: int | None, size: int | None) -> None:
     if rows is not None and rows > MAX_FEATURES_ROWS:
-        raise InputError(f"{uri} has {rows:,} rows, more than the {MAX_FEATURES_ROWS:,} this "
-                         "job clusters (see README, Limits): filter the table")  # fmt: skip
+        raise InputError(
+            f"{uri} has {rows:,} rows, more than the {MAX_FEATURES_ROWS:,} this "
+            "job clusters (see README, Limits): filter the table"
+        )
     if size is not None and size > MAX_FEATURES_BYTES:
-        raise InputError(f"{uri} holds {size:,} bytes, more than the {MAX_FEATURES_BYTES:,} "
-                         "this job reads (see README, Limits): drop unused columns")  # fmt: skip
+        raise InputError(
+            f"{uri} holds {size:,} bytes, more than the {MAX_FEATURES_BYTES:,} "
+            "this job reads (see README, Limits): drop unused columns"
+        )
 
 
 def load_job_id(run_id: str) -> str:
@@ -122,8 +126,9 @@ def load_job_id(run_id: str) -> str:
     return f"neighborhood_clusters_{run_id}"
 
 
-def replace_table(uri: str, frame: pd.DataFrame, schema: list[dict],
-                  run_id: str | None = None) -> None:  # fmt: skip
+def replace_table(
+    uri: str, frame: pd.DataFrame, schema: list[dict], run_id: str | None = None
+) -> None:
     """Replace the table's contents and schema with `frame` in one load job (named after
     `run_id` when given), waited on within the run's budget and cancelled when it runs out."""
     job_id = load_job_id(run_id) if run_id else None
@@ -135,8 +140,14 @@ def append_table(uri: str, frame: pd.DataFrame, schema: list[dict]) -> None:
     _load(uri, bq_table_id(uri, "transitions table"), frame, schema, "WRITE_APPEND", None)
 
 
-def _load(uri: str, table_id: str, frame: pd.DataFrame, schema: list[dict], disposition: str,
-          job_id: str | None) -> None:  # fmt: skip
+def _load(
+    uri: str,
+    table_id: str,
+    frame: pd.DataFrame,
+    schema: list[dict],
+    disposition: str,
+    job_id: str | None,
+) -> None:
     """One Parquet load job with an explicit schema, labelled as ours, within the budget."""
     from google.api_core import exceptions
     from google.cloud import bigquery
@@ -151,8 +162,9 @@ def _load(uri: str, table_id: str, frame: pd.DataFrame, schema: list[dict], disp
     _, timeout = budget.call_limits(f"loading {uri}")
     try:
         with _quiet_client():
-            job = bq.load_table_from_dataframe(frame, table_id, job_config=config,
-                                               job_id=job_id, timeout=timeout)  # fmt: skip
+            job = bq.load_table_from_dataframe(
+                frame, table_id, job_config=config, job_id=job_id, timeout=timeout
+            )
     except exceptions.Conflict:
         if job_id is None:
             raise
@@ -171,13 +183,16 @@ def _wait(bq, job, uri: str) -> None:
     try:
         job.result(retry=DEFAULT_RETRY.with_deadline(deadline), timeout=deadline)
     except (FutureTimeout, exceptions.RetryError) as error:
-        job.cancel(retry=DEFAULT_RETRY.with_deadline(CANCEL_WAIT_SECONDS),
-                   timeout=CANCEL_WAIT_SECONDS)  # fmt: skip
+        job.cancel(
+            retry=DEFAULT_RETRY.with_deadline(CANCEL_WAIT_SECONDS), timeout=CANCEL_WAIT_SECONDS
+        )
         # Cancelled or failed: either way it no longer writes.
         with suppress(Exception):
             job.result(timeout=CANCEL_WAIT_SECONDS)
-        raise budget.OutOfTime(f"the load of {uri} (job {job.job_id}) did not finish in the "
-                               f"run's time and was cancelled: {error}") from None  # fmt: skip
+        raise budget.OutOfTime(
+            f"the load of {uri} (job {job.job_id}) did not finish in the "
+            f"run's time and was cancelled: {error}"
+        ) from None
 
 
 def table_run_id(uri: str) -> str | None:
@@ -186,8 +201,12 @@ def table_run_id(uri: str) -> str | None:
 
     table_id = bq_table_id(uri, "clusters table")
     bq = client(table_id.split(".")[0])
-    rows = bq.list_rows(table_id, selected_fields=[bigquery.SchemaField("run_id", "STRING")],
-                        max_results=1, **limits(f"checking {uri}"))  # fmt: skip
+    rows = bq.list_rows(
+        table_id,
+        selected_fields=[bigquery.SchemaField("run_id", "STRING")],
+        max_results=1,
+        **limits(f"checking {uri}"),
+    )
     return next((row["run_id"] for row in rows), None)
 
 

@@ -1,7 +1,7 @@
 """Cloud Storage: the artifact store (runs/<id>/, latest/, claims/) and gs:// feature files.
 
 Every call carries a per-request timeout and a retry deadline from the run's budget
-(clustering.budget). Writes that must not overwrite anything are creates with
+(clustering.adapters.budget). Writes that must not overwrite anything are creates with
 `if_generation_match=0`, and replacements are conditional on the generation that was read:
 the storage client retries such a request when its response is lost, and the retry then meets
 its own first attempt as a 412. So a 412 is a success when the object now holds exactly the
@@ -15,9 +15,9 @@ from pathlib import PurePosixPath
 
 import pandas as pd
 
-from clustering import budget
+from clustering import InputError
+from clustering.adapters import budget
 from clustering.adapters.local import READERS, parse_table, table_bytes
-from clustering.errors import InputError
 from clustering.naming import MANIFEST, claim_name, content_type
 from clustering.settings import MAX_BOUNDARIES_BYTES, MAX_FEATURES_BYTES
 
@@ -56,8 +56,7 @@ def read_bytes(uri: str, max_bytes: int = MAX_BOUNDARIES_BYTES) -> bytes:
             f"{uri} is {blob.size:,} bytes, more than the {max_bytes:,} this job reads "
             "(see README, Limits): split or shrink the file"
         )
-    return blob.download_as_bytes(if_generation_match=blob.generation,
-                                  **limits(f"reading {uri}"))  # fmt: skip
+    return blob.download_as_bytes(if_generation_match=blob.generation, **limits(f"reading {uri}"))
 
 
 def read_table(uri: str) -> pd.DataFrame:
@@ -110,9 +109,12 @@ class GcsStore:
 
         blob = self._bucket.blob(self._name(path))
         try:
-            blob.upload_from_string(content, content_type=content_type(path),
-                                    if_generation_match=expected,
-                                    **limits(f"writing {self.describe(path)}"))  # fmt: skip
+            blob.upload_from_string(
+                content,
+                content_type=content_type(path),
+                if_generation_match=expected,
+                **limits(f"writing {self.describe(path)}"),
+            )
         except exceptions.PreconditionFailed:
             found = self._read(path)
             # Our own earlier attempt, whose response was lost: the retry met it.
@@ -135,8 +137,10 @@ class GcsStore:
     def write_run(self, run_id: str, files: dict[str, bytes]) -> None:
         for name, content in files.items():
             if self._write(f"runs/{run_id}/{name}", content, 0) is None:
-                raise RuntimeError(f"{self.describe(f'runs/{run_id}/{name}')} exists already "
-                                   "with other content: run ids never repeat")  # fmt: skip
+                raise RuntimeError(
+                    f"{self.describe(f'runs/{run_id}/{name}')} exists already "
+                    "with other content: run ids never repeat"
+                )
 
     def read_run_file(self, run_id: str, name: str) -> bytes | None:
         found = self._read(f"runs/{run_id}/{name}")
@@ -156,11 +160,16 @@ class GcsStore:
         for name in files:
             if name != MANIFEST:
                 source = self._bucket.blob(self._name(f"runs/{run_id}/{name}"))
-                self._bucket.copy_blob(source, self._bucket, self._name(f"latest/{name}"),
-                                       **limits(f"copying {name} to latest/"))  # fmt: skip
+                self._bucket.copy_blob(
+                    source,
+                    self._bucket,
+                    self._name(f"latest/{name}"),
+                    **limits(f"copying {name} to latest/"),
+                )
         latest = self._name("latest/")
-        for blob in client().list_blobs(self.bucket_name, prefix=latest,
-                                        **limits("listing latest/")):  # fmt: skip
+        for blob in client().list_blobs(
+            self.bucket_name, prefix=latest, **limits("listing latest/")
+        ):
             if blob.name[len(latest) :] not in files:
                 with contextlib.suppress(Exception):  # a file of an older run: best effort
                     blob.delete(if_generation_match=blob.generation, **limits("cleaning latest/"))
@@ -182,8 +191,9 @@ class GcsStore:
             return self._write(f"claims/{claim_name(key)}", content, int(token))
         blob = self._bucket.blob(self._name(f"claims/{claim_name(key)}"))
         with contextlib.suppress(exceptions.PreconditionFailed):
-            blob.upload_from_string(content, content_type="application/json",
-                                    **limits("writing a claim"))  # fmt: skip
+            blob.upload_from_string(
+                content, content_type="application/json", **limits("writing a claim")
+            )
         return blob.generation
 
     def release(self, key: str, token: object | None = None) -> bool:
@@ -201,8 +211,9 @@ class GcsStore:
                 return False
         expected = None if token is None else int(token)
         try:
-            self._bucket.blob(name).delete(if_generation_match=expected,
-                                           **limits("releasing a claim"))  # fmt: skip
+            self._bucket.blob(name).delete(
+                if_generation_match=expected, **limits("releasing a claim")
+            )
         except exceptions.NotFound:
             return True
         except exceptions.PreconditionFailed:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clustering.errors import InputError
+from clustering import InputError
 from clustering.naming import MANIFEST, claim_name
 from clustering.settings import MAX_BOUNDARIES_BYTES, MAX_FEATURES_BYTES
 
@@ -35,8 +35,9 @@ def read_table(path: str) -> pd.DataFrame:
     if file.is_dir():
         raise InputError(f"{path} is a folder: give a .csv or .parquet file")
     if file.stat().st_size == 0:
-        raise InputError(f"{path} is empty: give a file with a header row and one row per "
-                         "neighborhood")  # fmt: skip
+        raise InputError(
+            f"{path} is empty: give a file with a header row and one row per neighborhood"
+        )
     _check_size(file, MAX_FEATURES_BYTES)
     return parse_table(file.read_bytes() if kind == "csv" else file, kind, path)
 
@@ -66,8 +67,13 @@ def parse_table(content, kind: str, where: str) -> pd.DataFrame:
     try:
         if kind == "csv":
             # Only empty cells are blank: "NA" or "null" in a column is text, reported as such.
-            return pd.read_csv(io.BytesIO(content), keep_default_na=False, na_values=[""],
-                               skipinitialspace=True, **csv_dialect(content))  # fmt: skip
+            return pd.read_csv(
+                io.BytesIO(content),
+                keep_default_na=False,
+                na_values=[""],
+                skipinitialspace=True,
+                **csv_dialect(content),
+            )
         source = io.BytesIO(content) if isinstance(content, bytes) else content
         return pd.read_parquet(source)
     except pd.errors.EmptyDataError:

@@ -30,11 +30,11 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from clustering import cohorts as naming
-from clustering.cohorts import Cohort, Naming, PreviousName, Profile
-from clustering.model import ClusteringResult
-from clustering.stability import UNSTABLE, Stability
-from clustering.transitions import Counts, transitions
+from clustering.analysis import cohorts as naming
+from clustering.analysis.cohorts import Cohort, Naming, PreviousName, Profile
+from clustering.analysis.model import ClusteringResult
+from clustering.analysis.stability import UNSTABLE, Stability
+from clustering.analysis.transitions import Counts, transitions
 
 TOP, SUB = "top", "sub"
 ASSIGNED = "optimal assignment on centroid distance"
@@ -224,10 +224,14 @@ def _top_centroids(result: ClusteringResult) -> tuple[dict, ...]:
     frame = pd.DataFrame(result.winsorized, columns=list(result.features.used))
     labels = {g.top: g.label for g in result.top_groups}
     return tuple(
-        {"top_cluster": int(t), "label": labels[t], "rows": len(rows),
-         "centroid": _floats(rows.mean())}
+        {
+            "top_cluster": int(t),
+            "label": labels[t],
+            "rows": len(rows),
+            "centroid": _floats(rows.mean()),
+        }
         for t, rows in frame.groupby(top)
-    )  # fmt: skip
+    )
 
 
 def with_stability(identity: Identity, stability: Stability) -> Identity:
@@ -373,17 +377,32 @@ class _Ledger:
         for r, c in zip(rows, cols, strict=True):
             ids[own[r]] = old[c]
             distance = round(float(cost[r, c]), 6)
-            self.pairs.append({"level": level, "previous": old[c], "current": old[c],
-                               "own": own[r], "name": olds[old[c]].name,
-                               "distance": distance, "rule": ASSIGNED})  # fmt: skip
+            self.pairs.append(
+                {
+                    "level": level,
+                    "previous": old[c],
+                    "current": old[c],
+                    "own": own[r],
+                    "name": olds[old[c]].name,
+                    "distance": distance,
+                    "rule": ASSIGNED,
+                }
+            )
         for index, own_id in enumerate(own):
             if own_id in ids:
                 continue
             ids[own_id] = next(i for i in range(base, base + 10**6) if i not in used)
             used.add(ids[own_id])
             nearest = round(float(cost[index].min()), 6) if len(old) else None
-            self.new.append({"level": level, "current": ids[own_id], "own": own_id,
-                             "nearest_distance": nearest, "rule": NEXT_ID})  # fmt: skip
+            self.new.append(
+                {
+                    "level": level,
+                    "current": ids[own_id],
+                    "own": own_id,
+                    "nearest_distance": nearest,
+                    "rule": NEXT_ID,
+                }
+            )
         self.vanished += [
             {"level": level, "previous": o, "name": olds[o].name}
             for o in old

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from clustering.errors import InputError
-from clustering.events import AUDIT_LOG_TYPE, AUDIT_LOG_WRITTEN, PUBSUB_MESSAGE_PUBLISHED
+from clustering import InputError
+from clustering.cloud.events import AUDIT_LOG_TYPE, AUDIT_LOG_WRITTEN, PUBSUB_MESSAGE_PUBLISHED
 from clustering.settings import check_table_id
 
 DEFAULT_URL = "http://127.0.0.1:8080"

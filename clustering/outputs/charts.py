@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clustering.model import TOP_K, ClusteringResult, KSearch
+from clustering.analysis.model import TOP_K, ClusteringResult, KSearch
 from clustering.naming import PNG_ELBOW, PNG_HEATMAP, PNG_MAP, PNG_PCA
-from clustering.palette import (
+from clustering.outputs.palette import (
     NO_ROW_EDGE,
     CohortStyle,
     CohortView,
@@ -48,7 +48,7 @@ class PcaData:
     points: at most MAX_SCATTER_POINTS rows (a fixed-seed sample above that).
     variance: the share of variance each component explains.
     top, sub: top group labels and stable sub-cluster ids of the drawn rows.
-    styles: the residential cohorts' names and colours (clustering.palette).
+    styles: the residential cohorts' names and colours (clustering.outputs.palette).
     n_rows: all residential rows (to say when the scatter is a sample).
     """
 
@@ -120,8 +120,9 @@ def heatmap_data(view: CohortView) -> HeatmapData:
     stability = {}
     if "cohort_stability" in table.columns:
         firsts = table.dropna(subset=["cohort_stability"]).drop_duplicates("sub_cluster")
-        stability = dict(zip(firsts["sub_cluster"].astype(int), firsts["cohort_stability"],
-                             strict=True))  # fmt: skip
+        stability = dict(
+            zip(firsts["sub_cluster"].astype(int), firsts["cohort_stability"], strict=True)
+        )
     index = view.index[[s.sub_cluster for s in styles]]
     return HeatmapData(index=index, styles=styles, stability=stability)
 
@@ -215,8 +216,9 @@ def elbow_silhouette(search: KSearch, sample_size: int | None) -> bytes:
     left.set_title("Elbow method", fontsize=14)
     right.plot(search.ks, search.silhouettes, "ro-", linewidth=2, markersize=8)
     best = search.best_k
-    right.axvline(best, color="green", linestyle="--",
-                  label=f"Best silhouette: K = {best} (diagnostic)")  # fmt: skip
+    right.axvline(
+        best, color="green", linestyle="--", label=f"Best silhouette: K = {best} (diagnostic)"
+    )
     right.set_xlabel("K (number of clusters)", fontsize=12)
     right.set_ylabel("Silhouette score", fontsize=12)
     suffix = f" (sample of {sample_size:,} rows)" if sample_size else ""
@@ -241,24 +243,40 @@ def pca_clusters(data: PcaData) -> bytes:
     size = 60 if len(data.points) <= 2000 else 6
     for group in dict.fromkeys(s.group for s in data.styles):
         mask = data.top == group
-        left.scatter(*data.points[mask].T, s=size, alpha=0.8, color=group_color(group),
-                     label=f"{group} ({int(mask.sum()):,})")  # fmt: skip
+        left.scatter(
+            *data.points[mask].T,
+            s=size,
+            alpha=0.8,
+            color=group_color(group),
+            label=f"{group} ({int(mask.sum()):,})",
+        )
     for style in data.styles:
         mask = data.sub == style.sub_cluster
-        right.scatter(*data.points[mask].T, s=size, alpha=0.85, color=style.color,
-                      label=_wrap(f"{style.label} (n = {style.rows:,})", 60))  # fmt: skip
+        right.scatter(
+            *data.points[mask].T,
+            s=size,
+            alpha=0.85,
+            color=style.color,
+            label=_wrap(f"{style.label} (n = {style.rows:,})", 60),
+        )
     left.set_title("Top-level split (K=2)", fontsize=13)
     right.set_title("Cohorts (stable id · name)", fontsize=13)
     for ax, columns in ((left, 2), (right, 1)):
         ax.set_xlabel(f"PC1 ({data.variance[0] * 100:.1f}% of variance)")
         ax.set_ylabel(f"PC2 ({data.variance[1] * 100:.1f}% of variance)")
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=columns,
-                  frameon=False)  # fmt: skip
+        ax.legend(
+            fontsize=8,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.12),
+            ncols=columns,
+            frameon=False,
+        )
         ax.grid(True, alpha=0.3)
     drawn = len(data.points)
     note = f" ({drawn:,} of {data.n_rows:,} rows drawn)" if drawn < data.n_rows else ""
-    fig.suptitle(f"Residential neighborhoods on their first two principal components{note}",
-                 fontsize=14)  # fmt: skip
+    fig.suptitle(
+        f"Residential neighborhoods on their first two principal components{note}", fontsize=14
+    )
     return _png(fig, tight=False)
 
 
@@ -273,19 +291,28 @@ def cluster_heatmap(data: HeatmapData) -> bytes:
     fig = Figure(figsize=(width, height))
     # Margins in inches (feature names left, four-line cohort labels below, the colour bar
     # right): a tight layout would cost one more full draw of every label.
-    fig.subplots_adjust(left=3.3 / width, right=1 - 1.6 / width, top=1 - 0.5 / height,
-                        bottom=1.35 / height)  # fmt: skip
+    fig.subplots_adjust(
+        left=3.3 / width, right=1 - 1.6 / width, top=1 - 0.5 / height, bottom=1.35 / height
+    )
     ax = fig.subplots()
     values = data.index.to_numpy(dtype=np.float64)
     # Ratios read symmetrically on a log scale: half the mean is as far from 100 as double.
     norm = colors.LogNorm(vmin=25, vmax=400)
-    image = ax.imshow(np.clip(values, 25, 400), cmap="BrBG", norm=norm, aspect="auto",
-                      interpolation="nearest")  # fmt: skip
+    image = ax.imshow(
+        np.clip(values, 25, 400), cmap="BrBG", norm=norm, aspect="auto", interpolation="nearest"
+    )
     for (row, column), value in np.ndenumerate(values):
         text = "n/a" if np.isnan(value) else f"{value:.0f}"
         dark = not np.isnan(value) and not 50 <= value <= 200
-        ax.text(column, row, text, ha="center", va="center", fontsize=8,
-                color="white" if dark else "black")  # fmt: skip
+        ax.text(
+            column,
+            row,
+            text,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if dark else "black",
+        )
     ticks = []
     for style in data.styles:
         stability = data.stability.get(style.sub_cluster)
@@ -306,8 +333,12 @@ def cluster_heatmap(data: HeatmapData) -> bytes:
     bar.set_label("Index (cohort mean / residential mean x 100)")
     bar.ax.minorticks_off()
     if np.isnan(values).any():
-        fig.text(0.01, 0.01, "n/a: the residential mean is zero or negative, so a ratio to it "
-                 "says nothing", fontsize=8)  # fmt: skip
+        fig.text(
+            0.01,
+            0.01,
+            "n/a: the residential mean is zero or negative, so a ratio to it says nothing",
+            fontsize=8,
+        )
     return _png(fig, tight=False)
 
 
@@ -325,8 +356,9 @@ def cluster_map(boundaries: dict[str, list[np.ndarray]], data: MapData) -> bytes
     legend = []
     for style, names, rings in map_layers(boundaries, data):
         if style is None:
-            ax.add_collection(PolyCollection(rings, facecolor="none", edgecolor=NO_ROW_EDGE,
-                                             linewidths=0.6))  # fmt: skip
+            ax.add_collection(
+                PolyCollection(rings, facecolor="none", edgecolor=NO_ROW_EDGE, linewidths=0.6)
+            )
             outline = f"No row in the table ({len(names):,}, outlined)"
             legend.append(Patch(facecolor="none", edgecolor=NO_ROW_EDGE, label=outline))
             continue
@@ -334,8 +366,14 @@ def cluster_map(boundaries: dict[str, list[np.ndarray]], data: MapData) -> bytes
         if style.hatch:
             look |= {"hatch": style.hatch, "edgecolor": "#4d4d4d", "linewidths": 0.3}
         ax.add_collection(PolyCollection(rings, **look))
-        legend.append(Patch(facecolor=style.color, hatch=style.hatch, edgecolor=look["edgecolor"],
-                            label=_wrap(f"{style.label} ({style.rows:,})", 55)))  # fmt: skip
+        legend.append(
+            Patch(
+                facecolor=style.color,
+                hatch=style.hatch,
+                edgecolor=look["edgecolor"],
+                label=_wrap(f"{style.label} ({style.rows:,})", 55),
+            )
+        )
     ax.autoscale_view()
     (west, east), (south, north) = ax.get_xlim(), ax.get_ylim()
     if -180 <= west <= east <= 180 and -85 <= south <= north <= 85:
@@ -347,8 +385,14 @@ def cluster_map(boundaries: dict[str, list[np.ndarray]], data: MapData) -> bytes
         ax.set_aspect("equal")
     when = f" - run of {data.run_date}" if data.run_date else ""
     ax.set_title(f"Neighborhood cohorts{when}", fontsize=14)
-    ax.legend(handles=legend, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-              title="Cohort (neighborhoods)", title_fontsize=9)  # fmt: skip
+    ax.legend(
+        handles=legend,
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        title="Cohort (neighborhoods)",
+        title_fontsize=9,
+    )
     return _png(fig, tight=False)
 
 
@@ -388,8 +432,9 @@ def _png(fig, tight: bool = True) -> bytes:
         TightLayoutEngine().execute(fig)
     buffer = io.BytesIO()
     # Fast zlib level: the charts are small, and level 6 costs more than drawing them.
-    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None},
-                pil_kwargs={"compress_level": 1})  # fmt: skip
+    fig.savefig(
+        buffer, format="png", dpi=DPI, metadata={"Software": None}, pil_kwargs={"compress_level": 1}
+    )
     return buffer.getvalue()
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from clustering import fits
-from clustering.errors import InputError
-from clustering.prepare import (
+from clustering import InputError
+from clustering.analysis import fits
+from clustering.analysis.prepare import (
     INSTITUTIONAL,
     LOW_POPULATION,
     RESIDENTIAL,
@@ -86,7 +86,7 @@ class ClusteringResult:
     winsorized: the same rows and features (`features.used`) before scaling: imputed and
         winsorized, in the features' own units. Its column means and standard deviations
         are the scaling, its column minima and maxima the winsorizing bounds, so a point in
-        original units can be brought into this run's scaled space (clustering.identity).
+        original units can be brought into this run's scaled space (clustering.analysis.identity).
     residential: boolean mask of `table` rows that were clustered as residential.
     profile: mean of each used feature per sub-cluster (rows: features, columns: sub-clusters).
     summary: the final cohort table (counts and key means per top label and cluster label).
@@ -218,8 +218,9 @@ def _cluster(table, settings, say, on_diagnostics, types, residential, features,
             )
             refits.append((mask, top, None))
             continue
-        groups.append(TopGroup(top=top, label=label, size=int(mask.sum()), search=search,
-                               sub_k=search.best_k))  # fmt: skip
+        groups.append(
+            TopGroup(top=top, label=label, size=int(mask.sum()), search=search, sub_k=search.best_k)
+        )
         refit = pool.submit(fits.fit_labels, scaled[mask], search.best_k, FINAL_N_INIT, seed)
         refits.append((mask, top, refit))
     for mask, top, refit in refits:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clustering import fits
+from clustering.analysis import fits
 
 RESAMPLES = 50
 RESAMPLE_N_INIT = 3

@@ -17,14 +17,49 @@ from clustering.settings import DEFAULT_EXCLUDE_NEIGHBORHOODS
 
 SAMPLE_ROWS = 279
 _FIRST = (
-    "Ash", "Bell", "Cedar", "Dover", "Elm", "Fox", "Glen", "Harbor", "Iron", "Juniper",
-    "King", "Laurel", "Mill", "North", "Oak", "Pine", "Queen", "River", "Stone", "Tide",
-    "Union", "Vale", "West", "York", "Birch", "Clover", "Druid", "Forest", "Grove", "Hollins",
-)  # fmt: skip
+    "Ash",
+    "Bell",
+    "Cedar",
+    "Dover",
+    "Elm",
+    "Fox",
+    "Glen",
+    "Harbor",
+    "Iron",
+    "Juniper",
+    "King",
+    "Laurel",
+    "Mill",
+    "North",
+    "Oak",
+    "Pine",
+    "Queen",
+    "River",
+    "Stone",
+    "Tide",
+    "Union",
+    "Vale",
+    "West",
+    "York",
+    "Birch",
+    "Clover",
+    "Druid",
+    "Forest",
+    "Grove",
+    "Hollins",
+)
 _SECOND = (
-    "Park", "Hill", "Heights", "Village", "Square", "Manor", "Gardens", "Terrace", "Crossing",
+    "Park",
+    "Hill",
+    "Heights",
+    "Village",
+    "Square",
+    "Manor",
+    "Gardens",
+    "Terrace",
+    "Crossing",
     "Point",
-)  # fmt: skip
+)
 # Share of rows that are parks or open space (under 100 residents), as in the real table.
 _LOW_POPULATION_SHARE = 19 / 279
 # Share of cells left blank in each feature column other than population.

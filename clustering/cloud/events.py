@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Literal
 
+from clustering.naming import JOB_LABELS
 from clustering.settings import TABLE_ID_PATTERN, JobSettings, bq_table_id
 
 PUBSUB_MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
@@ -42,10 +43,6 @@ AUDIT_LOG_WRITTEN = "google.cloud.audit.log.v1.written"
 AUDIT_LOG_TYPE = "type.googleapis.com/google.cloud.audit.AuditLog"
 BIGQUERY_SERVICE = "bigquery.googleapis.com"
 
-# Every BigQuery job the function runs carries these labels (the BigQuery adapter imports this
-# constant). BigQuery copies them into jobInsertion/jobChange.job.jobConfig.labels of its audit
-# logs, which is how an event caused by our own job is recognised even under another principal.
-JOB_LABELS: dict[str, str] = {"app": "neighborhood-clusters"}
 
 # What a Pub/Sub message body may carry; anything else is rejected, so a typo never silently
 # runs with defaults.
@@ -176,8 +173,10 @@ def envelope_from_http(body: bytes, headers: Mapping[str, str], path: str = "/")
     """
     lowered = {str(k).lower(): str(v) for k, v in headers.items()}
     if len(body) > MAX_REQUEST_BYTES:
-        return _unparsed(f"the request body has {len(body):,} bytes, more than the "
-                         f"{MAX_REQUEST_BYTES:,} a delivery may have")  # fmt: skip
+        return _unparsed(
+            f"the request body has {len(body):,} bytes, more than the "
+            f"{MAX_REQUEST_BYTES:,} a delivery may have"
+        )
     parsed, problem = _loads(body, "the request body")
     if problem:
         return _unparsed(problem)
@@ -240,8 +239,9 @@ def decide(
     now = _as_utc(now)
     if envelope.problem:
         trigger: Trigger = "pubsub" if envelope.type == PUBSUB_MESSAGE_PUBLISHED else "unknown"
-        return _reject(trigger, envelope.id, f"delivery {envelope.id or '(no id)'}: "
-                       f"{envelope.problem}")  # fmt: skip
+        return _reject(
+            trigger, envelope.id, f"delivery {envelope.id or '(no id)'}: {envelope.problem}"
+        )
     if envelope.type == PUBSUB_MESSAGE_PUBLISHED:
         return _decide_pubsub(envelope, settings, now)
     if envelope.type == AUDIT_LOG_WRITTEN:
@@ -307,8 +307,10 @@ def _decode_message_body(raw: Any) -> tuple[Any, str | None]:
     if not isinstance(raw, str):
         return None, f"message data is a {type(raw).__name__}, expected a base64 string"
     if len(raw) > MAX_MESSAGE_BYTES * 4 // 3 + 4:
-        return None, (f"message data has {len(raw) * 3 // 4:,} bytes, more than the "
-                      f"{MAX_MESSAGE_BYTES:,} a message may carry")  # fmt: skip
+        return None, (
+            f"message data has {len(raw) * 3 // 4:,} bytes, more than the "
+            f"{MAX_MESSAGE_BYTES:,} a message may carry"
+        )
     try:
         decoded = base64.b64decode(raw, validate=True)
     except binascii.Error:

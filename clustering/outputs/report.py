@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from clustering.naming import PNG_ELBOW, PNG_HEATMAP, PNG_MAP, PNG_PCA
-from clustering.palette import CohortView, direction
+from clustering.outputs.palette import CohortView, direction
 
 PLACEHOLDER = re.compile(rb'src="png:([A-Za-z0-9_.-]+)"')
 # Captions, in the order the page shows the pictures.
@@ -89,7 +89,7 @@ def report_data(
     """The page's content from the run's facts and cohorts; `notes` explains excluded groups
     by excluded_type (the excluded analysis's note), `images` names the PNGs drawn."""
     table = view.table
-    from clustering.palette import cohort_labels
+    from clustering.outputs.palette import cohort_labels
 
     labels = cohort_labels(table)
     members = table["neighborhood"].groupby(labels).agg(tuple)
@@ -145,7 +145,7 @@ def render(data: ReportData) -> bytes:
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     environment = Environment(
-        loader=PackageLoader("clustering", "templates"),
+        loader=PackageLoader("clustering.outputs", "templates"),
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,

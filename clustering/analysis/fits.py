@@ -75,8 +75,9 @@ def silhouette(
     if sample_size is None or len(labels) <= sample_size:
         return float(silhouette_score(matrix, labels))
     try:
-        return float(silhouette_score(matrix, labels, sample_size=sample_size,
-                                      random_state=random_state))  # fmt: skip
+        return float(
+            silhouette_score(matrix, labels, sample_size=sample_size, random_state=random_state)
+        )
     except ValueError:  # the sample happened to hold a single cluster
         return -1.0
 

@@ -4,7 +4,7 @@ A neighborhood moved when its stable sub-cluster (or, for an excluded neighborho
 excluded type) differs from the previous run's; one that is new in the features table
 "appeared", one that is no longer there "disappeared". A cohort that was only renamed, or an
 excluded neighborhood regrouped within its type (those groups have no stable ids), is not a
-move. Because sub-cluster ids are matched run to run (clustering.identity), an unchanged
+move. Because sub-cluster ids are matched run to run (clustering.analysis.identity), an unchanged
 neighborhood keeps its id and is never listed.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from clustering.model import DISTRESSED, STABLE
+from clustering.analysis.model import DISTRESSED, STABLE
 
 MOVED = "moved"
 APPEARED = "appeared"

@@ -32,14 +32,27 @@ NO_ROW_EDGE = "#7f7f7f"
 
 # Which way is better for the notebook's features, stated next to them on the heatmap so a
 # high owner-occupancy index does not read as alarming. Features not listed state nothing.
-HIGHER_IS_BETTER = frozenset({
-    "owner_occupancy_rate", "rehab_to_vacant_ratio", "permit_value_per_capita",
-    "permit_recent_5yr", "median_assessed_value", "avg_assessed_value",
-})  # fmt: skip
-HIGHER_IS_WORSE = frozenset({
-    "housing_vacancy_rate", "crime_per_capita", "arrest_per_capita", "crime_yoy_change",
-    "vacant_notices_per_unit", "requests_311_per_capita", "requests_311_blight",
-})  # fmt: skip
+HIGHER_IS_BETTER = frozenset(
+    {
+        "owner_occupancy_rate",
+        "rehab_to_vacant_ratio",
+        "permit_value_per_capita",
+        "permit_recent_5yr",
+        "median_assessed_value",
+        "avg_assessed_value",
+    }
+)
+HIGHER_IS_WORSE = frozenset(
+    {
+        "housing_vacancy_rate",
+        "crime_per_capita",
+        "arrest_per_capita",
+        "crime_yoy_change",
+        "vacant_notices_per_unit",
+        "requests_311_per_capita",
+        "requests_311_blight",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -93,8 +106,9 @@ def cohort_styles(table: pd.DataFrame) -> tuple[CohortStyle, ...]:
                 )
             )
     excluded = sorted(set(labels[~residential]))
-    for index, (label, color) in enumerate(zip(excluded, shades(*EXCLUDED_GREYS, len(excluded)),
-                                               strict=True)):  # fmt: skip
+    for index, (label, color) in enumerate(
+        zip(excluded, shades(*EXCLUDED_GREYS, len(excluded)), strict=True)
+    ):
         hatch = HATCHES[index % len(HATCHES)]
         styles.append(CohortStyle(label, color, hatch, EXCLUDED, None, int(counts[label])))
     return tuple(styles)

@@ -1,17 +1,17 @@
 """The Cloud Function's work: decide on a delivery, claim it, run, and answer.
 
 Every delivery ends in one `Answer` and one final log line whose `event` field says which
-(clustering.logs.Outcome: run_succeeded, dry_run, run_failed, event_skipped, event_rejected,
+(clustering.cloud.logs.Outcome: run_succeeded, dry_run, run_failed, event_skipped, event_rejected,
 duplicate, run_retry or run_busy). Permanent
 failures (a rejected event, bad data, bad settings) are logged, recorded in the run history and
 acked (HTTP 200), because a retry would fail the same way for a day. Transient failures (5xx,
 throttling, timeouts, the run's own deadline, a lost claim, another run in progress) release
 what the run holds and answer 500, so the push subscription delivers the event again.
 
-Each event is claimed before it runs (clustering.claims): one run lock for all events, whose
-token fences every publishing step, and a "done" record per event so redeliveries are
+Each event is claimed before it runs (clustering.adapters.claims): one run lock for all events,
+whose token fences every publishing step, and a "done" record per event so redeliveries are
 duplicates. A run works inside a time budget that ends before the function timeout
-(clustering.budget), so it stops, releases and asks for a retry instead of being cut off.
+(clustering.adapters.budget), so it stops, releases and asks for a retry instead of being cut off.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from clustering import budget, claims
-from clustering.errors import InputError
-from clustering.events import (
+from clustering import InputError
+from clustering.adapters import budget, claims
+from clustering.cloud.events import (
     Decision,
     EventEnvelope,
     covered_by,
@@ -32,8 +32,8 @@ from clustering.events import (
     envelope_from_cloudevent,
     envelope_from_http,
 )
+from clustering.cloud.logs import JsonLog, Outcome, run_outcome
 from clustering.job import PublishInterrupted, RunRequest, one_line, record_failure, run_job
-from clustering.logs import JsonLog, Outcome, run_outcome
 from clustering.naming import new_run_id
 from clustering.settings import JobSettings
 
@@ -50,7 +50,7 @@ class EventBusy(RuntimeError):
 class Answer:
     """The outcome of one delivery: the HTTP answer's JSON body and status.
 
-    event: how the delivery ended (clustering.logs.Outcome), also its final log line's field.
+    event: how the delivery ended (clustering.cloud.logs.Outcome), also its final log line's field.
     action: the decision on the event (run, skip, reject).
     """
 
@@ -79,8 +79,9 @@ def load_settings(environ: Mapping[str, str] = os.environ, log: JsonLog | None =
     try:
         return JobSettings.from_env(environ)
     except InputError as error:
-        (log or JsonLog())("CRITICAL", f"invalid function configuration: {error}",
-                           event=Outcome.SETTINGS_INVALID)  # fmt: skip
+        (log or JsonLog())(
+            "CRITICAL", f"invalid function configuration: {error}", event=Outcome.SETTINGS_INVALID
+        )
         raise
 
 
@@ -95,8 +96,13 @@ def log_warnings(log: JsonLog) -> None:
     warnings.showwarning = show
 
 
-def respond(body: bytes, headers: Mapping[str, str], path: str, settings: JobSettings,
-            log: JsonLog | None = None) -> tuple[dict[str, Any], int]:  # fmt: skip
+def respond(
+    body: bytes,
+    headers: Mapping[str, str],
+    path: str,
+    settings: JobSettings,
+    log: JsonLog | None = None,
+) -> tuple[dict[str, Any], int]:
     """Answer one HTTP delivery: (JSON body, status). Never raises: an unexpected error is
     logged as one JSON line and answered 500, so the delivery is retried."""
     log = log or JsonLog()
@@ -105,17 +111,22 @@ def respond(body: bytes, headers: Mapping[str, str], path: str, settings: JobSet
     except Exception as error:
         import traceback
 
-        log.error(f"unexpected failure, will be retried: {type(error).__name__}: "
-                  f"{one_line(error)}", event=Outcome.RUN_RETRY,
-                  traceback=traceback.format_exc())  # fmt: skip
+        log.error(
+            f"unexpected failure, will be retried: {type(error).__name__}: {one_line(error)}",
+            event=Outcome.RUN_RETRY,
+            traceback=traceback.format_exc(),
+        )
         answer = Answer(Outcome.RUN_RETRY, "run", f"unexpected failure: {one_line(error)}")
     return answer.body(), answer.status
 
 
 def handle(
-    event: Any, settings: JobSettings, log: JsonLog | None = None,
-    now: datetime | None = None, run_budget: budget.Budget | None = None,
-) -> Answer:  # fmt: skip
+    event: Any,
+    settings: JobSettings,
+    log: JsonLog | None = None,
+    now: datetime | None = None,
+    run_budget: budget.Budget | None = None,
+) -> Answer:
     """Handle one delivery (an EventEnvelope or a CloudEvent) and say what happened."""
     log = log or JsonLog()
     envelope = event if isinstance(event, EventEnvelope) else envelope_from_cloudevent(event)
@@ -124,8 +135,9 @@ def handle(
 
     if decision.action == "reject":
         log.error(f"event rejected, not retried: {decision.reason}", event=Outcome.EVENT_REJECTED)
-        record_failure(settings, _request(decision, envelope.id), decision.reason,
-                       _history_error(log))  # fmt: skip
+        record_failure(
+            settings, _request(decision, envelope.id), decision.reason, _history_error(log)
+        )
         return Answer(Outcome.EVENT_REJECTED, decision.action, decision.reason)
     if decision.action == "skip":
         return _skipped(decision, log)
@@ -138,13 +150,17 @@ def handle(
 
 
 def _skipped(decision: Decision, log: JsonLog) -> Answer:
-    log("WARNING" if decision.warn else "INFO", f"event skipped: {decision.reason}",
-        event=Outcome.EVENT_SKIPPED)  # fmt: skip
+    log(
+        "WARNING" if decision.warn else "INFO",
+        f"event skipped: {decision.reason}",
+        event=Outcome.EVENT_SKIPPED,
+    )
     return Answer(Outcome.EVENT_SKIPPED, "skip", decision.reason)
 
 
-def _claim_and_run(decision: Decision, envelope: EventEnvelope, settings: JobSettings,
-                   log: JsonLog) -> Answer:  # fmt: skip
+def _claim_and_run(
+    decision: Decision, envelope: EventEnvelope, settings: JobSettings, log: JsonLog
+) -> Answer:
     from clustering.adapters import artifact_store
 
     key = decision.key or envelope.id or "no-id"
@@ -178,8 +194,10 @@ def _claim_and_run(decision: Decision, envelope: EventEnvelope, settings: JobSet
     if found is not None:
         log.warning(f"took over the run lock of run {found.run_id}, which never finished")
     if decision.late:
-        log.warning(f"late table change runs: no successful run started since it happened "
-                    f"({decision.reason})")  # fmt: skip
+        log.warning(
+            f"late table change runs: no successful run started since it happened "
+            f"({decision.reason})"
+        )
     return _run(decision, fence, settings, log.bind(run_id=run_id))
 
 
@@ -206,8 +224,9 @@ def _last_run(store, source: str | None) -> tuple[str | None, datetime | None]:
         return None, None
 
 
-def _claim_failed(error: Exception, decision: Decision, key: str, settings: JobSettings,
-                  log: JsonLog) -> Answer:  # fmt: skip
+def _claim_failed(
+    error: Exception, decision: Decision, key: str, settings: JobSettings, log: JsonLog
+) -> Answer:
     if is_transient(error):
         reason = f"the claim store is unreachable, will be retried: {one_line(error)}"
         log.error(reason, event=Outcome.RUN_RETRY)
@@ -216,8 +235,9 @@ def _claim_failed(error: Exception, decision: Decision, key: str, settings: JobS
     where = settings.artifacts_dest.rstrip("/") + "/claims/"
     reason = f"cannot claim the event in {where}, not retried: {one_line(error)}"
     log.error(reason, event=Outcome.RUN_FAILED)
-    record_failure(settings, _request(decision, key), f"claim failed: {one_line(error)}",
-                   _history_error(log))  # fmt: skip
+    record_failure(
+        settings, _request(decision, key), f"claim failed: {one_line(error)}", _history_error(log)
+    )
     return Answer(Outcome.RUN_FAILED, decision.action, reason)
 
 
@@ -227,9 +247,14 @@ def _run(decision: Decision, fence: claims.Fence, settings: JobSettings, log: Js
     if decision.features_source:
         settings = settings.with_features_source(decision.features_source)
     try:
-        report = run_job(settings, _request(decision, fence.key), progress=log.info,
-                         on_history_error=_history_error(log), run_id=run_id,
-                         fence=fence.check)  # fmt: skip
+        report = run_job(
+            settings,
+            _request(decision, fence.key),
+            progress=log.info,
+            on_history_error=_history_error(log),
+            run_id=run_id,
+            fence=fence.check,
+        )
     except claims.ClaimLost as error:
         # Released only if the lock still has our token (it may have looked lost because the
         # store did not answer): a lock taken over is left to its new holder. The retry is
@@ -256,8 +281,7 @@ def _run(decision: Decision, fence: claims.Fence, settings: JobSettings, log: Js
         f"{manifest['diagnostics']['best_k']}, artifacts {report.artifact_prefix}"
     )
     outcome = run_outcome(report.status)
-    log.info(reason, timings=manifest["timings_seconds"], status=report.status,
-             event=outcome)  # fmt: skip
+    log.info(reason, timings=manifest["timings_seconds"], status=report.status, event=outcome)
     return Answer(outcome, decision.action, reason, run_id)
 
 
@@ -313,5 +337,7 @@ def _settle(step, key: str, log: JsonLog, what: str) -> None:
         with budget.bounded(budget.Budget.lasting(budget.FINAL_STEP_SECONDS)):
             step()
     except Exception as error:
-        log.error(f"claim {key} could not be {what}: the run lock is taken over once it is "
-                  f"stale: {one_line(error)}")  # fmt: skip
+        log.error(
+            f"claim {key} could not be {what}: the run lock is taken over once it is "
+            f"stale: {one_line(error)}"
+        )

@@ -14,7 +14,7 @@ fencing token: every publishing step first checks that the lock still has that t
 (`Fence.check`), and the final release deletes the lock only if it does. A lock older than
 `stale_after` belongs to a run that died (a crash, or a timeout whose release was lost); a
 delivery takes it over with a compare-and-swap, so only one can. The takeover is safe because
-a run stops itself (clustering.budget) before the function timeout, and `stale_after` is
+a run stops itself (clustering.adapters.budget) before the function timeout, and `stale_after` is
 longer than that timeout: by then the old run can no longer publish.
 """
 
@@ -78,8 +78,10 @@ def decode(content: bytes) -> Claim | None:
     """The claim in `content`, or None when it cannot be read."""
     try:
         fields = json.loads(content)
-        return Claim(**{k: fields[k] for k in ("run_id", "event_id", "claimed_at", "state")},
-                     key=fields.get("key"))  # fmt: skip
+        return Claim(
+            **{k: fields[k] for k in ("run_id", "event_id", "claimed_at", "state")},
+            key=fields.get("key"),
+        )
     except (ValueError, TypeError, KeyError):
         return None
 
@@ -144,9 +146,12 @@ def is_done(store: ClaimStore, key: str) -> tuple[bool, Claim | None]:
 
 
 def claim(
-    store: ClaimStore, key: str, mine: Claim, now: datetime | None = None,
+    store: ClaimStore,
+    key: str,
+    mine: Claim,
+    now: datetime | None = None,
     stale_after: float = STALE_AFTER_SECONDS,
-) -> tuple[Outcome, Claim | None, Fence | None]:  # fmt: skip
+) -> tuple[Outcome, Claim | None, Fence | None]:
     """Claim event `key` for `mine`: "done" (a duplicate), "busy" (a run holds the lock: the
     found holder is returned), or "claimed" with the Fence (and the stale holder taken over,
     if any)."""

@@ -63,7 +63,7 @@ class Cohort:
 
     index_scores: cohort mean / residential mean x 100 per used feature (features whose
         residential mean is not positive have no meaningful index and are left out).
-    stability: mean bootstrap Jaccard (clustering.stability), NaN until computed.
+    stability: mean bootstrap Jaccard (clustering.analysis.stability), NaN until computed.
     centroid: mean of the values the clustering saw (imputed, winsorized; before scaling), in
         the feature's own units; this is what the next run matches against.
     name_source: "generated", "kept" (the previous run's name still holds) or "override".

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from clustering.errors import InputError
+from clustering import InputError
 
 # Property names that may carry the neighborhood's name, in order of preference.
 NAME_PROPERTIES = ("neighborhood", "name", "Name", "NAME", "nbrdesc")
@@ -23,13 +23,17 @@ def parse_boundaries(content: bytes, where: str) -> dict[str, list[np.ndarray]]:
     try:
         document = json.loads(content)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{where} is not valid GeoJSON ({error.__class__.__name__}): "
-                         "give a FeatureCollection exported as .geojson") from None  # fmt: skip
+        raise InputError(
+            f"{where} is not valid GeoJSON ({error.__class__.__name__}): "
+            "give a FeatureCollection exported as .geojson"
+        ) from None
     is_collection = isinstance(document, dict) and document.get("type") == "FeatureCollection"
     features = document.get("features") if is_collection else None
     if not isinstance(features, list):
-        raise InputError(f"{where} is not a GeoJSON FeatureCollection: export the boundaries "
-                         "as a FeatureCollection of polygons")  # fmt: skip
+        raise InputError(
+            f"{where} is not a GeoJSON FeatureCollection: export the boundaries "
+            "as a FeatureCollection of polygons"
+        )
     return _shapes(features, where)
 
 
@@ -64,8 +68,9 @@ def _shapes(features: list, where: str) -> dict[str, list[np.ndarray]]:
     shapes: dict[str, list[np.ndarray]] = {}
     for feature in features:
         properties = (feature or {}).get("properties") or {}
-        name = next((str(properties[k]).strip() for k in NAME_PROPERTIES if properties.get(k)),
-                    None)  # fmt: skip
+        name = next(
+            (str(properties[k]).strip() for k in NAME_PROPERTIES if properties.get(k)), None
+        )
         rings = _outer_rings((feature or {}).get("geometry") or {})
         if name and rings:
             shapes.setdefault(name, []).extend(rings)

@@ -1,0 +1,1 @@
+"""What people look at: charts, the map, the report and their shared palette."""
