@@ -33,6 +33,16 @@ VERSIONED = ("numpy", "pandas", "scikit-learn", "scipy", "matplotlib")
 # Publishing (run folder, table load, pointer) does not start with less time than this left
 # of the run's budget: a run that cannot finish publishing stops before it begins.
 PUBLISH_RESERVE_SECONDS = 30.0
+# The analytic settings report.html states, in its order.
+REPORTED_SETTINGS = (
+    "min_population",
+    "k_min",
+    "k_max",
+    "sub_k_min",
+    "sub_k_max",
+    "random_state",
+    "severity_feature",
+)
 
 
 class PublishInterrupted(RuntimeError):
@@ -114,17 +124,17 @@ def run_job(
     """
     started = datetime.now(UTC)
     run_id = run_id or new_run_id(started)
-    clock = _Stopwatch(progress or (lambda _message: None))
+    run = _Run(
+        settings,
+        request,
+        run_id,
+        started,
+        _Stopwatch(progress or (lambda _message: None)),
+        on_warning or (lambda _w: None),
+        fence or (lambda _step: None),
+    )
     try:
-        report = _run(
-            settings,
-            request,
-            clock,
-            run_id,
-            started,
-            on_warning or (lambda _w: None),
-            fence or (lambda _step: None),
-        )
+        report = _run(run)
     except Exception as error:
         _record(settings, request, run_id, started, None, error, on_history_error)
         raise
@@ -132,86 +142,97 @@ def run_job(
     return report
 
 
-def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
-    from clustering import adapters
-    from clustering.outputs import charts, report
+@dataclass(frozen=True)
+class _Run:
+    """One run's fixed inputs, which every step of it reads."""
 
-    store = adapters.artifact_store(settings.artifacts_dest)
+    settings: JobSettings
+    request: RunRequest
+    run_id: str
+    started: datetime
+    clock: _Stopwatch
+    warn: Callable[[str], None]
+    fence: Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class _Input:
+    """The validated input of a run and what reading it had to say."""
+
+    frame: object  # the validated features (a DataFrame)
+    where: str
+    boundaries: dict | None
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Analysed:
+    """Everything a run computed, ready to publish: nothing is written yet."""
+
+    input: _Input
+    identity: object  # clustering.analysis.identity.Identity
+    table: object  # the clusters table's rows (a DataFrame), run_id and time stamped
+    files: dict[str, bytes]
+
+
+def _run(run: _Run) -> RunReport:
+    from clustering import adapters
+
+    store = adapters.artifact_store(run.settings.artifacts_dest)
     # Read once, before the data: the last published run (row count for the row-drop guard,
     # cohorts for stable ids) and the pointer's version, which the switch of latest/ is
     # conditional on.
     pointer, pointer_token = store.read_pointer()
+    done = _analyse(run, store, pointer)
+    dry_run = run.request.dry_run
+    prefix = None if dry_run else store.describe(f"runs/{run.run_id}/")
+    page = None if dry_run else store.describe(f"runs/{run.run_id}/{HTML_REPORT}")
+
+    def manifest(timings: dict[str, float]) -> dict:
+        document = _manifest(run, done, timings, prefix)
+        document["outputs"]["report"] = page
+        return document
+
+    if dry_run:
+        return RunReport(run.run_id, "dry_run", manifest(run.clock.done()), None)
+    run.clock.stage("publish", f"publishing run {run.run_id}")
+    done.files[MANIFEST] = _json_bytes(manifest(dict(run.clock.timings)))
+    _publish(run, store, done, pointer_token)
+    run.clock.progress(f"report: {store.describe(f'latest/{HTML_REPORT}')}")
+    return RunReport(run.run_id, "succeeded", manifest(run.clock.done()), prefix)
+
+
+def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
+    """Read, validate, cluster, name, draw: the whole run up to publishing."""
+    from clustering.outputs import charts, report
 
     # Fork the chart process first: it imports matplotlib while this one reads and clusters.
     with charts.ChartRenderer() as renderer:
-        source = settings.features_source
-        analysis = settings.analysis
-        clock.stage("read", f"reading features from {source or 'the built-in sample'}")
-        if source is None:
-            from clustering.analysis.sample import make_sample
-
-            frame, where = make_sample(), "the built-in sample"
-        else:
-            frame, where = adapters.read_features(source)
-
-        from clustering.analysis.model import cluster
-        from clustering.table import validate_features
-
-        clock.stage("validate", f"validating {len(frame)} rows")
-        valid = validate_features(frame, analysis, where)
-        check_row_drop(
-            len(valid.frame), _manifest_of(pointer), settings.min_rows_ratio, request.force, where
-        )
-        boundaries, map_warnings = _boundaries(settings, valid.frame)
-        for warning in valid.warnings + map_warnings:
-            warn(warning)
+        given = _read_input(run, pointer)
         previous = _previous(store, pointer)
-        clock.stage("cluster", "clustering")
-        try:
-            result = cluster(
-                valid.frame,
-                analysis,
-                progress=clock.progress,
-                on_diagnostics=lambda search, sampled: _diagnosed(
-                    renderer, clock, charts.elbow_task(search, sampled), search.best_k
-                ),
-            )
-        except InputError as error:
-            raise InputError(f"{where}: {error}") from None
-        run_date = f"{started:%Y-%m-%d %H:%M} UTC"
+        run.clock.stage("cluster", "clustering")
+        result = _cluster(run, renderer, given)
+        run_date = f"{run.started:%Y-%m-%d %H:%M} UTC"
+        random_state = run.settings.analysis.random_state
 
         def draw_named(named) -> None:
             # Ids and names are final: the scatter and the map start while the stability is
             # bootstrapped; the heatmap shows stability, so it waits for it.
-            _submit(
-                renderer,
-                charts.named_tasks(
-                    named.result, cohort_view(named), analysis.random_state, boundaries, run_date
-                ),
-            )
+            view = cohort_view(named)
+            tasks = charts.named_tasks(named.result, view, random_state, given.boundaries, run_date)
+            _submit(renderer, tasks)
 
-        identity = _identify(result, previous, settings, run_id, clock, draw_named)
+        identity = _identify(result, previous, run, draw_named)
         for warning in result.warnings + identity.warnings:
-            warn(warning)
-        clock.stage("charts", "drawing charts")
+            run.warn(warning)
+        run.clock.stage("charts", "drawing charts")
         view = cohort_view(identity)
         _submit(renderer, charts.heatmap_task(view))
-        warnings = valid.warnings + map_warnings + result.warnings + identity.warnings
-        _submit(
-            renderer,
-            _report_task(
-                settings,
-                request,
-                run_id,
-                started,
-                identity.result,
-                view,
-                warnings,
-                _chart_names(boundaries),
-            ),
-        )
+        warnings = given.warnings + result.warnings + identity.warnings
+        images = _chart_names(given.boundaries)
+        _submit(renderer, _report_task(run, identity.result, view, warnings, images))
         # The CSVs are encoded while the chart workers draw.
-        table = identity.table.assign(run_id=run_id, _clustered_at=started)
+        table = identity.table.assign(run_id=run.run_id, _clustered_at=run.started)
         files = {
             CSV_CLUSTERS: table.to_csv(index=False).encode(),
             CSV_EXCLUDED: result.excluded.to_csv(index=False).encode(),
@@ -220,57 +241,86 @@ def _run(settings, request, clock, run_id, started, warn, fence) -> RunReport:
             files[CSV_TRANSITIONS] = identity.transitions.to_csv(index=False).encode()
         files |= renderer.collect()
         files[HTML_REPORT] = report.embed(files[HTML_REPORT], files)
+    return _Analysed(given, identity, table, files)
 
-    prefix = None if request.dry_run else store.describe(f"runs/{run_id}/")
-    page = None if request.dry_run else store.describe(f"runs/{run_id}/{HTML_REPORT}")
 
-    def manifest(timings: dict[str, float]) -> dict:
-        document = _manifest(
-            run_id,
-            request,
-            settings,
-            started,
-            valid.warnings + map_warnings,
-            identity,
-            timings,
-            prefix,
-            list(files),
+def _read_input(run: _Run, pointer: bytes | None) -> _Input:
+    """The features, validated and checked against the last run's size, and the boundaries."""
+    from clustering import adapters
+    from clustering.table import validate_features
+
+    source = run.settings.features_source
+    run.clock.stage("read", f"reading features from {source or 'the built-in sample'}")
+    if source is None:
+        from clustering.analysis.sample import make_sample
+
+        frame, where = make_sample(), "the built-in sample"
+    else:
+        frame, where = adapters.read_features(source)
+    run.clock.stage("validate", f"validating {len(frame)} rows")
+    valid = validate_features(frame, run.settings.analysis, where)
+    check_row_drop(
+        len(valid.frame),
+        _manifest_of(pointer),
+        run.settings.min_rows_ratio,
+        run.request.force,
+        where,
+    )
+    boundaries, map_warnings = _boundaries(run.settings, valid.frame)
+    warnings = tuple(valid.warnings) + tuple(map_warnings)
+    for warning in warnings:
+        run.warn(warning)
+    return _Input(valid.frame, where, boundaries, warnings)
+
+
+def _cluster(run: _Run, renderer, given: _Input):
+    """The clustering itself; the elbow chart starts as soon as the K diagnostic is known."""
+    from clustering.analysis.model import cluster
+    from clustering.outputs import charts
+
+    def diagnosed(search, sampled) -> None:
+        _diagnosed(renderer, run.clock, charts.elbow_task(search, sampled), search.best_k)
+
+    try:
+        return cluster(
+            given.frame,
+            run.settings.analysis,
+            progress=run.clock.progress,
+            on_diagnostics=diagnosed,
         )
-        document["outputs"]["report"] = page
-        return document
+    except InputError as error:
+        raise InputError(f"{given.where}: {error}") from None
 
-    if request.dry_run:
-        return RunReport(run_id, "dry_run", manifest(clock.done()), None)
 
+def _publish(run: _Run, store, done: _Analysed, pointer_token) -> None:
+    """Run folder, then the clusters table (when configured), then the transitions and the
+    switch of latest/; a failure after the load is a PublishInterrupted."""
+    from clustering import adapters
     from clustering.table import output_schema
 
-    clock.stage("publish", f"publishing run {run_id}")
-    files[MANIFEST] = _json_bytes(manifest(dict(clock.timings)))
-    fence("writing the run folder")
-    store.write_run(run_id, files)
+    settings, transitions = run.settings, done.identity.transitions
+    run.fence("writing the run folder")
+    store.write_run(run.run_id, done.files)
     if not settings.clusters_table:
-        _append_transitions(settings.transitions_table, identity.transitions, fence)
-        _switch_latest(store, run_id, files, pointer_token, fence)
-        clock.progress(f"report: {store.describe(f'latest/{HTML_REPORT}')}")
-        return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
-    fence("loading the clusters table")
-    clusters = with_shapes(table, boundaries)
-    adapters.write_clusters(settings.clusters_table, clusters, output_schema(clusters), run_id)
+        _append_transitions(settings.transitions_table, transitions, run.fence)
+        _switch_latest(store, run.run_id, done.files, pointer_token, run.fence)
+        return
+    run.fence("loading the clusters table")
+    clusters = with_shapes(done.table, done.input.boundaries)
+    adapters.write_clusters(settings.clusters_table, clusters, output_schema(clusters), run.run_id)
     try:
-        if not adapters.clusters_hold(settings.clusters_table, run_id):
+        if not adapters.clusters_hold(settings.clusters_table, run.run_id):
             raise RuntimeError(
                 f"{settings.clusters_table} holds another run's rows after the "
                 "load (a late load job of an earlier run)"
             )
-        _append_transitions(settings.transitions_table, identity.transitions, fence)
-        _switch_latest(store, run_id, files, pointer_token, fence)
+        _append_transitions(settings.transitions_table, transitions, run.fence)
+        _switch_latest(store, run.run_id, done.files, pointer_token, run.fence)
     except Exception as error:
         raise PublishInterrupted(
-            f"run {run_id} was loaded into {settings.clusters_table} but latest/ was not "
+            f"run {run.run_id} was loaded into {settings.clusters_table} but latest/ was not "
             f"switched to it ({one_line(error)}); the redelivery of the event publishes again"
         ) from error
-    clock.progress(f"report: {store.describe(f'latest/{HTML_REPORT}')}")
-    return RunReport(run_id, "succeeded", manifest(clock.done()), prefix)
 
 
 def _chart_names(boundaries) -> tuple[str, ...]:
@@ -312,14 +362,14 @@ def cohort_view(identity):
     return CohortView(identity.table, index, identity.transitions, identity.previous_run_id)
 
 
-def _report_task(settings, request, run_id, started, result, view, warnings, images) -> dict:
+def _report_task(run: _Run, result, view, warnings, images) -> dict:
     """report.html's task: rendered by a chart worker, its `images` embedded after collect()."""
     from clustering.outputs import report
 
-    analysis = settings.analysis
+    settings, request = run.settings, run.request
     facts = report.RunFacts(
-        run_id=run_id,
-        started=f"{started:%Y-%m-%d %H:%M:%S} UTC",
+        run_id=run.run_id,
+        started=f"{run.started:%Y-%m-%d %H:%M:%S} UTC",
         trigger=request.trigger,
         reason=request.reason,
         event_id=request.event_id,
@@ -332,16 +382,7 @@ def _report_task(settings, request, run_id, started, result, view, warnings, ima
         features_missing=tuple(result.features.missing),
         warnings=tuple(warnings),
         settings=tuple(
-            (name.upper(), str(getattr(analysis, name)))
-            for name in (
-                "min_population",
-                "k_min",
-                "k_max",
-                "sub_k_min",
-                "sub_k_max",
-                "random_state",
-                "severity_feature",
-            )
+            (name.upper(), str(getattr(settings.analysis, name))) for name in REPORTED_SETTINGS
         ),
     )
     notes = {g.excluded_type: g.note for g in result.excluded_groups}
@@ -426,17 +467,17 @@ def _previous(store, pointer: bytes | None):
     return previous_run(manifest, rows[list(PREVIOUS_COLUMNS)])
 
 
-def _identify(result, previous, settings, run_id, clock, draw):
+def _identify(result, previous, run: _Run, draw):
     """Stable ids and names; then the named cohorts go to `draw` (the charts that need no
     stability), and the bootstrap stability is computed while the chart workers draw."""
     from clustering.analysis.identity import identify, with_stability
 
     against = f"run {previous.run_id}" if previous else "nothing (first run)"
-    clock.stage("identity", f"matching cohorts to {against}")
-    named = identify(result, previous, dict(settings.label_overrides), run_id)
+    run.clock.stage("identity", f"matching cohorts to {against}")
+    named = identify(result, previous, dict(run.settings.label_overrides), run.run_id)
     draw(named)
-    clock.stage("stability", "bootstrapping cohort stability")
-    return with_stability(named, _stability(named, settings.analysis))
+    run.clock.stage("stability", "bootstrapping cohort stability")
+    return with_stability(named, _stability(named, run.settings.analysis))
 
 
 def _append_transitions(dest, moves, fence) -> None:
@@ -584,38 +625,25 @@ def _boundaries(settings: JobSettings, table) -> tuple[dict | None, tuple[str, .
     return shapes, (f"{len(unmapped)} neighborhoods have no boundary in {source}: {shown}",)
 
 
-def _manifest(run_id, request, settings, started, input_warnings, identity, timings, prefix, files):
+def _manifest(run: _Run, done: _Analysed, timings: dict[str, float], prefix) -> dict:
+    """run.json: what the run read, decided and wrote (README, "Outputs")."""
     from clustering.analysis.identity import manifest_entries
-    from clustering.analysis.model import TOP_K
-    from clustering.table import unmatched_exclusions
 
+    request, settings, identity = run.request, run.settings, done.identity
     result = identity.result
-
-    unmatched = unmatched_exclusions(result.table["neighborhood"], settings.analysis)
-    counts = result.table["excluded_type"].value_counts()
-    diagnostics = result.diagnostics
     return {
-        "run_id": run_id,
+        "run_id": run.run_id,
         "trigger": request.trigger,
         "event_id": request.event_id,
         "reason": request.reason,
         "dry_run": request.dry_run,
-        "started_at": started.isoformat(),
+        "started_at": run.started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
-        "input": {
-            "source": settings.features_source or "built-in sample",
-            # Exclusion names that match no row: typos, or names the table spells otherwise.
-            "unmatched_exclusions": [asdict(u) for u in unmatched],
-            "boundaries": settings.boundaries_source,
-            "rows": len(result.table),
-            "residential_rows": int(result.residential.sum()),
-            "excluded_rows": len(result.excluded),
-            "rows_by_type": {str(k): int(v) for k, v in counts.items()},
-        },
+        "input": _input_entry(settings, result),
         "outputs": {
             "artifacts": prefix,
             "clusters_table": settings.clusters_table,
-            "files": [*(name for name in files if name != MANIFEST), MANIFEST],
+            "files": [*(name for name in done.files if name != MANIFEST), MANIFEST],
         },
         "features": {
             "used": list(result.features.used),
@@ -627,15 +655,51 @@ def _manifest(run_id, request, settings, started, input_warnings, identity, timi
             "method": "sampled" if result.silhouette_sample_size else "exact",
             "sample_size": result.silhouette_sample_size,
         },
-        "diagnostics": {
-            "note": f"K_MIN..K_MAX is a diagnostic only: the top split is always K={TOP_K}, as "
-            "in the notebook; best_k is the K with the highest silhouette",
-            "top_split_k": TOP_K,
-            "k": list(diagnostics.ks),
-            "inertia": [round(v, 6) for v in diagnostics.inertias],
-            "silhouette": [round(v, 6) for v in diagnostics.silhouettes],
-            "best_k": diagnostics.best_k,
-        },
+        "diagnostics": _diagnostics_entry(result.diagnostics),
+        **_group_entries(result),
+        "summary": json.loads(result.summary.to_json(orient="records")),
+        **manifest_entries(identity),
+        "label_overrides": {str(sub): name for sub, name in settings.label_overrides},
+        "warnings": [*done.input.warnings, *result.warnings, *identity.warnings],
+        "timings_seconds": timings,
+        "versions": _versions(),
+    }
+
+
+def _input_entry(settings: JobSettings, result) -> dict:
+    from clustering.table import unmatched_exclusions
+
+    unmatched = unmatched_exclusions(result.table["neighborhood"], settings.analysis)
+    counts = result.table["excluded_type"].value_counts()
+    return {
+        "source": settings.features_source or "built-in sample",
+        # Exclusion names that match no row: typos, or names the table spells otherwise.
+        "unmatched_exclusions": [asdict(u) for u in unmatched],
+        "boundaries": settings.boundaries_source,
+        "rows": len(result.table),
+        "residential_rows": int(result.residential.sum()),
+        "excluded_rows": len(result.excluded),
+        "rows_by_type": {str(k): int(v) for k, v in counts.items()},
+    }
+
+
+def _diagnostics_entry(diagnostics) -> dict:
+    from clustering.analysis.model import TOP_K
+
+    return {
+        "note": f"K_MIN..K_MAX is a diagnostic only: the top split is always K={TOP_K}, as "
+        "in the notebook; best_k is the K with the highest silhouette",
+        "top_split_k": TOP_K,
+        "k": list(diagnostics.ks),
+        "inertia": [round(v, 6) for v in diagnostics.inertias],
+        "silhouette": [round(v, 6) for v in diagnostics.silhouettes],
+        "best_k": diagnostics.best_k,
+    }
+
+
+def _group_entries(result) -> dict:
+    """The top groups' and the excluded groups' sizes and chosen Ks."""
+    return {
         "top_groups": [
             {
                 "top_cluster": g.top,
@@ -656,18 +720,16 @@ def _manifest(run_id, request, settings, started, input_warnings, identity, timi
             }
             for g in result.excluded_groups
         ],
-        "summary": json.loads(result.summary.to_json(orient="records")),
-        **manifest_entries(identity),
-        "label_overrides": {str(sub): name for sub, name in settings.label_overrides},
-        "warnings": list(input_warnings) + list(result.warnings) + list(identity.warnings),
-        "timings_seconds": timings,
-        "versions": {
-            "neighborhood-clusters": __version__,
-            "python": platform.python_version(),
-            # From the installed metadata: importing matplotlib here would undo the chart
-            # process's head start.
-            **{name: version(name) for name in VERSIONED},
-        },
+    }
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "neighborhood-clusters": __version__,
+        "python": platform.python_version(),
+        # From the installed metadata: importing matplotlib here would undo the chart
+        # process's head start.
+        **{name: version(name) for name in VERSIONED},
     }
 
 
