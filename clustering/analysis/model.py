@@ -27,6 +27,7 @@ from clustering.analysis.prepare import (
     standard_scale,
     winsorize,
 )
+from clustering.naming import plural
 from clustering.settings import AnalysisSettings
 
 Progress = Callable[[str], None]
@@ -114,7 +115,7 @@ def cluster(
     progress: Progress | None = None,
     on_diagnostics: Callable[[KSearch, int | None], None] | None = None,
 ) -> ClusteringResult:
-    """Run the whole analysis on a validated features table sorted by neighborhood.
+    """Run the whole analysis on a validated features table sorted by its key column.
 
     progress: receives one line per stage and per K fitted.
     on_diagnostics: receives the K diagnostics and the silhouette sample size (None when
@@ -131,11 +132,14 @@ def cluster(
             f"excluded); at least {minimum} are needed: add rows or lower MIN_POPULATION"
         )
     features = select_features(table, types == RESIDENTIAL, settings)
-    if not [f for f in features.used if f != "population"]:
-        wanted = ", ".join(f for f in settings.clustering_features if f != "population")
+    population = settings.population_column
+    if not [f for f in features.used if f != population]:
+        wanted = ", ".join(
+            f for f in settings.clustering_features if f != population and f in table.columns
+        )
         raise InputError(
-            "every clustering feature is blank among the residential rows (population alone "
-            f"cannot be clustered): fill in at least one of {wanted}"
+            f"every clustering feature is blank among the residential rows ({population} "
+            f"alone cannot be clustered): fill in at least one of {wanted}"
         )
     if settings.severity_feature not in table.columns:
         raise InputError(
@@ -338,7 +342,8 @@ def _submit_excluded(pool: Executor, rows: pd.DataFrame, excluded_type: str, set
         search = _collect(pending, None, excluded_type)
         labels = fits.fit_labels(matrix, search.best_k, SEARCH_N_INIT, settings.random_state)
         names = [f"{excluded_type} - Group {label}" for label in labels]
-        group = ExcludedGroup(excluded_type, n, search, search.best_k, f"{search.best_k} groups")
+        note = f"clustered on its own into {search.best_k} groups (K by silhouette)"
+        group = ExcludedGroup(excluded_type, n, search, search.best_k, note)
         return group, names
 
     return finish
@@ -346,13 +351,16 @@ def _submit_excluded(pool: Executor, rows: pd.DataFrame, excluded_type: str, set
 
 def _summary(resident_rows: pd.DataFrame, settings: AnalysisSettings) -> pd.DataFrame:
     """The notebook's closing table: neighborhoods and key means per cohort."""
+    # The notebook's columns, under the severity feature's own name (avg_crime_per_capita
+    # for the notebook's): a mean of another feature must not read as crime.
     means = {
-        "avg_crime_per_capita": settings.severity_feature,
+        f"avg_{settings.severity_feature}": settings.severity_feature,
         "avg_vacancy_rate": "housing_vacancy_rate",
         "avg_assessed_value": "median_assessed_value",
         "avg_permit_value": "permit_value_per_capita",
     }
-    aggregations = {"neighborhoods": ("neighborhood", "count")}
+    counted = plural(settings.key_column).replace(" ", "_")
+    aggregations = {counted: (settings.key_column, "count")}
     aggregations |= {name: (col, "mean") for name, col in means.items() if col in resident_rows}
     grouped = resident_rows.groupby(["top_cluster_label", "cluster_label"])
     return grouped.agg(**aggregations).round(3).reset_index()
