@@ -118,13 +118,22 @@ def move_rows(table: pd.DataFrame, names: list[str], like: str) -> pd.DataFrame:
     return moved.reset_index()
 
 
-def index_table(table: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    """Index scores, features x residential sub_cluster, computed by the identity step's own
-    function (clustering.analysis.cohorts.index_scores), for views built from a synthetic table."""
-    from clustering.analysis.cohorts import index_scores
+def profiles_of(table: pd.DataFrame, features: list[str], directions=None):
+    """The cohorts' profiles (clustering.outputs.palette.Profiles) of a synthetic table: index
+    scores by the identity step's own functions (clustering.analysis.cohorts), standard
+    deviations from the raw residential values, and the default directions unless given."""
+    from clustering.analysis.cohorts import INDEX, index_scores, measure
+    from clustering.outputs.palette import Profiles
+    from clustering.settings import AnalysisSettings
 
     rows = table.loc[table["top_cluster_label"] != "Excluded"]
     overall = rows[features].mean()
     means = rows.groupby("sub_cluster")[features].mean()
-    scores = {sub: index_scores(means.loc[sub], overall) for sub in means.index}
-    return pd.DataFrame(scores, columns=list(means.index)).reindex(features)
+    measures = {f: measure(float(table[f].min()), float(overall[f])) for f in features}
+    indexed = [f for f in features if measures[f] == INDEX]
+    scores = {sub: index_scores(means.loc[sub], overall, indexed) for sub in means.index}
+    index = pd.DataFrame(scores, columns=list(means.index)).reindex(features)
+    spread = rows[features].std(ddof=0).replace(0, 1)
+    sd = ((means - overall) / spread).T.reindex(features)
+    known = AnalysisSettings().directions if directions is None else directions
+    return Profiles(index, sd, measures, {f: d for f, d in known.items() if f in features})

@@ -12,13 +12,13 @@ from clustering.outputs.geo import parse_boundaries
 from clustering.outputs.palette import CohortView
 from clustering.settings import AnalysisSettings
 from clustering.table import validate_features
-from tests.helpers import index_table, png_colors, png_size, real_table, with_cohorts
+from tests.helpers import png_colors, png_size, profiles_of, real_table, with_cohorts
 from tests.test_geo import REAL_BOUNDARIES
 
 
 def view_of(result) -> CohortView:
     table = with_cohorts(result.table)
-    return CohortView(table, index_table(table, list(result.features.used)))
+    return CohortView(table, profiles_of(table, list(result.features.used)))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_view_index_scores_are_cohort_means_over_the_residential_mean():
             "b": [-1.0, 1.0, 0.0, 5.0],  # residential mean 0: no ratio
         }
     )
-    scores = index_table(table, ["a", "b"])
+    scores = profiles_of(table, ["a", "b"])
     assert list(scores.columns) == [0, 10]
     np.testing.assert_allclose(scores.loc["a"].to_numpy(), [50.0, 200.0])  # the identity's
     assert scores.loc["b"].isna().all()

@@ -35,7 +35,7 @@ import pytest
 from google.cloud import bigquery, storage
 
 from clustering.adapters.claims import LOCK_KEY, Claim
-from clustering.analysis.transitions import COLUMNS as TRANSITION_COLUMNS
+from clustering.analysis.transitions import columns
 from clustering.cloud.logs import OUTCOMES, Outcome
 from clustering.cloud.sender import bigquery_log_entry, pubsub_event, table_change_event
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES
@@ -549,7 +549,7 @@ def test_a_change_of_the_features_table_runs(function, bq, gcs, cloud, first_run
     assert row["previous_run_id"] == previous
     assert (row["moved_neighborhoods"], row["appeared_neighborhoods"]) == (0, 0)
     listed = pd.read_csv(io.BytesIO(after.latest[CSV_TRANSITIONS].content))
-    assert listed.empty and list(listed.columns) == list(TRANSITION_COLUMNS)
+    assert listed.empty and list(listed.columns) == list(columns("neighborhood"))
     assert transitions_of(bq, row["run_id"]) == []
 
 

@@ -9,7 +9,7 @@ from clustering.outputs import charts, palette, report
 from clustering.outputs.palette import CohortView, cohort_labels, cohort_styles
 from clustering.settings import AnalysisSettings
 from clustering.table import validate_features
-from tests.helpers import COHORT_NAMES, index_table, with_cohorts
+from tests.helpers import COHORT_NAMES, profiles_of, with_cohorts
 
 RING = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
 
@@ -86,12 +86,9 @@ def test_a_cohort_keeps_its_colour_when_names_change_but_ids_do_not():
     assert [(s.sub_cluster, s.color) for s in cohort_styles(renamed)] == before
 
 
-def test_shades_run_from_dark_to_light_and_direction_is_stated_for_known_features():
+def test_shades_run_from_dark_to_light():
     assert palette.shades("#000000", "#ffffff", 3) == ["#000000", "#808080", "#ffffff"]
     assert palette.shades("#000000", "#ffffff", 1) == ["#808080"]
-    assert palette.direction("owner_occupancy_rate") == "higher is better"
-    assert palette.direction("housing_vacancy_rate") == "higher is worse"
-    assert palette.direction("med_age") == ""
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +96,7 @@ def run():
     settings = AnalysisSettings(k_max=4)
     result = cluster(validate_features(make_sample(), settings, "sample").frame, settings)
     table = with_cohorts(result.table)
-    return result, CohortView(table, index_table(table, list(result.features.used)))
+    return result, CohortView(table, profiles_of(table, list(result.features.used)))
 
 
 def test_the_same_cohort_has_the_same_name_and_colour_in_every_picture(run):

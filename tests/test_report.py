@@ -20,7 +20,7 @@ from clustering.outputs import report
 from clustering.outputs.palette import CohortView
 from clustering.settings import AnalysisSettings, JobSettings
 from clustering.table import validate_features
-from tests.helpers import REAL_FEATURES, REPO, index_table, png_colors, png_size, with_cohorts
+from tests.helpers import REAL_FEATURES, REPO, png_colors, png_size, profiles_of, with_cohorts
 from tests.test_geo import REAL_BOUNDARIES
 
 ANALYSIS = AnalysisSettings(k_max=4)
@@ -86,7 +86,7 @@ def assert_self_contained(content: str) -> None:
 
 def view_of(table: pd.DataFrame, features: list[str], transitions=None, previous=None):
     named = with_cohorts(table)
-    return CohortView(named, index_table(named, features), transitions, previous)
+    return CohortView(named, profiles_of(named, features), transitions, previous)
 
 
 @pytest.fixture(scope="module")
