@@ -104,8 +104,13 @@ class ReportData:
     transitions_more: int = 0
 
     @property
+    def row_called(self) -> str:
+        """What one row is: "neighborhood", "community area"."""
+        return " ".join(self.key_column.replace("_", " ").split())
+
+    @property
     def title(self) -> str:
-        return f"{self.key_column.replace('_', ' ').capitalize()} cohorts"
+        return f"{self.row_called.capitalize()} cohorts"
 
 
 def report_data(
