@@ -29,9 +29,10 @@ DEFAULT_FEATURE_DIRECTIONS: tuple[tuple[str, str], ...] = tuple(
     DEFAULTS["feature_directions"].items()
 )
 
-# Size limits (README, Limits): a features table or boundaries object above them is refused
-# before it is read, with a clear error, instead of an out-of-memory crash that the trigger
-# would retry. The function's 4 GiB instance clusters 250k rows at about 2 GiB (make bench).
+# Size limits (docs/configuration.md, Limits): a features table or boundaries object above
+# them is refused before it is read, with a clear error, instead of an out-of-memory crash that
+# the trigger would retry. The function's 4 GiB instance clusters 250k rows at about 2 GiB
+# (make bench).
 MAX_FEATURES_ROWS = 300_000
 MAX_FEATURES_BYTES = 512 * 1024**2
 MAX_BOUNDARIES_BYTES = 64 * 1024**2

@@ -137,3 +137,8 @@ def profiles_of(table: pd.DataFrame, features: list[str], directions=None):
     sd = ((means - overall) / spread).T.reindex(features)
     known = AnalysisSettings().directions if directions is None else directions
     return Profiles(index, sd, measures, {f: d for f, d in known.items() if f in features})
+
+
+def doc(name: str) -> str:
+    """The text of a documentation page under docs/, e.g. "configuration.md"."""
+    return (REPO / "docs" / name).read_text(encoding="utf-8")
