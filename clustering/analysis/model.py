@@ -28,7 +28,7 @@ from clustering.analysis.prepare import (
     winsorize,
 )
 from clustering.naming import plural
-from clustering.settings import AnalysisSettings
+from clustering.settings import HIGHER_IS_WORSE, AnalysisSettings
 
 Progress = Callable[[str], None]
 
@@ -293,20 +293,41 @@ def _submit_excluded_types(
 def _submit_top_groups(plan: _FitPlan, top_labels: np.ndarray) -> list[tuple]:
     """Name each side of the top split by its severity and start its sub-cluster K search:
     (top, label, mask, pending search) per side."""
-    severity = plan.table.loc[plan.residential, plan.settings.severity_feature].to_numpy(
+    settings = plan.settings
+    severity = plan.table.loc[plan.residential, settings.severity_feature].to_numpy(
         dtype=np.float64
     )
-    overall = np.nanmean(severity)
+    with np.errstate(all="ignore"):
+        means = {
+            int(t): float(np.nanmean(severity[top_labels == t])) for t in np.unique(top_labels)
+        }
+    labels = top_labels_by_severity(means, settings.directions[settings.severity_feature])
     tops = []
     for top in np.unique(top_labels):
         mask = top_labels == top
-        with np.errstate(all="ignore"):
-            label = STABLE if np.nanmean(severity[mask]) < overall else DISTRESSED
+        label = labels[int(top)]
         n = int(mask.sum())
         sub_ks = [k for k in range(plan.settings.sub_k_min, plan.settings.sub_k_max + 1) if k < n]
         pending = _submit_search(plan.pool, plan.scaled[mask], sub_ks, plan.settings)
         tops.append((int(top), label, mask, pending))
     return tops
+
+
+def top_labels_by_severity(means: dict[int, float], direction: str) -> dict[int, str]:
+    """Stable or Distressed for each top group from its mean of SEVERITY_FEATURE: the group
+    worse on it by its direction (the higher mean when higher is worse, the lower when higher
+    is better) is Distressed, the other Stable. A group without any value of it counts as the
+    worse, as in the notebook (whose comparison with a blank mean fails); a tie goes to the
+    higher id. For crime_per_capita this is the notebook's rule: the group above the
+    residential mean is Distressed."""
+    sign = 1.0 if direction == HIGHER_IS_WORSE else -1.0
+
+    def badness(top: int) -> tuple[bool, float, int]:
+        mean = means[top]
+        return (mean != mean, 0.0 if mean != mean else sign * mean, top)
+
+    worst = max(means, key=badness)
+    return {top: DISTRESSED if top == worst else STABLE for top in means}
 
 
 def _sub_cluster(plan: _FitPlan, tops: list[tuple]) -> tuple[list[TopGroup], np.ndarray]:
