@@ -139,7 +139,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "transitions_table",
-        "append the neighborhoods that changed cohort since the "
+        "append the rows (KEY_COLUMN values) that changed cohort since the "
         "previous run: bq://project.dataset.table or a local .csv/.jsonl path",
         "optional",
         "TRANSITIONS_TABLE",
@@ -159,7 +159,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "boundaries_source",
-        "neighborhood shapes: GeoJSON (a path or gs:// object) or "
+        "the rows' shapes: GeoJSON (a path or gs:// object) or "
         "bq://project.dataset.table with a GEOGRAPHY column; adds cluster_map.png",
         "optional",
         "BOUNDARIES_SOURCE",
