@@ -127,6 +127,20 @@ def test_large_scatter_draws_a_fixed_seed_sample_and_says_so():
     again = charts.pca_data(big, view, 42, max_points=300)
     np.testing.assert_array_equal(sampled.points, again.points)
     assert charts.pca_clusters(sampled) != charts.pca_clusters(charts.pca_data(big, view, 42))
+    # Both legends count the plotted sample, and say so; in full, they count every row.
+    groups, cohorts, title = charts.pca_legends(sampled)
+    assert title == f"counts of the 300 plotted rows, a sample of {sampled.n_rows:,}"
+    counts = [int(label.rsplit("(", 1)[1].rstrip(")")) for label in groups.values()]
+    assert sum(counts) == 300
+    in_cohorts = [
+        int(label.replace("\n", " ").rsplit("n = ", 1)[1].rstrip(")")) for label in cohorts.values()
+    ]
+    assert sum(in_cohorts) == 300
+    full = charts.pca_legends(charts.pca_data(big, view, 42))
+    assert full[2] is None
+    assert sum(int(v.rsplit("(", 1)[1].rstrip(")").replace(",", "")) for v in full[0].values()) == (
+        big.residential.sum()
+    )
 
 
 def test_cluster_map_is_drawn_when_boundaries_are_given(result, view):

@@ -262,15 +262,10 @@ def pca_clusters(data: PcaData) -> bytes:
     fig.subplots_adjust(left=0.06, right=0.98, top=0.9, bottom=0.3, wspace=0.15)
     left, right = fig.subplots(1, 2)
     size = 60 if len(data.points) <= 2000 else 6
-    for group in dict.fromkeys(s.group for s in data.styles):
+    groups, cohorts, counted = pca_legends(data)
+    for group, label in groups.items():
         mask = data.top == group
-        left.scatter(
-            *data.points[mask].T,
-            s=size,
-            alpha=0.8,
-            color=group_color(group),
-            label=f"{group} ({int(mask.sum()):,})",
-        )
+        left.scatter(*data.points[mask].T, s=size, alpha=0.8, color=group_color(group), label=label)
     for style in data.styles:
         mask = data.sub == style.sub_cluster
         right.scatter(
@@ -278,16 +273,11 @@ def pca_clusters(data: PcaData) -> bytes:
             s=size,
             alpha=0.85,
             color=style.color,
-            label=_wrap(f"{style.label} (n = {int(mask.sum()):,})", 60),
+            label=cohorts[style.sub_cluster],
         )
     left.set_title("Top-level split (K=2)", fontsize=13)
     right.set_title("Cohorts (stable id · name)", fontsize=13)
     drawn = len(data.points)
-    counted = (
-        f"counts of the {drawn:,} plotted rows, a sample of {data.n_rows:,}"
-        if drawn < data.n_rows
-        else None
-    )
     for ax, columns in ((left, 2), (right, 1)):
         ax.set_xlabel(f"PC1 ({data.variance[0] * 100:.1f}% of variance)")
         ax.set_ylabel(f"PC2 ({data.variance[1] * 100:.1f}% of variance)")
@@ -307,6 +297,24 @@ def pca_clusters(data: PcaData) -> bytes:
         fontsize=14,
     )
     return _png(fig, tight=False)
+
+
+def pca_legends(data: PcaData) -> tuple[dict[str, str], dict[int, str], str | None]:
+    """The scatter's legend entries, by top group and by cohort id, and the legends' title.
+    Both legends count the points drawn; when those are a sample, the title says so."""
+    groups = {
+        group: f"{group} ({int((data.top == group).sum()):,})"
+        for group in dict.fromkeys(s.group for s in data.styles)
+    }
+    cohorts = {
+        s.sub_cluster: _wrap(f"{s.label} (n = {int((data.sub == s.sub_cluster).sum()):,})", 60)
+        for s in data.styles
+    }
+    drawn = len(data.points)
+    title = None
+    if drawn < data.n_rows:
+        title = f"counts of the {drawn:,} plotted rows, a sample of {data.n_rows:,}"
+    return groups, cohorts, title
 
 
 def cluster_heatmap(data: HeatmapData) -> bytes:
