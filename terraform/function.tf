@@ -108,6 +108,15 @@ resource "google_cloudfunctions2_function" "recluster" {
       condition     = local.analysis.sub_k_min <= local.analysis.sub_k_max
       error_message = "sub_k_min must not exceed sub_k_max."
     }
+    # The code adds feature_directions to its defaults; the severity feature needs one of them.
+    precondition {
+      condition     = contains(keys(merge(local.code_defaults.feature_directions, coalesce(var.feature_directions, {}))), local.analysis.severity_feature)
+      error_message = "severity_feature needs a direction: add it to feature_directions (\"higher_is_worse\" or \"higher_is_better\")."
+    }
+    precondition {
+      condition     = local.analysis.key_column != local.analysis.population_column
+      error_message = "key_column and population_column must be two different columns."
+    }
     # A table change that waited through every retry must still be recognised as one to run:
     # the age limit outlasts the push subscription's retry window (triggers.tf: attempts x
     # (600 s ack deadline + 600 s maximum backoff), and Pub/Sub keeps a message a day at most).

@@ -1434,6 +1434,15 @@ def test_the_example_sets_declared_variables_that_their_rules_accept(config, exa
     assert "contains(['higher_is_worse', 'higher_is_better'],d)" in rule
     assert set(directions.values()) <= {"higher_is_worse", "higher_is_better"}
     assert example["severity_feature"] in directions
+    # Plan refuses a severity feature without a direction, as the code does at start-up.
+    rules = [
+        one(p["condition"]).replace(" ", "")
+        for p in block(config.resource(FUNCTION), "lifecycle")["precondition"]
+    ]
+    assert (
+        "${contains(keys(merge(local.code_defaults.feature_directions,coalesce(var.feature_directions"
+        ",{}))),local.analysis.severity_feature)}"
+    ) in rules
     assert set(example["clustering_features"]) <= set(directions)
 
 

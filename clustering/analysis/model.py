@@ -132,7 +132,8 @@ def cluster(
     minimum = max(3, settings.k_min + 1)
     if n_res < minimum:
         raise InputError(
-            f"only {n_res} residential rows (population >= {settings.min_population}, not "
+            f"only {n_res} residential rows ({settings.population_column} >= "
+            f"{settings.min_population}, not "
             f"excluded); at least {minimum} are needed: add rows or lower MIN_POPULATION"
         )
     features = select_features(table, types == RESIDENTIAL, settings)
@@ -235,7 +236,7 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
         diagnostics = _diagnostics(plan, diagnostics_pending, on_diagnostics)
     groups, sub_labels = _sub_cluster(plan, tops)
 
-    plan.say("analysing excluded neighborhoods")
+    plan.say("analysing excluded rows")
     excluded_groups = []
     for in_type, pending in excluded_pending:
         group, names = pending()
