@@ -339,17 +339,7 @@ def cluster_heatmap(data: HeatmapData) -> bytes:
         [[_cell_color(c, judged) for c in row] for row in data.cells], dtype=np.float64
     ).reshape(n_features, n_cohorts, 3)
     ax.imshow(rgb, aspect="auto", interpolation="nearest")
-    for (row, column), _ in np.ndenumerate(rgb[:, :, 0]):
-        shade = float(np.dot(rgb[row, column], (0.299, 0.587, 0.114)))
-        ax.text(
-            column,
-            row,
-            data.cells[row][column].text,
-            ha="center",
-            va="center",
-            fontsize=8,
-            color="white" if shade < 0.45 else "black",
-        )
+    _write_cells(ax, data.cells, rgb)
     ticks = []
     for style in data.styles:
         stability = data.stability.get(style.sub_cluster)
@@ -380,6 +370,15 @@ def cluster_heatmap(data: HeatmapData) -> bytes:
         fontsize=8,
     )
     return _png(fig, tight=False)
+
+
+def _write_cells(ax, cells: tuple[tuple[Cell, ...], ...], rgb: np.ndarray) -> None:
+    """Each cell's text, white on the dark colours."""
+    for (row, column), _ in np.ndenumerate(rgb[:, :, 0]):
+        shade = float(np.dot(rgb[row, column], (0.299, 0.587, 0.114)))
+        colour = "white" if shade < 0.45 else "black"
+        text = cells[row][column].text
+        ax.text(column, row, text, ha="center", va="center", fontsize=8, color=colour)
 
 
 def _cell_color(item: Cell, judged) -> tuple[float, float, float]:
