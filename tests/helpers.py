@@ -1,6 +1,7 @@
 """Paths and small builders shared by the tests."""
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,16 @@ CITY_DIRECTIONS = {
     # crime_change_yoy has no direction on purpose: it is described as higher/lower.
 }
 CITY_SEVERITY = "median_income"
+# The city's settings as the function's environment variables (and, lowered, the CLI's flags).
+CITY_SETTINGS = {
+    "KEY_COLUMN": CITY_KEY,
+    "POPULATION_COLUMN": CITY_POPULATION,
+    "CLUSTERING_FEATURES": json.dumps(list(CITY_FEATURES)),
+    "SEVERITY_FEATURE": CITY_SEVERITY,
+    "FEATURE_DIRECTIONS": json.dumps(CITY_DIRECTIONS),
+    "EXCLUDE_NEIGHBORHOODS": json.dumps(["Area 77"]),
+    "K_MAX": "4",
+}
 # Rows the city table gives a tiny or a blank population (analysed as Low Population).
 CITY_TINY = ("Area 05", "Area 40")
 CITY_BLANK_POPULATION = ("Area 63",)
@@ -208,8 +219,6 @@ def city_table(rows: int = 77, seed: int = 11) -> pd.DataFrame:
 
 def city_geojson(names) -> bytes:
     """Square boundaries named by a `community_area` property (not `neighborhood`)."""
-    import json
-
     features = []
     for index, name in enumerate(names):
         x, y = index % 10, index // 10

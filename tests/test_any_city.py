@@ -18,10 +18,10 @@ import pytest
 
 from tests.helpers import (
     CITY_BLANK_POPULATION,
-    CITY_DIRECTIONS,
     CITY_FEATURES,
     CITY_KEY,
     CITY_POPULATION,
+    CITY_SETTINGS,
     CITY_SEVERITY,
     CITY_TINY,
     REPO,
@@ -30,15 +30,7 @@ from tests.helpers import (
 )
 
 # The settings, once as flags and once as the function's variables.
-SETTINGS = {
-    "KEY_COLUMN": CITY_KEY,
-    "POPULATION_COLUMN": CITY_POPULATION,
-    "CLUSTERING_FEATURES": json.dumps(list(CITY_FEATURES)),
-    "SEVERITY_FEATURE": CITY_SEVERITY,
-    "FEATURE_DIRECTIONS": json.dumps(CITY_DIRECTIONS),
-    "EXCLUDE_NEIGHBORHOODS": json.dumps(["Area 77"]),
-    "K_MAX": "4",
-}
+SETTINGS = CITY_SETTINGS
 # Variables a caller's shell might hold that would change these runs.
 OURS = {option for option in os.environ if option in SETTINGS or option.endswith("_TABLE")}
 

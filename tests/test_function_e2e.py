@@ -41,7 +41,19 @@ from clustering.cloud.sender import bigquery_log_entry, pubsub_event, table_chan
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES
 from clustering.table import CLUSTER_COLUMNS, table_schema
 from tests import emulators
-from tests.helpers import ARTIFACTS, MANIFEST, REPO, move_rows, real_table
+from tests.helpers import (
+    ARTIFACTS,
+    CITY_FEATURES,
+    CITY_KEY,
+    CITY_POPULATION,
+    CITY_SETTINGS,
+    MANIFEST,
+    REPO,
+    city_table,
+    move_rows,
+    real_table,
+    terraform_clusters_schema,
+)
 from tests.test_handler import FailingLoadJobs
 
 CSV_TRANSITIONS = "neighborhood_cluster_transitions.csv"
@@ -289,8 +301,6 @@ def create_outputs(
 ) -> None:
     """The clusters, runs and transitions tables as Terraform creates them: the clusters table
     with the features table's columns, the placeholders filled with the key and population."""
-    from tests.helpers import terraform_clusters_schema
-
     own = [f.to_api_repr() for f in bq.get_table(features).schema]
     for table_id, fields in zip(
         tables,
@@ -1413,14 +1423,6 @@ def test_invalid_settings_stop_the_server_with_settings_invalid(tmp_path):
 def city_env(bigquery_emulator, gcs_emulator, bucket: str) -> dict[str, str]:
     """The function configured for the city table with settings alone, as the example tfvars
     would configure it (terraform/examples/community-areas.tfvars)."""
-    from tests.helpers import (
-        CITY_DIRECTIONS,
-        CITY_FEATURES,
-        CITY_KEY,
-        CITY_POPULATION,
-        CITY_SEVERITY,
-    )
-
     dataset = f"{PROJECT}.city"
     return {
         "FEATURES_SOURCE": f"bq://{dataset}.community_area_features",
@@ -1430,13 +1432,7 @@ def city_env(bigquery_emulator, gcs_emulator, bucket: str) -> dict[str, str]:
         "TRANSITIONS_TABLE": f"bq://{dataset}.community_area_transitions",
         "FUNCTION_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
         "FUNCTION_TIMEOUT_SECONDS": str(FUNCTION_TIMEOUT_S),
-        "KEY_COLUMN": CITY_KEY,
-        "POPULATION_COLUMN": CITY_POPULATION,
-        "CLUSTERING_FEATURES": json.dumps(list(CITY_FEATURES)),
-        "SEVERITY_FEATURE": CITY_SEVERITY,
-        "FEATURE_DIRECTIONS": json.dumps(CITY_DIRECTIONS),
-        "EXCLUDE_NEIGHBORHOODS": json.dumps(["Area 77"]),
-        "K_MAX": "4",
+        **CITY_SETTINGS,
         "BIGQUERY_EMULATOR_HOST": bigquery_emulator.endpoint,
         "STORAGE_EMULATOR_HOST": gcs_emulator.endpoint,
     }
@@ -1445,8 +1441,6 @@ def city_env(bigquery_emulator, gcs_emulator, bucket: str) -> dict[str, str]:
 def load_city(bq: bigquery.Client, table_id: str, frame: pd.DataFrame) -> None:
     """The city table with its own schema: a text column, community_area, an INTEGER
     population with a blank, FLOAT features."""
-    from tests.helpers import CITY_POPULATION
-
     types = {"side": "STRING", "community_area": "STRING", CITY_POPULATION: "INTEGER"}
     config = bigquery.LoadJobConfig(
         schema=[bigquery.SchemaField(c, types.get(c, "FLOAT")) for c in frame.columns],
@@ -1462,8 +1456,6 @@ def load_city(bq: bigquery.Client, table_id: str, frame: pd.DataFrame) -> None:
 def test_the_function_clusters_a_city_table_with_settings_alone(
     bq, gcs, bigquery_emulator, gcs_emulator, tmp_path
 ):
-    from tests.helpers import CITY_FEATURES, CITY_KEY, CITY_POPULATION, city_table
-
     env = city_env(bigquery_emulator, gcs_emulator, gcs.create_bucket(unique("city")).name)
     features, clusters = (
         env[k].removeprefix("bq://") for k in ("FEATURES_SOURCE", "CLUSTERS_TABLE")

@@ -212,28 +212,25 @@ def test_a_higher_is_better_severity_feature_does_not_invert_stable_and_distress
     table = make_sample(200, random_state=3)
     table["median_income"] = (40_000 / table["crime_per_capita"].fillna(0.05)).round()
     features = ("med_age", "crime_per_capita", "housing_vacancy_rate", "owner_occupancy_rate")
-    by_crime = run(table, AnalysisSettings(clustering_features=features))
-    by_income = run(
-        table,
-        AnalysisSettings(
+
+    def by_income(direction: str):
+        directions = (("median_income", direction),)
+        settings = AnalysisSettings(
             clustering_features=features,
             severity_feature="median_income",
-            feature_directions=(("median_income", "higher_is_better"),),
-        ),
+            feature_directions=directions,
+        )
+        return run(table, settings)
+
+    by_crime = run(table, AnalysisSettings(clustering_features=features))
+    better = by_income("higher_is_better")
+    pd.testing.assert_series_equal(
+        better.table["top_cluster_label"], by_crime.table["top_cluster_label"]
     )
-    labels = by_income.table["top_cluster_label"]
-    pd.testing.assert_series_equal(labels, by_crime.table["top_cluster_label"])
-    rows = by_income.table.loc[by_income.residential]
+    rows = better.table.loc[better.residential]
     means = rows.groupby("top_cluster_label")["median_income"].mean()
     assert means["Stable"] > means["Distressed"]
     # Said the other way round, the same split takes the other names.
-    inverted = run(
-        table,
-        AnalysisSettings(
-            clustering_features=features,
-            severity_feature="median_income",
-            feature_directions=(("median_income", "higher_is_worse"),),
-        ),
-    )
+    inverted = by_income("higher_is_worse")
     flipped = inverted.table.loc[inverted.residential, "top_cluster_label"]
     assert (flipped != rows["top_cluster_label"]).all()

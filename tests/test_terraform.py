@@ -348,17 +348,14 @@ def test_terraform_fmt_check_passes() -> None:
 # --- (b) checkov ---------------------------------------------------------------------------------
 
 
-def test_checkov_offline_has_no_failed_checks_and_no_parsing_errors(config: Config) -> None:
+def checkov(*options: str) -> dict:
+    """checkov's one terraform report on terraform/, offline, with extra `options`."""
     result = run(
         [
             tool(CHECKOV_BIN / "checkov"),
-            "--directory",
-            "terraform",
-            "--framework",
-            "terraform",
-            "--skip-download",
-            "--output",
-            "json",
+            *("--directory", "terraform", "--framework", "terraform", "--skip-download"),
+            *options,
+            *("--output", "json"),
         ]
     )
     assert result.returncode in (0, 1), (
@@ -368,7 +365,12 @@ def test_checkov_offline_has_no_failed_checks_and_no_parsing_errors(config: Conf
     # One framework gives one report object; several would give a list.
     reports = report if isinstance(report, list) else [report]
     assert len(reports) == 1, f"expected one terraform report, got {len(reports)}"
-    summary, results = reports[0]["summary"], reports[0]["results"]
+    return reports[0]
+
+
+def test_checkov_offline_has_no_failed_checks_and_no_parsing_errors(config: Config) -> None:
+    report = checkov()
+    summary, results = report["summary"], report["results"]
 
     failed = [
         f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
@@ -1472,25 +1474,7 @@ def test_the_example_renders_to_settings_the_function_accepts(config, example):
 
 
 def test_checkov_passes_with_the_example(config):
-    result = run(
-        [
-            tool(CHECKOV_BIN / "checkov"),
-            "--directory",
-            "terraform",
-            "--framework",
-            "terraform",
-            "--skip-download",
-            "--var-file",
-            str(EXAMPLE.relative_to(ROOT)),
-            "--output",
-            "json",
-        ]
-    )
-    assert result.returncode in (0, 1), (
-        f"checkov crashed (rc {result.returncode}):\n{result.stderr}"
-    )
-    report = json.loads(result.stdout)
-    summary = (report if isinstance(report, dict) else report[0])["summary"]
+    summary = checkov("--var-file", str(EXAMPLE.relative_to(ROOT)))["summary"]
     assert summary["failed"] == 0 and summary["parsing_errors"] == 0, summary
     assert summary["passed"] > 0
 
