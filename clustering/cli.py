@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 import time
 import traceback
 from argparse import SUPPRESS
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from clustering import InputError
 from clustering.job import one_line
+from clustering.naming import plural
 from clustering.options import OPTIONS
-from clustering.settings import (
-    AnalysisSettings,
-    JobSettings,
-    parse_label_overrides,
-    parse_name_list,
-)
+from clustering.settings import AnalysisSettings, JobSettings, parse_value
 
 
 class _Help(argparse.HelpFormatter):
@@ -81,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="cluster a features table and write the artifacts",
         description="Cluster a features table and publish the artifacts. Each setting's help "
-        "names the function's environment variable for it (docs/configuration.md).",
+        "names the function's environment variable for it, which this command reads too; a "
+        "flag given wins over its variable (docs/configuration.md).",
     )
     for option in OPTIONS:
         if option.flag:
@@ -145,21 +143,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def settings_from_args(args: argparse.Namespace) -> JobSettings:
-    """The settings of `run`: each flag given, else its registry default."""
+def settings_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> JobSettings:
+    """The settings of `run`, as the function reads them: each flag given, else its
+    environment variable (the function's, set and not blank), else its registry default.
+    `environ` defaults to the process environment."""
+    environ = os.environ if environ is None else environ
     values: dict[str, dict[str, object]] = {"job": {}, "analysis": {}}
     for option in OPTIONS:
-        if not option.flag:
-            continue
-        raw = getattr(args, option.field)
-        if raw is None:
-            value = option.default
-        elif option.kind == "names":
-            value = parse_name_list(raw, option.flag)
-        elif option.kind == "overrides":
-            value = parse_label_overrides(raw, option.flag)
+        raw = getattr(args, option.field) if option.flag else None
+        variable = environ.get(option.env, "").strip() if option.env else ""
+        if raw is not None:
+            # argparse has converted numbers already; JSON and text values are parsed here.
+            value = parse_value(option, raw, option.flag) if isinstance(raw, str) else raw
+        elif variable:
+            value = parse_value(option, variable, option.env)
         else:
-            value = raw
+            value = option.default
         values["analysis" if option.analysis else "job"][option.field] = value
     return JobSettings(**values["job"], analysis=AnalysisSettings(**values["analysis"]))
 
@@ -192,12 +193,13 @@ def _run(args: argparse.Namespace) -> int:
         else f"artifacts in {settings.artifacts_dest}/latest/"
     )
     moves = manifest["transitions"]
+    rows_called = plural(settings.analysis.key_column)
     if moves["previous_run_id"]:
         changed = moves["moved"] + moves["appeared"] + moves["disappeared"]
         where = (
-            f"{changed} neighborhoods changed cohort since run {moves['previous_run_id']}; {where}"
+            f"{changed} {rows_called} changed cohort since run {moves['previous_run_id']}; {where}"
         )
-    print(f"run {report.run_id}: {manifest['input']['rows']} neighborhoods; {groups}; {where}")
+    print(f"run {report.run_id}: {manifest['input']['rows']} {rows_called}; {groups}; {where}")
     return 0
 
 

@@ -163,6 +163,7 @@ class _Input:
     where: str
     boundaries: dict | None
     warnings: tuple[str, ...]
+    notes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -209,16 +210,18 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
     # Fork the chart process first: it imports matplotlib while this one reads and clusters.
     with charts.ChartRenderer() as renderer:
         given = _read_input(run, pointer)
-        previous = _previous(store, pointer)
+        previous = _previous(store, pointer, run.settings.analysis.key_column)
         run.clock.stage("cluster", "clustering")
         result = _cluster(run, renderer, given)
         run_date = f"{run.started:%Y-%m-%d %H:%M} UTC"
         random_state = run.settings.analysis.random_state
 
+        analysis = run.settings.analysis
+
         def draw_named(named) -> None:
             # Ids and names are final: the scatter and the map start while the stability is
             # bootstrapped; the heatmap shows stability, so it waits for it.
-            view = cohort_view(named)
+            view = cohort_view(named, analysis)
             tasks = charts.named_tasks(named.result, view, random_state, given.boundaries, run_date)
             _submit(renderer, tasks)
 
@@ -226,11 +229,11 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
         for warning in result.warnings + identity.warnings:
             run.warn(warning)
         run.clock.stage("charts", "drawing charts")
-        view = cohort_view(identity)
+        view = cohort_view(identity, analysis)
         _submit(renderer, charts.heatmap_task(view))
         warnings = given.warnings + result.warnings + identity.warnings
         images = _chart_names(given.boundaries)
-        _submit(renderer, _report_task(run, identity.result, view, warnings, images))
+        _submit(renderer, _report_task(run, identity.result, view, (warnings, given.notes), images))
         # The CSVs are encoded while the chart workers draw.
         table = identity.table.assign(run_id=run.run_id, _clustered_at=run.started)
         files = {
@@ -270,7 +273,9 @@ def _read_input(run: _Run, pointer: bytes | None) -> _Input:
     warnings = tuple(valid.warnings) + tuple(map_warnings)
     for warning in warnings:
         run.warn(warning)
-    return _Input(valid.frame, where, boundaries, warnings)
+    for note in valid.notes:
+        run.clock.progress(f"note: {note}")
+    return _Input(valid.frame, where, boundaries, warnings, valid.notes)
 
 
 def _cluster(run: _Run, renderer, given: _Input):
@@ -301,20 +306,23 @@ def _publish(run: _Run, store, done: _Analysed, pointer_token) -> None:
     settings, transitions = run.settings, done.identity.transitions
     run.fence("writing the run folder")
     store.write_run(run.run_id, done.files)
+    key = settings.analysis.key_column
     if not settings.clusters_table:
-        _append_transitions(settings.transitions_table, transitions, run.fence)
+        _append_transitions(settings.transitions_table, transitions, run.fence, key)
         _switch_latest(store, run.run_id, done.files, pointer_token, run.fence)
         return
     run.fence("loading the clusters table")
-    clusters = with_shapes(done.table, done.input.boundaries)
-    adapters.write_clusters(settings.clusters_table, clusters, output_schema(clusters), run.run_id)
+    key, population = settings.analysis.key_column, settings.analysis.population_column
+    clusters = with_shapes(done.table, done.input.boundaries, key)
+    schema = output_schema(clusters, key, population)
+    adapters.write_clusters(settings.clusters_table, clusters, schema, run.run_id)
     try:
         if not adapters.clusters_hold(settings.clusters_table, run.run_id):
             raise RuntimeError(
                 f"{settings.clusters_table} holds another run's rows after the "
                 "load (a late load job of an earlier run)"
             )
-        _append_transitions(settings.transitions_table, transitions, run.fence)
+        _append_transitions(settings.transitions_table, transitions, run.fence, key)
         _switch_latest(store, run.run_id, done.files, pointer_token, run.fence)
     except Exception as error:
         raise PublishInterrupted(
@@ -338,35 +346,49 @@ def _diagnosed(renderer, clock: _Stopwatch, tasks: dict[str, tuple], best_k: int
     clock.progress(f"K diagnostic: best silhouette at K={best_k} (the top split stays K={TOP_K})")
 
 
-def with_shapes(table, boundaries: dict | None):
-    """The clusters table with each neighborhood's shape as WKT in `neighborhood_shape`
-    (GEOGRAPHY in BigQuery, for Looker Studio's filled map) when boundaries are configured;
-    null where a neighborhood has no boundary."""
+def with_shapes(table, boundaries: dict | None, key_column: str = "neighborhood"):
+    """The clusters table with each row's shape as WKT in `<key_column>_shape` (GEOGRAPHY in
+    BigQuery, for Looker Studio's filled map) when boundaries are configured; null where a
+    row has no boundary."""
     if not boundaries:
         return table
     from clustering.outputs.geo import to_wkt
+    from clustering.table import shape_column
 
     shapes = {name: to_wkt(rings) for name, rings in boundaries.items()}
-    return table.assign(neighborhood_shape=table["neighborhood"].map(shapes))
+    return table.assign(**{shape_column(key_column): table[key_column].map(shapes)})
 
 
-def cohort_view(identity):
+def cohort_view(identity, analysis):
     """The one input of the pictures and the report: the identity step's table (stable ids,
-    cohort_name, cohort_stability), its cohorts' index scores and its transitions."""
+    cohort_name, cohort_stability), its cohorts' profiles (index scores and SDs, with the
+    features' directions) and its transitions."""
     import pandas as pd
 
-    from clustering.outputs.palette import CohortView
+    from clustering.outputs.palette import CohortView, Profiles
 
-    index = pd.DataFrame({c.sub_cluster: c.index_scores for c in identity.cohorts})
-    index = index.reindex(list(identity.result.features.used))
-    return CohortView(identity.table, index, identity.transitions, identity.previous_run_id)
+    used = list(identity.result.features.used)
+    columns = [c.sub_cluster for c in identity.cohorts]
+    index = pd.DataFrame({c.sub_cluster: c.index_scores for c in identity.cohorts}, columns=columns)
+    sd = pd.DataFrame({c.sub_cluster: c.sd_scores for c in identity.cohorts}, columns=columns)
+    directions = {f: d for f, d in analysis.directions.items() if f in used}
+    profiles = Profiles(index.reindex(used), sd.reindex(used), identity.measures, directions)
+    return CohortView(
+        identity.table,
+        profiles,
+        identity.transitions,
+        identity.previous_run_id,
+        analysis.key_column,
+    )
 
 
-def _report_task(run: _Run, result, view, warnings, images) -> dict:
-    """report.html's task: rendered by a chart worker, its `images` embedded after collect()."""
+def _report_task(run: _Run, result, view, said, images) -> dict:
+    """report.html's task: rendered by a chart worker, its `images` embedded after collect().
+    `said`: the run's warnings and notes."""
     from clustering.outputs import report
 
     settings, request = run.settings, run.request
+    warnings, notes = said
     facts = report.RunFacts(
         run_id=run.run_id,
         started=f"{run.started:%Y-%m-%d %H:%M:%S} UTC",
@@ -384,9 +406,11 @@ def _report_task(run: _Run, result, view, warnings, images) -> dict:
         settings=tuple(
             (name.upper(), str(getattr(settings.analysis, name))) for name in REPORTED_SETTINGS
         ),
+        notes=tuple(notes),
+        population_column=settings.analysis.population_column,
+        clusters_table=settings.clusters_table,
     )
-    notes = {g.excluded_type: g.note for g in result.excluded_groups}
-    return {HTML_REPORT: (report.page, (facts, view, notes, images))}
+    return {HTML_REPORT: (report.page, (facts, view, result.excluded_groups, images))}
 
 
 def _switch_latest(store, run_id: str, files: dict[str, bytes], token, fence) -> None:
@@ -427,7 +451,7 @@ def check_row_drop(rows: int, previous: dict | None, ratio: float, force: bool, 
     )
 
 
-def _previous(store, pointer: bytes | None):
+def _previous(store, pointer: bytes | None, key_column: str = "neighborhood"):
     """The last published run (the run latest/run.json points to), None on the first run.
 
     Centroids, names and ids come from its run.json; each neighborhood's previous cohort from
@@ -437,7 +461,7 @@ def _previous(store, pointer: bytes | None):
     import pandas as pd
 
     from clustering.analysis.identity import previous_run
-    from clustering.analysis.transitions import PREVIOUS_COLUMNS
+    from clustering.analysis.transitions import previous_columns
 
     raw = pointer
     if raw is None:
@@ -454,17 +478,19 @@ def _previous(store, pointer: bytes | None):
     content = store.read_run_file(run_id, CSV_CLUSTERS)
     if content is None:
         return previous_run(manifest, None)
-    wanted = {*PREVIOUS_COLUMNS, "cluster_label", "run_id"}
+    wanted = {*previous_columns(key_column), "cluster_label", "run_id"}
     rows = pd.read_csv(
         io.BytesIO(content),
         usecols=lambda c: c in wanted,
-        dtype={"neighborhood": str},
+        dtype={key_column: str},
         keep_default_na=False,
         na_values=[""],
     )
+    if key_column not in rows:  # published under another KEY_COLUMN: no row to compare
+        return previous_run(manifest, None)
     if "cohort_name" not in rows:  # published before cohorts had names
         rows["cohort_name"] = rows["cluster_label"]
-    return previous_run(manifest, rows[list(PREVIOUS_COLUMNS)])
+    return previous_run(manifest, rows[list(previous_columns(key_column))])
 
 
 def _identify(result, previous, run: _Run, draw):
@@ -474,13 +500,17 @@ def _identify(result, previous, run: _Run, draw):
 
     against = f"run {previous.run_id}" if previous else "nothing (first run)"
     run.clock.stage("identity", f"matching cohorts to {against}")
-    named = identify(result, previous, dict(run.settings.label_overrides), run.run_id)
+    analysis = run.settings.analysis
+    overrides = dict(run.settings.label_overrides)
+    named = identify(
+        result, previous, overrides, run.run_id, analysis.key_column, analysis.directions
+    )
     draw(named)
     run.clock.stage("stability", "bootstrapping cohort stability")
     return with_stability(named, _stability(named, run.settings.analysis))
 
 
-def _append_transitions(dest, moves, fence) -> None:
+def _append_transitions(dest, moves, fence, key_column: str) -> None:
     """Append the run's moves to TRANSITIONS_TABLE, if configured and there are any. Before
     latest/ switches: a run that fails after this leaves rows under a run_id that the runs
     table records as failed, never a published run without its moves."""
@@ -490,7 +520,8 @@ def _append_transitions(dest, moves, fence) -> None:
     from clustering import adapters
     from clustering.table import table_schema
 
-    adapters.append_transitions(dest, moves, list(table_schema("transitions_table")))
+    schema = table_schema("transitions_table", key_column)
+    adapters.append_transitions(dest, moves, list(schema))
 
 
 def _stability(identity, analysis):
@@ -551,6 +582,7 @@ def history_row(settings, request, run_id, started, report, error) -> dict:
         "event_id": request.event_id,
         "reason": request.reason,
         "source_table": settings.features_source or "built-in sample",
+        "key_column": settings.analysis.key_column,
         "started_at": started.isoformat(),
         "finished_at": finished.isoformat(),
         "status": report.status if report else _failed_status(error),
@@ -614,15 +646,17 @@ def _boundaries(settings: JobSettings, table) -> tuple[dict | None, tuple[str, .
     if not source:
         return None, ()
     from clustering import adapters
+    from clustering.naming import plural
 
     shapes = adapters.read_boundaries(
-        source, settings.boundaries_name_column, settings.boundaries_geography_column
+        source, settings.boundaries_key_column, settings.boundaries_geography_column
     )
-    unmapped = [name for name in table["neighborhood"] if name not in shapes]
+    key = settings.analysis.key_column
+    unmapped = [name for name in table[key] if name not in shapes]
     if not unmapped:
         return shapes, ()
     shown = ", ".join(unmapped[:5]) + (", ..." if len(unmapped) > 5 else "")
-    return shapes, (f"{len(unmapped)} neighborhoods have no boundary in {source}: {shown}",)
+    return shapes, (f"{len(unmapped)} {plural(key)} have no boundary in {source}: {shown}",)
 
 
 def _manifest(run: _Run, done: _Analysed, timings: dict[str, float], prefix) -> dict:
@@ -645,12 +679,9 @@ def _manifest(run: _Run, done: _Analysed, timings: dict[str, float], prefix) -> 
             "clusters_table": settings.clusters_table,
             "files": [*(name for name in done.files if name != MANIFEST), MANIFEST],
         },
-        "features": {
-            "used": list(result.features.used),
-            "missing": list(result.features.missing),
-            "all_blank": list(result.features.all_blank),
-        },
-        "settings": asdict(settings.analysis),
+        "features": _features_entry(result.features, identity.measures, settings.analysis),
+        "settings": asdict(settings.analysis)
+        | {"feature_directions": settings.analysis.directions},
         "silhouette": {
             "method": "sampled" if result.silhouette_sample_size else "exact",
             "sample_size": result.silhouette_sample_size,
@@ -661,15 +692,29 @@ def _manifest(run: _Run, done: _Analysed, timings: dict[str, float], prefix) -> 
         **manifest_entries(identity),
         "label_overrides": {str(sub): name for sub, name in settings.label_overrides},
         "warnings": [*done.input.warnings, *result.warnings, *identity.warnings],
+        "notes": list(done.input.notes),
         "timings_seconds": timings,
         "versions": _versions(),
+    }
+
+
+def _features_entry(features, measures: dict[str, str], analysis) -> dict:
+    """Which features the run used, and how each is described (index or SD) and read."""
+    return {
+        "used": list(features.used),
+        "missing": list(features.missing),
+        "all_blank": list(features.all_blank),
+        # "index": cohort mean / residential mean x 100; "sd": standard deviations from the
+        # residential mean (features that take negative values, or whose mean is not positive).
+        "measures": measures,
+        "directions": {f: analysis.directions.get(f) for f in features.used},
     }
 
 
 def _input_entry(settings: JobSettings, result) -> dict:
     from clustering.table import unmatched_exclusions
 
-    unmatched = unmatched_exclusions(result.table["neighborhood"], settings.analysis)
+    unmatched = unmatched_exclusions(result.table[settings.analysis.key_column], settings.analysis)
     counts = result.table["excluded_type"].value_counts()
     return {
         "source": settings.features_source or "built-in sample",

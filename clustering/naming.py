@@ -1,4 +1,5 @@
-"""Names shared by every layer: run ids, artifact names, claim object names and job labels."""
+"""Names shared by every layer: run ids, artifact names, claim object names, job labels and
+what the rows are called."""
 
 from __future__ import annotations
 
@@ -42,6 +43,17 @@ def claim_name(key: str) -> str:
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[-80:]
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return f"{readable}-{digest}"
+
+
+def plural(key_column: str) -> str:
+    """What the rows are called in messages, charts and the report, after KEY_COLUMN:
+    "neighborhoods", "community areas", "tracts", "counties"."""
+    words = " ".join(key_column.replace("_", " ").split())
+    if re.search(r"[^aeiou]y$", words, re.IGNORECASE):
+        return words[:-1] + "ies"
+    if re.search(r"(s|x|z|ch|sh)$", words, re.IGNORECASE):
+        return words + "es"
+    return words + "s"
 
 
 def content_type(name: str) -> str:

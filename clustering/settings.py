@@ -20,6 +20,14 @@ from clustering.options import DEFAULTS, OPTIONS, Option, env_vars
 # patterns. Kept in defaults.json with the other defaults, which Terraform reads too.
 DEFAULT_EXCLUDE_NEIGHBORHOODS: tuple[str, ...] = tuple(DEFAULTS["exclude_neighborhoods"])
 DEFAULT_CLUSTERING_FEATURES: tuple[str, ...] = tuple(DEFAULTS["clustering_features"])
+# Which way is better, for the notebook's features that have one (population and med_age
+# have none: neither more nor fewer residents, nor older ones, is better in itself).
+HIGHER_IS_WORSE = "higher_is_worse"
+HIGHER_IS_BETTER = "higher_is_better"
+DIRECTIONS = (HIGHER_IS_WORSE, HIGHER_IS_BETTER)
+DEFAULT_FEATURE_DIRECTIONS: tuple[tuple[str, str], ...] = tuple(
+    DEFAULTS["feature_directions"].items()
+)
 
 # Size limits (docs/configuration.md, Limits): a features table or boundaries object above
 # them is refused before it is read, with a clear error, instead of an out-of-memory crash that
@@ -43,6 +51,8 @@ ENV_VARS: tuple[str, ...] = env_vars()
 class AnalysisSettings:
     """Parameters of the clustering, with the notebook's defaults.
 
+    key_column: the column naming each row (one row each); outputs keep it under this name.
+    population_column: the column of residents per row.
     min_population: rows below it are "Low Population (Park/Open Space)", not residential.
     k_min, k_max: the K range of the elbow/silhouette diagnostic. It only informs: the top
         split is always K=2, as in the notebook.
@@ -54,12 +64,17 @@ class AnalysisSettings:
         where `exclude_neighborhoods` replaces it).
     clustering_features: the columns to cluster on. With the default list, those absent from
         the table are skipped with a warning; a list given by the user must all exist.
-    severity_feature: names the top split: the group whose mean is below the residential
-        mean is "Stable", the other "Distressed".
+    severity_feature: names the top split: the group worse on it, by its direction, is
+        "Distressed", the other "Stable".
+    feature_directions: (feature, "higher_is_worse" | "higher_is_better") pairs; features
+        without one are described as higher/lower, never better/worse. The severity feature
+        must have one.
     silhouette_sample_size: above this many rows, silhouettes are computed on a fixed-seed
         sample of this size (the exact score is O(n^2) in time and memory).
     """
 
+    key_column: str = DEFAULTS["key_column"]
+    population_column: str = DEFAULTS["population_column"]
     min_population: int = DEFAULTS["min_population"]
     k_min: int = DEFAULTS["k_min"]
     k_max: int = DEFAULTS["k_max"]
@@ -70,6 +85,7 @@ class AnalysisSettings:
     exclude_also: tuple[str, ...] = ()
     clustering_features: tuple[str, ...] = DEFAULT_CLUSTERING_FEATURES
     severity_feature: str = DEFAULTS["severity_feature"]
+    feature_directions: tuple[tuple[str, str], ...] = DEFAULT_FEATURE_DIRECTIONS
     silhouette_sample_size: int = DEFAULTS["silhouette_sample_size"]
 
     @property
@@ -82,7 +98,28 @@ class AnalysisSettings:
         """True for the built-in feature list, whose absent columns are only skipped."""
         return self.clustering_features == DEFAULT_CLUSTERING_FEATURES
 
+    @property
+    def default_exclusions(self) -> bool:
+        """True for the built-in (Baltimore) exclusion list."""
+        return self.exclude_neighborhoods == DEFAULT_EXCLUDE_NEIGHBORHOODS
+
+    @property
+    def directions(self) -> dict[str, str]:
+        """Feature -> "higher_is_worse" | "higher_is_better", for the features that have one."""
+        return dict(self.feature_directions)
+
     def __post_init__(self) -> None:
+        for name, column in (
+            ("KEY_COLUMN (--key-column)", self.key_column),
+            ("POPULATION_COLUMN (--population-column)", self.population_column),
+        ):
+            if not column.strip():
+                raise InputError(f"{name} is empty: name the column of the features table")
+        if self.key_column == self.population_column:
+            raise InputError(
+                f"KEY_COLUMN and POPULATION_COLUMN are both {self.key_column!r}: the names and "
+                "the residents are two different columns"
+            )
         if self.min_population < 0:
             raise InputError(
                 f"MIN_POPULATION (--min-population) is {self.min_population}: use 0 or more"
@@ -115,6 +152,14 @@ class AnalysisSettings:
                 "SEVERITY_FEATURE (--severity-feature) is empty: "
                 "name the column that ranks severity"
             )
+        _check_directions(self.feature_directions)
+        if self.severity_feature not in self.directions:
+            raise InputError(
+                f"SEVERITY_FEATURE {self.severity_feature!r} has no direction, so which top "
+                "group is Distressed is unknown: add it to FEATURE_DIRECTIONS "
+                f'(--feature-directions), e.g. \'{{"{self.severity_feature}": '
+                '"higher_is_worse"}\' (or "higher_is_better")'
+            )
         if self.silhouette_sample_size < 100:
             raise InputError(
                 "SILHOUETTE_SAMPLE_SIZE (--silhouette-sample-size) is "
@@ -139,9 +184,9 @@ class JobSettings:
     boundaries_source: optional neighborhood shapes: a GeoJSON (`gs://...` or a local path)
         or a BigQuery table with a GEOGRAPHY column (`bq://project.dataset.table`); when
         given, each run also draws cluster_map.png and the clusters table gains
-        `neighborhood_shape` (GEOGRAPHY) for Looker Studio's filled map.
+        `<KEY_COLUMN>_shape` (GEOGRAPHY) for Looker Studio's filled map.
     boundaries_name_column, boundaries_geography_column: the columns of a `bq://` boundaries
-        table holding the neighborhood name and its shape (default neighborhood, geometry).
+        table holding the key (None: a column named as KEY_COLUMN) and the shape (geometry).
     allowed_features_tables: table ids a Pub/Sub message may select instead of the default.
     function_service_account: the function's own principal; audit-log events it caused are
         skipped.
@@ -164,7 +209,7 @@ class JobSettings:
     runs_table: str | None = None
     watched_table: str | None = None
     boundaries_source: str | None = None
-    boundaries_name_column: str = "neighborhood"
+    boundaries_name_column: str | None = None
     boundaries_geography_column: str = "geometry"
     allowed_features_tables: tuple[str, ...] = ()
     function_service_account: str | None = None
@@ -188,10 +233,11 @@ class JobSettings:
             if uri and uri.startswith("bq://"):
                 bq_table_id(uri, name)
         for name, column in (
-            ("BOUNDARIES_NAME_COLUMN", self.boundaries_name_column),
+            ("BOUNDARIES_NAME_COLUMN", self.boundaries_key_column),
             ("BOUNDARIES_GEOGRAPHY_COLUMN", self.boundaries_geography_column),
         ):
-            check_column(column, name)
+            if self.boundaries_source and self.boundaries_source.startswith("bq://"):
+                check_column(column, name)
         clusters, runs = self.clusters_table or "bq://", self.runs_table or "bq://"
         if not clusters.startswith("bq://") and not clusters.lower().endswith((".csv", ".parquet")):
             raise InputError(
@@ -235,6 +281,11 @@ class JobSettings:
         _check_transitions_table(self.transitions_table)
         _check_label_overrides(self.label_overrides)
 
+    @property
+    def boundaries_key_column(self) -> str:
+        """The column of a bq:// boundaries table that holds the KEY_COLUMN values."""
+        return self.boundaries_name_column or self.analysis.key_column
+
     def with_features_source(self, source: str) -> JobSettings:
         """The same settings reading another features source (a validated message override)."""
         return replace(self, features_source=source)
@@ -260,18 +311,56 @@ def _from_env(environ: Mapping[str, str], option: Option) -> object:
         if option.required:
             raise InputError(f"{option.env} is not set: set it in the function's environment")
         return option.default
+    return parse_value(option, raw, option.env)
+
+
+def parse_value(option: Option, raw: str, where: str) -> object:
+    """An option's value from its text (an environment variable's, or a JSON flag's)."""
     if option.kind in ("int", "float"):
         what = "an integer" if option.kind == "int" else "a number"
         try:
             return option.type(raw)
         except ValueError:
             fix = "a whole number" if option.kind == "int" else "a number such as 0.5"
-            raise InputError(f"{option.env}={raw!r} is not {what}: set it to {fix}") from None
+            raise InputError(f"{where}={raw!r} is not {what}: set it to {fix}") from None
     if option.kind == "names":
-        return parse_name_list(raw, option.env)
+        return parse_name_list(raw, where, option.example)
     if option.kind == "overrides":
-        return parse_label_overrides(raw, option.env)
+        return parse_label_overrides(raw, where)
+    if option.kind == "directions":
+        return parse_feature_directions(raw, where)
     return raw
+
+
+def parse_feature_directions(raw: str, where: str) -> tuple[tuple[str, str], ...]:
+    """Parse a JSON object of feature -> "higher_is_worse" | "higher_is_better", e.g.
+    '{"median_income": "higher_is_better"}', over the default directions: a feature named
+    here takes this direction, the others keep theirs."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    valid = isinstance(value, dict) and all(
+        str(k).strip() and v in DIRECTIONS for k, v in value.items()
+    )
+    if not valid:
+        raise InputError(
+            f'{where} must be a JSON object of feature to "higher_is_worse" or '
+            '"higher_is_better", like {"median_income": "higher_is_better"}; got ' + repr(raw[:80])
+        )
+    given = {str(k).strip(): v for k, v in value.items()}
+    return tuple((dict(DEFAULT_FEATURE_DIRECTIONS) | given).items())
+
+
+def _check_directions(pairs: tuple[tuple[str, str], ...]) -> None:
+    """Directions built in code (not parsed) hold the two words only, each feature once."""
+    features = [feature for feature, _ in pairs]
+    wrong = [d for _, d in pairs if d not in DIRECTIONS]
+    if wrong or len(set(features)) != len(features):
+        raise InputError(
+            "FEATURE_DIRECTIONS (--feature-directions) must give each feature once, as "
+            f'"higher_is_worse" or "higher_is_better"; got {wrong[:1] or "a feature twice"}'
+        )
 
 
 def _check_transitions_table(dest: str | None) -> None:
@@ -342,15 +431,16 @@ def bq_table_id(uri: str, where: str) -> str:
     return check_table_id(uri.removeprefix("bq://"), where)
 
 
-def parse_name_list(raw: str, where: str) -> tuple[str, ...]:
-    """Parse a JSON list of non-empty strings, e.g. '["Inner Harbor", "Perkins"]'."""
+def parse_name_list(raw: str, where: str, example: str) -> tuple[str, ...]:
+    """Parse a JSON list of non-empty strings, e.g. '["Inner Harbor", "Perkins"]'; `example`
+    shows a valid value of the setting when `raw` is not one."""
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = None
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise InputError(
-            f"{where} must be a JSON list of non-empty strings, like "
-            '["Inner Harbor", "Perkins"]; got ' + repr(raw[:80])
+            f"{where} must be a JSON list of non-empty strings, like {example}; got "
+            + repr(raw[:80])
         )
     return tuple(v.strip() for v in value)

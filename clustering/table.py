@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from clustering import InputError
+from clustering.options import DEFAULTS
 from clustering.settings import AnalysisSettings
 
 # Far above any city's neighborhood, far below where int64 overflows.
@@ -45,62 +46,81 @@ class Unmatched:
 
 @dataclass(frozen=True)
 class ValidTable:
-    """A validated features table, sorted by neighborhood, and what validation noticed."""
+    """A validated features table, sorted by its key column, and what validation noticed:
+    warnings (something may be wrong) and notes (expected, but worth saying once)."""
 
     frame: pd.DataFrame
     warnings: tuple[str, ...]
+    notes: tuple[str, ...] = ()
 
 
 def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: str) -> ValidTable:
     """Check and normalise a features table; raise InputError on the first problem.
 
-    Rows come back sorted by neighborhood (k-means depends on row order), population as
+    Rows come back sorted by KEY_COLUMN (k-means depends on row order), POPULATION_COLUMN as
     int64 when every value is a whole number (float64 otherwise, e.g. interpolated estimates
     or blanks) and every configured feature as float64 with blanks as NaN.
     """
+    key, population = settings.key_column, settings.population_column
     if frame.shape[1] == 0:
         raise InputError(f"{where} has no columns: give a table with a header row")
     if len(frame) == 0:
-        raise InputError(f"{where} has a header but no rows: add one row per neighborhood")
-    for required in ("neighborhood", "population"):
+        raise InputError(f"{where} has a header but no rows: add one row per {key}")
+    for required, setting in ((key, "KEY_COLUMN"), (population, "POPULATION_COLUMN")):
         if required not in frame.columns:
             raise InputError(
                 f"{where} has no {required!r} column{_did_you_mean(required, frame.columns)} "
                 f"(columns: {_short(frame.columns)}): "
-                + (_separator_fix(frame.columns) or "add it or rename the column that holds it")
+                + (_separator_fix(frame.columns) or _column_fix(setting))
             )
     frame = frame.reset_index(drop=True)
-    names = _names(frame["neighborhood"], where)
-    frame = frame.assign(neighborhood=names)
-    warnings = _absent_columns(frame.columns, settings, where)
+    names = _names(frame[key], key, where)
+    frame = frame.assign(**{key: names})
+    warnings = _absent_columns(frame, settings, where)
     warnings += _exclusion_warnings(names, settings, where)
+    notes = _exclusion_notes(names, settings, where)
 
     # The severity feature names the top split, so it must be numeric even when it is not
     # clustered on.
     wanted = [*settings.clustering_features, settings.severity_feature]
-    numeric = ["population"] + [
-        f for f in dict.fromkeys(wanted) if f in frame.columns and f != "population"
+    numeric = [population] + [
+        f for f in dict.fromkeys(wanted) if f in frame.columns and f != population
     ]
-    columns = {c: _numbers(frame, c, where) for c in numeric}
-    population = columns["population"]
-    _check_population(population, names, where)
-    frame = frame.assign(**columns)
+    frame = frame.assign(**{c: _numbers(frame, c, key, where) for c in numeric})
+    frame, blank = _with_population(frame, settings, where)
+    warnings += blank
+    blank_features = [f for f in numeric[1:] if frame[f].isna().all()]
+    if blank_features:
+        warnings.append(f"{_features(blank_features)} blank in every row of {where}")
+    frame = frame.sort_values(key, kind="stable").reset_index(drop=True)
+    return ValidTable(frame=frame, warnings=tuple(warnings), notes=tuple(notes))
+
+
+def _column_fix(setting: str) -> str:
+    flag = "--" + setting.lower().replace("_", "-")
+    return f"add it, or set {setting} ({flag}) to the column that holds it"
+
+
+def _with_population(
+    frame: pd.DataFrame, settings: AnalysisSettings, where: str
+) -> tuple[pd.DataFrame, list[str]]:
+    """The frame with its population checked (int64 when every value is whole) and a warning
+    for blank populations."""
+    key, column = settings.key_column, settings.population_column
+    population = frame[column]
+    _check_population(population, frame[key], column, where)
     blank = population.isna().to_numpy()
     if blank.any():
         # Unknown is not residential: like the notebook, such rows never join the residential
         # clustering; unlike it, they are kept, in the low-population group.
-        shown = ", ".join(names[blank][:5]) + (", ..." if blank.sum() > 5 else "")
-        warnings.append(
-            f"population is blank in {int(blank.sum())} rows of {where} ({shown}): they are "
+        shown = ", ".join(frame[key][blank][:5]) + (", ..." if blank.sum() > 5 else "")
+        return frame, [
+            f"{column} is blank in {int(blank.sum())} rows of {where} ({shown}): they are "
             "analysed with the low-population rows"
-        )
-    elif (population % 1 == 0).all():
-        frame = frame.astype({"population": np.int64})
-    blank_features = [f for f in numeric[1:] if frame[f].isna().all()]
-    if blank_features:
-        warnings.append(f"{_features(blank_features)} blank in every row of {where}")
-    frame = frame.sort_values("neighborhood", kind="stable").reset_index(drop=True)
-    return ValidTable(frame=frame, warnings=tuple(warnings))
+        ]
+    if (population % 1 == 0).all():
+        frame = frame.astype({column: np.int64})
+    return frame, []
 
 
 def unmatched_exclusions(names: pd.Series, settings: AnalysisSettings) -> tuple[Unmatched, ...]:
@@ -152,16 +172,28 @@ def _did_you_mean(name: str, candidates) -> str:
     return f" (did you mean {match!r}?)" if match is not None else ""
 
 
-def _absent_columns(columns: pd.Index, settings: AnalysisSettings, where: str) -> list[str]:
+def _absent_columns(frame: pd.DataFrame, settings: AnalysisSettings, where: str) -> list[str]:
     """Features and the severity feature the table lacks: an error for a list the user gave,
-    a warning for the built-in list (the notebook's skip-and-report)."""
+    a warning for the built-in list (the notebook's skip-and-report), and an error when the
+    table has none of the built-in list's features: it is another city's table."""
+    columns = frame.columns
+    missing = [f for f in settings.clustering_features if f not in columns]
+    present = [
+        f for f in settings.clustering_features if f in columns and f != settings.population_column
+    ]
+    if settings.default_features and not present:
+        raise InputError(
+            f"{where} has none of the default clustering features (the seed notebook's "
+            f"Baltimore columns: {', '.join(settings.clustering_features)}): set "
+            "CLUSTERING_FEATURES (--clustering-features) to a JSON list of the columns to "
+            f"cluster on; its numeric columns are {_numeric_columns(frame, settings)}"
+        )
     severity = settings.severity_feature
     if severity not in columns:
         raise InputError(
             f"{where} has no column {severity!r}{_did_you_mean(severity, columns)}, which "
             "SEVERITY_FEATURE (--severity-feature) names: fix the name or add the column"
         )
-    missing = [f for f in settings.clustering_features if f not in columns]
     if not missing:
         return []
     if not settings.default_features:
@@ -174,8 +206,30 @@ def _absent_columns(columns: pd.Index, settings: AnalysisSettings, where: str) -
     return [f"features not in the table, skipped: {', '.join(missing)} ({where})"]
 
 
+def _numeric_columns(frame: pd.DataFrame, settings: AnalysisSettings) -> str:
+    """The table's columns that hold numbers (text that parses counts), as a JSON list."""
+    found = []
+    for column in frame.columns:
+        if column in (settings.key_column, settings.population_column):
+            continue
+        values = frame[column]
+        if pd.api.types.is_bool_dtype(values):
+            continue
+        if not pd.api.types.is_numeric_dtype(values):
+            text = values.astype("string").str.strip()
+            text = text[text.notna() & (text != "")]
+            if text.empty or pd.to_numeric(text, errors="coerce").isna().any():
+                continue
+        found.append(str(column))
+    return json.dumps(found) if found else "none (only text columns)"
+
+
 def _exclusion_warnings(names: pd.Series, settings: AnalysisSettings, where: str) -> list[str]:
+    """Exclusion names that match no row, with a guess each. The built-in list matching no row
+    at all is not a typo but another city's table: that is a note (below), not a warning."""
     unmatched = unmatched_exclusions(names, settings)
+    if _default_list_unused(names, settings):
+        unmatched = tuple(u for u in unmatched if u.name in settings.exclude_also)
     if not unmatched:
         return []
     shown = ", ".join(
@@ -188,31 +242,44 @@ def _exclusion_warnings(names: pd.Series, settings: AnalysisSettings, where: str
         else (f"{len(unmatched)} excluded names match")
     )
     return [
-        f"{count} no neighborhood of {where}, so it excludes nothing: {shown} "
+        f"{count} no {settings.key_column} of {where}, so it excludes nothing: {shown} "
         "(EXCLUDE_NEIGHBORHOODS replaces the default list, EXCLUDE_ALSO extends it)"
     ]
 
 
-def _names(column: pd.Series, where: str) -> pd.Series:
+def _exclusion_notes(names: pd.Series, settings: AnalysisSettings, where: str) -> list[str]:
+    if not _default_list_unused(names, settings):
+        return []
+    return [
+        f"the default EXCLUDE_NEIGHBORHOODS is the seed notebook's list of Baltimore names, "
+        f"none of which is a {settings.key_column} of {where}: nothing is excluded by name "
+        "(set EXCLUDE_NEIGHBORHOODS to this table's institutional or industrial areas, or [])"
+    ]
+
+
+def _default_list_unused(names: pd.Series, settings: AnalysisSettings) -> bool:
+    """The built-in exclusion list is in use and matches no row."""
+    return settings.default_exclusions and not names.isin(settings.exclude_neighborhoods).any()
+
+
+def _names(column: pd.Series, key: str, where: str) -> pd.Series:
     text = column.astype("string").str.strip()
     blank = text.isna() | (text == "")
     if blank.any():
         row = int(np.flatnonzero(blank.to_numpy())[0])
-        raise InputError(
-            f"{where}: neighborhood is blank in data row {row + 1}: give every row a name"
-        )
+        raise InputError(f"{where}: {key} is blank in data row {row + 1}: give every row a name")
     duplicated = text.duplicated(keep=False)
     if duplicated.any():
         name = text[duplicated].iloc[0]
         rows = ", ".join(str(i + 1) for i in np.flatnonzero(duplicated.to_numpy())[:5])
         raise InputError(
-            f"{where}: neighborhood {name!r} appears more than once (data rows {rows}): "
-            "keep one row per neighborhood"
+            f"{where}: {key} {name!r} appears more than once (data rows {rows}): "
+            f"keep one row per {key}"
         )
     return text.astype(object)
 
 
-def _numbers(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
+def _numbers(frame: pd.DataFrame, column: str, key: str, where: str) -> pd.Series:
     """The column as float64; text, booleans or non-finite values raise InputError."""
     values = frame[column]
     if pd.api.types.is_bool_dtype(values):
@@ -229,22 +296,22 @@ def _numbers(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
         row = int(np.flatnonzero(bad)[0])
         raise InputError(
             f"{where}: column {column!r} has {str(values.iloc[row])!r} in data row {row + 1} "
-            f"({frame['neighborhood'].iloc[row]}): use a finite number, or leave it blank"
+            f"({frame[key].iloc[row]}): use a finite number, or leave it blank"
         )
     return numbers
 
 
-def _check_population(population: pd.Series, names: pd.Series, where: str) -> None:
+def _check_population(population: pd.Series, names: pd.Series, column: str, where: str) -> None:
     problems = (
-        (population < 0, "is negative", "population must be 0 or more"),
-        (population > MAX_POPULATION, "is implausibly large", "population counts residents"),
+        (population < 0, "is negative", f"{column} must be 0 or more"),
+        (population > MAX_POPULATION, "is implausibly large", f"{column} counts residents"),
     )
     for mask, what, fix in problems:
         mask = mask.to_numpy()
         if mask.any():
             row = int(np.flatnonzero(mask)[0])
             raise InputError(
-                f"{where}: population {what} in data row {row + 1} ({names.iloc[row]}): {fix}"
+                f"{where}: {column} {what} in data row {row + 1} ({names.iloc[row]}): {fix}"
             )
 
 
@@ -254,20 +321,42 @@ def _short(columns: pd.Index) -> str:
 
 
 @cache
-def table_schema(name: str) -> tuple[dict, ...]:
-    """A BigQuery JSON schema shipped with the package: 'clusters_table', 'runs_table' or
-    'transitions_table'.
+def table_schema(
+    name: str,
+    key_column: str = DEFAULTS["key_column"],
+    population_column: str = DEFAULTS["population_column"],
+) -> tuple[dict, ...]:
+    """A BigQuery JSON schema shipped with the package: 'clusters_table', 'runs_table',
+    'transitions_table' or 'features_table', with its placeholders filled in: `{key}` is
+    KEY_COLUMN and `{population}` POPULATION_COLUMN.
 
-    The same files create the tables in Terraform, so code and deployment cannot drift.
+    The same files create the tables in Terraform (which fills the placeholders with the same
+    settings), so code and deployment cannot drift.
     """
     text = resources.files("clustering.schemas").joinpath(f"{name}.json").read_text()
-    return tuple(json.loads(text))
+    return tuple(
+        field | {"name": field["name"].format(key=key_column, population=population_column)}
+        for field in json.loads(text)
+    )
 
 
-def output_schema(frame: pd.DataFrame) -> list[dict]:
-    """The clusters table's schema for `frame`: declared types for known columns, and a type
-    from the dtype for any extra column the features table carries."""
-    declared = {field["name"]: field for field in table_schema("clusters_table")}
+def shape_column(key_column: str) -> str:
+    """The GEOGRAPHY column a run adds with boundaries (clusters_table.json's `{key}_shape`)."""
+    return f"{key_column}_shape"
+
+
+def output_schema(
+    frame: pd.DataFrame,
+    key_column: str = DEFAULTS["key_column"],
+    population_column: str = DEFAULTS["population_column"],
+) -> list[dict]:
+    """The clusters table's schema for `frame`: declared types for the key, the population
+    and the cluster columns, and a type from the dtype for every other column (the features
+    table's, under their own names)."""
+    declared = {
+        field["name"]: field
+        for field in table_schema("clusters_table", key_column, population_column)
+    }
     fields = []
     for column in frame.columns:
         if column in declared and not _widened(declared[column], frame[column]):

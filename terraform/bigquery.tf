@@ -1,5 +1,45 @@
 # The output tables, created before the first run so Looker Studio can connect to them at once.
-# Their schemas are the code's own files: the same JSON the function loads with, never a copy.
+# Their schemas are the code's own files: the same JSON the function loads with, never a copy,
+# with its placeholders filled as the code fills them ({key}: key_column, {population}:
+# population_column). The clusters table also has the features table's own columns, read at
+# plan time, so a report built before the first run is built on the real fields.
+
+# The features table as it is now (another pipeline owns it): its columns, for the clusters
+# table. Terraform's own credentials read its metadata.
+data "google_bigquery_table" "features" {
+  project    = local.features_project
+  dataset_id = var.features_dataset_id
+  table_id   = var.features_table_id
+}
+
+locals {
+  # Each schema file's fields with the configured names in place of the placeholders.
+  schemas = {
+    for name in ["clusters_table", "transitions_table"] : name => [
+      for field in jsondecode(file("${local.repo_root}/clustering/schemas/${name}.json")) : {
+        for key, value in field : key => (key == "name" ? replace(replace(value, "{key}", local.analysis.key_column), "{population}", local.analysis.population_column) : value)
+      }
+    ]
+  }
+  # Cluster columns the features table provides itself, and the shape without boundaries.
+  not_added = concat(
+    [local.analysis.key_column, local.analysis.population_column],
+    var.boundaries_table == null && var.boundaries_object == null ? ["${local.analysis.key_column}_shape"] : [],
+  )
+  # The features table's columns in its order (name, type, mode, description), then the cluster
+  # columns, then the shape column when boundaries are configured: what the first run's load
+  # writes. The key and population columns come from the features table, with its types.
+  clusters_schema = concat(
+    [
+      for field in jsondecode(data.google_bigquery_table.features.schema) : {
+        for key, value in field : key => value if contains(["name", "type", "mode", "description"], key)
+      }
+    ],
+    [
+      for field in local.schemas.clusters_table : field if !contains(local.not_added, field.name)
+    ],
+  )
+}
 
 resource "google_bigquery_dataset" "output" {
   #checkov:skip=CKV_GCP_81:The tables hold public neighborhood statistics and cluster labels; Google-managed encryption is adequate and a customer key would add a KMS key ring this job does not otherwise need.
@@ -25,10 +65,10 @@ resource "google_bigquery_table" "clusters" {
   project             = var.project_id
   dataset_id          = local.output_dataset_id
   table_id            = var.clusters_table_id
-  description         = "One row per neighborhood: its features and cluster labels. Replaced by every successful run."
+  description         = "One row per ${local.analysis.key_column} of ${local.features_table}: its features and cluster labels. Replaced by every successful run."
   labels              = local.labels
   deletion_protection = var.deletion_protection
-  schema              = file("${path.module}/../clustering/schemas/clusters_table.json")
+  schema              = jsonencode(local.clusters_schema)
 
   lifecycle {
     # Every run replaces this table with a WRITE_TRUNCATE load, which also sets its schema:
@@ -37,8 +77,8 @@ resource "google_bigquery_table" "clusters" {
     # exist with the expected columns before the first run. Without ignore_changes, the next
     # plan would report that drift, and for a removed column the provider replaces the table:
     # refused by deletion protection, or (without it) a dropped table that Looker Studio reads.
-    # The price: an edit of clusters_table.json reaches this table through the next run, not
-    # through terraform apply.
+    # The price: an edit of clusters_table.json, or a new column of the features table, reaches
+    # this table through the next run, not through terraform apply.
     ignore_changes = [schema]
   }
 }
@@ -81,9 +121,9 @@ resource "google_bigquery_table" "transitions" {
   project             = var.project_id
   dataset_id          = local.output_dataset_id
   table_id            = var.transitions_table_id
-  description         = "One row per neighborhood that changed cohort (moved, appeared, disappeared), appended by every run that follows a published one."
+  description         = "One row per ${local.analysis.key_column} that changed cohort (moved, appeared, disappeared), appended by every run that follows a published one."
   labels              = local.labels
   deletion_protection = var.deletion_protection
   # Append-only with a fixed schema, like the runs table.
-  schema = file("${path.module}/../clustering/schemas/transitions_table.json")
+  schema = jsonencode(local.schemas.transitions_table)
 }

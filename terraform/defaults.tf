@@ -7,6 +7,8 @@ locals {
   code_defaults = jsondecode(file("${local.repo_root}/clustering/defaults.json"))
 
   analysis = {
+    key_column             = var.key_column == null ? local.code_defaults.key_column : var.key_column
+    population_column      = var.population_column == null ? local.code_defaults.population_column : var.population_column
     min_population         = var.min_population == null ? local.code_defaults.min_population : var.min_population
     k_min                  = var.k_min == null ? local.code_defaults.k_min : var.k_min
     k_max                  = var.k_max == null ? local.code_defaults.k_max : var.k_max
@@ -16,6 +18,7 @@ locals {
     exclude_neighborhoods  = var.exclude_neighborhoods == null ? local.code_defaults.exclude_neighborhoods : var.exclude_neighborhoods
     clustering_features    = var.clustering_features == null ? local.code_defaults.clustering_features : var.clustering_features
     severity_feature       = var.severity_feature == null ? local.code_defaults.severity_feature : var.severity_feature
+    feature_directions     = var.feature_directions == null ? local.code_defaults.feature_directions : var.feature_directions
     silhouette_sample_size = var.silhouette_sample_size == null ? local.code_defaults.silhouette_sample_size : var.silhouette_sample_size
   }
 

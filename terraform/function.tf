@@ -24,7 +24,7 @@ locals {
     # already has; each run then also draws cluster_map.png.
     # Or a BigQuery table with a GEOGRAPHY column, which iam.tf lets the function read.
     BOUNDARIES_SOURCE           = var.boundaries_table == null ? "${local.boundaries_object_uri}" : "bq://${var.boundaries_table}"
-    BOUNDARIES_NAME_COLUMN      = var.boundaries_name_column
+    BOUNDARIES_NAME_COLUMN      = var.boundaries_name_column == null ? local.analysis.key_column : var.boundaries_name_column
     BOUNDARIES_GEOGRAPHY_COLUMN = var.boundaries_geography_column
     # JSON lists, as settings.parse_name_list reads them.
     ALLOWED_FEATURES_TABLES = jsonencode(var.allowed_features_tables)
@@ -36,16 +36,20 @@ locals {
     FUNCTION_TIMEOUT_SECONDS = tostring(var.function_timeout_seconds)
     MIN_ROWS_RATIO           = tostring(local.limits.min_rows_ratio)
     # The analytic settings, with the code's defaults where a variable is null (defaults.tf).
-    MIN_POPULATION         = tostring(local.analysis.min_population)
-    K_MIN                  = tostring(local.analysis.k_min)
-    K_MAX                  = tostring(local.analysis.k_max)
-    SUB_K_MIN              = tostring(local.analysis.sub_k_min)
-    SUB_K_MAX              = tostring(local.analysis.sub_k_max)
-    RANDOM_STATE           = tostring(local.analysis.random_state)
-    EXCLUDE_NEIGHBORHOODS  = jsonencode(local.analysis.exclude_neighborhoods)
-    EXCLUDE_ALSO           = jsonencode(var.exclude_also)
-    CLUSTERING_FEATURES    = jsonencode(local.analysis.clustering_features)
-    SEVERITY_FEATURE       = local.analysis.severity_feature
+    KEY_COLUMN            = local.analysis.key_column
+    POPULATION_COLUMN     = local.analysis.population_column
+    MIN_POPULATION        = tostring(local.analysis.min_population)
+    K_MIN                 = tostring(local.analysis.k_min)
+    K_MAX                 = tostring(local.analysis.k_max)
+    SUB_K_MIN             = tostring(local.analysis.sub_k_min)
+    SUB_K_MAX             = tostring(local.analysis.sub_k_max)
+    RANDOM_STATE          = tostring(local.analysis.random_state)
+    EXCLUDE_NEIGHBORHOODS = jsonencode(local.analysis.exclude_neighborhoods)
+    EXCLUDE_ALSO          = jsonencode(var.exclude_also)
+    CLUSTERING_FEATURES   = jsonencode(local.analysis.clustering_features)
+    SEVERITY_FEATURE      = local.analysis.severity_feature
+    # A JSON object, as settings.parse_feature_directions reads it (over the code's defaults).
+    FEATURE_DIRECTIONS     = jsonencode(local.analysis.feature_directions)
     SILHOUETTE_SAMPLE_SIZE = tostring(local.analysis.silhouette_sample_size)
     TRANSITIONS_TABLE      = "bq://${google_bigquery_table.transitions.project}.${google_bigquery_table.transitions.dataset_id}.${google_bigquery_table.transitions.table_id}"
     # A JSON object, as settings.parse_label_overrides reads it.
@@ -57,7 +61,7 @@ resource "google_cloudfunctions2_function" "recluster" {
   project     = var.project_id
   location    = var.region
   name        = var.name
-  description = "Re-clusters neighborhoods when ${local.features_table} changes or a message asks for a run."
+  description = "Re-clusters the rows of ${local.features_table} when it changes or a message asks for a run."
   labels      = local.labels
 
   build_config {
@@ -103,6 +107,15 @@ resource "google_cloudfunctions2_function" "recluster" {
     precondition {
       condition     = local.analysis.sub_k_min <= local.analysis.sub_k_max
       error_message = "sub_k_min must not exceed sub_k_max."
+    }
+    # The code adds feature_directions to its defaults; the severity feature needs one of them.
+    precondition {
+      condition     = contains(keys(merge(local.code_defaults.feature_directions, coalesce(var.feature_directions, {}))), local.analysis.severity_feature)
+      error_message = "severity_feature needs a direction: add it to feature_directions (\"higher_is_worse\" or \"higher_is_better\")."
+    }
+    precondition {
+      condition     = local.analysis.key_column != local.analysis.population_column
+      error_message = "key_column and population_column must be two different columns."
     }
     # A table change that waited through every retry must still be recognised as one to run:
     # the age limit outlasts the push subscription's retry window (triggers.tf: attempts x

@@ -13,8 +13,12 @@ locals {
   artifacts_bucket = coalesce(var.artifacts_bucket_name, "${var.project_id}-${var.name}-artifacts")
   source_bucket    = coalesce(var.source_bucket_name, "${var.project_id}-${var.name}-source")
 
+  # The features table may live in another project (features_project_id): its read grant,
+  # its log sink and its change metric are created there.
+  features_project = coalesce(var.features_project_id, var.project_id)
+
   # project.dataset.table of every table the function touches.
-  features_table    = "${var.project_id}.${var.features_dataset_id}.${var.features_table_id}"
+  features_table    = "${local.features_project}.${var.features_dataset_id}.${var.features_table_id}"
   clusters_table    = "${var.project_id}.${var.dataset_id}.${var.clusters_table_id}"
   runs_table        = "${var.project_id}.${var.dataset_id}.${var.runs_table_id}"
   transitions_table = "${var.project_id}.${var.dataset_id}.${var.transitions_table_id}"

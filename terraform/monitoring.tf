@@ -117,7 +117,8 @@ resource "google_logging_metric" "run_successes" {
 # Data changes of the features table: the very audit-log entries the table-change sink
 # forwards (its filter, not a copy), counted whether or not a run followed.
 resource "google_logging_metric" "features_changes" {
-  project     = var.project_id
+  # Where the sink is: the entries are logged in the features table's project.
+  project     = local.features_project
   name        = "${local.metric_prefix}_features_changes"
   description = "BigQuery data changes of ${local.features_table} (the entries the table-change sink forwards)."
   filter      = google_logging_project_sink.features_changed.filter
@@ -128,6 +129,15 @@ resource "google_logging_metric" "features_changes" {
     unit        = "1"
   }
   depends_on = [google_project_service.this]
+}
+
+# A features table in another project: its change metric is computed there, so that project
+# joins project_id's metrics scope, where the stale-results alert reads the metric.
+resource "google_monitoring_monitored_project" "features" {
+  count         = local.features_project == var.project_id ? 0 : 1
+  metrics_scope = "locations/global/metricsScopes/${var.project_id}"
+  name          = local.features_project
+  depends_on    = [google_project_service.this]
 }
 
 # --- Alerting policies ---------------------------------------------------------------------------

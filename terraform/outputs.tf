@@ -55,8 +55,35 @@ output "notification_channels" {
   value       = local.notification_channels
 }
 
+# Looker Studio's Linking API: a link that opens a new report already connected to the table
+# (a BigQuery data source on it, queries billed to project_id); save the report to keep it.
+locals {
+  looker_studio_links = {
+    for name, table in { clusters = google_bigquery_table.clusters, transitions = google_bigquery_table.transitions } : name => join("&", [
+      "https://lookerstudio.google.com/reporting/create?r.reportName=${urlencode("${var.name} ${name}")}",
+      "ds.ds0.connector=bigQuery",
+      "ds.ds0.type=TABLE",
+      "ds.ds0.projectId=${table.project}",
+      "ds.ds0.datasetId=${table.dataset_id}",
+      "ds.ds0.tableId=${table.table_id}",
+      "ds.ds0.billingProjectId=${var.project_id}",
+      "ds.ds0.datasourceName=${urlencode(table.table_id)}",
+    ])
+  }
+}
+
+output "looker_studio_clusters_report" {
+  description = "Open this link to start a Looker Studio report already connected to the clusters table (docs/deploy.md, Looker Studio)."
+  value       = local.looker_studio_links.clusters
+}
+
+output "looker_studio_transitions_report" {
+  description = "Open this link to start a Looker Studio report already connected to the transitions table."
+  value       = local.looker_studio_links.transitions
+}
+
 output "transitions_table" {
-  description = "project.dataset.table of the cohort transitions table (neighborhoods that changed cohort, per run)."
+  description = "project.dataset.table of the cohort transitions table (rows that changed cohort, per run)."
   value       = local.transitions_table
 }
 

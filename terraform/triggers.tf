@@ -19,7 +19,8 @@
 # messages that still fail, an ack deadline longer than the function timeout and no expiry.
 
 resource "google_logging_project_sink" "features_changed" {
-  project     = var.project_id
+  # In the features table's project: its audit logs are written there (features_project_id).
+  project     = local.features_project
   name        = "${var.name}-features-changed"
   description = "BigQuery data changes of ${local.features_table} -> ${google_pubsub_topic.runs.name}"
   destination = "pubsub.googleapis.com/${google_pubsub_topic.runs.id}"
@@ -38,9 +39,9 @@ resource "google_logging_project_sink" "features_changed" {
   #   code skips (clustering/cloud/events.py NON_RUN_REASONS; tests/test_terraform.py compares);
   # - never an entry caused by the function's own service account.
   filter = <<-EOT
-    logName="projects/${var.project_id}/logs/cloudaudit.googleapis.com%2Fdata_access"
+    logName="projects/${local.features_project}/logs/cloudaudit.googleapis.com%2Fdata_access"
     protoPayload.serviceName="bigquery.googleapis.com"
-    protoPayload.resourceName="projects/${var.project_id}/datasets/${var.features_dataset_id}/tables/${var.features_table_id}"
+    protoPayload.resourceName="projects/${local.features_project}/datasets/${var.features_dataset_id}/tables/${var.features_table_id}"
     protoPayload.metadata.tableDataChange:*
     NOT protoPayload.metadata.tableDataChange.reason="WRITE_API_APPEND_ROWS"
     NOT protoPayload.metadata.tableDataChange.reason="FINALIZE"

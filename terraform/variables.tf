@@ -4,7 +4,7 @@
 # --- Project and naming ----------------------------------------------------------------------
 
 variable "project_id" {
-  description = "Project that holds the features table and receives every resource of the job."
+  description = "Project that receives every resource of the job, and holds the features table unless features_project_id names another."
   type        = string
   validation {
     condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
@@ -57,8 +57,18 @@ variable "bigquery_location" {
   }
 }
 
+variable "features_project_id" {
+  description = "Project of the features table when it is not project_id (a shared data project). The runtime account gets read access on that one table there, the table-change log sink and its metric are created there (audit logs stay in their project), and the project joins project_id's metrics scope for the stale-results alert. Null: project_id."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.features_project_id == null || can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", coalesce(var.features_project_id, "x")))
+    error_message = "features_project_id must be a project ID (6-30 lowercase letters, digits or hyphens, starting with a letter)."
+  }
+}
+
 variable "features_dataset_id" {
-  description = "Existing dataset of the features table (in project_id). It is not managed here: another pipeline owns it."
+  description = "Existing dataset of the features table (in features_project_id, else project_id). It is not managed here: another pipeline owns it."
   type        = string
   default     = "analytics"
   validation {
@@ -68,7 +78,7 @@ variable "features_dataset_id" {
 }
 
 variable "features_table_id" {
-  description = "Existing features table whose data changes trigger a run; read by every run."
+  description = "Existing features table whose data changes trigger a run; read by every run, and by terraform plan: the clusters table is created with its columns."
   type        = string
   default     = "neighborhood_features"
   validation {
@@ -99,7 +109,7 @@ variable "create_dataset" {
 }
 
 variable "clusters_table_id" {
-  description = "Output table, replaced by every successful run (one row per neighborhood); the table Looker Studio reads."
+  description = "Output table, replaced by every successful run (one row per row of the features table, under its column names); the table Looker Studio reads."
   type        = string
   default     = "neighborhood_clusters"
   validation {
@@ -129,7 +139,7 @@ variable "freshness_view_id" {
 }
 
 variable "transitions_table_id" {
-  description = "Transitions table: one row appended per neighborhood that changed cohort, by every run that follows a published one."
+  description = "Transitions table: one row appended per key (key_column value) that changed cohort, by every run that follows a published one."
   type        = string
   default     = "neighborhood_cluster_transitions"
   validation {
@@ -183,7 +193,7 @@ variable "artifact_retention_days" {
 }
 
 variable "boundaries_object" {
-  description = "Optional object name, inside the artifacts bucket, of a GeoJSON FeatureCollection of the neighborhoods (a 'neighborhood' or 'name' property per polygon). When set, every run also draws cluster_map.png. Upload it outside runs/ and claims/, which expire, e.g. inputs/neighborhoods.geojson."
+  description = "Optional object name, inside the artifacts bucket, of a GeoJSON FeatureCollection of the rows' shapes (a boundaries_name_column property, else key_column or 'name', per polygon). When set, every run also draws cluster_map.png. Upload it outside runs/ and claims/, which expire, e.g. inputs/boundaries.geojson."
   type        = string
   default     = null
   validation {
@@ -193,7 +203,7 @@ variable "boundaries_object" {
 }
 
 variable "boundaries_table" {
-  description = "Optional BigQuery table of neighborhood shapes, as project.dataset.table, with a name column and a GEOGRAPHY column (boundaries_name_column, boundaries_geography_column). When set, the function may read this table (and no other), every run draws cluster_map.png and the clusters table gains neighborhood_shape (GEOGRAPHY) for Looker Studio's filled map. Set this or boundaries_object; if both are set, this table is used."
+  description = "Optional BigQuery table of the rows' shapes, as project.dataset.table, with a name column and a GEOGRAPHY column (boundaries_name_column, boundaries_geography_column). When set, the function may read this table (and no other), every run draws cluster_map.png and the clusters table gains <key_column>_shape (GEOGRAPHY) for Looker Studio's filled map. Set this or boundaries_object; if both are set, this table is used."
   type        = string
   default     = null
   validation {
@@ -203,11 +213,11 @@ variable "boundaries_table" {
 }
 
 variable "boundaries_name_column" {
-  description = "Column of boundaries_table holding the neighborhood name, as the features table writes it."
+  description = "Column of boundaries_table (or property of the GeoJSON's features) holding the key_column values, as the features table writes them. Null: a column named as key_column."
   type        = string
-  default     = "neighborhood"
+  default     = null
   validation {
-    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]{0,299}$", var.boundaries_name_column))
+    condition     = var.boundaries_name_column == null || can(regex("^[A-Za-z_][A-Za-z0-9_]{0,299}$", coalesce(var.boundaries_name_column, "x")))
     error_message = "boundaries_name_column must be a plain column name (letters, digits and _, not starting with a digit)."
   }
 }
@@ -291,9 +301,42 @@ variable "deletion_protection" {
 # --- Analytic settings (passed to the function as environment variables) -----------------------
 # Null (the default) means the code's default, read from clustering/defaults.json by
 # defaults.tf; `python -m clustering run --help` and docs/configuration.md show the values.
+# The defaults are the seed notebook's, for Baltimore's table: another city's table sets at
+# least key_column, population_column, clustering_features, severity_feature and
+# feature_directions (terraform/examples/community-areas.tfvars).
+
+variable "key_column" {
+  description = "Column of the features table naming each row (a neighborhood, tract, community area...), one row each; the clusters and transitions tables keep it under this name. Null: the code's default (neighborhood)."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.key_column == null || can(regex("^[A-Za-z_][A-Za-z0-9_]{0,299}$", coalesce(var.key_column, "x")))
+    error_message = "key_column must be a BigQuery column name (letters, digits and _, not starting with a digit)."
+  }
+}
+
+variable "population_column" {
+  description = "Column of the features table holding each row's residents; rows below min_population are analysed apart. Null: the code's default (population)."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.population_column == null || can(regex("^[A-Za-z_][A-Za-z0-9_]{0,299}$", coalesce(var.population_column, "x")))
+    error_message = "population_column must be a BigQuery column name (letters, digits and _, not starting with a digit)."
+  }
+}
+
+variable "feature_directions" {
+  description = "Which way is better for each feature: feature => \"higher_is_worse\" or \"higher_is_better\", added to (and overriding) the code's defaults for the notebook's features. The severity feature needs one; the report and heatmap say better/worse by them. Null: the code's defaults only."
+  type        = map(string)
+  default     = null
+  validation {
+    condition     = var.feature_directions == null || alltrue([for f, d in coalesce(var.feature_directions, {}) : trimspace(f) != "" && contains(["higher_is_worse", "higher_is_better"], d)])
+    error_message = "feature_directions values must be \"higher_is_worse\" or \"higher_is_better\", keyed by feature column."
+  }
+}
 
 variable "min_population" {
-  description = "Neighborhoods with fewer residents are analysed as Low Population (Park/Open Space), not clustered as residential. Null: the code's default."
+  description = "Rows with fewer residents (population_column) are analysed as Low Population (Park/Open Space), not clustered as residential. Null: the code's default."
   type        = number
   default     = null
   validation {
@@ -353,12 +396,12 @@ variable "random_state" {
 }
 
 variable "exclude_neighborhoods" {
-  description = "Replaces the list of institutional and industrial areas kept out of the residential clustering and analysed separately ([] excludes none). Null: the notebook's 13 names from the code. To add names to that list instead, use exclude_also."
+  description = "Replaces the list of institutional and industrial areas (key_column values) kept out of the residential clustering and analysed separately ([] excludes none). Null: the seed notebook's 13 Baltimore names from the code. To add names to that list instead, use exclude_also."
   type        = list(string)
   default     = null
   validation {
     condition     = var.exclude_neighborhoods == null ? true : alltrue([for n in var.exclude_neighborhoods : trimspace(n) != ""])
-    error_message = "exclude_neighborhoods entries must be non-empty neighborhood names."
+    error_message = "exclude_neighborhoods entries must be non-empty key_column values."
   }
 }
 
@@ -368,12 +411,12 @@ variable "exclude_also" {
   default     = []
   validation {
     condition     = alltrue([for n in var.exclude_also : trimspace(n) != ""])
-    error_message = "exclude_also entries must be non-empty neighborhood names."
+    error_message = "exclude_also entries must be non-empty key_column values."
   }
 }
 
 variable "clustering_features" {
-  description = "Feature columns to cluster on; a column named here that the table lacks fails the run (the code's default list, used when null, skips absent columns with a warning)."
+  description = "Feature columns to cluster on; a column named here that the table lacks fails the run (the code's default list, the seed notebook's Baltimore columns, used when null, skips absent columns with a warning)."
   type        = list(string)
   default     = null
   validation {
@@ -387,7 +430,7 @@ variable "clustering_features" {
 }
 
 variable "severity_feature" {
-  description = "Column that names the top split: the group whose mean is below the residential mean is Stable, the other Distressed. Null: the code's default."
+  description = "Column that names the top split: the group worse on it, by its feature_directions entry (which it needs), is Distressed, the other Stable. Null: the code's default (crime_per_capita)."
   type        = string
   default     = null
   validation {

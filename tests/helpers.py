@@ -1,6 +1,7 @@
 """Paths and small builders shared by the tests."""
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -118,18 +119,132 @@ def move_rows(table: pd.DataFrame, names: list[str], like: str) -> pd.DataFrame:
     return moved.reset_index()
 
 
-def index_table(table: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    """Index scores, features x residential sub_cluster, computed by the identity step's own
-    function (clustering.analysis.cohorts.index_scores), for views built from a synthetic table."""
-    from clustering.analysis.cohorts import index_scores
+def profiles_of(table: pd.DataFrame, features: list[str], directions=None):
+    """The cohorts' profiles (clustering.outputs.palette.Profiles) of a synthetic table: index
+    scores by the identity step's own functions (clustering.analysis.cohorts), standard
+    deviations from the raw residential values, and the default directions unless given."""
+    from clustering.analysis.cohorts import INDEX, index_scores, measure
+    from clustering.outputs.palette import Profiles
+    from clustering.settings import AnalysisSettings
 
     rows = table.loc[table["top_cluster_label"] != "Excluded"]
     overall = rows[features].mean()
     means = rows.groupby("sub_cluster")[features].mean()
-    scores = {sub: index_scores(means.loc[sub], overall) for sub in means.index}
-    return pd.DataFrame(scores, columns=list(means.index)).reindex(features)
+    measures = {f: measure(float(table[f].min()), float(overall[f])) for f in features}
+    indexed = [f for f in features if measures[f] == INDEX]
+    scores = {sub: index_scores(means.loc[sub], overall, indexed) for sub in means.index}
+    index = pd.DataFrame(scores, columns=list(means.index)).reindex(features)
+    spread = rows[features].std(ddof=0).replace(0, 1)
+    sd = ((means - overall) / spread).T.reindex(features)
+    known = AnalysisSettings().directions if directions is None else directions
+    return Profiles(index, sd, measures, {f: d for f, d in known.items() if f in features})
 
 
 def doc(name: str) -> str:
     """The text of a documentation page under docs/, e.g. "configuration.md"."""
     return (REPO / "docs" / name).read_text(encoding="utf-8")
+
+
+# Another city's table (issue 15): its own key and population columns and features the seed
+# notebook never had, among them a higher-is-better severity feature (median_income) and a
+# signed one (crime_change_yoy, a year-on-year change).
+CITY_KEY = "community_area"
+CITY_POPULATION = "total_pop"
+CITY_FEATURES = (
+    "median_income",
+    "poverty_rate",
+    "unemployment_rate",
+    "degree_share",
+    "violent_crime_rate",
+    "vacant_lot_share",
+    "crime_change_yoy",
+)
+CITY_DIRECTIONS = {
+    "median_income": "higher_is_better",
+    "poverty_rate": "higher_is_worse",
+    "unemployment_rate": "higher_is_worse",
+    "degree_share": "higher_is_better",
+    "violent_crime_rate": "higher_is_worse",
+    "vacant_lot_share": "higher_is_worse",
+    # crime_change_yoy has no direction on purpose: it is described as higher/lower.
+}
+CITY_SEVERITY = "median_income"
+# The city's settings as the function's environment variables (and, lowered, the CLI's flags).
+CITY_SETTINGS = {
+    "KEY_COLUMN": CITY_KEY,
+    "POPULATION_COLUMN": CITY_POPULATION,
+    "CLUSTERING_FEATURES": json.dumps(list(CITY_FEATURES)),
+    "SEVERITY_FEATURE": CITY_SEVERITY,
+    "FEATURE_DIRECTIONS": json.dumps(CITY_DIRECTIONS),
+    "EXCLUDE_NEIGHBORHOODS": json.dumps(["Area 77"]),
+    "K_MAX": "4",
+}
+# Rows the city table gives a tiny or a blank population (analysed as Low Population).
+CITY_TINY = ("Area 05", "Area 40")
+CITY_BLANK_POPULATION = ("Area 63",)
+
+
+def city_table(rows: int = 77, seed: int = 11) -> pd.DataFrame:
+    """77 community areas on a distress gradient: income and degrees fall, poverty,
+    unemployment, crime and vacant lots rise with it; crime_change_yoy is noise around zero
+    (negative in about half the rows); a few blank cells, two tiny populations and a blank
+    one; a text column the analysis ignores, kept in the outputs."""
+    rng = np.random.default_rng(seed)
+    distress = rng.normal(np.where(rng.random(rows) < 0.4, 1.1, -0.7), 0.6)
+
+    def noise(scale: float) -> np.ndarray:
+        return rng.normal(0.0, scale, rows)
+
+    names = [f"Area {i:02d}" for i in range(1, rows + 1)]
+    table = pd.DataFrame(
+        {
+            "side": rng.choice(["North", "South", "West"], rows),
+            CITY_KEY: names,
+            CITY_POPULATION: np.round(rng.lognormal(10.2, 0.5, rows)).astype("float64"),
+            "median_income": np.round(np.exp(11.0 - 0.35 * distress + noise(0.1)), -2),
+            "poverty_rate": np.clip(0.18 + 0.09 * distress + noise(0.03), 0.01, 0.9).round(4),
+            "unemployment_rate": np.clip(0.08 + 0.04 * distress + noise(0.015), 0, 1).round(4),
+            "degree_share": np.clip(0.35 - 0.12 * distress + noise(0.05), 0.01, 1).round(4),
+            "violent_crime_rate": np.exp(-4.5 + 0.6 * distress + noise(0.2)).round(5),
+            "vacant_lot_share": np.clip(0.05 + 0.04 * distress + noise(0.02), 0, 1).round(4),
+            "crime_change_yoy": noise(0.15).round(4),
+        }
+    )
+    table.loc[table[CITY_KEY].isin(CITY_TINY), CITY_POPULATION] = [12.0, 40.0]
+    table.loc[table[CITY_KEY].isin(CITY_BLANK_POPULATION), CITY_POPULATION] = np.nan
+    for column, row in (("poverty_rate", 3), ("degree_share", 17), ("crime_change_yoy", 30)):
+        table.loc[row, column] = np.nan
+    return table
+
+
+def city_geojson(names) -> bytes:
+    """Square boundaries named by a `community_area` property (not `neighborhood`)."""
+    features = []
+    for index, name in enumerate(names):
+        x, y = index % 10, index // 10
+        ring = [[x, y], [x + 1, y], [x + 1, y + 1], [x, y + 1], [x, y]]
+        features.append(
+            {
+                "type": "Feature",
+                "properties": {CITY_KEY: name},
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+            }
+        )
+    return json.dumps({"type": "FeatureCollection", "features": features}).encode()
+
+
+def terraform_clusters_schema(
+    features: list[dict], key_column: str, population_column: str, boundaries: bool
+) -> list[dict]:
+    """The clusters table as terraform/bigquery.tf creates it: the features table's columns,
+    then the cluster columns of clusters_table.json it does not provide, the shape only with
+    boundaries (the same rule, written again in Python)."""
+    from clustering.table import table_schema
+
+    own = [
+        {k: v for k, v in f.items() if k in ("name", "type", "mode", "description")}
+        for f in features
+    ]
+    skip = {key_column, population_column} | (set() if boundaries else {f"{key_column}_shape"})
+    cluster = table_schema("clusters_table", key_column, population_column)
+    return own + [dict(f) for f in cluster if f["name"] not in skip]

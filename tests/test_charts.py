@@ -2,23 +2,23 @@ import os
 import signal
 
 import numpy as np
-import pandas as pd
 import pytest
+from matplotlib import colormaps
 
 from clustering.analysis.model import cluster
 from clustering.analysis.sample import make_sample
 from clustering.outputs import charts
 from clustering.outputs.geo import parse_boundaries
-from clustering.outputs.palette import CohortView
+from clustering.outputs.palette import Cell, CohortView
 from clustering.settings import AnalysisSettings
 from clustering.table import validate_features
-from tests.helpers import index_table, png_colors, png_size, real_table, with_cohorts
+from tests.helpers import png_colors, png_size, profiles_of, real_table, with_cohorts
 from tests.test_geo import REAL_BOUNDARIES
 
 
 def view_of(result) -> CohortView:
     table = with_cohorts(result.table)
-    return CohortView(table, index_table(table, list(result.features.used)))
+    return CohortView(table, profiles_of(table, list(result.features.used)))
 
 
 @pytest.fixture(scope="module")
@@ -90,29 +90,32 @@ def test_pca_data_carries_the_projection_and_the_cohort_styles(result, view):
     assert all(s.hatch is None for s in data.styles)  # excluded rows are not in the scatter
 
 
-def test_view_index_scores_are_cohort_means_over_the_residential_mean():
-    table = pd.DataFrame(
-        {
-            "top_cluster_label": ["Stable", "Stable", "Distressed", "Excluded"],
-            "sub_cluster": [0, 0, 10, -1],
-            "a": [1.0, 3.0, 8.0, 1000.0],  # residential mean 4; the excluded row does not count
-            "b": [-1.0, 1.0, 0.0, 5.0],  # residential mean 0: no ratio
-        }
-    )
-    scores = index_table(table, ["a", "b"])
-    assert list(scores.columns) == [0, 10]
-    np.testing.assert_allclose(scores.loc["a"].to_numpy(), [50.0, 200.0])  # the identity's
-    assert scores.loc["b"].isna().all()
-
-
 def test_the_heatmap_lists_cohorts_in_palette_order_with_sizes_and_stability(view):
     data = charts.heatmap_data(view)
-    assert list(data.index.columns) == [s.sub_cluster for s in data.styles]
+    assert data.features == tuple(view.profiles.index.index)
+    assert len(data.cells) == len(data.features)
+    assert all(len(row) == len(data.styles) for row in data.cells)
     table = view.table
     for style in data.styles:
         members = table[table["sub_cluster"] == style.sub_cluster]
         assert style.rows == len(members)
         assert data.stability[style.sub_cluster] == members["cohort_stability"].iloc[0]
+    # Each row says which way is better, or that none is known.
+    directions = dict(zip(data.features, data.directions, strict=True))
+    assert directions["crime_per_capita"] == "higher_is_worse"
+    assert directions["owner_occupancy_rate"] == "higher_is_better"
+    assert directions["med_age"] is None
+
+
+def test_heatmap_colours_mean_better_or_worse_and_grey_without_a_direction():
+    better, worse = Cell("150", 0.58, 0.58, "better", True), Cell("150", 0.58, -0.58, "worse", True)
+    judged = colormaps["BrBG"]
+    teal, brown = charts._cell_color(better, judged), charts._cell_color(worse, judged)
+    assert teal[2] > teal[0] and brown[0] > brown[2]  # teal is blue-green, brown red-yellow
+    high = charts._cell_color(Cell("+1.0 SD", 1.0, None, "higher", True), judged)
+    low = charts._cell_color(Cell("-1.0 SD", -1.0, None, "lower", True), judged)
+    assert high[0] == high[1] == high[2] and low[0] == low[1] == low[2]  # greys
+    assert high[0] < low[0]  # darker is higher
 
 
 def test_large_scatter_draws_a_fixed_seed_sample_and_says_so():
@@ -124,6 +127,20 @@ def test_large_scatter_draws_a_fixed_seed_sample_and_says_so():
     again = charts.pca_data(big, view, 42, max_points=300)
     np.testing.assert_array_equal(sampled.points, again.points)
     assert charts.pca_clusters(sampled) != charts.pca_clusters(charts.pca_data(big, view, 42))
+    # Both legends count the plotted sample, and say so; in full, they count every row.
+    groups, cohorts, title = charts.pca_legends(sampled)
+    assert title == f"counts of the 300 plotted rows, a sample of {sampled.n_rows:,}"
+    counts = [int(label.rsplit("(", 1)[1].rstrip(")")) for label in groups.values()]
+    assert sum(counts) == 300
+    in_cohorts = [
+        int(label.replace("\n", " ").rsplit("n = ", 1)[1].rstrip(")")) for label in cohorts.values()
+    ]
+    assert sum(in_cohorts) == 300
+    full = charts.pca_legends(charts.pca_data(big, view, 42))
+    assert full[2] is None
+    assert sum(int(v.rsplit("(", 1)[1].rstrip(")").replace(",", "")) for v in full[0].values()) == (
+        big.residential.sum()
+    )
 
 
 def test_cluster_map_is_drawn_when_boundaries_are_given(result, view):

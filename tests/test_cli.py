@@ -322,7 +322,7 @@ BAD_INPUTS = [
     Bad(
         "renamed neighborhood column",
         csv(SAMPLE.rename(columns={"neighborhood": "name"})),
-        ("'neighborhood' column", "rename"),
+        ("'neighborhood' column", "set KEY_COLUMN (--key-column)"),
     ),
     Bad("blank name", csv(changed(5, "neighborhood", "")), ("blank", "data row 6")),
     Bad("blank name spaces", csv(changed(5, "neighborhood", "   ")), ("blank", "data row 6")),

@@ -7,11 +7,14 @@ import math
 from clustering.analysis.cohorts import (
     FEATURE_WORDS,
     GENERATED,
+    INDEX,
     KEPT,
     OVERRIDE,
+    SD,
     PreviousName,
     Profile,
     index_scores,
+    measure,
     name_cohorts,
     words_for,
 )
@@ -26,8 +29,26 @@ def test_every_default_feature_has_words_and_others_read_as_their_name():
     assert set(FEATURE_WORDS) == set(DEFAULT_CLUSTERING_FEATURES)
     assert words_for("housing_vacancy_rate", "high") == "high vacancy"
     assert words_for("owner_occupancy_rate", "low") == "low owner occupancy"
-    assert words_for("tree_canopy_pct", "high") == "high tree canopy pct"
-    assert words_for("tree__canopy", "low") == "low tree canopy"
+    assert words_for("tree_canopy_pct", "high") == "higher tree canopy pct"
+    assert words_for("tree__canopy", "low") == "lower tree canopy"
+    # With a direction, a feature without words of its own reads better or worse.
+    directions = {"median_income": "higher_is_better", "poverty_rate": "higher_is_worse"}
+    assert words_for("median_income", "high", directions) == "better median income"
+    assert words_for("median_income", "low", directions) == "worse median income"
+    assert words_for("poverty_rate", "high", directions) == "worse poverty rate"
+    assert words_for("poverty_rate", "low", directions) == "better poverty rate"
+    assert words_for("tree_canopy_pct", "low", directions) == "lower tree canopy pct"
+    # The notebook's words already say which way they go.
+    assert words_for("crime_per_capita", "high", {"crime_per_capita": "higher_is_better"}) == (
+        "high crime"
+    )
+
+
+def test_a_name_says_better_or_worse_by_direction():
+    directions = {"median_income": "higher_is_better"}
+    stable = profile(3, "Stable", median_income=1.4, tree_canopy_pct=-0.9)
+    names = name_cohorts([stable], {}, {}, directions)
+    assert names[3].name == "Stable: better median income, lower tree canopy pct"
 
 
 def test_the_two_most_distinctive_features_name_the_cohort_with_their_direction():
@@ -125,7 +146,16 @@ def test_a_previous_override_is_not_kept_once_the_override_is_gone():
 def test_index_scores_are_cohort_over_residential_mean_times_100():
     scores = index_scores(
         {"crime_per_capita": 0.15, "med_age": 30.0, "crime_yoy_change": 0.2, "x": math.nan},
-        {"crime_per_capita": 0.10, "med_age": 40.0, "crime_yoy_change": -0.1, "x": 1.0},
+        {"crime_per_capita": 0.10, "med_age": 40.0, "crime_yoy_change": 0.01, "x": 1.0},
+        ["crime_per_capita", "med_age", "x"],
     )
-    # A signed feature (negative mean) and a feature without values have no index.
+    # Only the features measured by an index; a cohort without a value of one has none.
     assert scores == {"crime_per_capita": 150.0, "med_age": 75.0}
+
+
+def test_a_feature_that_goes_negative_or_has_no_positive_mean_is_measured_in_sd():
+    assert measure(0.0, 0.1) == INDEX
+    # A year-on-year change: barely positive on average, but its ratios would be -2557 or 2067.
+    assert measure(-0.4, 0.0001) == SD
+    assert measure(0.0, 0.0) == SD  # all zero: a ratio to nothing
+    assert measure(-1.0, -0.2) == SD

@@ -35,13 +35,25 @@ import pytest
 from google.cloud import bigquery, storage
 
 from clustering.adapters.claims import LOCK_KEY, Claim
-from clustering.analysis.transitions import COLUMNS as TRANSITION_COLUMNS
+from clustering.analysis.transitions import columns
 from clustering.cloud.logs import OUTCOMES, Outcome
 from clustering.cloud.sender import bigquery_log_entry, pubsub_event, table_change_event
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES
 from clustering.table import CLUSTER_COLUMNS, table_schema
 from tests import emulators
-from tests.helpers import ARTIFACTS, MANIFEST, REPO, move_rows, real_table
+from tests.helpers import (
+    ARTIFACTS,
+    CITY_FEATURES,
+    CITY_KEY,
+    CITY_POPULATION,
+    CITY_SETTINGS,
+    MANIFEST,
+    REPO,
+    city_table,
+    move_rows,
+    real_table,
+    terraform_clusters_schema,
+)
 from tests.test_handler import FailingLoadJobs
 
 CSV_TRANSITIONS = "neighborhood_cluster_transitions.csv"
@@ -284,6 +296,25 @@ def published(bq: bigquery.Client, gcs: storage.Client, bucket: str) -> Publishe
     )
 
 
+def create_outputs(
+    bq: bigquery.Client, features: str, tables: tuple[str, str, str], key: str, population: str
+) -> None:
+    """The clusters, runs and transitions tables as Terraform creates them: the clusters table
+    with the features table's columns, the placeholders filled with the key and population."""
+    own = [f.to_api_repr() for f in bq.get_table(features).schema]
+    for table_id, fields in zip(
+        tables,
+        (
+            terraform_clusters_schema(own, key, population, boundaries=False),
+            table_schema("runs_table"),
+            table_schema("transitions_table", key, population),
+        ),
+        strict=True,
+    ):
+        schema = [bigquery.SchemaField.from_api_repr(f) for f in fields]
+        bq.create_table(bigquery.Table(table_id, schema=schema))
+
+
 # --- Fixtures --------------------------------------------------------------------------------
 
 
@@ -307,14 +338,8 @@ def cloud(bq, gcs) -> Iterator[str]:
     the real features loaded, and an empty artifacts bucket, whose name is yielded."""
     bq.delete_dataset(f"{PROJECT}.{DATASET}", delete_contents=True, not_found_ok=True)
     bq.create_dataset(f"{PROJECT}.{DATASET}")
-    for table_id, schema in (
-        (CLUSTERS, "clusters_table"),
-        (RUNS, "runs_table"),
-        (TRANSITIONS, "transitions_table"),
-    ):
-        fields = [bigquery.SchemaField.from_api_repr(f) for f in table_schema(schema)]
-        bq.create_table(bigquery.Table(table_id, schema=fields))
     load_features(bq, real_table())
+    create_outputs(bq, FEATURES, (CLUSTERS, RUNS, TRANSITIONS), "neighborhood", "population")
     bucket = gcs.create_bucket(unique("artifacts"))
     yield bucket.name
     bq.delete_dataset(f"{PROJECT}.{DATASET}", delete_contents=True, not_found_ok=True)
@@ -372,14 +397,17 @@ def first_run(function, bq, gcs, cloud) -> FirstRun:
 
 def test_a_manual_publish_replaces_the_clusters_table_with_the_declared_schema(first_run, bq):
     assert first_run.delivery.acked
-    features = [f.name for f in bq.get_table(FEATURES).schema]
+    features = {f.name: f.field_type for f in bq.get_table(FEATURES).schema}
     declared = {f["name"]: f["type"] for f in table_schema("clusters_table")}
-    # The rule (DESIGN.md): every features column in its order, then the cluster columns. The
-    # real table has 8 of the 15 default features, so the load replaced the columns Terraform
-    # created from the schema file with these 19; each of them is declared, with that type.
+    # The rule (DESIGN.md): every features column in its order, then the cluster columns; the
+    # features keep their type (the real table has 8 of the 15 default features), the key, the
+    # population and the cluster columns have the declared one. Terraform created the table
+    # with the same columns (tests.helpers.terraform_clusters_schema).
     expected = [*features, *CLUSTER_COLUMNS]
-    assert len(expected) == 19 and set(expected) <= set(declared)
-    assert first_run.table.schema == tuple((name, declared[name]) for name in expected)
+    assert len(expected) == 19
+    assert first_run.table.schema == tuple(
+        (name, declared.get(name) or features[name]) for name in expected
+    )
 
     frame = first_run.table_frame
     real = real_table()
@@ -388,7 +416,7 @@ def test_a_manual_publish_replaces_the_clusters_table_with_the_declared_schema(f
     assert set(frame["neighborhood"]) == set(real["neighborhood"])
     # Every features column is copied as it was read.
     merged = frame.merge(real, on="neighborhood", suffixes=("", "_input"))
-    for column in features[1:]:
+    for column in list(features)[1:]:
         pd.testing.assert_series_equal(
             merged[column], merged[f"{column}_input"], check_names=False, check_dtype=False
         )
@@ -549,7 +577,7 @@ def test_a_change_of_the_features_table_runs(function, bq, gcs, cloud, first_run
     assert row["previous_run_id"] == previous
     assert (row["moved_neighborhoods"], row["appeared_neighborhoods"]) == (0, 0)
     listed = pd.read_csv(io.BytesIO(after.latest[CSV_TRANSITIONS].content))
-    assert listed.empty and list(listed.columns) == list(TRANSITION_COLUMNS)
+    assert listed.empty and list(listed.columns) == list(columns("neighborhood"))
     assert transitions_of(bq, row["run_id"]) == []
 
 
@@ -1387,3 +1415,87 @@ def test_invalid_settings_stop_the_server_with_settings_invalid(tmp_path):
     (line,) = [e for e in entries if "event" in e]
     assert (line["event"], line["severity"]) == (Outcome.SETTINGS_INVALID, "CRITICAL")
     assert "K_MIN" in line["message"]
+
+
+# --- Another city's table (issue 15) ----------------------------------------------------------
+
+
+def city_env(bigquery_emulator, gcs_emulator, bucket: str) -> dict[str, str]:
+    """The function configured for the city table with settings alone, as the example tfvars
+    would configure it (terraform/examples/community-areas.tfvars)."""
+    dataset = f"{PROJECT}.city"
+    return {
+        "FEATURES_SOURCE": f"bq://{dataset}.community_area_features",
+        "ARTIFACTS_DEST": f"gs://{bucket}/city",
+        "CLUSTERS_TABLE": f"bq://{dataset}.community_area_clusters",
+        "RUNS_TABLE": f"bq://{dataset}.runs",
+        "TRANSITIONS_TABLE": f"bq://{dataset}.community_area_transitions",
+        "FUNCTION_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
+        "FUNCTION_TIMEOUT_SECONDS": str(FUNCTION_TIMEOUT_S),
+        **CITY_SETTINGS,
+        "BIGQUERY_EMULATOR_HOST": bigquery_emulator.endpoint,
+        "STORAGE_EMULATOR_HOST": gcs_emulator.endpoint,
+    }
+
+
+def load_city(bq: bigquery.Client, table_id: str, frame: pd.DataFrame) -> None:
+    """The city table with its own schema: a text column, community_area, an INTEGER
+    population with a blank, FLOAT features."""
+    types = {"side": "STRING", "community_area": "STRING", CITY_POPULATION: "INTEGER"}
+    config = bigquery.LoadJobConfig(
+        schema=[bigquery.SchemaField(c, types.get(c, "FLOAT")) for c in frame.columns],
+        source_format=bigquery.SourceFormat.CSV,
+        skip_leading_rows=1,
+        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+    )
+    frame = frame.astype({CITY_POPULATION: "Int64"})
+    csv = io.BytesIO(frame.to_csv(index=False).encode())
+    bq.load_table_from_file(csv, table_id, job_config=config).result()
+
+
+def test_the_function_clusters_a_city_table_with_settings_alone(
+    bq, gcs, bigquery_emulator, gcs_emulator, tmp_path
+):
+    env = city_env(bigquery_emulator, gcs_emulator, gcs.create_bucket(unique("city")).name)
+    features, clusters = (
+        env[k].removeprefix("bq://") for k in ("FEATURES_SOURCE", "CLUSTERS_TABLE")
+    )
+    transitions = env["TRANSITIONS_TABLE"].removeprefix("bq://")
+    bq.delete_dataset(f"{PROJECT}.city", delete_contents=True, not_found_ok=True)
+    bq.create_dataset(f"{PROJECT}.city")
+    table = city_table()
+    load_city(bq, features, table)
+    runs = env["RUNS_TABLE"].removeprefix("bq://")
+    create_outputs(bq, features, (clusters, runs, transitions), CITY_KEY, CITY_POPULATION)
+    # Before the first run the clusters table already has the city's columns.
+    created = [f.name for f in bq.get_table(clusters).schema]
+    assert created == [*table.columns, *CLUSTER_COLUMNS]
+
+    with serve(env, tmp_path / "functions-framework.log") as function:
+        first = function.post(pubsub_event({"reason": "city first run"}))
+        assert first.acked, (first.status, first.body)
+        assert first.answer["reason"].startswith("run succeeded: 77 community areas, top split K=2")
+        loaded = pd.DataFrame([dict(row) for row in bq.list_rows(clusters)])
+        # Area 02 takes on the poorest area's profile; the next run moves it.
+        changed = table.set_index(CITY_KEY)
+        poorest = changed["median_income"].idxmin()
+        changed.loc["Area 02", list(CITY_FEATURES)] = changed.loc[poorest, list(CITY_FEATURES)]
+        load_city(bq, features, changed.reset_index()[table.columns])
+        second = function.post(pubsub_event({"reason": "city second run"}))
+        assert second.acked, (second.status, second.body)
+
+    schema = [f.name for f in bq.get_table(clusters).schema]
+    assert schema == [*table.columns, *CLUSTER_COLUMNS]
+    assert "neighborhood" not in schema and "population" not in schema
+    assert len(loaded) == 77 and set(loaded[CITY_KEY]) == set(table[CITY_KEY])
+    residential = loaded[loaded["excluded_type"] == "Residential"]
+    income = residential.groupby("top_cluster_label")["median_income"].mean()
+    assert income["Stable"] > income["Distressed"]  # higher income is better: Stable
+    low = loaded.set_index(CITY_KEY)["excluded_type"]
+    assert low["Area 05"] == low["Area 63"] == "Low Population (Park/Open Space)"
+    moves = pd.DataFrame([dict(row) for row in bq.list_rows(transitions)])
+    assert list(moves.columns)[:2] == [CITY_KEY, "previous_run_id"]
+    assert "Area 02" in set(moves[CITY_KEY])
+    history = [dict(row) for row in bq.list_rows(runs)]
+    assert [row["key_column"] for row in history] == [CITY_KEY, CITY_KEY]
+    assert {row["status"] for row in history} == {"succeeded"}

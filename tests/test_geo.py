@@ -197,7 +197,8 @@ def test_the_boundary_columns_come_from_the_environment_and_the_cli():
         "geom",
     )
     defaults = JobSettings.from_env({"FEATURES_SOURCE": "f.csv", "ARTIFACTS_DEST": "out"})
-    assert (defaults.boundaries_name_column, defaults.boundaries_geography_column) == (
+    # The name column defaults to KEY_COLUMN.
+    assert (defaults.boundaries_key_column, defaults.boundaries_geography_column) == (
         "neighborhood",
         "geometry",
     )

@@ -699,3 +699,20 @@ def test_only_a_run_on_the_watched_source_covers_a_change(local, source, covered
     answer = local.handle(table_change_event(WATCHED, job_id="bqjob_cover"))
 
     assert answer.event == ("event_skipped" if covered else "run_succeeded"), answer
+
+
+def test_the_run_summary_says_the_top_split_is_k2_and_the_diagnostic_only_informs():
+    from clustering.cloud.handler import run_summary
+    from clustering.job import RunReport
+
+    manifest = {
+        "settings": {"key_column": "community_area"},
+        "input": {"rows": 77},
+        "top_groups": [{"label": "Stable", "rows": 40}, {"label": "Distressed", "rows": 30}],
+        "diagnostics": {"top_split_k": 2, "best_k": 3},
+    }
+    summary = run_summary(RunReport("r1", "succeeded", manifest, "gs://b/runs/r1/"))
+    assert summary == (
+        "run succeeded: 77 community areas, top split K=2 (Stable 40, Distressed 30); the K "
+        "diagnostic's best silhouette is at K=3 (informative only); artifacts gs://b/runs/r1/"
+    )

@@ -25,7 +25,7 @@ from clustering.analysis.identity import (
     renumber,
 )
 from clustering.analysis.model import cluster
-from clustering.analysis.transitions import PREVIOUS_COLUMNS
+from clustering.analysis.transitions import previous_columns
 from clustering.settings import AnalysisSettings
 from clustering.table import validate_features
 from tests.helpers import cohort_table, move_rows, real_table
@@ -41,7 +41,7 @@ def published(identity, run_id: str):
     """The PreviousRun the next run reads back from this run's run.json and clusters CSV."""
     manifest = {"run_id": run_id, "features": {"used": list(identity.result.features.used)}}
     manifest |= json.loads(json.dumps(manifest_entries(identity)))
-    return previous_run(manifest, identity.table[list(PREVIOUS_COLUMNS)].copy())
+    return previous_run(manifest, identity.table[list(previous_columns("neighborhood"))].copy())
 
 
 def ids(identity) -> pd.DataFrame:
@@ -207,7 +207,9 @@ def test_an_override_for_an_id_the_run_lacks_is_a_warning(chain):
 
 def test_a_previous_run_without_centroids_keeps_the_own_numbering_but_lists_moves(chain):
     table, first, _ = chain
-    old = previous_run({"run_id": "old"}, first.table[list(PREVIOUS_COLUMNS)].copy())
+    old = previous_run(
+        {"run_id": "old"}, first.table[list(previous_columns("neighborhood"))].copy()
+    )
     after = identify(clustered(table), old, {}, "run-2")
     assert after.matching["rule"] == NO_CENTROIDS
     pd.testing.assert_frame_equal(ids(after), ids(first))

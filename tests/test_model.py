@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from clustering import InputError
-from clustering.analysis.model import cluster, search_k
+from clustering.analysis.model import cluster, search_k, top_labels_by_severity
 from clustering.analysis.prepare import INSTITUTIONAL, LOW_POPULATION
 from clustering.analysis.sample import make_sample
 from clustering.settings import AnalysisSettings
@@ -187,3 +187,50 @@ def test_a_blank_population_is_analysed_with_the_low_population_rows():
     row = result.table.set_index("neighborhood").loc[name]
     assert row["excluded_type"] == LOW_POPULATION and row["top_cluster"] == -1
     assert len(result.table) == 60
+
+
+# --- the direction rule: the group worse on SEVERITY_FEATURE is Distressed -------------------
+
+
+def test_the_group_worse_by_the_severity_direction_is_distressed():
+    assert top_labels_by_severity({0: 0.1, 1: 0.3}, "higher_is_worse") == {
+        0: "Stable",
+        1: "Distressed",
+    }
+    assert top_labels_by_severity({0: 0.1, 1: 0.3}, "higher_is_better") == {
+        0: "Distressed",
+        1: "Stable",
+    }
+    # A group without any severity value is not known to be better; a tie: the higher id.
+    assert top_labels_by_severity({0: np.nan, 1: 0.3}, "higher_is_better")[0] == "Distressed"
+    assert top_labels_by_severity({0: 0.2, 1: 0.2}, "higher_is_worse")[1] == "Distressed"
+
+
+def test_a_higher_is_better_severity_feature_does_not_invert_stable_and_distressed():
+    # Income falls as crime rises: naming the split by income (higher is better) must give the
+    # same Stable and Distressed as naming it by crime (higher is worse), not the reverse.
+    table = make_sample(200, random_state=3)
+    table["median_income"] = (40_000 / table["crime_per_capita"].fillna(0.05)).round()
+    features = ("med_age", "crime_per_capita", "housing_vacancy_rate", "owner_occupancy_rate")
+
+    def by_income(direction: str):
+        directions = (("median_income", direction),)
+        settings = AnalysisSettings(
+            clustering_features=features,
+            severity_feature="median_income",
+            feature_directions=directions,
+        )
+        return run(table, settings)
+
+    by_crime = run(table, AnalysisSettings(clustering_features=features))
+    better = by_income("higher_is_better")
+    pd.testing.assert_series_equal(
+        better.table["top_cluster_label"], by_crime.table["top_cluster_label"]
+    )
+    rows = better.table.loc[better.residential]
+    means = rows.groupby("top_cluster_label")["median_income"].mean()
+    assert means["Stable"] > means["Distressed"]
+    # Said the other way round, the same split takes the other names.
+    inverted = by_income("higher_is_worse")
+    flipped = inverted.table.loc[inverted.residential, "top_cluster_label"]
+    assert (flipped != rows["top_cluster_label"]).all()

@@ -1,5 +1,6 @@
 import html
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -9,7 +10,7 @@ from clustering.outputs import charts, palette, report
 from clustering.outputs.palette import CohortView, cohort_labels, cohort_styles
 from clustering.settings import AnalysisSettings
 from clustering.table import validate_features
-from tests.helpers import COHORT_NAMES, index_table, with_cohorts
+from tests.helpers import COHORT_NAMES, profiles_of, with_cohorts
 
 RING = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
 
@@ -86,12 +87,9 @@ def test_a_cohort_keeps_its_colour_when_names_change_but_ids_do_not():
     assert [(s.sub_cluster, s.color) for s in cohort_styles(renamed)] == before
 
 
-def test_shades_run_from_dark_to_light_and_direction_is_stated_for_known_features():
+def test_shades_run_from_dark_to_light():
     assert palette.shades("#000000", "#ffffff", 3) == ["#000000", "#808080", "#ffffff"]
     assert palette.shades("#000000", "#ffffff", 1) == ["#808080"]
-    assert palette.direction("owner_occupancy_rate") == "higher is better"
-    assert palette.direction("housing_vacancy_rate") == "higher is worse"
-    assert palette.direction("med_age") == ""
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +97,7 @@ def run():
     settings = AnalysisSettings(k_max=4)
     result = cluster(validate_features(make_sample(), settings, "sample").frame, settings)
     table = with_cohorts(result.table)
-    return result, CohortView(table, index_table(table, list(result.features.used)))
+    return result, CohortView(table, profiles_of(table, list(result.features.used)))
 
 
 def test_the_same_cohort_has_the_same_name_and_colour_in_every_picture(run):
@@ -125,3 +123,48 @@ def test_the_same_cohort_has_the_same_name_and_colour_in_every_picture(run):
     content = report.render(page).decode()
     for label, color in listed.items():
         assert html.escape(label) in content and color in content
+
+
+def test_a_cell_is_an_index_or_sds_read_as_better_or_worse_by_direction():
+    features = ["crime_per_capita", "owner_occupancy_rate", "crime_yoy_change", "trees"]
+    profiles = palette.Profiles(
+        index=pd.DataFrame({7: [64.0, 150.0, np.nan, 100.2]}, index=features),
+        sd=pd.DataFrame({7: [-0.55, 0.4, 1.26, 0.02]}, index=features),
+        measures={
+            "crime_per_capita": "index",
+            "owner_occupancy_rate": "index",
+            "crime_yoy_change": "sd",
+            "trees": "index",
+        },
+        directions={
+            "crime_per_capita": "higher_is_worse",
+            "owner_occupancy_rate": "higher_is_better",
+            "crime_yoy_change": "higher_is_worse",
+        },
+    )
+    crime = palette.cell(profiles, "crime_per_capita", 7)
+    # Low crime is better; 0.55 SD from the mean is strong enough to name a cohort: emphasised.
+    assert (crime.text, crime.reading, crime.strong) == ("64", "better", True)
+    assert crime.goodness > 0 and crime.position < 0
+    owners = palette.cell(profiles, "owner_occupancy_rate", 7)
+    # An index of 150 is not emphasised when it is only 0.4 SD: the emphasis is the naming bar.
+    assert (owners.text, owners.reading, owners.strong) == ("150", "better", False)
+    assert owners.goodness == owners.position > 0
+    signed = palette.cell(profiles, "crime_yoy_change", 7)
+    assert (signed.text, signed.reading, signed.strong) == ("+1.3 SD", "worse", True)
+    assert signed.goodness == -signed.position
+    trees = palette.cell(profiles, "trees", 7)
+    assert (trees.text, trees.reading, trees.goodness) == ("100", "at the mean", None)
+
+
+def test_a_cell_without_a_direction_reads_higher_or_lower():
+    profiles = palette.Profiles(
+        index=pd.DataFrame({1: [np.nan, 300.0]}, index=["change", "trees"]),
+        sd=pd.DataFrame({1: [-0.03, 2.5]}, index=["change", "trees"]),
+        measures={"change": "sd", "trees": "index"},
+    )
+    flat = palette.cell(profiles, "change", 1)
+    assert (flat.text, flat.reading) == ("0.0 SD", "at the mean")  # never "-0.0"
+    trees = palette.cell(profiles, "trees", 1)
+    assert (trees.reading, trees.goodness) == ("higher", None)
+    assert trees.position == pytest.approx(np.log2(3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import shutil
@@ -20,7 +21,7 @@ from clustering.outputs import report
 from clustering.outputs.palette import CohortView
 from clustering.settings import AnalysisSettings, JobSettings
 from clustering.table import validate_features
-from tests.helpers import REAL_FEATURES, REPO, index_table, png_colors, png_size, with_cohorts
+from tests.helpers import REAL_FEATURES, REPO, png_colors, png_size, profiles_of, with_cohorts
 from tests.test_geo import REAL_BOUNDARIES
 
 ANALYSIS = AnalysisSettings(k_max=4)
@@ -86,7 +87,7 @@ def assert_self_contained(content: str) -> None:
 
 def view_of(table: pd.DataFrame, features: list[str], transitions=None, previous=None):
     named = with_cohorts(table)
-    return CohortView(named, index_table(named, features), transitions, previous)
+    return CohortView(named, profiles_of(named, features), transitions, previous)
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +254,26 @@ def test_headless_chromium_draws_the_report(real_run, tmp_path):
     }
     assert swatches <= colors  # the at-a-glance swatches are painted in the palette's colours
     Path(shot).unlink()
+
+
+def test_long_cohorts_and_transitions_are_cut_at_a_few_hundred_names(sample_run, monkeypatch):
+    # A 400,000-row run listed every name; the page lists MAX_LISTED per cohort and points on.
+    assert 100 <= report.MAX_LISTED <= 500
+    _, view = sample_run
+    monkeypatch.setattr(report, "MAX_LISTED", 3)
+    moved = view.table.head(5).assign(change="moved", previous_run_id="old", run_id="new")
+    moved = moved.assign(previous_sub_cluster=0, previous_cohort_name="x")
+    view = CohortView(view.table, view.profiles, moved, "old")
+    facts = dataclasses.replace(FACTS, clusters_table="bq://p.d.clusters")
+    data = report.report_data(facts, view, (), ())
+    for entry in data.cohorts + data.excluded:
+        assert len(entry.members) == min(3, entry.rows)
+        assert entry.more == entry.rows - len(entry.members)
+    assert len(data.transitions) == 3 and data.transitions_more == 2
+    text = Page(report.render(data).decode()).words()
+    biggest = max(data.cohorts, key=lambda c: c.rows)
+    assert (
+        f"... and {biggest.rows - 3} more: see neighborhood_clusters.csv and bq://p.d.clusters"
+        in text
+    )
+    assert "5 neighborhoods changed since run old (the first 3 are listed" in text

@@ -225,8 +225,11 @@ def test_injection_attempts_and_malformed_ids_are_rejected(table_id):
 
 
 def test_name_lists_are_json_lists_of_names():
-    assert parse_name_list('["Inner Harbor", " Perkins "]', "X") == ("Inner Harbor", "Perkins")
-    assert parse_name_list("[]", "X") == ()
+    assert parse_name_list('["Inner Harbor", " Perkins "]', "X", "[]") == (
+        "Inner Harbor",
+        "Perkins",
+    )
+    assert parse_name_list("[]", "X", "[]") == ()
 
 
 @pytest.mark.parametrize(
@@ -246,9 +249,10 @@ def test_name_lists_are_json_lists_of_names():
 )
 def test_bad_name_lists_say_what_is_expected(raw):
     with pytest.raises(InputError) as caught:
-        parse_name_list(raw, "EXCLUDE_NEIGHBORHOODS")
+        parse_name_list(raw, "EXCLUDE_NEIGHBORHOODS", '["Inner Harbor"]')
     message = str(caught.value)
     assert message.startswith("EXCLUDE_NEIGHBORHOODS must be a JSON list of non-empty strings")
+    assert 'like ["Inner Harbor"]; got' in message
     assert "\n" not in message
 
 
@@ -429,7 +433,14 @@ def test_bad_json_lists_name_the_variable(name, raw):
         JobSettings.from_env(env(**{name: raw}))
     message = str(caught.value)
     assert message.startswith(f"{name} must be a JSON list")
-    assert json.dumps(["Inner Harbor", "Perkins"]) in message  # an example of the right form
+    # An example of the right form, of the right kind: names of places for the exclusions,
+    # feature-like names for the features, table ids for the tables.
+    example = {
+        "EXCLUDE_NEIGHBORHOODS": ["Inner Harbor", "Perkins"],
+        "CLUSTERING_FEATURES": ["median_income", "poverty_rate"],
+        "ALLOWED_FEATURES_TABLES": ["project.dataset.table"],
+    }[name]
+    assert f"like {json.dumps(example)}; got" in message
 
 
 @pytest.mark.parametrize(
@@ -523,7 +534,7 @@ def test_boundaries_source_is_read_from_the_environment():
 def test_a_bad_name_list_is_echoed_up_to_80_characters():
     raw = "[" + "x" * 200
     with pytest.raises(InputError) as caught:
-        parse_name_list(raw, "EXCLUDE_NEIGHBORHOODS")
+        parse_name_list(raw, "EXCLUDE_NEIGHBORHOODS", "[]")
     assert str(caught.value).endswith("got " + repr(raw[:80]))
 
 
@@ -604,11 +615,25 @@ def test_the_size_limits_are_the_ones_the_docs_document():
 
 @pytest.mark.parametrize("column", ["1st_name", "name; DROP TABLE x", "shape-wkt", ""])
 def test_a_boundaries_column_that_is_not_a_column_name_fails_at_start(column):
+    table = "bq://p.d.shapes"  # the columns are written into the query that reads it
     for variable in ("BOUNDARIES_NAME_COLUMN", "BOUNDARIES_GEOGRAPHY_COLUMN"):
         field = variable.lower()
+        if field == "boundaries_name_column" and not column:  # unset: KEY_COLUMN
+            assert JobSettings(boundaries_source=table, **{field: column}).boundaries_key_column
+            continue
         with pytest.raises(InputError, match=f"{variable}: .* is not a column name"):
-            JobSettings(**{field: column})
-    assert JobSettings(boundaries_name_column="_name2").boundaries_name_column == "_name2"
+            JobSettings(boundaries_source=table, **{field: column})
+    named = JobSettings(boundaries_source=table, boundaries_name_column="_name2")
+    assert named.boundaries_key_column == "_name2"
+
+
+def test_the_boundaries_name_column_is_the_key_column_unless_set():
+    analysis = AnalysisSettings(key_column="Community Area", population_column="total_pop")
+    # A GeoJSON property may be any text, like a CSV's header.
+    assert JobSettings(analysis=analysis).boundaries_key_column == "Community Area"
+    assert JobSettings().boundaries_key_column == "neighborhood"
+    with pytest.raises(InputError, match="BOUNDARIES_NAME_COLUMN"):
+        JobSettings(analysis=analysis, boundaries_source="bq://p.d.shapes")
 
 
 def test_bad_label_overrides_are_echoed_up_to_eighty_characters():

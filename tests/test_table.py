@@ -16,6 +16,7 @@ from clustering.table import (
     CLUSTER_COLUMNS,
     Unmatched,
     output_schema,
+    shape_column,
     table_schema,
     unmatched_exclusions,
     validate_features,
@@ -231,13 +232,16 @@ def test_header_without_rows():
     assert "one row per neighborhood" in message
 
 
-@pytest.mark.parametrize("column", ["neighborhood", "population"])
-def test_required_column_missing(column):
+@pytest.mark.parametrize(
+    ("column", "setting"),
+    [("neighborhood", "KEY_COLUMN (--key-column)"), ("population", "POPULATION_COLUMN")],
+)
+def test_required_column_missing(column, setting):
     message = invalid(small().drop(columns=column))
     assert f"no {column!r} column" in message
-    # It lists the columns it did find, and says how to fix it.
+    # It lists the columns it did find, and says how to fix it: the setting to give.
     assert "crime_per_capita" in message
-    assert "add it or rename" in message
+    assert f"add it, or set {setting}" in message
 
 
 def test_a_long_column_list_is_shortened():
@@ -482,19 +486,30 @@ def test_extra_columns_get_a_type_from_their_values():
     assert all(types[c]["mode"] == "NULLABLE" for c in ("ward", "share", "flagged", "notes"))
 
 
-def test_the_shipped_schema_declares_every_cluster_column_and_default_feature():
-    names = [field["name"] for field in table_schema("clusters_table")]
+def test_the_shipped_schema_declares_the_key_the_population_and_the_cluster_columns():
+    raw = table_schema("clusters_table", "{key}", "{population}")
+    names = [field["name"] for field in raw]
     assert len(names) == len(set(names))
-    assert set(CLUSTER_COLUMNS) <= set(names)
-    assert set(SETTINGS.clustering_features) | {"neighborhood"} <= set(names)
-    # The cluster columns, then the optional shape (only written with boundaries).
-    assert names[-len(CLUSTER_COLUMNS) - 1 : -1] == list(CLUSTER_COLUMNS)
-    assert names[-1] == "neighborhood_shape"
-    for field in table_schema("clusters_table"):
+    # The features table's own columns are not declared: they keep their names and types.
+    assert names == ["{key}", "{population}", *CLUSTER_COLUMNS, "{key}_shape"]
+    chicago = [f["name"] for f in table_schema("clusters_table", "community_area", "total_pop")]
+    assert chicago == ["community_area", "total_pop", *CLUSTER_COLUMNS, "community_area_shape"]
+    assert chicago[-1] == shape_column("community_area")
+    for field in raw:
         expected = {"STRING", "INTEGER", "FLOAT", "BOOLEAN", "TIMESTAMP"}
-        if field["name"] == "neighborhood_shape":
+        if field["name"] == "{key}_shape":
             expected = {"GEOGRAPHY"}
         assert field["type"] in expected
+    assert table_schema("transitions_table", "tract")[0]["name"] == "tract"
+
+
+def test_the_schema_keeps_the_configured_key_and_population_names():
+    frame = clusters_frame().rename(columns={"neighborhood": "tract", "population": "pop_2020"})
+    schema = {field["name"]: field for field in output_schema(frame, "tract", "pop_2020")}
+    assert "neighborhood" not in schema and "population" not in schema
+    assert (schema["tract"]["type"], schema["tract"]["mode"]) == ("STRING", "REQUIRED")
+    assert schema["pop_2020"]["type"] == "INTEGER"
+    assert "POPULATION_COLUMN" in schema["pop_2020"]["description"]
 
 
 def test_the_severity_feature_is_checked_even_when_not_clustered_on():
@@ -642,12 +657,10 @@ def test_a_missing_column_message_lists_up_to_eight_columns(extra, shown):
     assert f"(columns: {shown}" in invalid(frame)
 
 
-def test_declared_float_columns_keep_their_schema_description():
-    declared = {field["name"]: field for field in table_schema("clusters_table")}
+def test_feature_columns_get_their_type_from_their_values():
     schema = {field["name"]: field for field in output_schema(clusters_frame())}
     assert clusters_frame()["med_age"].dtype == np.float64
-    assert schema["med_age"] == declared["med_age"]
-    assert schema["med_age"]["description"]
+    assert schema["med_age"] == {"name": "med_age", "type": "FLOAT", "mode": "NULLABLE"}
 
 
 def test_one_missing_feature_the_user_named_has_no_others_to_list():

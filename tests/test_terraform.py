@@ -221,9 +221,16 @@ class Renderer:
     written in the configuration. Anything
     else raises Unsupported, so a new form is noticed here, not in a deploy."""
 
-    def __init__(self, config: Config, overrides: dict[str, Callable[[], Any]]):
+    def __init__(
+        self,
+        config: Config,
+        overrides: dict[str, Callable[[], Any]],
+        values: dict[str, Any] | None = None,
+    ):
         self.config = config
         self.overrides = overrides
+        # Variables set by a .tfvars file; the others take their defaults.
+        self.values = values or {}
 
     def render(self, value: Any) -> Any:
         if isinstance(value, list):
@@ -249,9 +256,14 @@ class Renderer:
         if expr in self.overrides:
             return self.overrides[expr]()
         if m := re.fullmatch(r"var\.(\w+)", expr):
+            if m.group(1) in self.values:
+                return self.values[m.group(1)]
             if m.group(1) == "project_id":
                 return DEMO_PROJECT
             return self.config.default(m.group(1))
+        if m := re.fullmatch(r"coalesce\(([\w.]+),([\w.]+)\)", expr.replace(" ", "")):
+            first = self.expr(m.group(1))
+            return self.expr(m.group(2)) if first in (None, "") else first
         if m := re.fullmatch(r'(var\.\w+) == None \? "(.*?)" : "(.*)"', expr):
             branch = m.group(2) if self.expr(m.group(1)) is None else m.group(3)
             return self.render(branch)
@@ -281,15 +293,20 @@ class Renderer:
         )
 
 
-@pytest.fixture(scope="module")
-def renderer(config: Config) -> Renderer:
-    # Expressions whose evaluation would need a real HCL engine, written out for the defaults.
-    def name() -> str:
-        return config.default("name")
+def make_renderer(config: Config, values: dict[str, Any] | None = None) -> Renderer:
+    """A Renderer for the defaults, or for the variables a .tfvars file sets (`values`)."""
+    values = values or {}
 
+    def value(name: str) -> Any:
+        return values.get(name, config.default(name))
+
+    # Expressions whose evaluation would need a real HCL engine, written out here.
+    project = values.get("project_id", DEMO_PROJECT)
     overrides: dict[str, Callable[[], Any]] = {
-        "local.artifacts_bucket": lambda: f"{DEMO_PROJECT}-{name()}-artifacts",
-        "local.output_dataset_id": lambda: config.default("dataset_id"),
+        "local.artifacts_bucket": lambda: (
+            value("artifacts_bucket_name") or f"{project}-{value('name')}-artifacts"
+        ),
+        "local.output_dataset_id": lambda: value("dataset_id"),
     }
     # Keep the overrides honest: they must describe what the configuration says.
     assert "coalesce(var.artifacts_bucket_name" in config.locals["artifacts_bucket"]
@@ -300,7 +317,12 @@ def renderer(config: Config) -> Renderer:
         r" : var\.dataset_id\}",
         config.locals["output_dataset_id"],
     )
-    return Renderer(config, overrides)
+    return Renderer(config, overrides, values)
+
+
+@pytest.fixture(scope="module")
+def renderer(config: Config) -> Renderer:
+    return make_renderer(config)
 
 
 def function_environment(config: Config) -> dict[str, Any]:
@@ -326,17 +348,14 @@ def test_terraform_fmt_check_passes() -> None:
 # --- (b) checkov ---------------------------------------------------------------------------------
 
 
-def test_checkov_offline_has_no_failed_checks_and_no_parsing_errors(config: Config) -> None:
+def checkov(*options: str) -> dict:
+    """checkov's one terraform report on terraform/, offline, with extra `options`."""
     result = run(
         [
             tool(CHECKOV_BIN / "checkov"),
-            "--directory",
-            "terraform",
-            "--framework",
-            "terraform",
-            "--skip-download",
-            "--output",
-            "json",
+            *("--directory", "terraform", "--framework", "terraform", "--skip-download"),
+            *options,
+            *("--output", "json"),
         ]
     )
     assert result.returncode in (0, 1), (
@@ -346,7 +365,12 @@ def test_checkov_offline_has_no_failed_checks_and_no_parsing_errors(config: Conf
     # One framework gives one report object; several would give a list.
     reports = report if isinstance(report, list) else [report]
     assert len(reports) == 1, f"expected one terraform report, got {len(reports)}"
-    summary, results = reports[0]["summary"], reports[0]["results"]
+    return reports[0]
+
+
+def test_checkov_offline_has_no_failed_checks_and_no_parsing_errors(config: Config) -> None:
+    report = checkov()
+    summary, results = report["summary"], report["results"]
 
     failed = [
         f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
@@ -403,6 +427,7 @@ def test_the_required_variables_exist(config: Config) -> None:
     required = {
         "project_id",
         "region",
+        "features_project_id",
         "features_dataset_id",
         "features_table_id",
         "dataset_id",
@@ -450,7 +475,11 @@ def test_code_defaults_are_the_defaults_file() -> None:
     defaults = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
     analysis, job = settings.AnalysisSettings(), settings.JobSettings()
     for name, value in defaults.items():
-        expected = tuple(value) if isinstance(value, list) else value
+        expected = value
+        if isinstance(value, list):
+            expected = tuple(value)
+        elif isinstance(value, dict):
+            expected = tuple(value.items())
         holder = job if name in LIMIT_VARIABLES else analysis
         assert getattr(holder, name) == expected, name
 
@@ -608,13 +637,16 @@ def test_table_change_sink_names_exactly_the_features_table(
 
     lines = [line.strip() for line in one(sink["filter"]).splitlines() if line.strip()]
     assert not any(re.search(r"\bOR\b", line) for line in lines), "an OR would widen the filter"
+    # The features table's project, where its audit logs are written (features_project_id).
+    assert one(sink["project"]) == "${local.features_project}"
     assert (
-        'logName="projects/${var.project_id}/logs/cloudaudit.googleapis.com%2Fdata_access"' in lines
+        'logName="projects/${local.features_project}/logs/cloudaudit.googleapis.com%2Fdata_access"'
+        in lines
     )
     assert 'protoPayload.serviceName="bigquery.googleapis.com"' in lines
     resource_lines = [line for line in lines if "resourceName" in line]
     assert resource_lines == [
-        'protoPayload.resourceName="projects/${var.project_id}/datasets/'
+        'protoPayload.resourceName="projects/${local.features_project}/datasets/'
         '${var.features_dataset_id}/tables/${var.features_table_id}"'
     ], "the filter must match the features table exactly (=, no pattern)"
     assert "protoPayload.metadata.tableDataChange:*" in lines
@@ -786,7 +818,10 @@ def test_iam_grants_are_exactly_the_least_privilege_set(config: Config) -> None:
     assert readable.startswith("${toset(concat([") and "local.features_table" in readable
     assert "var.allowed_features_tables" in readable
     assert config.locals["features_table"] == (
-        "${var.project_id}.${var.features_dataset_id}.${var.features_table_id}"
+        "${local.features_project}.${var.features_dataset_id}.${var.features_table_id}"
+    )
+    assert (
+        config.locals["features_project"] == "${coalesce(var.features_project_id,var.project_id)}"
     )
     writer = config.resource("google_bigquery_table_iam_member.runtime_output_writer")
     assert one(writer["dataset_id"]) == "${var.dataset_id}"
@@ -812,18 +847,45 @@ def test_no_primitive_roles_public_members_keys_or_authoritative_iam(config: Con
 
 
 def test_tables_take_their_schema_from_the_code(config: Config) -> None:
-    for table, schema_file in (
-        ("clusters", "clusters_table.json"),
-        ("runs", "runs_table.json"),
-        ("transitions", "transitions_table.json"),
+    for table, schema in (
+        ("clusters", "${jsonencode(local.clusters_schema)}"),
+        ("runs", '${file("${path.module}/../clustering/schemas/runs_table.json")}'),
+        ("transitions", "${jsonencode(local.schemas.transitions_table)}"),
     ):
         body = config.resource(f"google_bigquery_table.{table}")
-        expected = f'${{file("${{path.module}}/../clustering/schemas/{schema_file}")}}'
-        assert one(body["schema"]) == expected, f"{table}: schema must be read from {schema_file}"
-        fields = json.loads((ROOT / "clustering" / "schemas" / schema_file).read_text())
-        assert fields and all({"name", "type"} <= set(f) for f in fields)
+        assert one(body["schema"]) == schema, f"{table}: schema must come from the code's file"
         assert one(body["deletion_protection"]) == "${var.deletion_protection}"
+    for name in ("clusters_table", "runs_table", "transitions_table"):
+        fields = json.loads((ROOT / "clustering" / "schemas" / f"{name}.json").read_text())
+        assert fields and all({"name", "type"} <= set(f) for f in fields)
     assert config.default("deletion_protection") is True
+
+    # The placeholders are filled as the code fills them (clustering.table.table_schema).
+    def flat(name: str) -> str:  # the parser's rendering, without spaces, quotes unified
+        return config.locals[name].replace(" ", "").replace("'", '"').replace("${local.", "local.")
+
+    schemas = flat("schemas")
+    assert '["clusters_table","transitions_table"]' in schemas
+    assert 'file("local.repo_root}/clustering/schemas/${name}.json")' in schemas
+    assert 'replace(replace(value,"{key}",local.analysis.key_column),"{population}",' in schemas
+    # The clusters table: the features table's columns (read at plan time), then the cluster
+    # columns the features table does not provide, the shape only with boundaries.
+    features = config.data[("google_bigquery_table", "features")]
+    assert one(features["project"]) == "${local.features_project}"
+    assert one(features["dataset_id"]) == "${var.features_dataset_id}"
+    assert one(features["table_id"]) == "${var.features_table_id}"
+    clusters_schema = flat("clusters_schema")
+    assert clusters_schema.index("jsondecode(data.google_bigquery_table.features.schema)") < (
+        clusters_schema.index("local.schemas.clusters_table")
+    )
+    assert 'contains(["name","type","mode","description"],key)' in clusters_schema
+    assert "if!contains(local.not_added,field.name)" in clusters_schema
+    not_added = flat("not_added").replace("}", "")
+    assert '["local.analysis.key_column","local.analysis.population_column"]' in not_added
+    assert (
+        'var.boundaries_table==None&&var.boundaries_object==None?["local.analysis.key_column'
+        '_shape"]:[]'
+    ) in not_added
     # The clusters table's schema follows the features table through the runs' loads.
     clusters = config.resource("google_bigquery_table.clusters")
     assert one(block(clusters, "lifecycle")["ignore_changes"]) == ["${schema}"]
@@ -831,7 +893,9 @@ def test_tables_take_their_schema_from_the_code(config: Config) -> None:
     assert "lifecycle" not in config.resource("google_bigquery_table.transitions")
     # Nowhere is a schema written inline (a view's columns come from its query).
     for rtype_name, body in config.of_type("google_bigquery_table").items():
-        assert "view" in body or "file(" in one(body["schema"]), rtype_name
+        assert (
+            "view" in body or "schema" in one(body["schema"]) or "file(" in one(body["schema"])
+        ), rtype_name
 
 
 def test_artifacts_bucket_is_private_versioned_and_expires_runs_and_claims(config: Config) -> None:
@@ -1324,3 +1388,124 @@ def test_the_schema_check_catches_unknown_arguments_blocks_and_missing_required_
         "s.retry_policy: unknown argument or block 'min_backoff'",
         "s: required argument 'topic' is missing",
     ]
+
+
+# --- Another city's table: terraform/examples/community-areas.tfvars ------------------------------
+
+EXAMPLE = TF_DIR / "examples" / "community-areas.tfvars"
+EXAMPLE_SCRIPT = """
+import json, sys
+import hcl2
+with open(sys.argv[1], encoding="utf-8") as handle:
+    json.dump(hcl2.load(handle), sys.stdout)
+"""
+
+
+@pytest.fixture(scope="module")
+def example() -> dict[str, Any]:
+    """The example's variables, as Terraform reads them."""
+    result = run([tool(CHECKOV_BIN / "python"), "-c", EXAMPLE_SCRIPT, EXAMPLE], timeout=60)
+    assert result.returncode == 0, f"{EXAMPLE.name} does not parse:\n{result.stderr}"
+    return {name: one(value) for name, value in json.loads(result.stdout).items()}
+
+
+def validation_patterns(config: Config, name: str) -> list[re.Pattern]:
+    """The regexes a variable's validation rules apply, as Python patterns."""
+    found = []
+    for rule in blocks(config.variables[name], "validation"):
+        for pattern in re.findall(r'regex\("(.+?)",', one(rule["condition"])):
+            found.append(re.compile(pattern.replace("\\\\", "\\")))
+    return found
+
+
+def test_the_example_sets_declared_variables_that_their_rules_accept(config, example):
+    assert set(example) <= set(config.variables), set(example) - set(config.variables)
+    # Another city's table: its own key, population, features, severity and directions.
+    assert {"key_column", "population_column", "clustering_features"} <= set(example)
+    assert {"severity_feature", "feature_directions", "features_project_id"} <= set(example)
+    checked = 0
+    for name, value in example.items():
+        values = value if isinstance(value, list) else [value]
+        for pattern in validation_patterns(config, name):
+            for item in values:
+                assert pattern.search(item), f"{name}: {item!r} fails {pattern.pattern}"
+                checked += 1
+    assert checked >= 10
+    directions = example["feature_directions"]
+    rule = one(block(config.variables["feature_directions"], "validation")["condition"])
+    assert "contains(['higher_is_worse', 'higher_is_better'],d)" in rule
+    assert set(directions.values()) <= {"higher_is_worse", "higher_is_better"}
+    assert example["severity_feature"] in directions
+    # Plan refuses a severity feature without a direction, as the code does at start-up.
+    rules = [
+        one(p["condition"]).replace(" ", "")
+        for p in block(config.resource(FUNCTION), "lifecycle")["precondition"]
+    ]
+    assert (
+        "${contains(keys(merge(local.code_defaults.feature_directions,coalesce(var.feature_directions"
+        ",{}))),local.analysis.severity_feature)}"
+    ) in rules
+    assert set(example["clustering_features"]) <= set(directions)
+
+
+def test_the_example_renders_to_settings_the_function_accepts(config, example):
+    env = make_renderer(config, example).render(function_environment(config))
+    job = settings.JobSettings.from_env(env)  # raises on any value the code refuses
+    table = "city-open-data.community.community_area_features"
+    assert job.features_source == f"bq://{table}" and job.watched_table == table
+    assert (
+        job.clusters_table == "bq://city-analytics-prod.community_clusters.community_area_clusters"
+    )
+    analysis = job.analysis
+    assert (analysis.key_column, analysis.population_column) == ("community_area", "total_pop")
+    assert job.boundaries_key_column == "community_area"
+    assert analysis.clustering_features == tuple(example["clustering_features"])
+    assert analysis.severity_feature == "median_income"
+    assert analysis.directions["median_income"] == "higher_is_better"
+    # The defaults stay for the notebook's features; the example's are added.
+    assert analysis.directions["crime_per_capita"] == "higher_is_worse"
+    assert analysis.exclude_neighborhoods == ("O'Hare",)
+    # The table-change sink watches the table where it is, in its own project.
+    sink = config.resource("google_logging_project_sink.features_changed")
+    rendered = make_renderer(config, example).render(one(sink["filter"]))
+    assert 'logName="projects/city-open-data/logs/' in rendered
+    assert 'resourceName="projects/city-open-data/datasets/community/tables/' in rendered
+    assert make_renderer(config, example).render(one(sink["project"])) == "city-open-data"
+
+
+def test_checkov_passes_with_the_example(config):
+    summary = checkov("--var-file", str(EXAMPLE.relative_to(ROOT)))["summary"]
+    assert summary["failed"] == 0 and summary["parsing_errors"] == 0, summary
+    assert summary["passed"] > 0
+
+
+def test_a_features_table_in_another_project_is_read_watched_and_monitored_there(config):
+    # The read grant is on the table itself, in its project (split from its id).
+    reader = config.resource("google_bigquery_table_iam_member.runtime_features_reader")
+    assert one(reader["project"]).replace('"', "'") == "${split('.',each.value)[0]}"
+    metric = config.resource("google_logging_metric.features_changes")
+    assert one(metric["project"]) == "${local.features_project}"
+    monitored = config.resource("google_monitoring_monitored_project.features")
+    assert one(monitored["count"]) == "${local.features_project == var.project_id ? 0 : 1}"
+    assert one(monitored["metrics_scope"]) == "locations/global/metricsScopes/${var.project_id}"
+    assert one(monitored["name"]) == "${local.features_project}"
+
+
+def test_looker_studio_links_open_a_report_connected_to_each_table(config):
+    links = config.locals["looker_studio_links"].replace("'", '"')
+    assert links.count("google_bigquery_table.clusters") == 1
+    assert links.count("google_bigquery_table.transitions") == 1
+    for part in (
+        "https://lookerstudio.google.com/reporting/create?r.reportName=",
+        '"ds.ds0.connector=bigQuery"',
+        '"ds.ds0.type=TABLE"',
+        '"ds.ds0.projectId=${table.project}"',
+        '"ds.ds0.datasetId=${table.dataset_id}"',
+        '"ds.ds0.tableId=${table.table_id}"',
+        '"ds.ds0.billingProjectId=${var.project_id}"',
+    ):
+        assert part in links, part
+    assert 'join("&",' in links.replace(" ", "")
+    for name in ("clusters", "transitions"):
+        output = config.outputs[f"looker_studio_{name}_report"]
+        assert one(output["value"]) == f"${{local.looker_studio_links.{name}}}"

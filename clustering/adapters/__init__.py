@@ -61,8 +61,8 @@ def read_bytes(source: str) -> bytes:
 
 
 def read_boundaries(source: str, name_column: str, geography_column: str):
-    """Neighborhood name -> outer rings from a bq:// table with a GEOGRAPHY column, or from a
-    GeoJSON at a gs:// or local path."""
+    """Name -> outer rings from a bq:// table with a GEOGRAPHY column, or from a GeoJSON at a
+    gs:// or local path, whose features' `name_column` property names them (KEY_COLUMN)."""
     from clustering.outputs import geo
 
     if source.startswith("bq://"):
@@ -70,7 +70,7 @@ def read_boundaries(source: str, name_column: str, geography_column: str):
 
         rows = bigquery.read_boundaries(source, name_column, geography_column)
         return geo.boundaries_from_rows(rows, source)
-    return geo.parse_boundaries(read_bytes(source), source)
+    return geo.parse_boundaries(read_bytes(source), source, name_column)
 
 
 def artifact_store(dest: str) -> ArtifactStore:

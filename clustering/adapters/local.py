@@ -35,9 +35,7 @@ def read_table(path: str) -> pd.DataFrame:
     if file.is_dir():
         raise InputError(f"{path} is a folder: give a .csv or .parquet file")
     if file.stat().st_size == 0:
-        raise InputError(
-            f"{path} is empty: give a file with a header row and one row per neighborhood"
-        )
+        raise InputError(f"{path} is empty: give a file with a header row and one row per place")
     _check_size(file, MAX_FEATURES_BYTES)
     return parse_table(file.read_bytes() if kind == "csv" else file, kind, path)
 

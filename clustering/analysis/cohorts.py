@@ -1,12 +1,17 @@
-"""What each cohort is: its profile (index scores) and a descriptive name.
+"""What each cohort is: its profile (index scores or standard deviations) and a descriptive name.
 
 As in geodemographic classifications, a cohort is described by index scores: its mean of a
 feature divided by the mean of all residential neighborhoods, times 100 (100 = typical, 150 =
-half again as much). The name takes the two or three features on which the cohort stands out
+half again as much). A ratio means something only for a feature that never takes a negative
+value (a rate, a count, a price): a signed feature (a year-on-year change) is described in
+standard deviations from the residential mean instead, and so is one whose mean is not
+positive. The name takes the two or three features on which the cohort stands out
 most, measured in standard deviations from the residential mean (the cohort's centroid in the
 run's scaled space, so a feature with a small spread is not drowned by one with a large
 spread), and turns them into words behind the Stable/Distressed label:
-"Distressed: high vacancy, low owner occupancy".
+"Distressed: high vacancy, low owner occupancy". The notebook's features have words of their
+own; any other feature reads "better"/"worse" where FEATURE_DIRECTIONS knows which way is
+better ("Stable: better median income"), and "higher"/"lower" where it does not.
 
 Names are
 - deterministic: the same profile gives the same name, ties broken by the feature order;
@@ -21,8 +26,10 @@ Names are
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from clustering.settings import HIGHER_IS_BETTER
 
 # A feature names a cohort when the cohort's mean is this many standard deviations away from
 # the residential mean ...
@@ -32,6 +39,10 @@ KEEP_Z = 0.25
 # Words in a name: two, a third only to tell two cohorts apart.
 WORDS = 2
 MAX_WORDS = 3
+
+# How a feature is described: an index score, or standard deviations from the mean.
+INDEX = "index"
+SD = "sd"
 
 GENERATED = "generated"
 KEPT = "kept"
@@ -61,8 +72,11 @@ FEATURE_WORDS: dict[str, tuple[str, str]] = {
 class Cohort:
     """One residential sub-cluster of a run, under its stable id.
 
-    index_scores: cohort mean / residential mean x 100 per used feature (features whose
-        residential mean is not positive have no meaningful index and are left out).
+    index_scores: cohort mean / residential mean x 100 per used feature described by an
+        index (see `measure`); the others are left out.
+    sd_scores: per used feature, the cohort's mean in standard deviations from the
+        residential mean (its centroid in the run's scaled space): how signed features are
+        described, and what names and emphasis go by.
     stability: mean bootstrap Jaccard (clustering.analysis.stability), NaN until computed.
     centroid: mean of the values the clustering saw (imputed, winsorized; before scaling), in
         the feature's own units; this is what the next run matches against.
@@ -78,6 +92,7 @@ class Cohort:
     stability: float
     index_scores: dict[str, float]
     centroid: dict[str, float] = field(default_factory=dict)
+    sd_scores: dict[str, float] = field(default_factory=dict)
     name_source: str = GENERATED
     name_features: tuple[tuple[str, str], ...] = ()
 
@@ -109,24 +124,33 @@ class Naming:
     features: tuple[tuple[str, str], ...]
 
 
-def words_for(feature: str, direction: str) -> str:
-    """Human words for a feature above ("high") or below ("low") the residential mean; columns
-    without a mapping read as their name: "high tree canopy pct" for tree_canopy_pct."""
+def words_for(feature: str, leaning: str, directions: Mapping[str, str] | None = None) -> str:
+    """Words for a feature above ("high") or below ("low") the residential mean. The
+    notebook's features have their own ("high vacancy"); another reads as its name, after
+    "better"/"worse" when `directions` (feature -> higher_is_worse | higher_is_better) knows
+    which way is better, else after "higher"/"lower": "lower tree canopy pct"."""
     if feature in FEATURE_WORDS:
         above, below = FEATURE_WORDS[feature]
-        return above if direction == "high" else below
-    return f"{direction} {' '.join(feature.replace('_', ' ').split())}"
+        return above if leaning == "high" else below
+    name = " ".join(feature.replace("_", " ").split())
+    way = (directions or {}).get(feature)
+    if way is None:
+        return f"{'higher' if leaning == 'high' else 'lower'} {name}"
+    better = (leaning == "high") == (way == HIGHER_IS_BETTER)
+    return f"{'better' if better else 'worse'} {name}"
 
 
 def name_cohorts(
     profiles: list[Profile],
     previous: Mapping[int, PreviousName],
     overrides: Mapping[int, str],
+    directions: Mapping[str, str] | None = None,
 ) -> dict[int, Naming]:
     """A unique name for each profile's cohort (by stable id); see the module docstring.
 
     previous: matched cohorts' names in the previous run, by stable id.
     overrides: names set by LABEL_OVERRIDES, by stable id (ids not in `profiles` are ignored).
+    directions: feature -> higher_is_worse | higher_is_better (see `words_for`).
     """
     names: dict[int, Naming] = {}
     for profile in profiles:
@@ -141,7 +165,7 @@ def name_cohorts(
             names[profile.sub_cluster] = Naming(before.name, KEPT, before.features)
             taken.add(before.name)
     fresh = [p for p in profiles if p.sub_cluster not in names]
-    names |= _generate(fresh, taken)
+    names |= _generate(fresh, taken, directions)
     return names
 
 
@@ -165,7 +189,9 @@ def _ranked(profile: Profile) -> list[tuple[str, str]]:
     return [(f, "high" if profile.z[f] > 0 else "low") for f in order if profile.z[f] != 0]
 
 
-def _generate(profiles: list[Profile], taken: set[str]) -> dict[int, Naming]:
+def _generate(
+    profiles: list[Profile], taken: set[str], directions: Mapping[str, str] | None
+) -> dict[int, Naming]:
     """Names from the most distinctive features, with words added where names would clash."""
     ranked = {p.sub_cluster: _ranked(p) for p in profiles}
     labels = {p.sub_cluster: p.top_label for p in profiles}
@@ -176,7 +202,7 @@ def _generate(profiles: list[Profile], taken: set[str]) -> dict[int, Naming]:
 
     def build(sub: int) -> str:
         chosen = ranked[sub][: count[sub]]
-        words = ", ".join(words_for(f, d) for f, d in chosen) or "close to average"
+        words = ", ".join(words_for(f, d, directions) for f, d in chosen) or "close to average"
         return f"{labels[sub]}: {words}"
 
     while True:
@@ -198,12 +224,20 @@ def _generate(profiles: list[Profile], taken: set[str]) -> dict[int, Naming]:
     }
 
 
-def index_scores(cohort_means: Mapping[str, float], overall: Mapping[str, float]) -> dict:
-    """Cohort mean / residential mean x 100 per feature, rounded to one decimal; features
-    whose residential mean is not positive (a signed change, an all-zero column) are left out:
-    a ratio to them means nothing."""
+def measure(minimum: float, mean: float) -> str:
+    """How a feature is described, from its smallest value in the table and its residential
+    mean: by an index when it never goes negative and its mean is positive, in standard
+    deviations otherwise (a ratio to a signed or non-positive mean says nothing)."""
+    return INDEX if minimum >= 0 and mean > 0 else SD
+
+
+def index_scores(
+    cohort_means: Mapping[str, float], overall: Mapping[str, float], features: Iterable[str]
+) -> dict:
+    """Cohort mean / residential mean x 100 for each of `features` (those `measure` describes
+    by an index), rounded to one decimal; a cohort without a value of a feature has none."""
     return {
-        feature: round(float(cohort_means[feature]) / mean * 100, 1)
-        for feature, mean in overall.items()
-        if mean > 0 and cohort_means[feature] == cohort_means[feature]  # NaN: no value
+        feature: round(float(cohort_means[feature]) / overall[feature] * 100, 1)
+        for feature in features
+        if cohort_means[feature] == cohort_means[feature]  # NaN: no value
     }

@@ -67,7 +67,8 @@ class PreviousCluster:
 class PreviousRun:
     """What this run needs of the last published one (its latest/).
 
-    rows: PREVIOUS_COLUMNS of its clusters CSV, for the transitions; None when unavailable.
+    rows: transitions.previous_columns of its clusters CSV, for the transitions; None when
+        unavailable.
     """
 
     run_id: str
@@ -133,6 +134,7 @@ class Identity:
     transitions: the moves since the previous run (transitions.COLUMNS); None without one.
     counts: the transitions' counts; None without a previous run.
     stability: how cohort_stability was taken; None until computed.
+    measures: per used feature, how it is described: "index" or "sd" (cohorts.measure).
     """
 
     result: ClusteringResult
@@ -145,6 +147,7 @@ class Identity:
     previous_run_id: str | None
     stability: Stability | None
     warnings: tuple[str, ...]
+    measures: dict[str, str]
 
 
 def identify(
@@ -152,8 +155,14 @@ def identify(
     previous: PreviousRun | None,
     overrides: dict[int, str],
     run_id: str,
+    key_column: str = "neighborhood",
+    directions: dict[str, str] | None = None,
 ) -> Identity:
-    """Stable ids, names and transitions of a run (stability comes after: `with_stability`)."""
+    """Stable ids, names and transitions of a run (stability comes after: `with_stability`).
+
+    key_column: the column naming the rows (KEY_COLUMN), which the transitions match on.
+    directions: feature -> higher_is_worse | higher_is_better, for the cohorts' names.
+    """
     matching = match(result, previous)
     renumbered = renumber(result, matching)
     matched = {p["current"] for p in matching.record["pairs"] if p["level"] == SUB}
@@ -162,11 +171,12 @@ def identify(
         for c in (previous.cohorts if previous else ())
         if c.id in matched
     }
-    cohorts, names = _cohorts(renumbered, before, overrides)
+    measures = _measures(renumbered)
+    cohorts, names = _cohorts(renumbered, before, overrides, directions, measures)
     table = _with_names(renumbered.table, renumbered.residential, names)
     moves, counts = None, None
     if previous is not None and previous.rows is not None:
-        moves, counts = transitions(previous.rows, table, previous.run_id, run_id)
+        moves, counts = transitions(previous.rows, table, previous.run_id, run_id, key_column)
     unknown = sorted(set(overrides) - {c.sub_cluster for c in cohorts})
     warnings = tuple(
         f"LABEL_OVERRIDES names cohort {sub}, which this run does not have: the name is unused"
@@ -183,10 +193,22 @@ def identify(
         previous_run_id=previous.run_id if previous else None,
         stability=None,
         warnings=warnings,
+        measures=measures,
     )
 
 
-def _cohorts(result: ClusteringResult, before, overrides) -> tuple[tuple[Cohort, ...], dict]:
+def _measures(result: ClusteringResult) -> dict[str, str]:
+    """How each used feature is described: by an index, or in standard deviations when it
+    takes a negative value anywhere in the table or its residential mean is not positive."""
+    used = list(result.features.used)
+    smallest = result.table[used].min()
+    means = result.table.loc[result.residential, used].mean()
+    return {f: naming.measure(float(smallest[f]), float(means[f])) for f in used}
+
+
+def _cohorts(
+    result: ClusteringResult, before, overrides, directions, measures
+) -> tuple[tuple[Cohort, ...], dict]:
     """The cohorts of a renumbered result (stability unknown yet) and their names."""
     residential = result.table.loc[result.residential]
     used = list(result.features.used)
@@ -198,7 +220,8 @@ def _cohorts(result: ClusteringResult, before, overrides) -> tuple[tuple[Cohort,
     labels = {g.top: g.label for g in result.top_groups}
     top_of = dict(zip(sub, top, strict=True))
     profiles = [Profile(int(s), labels[top_of[s]], z.loc[s].to_dict()) for s in z.index]
-    names = naming.name_cohorts(profiles, before, overrides)
+    names = naming.name_cohorts(profiles, before, overrides, directions)
+    indexed = [f for f in used if measures[f] == naming.INDEX]
     sizes = pd.Series(sub).value_counts()
     cohorts = tuple(
         Cohort(
@@ -208,8 +231,9 @@ def _cohorts(result: ClusteringResult, before, overrides) -> tuple[tuple[Cohort,
             name=names[p.sub_cluster].name,
             rows=int(sizes[p.sub_cluster]),
             stability=math.nan,
-            index_scores=naming.index_scores(means.loc[p.sub_cluster], overall),
+            index_scores=naming.index_scores(means.loc[p.sub_cluster], overall, indexed),
             centroid=_floats(centroids.loc[p.sub_cluster]),
+            sd_scores={f: round(float(v), 3) for f, v in p.z.items()},
             name_source=names[p.sub_cluster].source,
             name_features=names[p.sub_cluster].features,
         )

@@ -27,7 +27,8 @@ from clustering.analysis.prepare import (
     standard_scale,
     winsorize,
 )
-from clustering.settings import AnalysisSettings
+from clustering.naming import plural
+from clustering.settings import HIGHER_IS_WORSE, AnalysisSettings
 
 Progress = Callable[[str], None]
 
@@ -118,7 +119,7 @@ def cluster(
     progress: Progress | None = None,
     on_diagnostics: OnDiagnostics | None = None,
 ) -> ClusteringResult:
-    """Run the whole analysis on a validated features table sorted by neighborhood.
+    """Run the whole analysis on a validated features table sorted by its key column.
 
     progress: receives one line per stage and per K fitted.
     on_diagnostics: receives the K diagnostics and the silhouette sample size (None when
@@ -131,15 +132,19 @@ def cluster(
     minimum = max(3, settings.k_min + 1)
     if n_res < minimum:
         raise InputError(
-            f"only {n_res} residential rows (population >= {settings.min_population}, not "
+            f"only {n_res} residential rows ({settings.population_column} >= "
+            f"{settings.min_population}, not "
             f"excluded); at least {minimum} are needed: add rows or lower MIN_POPULATION"
         )
     features = select_features(table, types == RESIDENTIAL, settings)
-    if not [f for f in features.used if f != "population"]:
-        wanted = ", ".join(f for f in settings.clustering_features if f != "population")
+    population = settings.population_column
+    if not [f for f in features.used if f != population]:
+        wanted = ", ".join(
+            f for f in settings.clustering_features if f != population and f in table.columns
+        )
         raise InputError(
-            "every clustering feature is blank among the residential rows (population alone "
-            f"cannot be clustered): fill in at least one of {wanted}"
+            f"every clustering feature is blank among the residential rows ({population} "
+            f"alone cannot be clustered): fill in at least one of {wanted}"
         )
     if settings.severity_feature not in table.columns:
         raise InputError(
@@ -231,7 +236,7 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
         diagnostics = _diagnostics(plan, diagnostics_pending, on_diagnostics)
     groups, sub_labels = _sub_cluster(plan, tops)
 
-    plan.say("analysing excluded neighborhoods")
+    plan.say("analysing excluded rows")
     excluded_groups = []
     for in_type, pending in excluded_pending:
         group, names = pending()
@@ -289,20 +294,41 @@ def _submit_excluded_types(
 def _submit_top_groups(plan: _FitPlan, top_labels: np.ndarray) -> list[tuple]:
     """Name each side of the top split by its severity and start its sub-cluster K search:
     (top, label, mask, pending search) per side."""
-    severity = plan.table.loc[plan.residential, plan.settings.severity_feature].to_numpy(
+    settings = plan.settings
+    severity = plan.table.loc[plan.residential, settings.severity_feature].to_numpy(
         dtype=np.float64
     )
-    overall = np.nanmean(severity)
+    with np.errstate(all="ignore"):
+        means = {
+            int(t): float(np.nanmean(severity[top_labels == t])) for t in np.unique(top_labels)
+        }
+    labels = top_labels_by_severity(means, settings.directions[settings.severity_feature])
     tops = []
     for top in np.unique(top_labels):
         mask = top_labels == top
-        with np.errstate(all="ignore"):
-            label = STABLE if np.nanmean(severity[mask]) < overall else DISTRESSED
+        label = labels[int(top)]
         n = int(mask.sum())
         sub_ks = [k for k in range(plan.settings.sub_k_min, plan.settings.sub_k_max + 1) if k < n]
         pending = _submit_search(plan.pool, plan.scaled[mask], sub_ks, plan.settings)
         tops.append((int(top), label, mask, pending))
     return tops
+
+
+def top_labels_by_severity(means: dict[int, float], direction: str) -> dict[int, str]:
+    """Stable or Distressed for each top group from its mean of SEVERITY_FEATURE: the group
+    worse on it by its direction (the higher mean when higher is worse, the lower when higher
+    is better) is Distressed, the other Stable. A group without any value of it counts as the
+    worse, as in the notebook (whose comparison with a blank mean fails); a tie goes to the
+    higher id. For crime_per_capita this is the notebook's rule: the group above the
+    residential mean is Distressed."""
+    sign = 1.0 if direction == HIGHER_IS_WORSE else -1.0
+
+    def badness(top: int) -> tuple[bool, float, int]:
+        mean = means[top]
+        return (mean != mean, 0.0 if mean != mean else sign * mean, top)
+
+    worst = max(means, key=badness)
+    return {top: DISTRESSED if top == worst else STABLE for top in means}
 
 
 def _sub_cluster(plan: _FitPlan, tops: list[tuple]) -> tuple[list[TopGroup], np.ndarray]:
@@ -428,7 +454,8 @@ def _submit_excluded(pool: Executor, rows: pd.DataFrame, excluded_type: str, set
         search = _collect(pending, None, excluded_type)
         labels = fits.fit_labels(matrix, search.best_k, SEARCH_N_INIT, settings.random_state)
         names = [f"{excluded_type} - Group {label}" for label in labels]
-        group = ExcludedGroup(excluded_type, n, search, search.best_k, f"{search.best_k} groups")
+        note = f"clustered on its own into {search.best_k} groups (K by silhouette)"
+        group = ExcludedGroup(excluded_type, n, search, search.best_k, note)
         return group, names
 
     return finish
@@ -436,13 +463,16 @@ def _submit_excluded(pool: Executor, rows: pd.DataFrame, excluded_type: str, set
 
 def _summary(resident_rows: pd.DataFrame, settings: AnalysisSettings) -> pd.DataFrame:
     """The notebook's closing table: neighborhoods and key means per cohort."""
+    # The notebook's columns, under the severity feature's own name (avg_crime_per_capita
+    # for the notebook's): a mean of another feature must not read as crime.
     means = {
-        "avg_crime_per_capita": settings.severity_feature,
+        f"avg_{settings.severity_feature}": settings.severity_feature,
         "avg_vacancy_rate": "housing_vacancy_rate",
         "avg_assessed_value": "median_assessed_value",
         "avg_permit_value": "permit_value_per_capita",
     }
-    aggregations = {"neighborhoods": ("neighborhood", "count")}
+    counted = plural(settings.key_column).replace(" ", "_")
+    aggregations = {counted: (settings.key_column, "count")}
     aggregations |= {name: (col, "mean") for name, col in means.items() if col in resident_rows}
     grouped = resident_rows.groupby(["top_cluster_label", "cluster_label"])
     return grouped.agg(**aggregations).round(3).reset_index()

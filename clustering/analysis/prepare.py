@@ -40,9 +40,9 @@ def row_types(table: pd.DataFrame, settings: AnalysisSettings) -> pd.Series:
     The exclusion list wins over population, as in the notebook's excluded analysis; a blank
     population counts as low.
     """
-    listed = table["neighborhood"].isin(settings.excluded_names)
+    listed = table[settings.key_column].isin(settings.excluded_names)
     # A blank population is not known to reach the threshold: low population.
-    low = ~(table["population"] >= settings.min_population)
+    low = ~(table[settings.population_column] >= settings.min_population)
     types = np.where(listed, INSTITUTIONAL, np.where(low, LOW_POPULATION, RESIDENTIAL))
     return pd.Series(types, index=table.index, name="excluded_type")
 

@@ -1,11 +1,11 @@
 """Which neighborhoods changed cohort since the previous published run.
 
-A neighborhood moved when its stable sub-cluster (or, for an excluded neighborhood, its
-excluded type) differs from the previous run's; one that is new in the features table
-"appeared", one that is no longer there "disappeared". A cohort that was only renamed, or an
-excluded neighborhood regrouped within its type (those groups have no stable ids), is not a
-move. Because sub-cluster ids are matched run to run (clustering.analysis.identity), an unchanged
-neighborhood keeps its id and is never listed.
+A row (a neighborhood, or whatever KEY_COLUMN names) moved when its stable sub-cluster (or,
+for an excluded row, its excluded type) differs from the previous run's; one that is new in
+the features table "appeared", one that is no longer there "disappeared". A cohort that was
+only renamed, or an excluded row regrouped within its type (those groups have no stable ids),
+is not a move. Because sub-cluster ids are matched run to run (clustering.analysis.identity),
+an unchanged row keeps its id and is never listed.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ APPEARED = "appeared"
 DISAPPEARED = "disappeared"
 
 # The columns of neighborhood_cluster_transitions.csv and of TRANSITIONS_TABLE
-# (clustering/schemas/transitions_table.json).
-COLUMNS = (
-    "neighborhood",
+# (clustering/schemas/transitions_table.json) after the key column (KEY_COLUMN).
+CHANGE_COLUMNS = (
     "previous_run_id",
     "run_id",
     "previous_top_cluster",
@@ -34,15 +33,24 @@ COLUMNS = (
     "cohort_name",
     "change",
 )
-# What the previous run's clusters CSV must provide.
-PREVIOUS_COLUMNS = (
-    "neighborhood",
+# What the previous run's clusters CSV must provide after the key column.
+STATE_COLUMNS = (
     "top_cluster",
     "top_cluster_label",
     "sub_cluster",
     "excluded_type",
     "cohort_name",
 )
+
+
+def columns(key_column: str) -> tuple[str, ...]:
+    """The transitions table's columns for a table keyed by `key_column`."""
+    return (key_column, *CHANGE_COLUMNS)
+
+
+def previous_columns(key_column: str) -> tuple[str, ...]:
+    """The columns the previous run's clusters CSV must provide."""
+    return (key_column, *STATE_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -61,26 +69,31 @@ class Counts:
 
 
 def transitions(
-    previous: pd.DataFrame, current: pd.DataFrame, previous_run_id: str, run_id: str
+    previous: pd.DataFrame,
+    current: pd.DataFrame,
+    previous_run_id: str,
+    run_id: str,
+    key_column: str = "neighborhood",
 ) -> tuple[pd.DataFrame, Counts]:
-    """The transitions table (COLUMNS, ordered by neighborhood) and its counts.
+    """The transitions table (`columns(key_column)`, ordered by key) and its counts.
 
-    previous, current: PREVIOUS_COLUMNS of the previous run's rows and of this run's table.
+    previous, current: `previous_columns(key_column)` of the previous run's rows and of this
+    run's table.
     """
-    keep = list(PREVIOUS_COLUMNS)
+    keep = list(previous_columns(key_column))
     both = previous[keep].merge(
-        current[keep], on="neighborhood", how="outer", suffixes=("_old", ""), indicator=True
+        current[keep], on=key_column, how="outer", suffixes=("_old", ""), indicator=True
     )
     # As floats, so that ids read back from a CSV (int64) compare with this run's (Int64).
     old_sub, new_sub = (both[c].astype("float64") for c in ("sub_cluster_old", "sub_cluster"))
     changed = (old_sub != new_sub) | (both["excluded_type_old"] != both["excluded_type"])
     side = both["_merge"]
     moved = (side == "both") & changed
-    rows = both[moved | (side != "both")].sort_values("neighborhood", kind="stable")
+    rows = both[moved | (side != "both")].sort_values(key_column, kind="stable")
     change = rows["_merge"].map({"both": MOVED, "right_only": APPEARED, "left_only": DISAPPEARED})
     out = pd.DataFrame(
         {
-            "neighborhood": rows["neighborhood"].astype(object),
+            key_column: rows[key_column].astype(object),
             "previous_run_id": previous_run_id,
             "run_id": run_id,
             "previous_top_cluster": rows["top_cluster_old"].astype("Int64"),
@@ -91,7 +104,7 @@ def transitions(
             "cohort_name": rows["cohort_name"].astype(object),
             "change": change.astype(object),
         },
-        columns=list(COLUMNS),
+        columns=list(columns(key_column)),
     ).reset_index(drop=True)
     labels = both.loc[moved, ["top_cluster_label_old", "top_cluster_label"]]
     pairs = list(zip(labels["top_cluster_label_old"], labels["top_cluster_label"], strict=True))

@@ -275,14 +275,27 @@ def _run(decision: Decision, fence: claims.Fence, settings: JobSettings, log: Js
         _settle(fence.finish, fence.key, log, "marked done")
         return Answer(Outcome.RUN_FAILED, decision.action, reason, run_id)
     _settle(fence.finish, fence.key, log, "marked done")
-    manifest = report.manifest
-    reason = (
-        f"run {report.status}: {manifest['input']['rows']} rows, K diagnostic: best K="
-        f"{manifest['diagnostics']['best_k']}, artifacts {report.artifact_prefix}"
-    )
+    reason = run_summary(report)
     outcome = run_outcome(report.status)
-    log.info(reason, timings=manifest["timings_seconds"], status=report.status, event=outcome)
+    timings = report.manifest["timings_seconds"]
+    log.info(reason, timings=timings, status=report.status, event=outcome)
     return Answer(outcome, decision.action, reason, run_id)
+
+
+def run_summary(report) -> str:
+    """What a finished run did, in one line: its rows, its top split (always K=2) and the
+    diagnostic's best K, said to be a diagnostic, and where its artifacts are."""
+    from clustering.naming import plural
+
+    manifest = report.manifest
+    rows_called = plural(manifest["settings"]["key_column"])
+    split = ", ".join(f"{g['label']} {g['rows']}" for g in manifest["top_groups"])
+    diagnostics = manifest["diagnostics"]
+    return (
+        f"run {report.status}: {manifest['input']['rows']} {rows_called}, top split "
+        f"K={diagnostics['top_split_k']} ({split}); the K diagnostic's best silhouette is at "
+        f"K={diagnostics['best_k']} (informative only); artifacts {report.artifact_prefix}"
+    )
 
 
 def is_transient(error: BaseException) -> bool:

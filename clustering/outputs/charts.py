@@ -22,18 +22,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from clustering.analysis.model import TOP_K, ClusteringResult, KSearch
 from clustering.naming import PNG_ELBOW, PNG_HEATMAP, PNG_MAP, PNG_PCA
 from clustering.outputs.palette import (
     NO_ROW_EDGE,
+    SCALE,
+    Cell,
     CohortStyle,
     CohortView,
+    cell,
     cohort_labels,
-    direction,
     group_color,
 )
+from clustering.settings import HIGHER_IS_BETTER
 
 DPI = 150
 # Above this many residential rows the scatter draws a fixed-seed sample: a PNG cannot show
@@ -50,6 +52,7 @@ class PcaData:
     top, sub: top group labels and stable sub-cluster ids of the drawn rows.
     styles: the residential cohorts' names and colours (clustering.outputs.palette).
     n_rows: all residential rows (to say when the scatter is a sample).
+    rows_called: what the rows are ("neighborhoods"), for the title.
     """
 
     points: np.ndarray
@@ -58,25 +61,29 @@ class PcaData:
     sub: np.ndarray
     styles: tuple[CohortStyle, ...]
     n_rows: int
+    rows_called: str = "neighborhoods"
 
 
 @dataclass(frozen=True)
 class HeatmapData:
-    """Index scores (features x residential cohorts, in the order of `styles`) and how to
-    read each feature."""
+    """Each cohort's cell per feature (rows: features; columns: residential cohorts in the
+    order of `styles`), each feature's direction (None: none known) and the stabilities."""
 
-    index: pd.DataFrame
+    features: tuple[str, ...]
+    cells: tuple[tuple[Cell, ...], ...]
+    directions: tuple[str | None, ...]
     styles: tuple[CohortStyle, ...]
     stability: dict[int, float]
 
 
 @dataclass(frozen=True)
 class MapData:
-    """Each neighborhood's cohort label, the cohorts' styles and the title's run date."""
+    """Each row's cohort label (by its key), the cohorts' styles and the title's run date."""
 
     labels: dict[str, str]
     styles: tuple[CohortStyle, ...]
     run_date: str
+    rows_called: str = "neighborhoods"
 
 
 def pca_data(
@@ -110,11 +117,13 @@ def pca_data(
         sub=sub[shown],
         styles=_residential(view.styles),
         n_rows=len(points),
+        rows_called=view.rows_called,
     )
 
 
 def heatmap_data(view: CohortView) -> HeatmapData:
-    """The heatmap's inputs: index scores in the palette's cohort order, with stabilities."""
+    """The heatmap's inputs: each feature of each cohort measured and read (palette.cell),
+    cohorts in the palette's order, with stabilities."""
     styles = _residential(view.styles)
     table = view.table
     stability = {}
@@ -123,16 +132,27 @@ def heatmap_data(view: CohortView) -> HeatmapData:
         stability = dict(
             zip(firsts["sub_cluster"].astype(int), firsts["cohort_stability"], strict=True)
         )
-    index = view.index[[s.sub_cluster for s in styles]]
-    return HeatmapData(index=index, styles=styles, stability=stability)
+    profiles = view.profiles
+    features = profiles.features
+    return HeatmapData(
+        features=features,
+        cells=tuple(
+            tuple(cell(profiles, feature, style.sub_cluster) for style in styles)
+            for feature in features
+        ),
+        directions=tuple(profiles.directions.get(f) for f in features),
+        styles=styles,
+        stability=stability,
+    )
 
 
 def map_data(view: CohortView, run_date: str) -> MapData:
     labels = cohort_labels(view.table)
     return MapData(
-        labels=dict(zip(view.table["neighborhood"], labels, strict=True)),
+        labels=dict(zip(view.table[view.key_column], labels, strict=True)),
         styles=view.styles,
         run_date=run_date,
+        rows_called=view.rows_called,
     )
 
 
@@ -233,7 +253,8 @@ def elbow_silhouette(search: KSearch, sample_size: int | None) -> bytes:
 
 def pca_clusters(data: PcaData) -> bytes:
     """The residential rows on their first two principal components, coloured by top group
-    (left) and by cohort (right), with the legends below the panels, clear of the points."""
+    (left) and by cohort (right), with the legends below the panels, clear of the points.
+    Both legends count the points drawn: all rows, or the plotted sample, which they say."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(16, 8))
@@ -241,15 +262,10 @@ def pca_clusters(data: PcaData) -> bytes:
     fig.subplots_adjust(left=0.06, right=0.98, top=0.9, bottom=0.3, wspace=0.15)
     left, right = fig.subplots(1, 2)
     size = 60 if len(data.points) <= 2000 else 6
-    for group in dict.fromkeys(s.group for s in data.styles):
+    groups, cohorts, counted = pca_legends(data)
+    for group, label in groups.items():
         mask = data.top == group
-        left.scatter(
-            *data.points[mask].T,
-            s=size,
-            alpha=0.8,
-            color=group_color(group),
-            label=f"{group} ({int(mask.sum()):,})",
-        )
+        left.scatter(*data.points[mask].T, s=size, alpha=0.8, color=group_color(group), label=label)
     for style in data.styles:
         mask = data.sub == style.sub_cluster
         right.scatter(
@@ -257,10 +273,11 @@ def pca_clusters(data: PcaData) -> bytes:
             s=size,
             alpha=0.85,
             color=style.color,
-            label=_wrap(f"{style.label} (n = {style.rows:,})", 60),
+            label=cohorts[style.sub_cluster],
         )
     left.set_title("Top-level split (K=2)", fontsize=13)
     right.set_title("Cohorts (stable id · name)", fontsize=13)
+    drawn = len(data.points)
     for ax, columns in ((left, 2), (right, 1)):
         ax.set_xlabel(f"PC1 ({data.variance[0] * 100:.1f}% of variance)")
         ax.set_ylabel(f"PC2 ({data.variance[1] * 100:.1f}% of variance)")
@@ -270,23 +287,45 @@ def pca_clusters(data: PcaData) -> bytes:
             bbox_to_anchor=(0.5, -0.12),
             ncols=columns,
             frameon=False,
+            title=counted,
+            title_fontsize=8,
         )
         ax.grid(True, alpha=0.3)
-    drawn = len(data.points)
-    note = f" ({drawn:,} of {data.n_rows:,} rows drawn)" if drawn < data.n_rows else ""
+    note = f" ({drawn:,} of {data.n_rows:,} rows drawn)" if counted else ""
     fig.suptitle(
-        f"Residential neighborhoods on their first two principal components{note}", fontsize=14
+        f"Residential {data.rows_called} on their first two principal components{note}",
+        fontsize=14,
     )
     return _png(fig, tight=False)
 
 
+def pca_legends(data: PcaData) -> tuple[dict[str, str], dict[int, str], str | None]:
+    """The scatter's legend entries, by top group and by cohort id, and the legends' title.
+    Both legends count the points drawn; when those are a sample, the title says so."""
+    groups = {
+        group: f"{group} ({int((data.top == group).sum()):,})"
+        for group in dict.fromkeys(s.group for s in data.styles)
+    }
+    cohorts = {
+        s.sub_cluster: _wrap(f"{s.label} (n = {int((data.sub == s.sub_cluster).sum()):,})", 60)
+        for s in data.styles
+    }
+    drawn = len(data.points)
+    title = None
+    if drawn < data.n_rows:
+        title = f"counts of the {drawn:,} plotted rows, a sample of {data.n_rows:,}"
+    return groups, cohorts, title
+
+
 def cluster_heatmap(data: HeatmapData) -> bytes:
-    """Index scores per cohort (100 = the residential mean), on a scale that diverges at 100
-    without calling either side good: each feature says which way is better."""
-    from matplotlib import colors
+    """Each cohort against the residential mean: index scores (100 = the mean) for features
+    that are never negative, standard deviations for the others. Colour says better (teal) or
+    worse (brown) where the feature has a direction, and only higher (darker grey) or lower
+    where it has none."""
+    from matplotlib import cm, colormaps, colors
     from matplotlib.figure import Figure
 
-    n_features, n_cohorts = data.index.shape
+    n_features, n_cohorts = len(data.features), len(data.styles)
     width, height = max(8, 1.75 * n_cohorts + 4.9), n_features * 0.42 + 2.6
     fig = Figure(figsize=(width, height))
     # Margins in inches (feature names left, four-line cohort labels below, the colour bar
@@ -295,24 +334,12 @@ def cluster_heatmap(data: HeatmapData) -> bytes:
         left=3.3 / width, right=1 - 1.6 / width, top=1 - 0.5 / height, bottom=1.35 / height
     )
     ax = fig.subplots()
-    values = data.index.to_numpy(dtype=np.float64)
-    # Ratios read symmetrically on a log scale: half the mean is as far from 100 as double.
-    norm = colors.LogNorm(vmin=25, vmax=400)
-    image = ax.imshow(
-        np.clip(values, 25, 400), cmap="BrBG", norm=norm, aspect="auto", interpolation="nearest"
-    )
-    for (row, column), value in np.ndenumerate(values):
-        text = "n/a" if np.isnan(value) else f"{value:.0f}"
-        dark = not np.isnan(value) and not 50 <= value <= 200
-        ax.text(
-            column,
-            row,
-            text,
-            ha="center",
-            va="center",
-            fontsize=8,
-            color="white" if dark else "black",
-        )
+    judged = colormaps["BrBG"]
+    rgb = np.array(
+        [[_cell_color(c, judged) for c in row] for row in data.cells], dtype=np.float64
+    ).reshape(n_features, n_cohorts, 3)
+    ax.imshow(rgb, aspect="auto", interpolation="nearest")
+    _write_cells(ax, data.cells, rgb)
     ticks = []
     for style in data.styles:
         stability = data.stability.get(style.sub_cluster)
@@ -321,25 +348,53 @@ def cluster_heatmap(data: HeatmapData) -> bytes:
     ax.set_xticks(range(n_cohorts), ticks, fontsize=8)
     for label, style in zip(ax.get_xticklabels(), data.styles, strict=True):
         label.set_bbox({"facecolor": style.color, "alpha": 0.35, "edgecolor": style.color})
-    features = [f"{f} ({direction(f)})" if direction(f) else f for f in data.index.index]
-    ax.set_yticks(range(n_features), features)
+    ax.set_yticks(
+        range(n_features),
+        [f"{f} ({_way(d)})" for f, d in zip(data.features, data.directions, strict=True)],
+    )
     ax.set_xticks(np.arange(n_cohorts + 1) - 0.5, minor=True)
     ax.set_yticks(np.arange(n_features + 1) - 0.5, minor=True)
     ax.grid(which="minor", color="white", linewidth=0.8)
     ax.tick_params(which="minor", length=0)
-    ax.set_title("Cohort profiles: index vs the residential mean (100 = mean)", fontsize=14)
-    bar = fig.colorbar(image, ax=ax, ticks=[25, 50, 100, 200, 400], fraction=0.04, pad=0.02)
-    bar.ax.set_yticklabels(["25 or less", "50", "100", "200", "400 or more"])
-    bar.set_label("Index (cohort mean / residential mean x 100)")
+    ax.set_title("Cohort profiles against the residential mean", fontsize=14)
+    scale = cm.ScalarMappable(norm=colors.Normalize(-SCALE, SCALE), cmap=judged)
+    bar = fig.colorbar(scale, ax=ax, ticks=[-2, -1, 0, 1, 2], fraction=0.04, pad=0.02)
+    bar.ax.set_yticklabels(["much worse", "worse", "the mean", "better", "much better"])
+    bar.set_label("2 steps: an index of 400 or 25, or 2 SD")
     bar.ax.minorticks_off()
-    if np.isnan(values).any():
-        fig.text(
-            0.01,
-            0.01,
-            "n/a: the residential mean is zero or negative, so a ratio to it says nothing",
-            fontsize=8,
-        )
+    fig.text(
+        0.01,
+        0.01,
+        "Index (100 = the residential mean) for features never below 0; SD from the mean "
+        "for the others. Grey: no direction known (FEATURE_DIRECTIONS), darker = higher.",
+        fontsize=8,
+    )
     return _png(fig, tight=False)
+
+
+def _write_cells(ax, cells: tuple[tuple[Cell, ...], ...], rgb: np.ndarray) -> None:
+    """Each cell's text, white on the dark colours."""
+    for (row, column), _ in np.ndenumerate(rgb[:, :, 0]):
+        shade = float(np.dot(rgb[row, column], (0.299, 0.587, 0.114)))
+        colour = "white" if shade < 0.45 else "black"
+        text = cells[row][column].text
+        ax.text(column, row, text, ha="center", va="center", fontsize=8, color=colour)
+
+
+def _cell_color(item: Cell, judged) -> tuple[float, float, float]:
+    """Teal-to-brown by goodness, light-to-dark grey by position without a direction."""
+    if item.position != item.position:  # NaN: no value
+        return (0.93, 0.93, 0.93)
+    if item.goodness is None:
+        level = 0.85 - 0.55 * (item.position + SCALE) / (2 * SCALE)
+        return (level, level, level)
+    return tuple(judged((item.goodness + SCALE) / (2 * SCALE))[:3])
+
+
+def _way(direction: str | None) -> str:
+    if direction is None:
+        return "no direction"
+    return "higher is better" if direction == HIGHER_IS_BETTER else "higher is worse"
 
 
 def cluster_map(boundaries: dict[str, list[np.ndarray]], data: MapData) -> bytes:
@@ -384,13 +439,13 @@ def cluster_map(boundaries: dict[str, list[np.ndarray]], data: MapData) -> bytes
     else:  # projected coordinates (metres or feet): equal units on both axes
         ax.set_aspect("equal")
     when = f" - run of {data.run_date}" if data.run_date else ""
-    ax.set_title(f"Neighborhood cohorts{when}", fontsize=14)
+    ax.set_title(f"Cohorts of {data.rows_called}{when}", fontsize=14)
     ax.legend(
         handles=legend,
         fontsize=8,
         loc="upper left",
         bbox_to_anchor=(1.02, 1.0),
-        title="Cohort (neighborhoods)",
+        title=f"Cohort ({data.rows_called})",
         title_fontsize=9,
     )
     return _png(fig, tight=False)

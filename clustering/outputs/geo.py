@@ -14,12 +14,15 @@ import numpy as np
 
 from clustering import InputError
 
-# Property names that may carry the neighborhood's name, in order of preference.
+# Property names that may carry a shape's name after KEY_COLUMN, in order of preference.
 NAME_PROPERTIES = ("neighborhood", "name", "Name", "NAME", "nbrdesc")
 
 
-def parse_boundaries(content: bytes, where: str) -> dict[str, list[np.ndarray]]:
-    """Neighborhood name -> outer rings (arrays of lon, lat) from GeoJSON bytes."""
+def parse_boundaries(
+    content: bytes, where: str, key_column: str = "neighborhood"
+) -> dict[str, list[np.ndarray]]:
+    """Name -> outer rings (arrays of lon, lat) from GeoJSON bytes; the name is the feature's
+    `key_column` property, else the first of NAME_PROPERTIES it has."""
     try:
         document = json.loads(content)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -34,7 +37,7 @@ def parse_boundaries(content: bytes, where: str) -> dict[str, list[np.ndarray]]:
             f"{where} is not a GeoJSON FeatureCollection: export the boundaries "
             "as a FeatureCollection of polygons"
         )
-    return _shapes(features, where)
+    return _shapes(features, where, key_column)
 
 
 def boundaries_from_rows(
@@ -48,8 +51,8 @@ def boundaries_from_rows(
             shape = json.loads(geometry) if geometry else None
         except json.JSONDecodeError:
             raise InputError(f"{where}: the shape of {name!r} is not GeoJSON") from None
-        features.append({"properties": {NAME_PROPERTIES[0]: name}, "geometry": shape})
-    return _shapes(features, where)
+        features.append({"properties": {"name": name}, "geometry": shape})
+    return _shapes(features, where, "name")
 
 
 def to_wkt(rings: list[np.ndarray]) -> str:
@@ -64,20 +67,19 @@ def to_wkt(rings: list[np.ndarray]) -> str:
     return "MULTIPOLYGON(" + ", ".join(polygons) + ")"
 
 
-def _shapes(features: list, where: str) -> dict[str, list[np.ndarray]]:
+def _shapes(features: list, where: str, key_column: str) -> dict[str, list[np.ndarray]]:
+    keys = (key_column, *NAME_PROPERTIES)
     shapes: dict[str, list[np.ndarray]] = {}
     for feature in features:
         properties = (feature or {}).get("properties") or {}
-        name = next(
-            (str(properties[k]).strip() for k in NAME_PROPERTIES if properties.get(k)), None
-        )
+        name = next((str(properties[k]).strip() for k in keys if properties.get(k)), None)
         rings = _outer_rings((feature or {}).get("geometry") or {})
         if name and rings:
             shapes.setdefault(name, []).extend(rings)
     if not shapes:
         raise InputError(
             f"{where} has no named polygons: each feature needs a Polygon or MultiPolygon and a "
-            f"'{NAME_PROPERTIES[0]}' (or 'name') property"
+            f"{key_column!r} (or 'name') property"
         )
     return shapes
 

@@ -12,10 +12,16 @@ Pure Python: the parent process builds the styles without importing matplotlib.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import pandas as pd
+
+from clustering.analysis.cohorts import INDEX, NAME_Z
+from clustering.naming import plural
+from clustering.settings import HIGHER_IS_BETTER
 
 EXCLUDED = "Excluded"
 # Dark and light end of each top group's hue family; other labels take the last family.
@@ -30,29 +36,9 @@ HATCHES = ("///", "\\\\\\", "xxx", "...", "+++", "ooo")
 # A neighborhood with a boundary but no row of the table: outline only.
 NO_ROW_EDGE = "#7f7f7f"
 
-# Which way is better for the notebook's features, stated next to them on the heatmap so a
-# high owner-occupancy index does not read as alarming. Features not listed state nothing.
-HIGHER_IS_BETTER = frozenset(
-    {
-        "owner_occupancy_rate",
-        "rehab_to_vacant_ratio",
-        "permit_value_per_capita",
-        "permit_recent_5yr",
-        "median_assessed_value",
-        "avg_assessed_value",
-    }
-)
-HIGHER_IS_WORSE = frozenset(
-    {
-        "housing_vacancy_rate",
-        "crime_per_capita",
-        "arrest_per_capita",
-        "crime_yoy_change",
-        "vacant_notices_per_unit",
-        "requests_311_per_capita",
-        "requests_311_blight",
-    }
-)
+# How far a cell of a profile sits from the mean, on one scale for index scores and standard
+# deviations: log2(index / 100) or the SD, clipped to +-2 (an index of 400 or 25, or 2 SD).
+SCALE = 2.0
 
 
 @dataclass(frozen=True)
@@ -121,15 +107,6 @@ def shades(dark: str, light: str, n: int) -> list[str]:
     return [_mix(dark, light, i / (n - 1)) for i in range(n)]
 
 
-def direction(feature: str) -> str:
-    """How to read a feature's index: "higher is better", "higher is worse" or ""."""
-    if feature in HIGHER_IS_BETTER:
-        return "higher is better"
-    if feature in HIGHER_IS_WORSE:
-        return "higher is worse"
-    return ""
-
-
 def _mix(dark: str, light: str, share: float) -> str:
     a, b = _rgb(dark), _rgb(light)
     return "#" + "".join(f"{round(x + (y - x) * share):02x}" for x, y in zip(a, b, strict=True))
@@ -145,22 +122,95 @@ def group_color(group: str) -> str:
 
 
 @dataclass(frozen=True)
+class Profiles:
+    """How each residential cohort stands on each feature (rows: features, columns: stable
+    sub_cluster ids).
+
+    index: index scores (cohort mean / residential mean x 100), for the features measured by
+        an index; NaN elsewhere.
+    sd: the cohort's mean in standard deviations from the residential mean, every feature.
+    measures: feature -> "index" | "sd" (clustering.analysis.cohorts.measure).
+    directions: feature -> higher_is_worse | higher_is_better, for those that have one.
+    """
+
+    index: pd.DataFrame
+    sd: pd.DataFrame
+    measures: Mapping[str, str]
+    directions: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.index.index)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One feature of one cohort, as the heatmap and the report show it.
+
+    text: "64" (an index) or "+1.2 SD"; "n/a" without a value.
+    position: -SCALE..SCALE, how far from the mean and which way (NaN without a value).
+    goodness: the position turned toward better (positive) or worse (negative); None for a
+        feature without a direction, which is described as higher/lower only.
+    reading: "better", "worse", "higher", "lower" or "at the mean" (empty without a value).
+    strong: at least NAME_Z standard deviations from the mean: the bar for a feature to name
+        a cohort, and the report's emphasis.
+    """
+
+    text: str
+    position: float
+    goodness: float | None
+    reading: str
+    strong: bool
+
+
+def cell(profiles: Profiles, feature: str, sub_cluster: int) -> Cell:
+    """Feature `feature` of cohort `sub_cluster`, measured and read (see Cell)."""
+    sd = float(profiles.sd.at[feature, sub_cluster])
+    if profiles.measures.get(feature) == INDEX:
+        value = float(profiles.index.at[feature, sub_cluster])
+        text, position = f"{value:.0f}", math.log2(max(value, 1e-9) / 100)
+    else:
+        value = sd
+        shown = round(sd, 1) + 0.0  # + 0.0: no "-0.0"
+        text, position = (f"{shown:+.1f} SD" if shown else "0.0 SD"), sd
+    if math.isnan(value):
+        return Cell("n/a", math.nan, None, "", False)
+    position = max(-SCALE, min(SCALE, position))
+    way = profiles.directions.get(feature)
+    goodness = None if way is None else position * (1 if way == HIGHER_IS_BETTER else -1)
+    shown = float(text.removesuffix(" SD"))  # the reading agrees with the number shown
+    if shown == (0 if text.endswith("SD") else 100):
+        reading = "at the mean"
+    elif goodness is None:
+        reading = "higher" if position > 0 else "lower"
+    else:
+        reading = "better" if goodness > 0 else "worse"
+    return Cell(text, position, goodness, reading, abs(sd) >= NAME_Z)
+
+
+@dataclass(frozen=True)
 class CohortView:
     """What the pictures and the report know of a run's cohorts.
 
     table: the clusters table with stable ids, `cohort_name` and `cohort_stability`.
-    index: index scores, features x residential sub_cluster (cohort mean / residential mean
-        x 100; NaN where the residential mean is not positive).
+    profiles: how each residential cohort stands on each feature.
     transitions: changes since the previous run (None when there is no previous run).
     previous_run_id: the run compared against, if any.
+    key_column: the column naming the rows (KEY_COLUMN).
     """
 
     table: pd.DataFrame
-    index: pd.DataFrame
+    profiles: Profiles
     transitions: pd.DataFrame | None = None
     previous_run_id: str | None = None
+    key_column: str = "neighborhood"
 
     @cached_property
     def styles(self) -> tuple[CohortStyle, ...]:
         """The cohorts' names and colours, computed once per run."""
         return cohort_styles(self.table)
+
+    @property
+    def rows_called(self) -> str:
+        """What the rows are called: "neighborhoods", "community areas"..."""
+        return plural(self.key_column)

@@ -1,7 +1,7 @@
 """report.html: one self-contained page per run, readable offline and printable.
 
 The page is rendered by a chart worker while the other charts are drawn (Jinja2 with
-autoescaping, so a neighborhood named `<script>` stays text); each image is a placeholder,
+autoescaping, so a row named `<script>` stays text); each image is a placeholder,
 `src="png:<artifact name>"`, that `embed` replaces by a data: URI once the PNGs are in. The
 placeholder cannot be forged by a name in the data: autoescaping turns its quote into `&#34;`.
 Nothing in the page asks for anything outside it: no scripts, no links, no web fonts.
@@ -16,22 +16,29 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from clustering.naming import PNG_ELBOW, PNG_HEATMAP, PNG_MAP, PNG_PCA
-from clustering.outputs.palette import CohortView, direction
+from clustering.analysis.model import ExcludedGroup
+from clustering.analysis.prepare import INSTITUTIONAL, LOW_POPULATION
+from clustering.naming import CSV_CLUSTERS, PNG_ELBOW, PNG_HEATMAP, PNG_MAP, PNG_PCA
+from clustering.outputs.palette import Cell, CohortView, cell, cohort_labels
+from clustering.settings import HIGHER_IS_BETTER
 
 PLACEHOLDER = re.compile(rb'src="png:([A-Za-z0-9_.-]+)"')
+# Names listed per cohort, and changes listed, at most: a page for 400,000 rows would weigh
+# megabytes; the rest is in the CSVs and tables, which the page points to.
+MAX_LISTED = 300
 # Captions, in the order the page shows the pictures.
 CAPTIONS = {
     PNG_MAP: "Where the cohorts are",
-    PNG_PCA: "The residential neighborhoods on their first two principal components",
-    PNG_HEATMAP: "What sets each cohort apart (index: 100 = the residential mean)",
+    PNG_PCA: "The residential rows on their first two principal components",
+    PNG_HEATMAP: "What sets each cohort apart: better or worse than the residential mean "
+    "(index: 100 = the mean; SD for signed features)",
     PNG_ELBOW: "K diagnostics (the top split is always K=2; this range is a diagnostic)",
 }
 WHY_EXCLUDED = {
-    "Institutional/Industrial": "listed in EXCLUDE_NEIGHBORHOODS: institutional or industrial "
-    "areas whose per-capita figures mislead",
-    "Low Population (Park/Open Space)": "population below MIN_POPULATION (or blank): parks and "
-    "open space, too few residents for per-capita figures",
+    INSTITUTIONAL: "listed in EXCLUDE_NEIGHBORHOODS or EXCLUDE_ALSO: institutional or "
+    "industrial areas whose per-capita figures mislead",
+    LOW_POPULATION: "{population} below MIN_POPULATION (or blank): parks and open space, too "
+    "few residents for per-capita figures",
 }
 
 
@@ -53,11 +60,15 @@ class RunFacts:
     features_missing: tuple[str, ...]
     warnings: tuple[str, ...]
     settings: tuple[tuple[str, str], ...]
+    notes: tuple[str, ...] = ()
+    population_column: str = "population"
+    clusters_table: str | None = None
 
 
 @dataclass(frozen=True)
 class CohortEntry:
-    """One cohort as the report lists it."""
+    """One cohort as the report lists it: its cells (feature, cell, direction words), its
+    first MAX_LISTED members by name and how many more there are."""
 
     label: str
     color: str
@@ -65,14 +76,20 @@ class CohortEntry:
     group: str
     rows: int
     stability: float | None
-    index: tuple[tuple[str, float | None, str], ...]
-    neighborhoods: tuple[str, ...]
+    index: tuple[tuple[str, Cell, str], ...]
+    members: tuple[str, ...]
+    more: int
     why: str
 
 
 @dataclass(frozen=True)
 class ReportData:
-    """Everything the page shows except the images' bytes."""
+    """Everything the page shows except the images' bytes.
+
+    rows_called: what the rows are ("neighborhoods"); key_column their column.
+    more_in: where the members and changes the page does not list are.
+    transitions_more: changes not listed.
+    """
 
     facts: RunFacts
     cohorts: tuple[CohortEntry, ...]
@@ -81,32 +98,48 @@ class ReportData:
     transitions: tuple[dict, ...] | None
     previous_run_id: str | None
     images: tuple[tuple[str, str], ...]
+    rows_called: str = "neighborhoods"
+    key_column: str = "neighborhood"
+    more_in: str = CSV_CLUSTERS
+    transitions_more: int = 0
+
+    @property
+    def row_called(self) -> str:
+        """What one row is: "neighborhood", "community area"."""
+        return " ".join(self.key_column.replace("_", " ").split())
+
+    @property
+    def title(self) -> str:
+        return f"{self.row_called.capitalize()} cohorts"
 
 
 def report_data(
-    facts: RunFacts, view: CohortView, notes: dict[str, str], images: tuple[str, ...]
+    facts: RunFacts,
+    view: CohortView,
+    groups: tuple[ExcludedGroup, ...],
+    images: tuple[str, ...],
 ) -> ReportData:
-    """The page's content from the run's facts and cohorts; `notes` explains excluded groups
-    by excluded_type (the excluded analysis's note), `images` names the PNGs drawn."""
+    """The page's content from the run's facts and cohorts; `groups` (the excluded analysis)
+    explains the excluded groups, `images` names the PNGs drawn."""
     table = view.table
-    from clustering.outputs.palette import cohort_labels
-
     labels = cohort_labels(table)
-    members = table["neighborhood"].groupby(labels).agg(tuple)
+    members = table[view.key_column].groupby(labels).agg(lambda names: tuple(sorted(names)))
     types = table.groupby(labels)["excluded_type"].first()
     stability = table.groupby(labels)["cohort_stability"].first()
-    features = tuple(view.index.index)
+    profiles = view.profiles
+    by_type = {g.excluded_type: g for g in groups}
     cohorts, excluded = [], []
     for style in view.styles:
         if style.sub_cluster is None:
-            kind = str(types[style.label])
-            why = "; ".join(filter(None, [WHY_EXCLUDED.get(kind, kind), notes.get(kind)]))
-            scores: tuple = ()
+            why = _why(str(types[style.label]), by_type, facts.population_column)
+            cells: tuple = ()
         else:
             why = ""
-            scores = tuple(
-                (f, _number(view.index.at[f, style.sub_cluster]), direction(f)) for f in features
+            cells = tuple(
+                (f, cell(profiles, f, style.sub_cluster), _way(profiles.directions.get(f)))
+                for f in profiles.features
             )
+        names = members[style.label]
         entry = CohortEntry(
             label=style.label,
             color=style.color,
@@ -114,30 +147,59 @@ def report_data(
             group=style.group,
             rows=style.rows,
             stability=_number(stability[style.label]),
-            index=scores,
-            neighborhoods=tuple(sorted(members[style.label])),
+            index=cells,
+            members=names[:MAX_LISTED],
+            more=max(0, len(names) - MAX_LISTED),
             why=why,
         )
         (excluded if style.sub_cluster is None else cohorts).append(entry)
-    transitions = None
+    transitions, more = None, 0
     if view.transitions is not None:
-        transitions = tuple(map(_transition, view.transitions.to_dict("records")))
+        listed = view.transitions.head(MAX_LISTED).to_dict("records")
+        transitions = tuple(_transition(row, view.key_column) for row in listed)
+        more = len(view.transitions) - len(listed)
     return ReportData(
         facts=facts,
         cohorts=tuple(cohorts),
         excluded=tuple(excluded),
-        features=features,
+        features=profiles.features,
         transitions=transitions,
         previous_run_id=view.previous_run_id,
         images=tuple((name, CAPTIONS[name]) for name in CAPTIONS if name in images),
+        rows_called=view.rows_called,
+        key_column=view.key_column,
+        more_in=CSV_CLUSTERS + (f" and {facts.clusters_table}" if facts.clusters_table else ""),
+        transitions_more=more,
     )
 
 
+def _why(kind: str, groups: dict[str, ExcludedGroup], population: str) -> str:
+    """Why a group is excluded, and how its type was grouped."""
+    reason = WHY_EXCLUDED.get(kind, kind).format(population=population)
+    group = groups.get(kind)
+    if group is None:
+        return reason
+    if group.k:
+        how = f"one of {group.k} groups a k-means of their own found among its {group.size} rows"
+    else:
+        how = f"its {group.size} rows are {group.note.split(' - ')[-1].lower()}: one group"
+    return f"{reason}; {how}"
+
+
+def _way(direction: str | None) -> str:
+    if direction is None:
+        return "no direction known"
+    return "higher is better" if direction == HIGHER_IS_BETTER else "higher is worse"
+
+
 def page(
-    facts: RunFacts, view: CohortView, notes: dict[str, str], images: tuple[str, ...]
+    facts: RunFacts,
+    view: CohortView,
+    groups: tuple[ExcludedGroup, ...],
+    images: tuple[str, ...],
 ) -> bytes:
     """report_data then render: the chart worker's task, so neither runs in the job's process."""
-    return render(report_data(facts, view, notes, images))
+    return render(report_data(facts, view, groups, images))
 
 
 def render(data: ReportData) -> bytes:
@@ -164,9 +226,10 @@ def embed(page: bytes, images: dict[str, bytes]) -> bytes:
     return PLACEHOLDER.sub(inline, page)
 
 
-def _transition(row: dict) -> dict:
-    """A transitions row with blanks as None and cohort ids as integers."""
+def _transition(row: dict, key_column: str) -> dict:
+    """A transitions row with blanks as None, cohort ids as integers and the key as `key`."""
     row = {key: None if _blank(value) else value for key, value in row.items()}
+    row["key"] = row.pop(key_column)
     for key in ("sub_cluster", "previous_sub_cluster"):
         if row.get(key) is not None:
             row[key] = int(row[key])

@@ -1,0 +1,240 @@
+"""Another city's table with settings alone (issue 15): its own key and population columns,
+features the seed notebook never had, a higher-is-better severity feature, a signed feature,
+blanks and tiny populations, through the real CLI with flags and with the function's
+environment variables only. The function served by functions-framework runs the same table
+in tests/test_function_e2e.py (`-k city`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.helpers import (
+    CITY_BLANK_POPULATION,
+    CITY_FEATURES,
+    CITY_KEY,
+    CITY_POPULATION,
+    CITY_SETTINGS,
+    CITY_SEVERITY,
+    CITY_TINY,
+    REPO,
+    city_geojson,
+    city_table,
+)
+
+# The settings, once as flags and once as the function's variables.
+SETTINGS = CITY_SETTINGS
+# Variables a caller's shell might hold that would change these runs.
+OURS = {option for option in os.environ if option in SETTINGS or option.endswith("_TABLE")}
+
+
+def flags(settings: dict[str, str]) -> list[str]:
+    return [item for k, v in settings.items() for item in ("--" + k.lower().replace("_", "-"), v)]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m clustering ARGS` as a user runs it, with `env` added to a clean environment."""
+    environ = {k: v for k, v in os.environ.items() if k not in OURS} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "clustering", *args],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def clusters_of(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={CITY_KEY: str}, keep_default_na=False, na_values=[""])
+
+
+def page_text(path: Path) -> str:
+    html = re.sub(r'src="data:[^"]+"', "", path.read_text(encoding="utf-8"))
+    html = re.sub(r"<style>.*?</style>", "", html, flags=re.DOTALL)
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+class CityRun:
+    """Two runs of the CLI with flags on the city table (the second after one area changed),
+    with boundaries keyed by community_area and every output destination configured."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.table = city_table()
+        self.features = root / "city.csv"
+        self.table.to_csv(self.features, index=False)
+        boundaries = root / "areas.geojson"
+        boundaries.write_bytes(city_geojson(self.table[CITY_KEY]))
+        self.out = root / "out"
+        self.clusters = root / "clusters.csv"
+        self.moves = root / "moves.csv"
+        self.history = root / "runs.jsonl"
+        common = [
+            *("--out", str(self.out), "--clusters-table", str(self.clusters)),
+            *("--transitions-table", str(self.moves), "--runs-table", str(self.history)),
+            *("--boundaries", str(boundaries), *flags(SETTINGS)),
+        ]
+        self.first = cli("run", "--features", str(self.features), *common)
+        self.first_table = clusters_of(self.clusters)
+        # Area 02 takes on the profile of the most distressed area: it changes cohort.
+        changed = self.table.set_index(CITY_KEY)
+        worst = changed["median_income"].idxmin()
+        changed.loc["Area 02", list(CITY_FEATURES)] = changed.loc[worst, list(CITY_FEATURES)]
+        self.changed = root / "city-changed.csv"
+        changed.reset_index()[self.table.columns].to_csv(self.changed, index=False)
+        self.second = cli("run", "--features", str(self.changed), *common)
+
+    def manifest(self) -> dict:
+        return json.loads((self.out / "latest" / "run.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory) -> CityRun:
+    return CityRun(tmp_path_factory.mktemp("city"))
+
+
+def test_the_cli_with_flags_clusters_another_citys_table_under_its_own_names(city):
+    assert city.first.returncode == 0, city.first.stderr
+    assert city.second.returncode == 0, city.second.stderr
+    assert re.match(r"run \S+: 77 community areas; ", city.first.stdout), city.first.stdout
+    table = city.first_table
+    # Every input row, under the table's own columns in its own order, then the cluster columns.
+    assert list(table.columns[: len(city.table.columns)]) == list(city.table.columns)
+    assert "neighborhood" not in table.columns and "population" not in table.columns
+    assert "community_area_shape" in table.columns  # boundaries matched by community_area
+    assert table["community_area_shape"].str.startswith("POLYGON").all()
+    assert sorted(table[CITY_KEY]) == sorted(city.table[CITY_KEY])
+    pd.testing.assert_series_equal(
+        table.set_index(CITY_KEY)["side"], city.table.set_index(CITY_KEY)["side"], check_like=True
+    )
+    # Tiny and blank populations are analysed apart; the named exclusion too.
+    types = table.set_index(CITY_KEY)["excluded_type"]
+    for name in (*CITY_TINY, *CITY_BLANK_POPULATION):
+        assert types[name] == "Low Population (Park/Open Space)", name
+    assert types["Area 77"] == "Institutional/Industrial"
+    assert "warning: population" not in city.first.stderr  # the warning names total_pop
+    assert f"{CITY_POPULATION} is blank in 1 rows" in city.first.stderr
+
+
+def test_a_higher_is_better_severity_feature_names_the_richer_group_stable(city):
+    rows = city.first_table[city.first_table["excluded_type"] == "Residential"]
+    means = rows.groupby("top_cluster_label")[[CITY_SEVERITY, "poverty_rate"]].mean()
+    assert means.loc["Stable", CITY_SEVERITY] > means.loc["Distressed", CITY_SEVERITY]
+    assert means.loc["Stable", "poverty_rate"] < means.loc["Distressed", "poverty_rate"]
+    # Names say better or worse by direction, and only higher or lower without one.
+    names = " ".join(rows["cohort_name"].unique())
+    assert re.search(r"\b(better|worse) (median income|poverty rate|degree share)", names), names
+    assert "high median income" not in names and "low poverty rate" not in names
+
+
+def test_the_signed_feature_is_described_in_standard_deviations_everywhere(city):
+    manifest = city.manifest()
+    measures = manifest["features"]["measures"]
+    assert measures["crime_change_yoy"] == "sd"
+    assert {measures[f] for f in CITY_FEATURES if f != "crime_change_yoy"} == {"index"}
+    assert manifest["features"]["directions"]["crime_change_yoy"] is None
+    assert manifest["features"]["directions"][CITY_SEVERITY] == "higher_is_better"
+    for cohort in manifest["cohorts"]:
+        assert "crime_change_yoy" not in cohort["index_scores"]  # no index score anywhere
+        assert set(cohort["sd_scores"]) == set(manifest["features"]["used"])
+    text = page_text(city.out / "latest" / "report.html")
+    row = re.search(r"crime_change_yoy ([+-]?\d\.\d SD|0\.0 SD) (higher|lower|at the mean)", text)
+    assert row, "the report gives the signed feature in SD, read higher/lower"
+    assert re.search(r"median_income \d+ (better|worse) \(higher is better\)", text)
+
+
+def test_the_report_and_the_history_name_the_rows_as_the_table_does(city):
+    text = page_text(city.out / "latest" / "report.html")
+    assert "Community area cohorts" in text
+    assert "77 community areas" in text
+    assert "neighborhoods" not in text  # only the artifact names say neighborhood
+    assert f"{CITY_POPULATION} below MIN_POPULATION" in text
+    history = [json.loads(line) for line in city.history.read_text().splitlines()]
+    assert [row["key_column"] for row in history] == [CITY_KEY, CITY_KEY]
+
+
+def test_transitions_are_keyed_by_the_tables_key(city):
+    moves = pd.read_csv(city.moves)
+    assert moves.columns[0] == CITY_KEY and "neighborhood" not in moves.columns
+    assert "Area 02" in set(moves[CITY_KEY])
+    assert "community areas changed cohort since run" in city.second.stdout
+    csv = pd.read_csv(city.out / "latest" / "neighborhood_cluster_transitions.csv")
+    assert list(csv.columns) == list(moves.columns)
+
+
+def test_the_cli_reads_the_functions_variables_and_a_flag_wins(city, tmp_path):
+    out = tmp_path / "out"
+    env = SETTINGS | {
+        "FEATURES_SOURCE": str(city.features),
+        "ARTIFACTS_DEST": str(out),
+        "CLUSTERS_TABLE": str(tmp_path / "clusters.csv"),
+    }
+    only_env = cli("run", env=env)
+    assert only_env.returncode == 0, only_env.stderr
+    assert re.match(r"run \S+: 77 community areas; ", only_env.stdout)
+    # The same table as the flags' first run, row for row (run_id and times aside); only the
+    # shapes differ (that run had boundaries).
+    ours = clusters_of(tmp_path / "clusters.csv").drop(columns=["run_id", "_clustered_at"])
+    theirs = city.first_table.drop(columns=["run_id", "_clustered_at", "community_area_shape"])
+    pd.testing.assert_frame_equal(ours, theirs)
+    latest = json.loads((out / "latest" / "run.json").read_text())
+    assert latest["settings"]["k_max"] == 4 and latest["diagnostics"]["k"] == [2, 3, 4]
+    # A flag wins over its variable; the other variables still apply.
+    wins = cli("run", "--k-max", "3", "--out", str(tmp_path / "wins"), "--quiet", env=env)
+    assert wins.returncode == 0, wins.stderr
+    latest = json.loads((tmp_path / "wins" / "latest" / "run.json").read_text())
+    assert latest["settings"]["k_max"] == 3 and latest["diagnostics"]["k"] == [2, 3]
+    assert latest["settings"]["key_column"] == CITY_KEY
+
+
+def test_a_flag_overrides_a_bad_variable_and_a_bad_variable_alone_exits_2(city, tmp_path):
+    env = SETTINGS | {"FEATURES_SOURCE": str(city.features), "ARTIFACTS_DEST": str(tmp_path)}
+    bad = cli("run", "--dry-run", env=env | {"K_MAX": "many"})
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "error: K_MAX='many' is not an integer: set it to a whole number"
+    )
+    fixed = cli("run", "--dry-run", "--quiet", "--k-max", "4", env=env | {"K_MAX": "many"})
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_the_default_features_on_another_table_are_one_error_listing_its_numeric_columns(city):
+    keys = ("--key-column", CITY_KEY, "--population-column", CITY_POPULATION)
+    result = cli("run", "--features", str(city.features), *keys, "--dry-run")
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "none of the default clustering features (the seed notebook's Baltimore" in line
+    assert "set CLUSTERING_FEATURES (--clustering-features)" in line
+    assert json.dumps(list(CITY_FEATURES)) in line  # its numeric columns, the text one left out
+    assert "blank" not in line
+
+
+def test_a_severity_feature_without_a_direction_is_a_settings_error(city):
+    unknown = ("--severity-feature", "crime_change_yoy")
+    result = cli("run", "--features", str(city.features), *flags(SETTINGS), *unknown, "--dry-run")
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: SEVERITY_FEATURE 'crime_change_yoy' has no direction")
+    assert "FEATURE_DIRECTIONS (--feature-directions)" in line
+    assert "Traceback" not in result.stderr
+
+
+def test_the_baltimore_exclusion_list_on_another_table_is_one_note_not_a_warning(city, tmp_path):
+    settings = {k: v for k, v in SETTINGS.items() if k != "EXCLUDE_NEIGHBORHOODS"}
+    result = cli("run", "--features", str(city.features), "--out", str(tmp_path), *flags(settings))
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "note: " in line]
+    assert len(notes) == 1 and "seed notebook's list of Baltimore names" in notes[0]
+    assert "Inner Harbor" not in result.stderr  # not thirteen names
+    assert not [line for line in result.stderr.splitlines() if "excluded name" in line]
+    manifest = json.loads((tmp_path / "latest" / "run.json").read_text())
+    assert manifest["notes"] == [notes[0].split("note: ", 1)[1]]
+    assert not [w for w in manifest["warnings"] if "EXCLUDE_NEIGHBORHOODS" in w]
