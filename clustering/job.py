@@ -173,6 +173,7 @@ class _Analysed:
     identity: object  # clustering.analysis.identity.Identity
     table: object  # the clusters table's rows (a DataFrame), run_id and time stamped
     files: dict[str, bytes]
+    model: dict  # run.json's "model": the model document
 
 
 def _run(run: _Run) -> RunReport:
@@ -222,7 +223,7 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
             tasks = charts.named_tasks(named.result, view, random_state, given.boundaries, run_date)
             _submit(renderer, tasks)
 
-        identity = _identify(result, previous, run, draw_named)
+        identity, model = _through_model(_identify(result, previous, run, draw_named), run)
         for warning in result.warnings + identity.warnings:
             run.warn(warning)
         run.clock.stage("charts", "drawing charts")
@@ -241,7 +242,7 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
             files[CSV_TRANSITIONS] = identity.transitions.to_csv(index=False).encode()
         files |= renderer.collect()
         files[HTML_REPORT] = report.embed(files[HTML_REPORT], files)
-    return _Analysed(given, identity, table, files)
+    return _Analysed(given, identity, table, files, model)
 
 
 def _read_input(run: _Run, pointer: bytes | None) -> _Input:
@@ -437,7 +438,7 @@ def _previous(store, pointer: bytes | None):
     import pandas as pd
 
     from clustering.analysis.identity import previous_run
-    from clustering.analysis.transitions import PREVIOUS_COLUMNS
+    from clustering.analysis.transitions import PREVIOUS_COLUMNS, PREVIOUS_MARGIN
 
     raw = pointer
     if raw is None:
@@ -454,7 +455,7 @@ def _previous(store, pointer: bytes | None):
     content = store.read_run_file(run_id, CSV_CLUSTERS)
     if content is None:
         return previous_run(manifest, None)
-    wanted = {*PREVIOUS_COLUMNS, "cluster_label", "run_id"}
+    wanted = {*PREVIOUS_COLUMNS, PREVIOUS_MARGIN, "cluster_label", "run_id"}
     rows = pd.read_csv(
         io.BytesIO(content),
         usecols=lambda c: c in wanted,
@@ -464,7 +465,8 @@ def _previous(store, pointer: bytes | None):
     )
     if "cohort_name" not in rows:  # published before cohorts had names
         rows["cohort_name"] = rows["cluster_label"]
-    return previous_run(manifest, rows[list(PREVIOUS_COLUMNS)])
+    margin = [PREVIOUS_MARGIN] if PREVIOUS_MARGIN in rows else []
+    return previous_run(manifest, rows[[*PREVIOUS_COLUMNS, *margin]])
 
 
 def _identify(result, previous, run: _Run, draw):
@@ -478,6 +480,16 @@ def _identify(result, previous, run: _Run, draw):
     draw(named)
     run.clock.stage("stability", "bootstrapping cohort stability")
     return with_stability(named, _stability(named, run.settings.analysis))
+
+
+def _through_model(identity, run: _Run):
+    """The model document of the run, and the identity with every row assigned by its rules
+    (the memory engine's assignments are the document's: one path from fit to assign)."""
+    from clustering.analysis.document import document, fitted_model, through_model
+
+    run.clock.stage("model", "assigning every row by the model document")
+    model = fitted_model(identity, run.settings.analysis)
+    return through_model(identity, model), document(model)
 
 
 def _append_transitions(dest, moves, fence) -> None:
@@ -659,6 +671,7 @@ def _manifest(run: _Run, done: _Analysed, timings: dict[str, float], prefix) -> 
         **_group_entries(result),
         "summary": json.loads(result.summary.to_json(orient="records")),
         **manifest_entries(identity),
+        "model": done.model,
         "label_overrides": {str(sub): name for sub, name in settings.label_overrides},
         "warnings": [*done.input.warnings, *result.warnings, *identity.warnings],
         "timings_seconds": timings,

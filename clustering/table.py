@@ -30,6 +30,9 @@ CLUSTER_COLUMNS: tuple[str, ...] = (
     "excluded_cluster",
     "cohort_name",
     "cohort_stability",
+    "fit_margin",
+    "runner_up_cluster",
+    "runner_up_name",
     "run_id",
     "_clustered_at",
 )
