@@ -568,9 +568,10 @@ def _read_manifest(run: str) -> tuple[dict, str]:
         # An artifacts folder stands for its latest run.
         inside = [folder / MANIFEST, folder / "latest" / MANIFEST]
         where = str(next((p for p in inside if p.is_file()), inside[0]))
+    content = adapters.read_bytes(where)
     try:
-        manifest = json.loads(adapters.read_bytes(where))
-    except ValueError:
+        manifest = json.loads(content)
+    except ValueError:  # not JSON, or not text at all
         manifest = None
     if not isinstance(manifest, dict):
         raise InputError(
