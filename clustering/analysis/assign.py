@@ -33,19 +33,13 @@ import pandas as pd
 
 from clustering.analysis.model import EXCLUDED
 from clustering.analysis.prepare import EXCLUDED_TYPES, RESIDENTIAL, Space, types_of
+from clustering.table import CLUSTER_COLUMNS
 
-# The columns `assign` gives every row after its key, in DESIGN.md's order.
-ASSIGNED_COLUMNS = (
-    "top_cluster",
-    "top_cluster_label",
-    "sub_cluster",
-    "cluster_label",
-    "excluded_type",
-    "excluded_cluster",
-    "cohort_name",
-    "fit_margin",
-    "runner_up_cluster",
-    "runner_up_name",
+# The columns `assign` gives every row after its key, in the clusters table's order: all of
+# its cluster columns but those of a run (stability is measured by refitting, which assign
+# never does).
+ASSIGNED_COLUMNS = tuple(
+    c for c in CLUSTER_COLUMNS if c not in ("cohort_stability", "run_id", "_clustered_at")
 )
 # The ids excluded rows carry in top_cluster and sub_cluster.
 NO_CLUSTER = -1
