@@ -31,6 +31,9 @@ CLUSTER_COLUMNS: tuple[str, ...] = (
     "excluded_cluster",
     "cohort_name",
     "cohort_stability",
+    "fit_margin",
+    "runner_up_cluster",
+    "runner_up_name",
     "run_id",
     "_clustered_at",
 )
@@ -121,6 +124,29 @@ def _with_population(
     if (population % 1 == 0).all():
         frame = frame.astype({column: np.int64})
     return frame, []
+
+
+def validate_for_model(
+    frame: pd.DataFrame, key_column: str, columns: tuple[str, ...], where: str
+) -> pd.DataFrame:
+    """A table a model document is applied to: every column of `columns` present (the key
+    first, the others numbers or blank), every key filled in; rows keep their order."""
+    if len(frame) == 0:
+        raise InputError(f"{where} has no rows: give one row per neighborhood to assign")
+    for column in columns:
+        if column not in frame.columns:
+            raise InputError(
+                f"{where} has no {column!r} column{_did_you_mean(column, frame.columns)}, which "
+                "the run's model needs: add it (the features table's columns, by the same names)"
+            )
+    keys = frame[key_column].astype("string").str.strip()
+    blank = (keys.isna() | (keys == "")).to_numpy()
+    if blank.any():
+        row = int(np.flatnonzero(blank)[0])
+        raise InputError(f"{where}: {key_column} is blank in data row {row + 1}: fill it in")
+    frame = frame.reset_index(drop=True).assign(**{key_column: keys.astype(object)})
+    numbers = {c: _numbers(frame, c, key_column, where) for c in columns if c != key_column}
+    return frame.assign(**numbers)
 
 
 def unmatched_exclusions(names: pd.Series, settings: AnalysisSettings) -> tuple[Unmatched, ...]:
@@ -280,7 +306,8 @@ def _names(column: pd.Series, key: str, where: str) -> pd.Series:
 
 
 def _numbers(frame: pd.DataFrame, column: str, key: str, where: str) -> pd.Series:
-    """The column as float64; text, booleans or non-finite values raise InputError."""
+    """The column as float64; text, booleans or non-finite values raise InputError (which
+    names the row by its `key`)."""
     values = frame[column]
     if pd.api.types.is_bool_dtype(values):
         raise InputError(f"{where}: column {column!r} holds true/false values: it must be numeric")

@@ -35,6 +35,7 @@ import pytest
 from google.cloud import bigquery, storage
 
 from clustering.adapters.claims import LOCK_KEY, Claim
+from clustering.analysis.assign import BORDERLINE_MARGIN
 from clustering.analysis.transitions import columns
 from clustering.cloud.logs import OUTCOMES, Outcome
 from clustering.cloud.sender import bigquery_log_entry, pubsub_event, table_change_event
@@ -404,7 +405,7 @@ def test_a_manual_publish_replaces_the_clusters_table_with_the_declared_schema(f
     # population and the cluster columns have the declared one. Terraform created the table
     # with the same columns (tests.helpers.terraform_clusters_schema).
     expected = [*features, *CLUSTER_COLUMNS]
-    assert len(expected) == 19
+    assert len(expected) == 22
     assert first_run.table.schema == tuple(
         (name, declared.get(name) or features[name]) for name in expected
     )
@@ -440,6 +441,11 @@ def test_a_manual_publish_replaces_the_clusters_table_with_the_declared_schema(f
     excluded = frame[frame["excluded_type"] != "Residential"]
     assert (excluded["cohort_name"] == excluded["cluster_label"]).all()
     assert excluded["cohort_stability"].isna().all()
+    # Each residential row's fit and runner-up; none for excluded rows.
+    assert residential["fit_margin"].between(-1, 1).all()
+    assert (residential["runner_up_cluster"] != residential["sub_cluster"]).all()
+    assert residential["runner_up_name"].notna().all()
+    assert excluded[["fit_margin", "runner_up_cluster", "runner_up_name"]].isna().all().all()
 
 
 def test_a_manual_publish_appends_its_run_to_the_history(first_run, cloud):
@@ -587,7 +593,9 @@ def transitions_of(bq: bigquery.Client, run_id: str) -> list[dict]:
 
 def cohorts_of(bq: bigquery.Client) -> pd.DataFrame:
     frame = pd.DataFrame([dict(row) for row in bq.list_rows(CLUSTERS)])
-    return frame.set_index("neighborhood").sort_index()[["sub_cluster", "cohort_name"]]
+    return frame.set_index("neighborhood").sort_index()[
+        ["sub_cluster", "cohort_name", "fit_margin"]
+    ]
 
 
 def test_moved_neighborhoods_are_listed_and_appended_then_move_back(
@@ -617,6 +625,9 @@ def test_moved_neighborhoods_are_listed_and_appended_then_move_back(
         assert r["previous_sub_cluster"] == before.loc[r["neighborhood"], "sub_cluster"]
         assert r["sub_cluster"] == after.loc[r["neighborhood"], "sub_cluster"]
         assert r["cohort_name"] == after.loc[r["neighborhood"], "cohort_name"]
+        # Expected (borderline in the previous run) or a surprise: a BOOLEAN of the table.
+        borderline = before.loc[r["neighborhood"], "fit_margin"] < BORDERLINE_MARGIN
+        assert r["previously_borderline"] is bool(borderline)
     manifest = json.loads(latest[MANIFEST].content)
     assert manifest["transitions"]["moved"] == len(changed)
     (row,) = [r for r in history(bq) if r["run_id"] == run_id]

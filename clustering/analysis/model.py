@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -21,11 +21,10 @@ from clustering.analysis.prepare import (
     LOW_POPULATION,
     RESIDENTIAL,
     FeatureSelection,
-    impute_median,
+    Space,
+    prepare,
     row_types,
     select_features,
-    standard_scale,
-    winsorize,
 )
 from clustering.naming import plural
 from clustering.settings import HIGHER_IS_WORSE, AnalysisSettings
@@ -72,13 +71,28 @@ class TopGroup:
 
 @dataclass(frozen=True)
 class ExcludedGroup:
-    """One excluded type (institutional/industrial or low population) and its grouping."""
+    """One excluded type (institutional/industrial or low population) and its grouping.
+
+    space: the type's own impute and scaling (no winsorizing); centroids: group name ->
+    centroid in that space. None and empty for a type labelled instead of clustered.
+    """
 
     excluded_type: str
     size: int
     search: KSearch | None
     k: int | None
     note: str
+    space: Space | None = None
+    centroids: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Centroids:
+    """The residential fits' centroids in the scaled space: top id -> centroid, sub id ->
+    (its top id, centroid). Each row's label is its nearest centroid (k-means ends so)."""
+
+    top: dict[int, np.ndarray]
+    sub: dict[int, tuple[int, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,8 @@ class ClusteringResult:
     profile: mean of each used feature per sub-cluster (rows: features, columns: sub-clusters).
     summary: the final cohort table (counts and key means per top label and cluster label).
     silhouette_sample_size: rows sampled per silhouette, or None when all were exact.
+    space: how raw values become rows of `scaled` (impute, winsor bounds, centre, scale).
+    centroids: the top split's and the sub-clusters' centroids, under the clustering's ids.
     """
 
     table: pd.DataFrame
@@ -111,6 +127,8 @@ class ClusteringResult:
     summary: pd.DataFrame
     silhouette_sample_size: int | None
     warnings: tuple[str, ...]
+    space: Space
+    centroids: Centroids
 
 
 def cluster(
@@ -166,6 +184,7 @@ class _FitPlan:
     """One run's inputs, prepared once and read by every step of `_cluster`.
 
     types: each table row's type (residential or an excluded type); residential its mask.
+    space: how raw values become rows of `scaled` (kept for the model document).
     scaled, winsorized: the residential matrix the fits see, and the same before scaling.
     ks: the Ks of the K diagnostics, capped below the number of residential rows.
     sample_size: rows sampled per silhouette, or None when every silhouette is exact.
@@ -179,6 +198,7 @@ class _FitPlan:
     settings: AnalysisSettings
     pool: Executor
     say: Progress
+    space: Space
     scaled: np.ndarray
     winsorized: np.ndarray
     ks: tuple[int, ...]
@@ -199,8 +219,7 @@ def _plan(table, types, residential, features, settings, pool, say) -> _FitPlan:
     )
     say(f"preparing {n_res} residential rows x {len(features.used)} features")
     raw = table.loc[residential, list(features.used)].to_numpy(dtype=np.float64)
-    imputed, _ = impute_median(raw)
-    winsorized = winsorize(imputed)
+    prepared = prepare(raw, tuple(features.used), clip=True)
     ks = [k for k in range(settings.k_min, settings.k_max + 1) if k < n_res]
     if settings.k_max >= n_res:
         warnings.append(f"K_MAX={settings.k_max} capped at {ks[-1]}: only {n_res} residential rows")
@@ -212,8 +231,9 @@ def _plan(table, types, residential, features, settings, pool, say) -> _FitPlan:
         settings=settings,
         pool=pool,
         say=say,
-        scaled=standard_scale(winsorized),
-        winsorized=winsorized,
+        space=prepared.space,
+        scaled=prepared.scaled,
+        winsorized=prepared.before_scaling,
         ks=tuple(ks),
         sample_size=sample_size,
         warnings=tuple(warnings),
@@ -226,15 +246,15 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
     diagnostics = None
     if all(f.done() for f in diagnostics_pending):  # fitted in-process: report them now
         diagnostics = _diagnostics(plan, diagnostics_pending, on_diagnostics)
-    top_pending = plan.pool.submit(fits.fit_labels, plan.scaled, TOP_K, FINAL_N_INIT, plan.seed)
+    top_pending = plan.pool.submit(fits.fit_centroids, plan.scaled, TOP_K, FINAL_N_INIT, plan.seed)
     excluded, excluded_pending = _submit_excluded_types(plan)
 
     plan.say(f"fitting the top split (K={TOP_K})")
-    top_labels = top_pending.result()
+    top_labels, top_centroids = top_pending.result()
     tops = _submit_top_groups(plan, top_labels)
     if diagnostics is None:
         diagnostics = _diagnostics(plan, diagnostics_pending, on_diagnostics)
-    groups, sub_labels = _sub_cluster(plan, tops)
+    groups, sub_labels, sub_centroids = _sub_cluster(plan, tops)
 
     plan.say("analysing excluded rows")
     excluded_groups = []
@@ -259,6 +279,8 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
         summary=_summary(resident_rows, plan.settings),
         silhouette_sample_size=plan.sample_size,
         warnings=plan.warnings,
+        space=plan.space,
+        centroids=Centroids(top=dict(enumerate(top_centroids)), sub=sub_centroids),
     )
 
 
@@ -331,8 +353,9 @@ def top_labels_by_severity(means: dict[int, float], direction: str) -> dict[int,
     return {top: DISTRESSED if top == worst else STABLE for top in means}
 
 
-def _sub_cluster(plan: _FitPlan, tops: list[tuple]) -> tuple[list[TopGroup], np.ndarray]:
-    """Each top group at its best sub-K, and every residential row's sub-cluster id."""
+def _sub_cluster(plan: _FitPlan, tops: list[tuple]) -> tuple[list[TopGroup], np.ndarray, dict]:
+    """Each top group at its best sub-K, every residential row's sub-cluster id, and each
+    sub-cluster's (top id, centroid)."""
     sub_labels = np.full(int(plan.residential.sum()), -1, dtype=np.int64)
     groups, refits = [], []
     for top, label, mask, pending in tops:
@@ -348,13 +371,18 @@ def _sub_cluster(plan: _FitPlan, tops: list[tuple]) -> tuple[list[TopGroup], np.
             TopGroup(top=top, label=label, size=int(mask.sum()), search=search, sub_k=search.best_k)
         )
         refit = plan.pool.submit(
-            fits.fit_labels, plan.scaled[mask], search.best_k, FINAL_N_INIT, plan.seed
+            fits.fit_centroids, plan.scaled[mask], search.best_k, FINAL_N_INIT, plan.seed
         )
         refits.append((mask, top, refit))
+    centroids = {}
     for mask, top, refit in refits:
-        labels = 0 if refit is None else refit.result()
+        if refit is None:  # one sub-cluster: its centroid is the group's mean
+            labels, centers = 0, plan.scaled[mask].mean(axis=0, keepdims=True)
+        else:
+            labels, centers = refit.result()
         sub_labels[mask] = labels + top * 10
-    return groups, sub_labels
+        centroids |= {top * 10 + i: (top, c) for i, c in enumerate(centers)}
+    return groups, sub_labels, centroids
 
 
 def _labelled_table(
@@ -437,7 +465,8 @@ def _submit_excluded(pool: Executor, rows: pd.DataFrame, excluded_type: str, set
     """
     n = len(rows)
     ks = list(range(settings.sub_k_min, min(settings.sub_k_max, n)))
-    imputed, kept = impute_median(rows.to_numpy(dtype=np.float64))
+    values = rows.to_numpy(dtype=np.float64)
+    kept = ~np.isnan(values).all(axis=0)
     if n < MIN_EXCLUDED_GROUP or not kept.any() or not ks:
         reason = (
             "No features to cluster"
@@ -447,15 +476,20 @@ def _submit_excluded(pool: Executor, rows: pd.DataFrame, excluded_type: str, set
         note = f"{excluded_type} - {reason}"
         group = ExcludedGroup(excluded_type, n, None, None, note)
         return lambda: (group, [note] * n)
-    matrix = standard_scale(imputed)
+    prepared = prepare(values, tuple(rows.columns), clip=False)
+    matrix = prepared.scaled
     pending = _submit_search(pool, matrix, ks, settings)
 
     def finish() -> tuple[ExcludedGroup, list[str]]:
         search = _collect(pending, None, excluded_type)
-        labels = fits.fit_labels(matrix, search.best_k, SEARCH_N_INIT, settings.random_state)
+        seed = settings.random_state
+        labels, centers = fits.fit_centroids(matrix, search.best_k, SEARCH_N_INIT, seed)
         names = [f"{excluded_type} - Group {label}" for label in labels]
         note = f"clustered on its own into {search.best_k} groups (K by silhouette)"
-        group = ExcludedGroup(excluded_type, n, search, search.best_k, note)
+        centroids = {f"{excluded_type} - Group {i}": c for i, c in enumerate(centers)}
+        group = ExcludedGroup(
+            excluded_type, n, search, search.best_k, note, prepared.space, centroids
+        )
         return group, names
 
     return finish

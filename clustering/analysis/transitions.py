@@ -4,16 +4,20 @@ A row (a neighborhood, or whatever KEY_COLUMN names) moved when its stable sub-c
 for an excluded row, its excluded type) differs from the previous run's; one that is new in
 the features table "appeared", one that is no longer there "disappeared". A cohort that was
 only renamed, or an excluded row regrouped within its type (those groups have no stable ids),
-is not a move. Because sub-cluster ids are matched run to run (clustering.analysis.identity),
-an unchanged row keeps its id and is never listed.
+is not a move. Each transition also says whether the row was borderline in the previous run
+(its fit_margin below BORDERLINE_MARGIN): a borderline row that moves is an expected move, one
+that was not is a surprise worth a look. Because sub-cluster ids are matched run to run
+(clustering.analysis.identity), an unchanged row keeps its id and is never listed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
+from clustering.analysis.assign import BORDERLINE_MARGIN
 from clustering.analysis.model import DISTRESSED, STABLE
 
 MOVED = "moved"
@@ -32,6 +36,7 @@ CHANGE_COLUMNS = (
     "sub_cluster",
     "cohort_name",
     "change",
+    "previously_borderline",
 )
 # What the previous run's clusters CSV must provide after the key column.
 STATE_COLUMNS = (
@@ -41,6 +46,8 @@ STATE_COLUMNS = (
     "excluded_type",
     "cohort_name",
 )
+# The previous rows' margin, when its run recorded one (runs before the model document did not).
+PREVIOUS_MARGIN = "fit_margin"
 
 
 def columns(key_column: str) -> tuple[str, ...]:
@@ -77,11 +84,12 @@ def transitions(
 ) -> tuple[pd.DataFrame, Counts]:
     """The transitions table (`columns(key_column)`, ordered by key) and its counts.
 
-    previous, current: `previous_columns(key_column)` of the previous run's rows and of this
-    run's table.
+    previous, current: `previous_columns(key_column)` of the previous run's rows (and
+        PREVIOUS_MARGIN when it recorded one) and of this run's table.
     """
     keep = list(previous_columns(key_column))
-    both = previous[keep].merge(
+    before = previous[keep].assign(previous_margin=previous.get(PREVIOUS_MARGIN, np.nan))
+    both = before.merge(
         current[keep], on=key_column, how="outer", suffixes=("_old", ""), indicator=True
     )
     # As floats, so that ids read back from a CSV (int64) compare with this run's (Int64).
@@ -103,6 +111,7 @@ def transitions(
             "sub_cluster": rows["sub_cluster"].astype("Int64"),
             "cohort_name": rows["cohort_name"].astype(object),
             "change": change.astype(object),
+            "previously_borderline": _borderline(rows["previous_margin"]),
         },
         columns=list(columns(key_column)),
     ).reset_index(drop=True)
@@ -116,3 +125,10 @@ def transitions(
         disappeared=int((side == "left_only").sum()),
     )
     return out, counts
+
+
+def _borderline(margins: pd.Series) -> pd.Series:
+    """Whether each previous margin was below BORDERLINE_MARGIN; null where there was none
+    (the row was excluded, had not appeared yet, or its run predates margins)."""
+    values = margins.astype("float64")
+    return pd.Series(values < BORDERLINE_MARGIN, dtype="boolean").where(values.notna())

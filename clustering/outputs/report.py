@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from clustering.analysis.assign import BORDERLINE_MARGIN
 from clustering.analysis.model import ExcludedGroup
 from clustering.analysis.prepare import INSTITUTIONAL, LOW_POPULATION
 from clustering.naming import CSV_CLUSTERS, PNG_ELBOW, PNG_HEATMAP, PNG_MAP, PNG_PCA
@@ -34,6 +35,8 @@ CAPTIONS = {
     "(index: 100 = the mean; SD for signed features)",
     PNG_ELBOW: "K diagnostics (the top split is always K=2; this range is a diagnostic)",
 }
+# Borderline neighborhoods listed per cohort, lowest margin first.
+BORDERLINE_SHOWN = 5
 WHY_EXCLUDED = {
     INSTITUTIONAL: "listed in EXCLUDE_NEIGHBORHOODS or EXCLUDE_ALSO: institutional or "
     "industrial areas whose per-capita figures mislead",
@@ -66,6 +69,15 @@ class RunFacts:
 
 
 @dataclass(frozen=True)
+class Borderline:
+    """A row near the edge of its cohort: its key, fit_margin and runner-up cohort."""
+
+    key: str
+    margin: float
+    runner_up: str
+
+
+@dataclass(frozen=True)
 class CohortEntry:
     """One cohort as the report lists it: its cells (feature, cell, direction words), its
     first MAX_LISTED members by name and how many more there are."""
@@ -80,6 +92,8 @@ class CohortEntry:
     members: tuple[str, ...]
     more: int
     why: str
+    borderline: tuple[Borderline, ...] = ()
+    borderline_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,7 @@ class ReportData:
     key_column: str = "neighborhood"
     more_in: str = CSV_CLUSTERS
     transitions_more: int = 0
+    borderline_margin: float = BORDERLINE_MARGIN
 
     @property
     def row_called(self) -> str:
@@ -128,6 +143,7 @@ def report_data(
     stability = table.groupby(labels)["cohort_stability"].first()
     profiles = view.profiles
     by_type = {g.excluded_type: g for g in groups}
+    edges = _borderline(table, labels, view.key_column)
     cohorts, excluded = [], []
     for style in view.styles:
         if style.sub_cluster is None:
@@ -151,6 +167,8 @@ def report_data(
             members=names[:MAX_LISTED],
             more=max(0, len(names) - MAX_LISTED),
             why=why,
+            borderline=edges.get(style.label, ((), 0))[0],
+            borderline_count=edges.get(style.label, ((), 0))[1],
         )
         (excluded if style.sub_cluster is None else cohorts).append(entry)
     transitions, more = None, 0
@@ -190,6 +208,29 @@ def _way(direction: str | None) -> str:
     if direction is None:
         return "no direction known"
     return "higher is better" if direction == HIGHER_IS_BETTER else "higher is worse"
+
+
+def _borderline(table: pd.DataFrame, labels: pd.Series, key: str) -> dict[str, tuple]:
+    """Per cohort label: its BORDERLINE_SHOWN lowest-margin borderline rows and how many it
+    has (fit_margin below BORDERLINE_MARGIN); empty for a table without margins."""
+    if "fit_margin" not in table:
+        return {}
+    edge = table["fit_margin"].astype("float64") < BORDERLINE_MARGIN
+    rows = table.loc[edge].assign(label=labels[edge]).sort_values(["fit_margin", key])
+    found = {}
+    for label, group in rows.groupby("label", sort=False):
+        shown = tuple(
+            Borderline(str(getattr(r, key)), _number(r.fit_margin), _runner_up(r))
+            for r in group.head(BORDERLINE_SHOWN).itertuples(index=False)
+        )
+        found[str(label)] = (shown, len(group))
+    return found
+
+
+def _runner_up(row) -> str:
+    if _blank(row.runner_up_cluster):
+        return "-"
+    return f"{int(row.runner_up_cluster)} · {row.runner_up_name}"
 
 
 def page(
