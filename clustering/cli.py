@@ -73,7 +73,15 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m clustering", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_run, _add_assign, _add_sample, _add_settings_table):
+        add(commands)
+    from clustering.cloud import sender
 
+    sender.register(commands)
+    return parser
+
+
+def _add_run(commands) -> None:
     run = commands.add_parser(
         "run",
         help="cluster a features table and write the artifacts",
@@ -102,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_run)
 
+
+def _add_assign(commands) -> None:
     assign = commands.add_parser(
         "assign",
         help="apply a run's model to a table, without refitting",
@@ -129,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     assign.set_defaults(func=_assign)
 
+
+def _add_sample(commands) -> None:
     sample = commands.add_parser("sample", help="write the synthetic demo table")
     sample.add_argument("--rows", type=int, default=279, help="number of neighborhoods")
     sample.add_argument("--random-state", type=int, default=0, help="seed of the generator")
@@ -137,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.set_defaults(func=_sample)
 
+
+def _add_settings_table(commands) -> None:
     table = commands.add_parser(
         "settings-table",
         help="print the settings table (Markdown) that docs/configuration.md shows",
@@ -147,11 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="rewrite the table inside this Markdown page (docs/configuration.md) instead",
     )
     table.set_defaults(func=_settings_table)
-
-    from clustering.cloud import sender
-
-    sender.register(commands)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

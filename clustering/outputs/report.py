@@ -171,11 +171,7 @@ def report_data(
             borderline_count=edges.get(style.label, ((), 0))[1],
         )
         (excluded if style.sub_cluster is None else cohorts).append(entry)
-    transitions, more = None, 0
-    if view.transitions is not None:
-        listed = view.transitions.head(MAX_LISTED).to_dict("records")
-        transitions = tuple(_transition(row, view.key_column) for row in listed)
-        more = len(view.transitions) - len(listed)
+    transitions, more = _listed_transitions(view)
     return ReportData(
         facts=facts,
         cohorts=tuple(cohorts),
@@ -188,6 +184,17 @@ def report_data(
         key_column=view.key_column,
         more_in=CSV_CLUSTERS + (f" and {facts.clusters_table}" if facts.clusters_table else ""),
         transitions_more=more,
+    )
+
+
+def _listed_transitions(view: CohortView) -> tuple[tuple[dict, ...] | None, int]:
+    """The first MAX_LISTED transitions (None without a previous run) and how many more."""
+    if view.transitions is None:
+        return None, 0
+    listed = view.transitions.head(MAX_LISTED).to_dict("records")
+    return (
+        tuple(_transition(row, view.key_column) for row in listed),
+        len(view.transitions) - len(listed),
     )
 
 
