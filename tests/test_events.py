@@ -994,3 +994,49 @@ def test_a_sink_entry_without_a_timestamp_is_timed_by_its_message() -> None:
     decision = decide_on(event, now=NOW + timedelta(hours=2))
     assert decision.changed_at == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)  # its publish time
     assert decision.late
+
+
+# --- Hardening (issue 16) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b'{"reason": "refresh \\ud800"}',
+        b'{"reason": "ok", "\\udfff": 1}',
+        b'{"features_table": "\\ud83d"}',
+    ],
+)
+def test_text_that_cannot_be_encoded_is_rejected_at_the_door(message: bytes) -> None:
+    body = {"message": {"data": base64.b64encode(message).decode(), "messageId": "77"}}
+    envelope = envelope_from_http(json.dumps(body).encode(), {}, "/projects/p/topics/t")
+    decision = decide(envelope, SETTINGS, NOW)
+    assert_decision(decision, "reject", "pubsub", "77", "cannot be encoded as UTF-8")
+    decision.reason.encode("utf-8")  # the reason itself is printable in any log
+
+
+def test_a_push_body_with_an_escaped_lone_surrogate_is_rejected_unparsed() -> None:
+    body = b'{"message": {"data": "e30=", "messageId": "\\ud800"}}'
+    decision = decide(envelope_from_http(body, {}, "/"), SETTINGS, NOW)
+    assert decision.action == "reject"
+    assert "cannot be encoded as UTF-8" in decision.reason
+
+
+@pytest.mark.parametrize("hostile", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+01:00"])
+def test_a_time_utc_cannot_hold_counts_as_missing(hostile: str) -> None:
+    event = load("pubsub_manual_publish")
+    event["time"] = hostile
+    event["data"]["message"]["publishTime"] = hostile
+    assert decide_on(event, now=NOW + timedelta(days=30)).action == "run"
+    change = load("audit_table_data_change")
+    change["time"] = hostile
+    change["data"]["timestamp"] = hostile
+    decision = decide_on(change)
+    assert (decision.action, decision.changed_at, decision.late) == ("run", None, False)
+
+
+def test_message_data_that_is_not_ascii_is_not_valid_base64() -> None:
+    event = load("pubsub_manual_publish")
+    event["data"]["message"]["data"] = "eyJyZWFzb24iOiAi\u00e9In0="
+    decision = decide_on(event)
+    assert_decision(decision, "reject", "pubsub", "11529734001", "not valid base64")

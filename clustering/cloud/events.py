@@ -218,13 +218,22 @@ def _loads(raw: bytes | str, what: str) -> tuple[Any, str | None]:
     if not text.strip():
         return None, None
     try:
-        return json.loads(text), None
+        parsed = json.loads(text)
+        # JSON may escape a lone surrogate ("\\ud800"), which no log line, file or table can
+        # hold: refused here rather than when the run's report is rendered.
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as err:
         return None, (
             f"{what} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
         )
+    except UnicodeEncodeError:
+        return None, (
+            f"{what} holds text that cannot be encoded as UTF-8 (an escaped lone surrogate "
+            "such as \\ud800): send UTF-8 text"
+        )
     except RecursionError:
         return None, f"{what} is JSON nested too deeply to read"
+    return parsed, None
 
 
 def decide(
@@ -313,7 +322,7 @@ def _decode_message_body(raw: Any) -> tuple[Any, str | None]:
         )
     try:
         decoded = base64.b64decode(raw, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         return None, "message data is not valid base64"
     body, problem = _loads(decoded, "message data")
     if problem and "valid JSON" in problem:
@@ -652,12 +661,13 @@ def _too_old(
 
 
 def _parse_time(value: str | None) -> datetime | None:
-    # An unreadable timestamp counts as missing: dropping on it would lose real events.
+    # An unreadable timestamp counts as missing: dropping on it would lose real events. So
+    # does one that UTC cannot hold (9999-12-31T23:59:59-05:00 overflows when converted).
     if not value:
         return None
     try:
         return _as_utc(datetime.fromisoformat(value))
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
