@@ -189,11 +189,13 @@ def _run(args: argparse.Namespace) -> int:
         else f"artifacts in {settings.artifacts_dest}/latest/"
     )
     moves = manifest["transitions"]
-    if moves["previous_run_id"]:
+    if moves["previous_run_id"] and moves["moved"] is not None:
         changed = moves["moved"] + moves["appeared"] + moves["disappeared"]
         where = (
             f"{changed} neighborhoods changed cohort since run {moves['previous_run_id']}; {where}"
         )
+    elif moves["previous_run_id"]:
+        where = f"no transitions (run {moves['previous_run_id']} left no clusters CSV); {where}"
     print(f"run {report.run_id}: {manifest['input']['rows']} neighborhoods; {groups}; {where}")
     return 0
 

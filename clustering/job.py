@@ -6,7 +6,6 @@ the same steps and produce the same artifacts.
 
 from __future__ import annotations
 
-import io
 import json
 import platform
 import time
@@ -205,6 +204,7 @@ def _run(run: _Run) -> RunReport:
 def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
     """Read, validate, cluster, name, draw: the whole run up to publishing."""
     from clustering.outputs import charts, report
+    from clustering.table import people_csv
 
     # Fork the chart process first: it imports matplotlib while this one reads and clusters.
     with charts.ChartRenderer() as renderer:
@@ -233,12 +233,9 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
         _submit(renderer, _report_task(run, identity.result, view, warnings, images))
         # The CSVs are encoded while the chart workers draw.
         table = identity.table.assign(run_id=run.run_id, _clustered_at=run.started)
-        files = {
-            CSV_CLUSTERS: table.to_csv(index=False).encode(),
-            CSV_EXCLUDED: result.excluded.to_csv(index=False).encode(),
-        }
+        files = {CSV_CLUSTERS: people_csv(table), CSV_EXCLUDED: people_csv(result.excluded)}
         if identity.transitions is not None:
-            files[CSV_TRANSITIONS] = identity.transitions.to_csv(index=False).encode()
+            files[CSV_TRANSITIONS] = people_csv(identity.transitions)
         files |= renderer.collect()
         files[HTML_REPORT] = report.embed(files[HTML_REPORT], files)
     return _Analysed(given, identity, table, files)
@@ -431,11 +428,10 @@ def _previous(store, pointer: bytes | None):
     """The last published run (the run latest/run.json points to), None on the first run.
 
     Centroids, names and ids come from its run.json; each neighborhood's previous cohort from
-    its clusters CSV in runs/<run_id>/, the published record of that run: run.json stays one
-    entry per cohort whatever the number of rows, and nothing is stored twice.
+    its clusters CSV, read from latest/, which never expires (runs/<run_id>/ does, after
+    artifact_retention_days): run.json stays one entry per cohort whatever the number of
+    rows, and nothing is stored twice.
     """
-    import pandas as pd
-
     from clustering.analysis.identity import previous_run
     from clustering.analysis.transitions import PREVIOUS_COLUMNS
 
@@ -451,20 +447,35 @@ def _previous(store, pointer: bytes | None):
             f"{where} is not a run manifest: restore it from runs/<run_id>/run.json, or remove "
             "latest/ to number the cohorts afresh"
         ) from None
-    content = store.read_run_file(run_id, CSV_CLUSTERS)
-    if content is None:
+    rows = _previous_rows(store, run_id)
+    if rows is None:
         return previous_run(manifest, None)
-    wanted = {*PREVIOUS_COLUMNS, "cluster_label", "run_id"}
-    rows = pd.read_csv(
-        io.BytesIO(content),
-        usecols=lambda c: c in wanted,
-        dtype={"neighborhood": str},
-        keep_default_na=False,
-        na_values=[""],
-    )
     if "cohort_name" not in rows:  # published before cohorts had names
         rows["cohort_name"] = rows["cluster_label"]
     return previous_run(manifest, rows[list(PREVIOUS_COLUMNS)])
+
+
+def _previous_rows(store, run_id: str):
+    """The clusters CSV rows of run `run_id`: latest/'s copy, else (latest/ was left holding
+    another run's copy by an interrupted switch) its run folder's; None when neither has it."""
+    from clustering.analysis.transitions import PREVIOUS_COLUMNS
+    from clustering.table import read_people_csv
+
+    wanted = {*PREVIOUS_COLUMNS, "cluster_label", "run_id"}
+    for read in (store.read_latest_file, lambda name: store.read_run_file(run_id, name)):
+        content = read(CSV_CLUSTERS)
+        if content is None:
+            continue
+        rows = read_people_csv(
+            content,
+            usecols=lambda c: c in wanted,
+            dtype={"neighborhood": str},
+            keep_default_na=False,
+            na_values=[""],
+        )
+        if "run_id" not in rows or (rows["run_id"] == run_id).all():
+            return rows
+    return None
 
 
 def _identify(result, previous, run: _Run, draw):

@@ -253,6 +253,64 @@ def _short(columns: pd.Index) -> str:
     return shown + (", ..." if len(columns) > 8 else "")
 
 
+# A text cell starting with one of these is a formula to a spreadsheet (= + - @) or hides a
+# formula behind a control character; "'" is escaped too, so that unescaping is exact.
+FORMULA_STARTS = frozenset("=+-@'") | frozenset(chr(code) for code in range(32))
+
+
+def escape_cell(value):
+    """A text value as a spreadsheet shows it as text: with a leading "'" where it could be
+    read as a formula. Anything else is returned unchanged."""
+    if isinstance(value, str) and value and value[0] in FORMULA_STARTS:
+        return "'" + value
+    return value
+
+
+def unescape_cell(value):
+    """The exact value `escape_cell` was given."""
+    if isinstance(value, str) and value.startswith("'"):
+        return value[1:]
+    return value
+
+
+def _text_columns(frame: pd.DataFrame) -> list:
+    types = pd.api.types
+    return [
+        c
+        for c in frame.columns
+        if types.is_object_dtype(frame[c]) or types.is_string_dtype(frame[c])
+    ]
+
+
+def for_people(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every text cell and column name escaped (`escape_cell`), for a CSV that a
+    person opens in a spreadsheet. Tables and Parquet keep the exact values."""
+    escaped = frame.assign(**{str(c): frame[c].map(escape_cell) for c in _text_columns(frame)})
+    return escaped.set_axis([escape_cell(str(c)) for c in frame.columns], axis=1)
+
+
+def people_csv(frame: pd.DataFrame) -> bytes:
+    """The CSV of `frame` as every CSV this job writes (DESIGN.md, reliability rules)."""
+    return for_people(frame).to_csv(index=False).encode()
+
+
+def read_people_csv(content: bytes, **options) -> pd.DataFrame:
+    """A CSV written by `people_csv`, read back with the exact names and text it was given.
+    `options` go to pandas.read_csv; `usecols` and `dtype` use the unescaped names."""
+    import io
+
+    wanted = options.pop("usecols", None)
+    types = {escape_cell(k): v for k, v in (options.pop("dtype", None) or {}).items()}
+    frame = pd.read_csv(
+        io.BytesIO(content),
+        usecols=(lambda c: wanted(unescape_cell(c))) if wanted else None,
+        dtype=types or None,
+        **options,
+    )
+    frame = frame.set_axis([unescape_cell(c) for c in frame.columns], axis=1)
+    return frame.assign(**{str(c): frame[c].map(unescape_cell) for c in _text_columns(frame)})
+
+
 @cache
 def table_schema(name: str) -> tuple[dict, ...]:
     """A BigQuery JSON schema shipped with the package: 'clusters_table', 'runs_table' or

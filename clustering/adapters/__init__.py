@@ -33,6 +33,9 @@ class ArtifactStore(ClaimStore, Protocol):
     def read_run_file(self, run_id: str, name: str) -> bytes | None:
         """The content of runs/<run_id>/<name>, or None when there is no such file."""
 
+    def read_latest_file(self, name: str) -> bytes | None:
+        """The content of latest/<name>, or None when there is no such file."""
+
 
 def read_features(source: str) -> tuple[pd.DataFrame, str]:
     """The features table at `source` and a description of where it came from."""

@@ -1,0 +1,168 @@
+"""What an outside review found (issue 16), on run_job with local files: formula cells, expired
+run folders, self-repair of a table/latest disagreement, and the columns a deployment keeps."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from clustering.job import RunRequest, run_job
+from clustering.settings import AnalysisSettings, JobSettings
+from clustering.table import escape_cell, people_csv, read_people_csv, unescape_cell
+from tests.helpers import cohort_table, move_rows
+
+ANALYSIS = AnalysisSettings(k_max=4)
+HOSTILE = [
+    '=HYPERLINK("http://example.com","x")',
+    "+SUM(1,1)",
+    "@cmd",
+    "-2+3",
+    "\x07Bell",
+    "'quoted",
+]
+FORMULA = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def hostile_table() -> pd.DataFrame:
+    table = cohort_table()
+    table.loc[: len(HOSTILE) - 1, "neighborhood"] = HOSTILE
+    return table.assign(**{"=1+1": "note", "@owner": ["=A1"] * len(table)})
+
+
+def settings_for(root: Path, features: pd.DataFrame, **changes) -> JobSettings:
+    source = root / "features.parquet"
+    features.to_parquet(source, index=False)
+    return JobSettings(
+        features_source=str(source),
+        artifacts_dest=str(root / "out"),
+        analysis=changes.pop("analysis", ANALYSIS),
+        **changes,
+    )
+
+
+def cells(content: bytes) -> list[str]:
+    """Every cell of a CSV, header included, as a spreadsheet would receive it."""
+    return [cell for row in csv.reader(io.StringIO(content.decode())) for cell in row]
+
+
+def evaluated(cell: str) -> bool:
+    """Whether a spreadsheet would take `cell` for a formula (a number is no formula)."""
+    if not cell or cell[0] not in FORMULA:
+        return False
+    try:
+        float(cell)
+    except ValueError:
+        return True
+    return False
+
+
+# --- 1. Formula cells --------------------------------------------------------------------------
+
+
+def test_escaping_is_exact_and_leaves_numbers_and_plain_text_alone() -> None:
+    for value in [*HOSTILE, "''", "'", "Canton", "", "a=b", 3, None, -2.5]:
+        assert unescape_cell(escape_cell(value)) == value
+    assert escape_cell("Canton") == "Canton" and escape_cell(-2.5) == -2.5
+    frame = pd.DataFrame({"neighborhood": HOSTILE, "=x": [-1.5] * len(HOSTILE)})
+    content = people_csv(frame)
+    assert not any(evaluated(cell) for cell in cells(content))
+    pd.testing.assert_frame_equal(read_people_csv(content), frame)
+
+
+def test_no_csv_of_a_run_carries_a_formula_and_tables_keep_the_exact_names(tmp_path) -> None:
+    table = hostile_table()
+    settings = settings_for(
+        tmp_path,
+        table,
+        clusters_table=str(tmp_path / "clusters.parquet"),
+        transitions_table=str(tmp_path / "t.csv"),
+    )
+    first = run_job(settings, RunRequest(trigger="test"))
+    moved = move_rows(table, HOSTILE[:2], like="Cohort 1 Street 010")
+    settings = settings_for(
+        tmp_path,
+        moved,
+        clusters_table=settings.clusters_table,
+        transitions_table=settings.transitions_table,
+    )
+    second = run_job(settings, RunRequest(trigger="test"))
+    for report in (first, second):
+        folder = tmp_path / "out" / "runs" / report.run_id
+        for name in report.manifest["outputs"]["files"]:
+            if name.endswith(".csv"):
+                found = [c for c in cells((folder / name).read_bytes()) if evaluated(c)]
+                assert found == [], (name, found)
+    # The table keeps the names byte-exact, and so does our own reading of the previous CSV:
+    # the transitions name the moved neighborhoods exactly.
+    clusters = pd.read_parquet(tmp_path / "clusters.parquet")
+    assert set(HOSTILE) <= set(clusters["neighborhood"]) and "=1+1" in clusters
+    assert set(clusters["@owner"]) == {"=A1"}
+    moves = read_people_csv((tmp_path / "t.csv").read_bytes())
+    assert moves["neighborhood"].tolist() == sorted(HOSTILE[:2])
+    assert not any(evaluated(cell) for cell in cells((tmp_path / "t.csv").read_bytes()))
+    assert second.manifest["transitions"]["moved"] == 2
+
+
+# --- 4. Expired run folders ----------------------------------------------------------------------
+
+
+def test_the_previous_state_comes_from_latest_when_its_run_folder_expired(tmp_path) -> None:
+    table = cohort_table()
+    settings = settings_for(tmp_path, table, transitions_table=str(tmp_path / "t.csv"))
+    first = run_job(settings, RunRequest(trigger="test"))
+    # The lifecycle rule deletes runs/<id>/ after artifact_retention_days, latest/ stays.
+    shutil.rmtree(tmp_path / "out" / "runs" / first.run_id)
+    moved = ["Cohort 3 Street 001", "Cohort 3 Street 002"]
+    settings = settings_for(
+        tmp_path,
+        move_rows(table, moved, like="Cohort 1 Street 000"),
+        transitions_table=str(tmp_path / "t.csv"),
+    )
+    second = run_job(settings, RunRequest(trigger="test"))
+    assert second.manifest["transitions"]["previous_run_id"] == first.run_id
+    assert second.manifest["transitions"]["moved"] == 2
+    assert "neighborhood_cluster_transitions.csv" in second.manifest["outputs"]["files"]
+    assert pd.read_csv(tmp_path / "t.csv")["neighborhood"].tolist() == moved
+
+
+def test_a_latest_copy_of_another_run_is_not_taken_for_the_previous_one(tmp_path) -> None:
+    table = cohort_table()
+    settings = settings_for(tmp_path, table)
+    first = run_job(settings, RunRequest(trigger="test"))
+    second = run_job(settings, RunRequest(trigger="test"))
+    # An interrupted switch on Cloud Storage: the pointer names the second run, the CSV
+    # beside it is still the first run's.
+    latest = tmp_path / "out" / "latest"
+    shutil.copy(tmp_path / "out" / "runs" / first.run_id / "neighborhood_clusters.csv", latest)
+    moved = move_rows(table, ["Cohort 3 Street 001"], like="Cohort 1 Street 000")
+    third = run_job(settings_for(tmp_path, moved), RunRequest(trigger="test"))
+    assert third.manifest["transitions"]["previous_run_id"] == second.run_id
+    assert third.manifest["transitions"]["moved"] == 1
+
+
+def test_the_cli_reports_a_run_whose_previous_csv_is_gone(tmp_path, capsys) -> None:
+    from clustering.cli import main
+
+    features = tmp_path / "features.csv"
+    cohort_table().to_csv(features, index=False)
+    args = ["run", "--features", str(features), "--out", str(tmp_path / "out"), "--k-max", "4"]
+    assert main([*args, "--quiet"]) == 0
+    for csv_file in (tmp_path / "out").rglob("neighborhood_clusters.csv"):
+        csv_file.unlink()
+    assert main([*args, "--quiet"]) == 0
+    assert "no transitions" in capsys.readouterr().out
+
+
+def test_latest_keeps_every_file_the_next_run_reads(tmp_path) -> None:
+    name = "run.json"
+    report = run_job(settings_for(tmp_path, cohort_table()), RunRequest(trigger="test"))
+    latest = tmp_path / "out" / "latest"
+    assert json.loads((latest / name).read_text())["run_id"] == report.run_id
+    assert set(read_people_csv((latest / "neighborhood_clusters.csv").read_bytes())["run_id"]) == {
+        report.run_id
+    }
