@@ -232,8 +232,11 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
         images = _chart_names(given.boundaries)
         _submit(renderer, _report_task(run, identity.result, view, warnings, images))
         # The CSVs are encoded while the chart workers draw.
-        table = identity.table.assign(run_id=run.run_id, _clustered_at=run.started)
-        files = {CSV_CLUSTERS: people_csv(table), CSV_EXCLUDED: people_csv(result.excluded)}
+        inputs, keep = given.frame.columns, run.settings.output_columns
+        table = published_columns(identity.table, inputs, keep)
+        table = table.assign(run_id=run.run_id, _clustered_at=run.started)
+        excluded = published_columns(result.excluded, inputs, keep)
+        files = {CSV_CLUSTERS: people_csv(table), CSV_EXCLUDED: people_csv(excluded)}
         if identity.transitions is not None:
             files[CSV_TRANSITIONS] = people_csv(identity.transitions)
         files |= renderer.collect()
@@ -263,11 +266,34 @@ def _read_input(run: _Run, pointer: bytes | None) -> _Input:
         run.request.force,
         where,
     )
+    _check_output_columns(run.settings.output_columns, valid.frame.columns, where)
     boundaries, map_warnings = _boundaries(run.settings, valid.frame)
     warnings = tuple(valid.warnings) + tuple(map_warnings)
     for warning in warnings:
         run.warn(warning)
     return _Input(valid.frame, where, boundaries, warnings)
+
+
+def published_columns(frame, inputs, keep: tuple[str, ...], key: str = "neighborhood"):
+    """`frame` without the input columns OUTPUT_COLUMNS leaves out (the key column and every
+    column the run added stay); every column when `keep` is empty."""
+    if not keep:
+        return frame
+    dropped = [c for c in inputs if c != key and c not in keep]
+    return frame.drop(columns=[c for c in dropped if c in frame.columns])
+
+
+def _check_output_columns(keep: tuple[str, ...], columns, where: str) -> None:
+    from clustering.table import closest
+
+    for name in keep:
+        if name not in columns:
+            match = closest(name, columns)
+            hint = f" (did you mean {match!r}?)" if match else ""
+            raise InputError(
+                f"{where} has no column {name!r}{hint}, which OUTPUT_COLUMNS (--output-columns) "
+                "names: fix the name or remove it"
+            )
 
 
 def _cluster(run: _Run, renderer, given: _Input):

@@ -215,6 +215,29 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SHARE",
     ),
     Option(
+        "settle_seconds",
+        "a bq:// features table modified this recently, or while it was read, is not "
+        "published: the run is retried, so a refresh spread over several jobs is read whole "
+        "(0 turns the check off)",
+        "int",
+        "SETTLE_SECONDS",
+        "--settle-seconds",
+        DEFAULTS["settle_seconds"],
+        metavar="SECONDS",
+    ),
+    Option(
+        "output_columns",
+        "JSON list of the features table's columns that reach the clusters table, the CSVs "
+        "and Looker Studio (the neighborhood column always does; the cluster columns are "
+        "added); [] keeps every column",
+        "names",
+        "OUTPUT_COLUMNS",
+        "--output-columns",
+        (),
+        shown="[] (every column)",
+        metavar="JSON",
+    ),
+    Option(
         "function_timeout_seconds",
         "the function's timeout (Terraform sets it): a run stops itself before it and is retried",
         "int",

@@ -155,6 +155,10 @@ class JobSettings:
         the neighborhoods that changed cohort, appended by every run that has a previous one.
     label_overrides: (stable sub-cluster id, cohort name) pairs that replace the generated
         cohort names; the names must be unique.
+    settle_seconds: a bq:// features table last modified less than this long before the
+        run read it (or modified while it was read) is not published; the event is retried.
+    output_columns: the features table's columns that reach the outputs (the key column
+        always does); empty keeps every column.
     """
 
     features_source: str | None = None
@@ -173,6 +177,8 @@ class JobSettings:
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     transitions_table: str | None = None
     label_overrides: tuple[tuple[int, str], ...] = ()
+    settle_seconds: int = DEFAULTS["settle_seconds"]
+    output_columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.artifacts_dest:
@@ -230,6 +236,11 @@ class JobSettings:
             raise InputError(
                 f"FUNCTION_TIMEOUT_SECONDS is {self.function_timeout_seconds}: use the "
                 "function's timeout in seconds (120 or more)"
+            )
+        if self.settle_seconds < 0:
+            raise InputError(
+                f"SETTLE_SECONDS (--settle-seconds) is {self.settle_seconds}: use 0 (no check) "
+                "or more"
             )
         _check_transitions_table(self.transitions_table)
         _check_label_overrides(self.label_overrides)

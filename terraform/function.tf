@@ -35,6 +35,10 @@ locals {
     # lock over once it is older than it.
     FUNCTION_TIMEOUT_SECONDS = tostring(var.function_timeout_seconds)
     MIN_ROWS_RATIO           = tostring(local.limits.min_rows_ratio)
+    # A features table modified this recently is read again later (the run is retried).
+    SETTLE_SECONDS = tostring(local.limits.settle_seconds)
+    # The input columns that reach the outputs; [] keeps every column.
+    OUTPUT_COLUMNS = jsonencode(var.output_columns)
     # The analytic settings, with the code's defaults where a variable is null (defaults.tf).
     MIN_POPULATION         = tostring(local.analysis.min_population)
     K_MIN                  = tostring(local.analysis.k_min)

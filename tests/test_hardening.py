@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from clustering.job import RunRequest, run_job
 from clustering.settings import AnalysisSettings, JobSettings
@@ -166,3 +167,73 @@ def test_latest_keeps_every_file_the_next_run_reads(tmp_path) -> None:
     assert set(read_people_csv((latest / "neighborhood_clusters.csv").read_bytes())["run_id"]) == {
         report.run_id
     }
+
+
+# --- 11. The columns a deployment publishes ------------------------------------------------------
+
+
+def test_output_columns_keep_only_the_chosen_input_columns_everywhere(tmp_path) -> None:
+    table = cohort_table().assign(home_address="12 Secret St")
+    settings = settings_for(
+        tmp_path,
+        table,
+        clusters_table=str(tmp_path / "clusters.parquet"),
+        output_columns=("population", "crime_per_capita"),
+    )
+    report = run_job(settings, RunRequest(trigger="test"))
+    clusters = pd.read_parquet(tmp_path / "clusters.parquet")
+    inputs = ["neighborhood", "population", "crime_per_capita"]
+    assert [c for c in clusters.columns if c in table.columns] == inputs
+    assert {"top_cluster", "sub_cluster", "cohort_name", "run_id"} <= set(clusters.columns)
+    folder = tmp_path / "out" / "runs" / report.run_id
+    for name in ("neighborhood_clusters.csv", "excluded_neighborhood_analysis.csv"):
+        content = (folder / name).read_bytes()
+        assert b"Secret" not in content and b"housing_vacancy_rate" not in content, name
+    # The clustering itself still used every feature.
+    assert "housing_vacancy_rate" in report.manifest["features"]["used"]
+
+
+def test_every_column_is_published_by_default_and_an_unknown_one_is_an_input_error(tmp_path):
+    from clustering import InputError
+
+    table = cohort_table().assign(note="kept")
+    report = run_job(settings_for(tmp_path, table), RunRequest(trigger="test"))
+    folder = tmp_path / "out" / "runs" / report.run_id
+    clusters = read_people_csv((folder / "neighborhood_clusters.csv").read_bytes())
+    assert set(table.columns) <= set(clusters.columns)
+    with pytest.raises(InputError, match=r"no column 'populaton' \(did you mean 'population'"):
+        run_job(settings_for(tmp_path, table, output_columns=("populaton",)), RunRequest())
+
+
+# --- 10. The CLI takes the run lock for shared destinations ------------------------------------
+
+
+@pytest.mark.e2e
+def test_the_cli_publishing_to_gs_takes_and_releases_the_functions_run_lock(
+    gcs_emulator, monkeypatch, tmp_path, capsys
+) -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    from clustering.adapters import claims
+    from clustering.adapters.gcs import GcsStore
+    from clustering.cli import main
+    from tests.emulators import storage_client
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.endpoint)
+    bucket = storage_client(gcs_emulator).create_bucket(f"cli-lock-{uuid.uuid4().hex[:8]}")
+    features = tmp_path / "features.csv"
+    cohort_table().to_csv(features, index=False)
+    out = f"gs://{bucket.name}/artifacts"
+    args = ["run", "--features", str(features), "--out", out, "--k-max", "4", "--quiet"]
+    store = GcsStore(out)
+    held = claims.Claim("20260101T000000Z-deployed", "event-1", datetime.now(UTC).isoformat())
+    assert store.create_claim(claims.LOCK_KEY, held.encode()) is not None
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: run 20260101T000000Z-deployed since") and "run lock" in err
+    assert not [b.name for b in bucket.list_blobs(prefix="artifacts/runs/")]
+    store.release(claims.LOCK_KEY)
+    assert main(args) == 0
+    assert [b.name for b in bucket.list_blobs(prefix="artifacts/latest/run.json")]
+    assert store.read_claim(claims.LOCK_KEY) is None
