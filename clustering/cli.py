@@ -15,7 +15,7 @@ from argparse import SUPPRESS
 from collections.abc import Sequence
 
 from clustering import InputError
-from clustering.job import one_line
+from clustering.job import NotSettled, one_line
 from clustering.options import OPTIONS
 from clustering.settings import (
     AnalysisSettings,
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except InputError as error:
+    except (InputError, NotSettled) as error:
         sys.stderr.write(f"error: {one_line(error)}\n")
         return 2
     except KeyboardInterrupt:

@@ -44,6 +44,11 @@ REPORTED_SETTINGS = (
 )
 
 
+class NotSettled(RuntimeError):
+    """The features table was still changing when the run read it (SETTLE_SECONDS): nothing
+    is published, and the event is retried, by when the refresh has finished."""
+
+
 class PublishInterrupted(RuntimeError):
     """The clusters table holds the run but latest/ does not point to it yet. Transient on
     purpose, whatever the cause: the redelivery runs the event again and publishes both, which
@@ -256,7 +261,9 @@ def _read_input(run: _Run, pointer: bytes | None) -> _Input:
 
         frame, where = make_sample(), "the built-in sample"
     else:
+        before = adapters.source_version(source)
         frame, where = adapters.read_features(source)
+        check_settled(where, before, adapters.source_version(source), run.settings.settle_seconds)
     run.clock.stage("validate", f"validating {len(frame)} rows")
     valid = validate_features(frame, run.settings.analysis, where)
     check_row_drop(
@@ -432,6 +439,29 @@ def _manifest_of(pointer: bytes | None) -> dict | None:
     except ValueError:
         return None
     return document if isinstance(document, dict) else None
+
+
+def check_settled(where: str, before, after, settle_seconds: int, now=None) -> None:
+    """Raise NotSettled when the table changed while it was read (its version before and
+    after differ) or was last modified less than `settle_seconds` ago: a refresh spread over
+    several load or DML jobs must not be published half loaded. The modified time is
+    BigQuery's; `now` is this instance's clock, which may differ from it by at most
+    MAX_CLOCK_SKEW_SECONDS (the window is that much shorter or longer, never skipped)."""
+    if before is None or settle_seconds <= 0:
+        return
+    if after != before:
+        raise NotSettled(
+            f"{where} changed while it was read (last modified {before[0]}, {before[1]} rows "
+            f"before; {after[0] if after else '?'}, {after[1] if after else '?'} rows after): "
+            "nothing was published, the run is retried"
+        )
+    age = ((now or datetime.now(UTC)) - before[0]).total_seconds() if before[0] else None
+    if age is not None and age < settle_seconds:
+        raise NotSettled(
+            f"{where} was modified {max(age, 0):.0f} s before it was read, less than "
+            f"SETTLE_SECONDS={settle_seconds}: a refresh may still be loading, so nothing was "
+            "published and the run is retried"
+        )
 
 
 def check_row_drop(rows: int, previous: dict | None, ratio: float, force: bool, where: str) -> None:

@@ -28,6 +28,13 @@ MAX_FEATURES_ROWS = 300_000
 MAX_FEATURES_BYTES = 512 * 1024**2
 MAX_BOUNDARIES_BYTES = 64 * 1024**2
 
+# The largest difference tolerated between this instance's clock and Google's servers' (the
+# times of Cloud Logging entries, BigQuery tables and Cloud Storage objects). Every comparison
+# of an instance time with a server time leaves this much room: a table change this close to a
+# run's start is not taken as covered by it, and lock ages are measured from the lock object's
+# server time. Google synchronizes its machines' clocks far more closely than this.
+MAX_CLOCK_SKEW_SECONDS = 1.0
+
 # A BigQuery table id as `project.dataset.table` (DESIGN.md, reliability rules).
 TABLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+){2}$")
 # A BigQuery column name: the only identifiers ever written into a query (boundaries).

@@ -31,7 +31,7 @@ from clustering.cloud.events import (
     envelope_from_http,
     envelope_from_structured,
 )
-from clustering.settings import JobSettings
+from clustering.settings import MAX_CLOCK_SKEW_SECONDS, JobSettings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "events"
 NOW = datetime(2024, 5, 1, 12, 5, tzinfo=UTC)
@@ -883,10 +883,13 @@ def test_finished_changes_start_a_run_keyed_by_their_entry(reason: str) -> None:
 def test_a_change_before_the_last_run_started_is_covered() -> None:
     decision = decide_fixture("audit_table_data_change")
     changed = decision.changed_at
-    covered = covered_by(decision, "run-1", changed + timedelta(microseconds=1))
+    skew = timedelta(seconds=MAX_CLOCK_SKEW_SECONDS)
+    covered = covered_by(decision, "run-1", changed + skew + timedelta(microseconds=1))
     assert covered.action == "skip" and "already covered by run run-1" in covered.reason
-    # At or after the change, or without any run, it still runs.
+    # At or after the change, within the tolerated clock skew of it, or without any run, it
+    # still runs.
     assert covered_by(decision, "run-1", changed) == decision
+    assert covered_by(decision, "run-1", changed + skew) == decision
     assert covered_by(decision, None, None) == decision
     # Manual messages are requests, never coalesced.
     manual = decide_fixture("pubsub_manual_publish")
@@ -1040,3 +1043,11 @@ def test_message_data_that_is_not_ascii_is_not_valid_base64() -> None:
     event["data"]["message"]["data"] = "eyJyZWFzb24iOiAi\u00e9In0="
     decision = decide_on(event)
     assert_decision(decision, "reject", "pubsub", "11529734001", "not valid base64")
+
+
+def test_a_change_just_before_a_run_started_by_another_clock_is_not_covered() -> None:
+    decision = decide_fixture("audit_table_data_change")
+    # Logging's clock says the change came 0.5 s before the run's start on the instance's
+    # clock; within the tolerated skew it may have come after the run read the table.
+    started = decision.changed_at + timedelta(seconds=0.5)
+    assert covered_by(decision, "run-1", started) == decision

@@ -174,6 +174,9 @@ def function_env(bigquery_emulator, storage_endpoint: str, artifacts: str) -> di
         "TRANSITIONS_TABLE": f"bq://{TRANSITIONS}",
         "FUNCTION_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
         "FUNCTION_TIMEOUT_SECONDS": str(FUNCTION_TIMEOUT_S),
+        # The tests load the features table and trigger at once; settling (SETTLE_SECONDS) is
+        # tested on its own in tests/test_hardening.py.
+        "SETTLE_SECONDS": "0",
         "BIGQUERY_EMULATOR_HOST": bigquery_emulator.endpoint,
         "STORAGE_EMULATOR_HOST": storage_endpoint,
     }

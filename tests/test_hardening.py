@@ -237,3 +237,74 @@ def test_the_cli_publishing_to_gs_takes_and_releases_the_functions_run_lock(
     assert main(args) == 0
     assert [b.name for b in bucket.list_blobs(prefix="artifacts/latest/run.json")]
     assert store.read_claim(claims.LOCK_KEY) is None
+
+
+# --- 6. Settling ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def features_table(bigquery_emulator, monkeypatch):
+    """A fresh features table in the BigQuery emulator, just loaded."""
+    import uuid
+
+    from clustering.adapters import bigquery as adapter
+    from tests.emulators import bigquery_client
+
+    monkeypatch.setenv(adapter.EMULATOR_ENV, bigquery_emulator.endpoint)
+    client = bigquery_client(bigquery_emulator)
+    dataset = f"{bigquery_emulator.project}.settle_{uuid.uuid4().hex[:8]}"
+    client.create_dataset(dataset)
+    client.load_table_from_dataframe(cohort_table(), f"{dataset}.features").result()
+    yield client, f"{dataset}.features"
+    client.delete_dataset(dataset, delete_contents=True)
+
+
+@pytest.mark.e2e
+def test_a_table_modified_within_settle_seconds_is_not_published(features_table, tmp_path):
+    from clustering.cloud.handler import is_transient
+    from clustering.job import NotSettled
+
+    _, table = features_table
+    settings = JobSettings(
+        features_source=f"bq://{table}", artifacts_dest=str(tmp_path / "out"), analysis=ANALYSIS
+    )
+    assert settings.settle_seconds == 60
+    with pytest.raises(NotSettled, match="less than SETTLE_SECONDS=60") as caught:
+        run_job(settings, RunRequest(trigger="test"))
+    assert is_transient(caught.value)
+    assert not (tmp_path / "out" / "latest").exists()
+
+
+@pytest.mark.e2e
+def test_a_table_that_changes_while_it_is_read_is_not_published(
+    features_table, tmp_path, monkeypatch
+):
+    import time
+
+    from clustering import adapters
+    from clustering.job import NotSettled
+
+    client, table = features_table
+    time.sleep(1.1)  # older than SETTLE_SECONDS=1
+    read = adapters.read_features
+
+    def read_then_another_job_appends(source):
+        found = read(source)
+        extra = cohort_table(per_cohort=1)
+        extra["neighborhood"] = "Extra " + extra["neighborhood"]
+        client.load_table_from_dataframe(extra, table).result()
+        return found
+
+    settings = JobSettings(
+        features_source=f"bq://{table}",
+        artifacts_dest=str(tmp_path / "out"),
+        settle_seconds=1,
+        analysis=ANALYSIS,
+    )
+    monkeypatch.setattr(adapters, "read_features", read_then_another_job_appends)
+    with pytest.raises(NotSettled, match="changed while it was read"):
+        run_job(settings, RunRequest(trigger="test"))
+    assert not (tmp_path / "out" / "latest").exists()
+    monkeypatch.setattr(adapters, "read_features", read)
+    report = run_job(settings, RunRequest(trigger="test"))
+    assert report.status == "succeeded" and report.manifest["input"]["rows"] == 186

@@ -52,6 +52,17 @@ def read_features(source: str) -> tuple[pd.DataFrame, str]:
     return local.read_table(source), source
 
 
+def source_version(source: str | None) -> tuple | None:
+    """What changes whenever the features table does: a bq:// table's (last modified time,
+    row count), read from BigQuery; None for files and the sample, which are read whole in
+    one request, and for a table that does not exist (reading it says so)."""
+    if not source or not source.startswith("bq://"):
+        return None
+    from clustering.adapters import bigquery
+
+    return bigquery.table_version(source)
+
+
 def read_bytes(source: str) -> bytes:
     """The content of a gs:// object or a local file; a missing one is an InputError."""
     if source.startswith("gs://"):

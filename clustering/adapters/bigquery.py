@@ -107,6 +107,19 @@ def read_table(uri: str) -> pd.DataFrame:
         ) from None
 
 
+def table_version(uri: str) -> tuple | None:
+    """(last modified time, row count) of a table, both as BigQuery states them; None when
+    the table does not exist."""
+    from google.api_core import exceptions
+
+    table_id = bq_table_id(uri, "features source")
+    try:
+        table = client(table_id.split(".")[0]).get_table(table_id, **limits(f"checking {uri}"))
+    except exceptions.NotFound:
+        return None
+    return table.modified, table.num_rows
+
+
 def _check_size(uri: str, rows: int | None, size: int | None) -> None:
     if rows is not None and rows > MAX_FEATURES_ROWS:
         raise InputError(

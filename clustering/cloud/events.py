@@ -30,12 +30,17 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Literal
 
 from clustering.naming import JOB_LABELS
-from clustering.settings import TABLE_ID_PATTERN, JobSettings, bq_table_id
+from clustering.settings import (
+    MAX_CLOCK_SKEW_SECONDS,
+    TABLE_ID_PATTERN,
+    JobSettings,
+    bq_table_id,
+)
 
 PUBSUB_MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 AUDIT_LOG_WRITTEN = "google.cloud.audit.log.v1.written"
@@ -577,13 +582,17 @@ def _decide_log_entry(
 def covered_by(decision: Decision, run_id: str | None, run_started: datetime | None) -> Decision:
     """Coalescing: a table change that happened before the start of successful run `run_id`
     is in that run's input (the run read the table after it started), so it becomes a skip;
-    any other decision is returned unchanged. A change without a time is never covered."""
+    any other decision is returned unchanged. A change without a time is never covered.
+
+    The change's time is Cloud Logging's, the start the instance's: a change less than
+    MAX_CLOCK_SKEW_SECONDS before the start may have happened after it, so it is not covered
+    (it runs once more rather than being lost)."""
     if (
         decision.action != "run"
         or decision.trigger != "table-change"
         or decision.changed_at is None
         or run_started is None
-        or decision.changed_at >= _as_utc(run_started)
+        or decision.changed_at >= _as_utc(run_started) - timedelta(seconds=MAX_CLOCK_SKEW_SECONDS)
     ):
         return decision
     return dataclasses.replace(
