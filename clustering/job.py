@@ -244,7 +244,7 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
         files = {CSV_CLUSTERS: people_csv(table), CSV_EXCLUDED: people_csv(excluded)}
         if identity.transitions is not None:
             files[CSV_TRANSITIONS] = people_csv(identity.transitions)
-        files |= renderer.collect()
+        files |= renderer.collect(_time_left())
         files[HTML_REPORT] = report.embed(files[HTML_REPORT], files)
     return _Analysed(given, identity, table, files)
 
@@ -336,6 +336,7 @@ def _publish(run: _Run, store, done: _Analysed, pointer_token) -> None:
         _switch_latest(store, run.run_id, done.files, pointer_token, run.fence)
         return
     run.fence("loading the clusters table")
+    _after_previous_load(store, settings.clusters_table, run)
     clusters = with_shapes(done.table, done.input.boundaries)
     adapters.write_clusters(settings.clusters_table, clusters, output_schema(clusters), run.run_id)
     try:
@@ -351,6 +352,28 @@ def _publish(run: _Run, store, done: _Analysed, pointer_token) -> None:
             f"run {run.run_id} was loaded into {settings.clusters_table} but latest/ was not "
             f"switched to it ({one_line(error)}); the redelivery of the event publishes again"
         ) from error
+
+
+def _after_previous_load(store, dest: str, run: _Run) -> None:
+    """Wait for the load job of the run that loaded the table last (it may have been
+    cancelled at its deadline and still be running), then record this run as the last."""
+    from clustering import adapters
+    from clustering.adapters import claims
+
+    if not dest.startswith("bq://"):
+        return
+    previous = claims.last_load(store)
+    if previous and previous != run.run_id:
+        adapters.await_load(dest, previous)
+    run.fence("recording the table load")
+    mine = claims.Claim(run.run_id, run.request.event_id, datetime.now(UTC).isoformat())
+    claims.record_load(store, mine)
+
+
+def _time_left() -> float | None:
+    """Seconds left of the run's budget (publishing checks its own reserve); None without."""
+    active = budget.active()
+    return None if active is None else max(active.remaining(), 0.0)
 
 
 def _chart_names(boundaries) -> tuple[str, ...]:

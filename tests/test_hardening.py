@@ -308,3 +308,132 @@ def test_a_table_that_changes_while_it_is_read_is_not_published(
     monkeypatch.setattr(adapters, "read_features", read)
     report = run_job(settings, RunRequest(trigger="test"))
     assert report.status == "succeeded" and report.manifest["input"]["rows"] == 186
+
+
+# --- 8. A late load; 12. waits with a limit ------------------------------------------------------
+
+
+def _running(project: str, job_id: str) -> dict:
+    return {
+        "kind": "bigquery#job",
+        "id": f"{project}:US.{job_id}",
+        "jobReference": {"projectId": project, "jobId": job_id, "location": "US"},
+        "configuration": {"jobType": "LOAD", "load": {}},
+        "status": {"state": "RUNNING"},
+    }
+
+
+@pytest.mark.e2e
+def test_a_run_waits_for_the_previous_holders_load_before_its_own(
+    features_table, bigquery_emulator, tmp_path, monkeypatch
+):
+    from clustering.adapters import bigquery as adapter
+    from clustering.adapters import budget, claims
+    from clustering.adapters.local import LocalStore
+    from tests.emulators import FaultProxy
+
+    _, table = features_table
+    clusters = f"bq://{table.rsplit('.', 1)[0]}.clusters"
+    settings = JobSettings(
+        features_source=str(tmp_path / "f.csv"),
+        artifacts_dest=str(tmp_path / "out"),
+        clusters_table=clusters,
+        analysis=ANALYSIS,
+    )
+    cohort_table().to_csv(tmp_path / "f.csv", index=False)
+    first = run_job(settings, RunRequest(trigger="test"))
+    store = LocalStore(str(tmp_path / "out"))
+    assert claims.last_load(store) == first.run_id
+    # The last load was cancelled at its run's deadline and BigQuery still runs it.
+    late = adapter.load_job_id(first.run_id)
+    running = _running(bigquery_emulator.project, late)
+    loads = []
+
+    def still_running(method: str, path: str, body: bytes):
+        if method == "GET" and f"/jobs/{late}" in path:
+            return (200, running)
+        if "/upload/bigquery/" in path:
+            loads.append(path)
+        return "pass"
+
+    with FaultProxy(bigquery_emulator.endpoint, still_running) as proxy:
+        monkeypatch.setenv(adapter.EMULATOR_ENV, proxy.endpoint)
+        with (
+            budget.bounded(budget.Budget.lasting(60)),
+            pytest.raises(budget.OutOfTime, match=f"{late} of the earlier run .* still running"),
+        ):
+            monkeypatch.setattr(budget, "call_limits", lambda step: (3.0, 3.0))
+            run_job(settings, RunRequest(trigger="test"))
+    assert loads == []  # it never loaded over the late job
+    assert claims.last_load(store) == first.run_id
+    monkeypatch.undo()
+    monkeypatch.setenv(adapter.EMULATOR_ENV, bigquery_emulator.endpoint)
+    third = run_job(settings, RunRequest(trigger="test"))  # the late job has ended: it loads
+    assert claims.last_load(store) == third.run_id
+    assert adapter.table_run_id(clusters) == third.run_id
+
+
+def _sleeps(seconds: float) -> bytes:
+    import time
+
+    time.sleep(seconds)
+    return b"late"
+
+
+def test_collecting_the_chart_workers_is_bounded_by_the_time_left() -> None:
+    import time
+
+    from clustering.outputs.charts import ChartRenderer
+
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match="still drawing after 1 s"), ChartRenderer() as r:
+        r.submit("slow.png", _sleeps, 30.0)
+        r.collect(timeout=1.0)
+    assert time.monotonic() - began < 15
+    with ChartRenderer() as r:
+        r.submit("quick.png", _sleeps, 0.0)
+        assert r.collect(timeout=30.0) == {"quick.png": b"late"}
+
+
+@pytest.mark.e2e
+def test_the_boundaries_query_is_waited_on_within_the_budget(
+    features_table, bigquery_emulator, monkeypatch
+):
+    import threading
+
+    from clustering.adapters import bigquery as adapter
+    from clustering.adapters import budget
+    from tests.emulators import FaultProxy
+
+    _, table = features_table
+    answers: dict[str, dict] = {}
+
+    def query_never_ends(method: str, path: str, body: bytes):
+        if method == "POST" and path.split("?")[0].endswith("/jobs"):
+            job_id = json.loads(body)["jobReference"]["jobId"]
+            answers["job"] = _running(bigquery_emulator.project, job_id)
+            answers["job"]["configuration"] = {"jobType": "QUERY", "query": {"query": "x"}}
+            return (200, answers["job"])
+        if "job" in answers and answers["job"]["jobReference"]["jobId"] in path:
+            if "/cancel" in path:
+                return (200, {"kind": "bigquery#jobCancelResponse", "job": answers["job"]})
+            return (200, answers["job"])
+        return "pass"
+
+    outcome: list[BaseException] = []
+
+    def query() -> None:
+        with budget.bounded(budget.Budget.lasting(4)):
+            try:
+                adapter.read_boundaries(f"bq://{table}", "neighborhood", "population")
+            except BaseException as error:
+                outcome.append(error)
+
+    with FaultProxy(bigquery_emulator.endpoint, query_never_ends) as proxy:
+        monkeypatch.setenv(adapter.EMULATOR_ENV, proxy.endpoint)
+        monkeypatch.setattr(adapter, "CANCEL_WAIT_SECONDS", 1.0)
+        worker = threading.Thread(target=query, daemon=True)
+        worker.start()
+        worker.join(30)
+    assert not worker.is_alive(), "the query was waited on past the run's budget"
+    assert len(outcome) == 1 and isinstance(outcome[0], budget.OutOfTime), outcome

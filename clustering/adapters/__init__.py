@@ -118,6 +118,15 @@ def write_clusters(
     local.replace_table(dest, frame)
 
 
+def await_load(dest: str, run_id: str) -> None:
+    """Wait until the load job of run `run_id` into a bq:// clusters table has ended (file
+    replacements are synchronous: nothing to wait for)."""
+    if dest.startswith("bq://"):
+        from clustering.adapters import bigquery
+
+        bigquery.await_load(dest, run_id)
+
+
 def clusters_hold(dest: str, run_id: str) -> bool:
     """Whether the clusters table at `dest` holds run `run_id` now. A BigQuery load job that
     was cancelled may still land late, so the table is read back; a file replacement is
