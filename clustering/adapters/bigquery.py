@@ -124,12 +124,12 @@ def _check_size(uri: str, rows: int | None, size: int | None) -> None:
     if rows is not None and rows > MAX_FEATURES_ROWS:
         raise InputError(
             f"{uri} has {rows:,} rows, more than the {MAX_FEATURES_ROWS:,} this "
-            "job clusters (see README, Limits): filter the table"
+            "job clusters (see docs/configuration.md, Limits): filter the table"
         )
     if size is not None and size > MAX_FEATURES_BYTES:
         raise InputError(
             f"{uri} holds {size:,} bytes, more than the {MAX_FEATURES_BYTES:,} "
-            "this job reads (see README, Limits): drop unused columns"
+            "this job reads (see docs/configuration.md, Limits): drop unused columns"
         )
 
 
