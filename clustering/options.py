@@ -191,6 +191,14 @@ OPTIONS: tuple[Option, ...] = (
         shown="[]",
     ),
     Option(
+        "table_changes_subscription",
+        "the push subscription of the log sink's own topic (projects/P/subscriptions/S): "
+        "only its deliveries are table changes; a LogEntry on any other is refused",
+        "optional",
+        "TABLE_CHANGES_SUBSCRIPTION",
+        shown="none (no Pub/Sub delivery is a table change)",
+    ),
+    Option(
         "function_service_account",
         "the function's own principal: audit events it caused are skipped",
         "optional",

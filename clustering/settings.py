@@ -38,6 +38,10 @@ MAX_CLOCK_SKEW_SECONDS = 1.0
 
 # A BigQuery table id as `project.dataset.table` (DESIGN.md, reliability rules).
 TABLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+){2}$")
+# A Pub/Sub subscription's full name.
+SUBSCRIPTION_PATTERN = re.compile(
+    r"^projects/[a-z0-9-]+/subscriptions/[A-Za-z][A-Za-z0-9._~%+-]{2,254}$"
+)
 # A BigQuery column name: the only identifiers ever written into a query (boundaries).
 COLUMN_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
 
@@ -163,6 +167,8 @@ class JobSettings:
         the neighborhoods that changed cohort, appended by every run that has a previous one.
     label_overrides: (stable sub-cluster id, cohort name) pairs that replace the generated
         cohort names; the names must be unique.
+    table_changes_subscription: the log sink topic's push subscription; only deliveries
+        through it are taken as table changes (manual messages never are).
     settle_seconds: a bq:// features table last modified less than this long before the
         run read it (or modified while it was read) is not published; the event is retried.
     output_columns: the features table's columns that reach the outputs (the key column
@@ -185,6 +191,7 @@ class JobSettings:
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     transitions_table: str | None = None
     label_overrides: tuple[tuple[int, str], ...] = ()
+    table_changes_subscription: str | None = None
     settle_seconds: int = DEFAULTS["settle_seconds"]
     output_columns: tuple[str, ...] = ()
 
@@ -244,6 +251,12 @@ class JobSettings:
             raise InputError(
                 f"FUNCTION_TIMEOUT_SECONDS is {self.function_timeout_seconds}: use the "
                 "function's timeout in seconds (120 or more)"
+            )
+        subscription = self.table_changes_subscription
+        if subscription is not None and not SUBSCRIPTION_PATTERN.fullmatch(subscription):
+            raise InputError(
+                f"TABLE_CHANGES_SUBSCRIPTION {subscription!r}: write it as "
+                "projects/PROJECT/subscriptions/NAME"
             )
         if self.settle_seconds < 0:
             raise InputError(

@@ -28,6 +28,8 @@ locals {
     BOUNDARIES_GEOGRAPHY_COLUMN = var.boundaries_geography_column
     # JSON lists, as settings.parse_name_list reads them.
     ALLOWED_FEATURES_TABLES = jsonencode(var.allowed_features_tables)
+    # Only deliveries through this subscription (the log sink's topic) are table changes.
+    TABLE_CHANGES_SUBSCRIPTION = local.table_changes_subscription
     # Audit-log events caused by this principal are skipped by the code, as by the sink filter.
     FUNCTION_SERVICE_ACCOUNT = google_service_account.runtime.email
     MAX_EVENT_AGE_SECONDS    = tostring(local.limits.max_event_age_seconds)

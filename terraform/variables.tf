@@ -426,6 +426,16 @@ variable "min_rows_ratio" {
   }
 }
 
+variable "run_publishers" {
+  description = "Members (user:..., group:..., serviceAccount:...) who may publish to the run topic, i.e. start a run by hand, also forced (the row-drop guard off for that run). The table-change topic has one publisher, the log sink."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for m in var.run_publishers : can(regex("^(user|group|serviceAccount|domain):", m))])
+    error_message = "run_publishers entries must be IAM members such as group:analysts@example.com."
+  }
+}
+
 variable "settle_seconds" {
   description = "A features table modified this recently (or while a run read it) is not published: the run is retried, so a refresh spread over several load or DML jobs is read whole. 0 turns the check off."
   type        = number

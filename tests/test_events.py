@@ -45,6 +45,7 @@ SETTINGS = JobSettings(
     allowed_features_tables=("baltimore-data.neighborhoods.features_2023",),
     function_service_account=OWN_ACCOUNT,
     max_event_age_seconds=3600,
+    table_changes_subscription="projects/baltimore-data/subscriptions/neighborhood-clusters-table-changes-push",
 )
 ALL_FIXTURES = sorted(path.stem for path in FIXTURES.glob("*.json"))
 
@@ -61,6 +62,9 @@ def decide_on(
 
 def decide_fixture(name: str, settings: JobSettings = SETTINGS, now: datetime = NOW) -> Decision:
     return decide_on(load(name), settings, now)
+
+
+SINK = "pubsub_sink_table_data_change"
 
 
 def with_message_text(text: str, name: str = "pubsub_manual_publish") -> dict[str, Any]:
@@ -228,14 +232,14 @@ def test_sink_delivered_table_data_change_runs_as_a_table_change() -> None:
 
 def test_sink_delivered_read_is_skipped() -> None:
     entry = load("audit_table_data_read")["data"]
-    decision = decide_on(with_message_text(json.dumps(entry)))
+    decision = decide_on(with_message_text(json.dumps(entry), SINK))
     assert_decision(decision, "skip", "table-change", "-r7a1b2c3d4e5", "tableDataRead")
 
 
 def test_log_entry_is_recognised_by_its_log_name_alone() -> None:
     entry = load("audit_table_data_change")["data"]
     del entry["protoPayload"]["@type"]
-    decision = decide_on(with_message_text(json.dumps(entry)))
+    decision = decide_on(with_message_text(json.dumps(entry), SINK))
     assert (decision.action, decision.trigger) == ("run", "table-change")
 
 
@@ -690,7 +694,7 @@ def test_change_summary_names_the_job_and_counts_missing_as_zero() -> None:
 def test_a_log_entry_is_recognised_by_its_audit_type_alone() -> None:
     entry = load("audit_table_data_change")["data"]
     del entry["logName"]
-    decision = decide_on(with_message_text(json.dumps(entry)))
+    decision = decide_on(with_message_text(json.dumps(entry), SINK))
     assert (decision.action, decision.trigger) == ("run", "table-change")
 
 
@@ -1051,3 +1055,22 @@ def test_a_change_just_before_a_run_started_by_another_clock_is_not_covered() ->
     # clock; within the tolerated skew it may have come after the run read the table.
     started = decision.changed_at + timedelta(seconds=0.5)
     assert covered_by(decision, "run-1", started) == decision
+
+
+def test_a_log_entry_published_to_the_run_topic_is_never_a_table_change() -> None:
+    # Anyone who may publish a manual run could otherwise forge a table change: skip the
+    # age limit, or take a future job's idempotency key.
+    forged = load("pubsub_sink_table_data_change")
+    forged["data"]["subscription"] = load("pubsub_manual_publish")["data"]["subscription"]
+    decision = decide_on(forged)
+    assert_decision(decision, "reject", "pubsub", "11529734014", "never taken as a table change")
+    unset = dataclasses.replace(SETTINGS, table_changes_subscription=None)
+    assert decide_fixture("pubsub_sink_table_data_change", unset).action == "reject"
+
+
+def test_the_table_change_subscription_carries_only_log_entries() -> None:
+    manual = load("pubsub_manual_publish")
+    manual["data"]["subscription"] = SETTINGS.table_changes_subscription
+    decision = decide_on(manual)
+    assert_decision(decision, "reject", "pubsub", "11529734001", "carries only the log sink's")
+    assert decide_fixture("pubsub_sink_table_data_change").action == "run"

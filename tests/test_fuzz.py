@@ -30,6 +30,7 @@ REQUESTS = 5000
 TIME_LIMIT_SECONDS = 120.0
 SEED = 16
 WATCHED = "baltimore-data.neighborhoods.features"
+SINK_SUBSCRIPTION = "projects/baltimore-data/subscriptions/neighborhood-clusters-table-changes-push"
 
 HOSTILE_TIMES = (
     "9999-12-31T23:59:59-05:00",
@@ -191,6 +192,7 @@ def fuzz_figures(tmp_path: Path, requests: int = REQUESTS, seed: int = SEED) -> 
         artifacts_dest=str(tmp_path / "out"),
         watched_table=WATCHED,
         function_service_account="fn@baltimore-data.iam.gserviceaccount.com",
+        table_changes_subscription=SINK_SUBSCRIPTION,
     )
     rng = random.Random(seed)
     seeds = _seeds()

@@ -297,7 +297,13 @@ def _decide_pubsub(envelope: EventEnvelope, settings: JobSettings, now: datetime
         if problem:
             return _reject("pubsub", message_id, f"{label}: {problem}")
 
-    if isinstance(body, Mapping) and _is_log_entry(body):
+    entry = isinstance(body, Mapping) and _is_log_entry(body)
+    from_sink = settings.table_changes_subscription is not None and (
+        data.get("subscription") == settings.table_changes_subscription
+    )
+    if from_sink != entry:
+        return _reject("pubsub", message_id, f"{label}: {_wrong_topic(from_sink)}")
+    if entry:
         return _decide_log_entry(
             body,
             settings,
@@ -312,6 +318,25 @@ def _decide_pubsub(envelope: EventEnvelope, settings: JobSettings, now: datetime
     if too_old:
         return too_old
     return _decide_manual_message(body, settings, message_id, label)
+
+
+def _wrong_topic(from_sink: bool) -> str:
+    """Why a delivery is refused when its body does not fit the subscription it came by.
+
+    The log sink publishes to a topic of its own whose only publisher is the sink's writer
+    identity, so a table change is trusted only from its push subscription: anyone who may
+    publish a manual run could otherwise forge a LogEntry (skip the age limit, take a future
+    job's idempotency key)."""
+    if from_sink:
+        return (
+            "the table-change subscription (TABLE_CHANGES_SUBSCRIPTION) carries only the log "
+            "sink's audit LogEntries, and this is none"
+        )
+    return (
+        "a LogEntry-shaped message on the run topic is never taken as a table change: table "
+        "changes come only through the log sink's own topic (TABLE_CHANGES_SUBSCRIPTION); "
+        'publish {"reason": "..."} to ask for a run'
+    )
 
 
 def _decode_message_body(raw: Any) -> tuple[Any, str | None]:
