@@ -187,6 +187,8 @@ def _run(run: _Run) -> RunReport:
     # cohorts for stable ids) and the pointer's version, which the switch of latest/ is
     # conditional on.
     pointer, pointer_token = store.read_pointer()
+    if run.settings.clusters_table and not run.request.dry_run:
+        pointer, pointer_token = _repair(run, store, pointer, pointer_token)
     done = _analyse(run, store, pointer)
     dry_run = run.request.dry_run
     prefix = None if dry_run else store.describe(f"runs/{run.run_id}/")
@@ -204,6 +206,18 @@ def _run(run: _Run) -> RunReport:
     _publish(run, store, done, pointer_token)
     run.clock.progress(f"report: {store.describe(f'latest/{HTML_REPORT}')}")
     return RunReport(run.run_id, "succeeded", manifest(run.clock.done()), prefix)
+
+
+def _repair(run: _Run, store, pointer: bytes | None, token):
+    """Self-repair (clustering.repair) of a disagreement between the clusters table and
+    latest/, first, whatever becomes of this run; the pointer it goes on with."""
+    from clustering.repair import Repair, repair
+
+    def shaped(rows):
+        return with_shapes(rows, _boundaries(run.settings, rows)[0])
+
+    job = Repair(run.settings.clusters_table, run.run_id, run.fence, run.warn, shaped)
+    return repair(store, pointer, token, job)
 
 
 def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
@@ -336,7 +350,7 @@ def _publish(run: _Run, store, done: _Analysed, pointer_token) -> None:
         _switch_latest(store, run.run_id, done.files, pointer_token, run.fence)
         return
     run.fence("loading the clusters table")
-    _after_previous_load(store, settings.clusters_table, run)
+    adapters.after_last_load(store, settings.clusters_table, run.run_id)
     clusters = with_shapes(done.table, done.input.boundaries)
     adapters.write_clusters(settings.clusters_table, clusters, output_schema(clusters), run.run_id)
     try:
@@ -352,22 +366,6 @@ def _publish(run: _Run, store, done: _Analysed, pointer_token) -> None:
             f"run {run.run_id} was loaded into {settings.clusters_table} but latest/ was not "
             f"switched to it ({one_line(error)}); the redelivery of the event publishes again"
         ) from error
-
-
-def _after_previous_load(store, dest: str, run: _Run) -> None:
-    """Wait for the load job of the run that loaded the table last (it may have been
-    cancelled at its deadline and still be running), then record this run as the last."""
-    from clustering import adapters
-    from clustering.adapters import claims
-
-    if not dest.startswith("bq://"):
-        return
-    previous = claims.last_load(store)
-    if previous and previous != run.run_id:
-        adapters.await_load(dest, previous)
-    run.fence("recording the table load")
-    mine = claims.Claim(run.run_id, run.request.event_id, datetime.now(UTC).isoformat())
-    claims.record_load(store, mine)
 
 
 def _time_left() -> float | None:

@@ -337,6 +337,20 @@ def output_schema(frame: pd.DataFrame) -> list[dict]:
     return fields
 
 
+def typed_clusters(frame: pd.DataFrame) -> pd.DataFrame:
+    """A clusters table read back from its CSV with the declared types of its known columns
+    (whole numbers as Int64, times as UTC timestamps), ready to be loaded again."""
+    declared = {field["name"]: field["type"] for field in table_schema("clusters_table")}
+    typed = {}
+    for column in frame.columns:
+        kind = declared.get(column)
+        if kind == "INTEGER" and (frame[column].dropna() % 1 == 0).all():
+            typed[column] = frame[column].astype("Int64")
+        elif kind == "TIMESTAMP":
+            typed[column] = pd.to_datetime(frame[column], utc=True)
+    return frame.assign(**typed)
+
+
 def _widened(field: dict, values: pd.Series) -> bool:
     """A declared INTEGER column holding fractions or blanks (population estimates) is
     written as FLOAT rather than failing the load."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from clustering import InputError
 from clustering.job import RunRequest, run_job
 from clustering.settings import AnalysisSettings, JobSettings
 from clustering.table import escape_cell, people_csv, read_people_csv, unescape_cell
@@ -437,3 +438,72 @@ def test_the_boundaries_query_is_waited_on_within_the_budget(
         worker.join(30)
     assert not worker.is_alive(), "the query was waited on past the run's budget"
     assert len(outcome) == 1 and isinstance(outcome[0], budget.OutOfTime), outcome
+
+
+# --- 5. Self-repair ------------------------------------------------------------------------------
+
+
+def interrupted(settings: JobSettings) -> str:
+    """A run that loaded the clusters table and then lost its switch of latest/ (its
+    redelivery went to the dead letter): the table and latest/ disagree. Its run id."""
+    from clustering.adapters.claims import ClaimLost
+    from clustering.job import PublishInterrupted
+
+    ids = []
+
+    def fence(step: str) -> None:
+        if step == "switching latest/":
+            raise ClaimLost("lost before the switch")
+
+    with pytest.raises(PublishInterrupted) as caught:
+        run_job(settings, RunRequest(trigger="test"), on_warning=ids.append, fence=fence)
+    return str(caught.value).split()[1]
+
+
+def test_a_refused_run_first_points_latest_at_the_run_the_table_holds(tmp_path) -> None:
+    table = cohort_table()
+    clusters = tmp_path / "clusters.parquet"
+    settings = settings_for(tmp_path, table, clusters_table=str(clusters))
+    first = run_job(settings, RunRequest(trigger="test"))
+    second = interrupted(settings)
+    latest = tmp_path / "out" / "latest" / "run.json"
+    assert json.loads(latest.read_text())["run_id"] == first.run_id
+    assert pd.read_parquet(clusters)["run_id"].iloc[0] == second
+    # The next delivery: a truncated table, refused by the row-drop guard, repairs first.
+    warnings: list[str] = []
+    truncated = settings_for(tmp_path, table.head(30), clusters_table=str(clusters))
+    with pytest.raises(InputError, match="MIN_ROWS_RATIO"):
+        run_job(truncated, RunRequest(trigger="test"), on_warning=warnings.append)
+    assert json.loads(latest.read_text())["run_id"] == second
+    assert any(w.startswith(f"repaired: {clusters} held run {second}") for w in warnings)
+    # Agreeing again, the next run repairs nothing.
+    warnings.clear()
+    settings = settings_for(tmp_path, table, clusters_table=str(clusters))
+    run_job(settings, RunRequest(trigger="test"), on_warning=warnings.append)
+    assert not [w for w in warnings if w.startswith("repaired")]
+
+
+def test_a_table_whose_run_folder_is_gone_is_reloaded_from_latest(tmp_path) -> None:
+    table = hostile_table()
+    clusters = tmp_path / "clusters.parquet"
+    settings = settings_for(tmp_path, table, clusters_table=str(clusters))
+    first = run_job(settings, RunRequest(trigger="test"))
+    published = pd.read_parquet(clusters)
+    second = interrupted(settings)
+    shutil.rmtree(tmp_path / "out" / "runs" / second)  # expired, or never complete
+    warnings: list[str] = []
+    truncated = settings_for(tmp_path, table.head(30), clusters_table=str(clusters))
+    with pytest.raises(InputError, match="MIN_ROWS_RATIO"):
+        run_job(truncated, RunRequest(trigger="test"), on_warning=warnings.append)
+    assert any(f"latest/ names run {first.run_id}, whose rows were loaded" in w for w in warnings)
+    repaired = pd.read_parquet(clusters)
+    assert set(repaired["run_id"]) == {first.run_id}
+
+    # The exact names and values the first run published, the cluster ids as integers.
+    def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.drop(columns="_clustered_at").astype(object)
+        return frame.where(frame.notna(), None)
+
+    pd.testing.assert_frame_equal(comparable(repaired), comparable(published))
+    assert (repaired["_clustered_at"] == published["_clustered_at"]).all()
+    assert str(repaired["sub_cluster"].dtype) == "Int64"

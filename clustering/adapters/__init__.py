@@ -11,6 +11,7 @@ from typing import Protocol
 
 import pandas as pd
 
+from clustering import InputError
 from clustering.adapters.claims import ClaimStore
 
 
@@ -118,13 +119,21 @@ def write_clusters(
     local.replace_table(dest, frame)
 
 
-def await_load(dest: str, run_id: str) -> None:
-    """Wait until the load job of run `run_id` into a bq:// clusters table has ended (file
-    replacements are synchronous: nothing to wait for)."""
-    if dest.startswith("bq://"):
-        from clustering.adapters import bigquery
+def after_last_load(store: ArtifactStore, dest: str, load: str) -> None:
+    """Before load `load` (a run id, which names its BigQuery job) into a bq:// clusters
+    table: wait for the job of the load recorded last to end (cancelled at its run's
+    deadline, it may still be running and commit later), then record `load` as the last.
+    File replacements are synchronous: nothing to wait for."""
+    if not dest.startswith("bq://"):
+        return
+    from datetime import UTC, datetime
 
-        bigquery.await_load(dest, run_id)
+    from clustering.adapters import bigquery, claims
+
+    previous = claims.last_load(store)
+    if previous and previous != load:
+        bigquery.await_load(dest, previous)
+    claims.record_load(store, claims.Claim(load, None, datetime.now(UTC).isoformat()))
 
 
 def clusters_hold(dest: str, run_id: str) -> bool:
@@ -136,6 +145,27 @@ def clusters_hold(dest: str, run_id: str) -> bool:
     from clustering.adapters import bigquery
 
     return bigquery.table_run_id(dest) == run_id
+
+
+def clusters_run_id(dest: str) -> str | None:
+    """The run the clusters table at `dest` holds (its run_id column), None when the table
+    is missing, empty or has no run_id (a table written by hand)."""
+    if dest.startswith("bq://"):
+        from google.api_core import exceptions
+
+        from clustering.adapters import bigquery
+
+        try:
+            return bigquery.table_run_id(dest)
+        except (exceptions.NotFound, exceptions.BadRequest):
+            return None
+    from clustering.adapters import local
+
+    try:
+        content = read_bytes(dest) if dest.startswith("gs://") else local.read_bytes(dest)
+    except InputError:
+        return None
+    return local.run_id_of(content, dest)
 
 
 def append_run(dest: str, row: dict) -> None:

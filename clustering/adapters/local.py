@@ -119,6 +119,23 @@ def table_bytes(frame: pd.DataFrame, name: str) -> bytes:
     return frame.to_parquet(index=False)
 
 
+def run_id_of(content: bytes, name: str) -> str | None:
+    """The run_id of a clusters table file's first row (.csv or .parquet), None if none."""
+    import io
+
+    from clustering.table import read_people_csv
+
+    try:
+        if Path(name).suffix.lower() == ".parquet":
+            frame = pd.read_parquet(io.BytesIO(content), columns=["run_id"])
+        else:
+            frame = read_people_csv(content, usecols=lambda c: c == "run_id", nrows=1)
+    except (ValueError, KeyError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    values = frame["run_id"].dropna() if "run_id" in frame else ()
+    return str(values.iloc[0]) if len(values) else None
+
+
 def replace_table(path: str, frame: pd.DataFrame) -> None:
     """Write the clusters table atomically: a temporary file renamed over the old one."""
     content = table_bytes(frame, path)

@@ -258,6 +258,7 @@ def _run(decision: Decision, fence: claims.Fence, settings: JobSettings, log: Js
             settings,
             _request(decision, fence.key),
             progress=log.info,
+            on_warning=log.warning,
             on_history_error=_history_error(log),
             run_id=run_id,
             fence=fence.check,
