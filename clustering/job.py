@@ -209,9 +209,9 @@ def _run(run: _Run) -> RunReport:
 
 
 def _repair(run: _Run, store, pointer: bytes | None, token):
-    """Self-repair (clustering.repair) of a disagreement between the clusters table and
+    """Self-repair (clustering.adapters.repair) of a disagreement between the clusters table and
     latest/, first, whatever becomes of this run; the pointer it goes on with."""
-    from clustering.repair import Repair, repair
+    from clustering.adapters.repair import Repair, repair
 
     def shaped(rows):
         return with_shapes(rows, _boundaries(run.settings, rows)[0])
