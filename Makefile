@@ -4,23 +4,27 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
+# Every venv made here first gets the current, hashed pip and setuptools (make/venv-tools.txt)
+# instead of the old ones `python -m venv` seeds.
+VENV_TOOLS_INSTALL := --quiet --disable-pip-version-check --require-hashes -r make/venv-tools.txt
 
 .PHONY: setup run test lint bench clean docs-settings docs-charts
 
 # The first `make run` installs for a minute with pip --quiet: say what is happening.
-$(RUNTIME_STAMP): requirements.txt
+$(RUNTIME_STAMP): requirements.txt make/venv-tools.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
 		echo "error: $(PYTHON) is missing or older than Python 3.11: install 3.11+ or run make PYTHON=/path/to/python3.11" >&2; exit 1; }
 	@test -x $(BIN)/python || echo "==> creating the virtual environment $(VENV)/ with $$($(PYTHON) --version)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(VENV_TOOLS_INSTALL)
 	@echo "==> installing requirements.txt into $(VENV)/ (pandas, scikit-learn, matplotlib, Google clients; about a minute the first time)"
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements.txt
 	touch $@
 	@echo "==> $(VENV)/ is ready"
 
 $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
 	@echo "==> installing requirements-dev.txt into $(VENV)/ (pytest, ruff, seaborn)"
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.txt
 	touch $@
 
 setup: $(RUNTIME_STAMP)

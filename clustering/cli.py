@@ -16,7 +16,7 @@ from argparse import SUPPRESS
 from collections.abc import Mapping, Sequence
 
 from clustering import InputError
-from clustering.job import one_line
+from clustering.job import NotSettled, one_line
 from clustering.naming import plural
 from clustering.options import OPTIONS
 from clustering.settings import AnalysisSettings, JobSettings, parse_value
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except InputError as error:
+    except (InputError, NotSettled) as error:
         sys.stderr.write(f"error: {one_line(error)}\n")
         return 2
     except KeyboardInterrupt:
@@ -202,7 +202,7 @@ def settings_from_args(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clustering.job import RunRequest, run_job
+    from clustering.job import RunRequest
 
     settings = settings_from_args(args)
     began = time.perf_counter()
@@ -217,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     request = RunRequest(trigger="cli", dry_run=args.dry_run, force=args.force)
-    report = run_job(settings, request, progress, on_warning=warn)
+    report = _locked_run(settings, request, progress, warn)
     manifest = report.manifest
     groups = ", ".join(
         f"{g['label']} {g['rows']} rows in {g['sub_k']} sub-clusters"
@@ -230,11 +230,13 @@ def _run(args: argparse.Namespace) -> int:
     )
     moves = manifest["transitions"]
     rows_called = plural(settings.analysis.key_column)
-    if moves["previous_run_id"]:
+    if moves["previous_run_id"] and moves["moved"] is not None:
         changed = moves["moved"] + moves["appeared"] + moves["disappeared"]
         where = (
             f"{changed} {rows_called} changed cohort since run {moves['previous_run_id']}; {where}"
         )
+    elif moves["previous_run_id"]:
+        where = f"no transitions (run {moves['previous_run_id']} left no clusters CSV); {where}"
     print(f"run {report.run_id}: {manifest['input']['rows']} {rows_called}; {groups}; {where}")
     return 0
 
@@ -248,6 +250,49 @@ def _assign(args: argparse.Namespace) -> int:
         f"residential, {done.rows - done.residential} excluded; wrote {done.dest}"
     )
     return 0
+
+
+def _shared(settings: JobSettings) -> bool:
+    """Whether a run publishes where a deployed function may publish too (gs://, bq://)."""
+    destinations = (
+        settings.artifacts_dest,
+        settings.clusters_table,
+        settings.runs_table,
+        settings.transitions_table,
+    )
+    return any(d and d.startswith(("gs://", "bq://")) for d in destinations)
+
+
+def _locked_run(settings: JobSettings, request, progress, warn):
+    """run_job, holding the function's run lock (claims/ in the artifact store) when the run
+    publishes to gs:// or bq://, so that a manual run never races a deployed one; every
+    publishing step is fenced by it, as in the function."""
+    from datetime import UTC, datetime
+
+    from clustering.adapters import artifact_store, claims
+    from clustering.job import run_job
+    from clustering.naming import new_run_id
+
+    if request.dry_run or not _shared(settings):
+        return run_job(settings, request, progress, on_warning=warn)
+    store = artifact_store(settings.artifacts_dest)
+    started = datetime.now(UTC)
+    mine = claims.Claim(run_id=new_run_id(started), event_id=None, claimed_at=started.isoformat())
+    _, holder, fence = claims.claim(store, f"cli-{mine.run_id}", mine, started)
+    if fence is None:
+        who = f"run {holder.run_id} since {holder.claimed_at}" if holder else "another run"
+        raise InputError(
+            f"{who} holds the run lock in {store.describe('claims/')}: nothing was published; "
+            "run again when it has finished"
+        )
+    if holder is not None:
+        warn(f"took over the run lock of run {holder.run_id}, which never finished")
+    try:
+        return run_job(
+            settings, request, progress, on_warning=warn, run_id=mine.run_id, fence=fence.check
+        )
+    finally:
+        fence.release()
 
 
 def _sample(args: argparse.Namespace) -> int:

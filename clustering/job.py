@@ -6,7 +6,6 @@ the same steps and produce the same artifacts.
 
 from __future__ import annotations
 
-import io
 import json
 import platform
 import time
@@ -43,6 +42,11 @@ REPORTED_SETTINGS = (
     "random_state",
     "severity_feature",
 )
+
+
+class NotSettled(RuntimeError):
+    """The features table was still changing when the run read it (SETTLE_SECONDS): nothing
+    is published, and the event is retried, by when the refresh has finished."""
 
 
 class PublishInterrupted(RuntimeError):
@@ -185,6 +189,8 @@ def _run(run: _Run) -> RunReport:
     # cohorts for stable ids) and the pointer's version, which the switch of latest/ is
     # conditional on.
     pointer, pointer_token = store.read_pointer()
+    if run.settings.clusters_table and not run.request.dry_run:
+        pointer, pointer_token = _repair(run, store, pointer, pointer_token)
     done = _analyse(run, store, pointer)
     dry_run = run.request.dry_run
     prefix = None if dry_run else store.describe(f"runs/{run.run_id}/")
@@ -204,9 +210,32 @@ def _run(run: _Run) -> RunReport:
     return RunReport(run.run_id, "succeeded", manifest(run.clock.done()), prefix)
 
 
+def _repair(run: _Run, store, pointer: bytes | None, token):
+    """Self-repair (clustering.adapters.repair) of a disagreement between the clusters table and
+    latest/, first, whatever becomes of this run; the pointer it goes on with."""
+    from clustering.adapters.repair import Repair, repair
+
+    def shaped(rows):
+        key = run.settings.analysis.key_column
+        return with_shapes(rows, _boundaries(run.settings, rows)[0], key)
+
+    analysis = run.settings.analysis
+    job = Repair(
+        run.settings.clusters_table,
+        run.run_id,
+        run.fence,
+        run.warn,
+        shaped,
+        analysis.key_column,
+        analysis.population_column,
+    )
+    return repair(store, pointer, token, job)
+
+
 def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
     """Read, validate, cluster, name, draw: the whole run up to publishing."""
     from clustering.outputs import charts, report
+    from clustering.table import people_csv
 
     # Fork the chart process first: it imports matplotlib while this one reads and clusters.
     with charts.ChartRenderer() as renderer:
@@ -236,14 +265,14 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
         images = _chart_names(given.boundaries)
         _submit(renderer, _report_task(run, identity.result, view, (warnings, given.notes), images))
         # The CSVs are encoded while the chart workers draw.
-        table = identity.table.assign(run_id=run.run_id, _clustered_at=run.started)
-        files = {
-            CSV_CLUSTERS: table.to_csv(index=False).encode(),
-            CSV_EXCLUDED: result.excluded.to_csv(index=False).encode(),
-        }
+        inputs, keep = given.frame.columns, run.settings.output_columns
+        table = published_columns(identity.table, inputs, keep, analysis.key_column)
+        table = table.assign(run_id=run.run_id, _clustered_at=run.started)
+        excluded = published_columns(result.excluded, inputs, keep, analysis.key_column)
+        files = {CSV_CLUSTERS: people_csv(table), CSV_EXCLUDED: people_csv(excluded)}
         if identity.transitions is not None:
-            files[CSV_TRANSITIONS] = identity.transitions.to_csv(index=False).encode()
-        files |= renderer.collect()
+            files[CSV_TRANSITIONS] = people_csv(identity.transitions)
+        files |= renderer.collect(_time_left())
         files[HTML_REPORT] = report.embed(files[HTML_REPORT], files)
     return _Analysed(given, identity, table, files, model)
 
@@ -260,7 +289,9 @@ def _read_input(run: _Run, pointer: bytes | None) -> _Input:
 
         frame, where = make_sample(), "the built-in sample"
     else:
+        before = adapters.source_version(source)
         frame, where = adapters.read_features(source)
+        check_settled(where, before, adapters.source_version(source), run.settings.settle_seconds)
     run.clock.stage("validate", f"validating {len(frame)} rows")
     valid = validate_features(frame, run.settings.analysis, where)
     check_row_drop(
@@ -270,6 +301,7 @@ def _read_input(run: _Run, pointer: bytes | None) -> _Input:
         run.request.force,
         where,
     )
+    _check_output_columns(run.settings.output_columns, valid.frame.columns, where)
     boundaries, map_warnings = _boundaries(run.settings, valid.frame)
     warnings = tuple(valid.warnings) + tuple(map_warnings)
     for warning in warnings:
@@ -277,6 +309,28 @@ def _read_input(run: _Run, pointer: bytes | None) -> _Input:
     for note in valid.notes:
         run.clock.progress(f"note: {note}")
     return _Input(valid.frame, where, boundaries, warnings, valid.notes)
+
+
+def published_columns(frame, inputs, keep: tuple[str, ...], key: str = "neighborhood"):
+    """`frame` without the input columns OUTPUT_COLUMNS leaves out (the key column and every
+    column the run added stay); every column when `keep` is empty."""
+    if not keep:
+        return frame
+    dropped = [c for c in inputs if c != key and c not in keep]
+    return frame.drop(columns=[c for c in dropped if c in frame.columns])
+
+
+def _check_output_columns(keep: tuple[str, ...], columns, where: str) -> None:
+    from clustering.table import closest
+
+    for name in keep:
+        if name not in columns:
+            match = closest(name, columns)
+            hint = f" (did you mean {match!r}?)" if match else ""
+            raise InputError(
+                f"{where} has no column {name!r}{hint}, which OUTPUT_COLUMNS (--output-columns) "
+                "names: fix the name or remove it"
+            )
 
 
 def _cluster(run: _Run, renderer, given: _Input):
@@ -313,7 +367,8 @@ def _publish(run: _Run, store, done: _Analysed, pointer_token) -> None:
         _switch_latest(store, run.run_id, done.files, pointer_token, run.fence)
         return
     run.fence("loading the clusters table")
-    key, population = settings.analysis.key_column, settings.analysis.population_column
+    population = settings.analysis.population_column
+    adapters.after_last_load(store, settings.clusters_table, run.run_id)
     clusters = with_shapes(done.table, done.input.boundaries, key)
     schema = output_schema(clusters, key, population)
     adapters.write_clusters(settings.clusters_table, clusters, schema, run.run_id)
@@ -330,6 +385,12 @@ def _publish(run: _Run, store, done: _Analysed, pointer_token) -> None:
             f"run {run.run_id} was loaded into {settings.clusters_table} but latest/ was not "
             f"switched to it ({one_line(error)}); the redelivery of the event publishes again"
         ) from error
+
+
+def _time_left() -> float | None:
+    """Seconds left of the run's budget (publishing checks its own reserve); None without."""
+    active = budget.active()
+    return None if active is None else max(active.remaining(), 0.0)
 
 
 def _chart_names(boundaries) -> tuple[str, ...]:
@@ -436,6 +497,29 @@ def _manifest_of(pointer: bytes | None) -> dict | None:
     return document if isinstance(document, dict) else None
 
 
+def check_settled(where: str, before, after, settle_seconds: int, now=None) -> None:
+    """Raise NotSettled when the table changed while it was read (its version before and
+    after differ) or was last modified less than `settle_seconds` ago: a refresh spread over
+    several load or DML jobs must not be published half loaded. The modified time is
+    BigQuery's; `now` is this instance's clock, which may differ from it by at most
+    MAX_CLOCK_SKEW_SECONDS (the window is that much shorter or longer, never skipped)."""
+    if before is None or settle_seconds <= 0:
+        return
+    if after != before:
+        raise NotSettled(
+            f"{where} changed while it was read (last modified {before[0]}, {before[1]} rows "
+            f"before; {after[0] if after else '?'}, {after[1] if after else '?'} rows after): "
+            "nothing was published, the run is retried"
+        )
+    age = ((now or datetime.now(UTC)) - before[0]).total_seconds() if before[0] else None
+    if age is not None and age < settle_seconds:
+        raise NotSettled(
+            f"{where} was modified {max(age, 0):.0f} s before it was read, less than "
+            f"SETTLE_SECONDS={settle_seconds}: a refresh may still be loading, so nothing was "
+            "published and the run is retried"
+        )
+
+
 def check_row_drop(rows: int, previous: dict | None, ratio: float, force: bool, where: str) -> None:
     """The row-drop guard: an input with fewer than `ratio` times the rows of the last
     published run is refused as bad data (a truncated refresh would otherwise replace good
@@ -456,11 +540,10 @@ def _previous(store, pointer: bytes | None, key_column: str = "neighborhood"):
     """The last published run (the run latest/run.json points to), None on the first run.
 
     Centroids, names and ids come from its run.json; each neighborhood's previous cohort from
-    its clusters CSV in runs/<run_id>/, the published record of that run: run.json stays one
-    entry per cohort whatever the number of rows, and nothing is stored twice.
+    its clusters CSV, read from latest/, which never expires (runs/<run_id>/ does, after
+    artifact_retention_days): run.json stays one entry per cohort whatever the number of
+    rows, and nothing is stored twice.
     """
-    import pandas as pd
-
     from clustering.analysis.identity import previous_run
     from clustering.analysis.transitions import PREVIOUS_MARGIN, previous_columns
 
@@ -476,23 +559,38 @@ def _previous(store, pointer: bytes | None, key_column: str = "neighborhood"):
             f"{where} is not a run manifest: restore it from runs/<run_id>/run.json, or remove "
             "latest/ to number the cohorts afresh"
         ) from None
-    content = store.read_run_file(run_id, CSV_CLUSTERS)
-    if content is None:
+    rows = _previous_rows(store, run_id, key_column)
+    if rows is None:
         return previous_run(manifest, None)
-    wanted = {*previous_columns(key_column), PREVIOUS_MARGIN, "cluster_label", "run_id"}
-    rows = pd.read_csv(
-        io.BytesIO(content),
-        usecols=lambda c: c in wanted,
-        dtype={key_column: str},
-        keep_default_na=False,
-        na_values=[""],
-    )
     if key_column not in rows:  # published under another KEY_COLUMN: no row to compare
         return previous_run(manifest, None)
     if "cohort_name" not in rows:  # published before cohorts had names
         rows["cohort_name"] = rows["cluster_label"]
     margin = [PREVIOUS_MARGIN] if PREVIOUS_MARGIN in rows else []
     return previous_run(manifest, rows[[*previous_columns(key_column), *margin]])
+
+
+def _previous_rows(store, run_id: str, key_column: str):
+    """The clusters CSV rows of run `run_id`: latest/'s copy, else (latest/ was left holding
+    another run's copy by an interrupted switch) its run folder's; None when neither has it."""
+    from clustering.analysis.transitions import PREVIOUS_MARGIN, previous_columns
+    from clustering.table import read_people_csv
+
+    wanted = {*previous_columns(key_column), PREVIOUS_MARGIN, "cluster_label", "run_id"}
+    for read in (store.read_latest_file, lambda name: store.read_run_file(run_id, name)):
+        content = read(CSV_CLUSTERS)
+        if content is None:
+            continue
+        rows = read_people_csv(
+            content,
+            usecols=lambda c: c in wanted,
+            dtype={key_column: str},
+            keep_default_na=False,
+            na_values=[""],
+        )
+        if "run_id" not in rows or (rows["run_id"] == run_id).all():
+            return rows
+    return None
 
 
 def _identify(result, previous, run: _Run, draw):
@@ -579,7 +677,8 @@ def assign_table(run: str, features: str, dest: str) -> Assigned:
     model = read_model(manifest, where)
     frame, source = adapters.read_features(features)
     rows = assign(validate_for_model(frame, model.key_column, model.columns, source), model)
-    adapters.write_clusters(dest, rows, output_schema(rows))
+    schema = output_schema(rows, model.key_column, model.population_column)
+    adapters.write_clusters(dest, rows, schema)
     residential = int((rows["excluded_type"] == "Residential").sum())
     return Assigned(str(manifest.get("run_id", "?")), len(rows), residential, dest)
 

@@ -202,6 +202,14 @@ OPTIONS: tuple[Option, ...] = (
         example='["project.dataset.table"]',
     ),
     Option(
+        "table_changes_subscription",
+        "the push subscription of the log sink's own topic (projects/P/subscriptions/S): "
+        "only its deliveries are table changes; a LogEntry on any other is refused",
+        "optional",
+        "TABLE_CHANGES_SUBSCRIPTION",
+        shown="none (no Pub/Sub delivery is a table change)",
+    ),
+    Option(
         "function_service_account",
         "the function's own principal: audit events it caused are skipped",
         "optional",
@@ -225,6 +233,30 @@ OPTIONS: tuple[Option, ...] = (
         "--min-rows-ratio",
         DEFAULTS["min_rows_ratio"],
         metavar="SHARE",
+    ),
+    Option(
+        "settle_seconds",
+        "a bq:// features table modified this recently, or while it was read, is not "
+        "published: the run is retried, so a refresh spread over several jobs is read whole "
+        "(0 turns the check off)",
+        "int",
+        "SETTLE_SECONDS",
+        "--settle-seconds",
+        DEFAULTS["settle_seconds"],
+        metavar="SECONDS",
+    ),
+    Option(
+        "output_columns",
+        "JSON list of the features table's columns that reach the clusters table, the CSVs "
+        "and Looker Studio (the KEY_COLUMN always does; the cluster columns are added); [] "
+        "keeps every column",
+        "names",
+        "OUTPUT_COLUMNS",
+        "--output-columns",
+        (),
+        shown="[] (every column)",
+        metavar="JSON",
+        example='["population", "vacancy_rate"]',
     ),
     Option(
         "function_timeout_seconds",

@@ -37,8 +37,19 @@ MAX_FEATURES_ROWS = 300_000
 MAX_FEATURES_BYTES = 512 * 1024**2
 MAX_BOUNDARIES_BYTES = 64 * 1024**2
 
+# The largest difference tolerated between this instance's clock and Google's servers' (the
+# times of Cloud Logging entries, BigQuery tables and Cloud Storage objects). Every comparison
+# of an instance time with a server time leaves this much room: a table change this close to a
+# run's start is not taken as covered by it, and lock ages are measured from the lock object's
+# server time. Google synchronizes its machines' clocks far more closely than this.
+MAX_CLOCK_SKEW_SECONDS = 1.0
+
 # A BigQuery table id as `project.dataset.table` (DESIGN.md, reliability rules).
 TABLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+){2}$")
+# A Pub/Sub subscription's full name.
+SUBSCRIPTION_PATTERN = re.compile(
+    r"^projects/[a-z0-9-]+/subscriptions/[A-Za-z][A-Za-z0-9._~%+-]{2,254}$"
+)
 # A BigQuery column name: the only identifiers ever written into a query (boundaries).
 COLUMN_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
 
@@ -201,6 +212,12 @@ class JobSettings:
         the neighborhoods that changed cohort, appended by every run that has a previous one.
     label_overrides: (stable sub-cluster id, cohort name) pairs that replace the generated
         cohort names; the names must be unique.
+    table_changes_subscription: the log sink topic's push subscription; only deliveries
+        through it are taken as table changes (manual messages never are).
+    settle_seconds: a bq:// features table last modified less than this long before the
+        run read it (or modified while it was read) is not published; the event is retried.
+    output_columns: the features table's columns that reach the outputs (the key column
+        always does); empty keeps every column.
     """
 
     features_source: str | None = None
@@ -219,8 +236,30 @@ class JobSettings:
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     transitions_table: str | None = None
     label_overrides: tuple[tuple[int, str], ...] = ()
+    table_changes_subscription: str | None = None
+    settle_seconds: int = DEFAULTS["settle_seconds"]
+    output_columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self._check_destinations()
+        if (
+            self.watched_table is None
+            and self.features_source
+            and self.features_source.startswith("bq://")
+        ):
+            object.__setattr__(
+                self, "watched_table", bq_table_id(self.features_source, "FEATURES_SOURCE")
+            )
+        if self.watched_table is not None:
+            check_table_id(self.watched_table, "WATCHED_TABLE")
+        for table in self.allowed_features_tables:
+            check_table_id(table, "ALLOWED_FEATURES_TABLES")
+        self._check_delivery_limits()
+        _check_transitions_table(self.transitions_table)
+        _check_label_overrides(self.label_overrides)
+
+    def _check_destinations(self) -> None:
+        """Every source and destination given in a form the adapters take."""
         if not self.artifacts_dest:
             raise InputError("ARTIFACTS_DEST is empty: give a gs://bucket/prefix or a folder")
         for name, uri in (
@@ -251,18 +290,9 @@ class JobSettings:
                 f"RUNS_TABLE {runs!r}: give bq://project.dataset.table or a local .jsonl path "
                 "(objects cannot be appended to)"
             )
-        if (
-            self.watched_table is None
-            and self.features_source
-            and self.features_source.startswith("bq://")
-        ):
-            object.__setattr__(
-                self, "watched_table", bq_table_id(self.features_source, "FEATURES_SOURCE")
-            )
-        if self.watched_table is not None:
-            check_table_id(self.watched_table, "WATCHED_TABLE")
-        for table in self.allowed_features_tables:
-            check_table_id(table, "ALLOWED_FEATURES_TABLES")
+
+    def _check_delivery_limits(self) -> None:
+        """The function's age, row-drop, timeout, subscription and settling settings."""
         if self.max_event_age_seconds <= 0:
             raise InputError(
                 f"MAX_EVENT_AGE_SECONDS is {self.max_event_age_seconds}: use a positive number"
@@ -278,8 +308,17 @@ class JobSettings:
                 f"FUNCTION_TIMEOUT_SECONDS is {self.function_timeout_seconds}: use the "
                 "function's timeout in seconds (120 or more)"
             )
-        _check_transitions_table(self.transitions_table)
-        _check_label_overrides(self.label_overrides)
+        subscription = self.table_changes_subscription
+        if subscription is not None and not SUBSCRIPTION_PATTERN.fullmatch(subscription):
+            raise InputError(
+                f"TABLE_CHANGES_SUBSCRIPTION {subscription!r}: write it as "
+                "projects/PROJECT/subscriptions/NAME"
+            )
+        if self.settle_seconds < 0:
+            raise InputError(
+                f"SETTLE_SECONDS (--settle-seconds) is {self.settle_seconds}: use 0 (no check) "
+                "or more"
+            )
 
     @property
     def boundaries_key_column(self) -> str:

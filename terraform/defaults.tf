@@ -27,5 +27,6 @@ locals {
   limits = {
     max_event_age_seconds = var.max_event_age_seconds == null ? local.code_defaults.max_event_age_seconds : var.max_event_age_seconds
     min_rows_ratio        = var.min_rows_ratio == null ? local.code_defaults.min_rows_ratio : var.min_rows_ratio
+    settle_seconds        = var.settle_seconds == null ? local.code_defaults.settle_seconds : var.settle_seconds
   }
 }

@@ -28,6 +28,8 @@ locals {
     BOUNDARIES_GEOGRAPHY_COLUMN = var.boundaries_geography_column
     # JSON lists, as settings.parse_name_list reads them.
     ALLOWED_FEATURES_TABLES = jsonencode(var.allowed_features_tables)
+    # Only deliveries through this subscription (the log sink's topic) are table changes.
+    TABLE_CHANGES_SUBSCRIPTION = local.table_changes_subscription
     # Audit-log events caused by this principal are skipped by the code, as by the sink filter.
     FUNCTION_SERVICE_ACCOUNT = google_service_account.runtime.email
     MAX_EVENT_AGE_SECONDS    = tostring(local.limits.max_event_age_seconds)
@@ -35,6 +37,10 @@ locals {
     # lock over once it is older than it.
     FUNCTION_TIMEOUT_SECONDS = tostring(var.function_timeout_seconds)
     MIN_ROWS_RATIO           = tostring(local.limits.min_rows_ratio)
+    # A features table modified this recently is read again later (the run is retried).
+    SETTLE_SECONDS = tostring(local.limits.settle_seconds)
+    # The input columns that reach the outputs; [] keeps every column.
+    OUTPUT_COLUMNS = jsonencode(var.output_columns)
     # The analytic settings, with the code's defaults where a variable is null (defaults.tf).
     KEY_COLUMN            = local.analysis.key_column
     POPULATION_COLUMN     = local.analysis.population_column

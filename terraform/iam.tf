@@ -42,10 +42,24 @@ resource "google_bigquery_table_iam_member" "runtime_boundaries_reader" {
   member     = "serviceAccount:${google_service_account.runtime.email}"
 }
 
-# Write access on the three output tables only. dataEditor on a table allows the WRITE_TRUNCATE
-# load that replaces the clusters table (and its schema) and the appends to the runs and
-# transitions tables, but not creating or deleting other tables; on the dataset it could also
-# rewrite the features table when the outputs share the features dataset.
+# Write access on the three output tables only, with a role of exactly what the code does:
+# read a table's metadata and rows (the clusters table's run_id is read back after each load),
+# replace its rows and schema (the WRITE_TRUNCATE load of the clusters table), append (the
+# runs and transitions tables). bigquery.dataEditor would add bigquery.tables.delete (and
+# create, which on a table grants nothing: tables are created by Terraform, on the dataset).
+resource "google_project_iam_custom_role" "output_writer" {
+  project     = var.project_id
+  role_id     = replace("${var.name}_output_writer", "-", "_")
+  title       = "Neighborhood clusters output writer"
+  description = "Replace and append rows of the clusters, runs and transitions tables; never delete them."
+  permissions = [
+    "bigquery.tables.get",
+    "bigquery.tables.getData",
+    "bigquery.tables.update",
+    "bigquery.tables.updateData",
+  ]
+}
+
 resource "google_bigquery_table_iam_member" "runtime_output_writer" {
   for_each = {
     clusters    = google_bigquery_table.clusters.table_id
@@ -55,7 +69,7 @@ resource "google_bigquery_table_iam_member" "runtime_output_writer" {
   project    = var.project_id
   dataset_id = var.dataset_id
   table_id   = each.value
-  role       = "roles/bigquery.dataEditor"
+  role       = google_project_iam_custom_role.output_writer.name
   member     = "serviceAccount:${google_service_account.runtime.email}"
 }
 
@@ -103,10 +117,11 @@ resource "google_service_account_iam_member" "pubsub_token_creator" {
 
 # --- Log sink and dead lettering ------------------------------------------------------------------
 
-# The sink's writer identity may publish to the run topic, and to nothing else.
+# The sink's writer identity may publish to the table-change topic, and to nothing else; no
+# one else may publish there (the function trusts a LogEntry only from this topic).
 resource "google_pubsub_topic_iam_member" "sink_publisher" {
   project = var.project_id
-  topic   = google_pubsub_topic.runs.name
+  topic   = google_pubsub_topic.table_changes.name
   role    = "roles/pubsub.publisher"
   member  = google_logging_project_sink.features_changed.writer_identity
 }
@@ -125,6 +140,24 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
   subscription = google_pubsub_subscription.function_push.name
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
+}
+
+resource "google_pubsub_subscription_iam_member" "table_changes_dead_letter_subscriber" {
+  project      = var.project_id
+  subscription = google_pubsub_subscription.table_changes_push.name
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_service_agent
+}
+
+# Who may start a run by hand: publishers of the run topic (var.run_publishers). A manual
+# message may ask for a dry run, another allowed features table, or `force` (the row-drop
+# guard off for that run): grant it to the people who may replace the published results.
+resource "google_pubsub_topic_iam_member" "run_publishers" {
+  for_each = toset(var.run_publishers)
+  project  = var.project_id
+  topic    = google_pubsub_topic.runs.name
+  role     = "roles/pubsub.publisher"
+  member   = each.value
 }
 
 locals {

@@ -15,6 +15,11 @@ output "runs_topic" {
   value       = google_pubsub_topic.runs.name
 }
 
+output "table_changes_topic" {
+  description = "Topic the log sink publishes table changes to; nobody else may publish there."
+  value       = google_pubsub_topic.table_changes.name
+}
+
 output "manual_run_command" {
   description = "gcloud command that starts a run by hand."
   value       = "gcloud pubsub topics publish ${google_pubsub_topic.runs.name} --project=${var.project_id} --message='{\"reason\": \"manual\"}'"

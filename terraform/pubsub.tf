@@ -1,10 +1,21 @@
-# Topics: one topic starts runs (manual publishes and the log sink's table-change entries
-# both land here), and a dead-letter topic keeps what the function could not process.
+# Topics: the run topic carries manual run requests, the table-change topic only the log
+# sink's audit entries, and a dead-letter topic keeps what the function could not process.
+# Two topics, so that who may publish a manual run (roles/pubsub.publisher on the run topic)
+# can never forge a table change: the function takes a LogEntry only from the table-change
+# topic's push subscription (TABLE_CHANGES_SUBSCRIPTION), whose only publisher is the sink.
 
 resource "google_pubsub_topic" "runs" {
   #checkov:skip=CKV_GCP_83:Messages carry only run requests and audit-log metadata (table names, job ids, principals); Google-managed encryption is adequate and a customer key would add a KMS key ring this job does not otherwise need.
   project    = var.project_id
   name       = "${var.name}-runs"
+  labels     = local.labels
+  depends_on = [google_project_service.this]
+}
+
+resource "google_pubsub_topic" "table_changes" {
+  #checkov:skip=CKV_GCP_83:Audit-log metadata of the features table (table names, job ids, principals); Google-managed encryption is adequate (see the run topic).
+  project    = var.project_id
+  name       = "${var.name}-table-changes"
   labels     = local.labels
   depends_on = [google_project_service.this]
 }

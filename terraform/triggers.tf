@@ -1,8 +1,11 @@
-# The two ways a run starts, both delivered through the run topic and ONE push subscription:
+# The two ways a run starts, each through a topic and a push subscription of its own:
 #
 # 1. Manual: `gcloud pubsub topics publish <runs topic> --message='{"reason": "manual"}'`.
 # 2. Table change: a Cloud Logging sink forwards the BigQuery audit-log entry of every data
-#    change of the features table to the same topic.
+#    change of the features table to the table-change topic, which nobody else may publish
+#    to. The function takes a LogEntry as a table change only from that topic's subscription
+#    (TABLE_CHANGES_SUBSCRIPTION), and refuses one on the run topic: a manual publisher cannot
+#    forge a change (skip the age limit, take a future job's idempotency key).
 #
 # Why a log sink and not an Eventarc audit-log trigger: Eventarc filters audit logs only on
 # serviceName, methodName and resourceName. Every read of the features table by the function
@@ -18,13 +21,20 @@
 # Terraform can attach. Owning the subscription gives bounded retries, a dead-letter topic for
 # messages that still fail, an ack deadline longer than the function timeout and no expiry.
 
+locals {
+  # Known before the subscription exists: the function's environment names it, and the
+  # subscription's push endpoint names the function, so its id cannot be used (a cycle).
+  table_changes_subscription_name = "${var.name}-table-changes-push"
+  table_changes_subscription      = "projects/${var.project_id}/subscriptions/${local.table_changes_subscription_name}"
+}
+
 resource "google_logging_project_sink" "features_changed" {
   # In the features table's project: its audit logs are written there (features_project_id).
   project     = local.features_project
   name        = "${var.name}-features-changed"
-  description = "BigQuery data changes of ${local.features_table} -> ${google_pubsub_topic.runs.name}"
-  destination = "pubsub.googleapis.com/${google_pubsub_topic.runs.id}"
-  # A dedicated writer identity, granted publish on the run topic alone (iam.tf).
+  description = "BigQuery data changes of ${local.features_table} -> ${google_pubsub_topic.table_changes.name}"
+  destination = "pubsub.googleapis.com/${google_pubsub_topic.table_changes.id}"
+  # A dedicated writer identity, granted publish on the table-change topic alone (iam.tf).
   unique_writer_identity = true
 
   # The conditions, one per line, are ANDed:
@@ -98,6 +108,46 @@ resource "google_pubsub_subscription" "function_push" {
   }
 
   # The invoker grant and the dead-letter grants must exist before the first delivery.
+  depends_on = [
+    google_cloud_run_v2_service_iam_member.trigger_invoker,
+    google_pubsub_topic_iam_member.dead_letter_publisher,
+  ]
+}
+
+# The table-change topic's push subscription: the same delivery settings as the run topic's
+# (above), to the same function; its name is the function's TABLE_CHANGES_SUBSCRIPTION.
+resource "google_pubsub_subscription" "table_changes_push" {
+  project = var.project_id
+  name    = local.table_changes_subscription_name
+  topic   = google_pubsub_topic.table_changes.id
+  labels  = local.labels
+
+  ack_deadline_seconds       = 600
+  message_retention_duration = "86400s"
+  retain_acked_messages      = false
+
+  retry_policy {
+    minimum_backoff = "30s"
+    maximum_backoff = "600s"
+  }
+
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    max_delivery_attempts = var.max_delivery_attempts
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  push_config {
+    push_endpoint = "${google_cloudfunctions2_function.recluster.service_config[0].uri}/${google_pubsub_topic.table_changes.id}"
+    oidc_token {
+      service_account_email = google_service_account.trigger.email
+      audience              = google_cloudfunctions2_function.recluster.service_config[0].uri
+    }
+  }
+
   depends_on = [
     google_cloud_run_v2_service_iam_member.trigger_invoker,
     google_pubsub_topic_iam_member.dead_letter_publisher,

@@ -469,6 +469,36 @@ variable "min_rows_ratio" {
   }
 }
 
+variable "run_publishers" {
+  description = "Members (user:..., group:..., serviceAccount:...) who may publish to the run topic, i.e. start a run by hand, also forced (the row-drop guard off for that run). The table-change topic has one publisher, the log sink."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for m in var.run_publishers : can(regex("^(user|group|serviceAccount|domain):", m))])
+    error_message = "run_publishers entries must be IAM members such as group:analysts@example.com."
+  }
+}
+
+variable "settle_seconds" {
+  description = "A features table modified this recently (or while a run read it) is not published: the run is retried, so a refresh spread over several load or DML jobs is read whole. 0 turns the check off."
+  type        = number
+  default     = null # the code's default, clustering/defaults.json (defaults.tf)
+  validation {
+    condition     = var.settle_seconds == null ? true : var.settle_seconds >= 0 && floor(var.settle_seconds) == var.settle_seconds
+    error_message = "settle_seconds must be a whole number of seconds, 0 or more."
+  }
+}
+
+variable "output_columns" {
+  description = "Columns of the features table that reach the clusters table, the CSVs and Looker Studio (the neighborhood column always does). Empty keeps every column; set it when the features table carries a column that must not be published."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for c in var.output_columns : can(regex("^[A-Za-z_][A-Za-z0-9_]*$", c))])
+    error_message = "output_columns entries must be column names (letters, digits and _)."
+  }
+}
+
 # --- Alerts (monitoring.tf) --------------------------------------------------------------------
 
 variable "alert_emails" {

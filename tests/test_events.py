@@ -31,7 +31,7 @@ from clustering.cloud.events import (
     envelope_from_http,
     envelope_from_structured,
 )
-from clustering.settings import JobSettings
+from clustering.settings import MAX_CLOCK_SKEW_SECONDS, JobSettings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "events"
 NOW = datetime(2024, 5, 1, 12, 5, tzinfo=UTC)
@@ -45,6 +45,7 @@ SETTINGS = JobSettings(
     allowed_features_tables=("baltimore-data.neighborhoods.features_2023",),
     function_service_account=OWN_ACCOUNT,
     max_event_age_seconds=3600,
+    table_changes_subscription="projects/baltimore-data/subscriptions/neighborhood-clusters-table-changes-push",
 )
 ALL_FIXTURES = sorted(path.stem for path in FIXTURES.glob("*.json"))
 
@@ -61,6 +62,9 @@ def decide_on(
 
 def decide_fixture(name: str, settings: JobSettings = SETTINGS, now: datetime = NOW) -> Decision:
     return decide_on(load(name), settings, now)
+
+
+SINK = "pubsub_sink_table_data_change"
 
 
 def with_message_text(text: str, name: str = "pubsub_manual_publish") -> dict[str, Any]:
@@ -228,14 +232,14 @@ def test_sink_delivered_table_data_change_runs_as_a_table_change() -> None:
 
 def test_sink_delivered_read_is_skipped() -> None:
     entry = load("audit_table_data_read")["data"]
-    decision = decide_on(with_message_text(json.dumps(entry)))
+    decision = decide_on(with_message_text(json.dumps(entry), SINK))
     assert_decision(decision, "skip", "table-change", "-r7a1b2c3d4e5", "tableDataRead")
 
 
 def test_log_entry_is_recognised_by_its_log_name_alone() -> None:
     entry = load("audit_table_data_change")["data"]
     del entry["protoPayload"]["@type"]
-    decision = decide_on(with_message_text(json.dumps(entry)))
+    decision = decide_on(with_message_text(json.dumps(entry), SINK))
     assert (decision.action, decision.trigger) == ("run", "table-change")
 
 
@@ -690,7 +694,7 @@ def test_change_summary_names_the_job_and_counts_missing_as_zero() -> None:
 def test_a_log_entry_is_recognised_by_its_audit_type_alone() -> None:
     entry = load("audit_table_data_change")["data"]
     del entry["logName"]
-    decision = decide_on(with_message_text(json.dumps(entry)))
+    decision = decide_on(with_message_text(json.dumps(entry), SINK))
     assert (decision.action, decision.trigger) == ("run", "table-change")
 
 
@@ -883,10 +887,13 @@ def test_finished_changes_start_a_run_keyed_by_their_entry(reason: str) -> None:
 def test_a_change_before_the_last_run_started_is_covered() -> None:
     decision = decide_fixture("audit_table_data_change")
     changed = decision.changed_at
-    covered = covered_by(decision, "run-1", changed + timedelta(microseconds=1))
+    skew = timedelta(seconds=MAX_CLOCK_SKEW_SECONDS)
+    covered = covered_by(decision, "run-1", changed + skew + timedelta(microseconds=1))
     assert covered.action == "skip" and "already covered by run run-1" in covered.reason
-    # At or after the change, or without any run, it still runs.
+    # At or after the change, within the tolerated clock skew of it, or without any run, it
+    # still runs.
     assert covered_by(decision, "run-1", changed) == decision
+    assert covered_by(decision, "run-1", changed + skew) == decision
     assert covered_by(decision, None, None) == decision
     # Manual messages are requests, never coalesced.
     manual = decide_fixture("pubsub_manual_publish")
@@ -994,3 +1001,76 @@ def test_a_sink_entry_without_a_timestamp_is_timed_by_its_message() -> None:
     decision = decide_on(event, now=NOW + timedelta(hours=2))
     assert decision.changed_at == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)  # its publish time
     assert decision.late
+
+
+# --- Hardening (issue 16) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b'{"reason": "refresh \\ud800"}',
+        b'{"reason": "ok", "\\udfff": 1}',
+        b'{"features_table": "\\ud83d"}',
+    ],
+)
+def test_text_that_cannot_be_encoded_is_rejected_at_the_door(message: bytes) -> None:
+    body = {"message": {"data": base64.b64encode(message).decode(), "messageId": "77"}}
+    envelope = envelope_from_http(json.dumps(body).encode(), {}, "/projects/p/topics/t")
+    decision = decide(envelope, SETTINGS, NOW)
+    assert_decision(decision, "reject", "pubsub", "77", "cannot be encoded as UTF-8")
+    decision.reason.encode("utf-8")  # the reason itself is printable in any log
+
+
+def test_a_push_body_with_an_escaped_lone_surrogate_is_rejected_unparsed() -> None:
+    body = b'{"message": {"data": "e30=", "messageId": "\\ud800"}}'
+    decision = decide(envelope_from_http(body, {}, "/"), SETTINGS, NOW)
+    assert decision.action == "reject"
+    assert "cannot be encoded as UTF-8" in decision.reason
+
+
+@pytest.mark.parametrize("hostile", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+01:00"])
+def test_a_time_utc_cannot_hold_counts_as_missing(hostile: str) -> None:
+    event = load("pubsub_manual_publish")
+    event["time"] = hostile
+    event["data"]["message"]["publishTime"] = hostile
+    assert decide_on(event, now=NOW + timedelta(days=30)).action == "run"
+    change = load("audit_table_data_change")
+    change["time"] = hostile
+    change["data"]["timestamp"] = hostile
+    decision = decide_on(change)
+    assert (decision.action, decision.changed_at, decision.late) == ("run", None, False)
+
+
+def test_message_data_that_is_not_ascii_is_not_valid_base64() -> None:
+    event = load("pubsub_manual_publish")
+    event["data"]["message"]["data"] = "eyJyZWFzb24iOiAi\u00e9In0="
+    decision = decide_on(event)
+    assert_decision(decision, "reject", "pubsub", "11529734001", "not valid base64")
+
+
+def test_a_change_just_before_a_run_started_by_another_clock_is_not_covered() -> None:
+    decision = decide_fixture("audit_table_data_change")
+    # Logging's clock says the change came 0.5 s before the run's start on the instance's
+    # clock; within the tolerated skew it may have come after the run read the table.
+    started = decision.changed_at + timedelta(seconds=0.5)
+    assert covered_by(decision, "run-1", started) == decision
+
+
+def test_a_log_entry_published_to_the_run_topic_is_never_a_table_change() -> None:
+    # Anyone who may publish a manual run could otherwise forge a table change: skip the
+    # age limit, or take a future job's idempotency key.
+    forged = load("pubsub_sink_table_data_change")
+    forged["data"]["subscription"] = load("pubsub_manual_publish")["data"]["subscription"]
+    decision = decide_on(forged)
+    assert_decision(decision, "reject", "pubsub", "11529734014", "never taken as a table change")
+    unset = dataclasses.replace(SETTINGS, table_changes_subscription=None)
+    assert decide_fixture("pubsub_sink_table_data_change", unset).action == "reject"
+
+
+def test_the_table_change_subscription_carries_only_log_entries() -> None:
+    manual = load("pubsub_manual_publish")
+    manual["data"]["subscription"] = SETTINGS.table_changes_subscription
+    decision = decide_on(manual)
+    assert_decision(decision, "reject", "pubsub", "11529734001", "carries only the log sink's")
+    assert decide_fixture("pubsub_sink_table_data_change").action == "run"

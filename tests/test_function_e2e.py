@@ -177,6 +177,12 @@ class Function:
         return Delivery(status, body, parse_log(self.log_since(offset))[0])
 
 
+# The push subscription of the log sink's own topic (triggers.tf), which the function takes
+# table changes from; the sink_topic fixture creates it on the Pub/Sub emulator.
+SINK_PUSH = unique("neighborhood-clusters-table-changes-push")
+TABLE_CHANGES_SUBSCRIPTION = f"projects/{emulators.DEFAULT_PROJECT}/subscriptions/{SINK_PUSH}"
+
+
 def function_env(bigquery_emulator, storage_endpoint: str, artifacts: str) -> dict[str, str]:
     """The function's configuration, as Terraform sets it, pointed at the emulators."""
     return {
@@ -186,7 +192,11 @@ def function_env(bigquery_emulator, storage_endpoint: str, artifacts: str) -> di
         "RUNS_TABLE": f"bq://{RUNS}",
         "TRANSITIONS_TABLE": f"bq://{TRANSITIONS}",
         "FUNCTION_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
+        "TABLE_CHANGES_SUBSCRIPTION": TABLE_CHANGES_SUBSCRIPTION,
         "FUNCTION_TIMEOUT_SECONDS": str(FUNCTION_TIMEOUT_S),
+        # The tests load the features table and trigger at once; settling (SETTLE_SECONDS) is
+        # tested on its own in tests/test_hardening.py.
+        "SETTLE_SECONDS": "0",
         "BIGQUERY_EMULATOR_HOST": bigquery_emulator.endpoint,
         "STORAGE_EMULATOR_HOST": storage_endpoint,
     }
@@ -1133,12 +1143,22 @@ class RunTopic:
 @pytest.fixture
 def run_topic(pubsub_emulator, function) -> RunTopic:
     topic = unique("neighborhood-clusters-runs")
+    return push_topic(pubsub_emulator, function, topic, f"{topic}-push")
+
+
+@pytest.fixture(scope="module")
+def sink_topic(pubsub_emulator, function) -> RunTopic:
+    """The log sink's own topic, pushed by the subscription TABLE_CHANGES_SUBSCRIPTION."""
+    return push_topic(pubsub_emulator, function, unique("table-changes"), SINK_PUSH)
+
+
+def push_topic(pubsub_emulator, function, topic: str, subscription: str) -> RunTopic:
     pubsub_rest(pubsub_emulator, "PUT", f"topics/{topic}", {})
     project = pubsub_emulator.project
     pubsub_rest(
         pubsub_emulator,
         "PUT",
-        f"subscriptions/{topic}-push",
+        f"subscriptions/{subscription}",
         {
             "topic": f"projects/{project}/topics/{topic}",
             "ackDeadlineSeconds": 10,
@@ -1157,12 +1177,21 @@ def log_entry_message(entry: dict) -> dict:
     return {"data": base64.b64encode(json.dumps(entry).encode()).decode()}
 
 
-def test_a_sink_log_entry_pushed_through_pubsub_runs_once(run_topic, bq, gcs, cloud, first_run):
+def test_a_sink_log_entry_pushed_through_pubsub_runs_once(
+    sink_topic, run_topic, bq, gcs, cloud, first_run
+):
     before = published(bq, gcs, cloud)
-    offset = run_topic.function.log_size()
+    offset = sink_topic.function.log_size()
 
-    (message_id,) = run_topic.publish(log_entry_message(bigquery_log_entry(FEATURES)))
-    decision = run_topic.decision(message_id, offset)
+    # The same entry published to the run topic, as anyone allowed a manual run could: refused.
+    (forged,) = run_topic.publish(log_entry_message(bigquery_log_entry(FEATURES)))
+    refused = run_topic.decision(forged, offset)
+    assert (
+        refused["event"] == "event_rejected"
+        and "never taken as a table change" in (refused["message"])
+    )
+    (message_id,) = sink_topic.publish(log_entry_message(bigquery_log_entry(FEATURES)))
+    decision = sink_topic.decision(message_id, offset)
 
     assert decision["event"] == "run_succeeded" and decision["trigger"] == "table-change"
     # A table change is keyed, and recorded, by its BigQuery job.
@@ -1184,13 +1213,13 @@ def test_a_sink_log_entry_pushed_through_pubsub_runs_once(run_topic, bq, gcs, cl
     ],
 )
 def test_a_pushed_read_or_change_of_another_table_runs_nothing(
-    run_topic, bq, gcs, cloud, first_run, entry, cause
+    sink_topic, bq, gcs, cloud, first_run, entry, cause
 ):
     before = published(bq, gcs, cloud)
-    offset = run_topic.function.log_size()
+    offset = sink_topic.function.log_size()
 
-    (message_id,) = run_topic.publish(log_entry_message(entry))
-    decision = run_topic.decision(message_id, offset)
+    (message_id,) = sink_topic.publish(log_entry_message(entry))
+    decision = sink_topic.decision(message_id, offset)
 
     assert decision["event"] == "event_skipped" and cause in decision["message"]
     assert published(bq, gcs, cloud) == before
@@ -1242,7 +1271,10 @@ def test_a_burst_of_five_changes_gives_at_most_two_runs_the_last_on_the_final_da
         version = real.copy()
         version.loc[version["neighborhood"] == MARKER, "population"] = 5000 + step
         load_features(bq, version)
-        events.append(pubsub_event(bigquery_log_entry(FEATURES)))  # as the log sink sends it
+        # As the log sink's subscription pushes it.
+        events.append(
+            pubsub_event(bigquery_log_entry(FEATURES), subscription=TABLE_CHANGES_SUBSCRIPTION)
+        )
 
     def deliver(event: dict) -> dict:
         # Pushed back to back, as Pub/Sub does; an answer of 500 (busy: another delivery holds

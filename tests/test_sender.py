@@ -22,6 +22,7 @@ from cloudevents.http import from_http
 
 from clustering.cloud.events import Decision, decide, envelope_from_cloudevent
 from clustering.cloud.sender import (
+    SINK_SUBSCRIPTION,
     STRUCTURED_CONTENT_TYPE,
     bigquery_log_entry,
     pubsub_event,
@@ -38,6 +39,7 @@ SETTINGS = JobSettings(
     clusters_table="bq://baltimore-data.neighborhoods.clusters",
     allowed_features_tables=("baltimore-data.neighborhoods.features_2023",),
     function_service_account=OWN_ACCOUNT,
+    table_changes_subscription=SINK_SUBSCRIPTION,
 )
 
 
@@ -91,7 +93,7 @@ def test_pubsub_event_publish_time_drives_the_age_check() -> None:
 
 def test_sink_style_log_entry_through_pubsub_runs_as_a_table_change() -> None:
     entry = bigquery_log_entry(WATCHED, job_id="load_features_42")
-    decision = decide_now(pubsub_event(entry))
+    decision = decide_now(pubsub_event(entry, subscription=SINK_SUBSCRIPTION))
     assert (decision.action, decision.trigger) == ("run", "table-change")
     assert decision.key == "projects/baltimore-data/jobs/load_features_42"
 

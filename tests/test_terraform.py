@@ -43,6 +43,7 @@ TRIGGER_SA = "${google_service_account.trigger.email}"
 FUNCTION = "google_cloudfunctions2_function.recluster"
 FUNCTION_URI = f"${{{FUNCTION}.service_config[0].uri}}"
 RUNS_TOPIC_ID = "${google_pubsub_topic.runs.id}"
+TABLE_CHANGES_TOPIC_ID = "${google_pubsub_topic.table_changes.id}"
 DEAD_LETTER_TOPIC_ID = "${google_pubsub_topic.dead_letter.id}"
 PUBSUB_AGENT = "${local.pubsub_service_agent}"
 SINK_WRITER = "${google_logging_project_sink.features_changed.writer_identity}"
@@ -66,7 +67,7 @@ NOT_CONFIGURED_HERE = frozenset(
 # The analytic settings: one Terraform variable per key of the code's defaults file.
 DEFAULTS_FILE = ROOT / "clustering" / "defaults.json"
 # clustering/defaults.json holds the analytic defaults and the delivery limits.
-LIMIT_VARIABLES = ("max_event_age_seconds", "min_rows_ratio")
+LIMIT_VARIABLES = ("max_event_age_seconds", "min_rows_ratio", "settle_seconds")
 ANALYTIC_VARIABLES = tuple(
     name
     for name in json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
@@ -630,8 +631,18 @@ def test_table_change_sink_names_exactly_the_features_table(
     sinks = config.of_type("google_logging_project_sink")
     assert list(sinks) == ["features_changed"]
     sink = sinks["features_changed"]
-    # It feeds the topic the push subscription delivers to the function.
-    assert one(sink["destination"]) == f"pubsub.googleapis.com/{RUNS_TOPIC_ID}"
+    # It feeds a topic of its own, whose push subscription is the one the function takes
+    # table changes from (TABLE_CHANGES_SUBSCRIPTION).
+    assert one(sink["destination"]) == f"pubsub.googleapis.com/{TABLE_CHANGES_TOPIC_ID}"
+    subscriptions = config.of_type("google_pubsub_subscription")
+    on_changes = [b for b in subscriptions.values() if one(b["topic"]) == TABLE_CHANGES_TOPIC_ID]
+    assert len(on_changes) == 1
+    assert one(on_changes[0]["name"]) == "${local.table_changes_subscription_name}"
+    env = function_environment(config)
+    assert env["TABLE_CHANGES_SUBSCRIPTION"] == "${local.table_changes_subscription}"
+    assert config.locals["table_changes_subscription"] == (
+        "projects/${var.project_id}/subscriptions/${local.table_changes_subscription_name}"
+    )
     assert one(sink["unique_writer_identity"]) is True
     assert not config.of_type("google_eventarc_trigger"), "one table-change path, not two"
 
@@ -726,7 +737,7 @@ def iam_grants(config: Config) -> set[tuple[str, str, str, str]]:
     )
     grants = set()
     for (rtype, name), body in config.resources.items():
-        if "_iam_" not in rtype:
+        if "_iam_" not in rtype or rtype.endswith("_iam_custom_role"):
             continue
         assert rtype.endswith("_iam_member"), f"{rtype}.{name}: only additive *_iam_member grants"
         scope = next(str(one(body[k])) for k in scope_keys if k in body)
@@ -756,10 +767,10 @@ def test_iam_grants_are_exactly_the_least_privilege_set(config: Config) -> None:
             runtime,
             "${split('.',var.boundaries_table)[2]}",
         ),
-        # Runtime: write the three output tables.
+        # Runtime: write the three output tables, with a role that cannot delete them.
         (
             "google_bigquery_table_iam_member",
-            "roles/bigquery.dataEditor",
+            "${google_project_iam_custom_role.output_writer.name}",
             runtime,
             "for_each {'clusters': '${google_bigquery_table.clusters.table_id}', "
             "'runs': '${google_bigquery_table.runs.table_id}', "
@@ -779,12 +790,19 @@ def test_iam_grants_are_exactly_the_least_privilege_set(config: Config) -> None:
             trigger,
             f"${{{FUNCTION}.service_config[0].service}}",
         ),
-        # Log sink: publish to the run topic only.
+        # Log sink: publish to the table-change topic only, its only publisher.
         (
             "google_pubsub_topic_iam_member",
             "roles/pubsub.publisher",
             SINK_WRITER,
-            "${google_pubsub_topic.runs.name}",
+            "${google_pubsub_topic.table_changes.name}",
+        ),
+        # Manual runs: the members named in var.run_publishers, on the run topic alone.
+        (
+            "google_pubsub_topic_iam_member",
+            "roles/pubsub.publisher",
+            "${each.value}",
+            "for_each ${toset(var.run_publishers)}",
         ),
         # Pub/Sub service agent: dead lettering, and (old projects only) minting the token.
         (
@@ -798,6 +816,12 @@ def test_iam_grants_are_exactly_the_least_privilege_set(config: Config) -> None:
             "roles/pubsub.subscriber",
             PUBSUB_AGENT,
             "${google_pubsub_subscription.function_push.name}",
+        ),
+        (
+            "google_pubsub_subscription_iam_member",
+            "roles/pubsub.subscriber",
+            PUBSUB_AGENT,
+            "${google_pubsub_subscription.table_changes_push.name}",
         ),
         (
             "google_service_account_iam_member",
@@ -1509,3 +1533,17 @@ def test_looker_studio_links_open_a_report_connected_to_each_table(config):
     for name in ("clusters", "transitions"):
         output = config.outputs[f"looker_studio_{name}_report"]
         assert one(output["value"]) == f"${{local.looker_studio_links.{name}}}"
+
+
+def test_the_output_writer_role_grants_what_the_code_does_and_never_deletes(
+    config: Config,
+) -> None:
+    role = config.resource("google_project_iam_custom_role.output_writer")
+    permissions = set(one(role["permissions"]))
+    assert permissions == {
+        "bigquery.tables.get",
+        "bigquery.tables.getData",
+        "bigquery.tables.update",
+        "bigquery.tables.updateData",
+    }
+    assert not any(p.endswith((".delete", ".create", ".setIamPolicy")) for p in permissions)

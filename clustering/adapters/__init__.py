@@ -11,6 +11,7 @@ from typing import Protocol
 
 import pandas as pd
 
+from clustering import InputError
 from clustering.adapters.claims import ClaimStore
 
 
@@ -33,6 +34,9 @@ class ArtifactStore(ClaimStore, Protocol):
     def read_run_file(self, run_id: str, name: str) -> bytes | None:
         """The content of runs/<run_id>/<name>, or None when there is no such file."""
 
+    def read_latest_file(self, name: str) -> bytes | None:
+        """The content of latest/<name>, or None when there is no such file."""
+
 
 def read_features(source: str) -> tuple[pd.DataFrame, str]:
     """The features table at `source` and a description of where it came from."""
@@ -47,6 +51,17 @@ def read_features(source: str) -> tuple[pd.DataFrame, str]:
     from clustering.adapters import local
 
     return local.read_table(source), source
+
+
+def source_version(source: str | None) -> tuple | None:
+    """What changes whenever the features table does: a bq:// table's (last modified time,
+    row count), read from BigQuery; None for files and the sample, which are read whole in
+    one request, and for a table that does not exist (reading it says so)."""
+    if not source or not source.startswith("bq://"):
+        return None
+    from clustering.adapters import bigquery
+
+    return bigquery.table_version(source)
 
 
 def read_bytes(source: str) -> bytes:
@@ -104,6 +119,23 @@ def write_clusters(
     local.replace_table(dest, frame)
 
 
+def after_last_load(store: ArtifactStore, dest: str, load: str) -> None:
+    """Before load `load` (a run id, which names its BigQuery job) into a bq:// clusters
+    table: wait for the job of the load recorded last to end (cancelled at its run's
+    deadline, it may still be running and commit later), then record `load` as the last.
+    File replacements are synchronous: nothing to wait for."""
+    if not dest.startswith("bq://"):
+        return
+    from datetime import UTC, datetime
+
+    from clustering.adapters import bigquery, claims
+
+    previous = claims.last_load(store)
+    if previous and previous != load:
+        bigquery.await_load(dest, previous)
+    claims.record_load(store, claims.Claim(load, None, datetime.now(UTC).isoformat()))
+
+
 def clusters_hold(dest: str, run_id: str) -> bool:
     """Whether the clusters table at `dest` holds run `run_id` now. A BigQuery load job that
     was cancelled may still land late, so the table is read back; a file replacement is
@@ -113,6 +145,27 @@ def clusters_hold(dest: str, run_id: str) -> bool:
     from clustering.adapters import bigquery
 
     return bigquery.table_run_id(dest) == run_id
+
+
+def clusters_run_id(dest: str) -> str | None:
+    """The run the clusters table at `dest` holds (its run_id column), None when the table
+    is missing, empty or has no run_id (a table written by hand)."""
+    if dest.startswith("bq://"):
+        from google.api_core import exceptions
+
+        from clustering.adapters import bigquery
+
+        try:
+            return bigquery.table_run_id(dest)
+        except (exceptions.NotFound, exceptions.BadRequest):
+            return None
+    from clustering.adapters import local
+
+    try:
+        content = read_bytes(dest) if dest.startswith("gs://") else local.read_bytes(dest)
+    except InputError:
+        return None
+    return local.run_id_of(content, dest)
 
 
 def append_run(dest: str, row: dict) -> None:

@@ -107,6 +107,19 @@ def read_table(uri: str) -> pd.DataFrame:
         ) from None
 
 
+def table_version(uri: str) -> tuple | None:
+    """(last modified time, row count) of a table, both as BigQuery states them; None when
+    the table does not exist."""
+    from google.api_core import exceptions
+
+    table_id = bq_table_id(uri, "features source")
+    try:
+        table = client(table_id.split(".")[0]).get_table(table_id, **limits(f"checking {uri}"))
+    except exceptions.NotFound:
+        return None
+    return table.modified, table.num_rows
+
+
 def _check_size(uri: str, rows: int | None, size: int | None) -> None:
     if rows is not None and rows > MAX_FEATURES_ROWS:
         raise InputError(
@@ -170,16 +183,44 @@ def _load(
             raise
         # Our own insert, retried after its response was lost: the job exists; wait on it.
         job = bq.get_job(job_id, **limits(f"looking up load job {job_id}"))
-    _wait(bq, job, uri)
+    _wait(job, f"the load of {uri}")
 
 
-def _wait(bq, job, uri: str) -> None:
+def await_load(uri: str, run_id: str) -> None:
+    """Return once run `run_id`'s load job (its id is fixed: `load_job_id`) has ended, or
+    never started. A load cancelled at its run's deadline may still be running, and would
+    commit over this run's load, splitting the table from latest/. Waited on within the
+    budget; past it OutOfTime, and the event is retried."""
+    from google.api_core import exceptions
+    from google.cloud.bigquery import DEFAULT_RETRY
+
+    job_id = load_job_id(run_id)
+    bq = client(bq_table_id(uri, "clusters table").split(".")[0])
+    try:
+        job = bq.get_job(job_id, **limits(f"looking up load job {job_id}"))
+    except exceptions.NotFound:
+        return
+    if job.state == "DONE":
+        return
+    deadline, _ = budget.call_limits(f"waiting for load job {job_id} of run {run_id}")
+    try:
+        job.result(retry=DEFAULT_RETRY.with_deadline(deadline), timeout=deadline)
+    except (FutureTimeout, exceptions.RetryError):
+        raise budget.OutOfTime(
+            f"the load job {job_id} of the earlier run {run_id} into {uri} is still running: "
+            "this run does not load over it, the event is retried"
+        ) from None
+    except exceptions.GoogleAPICallError:
+        return  # it failed or was cancelled: either way it has ended
+
+
+def _wait(job, what: str) -> None:
     """Wait for the job within the budget; past it, cancel the job, wait for it to stop, and
     raise OutOfTime."""
     from google.api_core import exceptions
     from google.cloud.bigquery import DEFAULT_RETRY
 
-    deadline, _ = budget.call_limits(f"waiting for the load of {uri}")
+    deadline, _ = budget.call_limits(f"waiting for {what}")
     try:
         job.result(retry=DEFAULT_RETRY.with_deadline(deadline), timeout=deadline)
     except (FutureTimeout, exceptions.RetryError) as error:
@@ -190,8 +231,7 @@ def _wait(bq, job, uri: str) -> None:
         with suppress(Exception):
             job.result(timeout=CANCEL_WAIT_SECONDS)
         raise budget.OutOfTime(
-            f"the load of {uri} (job {job.job_id}) did not finish in the "
-            f"run's time and was cancelled: {error}"
+            f"{what} (job {job.job_id}) did not finish in the run's time and was cancelled: {error}"
         ) from None
 
 
@@ -237,10 +277,13 @@ def read_boundaries(uri: str, name_column: str, geography_column: str) -> list[t
         f"FROM `{table_id}`"
     )
     bq = client(table_id.split(".")[0])
+    config = bigquery.QueryJobConfig(labels=dict(JOB_LABELS))
     try:
         with _quiet_client():
-            job = bq.query(sql, job_config=bigquery.QueryJobConfig(labels=dict(JOB_LABELS)))
-            return [(row["name"], row["geometry"]) for row in job.result()]
+            job = bq.query(sql, job_config=config, **limits(f"querying {uri}"))
+            # Waited on within the run's budget, like a load: cancelled and OutOfTime past it.
+            _wait(job, f"the boundaries query of {uri}")
+            return [(row["name"], row["geometry"]) for row in job.result(**limits(uri))]
     except exceptions.NotFound:
         raise InputError(
             f"{uri}: boundaries table not found: check BOUNDARIES_SOURCE (--boundaries)"

@@ -28,6 +28,9 @@ from typing import Literal, Protocol
 RUNNING = "running"
 DONE = "done"
 LOCK_KEY = "run-lock"
+# The run that last started a load of the clusters table: the next run waits for that load
+# job to end before its own (clustering.adapters.bigquery.await_load).
+LAST_LOAD_KEY = "last-load"
 # Longer than any run can last (the function's 540 s timeout by default, after which a run
 # has stopped itself), so a lock this old belongs to a run that is gone.
 STALE_AFTER_SECONDS = 600
@@ -186,3 +189,17 @@ def _lock(store: ClaimStore, mine: Claim, now: datetime, stale_after: float):
         return "busy", holder, None
     token = store.replace_claim(LOCK_KEY, mine.encode(), found_token)
     return ("claimed", holder, token) if token is not None else ("busy", holder, None)
+
+
+def last_load(store: ClaimStore) -> str | None:
+    """The run that last started a load of the clusters table, None if none is recorded."""
+    found = store.read_claim(LAST_LOAD_KEY)
+    record = decode(found[0]) if found else None
+    return record.run_id if record else None
+
+
+def record_load(store: ClaimStore, mine: Claim) -> None:
+    """Record that run `mine` starts its load (only the run lock's holder writes it)."""
+    content = replace(mine, key=LAST_LOAD_KEY).encode()
+    if store.create_claim(LAST_LOAD_KEY, content) is None:
+        store.replace_claim(LAST_LOAD_KEY, content, None)

@@ -146,6 +146,10 @@ class GcsStore:
         found = self._read(f"runs/{run_id}/{name}")
         return found[0] if found else None
 
+    def read_latest_file(self, name: str) -> bytes | None:
+        found = self._read(f"latest/{name}")
+        return found[0] if found else None
+
     def read_pointer(self) -> tuple[bytes | None, int]:
         """latest/run.json and its generation (0 when there is none)."""
         found = self._read(f"latest/{MANIFEST}")

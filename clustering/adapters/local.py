@@ -17,6 +17,7 @@ import pandas as pd
 from clustering import InputError
 from clustering.naming import MANIFEST, claim_name
 from clustering.settings import MAX_BOUNDARIES_BYTES, MAX_FEATURES_BYTES
+from clustering.table import for_people, people_csv
 
 READERS = {".csv": "csv", ".parquet": "parquet"}
 
@@ -112,8 +113,25 @@ def table_bytes(frame: pd.DataFrame, name: str) -> bytes:
     if suffix not in READERS:
         raise InputError(f"{name}: the clusters table must be a .csv or .parquet path")
     if suffix == ".csv":
-        return frame.to_csv(index=False).encode()
+        return people_csv(frame)
     return frame.to_parquet(index=False)
+
+
+def run_id_of(content: bytes, name: str) -> str | None:
+    """The run_id of a clusters table file's first row (.csv or .parquet), None if none."""
+    import io
+
+    from clustering.table import read_people_csv
+
+    try:
+        if Path(name).suffix.lower() == ".parquet":
+            frame = pd.read_parquet(io.BytesIO(content), columns=["run_id"])
+        else:
+            frame = read_people_csv(content, usecols=lambda c: c == "run_id", nrows=1)
+    except (ValueError, KeyError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    values = frame["run_id"].dropna() if "run_id" in frame else ()
+    return str(values.iloc[0]) if len(values) else None
 
 
 def replace_table(path: str, frame: pd.DataFrame) -> None:
@@ -145,7 +163,7 @@ def append_table(path: str, frame: pd.DataFrame) -> None:
         return
     new = not file.exists() or file.stat().st_size == 0
     with file.open("a", encoding="utf-8", newline="") as out:
-        frame.to_csv(out, index=False, header=new)
+        for_people(frame).to_csv(out, index=False, header=new)
 
 
 class LocalStore:
@@ -210,6 +228,12 @@ class LocalStore:
     def read_run_file(self, run_id: str, name: str) -> bytes | None:
         try:
             return (self.root / "runs" / run_id / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def read_latest_file(self, name: str) -> bytes | None:
+        try:
+            return (self.root / "latest" / name).read_bytes()
         except FileNotFoundError:
             return None
 

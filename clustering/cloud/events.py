@@ -30,12 +30,17 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Literal
 
 from clustering.naming import JOB_LABELS
-from clustering.settings import TABLE_ID_PATTERN, JobSettings, bq_table_id
+from clustering.settings import (
+    MAX_CLOCK_SKEW_SECONDS,
+    TABLE_ID_PATTERN,
+    JobSettings,
+    bq_table_id,
+)
 
 PUBSUB_MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 AUDIT_LOG_WRITTEN = "google.cloud.audit.log.v1.written"
@@ -218,13 +223,22 @@ def _loads(raw: bytes | str, what: str) -> tuple[Any, str | None]:
     if not text.strip():
         return None, None
     try:
-        return json.loads(text), None
+        parsed = json.loads(text)
+        # JSON may escape a lone surrogate ("\\ud800"), which no log line, file or table can
+        # hold: refused here rather than when the run's report is rendered.
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as err:
         return None, (
             f"{what} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
         )
+    except UnicodeEncodeError:
+        return None, (
+            f"{what} holds text that cannot be encoded as UTF-8 (an escaped lone surrogate "
+            "such as \\ud800): send UTF-8 text"
+        )
     except RecursionError:
         return None, f"{what} is JSON nested too deeply to read"
+    return parsed, None
 
 
 def decide(
@@ -283,7 +297,13 @@ def _decide_pubsub(envelope: EventEnvelope, settings: JobSettings, now: datetime
         if problem:
             return _reject("pubsub", message_id, f"{label}: {problem}")
 
-    if isinstance(body, Mapping) and _is_log_entry(body):
+    entry = isinstance(body, Mapping) and _is_log_entry(body)
+    from_sink = settings.table_changes_subscription is not None and (
+        data.get("subscription") == settings.table_changes_subscription
+    )
+    if from_sink != entry:
+        return _reject("pubsub", message_id, f"{label}: {_wrong_topic(from_sink)}")
+    if entry:
         return _decide_log_entry(
             body,
             settings,
@@ -300,6 +320,25 @@ def _decide_pubsub(envelope: EventEnvelope, settings: JobSettings, now: datetime
     return _decide_manual_message(body, settings, message_id, label)
 
 
+def _wrong_topic(from_sink: bool) -> str:
+    """Why a delivery is refused when its body does not fit the subscription it came by.
+
+    The log sink publishes to a topic of its own whose only publisher is the sink's writer
+    identity, so a table change is trusted only from its push subscription: anyone who may
+    publish a manual run could otherwise forge a LogEntry (skip the age limit, take a future
+    job's idempotency key)."""
+    if from_sink:
+        return (
+            "the table-change subscription (TABLE_CHANGES_SUBSCRIPTION) carries only the log "
+            "sink's audit LogEntries, and this is none"
+        )
+    return (
+        "a LogEntry-shaped message on the run topic is never taken as a table change: table "
+        "changes come only through the log sink's own topic (TABLE_CHANGES_SUBSCRIPTION); "
+        'publish {"reason": "..."} to ask for a run'
+    )
+
+
 def _decode_message_body(raw: Any) -> tuple[Any, str | None]:
     """The JSON body of a Pub/Sub message (None when empty), or the reason it is malformed."""
     if raw is None or raw == "":
@@ -313,7 +352,7 @@ def _decode_message_body(raw: Any) -> tuple[Any, str | None]:
         )
     try:
         decoded = base64.b64decode(raw, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         return None, "message data is not valid base64"
     body, problem = _loads(decoded, "message data")
     if problem and "valid JSON" in problem:
@@ -628,13 +667,17 @@ def _lateness(
 def covered_by(decision: Decision, run_id: str | None, run_started: datetime | None) -> Decision:
     """Coalescing: a table change that happened before the start of successful run `run_id`
     is in that run's input (the run read the table after it started), so it becomes a skip;
-    any other decision is returned unchanged. A change without a time is never covered."""
+    any other decision is returned unchanged. A change without a time is never covered.
+
+    The change's time is Cloud Logging's, the start the instance's: a change less than
+    MAX_CLOCK_SKEW_SECONDS before the start may have happened after it, so it is not covered
+    (it runs once more rather than being lost)."""
     if (
         decision.action != "run"
         or decision.trigger != "table-change"
         or decision.changed_at is None
         or run_started is None
-        or decision.changed_at >= _as_utc(run_started)
+        or decision.changed_at >= _as_utc(run_started) - timedelta(seconds=MAX_CLOCK_SKEW_SECONDS)
     ):
         return decision
     return dataclasses.replace(
@@ -712,12 +755,13 @@ def _too_old(
 
 
 def _parse_time(value: str | None) -> datetime | None:
-    # An unreadable timestamp counts as missing: dropping on it would lose real events.
+    # An unreadable timestamp counts as missing: dropping on it would lose real events. So
+    # does one that UTC cannot hold (9999-12-31T23:59:59-05:00 overflows when converted).
     if not value:
         return None
     try:
         return _as_utc(datetime.fromisoformat(value))
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 

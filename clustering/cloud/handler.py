@@ -33,7 +33,14 @@ from clustering.cloud.events import (
     envelope_from_http,
 )
 from clustering.cloud.logs import JsonLog, Outcome, run_outcome
-from clustering.job import PublishInterrupted, RunRequest, one_line, record_failure, run_job
+from clustering.job import (
+    NotSettled,
+    PublishInterrupted,
+    RunRequest,
+    one_line,
+    record_failure,
+    run_job,
+)
 from clustering.naming import new_run_id
 from clustering.settings import JobSettings
 
@@ -251,6 +258,7 @@ def _run(decision: Decision, fence: claims.Fence, settings: JobSettings, log: Js
             settings,
             _request(decision, fence.key),
             progress=log.info,
+            on_warning=log.warning,
             on_history_error=_history_error(log),
             run_id=run_id,
             fence=fence.check,
@@ -301,7 +309,8 @@ def run_summary(report) -> str:
 def is_transient(error: BaseException) -> bool:
     """True for failures a retry can fix: server errors, throttling (429, and 403
     rateLimitExceeded/quotaExceeded), timeouts and the run's own deadline, lost connections,
-    a lost claim, and a publication interrupted after the table load (the retry repairs it).
+    a lost claim, a table still changing (NotSettled), and a publication interrupted after
+    the table load (the retry repairs it).
     Other client errors (400, 403, 404, 412) and bad data are permanent."""
     from google.api_core import exceptions as api
     from google.auth import exceptions as auth
@@ -311,6 +320,7 @@ def is_transient(error: BaseException) -> bool:
 
     retryable = (
         EventBusy,
+        NotSettled,
         claims.ClaimLost,
         PublishInterrupted,
         api.ServerError,

@@ -27,6 +27,8 @@ from clustering.settings import check_table_id
 DEFAULT_URL = "http://127.0.0.1:8080"
 TOPIC = "projects/local-project/topics/neighborhood-clusters"
 SUBSCRIPTION = "projects/local-project/subscriptions/neighborhood-clusters-trigger"
+# The push subscription of the log sink's own topic (TABLE_CHANGES_SUBSCRIPTION).
+SINK_SUBSCRIPTION = "projects/local-project/subscriptions/neighborhood-clusters-table-changes"
 DEFAULT_PRINCIPAL = "analyst@example.com"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 
@@ -45,8 +47,10 @@ def pubsub_event(
     message_id: str | None = None,
     publish_time: datetime | None = None,
     attributes: Mapping[str, str] | None = None,
+    subscription: str = SUBSCRIPTION,
 ) -> dict[str, Any]:
-    """A structured `messagePublished` CloudEvent carrying `body` as the message data.
+    """A structured `messagePublished` CloudEvent carrying `body` as the message data, as
+    pushed by `subscription` (SINK_SUBSCRIPTION for what the log sink publishes).
 
     `body` is sent as is when it is text or bytes (so malformed payloads can be tested), as
     JSON when it is a mapping, and omitted when None (an attributes-only message).
@@ -73,7 +77,7 @@ def pubsub_event(
         "id": message_id,
         "time": published,
         "datacontenttype": "application/json",
-        "data": {"subscription": SUBSCRIPTION, "message": message},
+        "data": {"subscription": subscription, "message": message},
     }
 
 

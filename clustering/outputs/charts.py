@@ -17,6 +17,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -549,11 +550,19 @@ class ChartRenderer:
         except OSError:  # the worker is gone: collect() draws this chart in-process
             pass
 
-    def collect(self) -> dict[str, bytes]:
-        """Every submitted chart by name, in submission order."""
+    def collect(self, timeout: float | None = None) -> dict[str, bytes]:
+        """Every submitted chart by name, in submission order. With a `timeout` (the run's
+        time left), workers still drawing after it raise TimeoutError (the run is retried;
+        leaving the block kills them)."""
         self._close_tasks()  # no more tasks: each worker finishes its queue and leaves
+        deadline = None if timeout is None else time.monotonic() + timeout
         for reader in self._readers:
-            reader.join()
+            reader.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+            if reader.is_alive():
+                raise TimeoutError(
+                    f"the chart workers were still drawing after {timeout:.0f} s, the time the "
+                    "run had left"
+                )
         self._reap(kill=False)
         images = dict(self._received)
         for name, (draw, args) in self._submitted.items():
