@@ -24,7 +24,9 @@ DEFAULT_CLUSTERING_FEATURES: tuple[str, ...] = tuple(DEFAULTS["clustering_featur
 # Size limits (README, Limits): a features table or boundaries object above them is refused
 # before it is read, with a clear error, instead of an out-of-memory crash that the trigger
 # would retry. The function's 4 GiB instance clusters 250k rows at about 2 GiB (make bench).
-MAX_FEATURES_ROWS = 300_000
+# The row limit is MEMORY_MAX_ROWS's default: under ENGINE=auto a larger bq:// table goes to
+# the warehouse engine instead of being refused.
+MAX_FEATURES_ROWS: int = DEFAULTS["memory_max_rows"]
 MAX_FEATURES_BYTES = 512 * 1024**2
 MAX_BOUNDARIES_BYTES = 64 * 1024**2
 
@@ -32,6 +34,18 @@ MAX_BOUNDARIES_BYTES = 64 * 1024**2
 TABLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+){2}$")
 # A BigQuery column name: the only identifiers ever written into a query (boundaries).
 COLUMN_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
+# A dataset as `project.dataset` (STAGING_DATASET).
+DATASET_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_]+$")
+
+# ENGINE's values (DESIGN.md, "Engines").
+AUTO, MEMORY, WAREHOUSE = "auto", "memory", "warehouse"
+ENGINES = (AUTO, MEMORY, WAREHOUSE)
+# The warehouse engine's sample: enough rows for the K searches and the excluded groups, few
+# enough for the function's memory (make bench measures 200,000).
+MIN_SAMPLE_ROWS = 1_000
+MAX_SAMPLE_ROWS = 1_000_000
+# BigQuery bills at least 10 MB per table a query reads: a lower cap fails every job.
+MIN_BYTES_BILLED = 10 * 1024**2
 
 # Every environment variable the function reads, from the one registry of settings
 # (clustering/options.py). Terraform sets exactly these (checked by tests/test_terraform.py).
@@ -155,6 +169,14 @@ class JobSettings:
         the neighborhoods that changed cohort, appended by every run that has a previous one.
     label_overrides: (stable sub-cluster id, cohort name) pairs that replace the generated
         cohort names; the names must be unique.
+    engine: "auto", "memory" or "warehouse" (DESIGN.md, "Engines"); "warehouse" needs a
+        bq:// features table and a bq:// clusters table.
+    memory_max_rows: the most rows of a bq:// table the memory engine reads; auto sends a
+        larger one to the warehouse engine.
+    sample_rows: the warehouse engine's fitting sample, in rows.
+    maximum_bytes_billed: the cap every query job of the warehouse engine carries.
+    staging_dataset: `project.dataset` of the warehouse engine's staging tables; None means
+        the clusters table's dataset.
     """
 
     features_source: str | None = None
@@ -173,6 +195,11 @@ class JobSettings:
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     transitions_table: str | None = None
     label_overrides: tuple[tuple[int, str], ...] = ()
+    engine: str = DEFAULTS["engine"]
+    memory_max_rows: int = DEFAULTS["memory_max_rows"]
+    sample_rows: int = DEFAULTS["sample_rows"]
+    maximum_bytes_billed: int = DEFAULTS["maximum_bytes_billed"]
+    staging_dataset: str | None = None
 
     def __post_init__(self) -> None:
         if not self.artifacts_dest:
@@ -233,6 +260,18 @@ class JobSettings:
             )
         _check_transitions_table(self.transitions_table)
         _check_label_overrides(self.label_overrides)
+        _check_engine(self)
+
+    @property
+    def staging(self) -> str | None:
+        """The warehouse engine's staging dataset (`project.dataset`), None without a bq://
+        clusters table to default to."""
+        if self.staging_dataset:
+            return self.staging_dataset
+        clusters = self.clusters_table or ""
+        if not clusters.startswith("bq://"):
+            return None
+        return clusters.removeprefix("bq://").rsplit(".", 1)[0]
 
     def with_features_source(self, source: str) -> JobSettings:
         """The same settings reading another features source (a validated message override)."""
@@ -282,6 +321,46 @@ def _check_transitions_table(dest: str | None) -> None:
             f"TRANSITIONS_TABLE {dest!r}: give bq://project.dataset.table or a local .csv or "
             ".jsonl path (objects cannot be appended to)"
         )
+
+
+def _check_engine(settings: JobSettings) -> None:
+    """ENGINE and the warehouse engine's settings; ENGINE=warehouse needs BigQuery on both
+    ends, since it reads and writes nothing else."""
+    if settings.engine not in ENGINES:
+        raise InputError(
+            f"ENGINE (--engine) is {settings.engine!r}: use one of {', '.join(ENGINES)}"
+        )
+    if settings.memory_max_rows < 1:
+        raise InputError(
+            f"MEMORY_MAX_ROWS (--memory-max-rows) is {settings.memory_max_rows}: use 1 or more"
+        )
+    if not MIN_SAMPLE_ROWS <= settings.sample_rows <= MAX_SAMPLE_ROWS:
+        raise InputError(
+            f"SAMPLE_ROWS (--sample-rows) is {settings.sample_rows}: use "
+            f"{MIN_SAMPLE_ROWS:,} to {MAX_SAMPLE_ROWS:,} rows"
+        )
+    if settings.maximum_bytes_billed < MIN_BYTES_BILLED:
+        raise InputError(
+            f"MAXIMUM_BYTES_BILLED (--maximum-bytes-billed) is {settings.maximum_bytes_billed}: "
+            f"use at least {MIN_BYTES_BILLED} (BigQuery bills 10 MB per table a query reads)"
+        )
+    staging = settings.staging_dataset
+    if staging and not DATASET_ID_PATTERN.fullmatch(staging):
+        raise InputError(
+            f"STAGING_DATASET (--staging-dataset): {staging!r} is not a dataset id; write it "
+            "as project.dataset (letters, digits, _ and -)"
+        )
+    if settings.engine != WAREHOUSE:
+        return
+    for name, uri in (
+        ("FEATURES_SOURCE (--features)", settings.features_source),
+        ("CLUSTERS_TABLE (--clusters-table)", settings.clusters_table),
+    ):
+        if not (uri or "").startswith("bq://"):
+            raise InputError(
+                f"ENGINE=warehouse needs {name} to be a bq://project.dataset.table, not "
+                f"{uri or 'unset'}: set it, or use ENGINE=auto or memory"
+            )
 
 
 def _check_label_overrides(overrides: tuple[tuple[int, str], ...]) -> None:
