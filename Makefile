@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: setup run test lint bench clean readme-settings docs-charts
+.PHONY: setup run test lint bench clean docs-settings docs-charts
 
 # The first `make run` installs for a minute with pip --quiet: say what is happening.
 $(RUNTIME_STAMP): requirements.txt
@@ -29,11 +29,13 @@ run: setup
 	@echo "==> clustering the built-in sample into output/ (progress below, one line per stage)"
 	$(BIN)/python -m clustering run --out output
 
-# The README's settings table, regenerated from clustering/options.py (a test fails when stale).
-readme-settings: setup
-	$(BIN)/python -m clustering settings-table --readme README.md
+# The settings table of docs/configuration.md, regenerated from clustering/options.py (a test
+# fails when it is stale).
+docs-settings: setup
+	$(BIN)/python -m clustering settings-table --page docs/configuration.md
 
-# The README's chart pictures: the built-in sample's charts, shrunk (committed under docs/).
+# The chart pictures of the README and docs/analysis.md: the built-in sample's charts, shrunk
+# (committed under docs/).
 docs-charts: setup
 	PYTHONPATH=. $(BIN)/python docs/make_charts.py docs
 

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="cluster a features table and write the artifacts",
         description="Cluster a features table and publish the artifacts. Each setting's help "
-        "names the function's environment variable for it (README: Configuration).",
+        "names the function's environment variable for it (docs/configuration.md).",
     )
     for option in OPTIONS:
         if option.flag:
@@ -113,10 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(func=_sample)
 
     table = commands.add_parser(
-        "settings-table", help="print the settings table (Markdown) that the README shows"
+        "settings-table",
+        help="print the settings table (Markdown) that docs/configuration.md shows",
     )
     table.add_argument(
-        "--readme", metavar="PATH", help="rewrite the table inside this README file instead"
+        "--page",
+        metavar="PATH",
+        help="rewrite the table inside this Markdown page (docs/configuration.md) instead",
     )
     table.set_defaults(func=_settings_table)
 
@@ -214,15 +217,15 @@ def _settings_table(args: argparse.Namespace) -> int:
 
     from clustering.options import settings_table, with_settings_table
 
-    if args.readme is None:
+    if args.page is None:
         print(settings_table())
         return 0
-    readme = Path(args.readme)
-    if not readme.is_file():
-        raise InputError(f"{readme}: no such file: give the path of README.md")
+    page = Path(args.page)
+    if not page.is_file():
+        raise InputError(f"{page}: no such file: give the path of docs/configuration.md")
     try:
-        readme.write_text(with_settings_table(readme.read_text("utf-8")), "utf-8")
+        page.write_text(with_settings_table(page.read_text("utf-8")), "utf-8")
     except ValueError as error:
-        raise InputError(f"{readme}: {error}") from None
-    print(f"rewrote the settings table in {readme}")
+        raise InputError(f"{page}: {error}") from None
+    print(f"rewrote the settings table in {page}")
     return 0

@@ -626,7 +626,7 @@ def _boundaries(settings: JobSettings, table) -> tuple[dict | None, tuple[str, .
 
 
 def _manifest(run: _Run, done: _Analysed, timings: dict[str, float], prefix) -> dict:
-    """run.json: what the run read, decided and wrote (README, "Outputs")."""
+    """run.json: what the run read, decided and wrote (docs/analysis.md, "Outputs")."""
     from clustering.analysis.identity import manifest_entries
 
     request, settings, identity = run.request, run.settings, done.identity

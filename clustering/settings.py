@@ -21,11 +21,11 @@ from clustering.options import DEFAULTS, OPTIONS, Option, env_vars
 DEFAULT_EXCLUDE_NEIGHBORHOODS: tuple[str, ...] = tuple(DEFAULTS["exclude_neighborhoods"])
 DEFAULT_CLUSTERING_FEATURES: tuple[str, ...] = tuple(DEFAULTS["clustering_features"])
 
-# Size limits (README, Limits): a features table or boundaries object above them is refused
-# before it is read, with a clear error, instead of an out-of-memory crash that the trigger
-# would retry. The function's 4 GiB instance clusters 250k rows at about 2 GiB (make bench).
-# The row limit is MEMORY_MAX_ROWS's default: under ENGINE=auto a larger bq:// table goes to
-# the warehouse engine instead of being refused.
+# Size limits (docs/configuration.md, Limits): a features table or boundaries object above
+# them is refused before it is read, with a clear error, instead of an out-of-memory crash that
+# the trigger would retry. The function's 4 GiB instance clusters 250k rows at about 2 GiB
+# (make bench). The row limit is MEMORY_MAX_ROWS's default: under ENGINE=auto a larger bq://
+# table goes to the warehouse engine instead of being refused.
 MAX_FEATURES_ROWS: int = DEFAULTS["memory_max_rows"]
 MAX_FEATURES_BYTES = 512 * 1024**2
 MAX_BOUNDARIES_BYTES = 64 * 1024**2

@@ -1,4 +1,4 @@
-"""Draw the README's chart pictures: the built-in sample's charts, shrunk to a few dozen KB.
+"""Draw the docs' chart pictures: the built-in sample's charts, shrunk to a few dozen KB.
 
 Usage: `python docs/make_charts.py docs` (`make docs-charts`). The run is the same as
 `make run`'s, so the pictures show what a newcomer's first run draws.

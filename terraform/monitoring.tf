@@ -1,6 +1,6 @@
 # Alerts: the job runs by itself, so it must say when it is broken. Four policies, each with
-# documentation that arrives with the notification (what happened, what to do, where in the
-# README):
+# documentation that arrives with the notification (what happened, what to do, where in
+# docs/operations.md):
 #
 # - a run failed: permanent failures (bad data, bad settings, a rejected message), counted by
 #   a log-based metric on the function's own log lines;
@@ -180,7 +180,7 @@ resource "google_monitoring_alert_policy" "run_failed" {
       message says what and where. The runs table ${local.runs_table} holds the run with its
       error. Fix the cause, then start a run by hand:
       `gcloud pubsub topics publish ${google_pubsub_topic.runs.name} --project=${var.project_id} --message='{"reason": "manual"}'`.
-      See README.md, "Troubleshooting", under "Alert: a run failed".
+      See docs/operations.md, "Troubleshooting", under "Alert: a run failed".
     EOT
   }
   depends_on = [google_project_service.this]
@@ -229,7 +229,7 @@ resource "google_monitoring_alert_policy" "dead_letter" {
       lines and its errors in Logs Explorer (`${local.logs_query}`). Fix the cause, read the
       message (`gcloud pubsub subscriptions pull ${google_pubsub_subscription.dead_letter.name} --project=${var.project_id} --auto-ack`),
       and publish it again to ${google_pubsub_topic.runs.name} if the run is still wanted. The
-      incident closes when the subscription is empty. See README.md, "Logs and dead letters"
+      incident closes when the subscription is empty. See docs/operations.md, "Logs and dead letters"
       and "Troubleshooting", under "Alert: a message reached the dead-letter topic".
     EOT
   }
@@ -280,7 +280,7 @@ resource "google_monitoring_alert_policy" "stale_results" {
       the function: check the log sink ${google_logging_project_sink.features_changed.name} and
       the push subscription ${google_pubsub_subscription.function_push.name}. Then start a run:
       `gcloud pubsub topics publish ${google_pubsub_topic.runs.name} --project=${var.project_id} --message='{"reason": "manual"}'`.
-      See README.md, "Troubleshooting", under "Alert: results are stale".
+      See docs/operations.md, "Troubleshooting", under "Alert: results are stale".
     EOT
   }
   depends_on = [google_project_service.this]
@@ -335,7 +335,7 @@ resource "google_monitoring_alert_policy" "function_errors" {
       `gcloud functions logs read ${google_cloudfunctions2_function.recluster.name} --gen2 --region=${var.region} --project=${var.project_id} --limit=100`,
       find the `run_retry`/`run_busy` lines and any error without `event` (a crash, a timeout). An outage
       of BigQuery or Cloud Storage passes by itself; timeouts need a larger function_memory or
-      function_timeout_seconds; memory errors a larger function_memory. See README.md,
+      function_timeout_seconds; memory errors a larger function_memory. See docs/operations.md,
       "Troubleshooting", under "Alert: the function keeps failing".
     EOT
   }

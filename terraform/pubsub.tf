@@ -18,7 +18,7 @@ resource "google_pubsub_topic" "dead_letter" {
 }
 
 # A pull subscription that nobody consumes automatically: it keeps failed messages for a week
-# so someone can read them (see the README) after fixing the cause. A topic without a
+# so someone can read them (see docs/operations.md) after fixing the cause. A topic without a
 # subscription would drop them.
 resource "google_pubsub_subscription" "dead_letter" {
   project                    = var.project_id

@@ -290,7 +290,7 @@ variable "deletion_protection" {
 
 # --- Analytic settings (passed to the function as environment variables) -----------------------
 # Null (the default) means the code's default, read from clustering/defaults.json by
-# defaults.tf; `python -m clustering run --help` and the README show the values.
+# defaults.tf; `python -m clustering run --help` and docs/configuration.md show the values.
 
 variable "min_population" {
   description = "Neighborhoods with fewer residents are analysed as Low Population (Park/Open Space), not clustered as residential. Null: the code's default."

@@ -128,3 +128,8 @@ def index_table(table: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     means = rows.groupby("sub_cluster")[features].mean()
     scores = {sub: index_scores(means.loc[sub], overall) for sub in means.index}
     return pd.DataFrame(scores, columns=list(means.index)).reindex(features)
+
+
+def doc(name: str) -> str:
+    """The text of a documentation page under docs/, e.g. "configuration.md"."""
+    return (REPO / "docs" / name).read_text(encoding="utf-8")

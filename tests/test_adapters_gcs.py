@@ -106,7 +106,7 @@ def test_an_object_above_the_size_limit_is_refused_before_it_is_downloaded(bucke
         adapters.read_features(f"gs://{bucket.name}/in/features.csv")
     assert downloads == []
     assert gcs.read_bytes(f"gs://{bucket.name}/in/features.csv", max_bytes=size)
-    with pytest.raises(InputError, match="see README, Limits"):
+    with pytest.raises(InputError, match=r"see docs/configuration\.md, Limits"):
         gcs.read_bytes(f"gs://{bucket.name}/in/features.csv", max_bytes=size - 1)
 
 

@@ -28,13 +28,13 @@ from clustering.cli import build_parser, main, settings_from_args
 from clustering.naming import ARTIFACTS
 from clustering.options import (
     OPTIONS,
-    README_BEGIN,
-    README_END,
+    TABLE_BEGIN,
+    TABLE_END,
     settings_table,
     with_settings_table,
 )
 from clustering.settings import DEFAULT_CLUSTERING_FEATURES, DEFAULT_EXCLUDE_NEIGHBORHOODS
-from tests.helpers import real_table
+from tests.helpers import doc, real_table
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 40
@@ -751,27 +751,29 @@ def test_an_unknown_flag_points_at_the_subcommands_help_with_a_guess(capsys):
     assert line.endswith("(see python -m clustering run --help)")
 
 
-def test_the_readme_settings_table_is_the_registrys(capsys):
+def test_the_docs_settings_table_is_the_registrys(capsys):
     assert run_main("settings-table") == 0
     printed = capsys.readouterr().out
     assert printed.strip() == settings_table()
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert with_settings_table(readme) == readme, "run `make readme-settings`"
+    page = doc("configuration.md")
+    assert with_settings_table(page) == page, "run `make docs-settings`"
     for option in OPTIONS:
         if option.env:
-            assert f"| `{option.env}` |" in readme
+            assert f"| `{option.env}` |" in page
 
 
-def test_settings_table_rewrites_a_readme_in_place(tmp_path, capsys):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{README_BEGIN}\nold\n{README_END}\n\nafter\n", encoding="utf-8")
-    assert run_main("settings-table", "--readme", str(readme)) == 0
-    assert readme.read_text(encoding="utf-8") == (
-        f"# x\n\n{README_BEGIN}\n{settings_table()}\n{README_END}\n\nafter\n"
+def test_settings_table_rewrites_a_page_in_place(tmp_path, capsys):
+    page = tmp_path / "configuration.md"
+    page.write_text(f"# x\n\n{TABLE_BEGIN}\nold\n{TABLE_END}\n\nafter\n", encoding="utf-8")
+    assert run_main("settings-table", "--page", str(page)) == 0
+    assert page.read_text(encoding="utf-8") == (
+        f"# x\n\n{TABLE_BEGIN}\n{settings_table()}\n{TABLE_END}\n\nafter\n"
     )
-    readme.write_text("no markers\n", encoding="utf-8")
-    assert run_main("settings-table", "--readme", str(readme)) == 2
+    page.write_text("no markers\n", encoding="utf-8")
+    assert run_main("settings-table", "--page", str(page)) == 2
     assert "markers" in one_error_line(capsys.readouterr().err)
+    assert run_main("settings-table", "--page", str(tmp_path / "missing.md")) == 2
+    assert "no such file" in one_error_line(capsys.readouterr().err)
 
 
 def test_a_truncated_table_exits_2_unless_forced(tmp_path, capsys):

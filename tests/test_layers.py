@@ -16,15 +16,24 @@ PACKAGE = ROOT / "clustering"
 
 # Lowest first. A module may import from its own layer and from any layer below it.
 LAYERS = (
-    ("base", ("clustering", "clustering.naming", "clustering.options", "clustering.settings",
-              "clustering.table", "clustering.schemas")),
+    (
+        "base",
+        (
+            "clustering",
+            "clustering.naming",
+            "clustering.options",
+            "clustering.settings",
+            "clustering.table",
+            "clustering.schemas",
+        ),
+    ),
     ("analysis", ("clustering.analysis",)),
     ("outputs", ("clustering.outputs",)),
     ("adapters", ("clustering.adapters",)),
     ("job", ("clustering.job",)),
     ("cloud", ("clustering.cloud",)),
     ("entry", ("clustering.cli", "clustering.__main__", "main")),
-)  # fmt: skip
+)
 # Third-party packages a layer may never touch, whatever its rank.
 FORBIDDEN = {
     "analysis": ("google", "functions_framework", "matplotlib", "jinja2"),
@@ -117,20 +126,38 @@ def test_few_modules_are_left_at_the_top_of_the_package():
 @pytest.mark.parametrize(
     ("path", "line", "problem"),
     [
-        ("clustering/analysis/model.py", "from clustering.outputs import charts",
-         "analysis imports clustering.outputs.charts (outputs, a layer above)"),
-        ("clustering/analysis/model.py", "def f():\n    from google.cloud import bigquery",
-         "the analysis layer imports google.cloud"),
-        ("clustering/analysis/prepare.py", "import functions_framework",
-         "the analysis layer imports functions_framework"),
-        ("clustering/outputs/report.py", "from clustering import job",
-         "outputs imports clustering.job (job, a layer above)"),
-        ("clustering/adapters/gcs.py", "from ..cloud.events import AUDIT_LOG_TYPE",
-         "adapters imports clustering.cloud.events (cloud, a layer above)"),
-        ("clustering/settings.py", "from clustering.analysis import model",
-         "base imports clustering.analysis.model (analysis, a layer above)"),
+        (
+            "clustering/analysis/model.py",
+            "from clustering.outputs import charts",
+            "analysis imports clustering.outputs.charts (outputs, a layer above)",
+        ),
+        (
+            "clustering/analysis/model.py",
+            "def f():\n    from google.cloud import bigquery",
+            "the analysis layer imports google.cloud",
+        ),
+        (
+            "clustering/analysis/prepare.py",
+            "import functions_framework",
+            "the analysis layer imports functions_framework",
+        ),
+        (
+            "clustering/outputs/report.py",
+            "from clustering import job",
+            "outputs imports clustering.job (job, a layer above)",
+        ),
+        (
+            "clustering/adapters/gcs.py",
+            "from ..cloud.events import AUDIT_LOG_TYPE",
+            "adapters imports clustering.cloud.events (cloud, a layer above)",
+        ),
+        (
+            "clustering/settings.py",
+            "from clustering.analysis import model",
+            "base imports clustering.analysis.model (analysis, a layer above)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_the_check_catches_an_upward_import(path, line, problem):
     # The check itself can fail: each forbidden import, added to a real module, is reported.
     target = ROOT / path

@@ -19,7 +19,7 @@ def lines(stream: io.StringIO) -> list[dict]:
 
 def test_the_outcome_set_is_pinned():
     # Renaming, adding or removing one changes what the alerts count: do it here on purpose,
-    # together with terraform/monitoring.tf and the README's list.
+    # together with terraform/monitoring.tf and docs/operations.md's list.
     assert {str(o) for o in OUTCOMES} == {
         "run_succeeded",
         "dry_run",

@@ -1,4 +1,5 @@
-"""The README's figures and commands are checked against the code, so they cannot go stale."""
+"""The README's and docs/'s figures, commands and links are checked against the code and the
+files, so they cannot go stale."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ from pathlib import Path
 
 from clustering.analysis.prepare import INSTITUTIONAL, LOW_POPULATION, RESIDENTIAL, row_types
 from clustering.analysis.sample import SAMPLE_ROWS, make_sample
+from clustering.naming import PNG_ELBOW, PNG_HEATMAP, PNG_PCA
 from clustering.settings import (
     DEFAULT_CLUSTERING_FEATURES,
     DEFAULT_EXCLUDE_NEIGHBORHOODS,
     AnalysisSettings,
 )
 from tests.helpers import png_size
+from tests.test_layers import FORBIDDEN, LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The README and every page under docs/, by path: the README is the door, docs/ the rooms.
+PAGES = {
+    path: path.read_text(encoding="utf-8")
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+}
 
 
 def number(pattern: str) -> int:
@@ -37,20 +45,26 @@ def test_the_samples_figures_are_the_samples():
 
 
 def test_the_chart_pictures_exist_and_are_small():
-    pictures = re.findall(r"!\[[^\]]*\]\((docs/[^)]+\.png)\)", README)
-    assert len(pictures) == 3
-    for picture in pictures:
-        path = ROOT / picture
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
-        assert path.stat().st_size < 64 * 1024, f"{picture}: run `make docs-charts`"
+    shown = {}
+    for page, text in PAGES.items():
+        for picture in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text):
+            shown.setdefault(page, []).append((page.parent / picture).resolve())
+    assert len(shown[ROOT / "README.md"]) == 1, "the README shows one picture"
+    pictures = {path for paths in shown.values() for path in paths}
+    assert {path.name for path in pictures} == {PNG_ELBOW, PNG_PCA, PNG_HEATMAP}
+    for path in pictures:
+        assert path.parent == ROOT / "docs", path
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+        assert path.stat().st_size < 64 * 1024, f"{path}: run `make docs-charts`"
         width, height = png_size(path.read_bytes())
-        assert width <= 900 and height <= 600, picture
+        assert width <= 900 and height <= 600, path
 
 
 def test_every_cloud_command_names_its_project():
     commands = [
         line.strip()
-        for line in README.splitlines()
+        for text in PAGES.values()
+        for line in text.splitlines()
         if re.match(r"\s*(gcloud|bq) [-a-z]", line)
         and not re.match(r"\s*gcloud (info|components|auth|billing) ", line)
     ]
@@ -66,3 +80,70 @@ def test_the_prerequisites_name_the_versions_the_code_needs():
     assert 'requires-python = ">=3.11"' in pyproject
     assert "Python 3.11 or later" in README
     assert "Java 17" in README
+
+
+# --- Links: every relative link of README.md and docs/*.md reaches a file and a heading -------
+
+
+def prose(text: str) -> str:
+    """`text` without its fenced code blocks and inline code, where a `#` or `[x](y)` is code."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def anchors(text: str) -> set[str]:
+    """The `#...` anchors GitHub gives the page's headings: lower case, punctuation dropped,
+    spaces as hyphens, a repeated heading numbered -1, -2..."""
+    found: set[str] = set()
+    unfenced = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    for heading in re.findall(r"^#{1,6} (.+)$", unfenced, flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        candidate, n = slug, 0
+        while candidate in found:
+            n += 1
+            candidate = f"{slug}-{n}"
+        found.add(candidate)
+    return found
+
+
+def links(text: str) -> list[str]:
+    """The targets of the page's Markdown links and pictures, web addresses left out."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", prose(text))
+    return [target for target in targets if not re.match(r"[a-z]+:", target)]
+
+
+def test_every_relative_link_reaches_a_file_and_a_heading():
+    checked = 0
+    for page, text in PAGES.items():
+        for target in links(text):
+            path, _, anchor = target.partition("#")
+            goal = (page.parent / path).resolve() if path else page
+            where = f"{page.relative_to(ROOT)}: ({target})"
+            assert goal.exists(), f"{where}: no such file"
+            if anchor:
+                assert goal.suffix == ".md", f"{where}: an anchor into a file that is not a page"
+                assert anchor in anchors(goal.read_text(encoding="utf-8")), f"{where}: no heading"
+            checked += 1
+    assert checked >= 30
+
+
+def test_the_link_checks_catch_a_missing_file_and_a_missing_heading():
+    page = "# Title\n\n## What `make test` checks\n\n```sh\n# a comment\n```\n\n## Title\n"
+    assert anchors(page) == {"title", "what-make-test-checks", "title-1"}
+    text = "[a](docs/x.md#y), `[code](z.md)`, ![p](p.png) and [web](https://example.com)"
+    assert links(text) == ["docs/x.md#y", "p.png"]
+
+
+def test_the_readme_links_every_page_under_docs():
+    linked = {(ROOT / target.partition("#")[0]).resolve() for target in links(README)}
+    assert set((ROOT / "docs").glob("*.md")) <= linked
+
+
+def test_the_readme_draws_the_layers_the_layer_test_enforces():
+    flat = " ".join(README.split())
+    found = re.search(r"From the bottom up: (.+?)\. A layer may import", flat)
+    assert found, "the README's layer picture names the layers from the bottom up"
+    names = [name for name, _ in LAYERS]
+    assert found.group(1).split(" -> ") == [*names[:-1], "cli/main.py"]
+    for package in FORBIDDEN["analysis"]:
+        assert f"`{package}" in flat, package

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import pytest
 
 from clustering import InputError
+from clustering.options import TABLE_BEGIN, TABLE_END
 from clustering.settings import (
     ENV_VARS,
     AnalysisSettings,
@@ -18,6 +18,7 @@ from clustering.settings import (
     check_table_id,
     parse_name_list,
 )
+from tests.helpers import doc
 
 # The notebook's configuration, copied from the seed notebook (cells 1-3), not from the product.
 NOTEBOOK_EXCLUDE = (
@@ -482,17 +483,16 @@ def test_destinations_that_can_be_written_are_accepted():
 # --- Rules pinned by mutation testing (tools/mutation.py) ------------------------------------
 
 
-def _readme_integer_defaults() -> dict[str, int]:
-    """The rows of the README's configuration table whose default is one integer."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme.split("<!-- section: configuration -->")[1].split("<!-- end: configuration")[0]
+def _documented_integer_defaults() -> dict[str, int]:
+    """The rows of docs/configuration.md's settings table whose default is one integer."""
+    table = doc("configuration.md").split(TABLE_BEGIN)[1].split(TABLE_END)[0]
     # Columns: variable, flag (or "function only"), default, meaning.
     rows = re.findall(r"^\| `([A-Z_]+)` \| [^|]+ \| `(\d+)` \|", table, flags=re.MULTILINE)
     return {name: int(value) for name, value in rows}
 
 
-def test_the_readme_states_the_integer_defaults_the_code_uses():
-    documented = _readme_integer_defaults()
+def test_the_docs_state_the_integer_defaults_the_code_uses():
+    documented = _documented_integer_defaults()
     for settings in (JobSettings.from_env(REQUIRED), JobSettings()):
         actual = {
             "MAX_EVENT_AGE_SECONDS": settings.max_event_age_seconds,
@@ -587,11 +587,10 @@ def test_bad_label_overrides_fail_at_start_up(raw, words):
     assert words in str(error.value)
 
 
-def test_the_size_limits_are_the_ones_the_readme_documents():
+def test_the_size_limits_are_the_ones_the_docs_document():
     from clustering.settings import MAX_BOUNDARIES_BYTES, MAX_FEATURES_BYTES, MAX_FEATURES_ROWS
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    limits = readme.split("**Limits.**")[1].split("\n\n")[0]
+    limits = doc("configuration.md").split("**Limits.**")[1].split("\n\n")[0]
     found = re.search(
         r"above ([\d,]+) rows or (\d+) MiB, or a boundaries file above (\d+) MiB",
         " ".join(limits.split()),

@@ -529,7 +529,7 @@ def test_fractional_populations_are_kept_as_numbers_and_written_as_float():
     assert {f["name"]: f["type"] for f in output_schema(whole)}["population"] == "INTEGER"
 
 
-# --- features_table.json: the schema of the README's `bq load` recipe ----------------------------
+# --- features_table.json: the schema of docs/deploy.md's `bq load` recipe -------------------------
 
 
 def test_the_features_schema_is_the_default_columns_in_the_samples_order():

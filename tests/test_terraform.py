@@ -1043,15 +1043,15 @@ def test_every_alert_notifies_the_channels_and_says_what_to_do(config: Config) -
         assert one(doc["subject"]).startswith("${var.name}: "), name
         content = one(doc["content"])
         assert "**What happened.**" in content and "**What to do.**" in content, name
-        assert "README.md" in content and '"Troubleshooting"' in content, name
+        assert "docs/operations.md" in content and '"Troubleshooting"' in content, name
         assert "${var.project_id}" in content, f"{name}: the commands must name the project"
 
-    # The README has the sections the documentation points at.
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    # docs/operations.md has the sections the documentation points at.
+    operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
     for body in policies.values():
         heading = re.search(r'under "(Alert: [^"]+)"', one(block(body, "documentation")["content"]))
-        assert heading, "each documentation text names its README entry"
-        assert f"### {heading.group(1)}" in readme, f"README.md lacks ### {heading.group(1)}"
+        assert heading, "each documentation text names its entry in docs/operations.md"
+        assert f"### {heading.group(1)}" in operations, f"operations.md: no ### {heading.group(1)}"
 
 
 def test_notification_channels_come_from_the_variables(config: Config) -> None:

@@ -133,7 +133,7 @@ def _check_size(uri: str, rows: int | None, size: int | None, max_rows: int) -> 
     if size is not None and size > MAX_FEATURES_BYTES:
         raise InputError(
             f"{uri} holds {size:,} bytes, more than the {MAX_FEATURES_BYTES:,} "
-            "this job reads (see README, Limits): drop unused columns"
+            "this job reads (see docs/configuration.md, Limits): drop unused columns"
         )
 
 

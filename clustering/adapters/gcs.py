@@ -54,7 +54,7 @@ def read_bytes(uri: str, max_bytes: int = MAX_BOUNDARIES_BYTES) -> bytes:
     if blob.size is not None and blob.size > max_bytes:
         raise InputError(
             f"{uri} is {blob.size:,} bytes, more than the {max_bytes:,} this job reads "
-            "(see README, Limits): split or shrink the file"
+            "(see docs/configuration.md, Limits): split or shrink the file"
         )
     return blob.download_as_bytes(if_generation_match=blob.generation, **limits(f"reading {uri}"))
 

@@ -51,12 +51,12 @@ def read_bytes(path: str, max_bytes: int = MAX_BOUNDARIES_BYTES) -> bytes:
 
 
 def _check_size(file: Path, max_bytes: int) -> None:
-    """Refuse a file larger than the documented limit before reading it (README, Limits)."""
+    """Refuse a file above its size limit (docs/configuration.md, Limits) before reading it."""
     size = file.stat().st_size
     if size > max_bytes:
         raise InputError(
             f"{file} is {size:,} bytes, more than the {max_bytes:,} this job reads "
-            "(see README, Limits): split or shrink the file"
+            "(see docs/configuration.md, Limits): split or shrink the file"
         )
 
 

@@ -7,7 +7,7 @@ sorted table, so the residential partitions equal the notebook's for the same in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
@@ -52,6 +52,10 @@ class KSearch:
     silhouettes: tuple[float, ...]
     best_k: int
     best_score: float
+
+
+# Receives the K diagnostics and the silhouette sample size (None when exact).
+OnDiagnostics = Callable[[KSearch, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ def cluster(
     table: pd.DataFrame,
     settings: AnalysisSettings,
     progress: Progress | None = None,
-    on_diagnostics: Callable[[KSearch, int | None], None] | None = None,
+    on_diagnostics: OnDiagnostics | None = None,
 ) -> ClusteringResult:
     """Run the whole analysis on a validated features table sorted by neighborhood.
 
@@ -147,14 +151,43 @@ def cluster(
             f"SEVERITY_FEATURE {settings.severity_feature!r} is blank in every residential row, "
             "so Stable and Distressed cannot be told apart: fill it in or choose another column"
         )
-    warnings = _feature_warnings(features, table)
     with fits.executor_for(n_res) as pool:
-        return _cluster(
-            table, settings, say, on_diagnostics, types, residential, features, warnings, pool
-        )
+        plan = _plan(table, types, residential, features, settings, pool, say)
+        return _cluster(plan, on_diagnostics)
 
 
-def _cluster(table, settings, say, on_diagnostics, types, residential, features, warnings, pool):
+@dataclass(frozen=True)
+class _FitPlan:
+    """One run's inputs, prepared once and read by every step of `_cluster`.
+
+    types: each table row's type (residential or an excluded type); residential its mask.
+    scaled, winsorized: the residential matrix the fits see, and the same before scaling.
+    ks: the Ks of the K diagnostics, capped below the number of residential rows.
+    sample_size: rows sampled per silhouette, or None when every silhouette is exact.
+    warnings: the feature warnings, then the K_MAX cap when there is one.
+    """
+
+    table: pd.DataFrame
+    types: pd.Series
+    residential: np.ndarray
+    features: FeatureSelection
+    settings: AnalysisSettings
+    pool: Executor
+    say: Progress
+    scaled: np.ndarray
+    winsorized: np.ndarray
+    ks: tuple[int, ...]
+    sample_size: int | None
+    warnings: tuple[str, ...]
+
+    @property
+    def seed(self) -> int:
+        return self.settings.random_state
+
+
+def _plan(table, types, residential, features, settings, pool, say) -> _FitPlan:
+    """Impute, winsorize and scale the residential rows, and choose the Ks to search."""
+    warnings = _feature_warnings(features, table)
     n_res = int(residential.sum())
     sample_size = (
         settings.silhouette_sample_size if n_res > settings.silhouette_sample_size else None
@@ -163,36 +196,102 @@ def _cluster(table, settings, say, on_diagnostics, types, residential, features,
     raw = table.loc[residential, list(features.used)].to_numpy(dtype=np.float64)
     imputed, _ = impute_median(raw)
     winsorized = winsorize(imputed)
-    scaled = standard_scale(winsorized)
-    seed = settings.random_state
-
     ks = [k for k in range(settings.k_min, settings.k_max + 1) if k < n_res]
     if settings.k_max >= n_res:
         warnings.append(f"K_MAX={settings.k_max} capped at {ks[-1]}: only {n_res} residential rows")
+    return _FitPlan(
+        table=table,
+        types=types,
+        residential=residential,
+        features=features,
+        settings=settings,
+        pool=pool,
+        say=say,
+        scaled=standard_scale(winsorized),
+        winsorized=winsorized,
+        ks=tuple(ks),
+        sample_size=sample_size,
+        warnings=tuple(warnings),
+    )
+
+
+def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> ClusteringResult:
     # Everything independent is submitted up front so a pool keeps every core busy.
-    diagnostics_pending = _submit_search(pool, scaled, ks, settings)
+    diagnostics_pending = _submit_search(plan.pool, plan.scaled, plan.ks, plan.settings)
     diagnostics = None
     if all(f.done() for f in diagnostics_pending):  # fitted in-process: report them now
-        diagnostics = _collect(diagnostics_pending, say, "K diagnostic")
-        if on_diagnostics:
-            on_diagnostics(diagnostics, sample_size)
-    top_pending = pool.submit(fits.fit_labels, scaled, TOP_K, FINAL_N_INIT, seed)
-    excluded_mask = ~residential
-    excluded = table.loc[excluded_mask].copy()
-    excluded["excluded_type"] = types[excluded_mask].to_numpy()
+        diagnostics = _diagnostics(plan, diagnostics_pending, on_diagnostics)
+    top_pending = plan.pool.submit(fits.fit_labels, plan.scaled, TOP_K, FINAL_N_INIT, plan.seed)
+    excluded, excluded_pending = _submit_excluded_types(plan)
+
+    plan.say(f"fitting the top split (K={TOP_K})")
+    top_labels = top_pending.result()
+    tops = _submit_top_groups(plan, top_labels)
+    if diagnostics is None:
+        diagnostics = _diagnostics(plan, diagnostics_pending, on_diagnostics)
+    groups, sub_labels = _sub_cluster(plan, tops)
+
+    plan.say("analysing excluded neighborhoods")
+    excluded_groups = []
+    for in_type, pending in excluded_pending:
+        group, names = pending()
+        excluded.loc[in_type, "excluded_cluster"] = names
+        excluded_groups.append(group)
+
+    out = _labelled_table(plan, top_labels, sub_labels, groups, excluded)
+    resident_rows = out.loc[plan.residential]
+    return ClusteringResult(
+        table=out.reset_index(drop=True),
+        excluded=excluded.reset_index(drop=True),
+        features=plan.features,
+        diagnostics=diagnostics,
+        top_groups=tuple(groups),
+        excluded_groups=tuple(excluded_groups),
+        scaled=plan.scaled,
+        winsorized=plan.winsorized,
+        residential=plan.residential,
+        profile=resident_rows.groupby("sub_cluster")[list(plan.features.used)].mean().T,
+        summary=_summary(resident_rows, plan.settings),
+        silhouette_sample_size=plan.sample_size,
+        warnings=plan.warnings,
+    )
+
+
+def _diagnostics(
+    plan: _FitPlan, pending: list[Future], on_diagnostics: OnDiagnostics | None
+) -> KSearch:
+    diagnostics = _collect(pending, plan.say, "K diagnostic")
+    if on_diagnostics:
+        on_diagnostics(diagnostics, plan.sample_size)
+    return diagnostics
+
+
+def _submit_excluded_types(
+    plan: _FitPlan,
+) -> tuple[pd.DataFrame, list[tuple[np.ndarray, Callable[[], tuple[ExcludedGroup, list[str]]]]]]:
+    """The excluded rows with their type, and each type's clustering, started: (mask of the
+    type's rows among the excluded ones, callable giving its group and row names) per type."""
+    excluded_mask = ~plan.residential
+    excluded = plan.table.loc[excluded_mask].copy()
+    excluded["excluded_type"] = plan.types[excluded_mask].to_numpy()
     excluded["excluded_cluster"] = None
-    excluded_pending = []
+    pending = []
     for excluded_type in (INSTITUTIONAL, LOW_POPULATION):
         in_type = (excluded["excluded_type"] == excluded_type).to_numpy()
         if in_type.any():
-            rows = excluded.loc[in_type, list(features.used)]
-            excluded_pending.append(
-                (in_type, _submit_excluded(pool, rows, excluded_type, settings))
+            rows = excluded.loc[in_type, list(plan.features.used)]
+            pending.append(
+                (in_type, _submit_excluded(plan.pool, rows, excluded_type, plan.settings))
             )
+    return excluded, pending
 
-    say(f"fitting the top split (K={TOP_K})")
-    top_labels = top_pending.result()
-    severity = table.loc[residential, settings.severity_feature].to_numpy(dtype=np.float64)
+
+def _submit_top_groups(plan: _FitPlan, top_labels: np.ndarray) -> list[tuple]:
+    """Name each side of the top split by its severity and start its sub-cluster K search:
+    (top, label, mask, pending search) per side."""
+    severity = plan.table.loc[plan.residential, plan.settings.severity_feature].to_numpy(
+        dtype=np.float64
+    )
     overall = np.nanmean(severity)
     tops = []
     for top in np.unique(top_labels):
@@ -200,18 +299,19 @@ def _cluster(table, settings, say, on_diagnostics, types, residential, features,
         with np.errstate(all="ignore"):
             label = STABLE if np.nanmean(severity[mask]) < overall else DISTRESSED
         n = int(mask.sum())
-        sub_ks = [k for k in range(settings.sub_k_min, settings.sub_k_max + 1) if k < n]
-        tops.append((int(top), label, mask, _submit_search(pool, scaled[mask], sub_ks, settings)))
+        sub_ks = [k for k in range(plan.settings.sub_k_min, plan.settings.sub_k_max + 1) if k < n]
+        pending = _submit_search(plan.pool, plan.scaled[mask], sub_ks, plan.settings)
+        tops.append((int(top), label, mask, pending))
+    return tops
 
-    if diagnostics is None:
-        diagnostics = _collect(diagnostics_pending, say, "K diagnostic")
-        if on_diagnostics:
-            on_diagnostics(diagnostics, sample_size)
-    sub_labels = np.full(n_res, -1, dtype=np.int64)
+
+def _sub_cluster(plan: _FitPlan, tops: list[tuple]) -> tuple[list[TopGroup], np.ndarray]:
+    """Each top group at its best sub-K, and every residential row's sub-cluster id."""
+    sub_labels = np.full(int(plan.residential.sum()), -1, dtype=np.int64)
     groups, refits = [], []
     for top, label, mask, pending in tops:
-        say(f"sub-clustering top group {top} ({label}, {int(mask.sum())} rows)")
-        search = _collect(pending, say, f"top group {top}")
+        plan.say(f"sub-clustering top group {top} ({label}, {int(mask.sum())} rows)")
+        search = _collect(pending, plan.say, f"top group {top}")
         if search is None:  # too small for any K: one sub-cluster
             groups.append(
                 TopGroup(top=top, label=label, size=int(mask.sum()), search=None, sub_k=1)
@@ -221,21 +321,27 @@ def _cluster(table, settings, say, on_diagnostics, types, residential, features,
         groups.append(
             TopGroup(top=top, label=label, size=int(mask.sum()), search=search, sub_k=search.best_k)
         )
-        refit = pool.submit(fits.fit_labels, scaled[mask], search.best_k, FINAL_N_INIT, seed)
+        refit = plan.pool.submit(
+            fits.fit_labels, plan.scaled[mask], search.best_k, FINAL_N_INIT, plan.seed
+        )
         refits.append((mask, top, refit))
     for mask, top, refit in refits:
         labels = 0 if refit is None else refit.result()
         sub_labels[mask] = labels + top * 10
+    return groups, sub_labels
+
+
+def _labelled_table(
+    plan: _FitPlan,
+    top_labels: np.ndarray,
+    sub_labels: np.ndarray,
+    groups: list[TopGroup],
+    excluded: pd.DataFrame,
+) -> pd.DataFrame:
+    """The input table with the cluster columns of every row, residential or excluded."""
+    residential, excluded_mask = plan.residential, ~plan.residential
     top_label_of = {g.top: g.label for g in groups}
-
-    say("analysing excluded neighborhoods")
-    excluded_groups = []
-    for in_type, pending in excluded_pending:
-        group, names = pending()
-        excluded.loc[in_type, "excluded_cluster"] = names
-        excluded_groups.append(group)
-
-    out = table.copy()
+    out = plan.table.copy()
     out["top_cluster"] = pd.array(np.full(len(out), -1), dtype="Int64")
     out.loc[residential, "top_cluster"] = top_labels
     out["top_cluster_label"] = EXCLUDED
@@ -245,26 +351,10 @@ def _cluster(table, settings, say, on_diagnostics, types, residential, features,
     out["cluster_label"] = None
     out.loc[residential, "cluster_label"] = [f"Cluster {s}" for s in sub_labels]
     out.loc[excluded_mask, "cluster_label"] = excluded["excluded_cluster"].to_numpy()
-    out["excluded_type"] = types.to_numpy()
+    out["excluded_type"] = plan.types.to_numpy()
     out["excluded_cluster"] = None
     out.loc[excluded_mask, "excluded_cluster"] = excluded["excluded_cluster"].to_numpy()
-
-    resident_rows = out.loc[residential]
-    return ClusteringResult(
-        table=out.reset_index(drop=True),
-        excluded=excluded.reset_index(drop=True),
-        features=features,
-        diagnostics=diagnostics,
-        top_groups=tuple(groups),
-        excluded_groups=tuple(excluded_groups),
-        scaled=scaled,
-        winsorized=winsorized,
-        residential=residential,
-        profile=resident_rows.groupby("sub_cluster")[list(features.used)].mean().T,
-        summary=_summary(resident_rows, settings),
-        silhouette_sample_size=sample_size,
-        warnings=tuple(warnings),
-    )
+    return out
 
 
 def search_k(
@@ -284,7 +374,7 @@ def search_k(
     return _collect(pending, say, label)
 
 
-def _submit_search(pool: Executor, matrix: np.ndarray, ks: list[int], settings) -> list[Future]:
+def _submit_search(pool: Executor, matrix: np.ndarray, ks: Sequence[int], settings) -> list[Future]:
     size, seed = settings.silhouette_sample_size, settings.random_state
     return [pool.submit(fits.fit_and_score, matrix, k, SEARCH_N_INIT, seed, size) for k in ks]
 

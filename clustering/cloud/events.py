@@ -342,51 +342,57 @@ def _attribute_options(attributes: Any) -> tuple[dict[str, Any], str | None]:
 def _decide_manual_message(
     body: Any, settings: JobSettings, message_id: str | None, label: str
 ) -> Decision:
-    if not isinstance(body, Mapping):
-        kind = "an array" if isinstance(body, list) else f"a JSON {type(body).__name__}"
-        return _reject(
-            "pubsub",
-            message_id,
-            f"{label}: the message body is {kind}; it must be a JSON object with only the "
-            f"keys {', '.join(ALLOWED_MESSAGE_KEYS)}",
-        )
-    unknown = sorted(str(key) for key in body if key not in ALLOWED_MESSAGE_KEYS)
-    if unknown:
-        return _reject(
-            "pubsub",
-            message_id,
-            f"{label}: unknown key(s) {_shown(', '.join(unknown))} in the message; "
-            f"allowed keys are {', '.join(ALLOWED_MESSAGE_KEYS)}",
-        )
-
-    message_reason = body.get("reason")
-    if message_reason is not None:
-        if not isinstance(message_reason, str):
-            return _reject("pubsub", message_id, f"{label}: `reason` must be a string")
-        if len(message_reason) > MAX_MESSAGE_REASON_CHARS:
-            return _reject(
-                "pubsub",
-                message_id,
-                f"{label}: `reason` has {len(message_reason)} characters; keep it to "
-                f"{MAX_MESSAGE_REASON_CHARS} or fewer",
-            )
-
-    for flag in ("dry_run", "force"):
-        if not isinstance(body.get(flag, False), bool):
-            return _reject(
-                "pubsub",
-                message_id,
-                f"{label}: `{flag}` must be true or false (a JSON boolean), got "
-                f"{_shown(body[flag])}",
-            )
-    dry_run, force = body.get("dry_run", False), body.get("force", False)
-
+    problem = _message_shape_problem(body) or _message_value_problem(body)
+    if problem:
+        return _reject("pubsub", message_id, f"{label}: {problem}")
     features_source = None
     if "features_table" in body:
         features_source, problem = _allowed_features_source(body["features_table"], settings)
         if problem:
             return _reject("pubsub", message_id, f"{label}: {problem}")
+    return _manual_run(body, features_source, message_id, label)
 
+
+def _message_shape_problem(body: Any) -> str | None:
+    """Why a manual message's body is not a JSON object of allowed keys, or None."""
+    if not isinstance(body, Mapping):
+        kind = "an array" if isinstance(body, list) else f"a JSON {type(body).__name__}"
+        return (
+            f"the message body is {kind}; it must be a JSON object with only the "
+            f"keys {', '.join(ALLOWED_MESSAGE_KEYS)}"
+        )
+    unknown = sorted(str(key) for key in body if key not in ALLOWED_MESSAGE_KEYS)
+    if unknown:
+        return (
+            f"unknown key(s) {_shown(', '.join(unknown))} in the message; "
+            f"allowed keys are {', '.join(ALLOWED_MESSAGE_KEYS)}"
+        )
+    return None
+
+
+def _message_value_problem(body: Mapping[str, Any]) -> str | None:
+    """Why a manual message's `reason`, `dry_run` or `force` is refused, or None."""
+    message_reason = body.get("reason")
+    if message_reason is not None:
+        if not isinstance(message_reason, str):
+            return "`reason` must be a string"
+        if len(message_reason) > MAX_MESSAGE_REASON_CHARS:
+            return (
+                f"`reason` has {len(message_reason)} characters; keep it to "
+                f"{MAX_MESSAGE_REASON_CHARS} or fewer"
+            )
+    for flag in ("dry_run", "force"):
+        if not isinstance(body.get(flag, False), bool):
+            return f"`{flag}` must be true or false (a JSON boolean), got {_shown(body[flag])}"
+    return None
+
+
+def _manual_run(
+    body: Mapping[str, Any], features_source: str | None, message_id: str | None, label: str
+) -> Decision:
+    """The run a valid manual message asks for, with its options spelled out in the reason."""
+    message_reason = body.get("reason")
+    dry_run, force = body.get("dry_run", False), body.get("force", False)
     details = [
         f"reason: {message_reason!r}" if message_reason else "no reason given",
         f"features from {features_source}" if features_source else "configured features",
@@ -478,73 +484,134 @@ def _decide_log_entry(
             _text(entry.get("insertId")) or fallback_key,
             f"{via}: the log entry has no protoPayload object, so it is not an audit log",
         )
-    metadata = payload.get("metadata")
-    metadata = metadata if isinstance(metadata, Mapping) else {}
-    change = metadata.get("tableDataChange")
-    change = change if isinstance(change, Mapping) else None
+    call = _audit_call(payload, attributes)
     key = (
-        (_text(change.get("jobName")) if change else None)
+        (_text(call.change.get("jobName")) if call.change else None)
         or _text(entry.get("insertId"))
         or fallback_key
     )
-
-    def skip(why: str) -> Decision:
+    why = (
+        _unwatched_source(call, settings)
+        or _own_work(call, settings)
+        or _not_a_watched_change(call, settings)
+    )
+    if why:
         return Decision(action="skip", reason=f"{via}: {why}", trigger="table-change", key=key)
+    changed_at = _parse_time(_text(entry.get("timestamp")) or event_time)
+    late, note = _lateness(changed_at, now, settings)
+    counts = _change_summary(call.change)
+    return Decision(
+        action="run",
+        reason=f"{via}: data change of the watched table {call.table} ({counts}){note}",
+        trigger="table-change",
+        key=key,
+        changed_at=changed_at,
+        late=late,
+    )
 
-    service = _text(payload.get("serviceName")) or _text(attributes.get("servicename"))
+
+@dataclass(frozen=True)
+class _AuditCall:
+    """The parts of an audit log's protoPayload the decision reads.
+
+    service, resource, method: from the payload, else from the event's attributes.
+    table: `project.dataset.table` of the resource, None when it names no table.
+    metadata: the BigQuery metadata ({} when absent); change its tableDataChange, if any.
+    principal: who made the call (authenticationInfo.principalEmail), if given.
+    """
+
+    service: str | None
+    resource: str | None
+    method: str | None
+    table: str | None
+    metadata: Mapping[str, Any]
+    change: Mapping[str, Any] | None
+    principal: str | None
+
+
+def _audit_call(payload: Mapping[str, Any], attributes: Mapping[str, Any]) -> _AuditCall:
+    metadata = payload.get("metadata")
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    change = metadata.get("tableDataChange")
+    authentication = payload.get("authenticationInfo")
     resource = _text(payload.get("resourceName")) or _text(attributes.get("resourcename"))
-    method = _text(payload.get("methodName")) or _text(attributes.get("methodname"))
-    if service != BIGQUERY_SERVICE:
-        return skip(f"the audit log comes from {service or 'an unnamed service'}, not BigQuery")
+    return _AuditCall(
+        service=_text(payload.get("serviceName")) or _text(attributes.get("servicename")),
+        resource=resource,
+        method=_text(payload.get("methodName")) or _text(attributes.get("methodname")),
+        table=_table_id(resource),
+        metadata=metadata,
+        change=change if isinstance(change, Mapping) else None,
+        principal=(
+            _text(authentication.get("principalEmail"))
+            if isinstance(authentication, Mapping)
+            else None
+        ),
+    )
+
+
+def _unwatched_source(call: _AuditCall, settings: JobSettings) -> str | None:
+    """Why the call cannot concern a watched BigQuery table, or None."""
+    if call.service != BIGQUERY_SERVICE:
+        return f"the audit log comes from {call.service or 'an unnamed service'}, not BigQuery"
     if not settings.watched_table:
-        return skip(
+        return (
             "no watched table is configured (set WATCHED_TABLE or a bq:// FEATURES_SOURCE), "
             "so table changes never trigger a run"
         )
+    return None
 
-    authentication = payload.get("authenticationInfo")
-    principal = (
-        _text(authentication.get("principalEmail")) if isinstance(authentication, Mapping) else None
-    )
+
+def _own_work(call: _AuditCall, settings: JobSettings) -> str | None:
+    """Why the call is the function's own (its account, its job label, its tables), or None."""
+    principal = call.principal
     if principal and principal == settings.function_service_account:
-        return skip(
+        return (
             f"caused by the function's own service account {principal}; our own reads and "
             "writes never trigger a run"
         )
-    if _carries_our_labels(metadata):
+    if _carries_our_labels(call.metadata):
         labels = ", ".join(f"{k}={v}" for k, v in JOB_LABELS.items())
-        return skip(f"the job carries our label ({labels}), so it is one of the function's own")
-
-    table = _table_id(resource)
+        return f"the job carries our label ({labels}), so it is one of the function's own"
+    table = call.table
     own_tables = {
         "clusters table (CLUSTERS_TABLE)": settings.clusters_table,
         "run history table (RUNS_TABLE)": settings.runs_table,
     }
     for name, uri in own_tables.items():
         if table and uri and uri.startswith("bq://") and uri.removeprefix("bq://") == table:
-            return skip(f"{table} is the function's own {name}; writing it must not re-trigger")
+            return f"{table} is the function's own {name}; writing it must not re-trigger"
+    return None
 
+
+def _not_a_watched_change(call: _AuditCall, settings: JobSettings) -> str | None:
+    """Why the call is not a finished data change of the watched table, or None."""
+    table, resource, metadata, change = call.table, call.resource, call.metadata, call.change
     if "tableDataRead" in metadata:
-        return skip(f"a read of {table or resource} (tableDataRead), not a data change")
+        return f"a read of {table or resource} (tableDataRead), not a data change"
     if change is None:
         kinds = ", ".join(k for k in metadata if k != "@type") or "no BigQuery metadata"
-        return skip(
-            f"{method or 'the call'} on {resource or 'an unnamed resource'} is not a "
+        return (
+            f"{call.method or 'the call'} on {resource or 'an unnamed resource'} is not a "
             f"tableDataChange ({kinds}); only data changes of the watched table trigger a run"
         )
     if table != settings.watched_table:
-        return skip(
+        return (
             f"data change of {table or resource}, not of the watched table {settings.watched_table}"
         )
-
     change_reason = _text(change.get("reason"))
     if change_reason in NON_RUN_REASONS:
-        return skip(
+        return (
             f"a {change_reason} entry of {table} (Storage Write API) is not a finished change; "
             "runs start at BATCH_COMMIT or FLUSH, or when the producer publishes to the run topic"
         )
-    counts = _change_summary(change)
-    changed_at = _parse_time(_text(entry.get("timestamp")) or event_time)
+    return None
+
+
+def _lateness(
+    changed_at: datetime | None, now: datetime, settings: JobSettings
+) -> tuple[bool, str]:
+    """Whether a table change is older than MAX_EVENT_AGE_SECONDS, and the note saying so."""
     age = (now - changed_at).total_seconds() if changed_at else 0.0
     late = age > settings.max_event_age_seconds
     note = (
@@ -555,14 +622,7 @@ def _decide_log_entry(
         if late
         else ""
     )
-    return Decision(
-        action="run",
-        reason=f"{via}: data change of the watched table {table} ({counts}){note}",
-        trigger="table-change",
-        key=key,
-        changed_at=changed_at,
-        late=late,
-    )
+    return late, note
 
 
 def covered_by(decision: Decision, run_id: str | None, run_started: datetime | None) -> Decision:
