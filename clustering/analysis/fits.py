@@ -39,6 +39,18 @@ def fit_labels(matrix: np.ndarray, k: int, n_init: int, random_state: int) -> np
         return kmeans_labels(matrix, k, n_init, random_state)
 
 
+def fit_centroids(
+    matrix: np.ndarray, k: int, n_init: int, random_state: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`fit_labels` and the fit's centroids (k x features): each label is its row's nearest
+    centroid, which is what the model document records."""
+    from sklearn.cluster import KMeans
+
+    with one_thread():
+        model = KMeans(n_clusters=k, random_state=random_state, n_init=n_init).fit(matrix)
+        return model.labels_.astype(np.int64), model.cluster_centers_
+
+
 def kmeans_labels(matrix: np.ndarray, k: int, n_init: int, random_state: int) -> np.ndarray:
     """`fit_labels` without setting the thread limit, for a caller that holds `one_thread()`
     around many small fits: setting the limit costs milliseconds, as much as a small fit."""

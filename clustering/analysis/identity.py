@@ -32,7 +32,7 @@ import pandas as pd
 
 from clustering.analysis import cohorts as naming
 from clustering.analysis.cohorts import Cohort, Naming, PreviousName, Profile
-from clustering.analysis.model import ClusteringResult
+from clustering.analysis.model import Centroids, ClusteringResult
 from clustering.analysis.stability import UNSTABLE, Stability
 from clustering.analysis.transitions import Counts, transitions
 
@@ -431,7 +431,7 @@ def _centroids(result, labels, features, mask=None) -> dict[int, dict[str, float
 
 
 def renumber(result: ClusteringResult, matching: Matching) -> ClusteringResult:
-    """The result under stable ids: table, profile, summary and top groups."""
+    """The result under stable ids: table, centroids, profile, summary and top groups."""
     table = result.table.copy()
     residential = result.residential
     for column, ids in (("top_cluster", matching.top_ids), ("sub_cluster", matching.sub_ids)):
@@ -441,9 +441,15 @@ def renumber(result: ClusteringResult, matching: Matching) -> ClusteringResult:
     table.loc[residential, "cluster_label"] = ("Cluster " + subs.astype(str)).to_numpy()
     labels = {f"Cluster {own}": f"Cluster {stable}" for own, stable in matching.sub_ids.items()}
     summary = result.summary.assign(cluster_label=result.summary["cluster_label"].map(labels))
+    top_ids, sub_ids = matching.top_ids, matching.sub_ids
+    centroids = Centroids(
+        top={top_ids[t]: c for t, c in result.centroids.top.items()},
+        sub={sub_ids[s]: (top_ids[t], c) for s, (t, c) in result.centroids.sub.items()},
+    )
     return replace(
         result,
         table=table,
+        centroids=centroids,
         profile=result.profile.rename(columns=matching.sub_ids).sort_index(axis=1),
         summary=summary.sort_values(["top_cluster_label", "cluster_label"]).reset_index(drop=True),
         top_groups=tuple(

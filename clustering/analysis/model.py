@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,9 @@ from clustering.analysis.prepare import (
     LOW_POPULATION,
     RESIDENTIAL,
     FeatureSelection,
+    Space,
     impute_median,
+    prepare,
     row_types,
     select_features,
     standard_scale,
@@ -71,13 +73,28 @@ class TopGroup:
 
 @dataclass(frozen=True)
 class ExcludedGroup:
-    """One excluded type (institutional/industrial or low population) and its grouping."""
+    """One excluded type (institutional/industrial or low population) and its grouping.
+
+    space: the type's own impute and scaling (no winsorizing); centroids: group name ->
+    centroid in that space. None and empty for a type labelled instead of clustered.
+    """
 
     excluded_type: str
     size: int
     search: KSearch | None
     k: int | None
     note: str
+    space: Space | None = None
+    centroids: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Centroids:
+    """The residential fits' centroids in the scaled space: top id -> centroid, sub id ->
+    (its top id, centroid). Each row's label is its nearest centroid (k-means ends so)."""
+
+    top: dict[int, np.ndarray]
+    sub: dict[int, tuple[int, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,8 @@ class ClusteringResult:
     profile: mean of each used feature per sub-cluster (rows: features, columns: sub-clusters).
     summary: the final cohort table (counts and key means per top label and cluster label).
     silhouette_sample_size: rows sampled per silhouette, or None when all were exact.
+    space: how raw values become rows of `scaled` (impute, winsor bounds, centre, scale).
+    centroids: the top split's and the sub-clusters' centroids, under the clustering's ids.
     """
 
     table: pd.DataFrame
@@ -110,6 +129,8 @@ class ClusteringResult:
     summary: pd.DataFrame
     silhouette_sample_size: int | None
     warnings: tuple[str, ...]
+    space: Space | None = None
+    centroids: Centroids | None = None
 
 
 def cluster(
@@ -153,7 +174,37 @@ def cluster(
         )
     with fits.executor_for(n_res) as pool:
         plan = _plan(table, types, residential, features, settings, pool, say)
-        return _cluster(plan, on_diagnostics)
+        result = _cluster(plan, on_diagnostics)
+    return _with_centroids(result, table, settings)
+
+
+def _with_centroids(result: ClusteringResult, table, settings) -> ClusteringResult:
+    """The result with its space and centroids. Until `_cluster` keeps its fits' centroids
+    (it is being split on another branch), the final fits are repeated: seeded and on the
+    same matrix, they give the same labels, which is checked."""
+    used = tuple(result.features.used)
+    raw = table.loc[result.residential, list(used)].to_numpy(dtype=np.float64)
+    prepared = prepare(raw, used, clip=True)
+    if not np.array_equal(prepared.scaled, result.scaled):
+        raise RuntimeError("the prepared space does not reproduce the scaled matrix")
+    rows = result.table.loc[result.residential]
+    top, sub = (rows[c].to_numpy(dtype=np.int64) for c in ("top_cluster", "sub_cluster"))
+    seed, z = settings.random_state, prepared.scaled
+    labels, centers = fits.fit_centroids(z, TOP_K, FINAL_N_INIT, seed)
+    subs = {}
+    for group in result.top_groups:
+        mask = top == group.top
+        if group.sub_k == 1:
+            subs[int(sub[mask][0])] = (group.top, z[mask].mean(axis=0))
+            continue
+        own, sub_centers = fits.fit_centroids(z[mask], group.sub_k, FINAL_N_INIT, seed)
+        if not np.array_equal(own + group.top * 10, sub[mask]):
+            raise RuntimeError("a repeated sub-cluster fit gave other labels")
+        subs |= {group.top * 10 + i: (group.top, c) for i, c in enumerate(sub_centers)}
+    if not np.array_equal(labels, top):
+        raise RuntimeError("the repeated top split gave other labels")
+    centroids = Centroids(top={i: c for i, c in enumerate(centers)}, sub=subs)
+    return replace(result, space=prepared.space, centroids=centroids)
 
 
 @dataclass(frozen=True)
@@ -411,7 +462,8 @@ def _submit_excluded(pool: Executor, rows: pd.DataFrame, excluded_type: str, set
     """
     n = len(rows)
     ks = list(range(settings.sub_k_min, min(settings.sub_k_max, n)))
-    imputed, kept = impute_median(rows.to_numpy(dtype=np.float64))
+    values = rows.to_numpy(dtype=np.float64)
+    kept = ~np.isnan(values).all(axis=0)
     if n < MIN_EXCLUDED_GROUP or not kept.any() or not ks:
         reason = (
             "No features to cluster"
@@ -421,14 +473,20 @@ def _submit_excluded(pool: Executor, rows: pd.DataFrame, excluded_type: str, set
         note = f"{excluded_type} - {reason}"
         group = ExcludedGroup(excluded_type, n, None, None, note)
         return lambda: (group, [note] * n)
-    matrix = standard_scale(imputed)
+    prepared = prepare(values, tuple(rows.columns), clip=False)
+    matrix = prepared.scaled
     pending = _submit_search(pool, matrix, ks, settings)
 
     def finish() -> tuple[ExcludedGroup, list[str]]:
         search = _collect(pending, None, excluded_type)
-        labels = fits.fit_labels(matrix, search.best_k, SEARCH_N_INIT, settings.random_state)
+        seed = settings.random_state
+        labels, centers = fits.fit_centroids(matrix, search.best_k, SEARCH_N_INIT, seed)
         names = [f"{excluded_type} - Group {label}" for label in labels]
-        group = ExcludedGroup(excluded_type, n, search, search.best_k, f"{search.best_k} groups")
+        note = f"{search.best_k} groups"
+        centroids = {f"{excluded_type} - Group {i}": c for i, c in enumerate(centers)}
+        group = ExcludedGroup(
+            excluded_type, n, search, search.best_k, note, prepared.space, centroids
+        )
         return group, names
 
     return finish

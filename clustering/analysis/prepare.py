@@ -17,6 +17,9 @@ from clustering.settings import AnalysisSettings
 RESIDENTIAL = "Residential"
 INSTITUTIONAL = "Institutional/Industrial"
 LOW_POPULATION = "Low Population (Park/Open Space)"
+EXCLUDED_TYPES = (INSTITUTIONAL, LOW_POPULATION)
+# The winsorizing of the notebook: this share of each column's values clipped on each side.
+WINSOR_LIMITS = (0.01, 0.01)
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,22 @@ def row_types(table: pd.DataFrame, settings: AnalysisSettings) -> pd.Series:
     The exclusion list wins over population, as in the notebook's excluded analysis; a blank
     population counts as low.
     """
-    listed = table["neighborhood"].isin(settings.excluded_names)
-    # A blank population is not known to reach the threshold: low population.
-    low = ~(table["population"] >= settings.min_population)
-    types = np.where(listed, INSTITUTIONAL, np.where(low, LOW_POPULATION, RESIDENTIAL))
+    types = types_of(
+        table["neighborhood"],
+        table["population"],
+        settings.excluded_names,
+        settings.min_population,
+    )
     return pd.Series(types, index=table.index, name="excluded_type")
+
+
+def types_of(keys: pd.Series, population: pd.Series, excluded, min_population) -> np.ndarray:
+    """The rule behind `row_types`, which the model document states too (its excluded_keys
+    and min_population): a listed key is institutional/industrial, whatever its population."""
+    listed = keys.isin(excluded).to_numpy()
+    # A blank population is not known to reach the threshold: low population.
+    low = ~(population.astype("float64") >= min_population).to_numpy()
+    return np.where(listed, INSTITUTIONAL, np.where(low, LOW_POPULATION, RESIDENTIAL))
 
 
 def select_features(
@@ -57,6 +71,76 @@ def select_features(
     all_blank = tuple(f for f in present if counts[f] == 0)
     used = tuple(f for f in present if counts[f] > 0)
     return FeatureSelection(used=used, missing=missing, all_blank=all_blank)
+
+
+@dataclass(frozen=True)
+class Space:
+    """How raw values become a point of a fitted space: z = (clip(impute(x)) - center) / scale.
+
+    impute: each feature's median, for a blank (NaN); clip: (low, high), the winsor bounds,
+    or None where the fit does not winsorize (the excluded types); center, scale: the
+    StandardScaler's mean_ and scale_ (1 where a feature has no spread).
+    """
+
+    features: tuple[str, ...]
+    impute: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
+    clip: tuple[np.ndarray, np.ndarray] | None = None
+
+    def z(self, frame: pd.DataFrame) -> np.ndarray:
+        """The rows of `frame` (which holds every feature, numeric) in this space."""
+        values = frame[list(self.features)].astype("float64").to_numpy(copy=True)
+        blank = np.isnan(values)
+        values[blank] = np.broadcast_to(self.impute, values.shape)[blank]
+        if self.clip is not None:
+            values = np.clip(values, self.clip[0], self.clip[1])
+        return (values - self.center) / self.scale
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A fitted space and the rows it was fitted on: `before_scaling` (imputed, and clipped
+    when the space clips) and `scaled`, the matrix the k-means fits see."""
+
+    space: Space
+    before_scaling: np.ndarray
+    scaled: np.ndarray
+
+
+def prepare(values: np.ndarray, features: tuple[str, ...], clip: bool) -> Prepared:
+    """Median-impute, winsorize (when `clip`) and scale `values`, keeping every constant.
+
+    Columns with no value at all are dropped (they are not among the space's features). The
+    matrices are bit for bit what `impute_median`, `winsorize` and `standard_scale` give,
+    and `space.z` of the same rows gives `scaled` again.
+    """
+    from sklearn.preprocessing import StandardScaler
+
+    # The same calls as ever, so that even the matrices' memory layout, on which the
+    # scaler's sums round, stays the same.
+    imputed, kept = impute_median(values)
+    medians = np.nanmedian(values[:, kept].astype(np.float64), axis=0)
+    bounds = winsor_bounds(imputed) if clip else None
+    before = winsorize(imputed) if clip else imputed
+    scaler = StandardScaler().fit(before)
+    space = Space(
+        features=tuple(f for f, k in zip(features, kept, strict=True) if k),
+        impute=medians,
+        center=scaler.mean_,
+        scale=scaler.scale_,
+        clip=bounds,
+    )
+    return Prepared(space, before, scaler.transform(before))
+
+
+def winsor_bounds(matrix: np.ndarray, limits=WINSOR_LIMITS) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's (low, high) clipping values in `winsorize`: the int(low*n)-th smallest and
+    the int(up*n)-th largest value (the minimum and maximum when nothing is clipped)."""
+    n = matrix.shape[0]
+    low_index, high_index = int(limits[0] * n), n - int(n * limits[1]) - 1
+    ordered = np.partition(matrix, (low_index, high_index), axis=0)
+    return ordered[low_index], ordered[high_index]
 
 
 def impute_median(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +159,7 @@ def impute_median(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return matrix, kept
 
 
-def winsorize(matrix: np.ndarray, limits: tuple[float, float] = (0.01, 0.01)) -> np.ndarray:
+def winsorize(matrix: np.ndarray, limits: tuple[float, float] = WINSOR_LIMITS) -> np.ndarray:
     """Clip each column like `scipy.stats.mstats.winsorize(matrix, limits, axis=0)`.
 
     scipy sets the int(low*n) smallest values of a column to the next smallest one and the
@@ -83,12 +167,9 @@ def winsorize(matrix: np.ndarray, limits: tuple[float, float] = (0.01, 0.01)) ->
     same values, in O(n) per column with `np.partition` instead of a full argsort.
     """
     n = matrix.shape[0]
-    low_count = int(limits[0] * n)
-    high_index = n - int(n * limits[1]) - 1
-    if n == 0 or (low_count == 0 and high_index == n - 1):
+    if n == 0 or (int(limits[0] * n) == 0 and int(n * limits[1]) == 0):
         return matrix.copy()
-    ordered = np.partition(matrix, (low_count, high_index), axis=0)
-    return np.clip(matrix, ordered[low_count], ordered[high_index])
+    return np.clip(matrix, *winsor_bounds(matrix, limits))
 
 
 def standard_scale(matrix: np.ndarray) -> np.ndarray:
