@@ -183,6 +183,13 @@ def _run(run: _Run) -> RunReport:
     # cohorts for stable ids) and the pointer's version, which the switch of latest/ is
     # conditional on.
     pointer, pointer_token = store.read_pointer()
+    from clustering import engines
+
+    choice = engines.choose(run.settings)
+    if choice.engine == engines.WAREHOUSE:
+        from clustering.engines import warehouse
+
+        return warehouse.run_warehouse(run, store, pointer, pointer_token, choice)
     done = _analyse(run, store, pointer)
     dry_run = run.request.dry_run
     prefix = None if dry_run else store.describe(f"runs/{run.run_id}/")
@@ -197,7 +204,7 @@ def _run(run: _Run) -> RunReport:
         return RunReport(run.run_id, "dry_run", manifest(run.clock.done()), None)
     run.clock.stage("publish", f"publishing run {run.run_id}")
     done.files[MANIFEST] = _json_bytes(manifest(dict(run.clock.timings)))
-    _publish(run, store, done, pointer_token)
+    _publish(run, store, done.files, pointer_token, _loader(run, done), _mover(run, done))
     run.clock.progress(f"report: {store.describe(f'latest/{HTML_REPORT}')}")
     return RunReport(run.run_id, "succeeded", manifest(run.clock.done()), prefix)
 
@@ -212,25 +219,15 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
         previous = _previous(store, pointer)
         run.clock.stage("cluster", "clustering")
         result = _cluster(run, renderer, given)
-        run_date = f"{run.started:%Y-%m-%d %H:%M} UTC"
-        random_state = run.settings.analysis.random_state
-
-        def draw_named(named) -> None:
-            # Ids and names are final: the scatter and the map start while the stability is
-            # bootstrapped; the heatmap shows stability, so it waits for it.
-            view = cohort_view(named)
-            tasks = charts.named_tasks(named.result, view, random_state, given.boundaries, run_date)
-            _submit(renderer, tasks)
-
-        identity = _identify(result, previous, run, draw_named)
+        identity = _identify(result, previous, run, _named_drawer(run, renderer, given))
         for warning in result.warnings + identity.warnings:
             run.warn(warning)
         run.clock.stage("charts", "drawing charts")
         view = cohort_view(identity)
         _submit(renderer, charts.heatmap_task(view))
         warnings = given.warnings + result.warnings + identity.warnings
-        images = _chart_names(given.boundaries)
-        _submit(renderer, _report_task(run, identity.result, view, warnings, images))
+        facts = report_facts(run, identity.result, warnings)
+        _submit(renderer, report_task(facts, identity.result, view, given.boundaries))
         # The CSVs are encoded while the chart workers draw.
         table = identity.table.assign(run_id=run.run_id, _clustered_at=run.started)
         files = {
@@ -242,6 +239,22 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
         files |= renderer.collect()
         files[HTML_REPORT] = report.embed(files[HTML_REPORT], files)
     return _Analysed(given, identity, table, files)
+
+
+def _named_drawer(run: _Run, renderer, given: _Input) -> Callable:
+    """What to do once ids and names are final: the scatter and the map start while the
+    stability is bootstrapped; the heatmap shows stability, so it waits for it."""
+    from clustering.outputs import charts
+
+    run_date = f"{run.started:%Y-%m-%d %H:%M} UTC"
+    random_state = run.settings.analysis.random_state
+
+    def draw_named(named) -> None:
+        view = cohort_view(named)
+        tasks = charts.named_tasks(named.result, view, random_state, given.boundaries, run_date)
+        _submit(renderer, tasks)
+
+    return draw_named
 
 
 def _read_input(run: _Run, pointer: bytes | None) -> _Input:
@@ -256,7 +269,7 @@ def _read_input(run: _Run, pointer: bytes | None) -> _Input:
 
         frame, where = make_sample(), "the built-in sample"
     else:
-        frame, where = adapters.read_features(source)
+        frame, where = adapters.read_features(source, run.settings.memory_max_rows)
     run.clock.stage("validate", f"validating {len(frame)} rows")
     valid = validate_features(frame, run.settings.analysis, where)
     check_row_drop(
@@ -292,35 +305,55 @@ def _cluster(run: _Run, renderer, given: _Input):
         raise InputError(f"{given.where}: {error}") from None
 
 
-def _publish(run: _Run, store, done: _Analysed, pointer_token) -> None:
-    """Run folder, then the clusters table (when configured), then the transitions and the
-    switch of latest/; a failure after the load is a PublishInterrupted."""
+def _publish(run: _Run, store, files: dict[str, bytes], pointer_token, load, move) -> None:
+    """Run folder, then the clusters table (`load`, None without one), then the transitions
+    (`move`) and the switch of latest/; a failure after the load is a PublishInterrupted."""
     from clustering import adapters
-    from clustering.table import output_schema
 
-    settings, transitions = run.settings, done.identity.transitions
+    clusters_table = run.settings.clusters_table
     run.fence("writing the run folder")
-    store.write_run(run.run_id, done.files)
-    if not settings.clusters_table:
-        _append_transitions(settings.transitions_table, transitions, run.fence)
-        _switch_latest(store, run.run_id, done.files, pointer_token, run.fence)
+    store.write_run(run.run_id, files)
+    if load is None:
+        move()
+        _switch_latest(store, run.run_id, files, pointer_token, run.fence)
         return
     run.fence("loading the clusters table")
-    clusters = with_shapes(done.table, done.input.boundaries)
-    adapters.write_clusters(settings.clusters_table, clusters, output_schema(clusters), run.run_id)
+    load()
     try:
-        if not adapters.clusters_hold(settings.clusters_table, run.run_id):
+        if not adapters.clusters_hold(clusters_table, run.run_id):
             raise RuntimeError(
-                f"{settings.clusters_table} holds another run's rows after the "
+                f"{clusters_table} holds another run's rows after the "
                 "load (a late load job of an earlier run)"
             )
-        _append_transitions(settings.transitions_table, transitions, run.fence)
-        _switch_latest(store, run.run_id, done.files, pointer_token, run.fence)
+        move()
+        _switch_latest(store, run.run_id, files, pointer_token, run.fence)
     except Exception as error:
         raise PublishInterrupted(
-            f"run {run.run_id} was loaded into {settings.clusters_table} but latest/ was not "
+            f"run {run.run_id} was loaded into {clusters_table} but latest/ was not "
             f"switched to it ({one_line(error)}); the redelivery of the event publishes again"
         ) from error
+
+
+def _loader(run: _Run, done: _Analysed):
+    """The memory engine's table load: one load job of every row, None without a table."""
+    if not run.settings.clusters_table:
+        return None
+
+    def load() -> None:
+        from clustering import adapters
+        from clustering.table import output_schema
+
+        clusters = with_shapes(done.table, done.input.boundaries)
+        dest = run.settings.clusters_table
+        adapters.write_clusters(dest, clusters, output_schema(clusters), run.run_id)
+
+    return load
+
+
+def _mover(run: _Run, done: _Analysed):
+    """The memory engine's transitions append (nothing when there are none)."""
+    moves = done.identity.transitions
+    return lambda: _append_transitions(run.settings.transitions_table, moves, run.fence)
 
 
 def _chart_names(boundaries) -> tuple[str, ...]:
@@ -362,12 +395,12 @@ def cohort_view(identity):
     return CohortView(identity.table, index, identity.transitions, identity.previous_run_id)
 
 
-def _report_task(run: _Run, result, view, warnings, images) -> dict:
-    """report.html's task: rendered by a chart worker, its `images` embedded after collect()."""
+def report_facts(run: _Run, result, warnings):
+    """The report's header: when, why and from what the run happened, and its row counts."""
     from clustering.outputs import report
 
     settings, request = run.settings, run.request
-    facts = report.RunFacts(
+    return report.RunFacts(
         run_id=run.run_id,
         started=f"{run.started:%Y-%m-%d %H:%M:%S} UTC",
         trigger=request.trigger,
@@ -385,7 +418,14 @@ def _report_task(run: _Run, result, view, warnings, images) -> dict:
             (name.upper(), str(getattr(settings.analysis, name))) for name in REPORTED_SETTINGS
         ),
     )
+
+
+def report_task(facts, result, view, boundaries) -> dict:
+    """report.html's task: rendered by a chart worker, its images embedded after collect()."""
+    from clustering.outputs import report
+
     notes = {g.excluded_type: g.note for g in result.excluded_groups}
+    images = _chart_names(boundaries)
     return {HTML_REPORT: (report.page, (facts, view, notes, images))}
 
 
@@ -427,12 +467,13 @@ def check_row_drop(rows: int, previous: dict | None, ratio: float, force: bool, 
     )
 
 
-def _previous(store, pointer: bytes | None):
+def _previous(store, pointer: bytes | None, with_rows: bool = True):
     """The last published run (the run latest/run.json points to), None on the first run.
 
     Centroids, names and ids come from its run.json; each neighborhood's previous cohort from
     its clusters CSV in runs/<run_id>/, the published record of that run: run.json stays one
-    entry per cohort whatever the number of rows, and nothing is stored twice.
+    entry per cohort whatever the number of rows, and nothing is stored twice. Without
+    `with_rows` (the warehouse engine, which compares rows inside BigQuery) the CSV is not read.
     """
     import pandas as pd
 
@@ -451,7 +492,7 @@ def _previous(store, pointer: bytes | None):
             f"{where} is not a run manifest: restore it from runs/<run_id>/run.json, or remove "
             "latest/ to number the cohorts afresh"
         ) from None
-    content = store.read_run_file(run_id, CSV_CLUSTERS)
+    content = store.read_run_file(run_id, CSV_CLUSTERS) if with_rows else None
     if content is None:
         return previous_run(manifest, None)
     wanted = {*PREVIOUS_COLUMNS, "cluster_label", "run_id"}

@@ -24,14 +24,18 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from clustering import InputError
+from clustering.analysis.assign import NO_CLUSTER, Model
+from clustering.analysis.model import EXCLUDED as EXCLUDED_LABEL
+from clustering.analysis.prepare import (
+    EXCLUDED_TYPES,
+    INSTITUTIONAL,
+    LOW_POPULATION,
+    RESIDENTIAL,
+    Space,
+)
 from clustering.settings import check_column, check_table_id
 
 DIALECT = "bigquery"
-RESIDENTIAL = "Residential"
-INSTITUTIONAL = "Institutional/Industrial"
-LOW_POPULATION = "Low Population (Park/Open Space)"
-EXCLUDED_TYPES = (INSTITUTIONAL, LOW_POPULATION)
-EXCLUDED_LABEL = "Excluded"
 # The columns the scoring adds, in the clusters table's order (clustering/schemas).
 OUTPUT_COLUMNS = (
     "top_cluster",
@@ -74,54 +78,6 @@ class Statement:
 
 
 @dataclass(frozen=True)
-class Space:
-    """One z space of the model document: z = (clip(impute(x)) - center) / scale; `clip` is
-    None where the document has no bounds (the excluded groups)."""
-
-    features: tuple[str, ...]
-    impute: tuple[float, ...]
-    center: tuple[float, ...]
-    scale: tuple[float, ...]
-    clip: tuple[tuple[float, float], ...] | None
-
-
-@dataclass(frozen=True)
-class Model:
-    """The model document (run.json["model"]) in the shape the SQL needs.
-
-    tops: (stable top id, centroid) in document order; subs: (stable sub id, its top id,
-    centroid); excluded: excluded type -> (space, ((group label, centroid), ...)) or the
-    type's fixed label.
-    """
-
-    residential: Space
-    tops: tuple[tuple[int, tuple[float, ...]], ...]
-    subs: tuple[tuple[int, int, tuple[float, ...]], ...]
-    excluded: dict[str, tuple[Space, tuple[tuple[str, tuple[float, ...]], ...]] | str]
-
-
-@dataclass(frozen=True)
-class Rows:
-    """How a row's kind is decided: the key and population columns, MIN_POPULATION and the
-    excluded names (EXCLUDE_NEIGHBORHOODS with EXCLUDE_ALSO)."""
-
-    key: str
-    population: str
-    min_population: float
-    excluded_names: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Labels:
-    """What run.json holds beside the model: each top group's label (Stable, Distressed) and
-    each cohort's name and stability, by stable id."""
-
-    tops: dict[int, str]
-    names: dict[int, str]
-    stability: dict[int, float | None]
-
-
-@dataclass(frozen=True)
 class Table:
     """A validated `project.dataset.table`."""
 
@@ -134,74 +90,6 @@ class Table:
     def node(self) -> exp.Table:
         project, dataset, table = self.id.split(".")
         return exp.table_(table, dataset, project, quoted=True)
-
-
-# --- The model document -------------------------------------------------------------------
-
-
-def model_of(document: dict) -> Model:
-    """The model document parsed and checked; InputError when it lacks a part the SQL
-    needs or holds a value that is not a finite number."""
-    try:
-        residential = document["residential"]
-        space = _space(residential, clipped=True)
-        width = len(space.features)
-        tops = tuple((int(k), _point(v, width)) for k, v in residential["top"].items())
-        subs = tuple(
-            (int(k), int(v["top"]), _point(v["centroid"], width))
-            for k, v in residential["sub"].items()
-        )
-        excluded = {str(t): _excluded(v) for t, v in (document.get("excluded") or {}).items()}
-    except (KeyError, TypeError, ValueError) as error:
-        raise InputError(
-            f"the model document is incomplete or malformed ({error}): use the run.json of a "
-            "run made by this version"
-        ) from None
-    if len(tops) < 1 or {top for _, top, _ in subs} != {top for top, _ in tops}:
-        raise InputError("the model document's sub-clusters do not cover its top groups")
-    return Model(space, tops, subs, excluded)
-
-
-def _space(part: dict, clipped: bool) -> Space:
-    features = tuple(check_column(str(f), "a model feature") for f in part["features"])
-    width = len(features)
-    clip = None
-    if clipped:
-        clip = tuple((_finite(lo), _finite(hi)) for lo, hi in part["clip"])
-        if len(clip) != width:
-            raise ValueError("clip has the wrong length")
-    scale = _point(part["scale"], width)
-    if any(s == 0 for s in scale):
-        raise ValueError("a scale of 0")
-    return Space(
-        features, _point(part["impute"], width), _point(part["center"], width), scale, clip
-    )
-
-
-def _excluded(part: dict):
-    if "label" in part:
-        return str(part["label"])
-    space = _space(part, clipped=False)
-    groups = tuple(
-        (str(label), _point(c, len(space.features))) for label, c in part["groups"].items()
-    )
-    if not groups:
-        raise ValueError("an excluded type without groups")
-    return space, groups
-
-
-def _point(values, width: int) -> tuple[float, ...]:
-    point = tuple(_finite(v) for v in values)
-    if len(point) != width:
-        raise ValueError(f"a vector of {len(point)} values for {width} features")
-    return point
-
-
-def _finite(value) -> float:
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{value!r} is not a finite number")
-    return number
 
 
 # --- Building blocks ----------------------------------------------------------------------
@@ -233,7 +121,9 @@ def _statement(node: exp.Expression, params: _Params | None = None) -> Statement
 
 def number(value: float) -> exp.Expression:
     """A finite float as a literal that BigQuery reads back as the same double."""
-    value = _finite(value)
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{value!r} cannot be written into SQL: not a finite number")
     literal = exp.Literal.number(repr(abs(value)))
     return exp.Neg(this=literal) if math.copysign(1.0, value) < 0 and value != 0 else literal
 
@@ -335,26 +225,30 @@ def kept_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(c for c in columns if c not in OUTPUT_COLUMNS)
 
 
-def kind(rows: Rows, params: _Params) -> exp.Expression:
-    """A row's excluded_type: listed names first, then residents >= MIN_POPULATION; a blank
+def kind(model: Model, params: _Params) -> exp.Expression:
+    """A row's excluded_type: a listed key first, then residents >= min_population; a blank
     population (null or NaN, which DuckDB would rank above every number) is low."""
-    key = _fn("TRIM", exp.cast(_col(rows.key), "STRING", dialect=DIALECT))
-    listed = exp.In(this=key, unnest=exp.Unnest(expressions=[_excluded_names(rows, params)]))
-    population = _float(_col(rows.population))
+    population = _float(_col(model.population_column))
     resident = exp.and_(
         exp.not_(_blank(population)),
-        exp.GTE(this=population, expression=number(rows.min_population)),
+        exp.GTE(this=population, expression=number(model.min_population)),
     )
     return (
         exp.Case()
-        .when(listed, exp.Literal.string(INSTITUTIONAL))
+        .when(
+            _listed(model.key_column, model.excluded_keys, params),
+            exp.Literal.string(INSTITUTIONAL),
+        )
         .when(resident, exp.Literal.string(RESIDENTIAL))
         .else_(exp.Literal.string(LOW_POPULATION))
     )
 
 
-def _excluded_names(rows: Rows, params: _Params) -> exp.Expression:
-    return params.add("excluded_names", "ARRAY<STRING>", list(rows.excluded_names))
+def _listed(key: str, names: tuple[str, ...], params: _Params) -> exp.Expression:
+    """The key is one of the excluded names (compared as text, exactly)."""
+    value = exp.cast(_col(key), "STRING", dialect=DIALECT)
+    listed = params.add("excluded_keys", "ARRAY<STRING>", list(names))
+    return exp.In(this=value, unnest=exp.Unnest(expressions=[listed]))
 
 
 def _z(space: Space, i: int) -> exp.Expression:
@@ -362,13 +256,13 @@ def _z(space: Space, i: int) -> exp.Expression:
     value = _float(_col(space.features[i]))
     filled = exp.Case().when(_blank(value), number(space.impute[i])).else_(value)
     if space.clip is not None:
-        low, high = space.clip[i]
+        low, high = space.clip[0][i], space.clip[1][i]
         filled = _fn("LEAST", _fn("GREATEST", filled, number(low)), number(high))
     centred = _paren(exp.Sub(this=filled, expression=number(space.center[i])))
     return exp.Div(this=centred, expression=number(space.scale[i]))
 
 
-def _distance(names: list[str], point: tuple[float, ...]) -> exp.Expression:
+def _distance(names: list[str], point) -> exp.Expression:
     """Squared Euclidean distance from the z columns `names` to `point`, in feature order."""
     terms = [
         _fn("POW", _paren(exp.Sub(this=_col(n), expression=number(c))), integer(2))
@@ -378,27 +272,29 @@ def _distance(names: list[str], point: tuple[float, ...]) -> exp.Expression:
 
 
 def _excluded_parts(model: Model):
-    """(type index, type, space, groups) of every excluded type the model clusters."""
+    """(type index, type, space, ((group name, centroid), ...)) of each clustered type."""
     for t, excluded_type in enumerate(EXCLUDED_TYPES):
         part = model.excluded.get(excluded_type)
-        if isinstance(part, tuple):
-            yield t, excluded_type, part[0], part[1]
+        if part is not None and part.label is None:
+            yield t, excluded_type, part.space, tuple(part.groups.items())
 
 
-def _scaled(source: Table, columns, rows: Rows, model: Model, params: _Params) -> exp.Select:
+def _scaled(source: Table, columns, model: Model, params: _Params) -> exp.Select:
     res = model.residential
     z = [_as(_z(res, i), f"{INTERNAL}z{i}") for i in range(len(res.features))]
     for t, _, space, _ in _excluded_parts(model):
         z += [_as(_z(space, i), f"{INTERNAL}e{t}_{i}") for i in range(len(space.features))]
     return exp.select(
-        *(_col(c) for c in columns), _as(kind(rows, params), f"{INTERNAL}kind"), *z
+        *(_col(c) for c in columns), _as(kind(model, params), f"{INTERNAL}kind"), *z
     ).from_(source.node)
 
 
 def _distances(model: Model) -> exp.Select:
     res = [f"{INTERNAL}z{i}" for i in range(len(model.residential.features))]
-    found = [_as(_distance(res, c), f"{INTERNAL}dt{k}") for k, (_, c) in enumerate(model.tops)]
-    found += [_as(_distance(res, c), f"{INTERNAL}ds{k}") for k, (_, _, c) in enumerate(model.subs)]
+    found = [_as(_distance(res, c), f"{INTERNAL}dt{t}") for t, c in model.tops.items()]
+    found += [
+        _as(_distance(res, c.centroid), f"{INTERNAL}ds{k}") for k, c in enumerate(model.cohorts)
+    ]
     for t, _, space, groups in _excluded_parts(model):
         own = [f"{INTERNAL}e{t}_{i}" for i in range(len(space.features))]
         found += [_as(_distance(own, c), f"{INTERNAL}dg{t}_{k}") for k, (_, c) in enumerate(groups)]
@@ -406,24 +302,23 @@ def _distances(model: Model) -> exp.Select:
 
 
 def _nearest(model: Model, params: _Params) -> exp.Select:
-    """The nearest top centroid, and each excluded row's group (or its type's fixed label)."""
-    top = _argmin(
-        [_col(f"{INTERNAL}dt{k}") for k in range(len(model.tops))],
-        [integer(t) for t, _ in model.tops],
-    )
+    """The nearest top centroid, and each excluded row's group (or its type's one label)."""
+    top = _argmin([_col(f"{INTERNAL}dt{t}") for t in model.tops], [integer(t) for t in model.tops])
     branches = []
     for t, excluded_type in enumerate(EXCLUDED_TYPES):
-        part = model.excluded.get(excluded_type, f"{excluded_type} - Too few to cluster")
-        if isinstance(part, str):
-            label = params.text(f"group_{t}", part)
+        part = model.excluded.get(excluded_type)
+        if part is None:  # no such type in the document: no group (as `assign` gives)
+            continue
+        if part.label is not None:
+            label = params.text(f"group_{t}", part.label)
         else:
-            groups = part[1]
+            names = list(part.groups)
             label = _argmin(
-                [_col(f"{INTERNAL}dg{t}_{k}") for k in range(len(groups))],
-                [params.text(f"group_{t}_{k}", name) for k, (name, _) in enumerate(groups)],
+                [_col(f"{INTERNAL}dg{t}_{k}") for k in range(len(names))],
+                [params.text(f"group_{t}_{k}", name) for k, name in enumerate(names)],
             )
         branches.append((exp.Literal.string(excluded_type), label))
-    group = _case(_col(f"{INTERNAL}kind"), branches)
+    group = _case(_col(f"{INTERNAL}kind"), branches) if branches else _null("STRING")
     return _select(
         _as(top, f"{INTERNAL}top"), _as(group, f"{INTERNAL}group"), source=f"{INTERNAL}distances"
     )
@@ -432,28 +327,27 @@ def _nearest(model: Model, params: _Params) -> exp.Select:
 def _subs(model: Model) -> exp.Select:
     """The nearest sub-cluster centroid among those of the row's top group."""
     branches = []
-    for top, _ in model.tops:
-        mine = [(k, sub) for k, (sub, owner, _) in enumerate(model.subs) if owner == top]
+    for top in model.tops:
+        mine = [(k, c.id) for k, c in enumerate(model.cohorts) if c.top == top]
         choice = _argmin(
             [_col(f"{INTERNAL}ds{k}") for k, _ in mine], [integer(sub) for _, sub in mine]
         )
         branches.append((integer(top), choice))
-    return _select(
-        _as(_case(_col(f"{INTERNAL}top"), branches), f"{INTERNAL}sub"), source=f"{INTERNAL}nearest"
-    )
+    chosen = _case(_col(f"{INTERNAL}top"), branches)
+    return _select(_as(chosen, f"{INTERNAL}sub"), source=f"{INTERNAL}nearest")
 
 
 def _fits(model: Model) -> exp.Select:
     """Distance to the row's own sub-cluster, to the nearest other one (any top group), and
     which one that is."""
     own, other, runner = [], [], []
-    for k, (sub, _, _) in enumerate(model.subs):
-        rest = [(j, s) for j, (s, _, _) in enumerate(model.subs) if j != k]
+    for k, cohort in enumerate(model.cohorts):
+        rest = [(j, c.id) for j, c in enumerate(model.cohorts) if j != k]
         distances = [_col(f"{INTERNAL}ds{j}") for j, _ in rest]
-        own.append((integer(sub), _col(f"{INTERNAL}ds{k}")))
+        own.append((integer(cohort.id), _col(f"{INTERNAL}ds{k}")))
         if rest:
-            other.append((integer(sub), _least(distances)))
-            runner.append((integer(sub), _argmin(distances, [integer(s) for _, s in rest])))
+            other.append((integer(cohort.id), _least(distances)))
+            runner.append((integer(cohort.id), _argmin(distances, [integer(s) for _, s in rest])))
     chosen = _col(f"{INTERNAL}sub")
     return _select(
         _as(_case(chosen, own), f"{INTERNAL}own"),
@@ -463,7 +357,9 @@ def _fits(model: Model) -> exp.Select:
     )
 
 
-def _outputs(model: Model, labels: Labels, stamp: Stamp, params: _Params) -> list[exp.Alias]:
+def _outputs(
+    model: Model, stability: dict[int, float | None], stamp: Stamp, params: _Params
+) -> list[exp.Alias]:
     """The cluster columns of every row (clustering/schemas/clusters_table.json)."""
     resident = exp.EQ(this=_col(f"{INTERNAL}kind"), expression=exp.Literal.string(RESIDENTIAL))
     top, sub, group = (_col(f"{INTERNAL}{n}") for n in ("top", "sub", "group"))
@@ -472,74 +368,75 @@ def _outputs(model: Model, labels: Labels, stamp: Stamp, params: _Params) -> lis
     def residential(value: exp.Expression, otherwise: exp.Expression) -> exp.Expression:
         return _fn("IF", resident, value, otherwise)
 
-    names = {
-        sub_id: params.text(f"cohort_name_{sub_id}", labels.names[sub_id])
-        for sub_id, _, _ in model.subs
-    }
+    names = [(integer(c.id), params.text(f"cohort_name_{c.id}", c.name)) for c in model.cohorts]
     top_labels = [
-        (integer(t), params.text(f"top_label_{t}", labels.tops[t])) for t, _ in model.tops
+        (integer(t), params.text(f"top_label_{t}", label)) for t, label in model.top_labels.items()
     ]
-    stability = [
-        (
-            integer(s),
-            number(labels.stability[s])
-            if labels.stability.get(s) is not None
-            else _null("FLOAT64"),
-        )
-        for s, _, _ in model.subs
-    ]
-    a, b = (_fn("SQRT", _col(f"{INTERNAL}{n}")) for n in ("own", "other"))
-    widest = _fn("GREATEST", a, b)
-    margin = _fn(
-        "IF",
-        exp.EQ(this=widest, expression=integer(0)),
-        number(0.0),
-        exp.Div(this=_paren(exp.Sub(this=b, expression=a)), expression=widest),
-    )
+    stable = [(integer(c.id), _number_or_null(stability.get(c.id))) for c in model.cohorts]
     label = exp.DPipe(
         this=exp.Literal.string("Cluster "), expression=exp.cast(sub, "STRING", dialect=DIALECT)
     )
     return [
-        _as(residential(top, integer(-1)), "top_cluster"),
+        _as(residential(top, integer(NO_CLUSTER)), "top_cluster"),
         _as(
             residential(_case(top, top_labels), exp.Literal.string(EXCLUDED_LABEL)),
             "top_cluster_label",
         ),
-        _as(residential(sub, integer(-1)), "sub_cluster"),
+        _as(residential(sub, integer(NO_CLUSTER)), "sub_cluster"),
         _as(residential(label, group), "cluster_label"),
         _as(_col(f"{INTERNAL}kind"), "excluded_type"),
         _as(residential(_null("STRING"), group), "excluded_cluster"),
-        _as(residential(_case(sub, list(_by_id(names))), group), "cohort_name"),
-        _as(residential(_case(sub, stability), _null("FLOAT64")), "cohort_stability"),
-        _as(residential(margin, _null("FLOAT64")), "fit_margin"),
+        _as(residential(_case(sub, names), group), "cohort_name"),
+        _as(residential(_case(sub, stable), _null("FLOAT64")), "cohort_stability"),
+        _as(residential(_margin(), _null("FLOAT64")), "fit_margin"),
         _as(residential(runner, _null("INT64")), "runner_up_cluster"),
-        _as(residential(_case(runner, list(_by_id(names))), _null("STRING")), "runner_up_name"),
+        _as(residential(_case(runner, names), _null("STRING")), "runner_up_name"),
         _as(params.text("run_id", stamp.run_id), "run_id"),
         _as(params.add("clustered_at", "TIMESTAMP", stamp.clustered_at), "_clustered_at"),
     ]
 
 
-def _by_id(values: dict[int, exp.Expression]):
-    return ((integer(k), v) for k, v in values.items())
+def _margin() -> exp.Expression:
+    """(b - a) / max(a, b) on Euclidean distances; 0 where both are 0."""
+    a, b = (_fn("SQRT", _col(f"{INTERNAL}{n}")) for n in ("own", "other"))
+    widest = _fn("GREATEST", a, b)
+    quotient = exp.Div(this=_paren(exp.Sub(this=b, expression=a)), expression=widest)
+    return _fn("IF", exp.GT(this=widest, expression=integer(0)), quotient, number(0.0))
+
+
+def _number_or_null(value: float | None) -> exp.Expression:
+    if value is None or not math.isfinite(value):
+        return _null("FLOAT64")
+    return number(value)
 
 
 def score(
-    source: Table, columns: tuple[str, ...], rows: Rows, model: Model, labels: Labels, stamp: Stamp
+    source: Table,
+    columns: tuple[str, ...],
+    model: Model,
+    stability: dict[int, float | None],
+    stamp: Stamp,
 ) -> Statement:
     """Every row of `source` (its `columns`, validated by source_columns) with the cluster
-    columns the model document gives it: one SELECT over the whole table."""
+    columns the model document gives it: one SELECT over the whole table. `stability` holds
+    each cohort's cohort_stability by stable id."""
+    missing = [c for c in model.columns if c not in columns]
+    if missing:
+        raise InputError(
+            f"{source.id} has no column {missing[0]!r}, which the model document needs: "
+            "restore the column or run with the features the table has"
+        )
     params = _Params()
-    kept = kept_columns(columns)
     steps = (
-        ("scaled", _scaled(source, columns, rows, model, params)),
+        ("scaled", _scaled(source, columns, model, params)),
         ("distances", _distances(model)),
         ("nearest", _nearest(model, params)),
         ("subs", _subs(model)),
         ("fits", _fits(model)),
     )
-    query = exp.select(*(_col(c) for c in kept), *_outputs(model, labels, stamp, params)).from_(
-        exp.to_identifier(f"{INTERNAL}fits")
-    )
+    query = exp.select(
+        *(_col(c) for c in kept_columns(columns)), *_outputs(model, stability, stamp, params)
+    ).from_(exp.to_identifier(f"{INTERNAL}fits"))
     for name, step in steps:
         query = query.with_(f"{INTERNAL}{name}", as_=step)
     return _statement(query, params)
@@ -562,20 +459,17 @@ SAMPLE_RULE = (
 )
 
 
-def sample(source: Table, columns: tuple[str, ...], rows: Rows, limit: int) -> Statement:
+def sample(
+    source: Table, columns: tuple[str, ...], key: str, excluded: tuple[str, ...], limit: int
+) -> Statement:
     """The fitting sample: the same keys run after run (a hash of the key alone decides), and
-    always the listed exclusions, whose group the model must know."""
+    always the rows of the `excluded` names, whose group the model must know."""
     params = _Params()
-    key = _fn("TRIM", exp.cast(_col(rows.key), "STRING", dialect=DIALECT))
-    listed = exp.In(this=key, unnest=exp.Unnest(expressions=[_excluded_names(rows, params)]))
+    first = _fn("IF", _listed(key, excluded, params), integer(0), integer(1))
     query = (
         exp.select(*(_col(c) for c in columns))
         .from_(source.node)
-        .order_by(
-            _fn("IF", listed, integer(0), integer(1)),
-            key_hash(rows.key),
-            _col(rows.key),
-        )
+        .order_by(first, key_hash(key), _col(key))
         .limit(integer(limit))
     )
     return _statement(query, params)
@@ -731,3 +625,38 @@ def export(
 def excluded_rows() -> exp.Expression:
     """The rows of excluded_neighborhood_analysis.csv: those not clustered as residential."""
     return exp.NEQ(this=_col("excluded_type"), expression=exp.Literal.string(RESIDENTIAL))
+
+
+def checks(source: Table, key: str) -> Statement:
+    """One row: the table's rows, its distinct keys and its blank keys (one row per key is
+    the table's contract). Reads the key column alone."""
+    value = exp.cast(_col(key), "STRING", dialect=DIALECT)
+    blank = exp.or_(
+        exp.Is(this=value, expression=exp.null()),
+        exp.EQ(this=_fn("TRIM", value), expression=exp.Literal.string("")),
+    )
+    query = exp.select(
+        _as(_fn("COUNT", exp.Star()), "rows"),
+        _as(exp.Count(this=exp.Distinct(expressions=[value])), "keys"),
+        _as(_fn("COUNTIF", blank), "blank_keys"),
+    ).from_(source.node)
+    return _statement(query)
+
+
+def first_rows(source: Table, order: str, limit: int) -> Statement:
+    """The first `limit` rows of a (small) table by `order`."""
+    query = exp.select(exp.Star()).from_(source.node).order_by(_col(order)).limit(integer(limit))
+    return _statement(query)
+
+
+def append(source: Table, destination: Table) -> Statement:
+    """INSERT the rows of `source` into `destination`, column by name (the transitions table's
+    columns). DML rather than a copy job: it checks REQUIRED columns row by row, where a copy
+    would refuse the staging table's NULLABLE schema."""
+    columns = [_col(c) for c in TRANSITION_COLUMNS]
+    select = exp.select(*columns).from_(source.node)
+    target = exp.Schema(
+        this=destination.node,
+        expressions=[exp.to_identifier(c, quoted=True) for c in TRANSITION_COLUMNS],
+    )
+    return _statement(exp.insert(select, target))

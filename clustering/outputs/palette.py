@@ -12,7 +12,7 @@ Pure Python: the parent process builds the styles without importing matplotlib.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import pandas as pd
@@ -153,14 +153,20 @@ class CohortView:
         x 100; NaN where the residential mean is not positive).
     transitions: changes since the previous run (None when there is no previous run).
     previous_run_id: the run compared against, if any.
+    sizes: rows per cohort label over the whole table, when `table` is a sample of it (the
+        warehouse engine); None: `table` holds every row.
     """
 
     table: pd.DataFrame
     index: pd.DataFrame
     transitions: pd.DataFrame | None = None
     previous_run_id: str | None = None
+    sizes: dict[str, int] | None = None
 
     @cached_property
     def styles(self) -> tuple[CohortStyle, ...]:
         """The cohorts' names and colours, computed once per run."""
-        return cohort_styles(self.table)
+        styles = cohort_styles(self.table)
+        if self.sizes is None:
+            return styles
+        return tuple(replace(s, rows=self.sizes.get(s.label, s.rows)) for s in styles)

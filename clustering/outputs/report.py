@@ -53,6 +53,15 @@ class RunFacts:
     features_missing: tuple[str, ...]
     warnings: tuple[str, ...]
     settings: tuple[tuple[str, str], ...]
+    # The warehouse engine's runs: the pictures and lists come from a sample, which this says
+    # ("drawn from a sample of 200,000 of 8,000,000 rows"), and the transitions listed are the
+    # first few of `changes`.
+    sample: str | None = None
+    changes: int | None = None
+
+
+# With a sample, each cohort lists this many of its sampled neighborhoods.
+LISTED_WHEN_SAMPLED = 30
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class CohortEntry:
     index: tuple[tuple[str, float | None, str], ...]
     neighborhoods: tuple[str, ...]
     why: str
+    more: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,8 @@ def report_data(
             scores = tuple(
                 (f, _number(view.index.at[f, style.sub_cluster]), direction(f)) for f in features
             )
+        names = tuple(sorted(members[style.label]))
+        listed = names[:LISTED_WHEN_SAMPLED] if facts.sample else names
         entry = CohortEntry(
             label=style.label,
             color=style.color,
@@ -115,8 +127,9 @@ def report_data(
             rows=style.rows,
             stability=_number(stability[style.label]),
             index=scores,
-            neighborhoods=tuple(sorted(members[style.label])),
+            neighborhoods=listed,
             why=why,
+            more=style.rows - len(listed),
         )
         (excluded if style.sub_cluster is None else cohorts).append(entry)
     transitions = None
@@ -129,7 +142,11 @@ def report_data(
         features=features,
         transitions=transitions,
         previous_run_id=view.previous_run_id,
-        images=tuple((name, CAPTIONS[name]) for name in CAPTIONS if name in images),
+        images=tuple(
+            (name, CAPTIONS[name] + (f", {facts.sample}" if facts.sample else ""))
+            for name in CAPTIONS
+            if name in images
+        ),
     )
 
 
