@@ -1,4 +1,4 @@
-"""Command line: `python -m clustering run | sample | settings-table | send-event`.
+"""Command line: `python -m clustering run | assign | sample | settings-table | send-event`.
 
 Exit codes: 0 success, 2 bad input or settings (one `error:` line, no traceback), 1 for the
 unexpected. Progress goes to stderr, one line per stage; the result summary to stdout.
@@ -104,6 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_run)
 
+    assign = commands.add_parser(
+        "assign",
+        help="apply a run's model to a table, without refitting",
+        description="Give every row of a table the cohort a run's model document assigns it "
+        "(docs/analysis.md, The model document): a what-if edit, a new neighborhood, a "
+        "planning scenario. Nothing is refitted and no run is published.",
+    )
+    assign.add_argument(
+        "--run",
+        metavar="RUN",
+        required=True,
+        help="the run: a run folder, its run.json, or a latest/ folder (local or gs://)",
+    )
+    assign.add_argument(
+        "--features",
+        metavar="SRC",
+        required=True,
+        help="the table to assign (.csv, .parquet, gs:// or bq://), with the run's features",
+    )
+    assign.add_argument(
+        "--out",
+        metavar="DEST",
+        required=True,
+        help="where the assigned rows go: a .csv or .parquet path, or a bq:// table",
+    )
+    assign.set_defaults(func=_assign)
+
     sample = commands.add_parser("sample", help="write the synthetic demo table")
     sample.add_argument("--rows", type=int, default=279, help="number of neighborhoods")
     sample.add_argument("--random-state", type=int, default=0, help="seed of the generator")
@@ -198,6 +225,17 @@ def _run(args: argparse.Namespace) -> int:
             f"{changed} neighborhoods changed cohort since run {moves['previous_run_id']}; {where}"
         )
     print(f"run {report.run_id}: {manifest['input']['rows']} neighborhoods; {groups}; {where}")
+    return 0
+
+
+def _assign(args: argparse.Namespace) -> int:
+    from clustering.job import assign_table
+
+    done = assign_table(args.run, args.features, args.out)
+    print(
+        f"assigned {done.rows} rows by the model of run {done.run_id}: {done.residential} "
+        f"residential, {done.rows - done.residential} excluded; wrote {done.dest}"
+    )
     return 0
 
 

@@ -173,6 +173,7 @@ class _Analysed:
     identity: object  # clustering.analysis.identity.Identity
     table: object  # the clusters table's rows (a DataFrame), run_id and time stamped
     files: dict[str, bytes]
+    model: dict  # run.json's "model": the model document
 
 
 def _run(run: _Run) -> RunReport:
@@ -219,7 +220,8 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
         previous = _previous(store, pointer)
         run.clock.stage("cluster", "clustering")
         result = _cluster(run, renderer, given)
-        identity = _identify(result, previous, run, _named_drawer(run, renderer, given))
+        named = _identify(result, previous, run, _named_drawer(run, renderer, given))
+        identity, model = _through_model(named, run)
         for warning in result.warnings + identity.warnings:
             run.warn(warning)
         run.clock.stage("charts", "drawing charts")
@@ -238,7 +240,7 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
             files[CSV_TRANSITIONS] = identity.transitions.to_csv(index=False).encode()
         files |= renderer.collect()
         files[HTML_REPORT] = report.embed(files[HTML_REPORT], files)
-    return _Analysed(given, identity, table, files)
+    return _Analysed(given, identity, table, files, model)
 
 
 def _named_drawer(run: _Run, renderer, given: _Input) -> Callable:
@@ -478,7 +480,7 @@ def _previous(store, pointer: bytes | None, with_rows: bool = True):
     import pandas as pd
 
     from clustering.analysis.identity import previous_run
-    from clustering.analysis.transitions import PREVIOUS_COLUMNS
+    from clustering.analysis.transitions import PREVIOUS_COLUMNS, PREVIOUS_MARGIN
 
     raw = pointer
     if raw is None:
@@ -495,7 +497,7 @@ def _previous(store, pointer: bytes | None, with_rows: bool = True):
     content = store.read_run_file(run_id, CSV_CLUSTERS) if with_rows else None
     if content is None:
         return previous_run(manifest, None)
-    wanted = {*PREVIOUS_COLUMNS, "cluster_label", "run_id"}
+    wanted = {*PREVIOUS_COLUMNS, PREVIOUS_MARGIN, "cluster_label", "run_id"}
     rows = pd.read_csv(
         io.BytesIO(content),
         usecols=lambda c: c in wanted,
@@ -505,7 +507,8 @@ def _previous(store, pointer: bytes | None, with_rows: bool = True):
     )
     if "cohort_name" not in rows:  # published before cohorts had names
         rows["cohort_name"] = rows["cluster_label"]
-    return previous_run(manifest, rows[list(PREVIOUS_COLUMNS)])
+    margin = [PREVIOUS_MARGIN] if PREVIOUS_MARGIN in rows else []
+    return previous_run(manifest, rows[[*PREVIOUS_COLUMNS, *margin]])
 
 
 def _identify(result, previous, run: _Run, draw):
@@ -519,6 +522,16 @@ def _identify(result, previous, run: _Run, draw):
     draw(named)
     run.clock.stage("stability", "bootstrapping cohort stability")
     return with_stability(named, _stability(named, run.settings.analysis))
+
+
+def _through_model(identity, run: _Run):
+    """The model document of the run, and the identity with every row assigned by its rules
+    (the memory engine's assignments are the document's: one path from fit to assign)."""
+    from clustering.analysis.document import document, fitted_model, through_model
+
+    run.clock.stage("model", "assigning every row by the model document")
+    model = fitted_model(identity, run.settings.analysis)
+    return through_model(identity, model), document(model)
 
 
 def _append_transitions(dest, moves, fence) -> None:
@@ -551,6 +564,76 @@ def _submit(renderer, tasks: dict[str, tuple]) -> None:
     """Hand chart tasks (name -> draw function, arguments) to the chart workers."""
     for name, (draw, args) in tasks.items():
         renderer.submit(name, draw, *args)
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """What `assign_table` did: the rows it assigned, by whose model, and where they went."""
+
+    run_id: str
+    rows: int
+    residential: int
+    dest: str
+
+
+def assign_table(run: str, features: str, dest: str) -> Assigned:
+    """`python -m clustering assign`: the model document of `run` (a run folder, its
+    run.json, or a gs:// latest/ or run folder) applied to the table at `features`, without
+    refitting; `dest` (.csv, .parquet or bq://) gets the key column and the cohort columns."""
+    from clustering import adapters
+    from clustering.analysis.assign import assign
+    from clustering.analysis.document import read_model
+    from clustering.table import output_schema, validate_for_model
+
+    _check_destination(dest)
+    manifest, where = _read_manifest(run)
+    model = read_model(manifest, where)
+    frame, source = adapters.read_features(features)
+    rows = assign(validate_for_model(frame, model.key_column, model.columns, source), model)
+    adapters.write_clusters(dest, rows, output_schema(rows))
+    residential = int((rows["excluded_type"] == "Residential").sum())
+    return Assigned(str(manifest.get("run_id", "?")), len(rows), residential, dest)
+
+
+def _read_manifest(run: str) -> tuple[dict, str]:
+    """The run.json `run` names, and where it was read."""
+    from pathlib import Path
+
+    from clustering import adapters
+
+    if run.endswith(".json"):
+        where = run
+    elif run.startswith("gs://"):
+        where = f"{run.rstrip('/')}/{MANIFEST}"
+    else:
+        folder = Path(run)
+        # An artifacts folder stands for its latest run.
+        inside = [folder / MANIFEST, folder / "latest" / MANIFEST]
+        where = str(next((p for p in inside if p.is_file()), inside[0]))
+    content = adapters.read_bytes(where)
+    try:
+        manifest = json.loads(content)
+    except ValueError:  # not JSON, or not text at all
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise InputError(
+            f"{where} is not a run manifest: give --run a run folder, its run.json, or a "
+            "latest/ folder as the job wrote it"
+        )
+    return manifest, where
+
+
+def _check_destination(dest: str) -> None:
+    """Refuse an --out that cannot be written before any work is done."""
+    from pathlib import PurePosixPath
+
+    from clustering.settings import TABLE_ID_PATTERN
+
+    if dest.startswith("bq://"):
+        if not TABLE_ID_PATTERN.match(dest.removeprefix("bq://")):
+            raise InputError(f"--out {dest}: write a BigQuery table as bq://project.dataset.table")
+    elif PurePosixPath(dest).suffix.lower() not in (".csv", ".parquet"):
+        raise InputError(f"--out {dest}: give a .csv or .parquet path, or a bq:// table")
 
 
 def record_failure(
@@ -700,6 +783,7 @@ def _manifest(run: _Run, done: _Analysed, timings: dict[str, float], prefix) -> 
         **_group_entries(result),
         "summary": json.loads(result.summary.to_json(orient="records")),
         **manifest_entries(identity),
+        "model": done.model,
         "label_overrides": {str(sub): name for sub, name in settings.label_overrides},
         "warnings": [*done.input.warnings, *result.warnings, *identity.warnings],
         "timings_seconds": timings,

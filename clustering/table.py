@@ -30,6 +30,9 @@ CLUSTER_COLUMNS: tuple[str, ...] = (
     "excluded_cluster",
     "cohort_name",
     "cohort_stability",
+    "fit_margin",
+    "runner_up_cluster",
+    "runner_up_name",
     "run_id",
     "_clustered_at",
 )
@@ -101,6 +104,29 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
         warnings.append(f"{_features(blank_features)} blank in every row of {where}")
     frame = frame.sort_values("neighborhood", kind="stable").reset_index(drop=True)
     return ValidTable(frame=frame, warnings=tuple(warnings))
+
+
+def validate_for_model(
+    frame: pd.DataFrame, key_column: str, columns: tuple[str, ...], where: str
+) -> pd.DataFrame:
+    """A table a model document is applied to: every column of `columns` present (the key
+    first, the others numbers or blank), every key filled in; rows keep their order."""
+    if len(frame) == 0:
+        raise InputError(f"{where} has no rows: give one row per neighborhood to assign")
+    for column in columns:
+        if column not in frame.columns:
+            raise InputError(
+                f"{where} has no {column!r} column{_did_you_mean(column, frame.columns)}, which "
+                "the run's model needs: add it (the features table's columns, by the same names)"
+            )
+    keys = frame[key_column].astype("string").str.strip()
+    blank = (keys.isna() | (keys == "")).to_numpy()
+    if blank.any():
+        row = int(np.flatnonzero(blank)[0])
+        raise InputError(f"{where}: {key_column} is blank in data row {row + 1}: fill it in")
+    frame = frame.reset_index(drop=True).assign(**{key_column: keys.astype(object)})
+    numbers = {c: _numbers(frame, c, where, key_column) for c in columns if c != key_column}
+    return frame.assign(**numbers)
 
 
 def unmatched_exclusions(names: pd.Series, settings: AnalysisSettings) -> tuple[Unmatched, ...]:
@@ -212,8 +238,9 @@ def _names(column: pd.Series, where: str) -> pd.Series:
     return text.astype(object)
 
 
-def _numbers(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
-    """The column as float64; text, booleans or non-finite values raise InputError."""
+def _numbers(frame: pd.DataFrame, column: str, where: str, key: str = "neighborhood") -> pd.Series:
+    """The column as float64; text, booleans or non-finite values raise InputError (which
+    names the row by its `key`)."""
     values = frame[column]
     if pd.api.types.is_bool_dtype(values):
         raise InputError(f"{where}: column {column!r} holds true/false values: it must be numeric")
@@ -229,7 +256,7 @@ def _numbers(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
         row = int(np.flatnonzero(bad)[0])
         raise InputError(
             f"{where}: column {column!r} has {str(values.iloc[row])!r} in data row {row + 1} "
-            f"({frame['neighborhood'].iloc[row]}): use a finite number, or leave it blank"
+            f"({frame[key].iloc[row]}): use a finite number, or leave it blank"
         )
     return numbers
 

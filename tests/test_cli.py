@@ -718,7 +718,7 @@ def subcommand_help(command: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("command", ["run", "sample", "settings-table", "send-event"])
+@pytest.mark.parametrize("command", ["run", "assign", "sample", "settings-table", "send-event"])
 def test_every_option_of_every_subcommand_has_help(command):
     for option, text in subcommand_help(command).items():
         assert text, f"{command} {option} has no help"

@@ -171,7 +171,24 @@ def rows(**columns) -> pd.DataFrame:
 
 def test_the_top_split_decides_first_then_the_nearest_sub_cluster_of_that_group():
     got = assign(rows(x=[-2.5, 1.2, 3.0, 7.0]), tiny())
-    assert list(got.columns) == ["key", *ASSIGNED_COLUMNS]
+    # DESIGN.md's columns, by name.
+    assert (
+        list(got.columns)
+        == ["key", *ASSIGNED_COLUMNS]
+        == [
+            "key",
+            "top_cluster",
+            "top_cluster_label",
+            "sub_cluster",
+            "cluster_label",
+            "excluded_type",
+            "excluded_cluster",
+            "cohort_name",
+            "fit_margin",
+            "runner_up_cluster",
+            "runner_up_name",
+        ]
+    )
     assert got["top_cluster"].tolist() == [0, 0, 1, 1]
     assert got["top_cluster_label"].tolist() == ["Stable", "Stable", "Distressed", "Distressed"]
     assert got["sub_cluster"].tolist() == [0, 1, 10, 11]

@@ -35,6 +35,7 @@ import pytest
 from google.cloud import bigquery, storage
 
 from clustering.adapters.claims import LOCK_KEY, Claim
+from clustering.analysis.assign import BORDERLINE_MARGIN
 from clustering.analysis.transitions import COLUMNS as TRANSITION_COLUMNS
 from clustering.cloud.logs import OUTCOMES, Outcome
 from clustering.cloud.sender import bigquery_log_entry, pubsub_event, table_change_event
@@ -376,9 +377,9 @@ def test_a_manual_publish_replaces_the_clusters_table_with_the_declared_schema(f
     declared = {f["name"]: f["type"] for f in table_schema("clusters_table")}
     # The rule (DESIGN.md): every features column in its order, then the cluster columns. The
     # real table has 8 of the 15 default features, so the load replaced the columns Terraform
-    # created from the schema file with these 19; each of them is declared, with that type.
+    # created from the schema file with these 22; each of them is declared, with that type.
     expected = [*features, *CLUSTER_COLUMNS]
-    assert len(expected) == 19 and set(expected) <= set(declared)
+    assert len(expected) == 22 and set(expected) <= set(declared)
     assert first_run.table.schema == tuple((name, declared[name]) for name in expected)
 
     frame = first_run.table_frame
@@ -412,6 +413,11 @@ def test_a_manual_publish_replaces_the_clusters_table_with_the_declared_schema(f
     excluded = frame[frame["excluded_type"] != "Residential"]
     assert (excluded["cohort_name"] == excluded["cluster_label"]).all()
     assert excluded["cohort_stability"].isna().all()
+    # Each residential row's fit and runner-up; none for excluded rows.
+    assert residential["fit_margin"].between(-1, 1).all()
+    assert (residential["runner_up_cluster"] != residential["sub_cluster"]).all()
+    assert residential["runner_up_name"].notna().all()
+    assert excluded[["fit_margin", "runner_up_cluster", "runner_up_name"]].isna().all().all()
 
 
 def test_a_manual_publish_appends_its_run_to_the_history(first_run, cloud):
@@ -559,7 +565,9 @@ def transitions_of(bq: bigquery.Client, run_id: str) -> list[dict]:
 
 def cohorts_of(bq: bigquery.Client) -> pd.DataFrame:
     frame = pd.DataFrame([dict(row) for row in bq.list_rows(CLUSTERS)])
-    return frame.set_index("neighborhood").sort_index()[["sub_cluster", "cohort_name"]]
+    return frame.set_index("neighborhood").sort_index()[
+        ["sub_cluster", "cohort_name", "fit_margin"]
+    ]
 
 
 def test_moved_neighborhoods_are_listed_and_appended_then_move_back(
@@ -589,6 +597,9 @@ def test_moved_neighborhoods_are_listed_and_appended_then_move_back(
         assert r["previous_sub_cluster"] == before.loc[r["neighborhood"], "sub_cluster"]
         assert r["sub_cluster"] == after.loc[r["neighborhood"], "sub_cluster"]
         assert r["cohort_name"] == after.loc[r["neighborhood"], "cohort_name"]
+        # Expected (borderline in the previous run) or a surprise: a BOOLEAN of the table.
+        borderline = before.loc[r["neighborhood"], "fit_margin"] < BORDERLINE_MARGIN
+        assert r["previously_borderline"] is bool(borderline)
     manifest = json.loads(latest[MANIFEST].content)
     assert manifest["transitions"]["moved"] == len(changed)
     (row,) = [r for r in history(bq) if r["run_id"] == run_id]

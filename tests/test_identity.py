@@ -8,6 +8,7 @@ through files, the CLI and the function is tested in test_job, test_cli and the 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -130,6 +131,24 @@ def test_a_few_moved_neighborhoods_are_exactly_the_transitions_and_the_rest_keep
     assert set(moves["previous_run_id"]) == {"run-1"} and set(moves["run_id"]) == {"run-2"}
     assert after.counts.moved == 3 and after.counts.stable_to_distressed == 3
     assert after.counts.between_top_groups == 3 and after.counts.distressed_to_stable == 0
+
+
+def test_each_transition_says_whether_the_previous_run_found_it_borderline(chain):
+    table, first, _ = chain
+    moved = ["Cohort 0 Street 003", "Cohort 0 Street 017", "Cohort 1 Street 020"]
+    changed = move_rows(table, moved, like="Cohort 4 Street 000")
+    changed = pd.concat([changed, changed.iloc[[0]].assign(neighborhood="Newtown")])
+    before = published(first, "run-1")
+    # The margins the previous run recorded: 0.1 is the bar, and below 0 is borderline too.
+    margins = dict(zip(moved, [0.0999, -0.3, 0.1], strict=True))
+    rows = before.rows.assign(fit_margin=before.rows["neighborhood"].map(margins))
+    after = identify(clustered(changed), replace(before, rows=rows), {}, "run-2")
+    flags = after.transitions.set_index("neighborhood")["previously_borderline"]
+    assert flags[moved].tolist() == [True, True, False]
+    assert pd.isna(flags["Newtown"])  # appeared: no previous margin
+    # A previous run from before margins says nothing either way.
+    older = identify(clustered(changed), before, {}, "run-2")
+    assert older.transitions["previously_borderline"].isna().all()
 
 
 def test_appeared_and_disappeared_neighborhoods_are_transitions(chain):

@@ -7,10 +7,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from clustering import InputError
+from clustering.analysis.assign import BORDERLINE_MARGIN, assign
+from clustering.analysis.document import read_model
 from clustering.analysis.sample import make_sample
 from clustering.analysis.transitions import COLUMNS as TRANSITION_COLUMNS
 from clustering.job import RunRequest, run_job
@@ -352,6 +355,30 @@ def test_the_first_run_writes_names_stability_and_centroids_but_no_transitions(c
     assert row["previous_run_id"] is None and row["moved_neighborhoods"] is None
 
 
+def test_the_runs_model_document_assigns_every_row_as_the_run_did(chained):
+    _chain, (manifest, clusters) = chained
+    model = manifest["model"]
+    assert (model["version"], model["engine"], model["sample"]) == (1, "memory", None)
+    again = assign(clusters, read_model(manifest, "run.json"))
+    columns = ["top_cluster", "sub_cluster", "excluded_type", "excluded_cluster", "cohort_name"]
+    for column in columns:
+        assert again[column].astype(str).tolist() == clusters[column].astype(str).tolist()
+    np.testing.assert_allclose(again["fit_margin"], clusters["fit_margin"], atol=1e-12)
+    assert (again["runner_up_cluster"].to_numpy() == clusters["runner_up_cluster"]).all()
+    # The fit columns follow the cohort's stability, before the run's id and time.
+    names = list(clusters.columns)
+    at = names.index("cohort_stability")
+    assert names[at : at + 6] == [
+        "cohort_stability",
+        "fit_margin",
+        "runner_up_cluster",
+        "runner_up_name",
+        "run_id",
+        "_clustered_at",
+    ]
+    assert "model" in manifest["timings_seconds"]
+
+
 def test_an_identical_rerun_with_shuffled_rows_changes_no_id_or_name(chained):
     chain, (first, clusters) = chained
     shuffled = chain.table.sample(frac=1, random_state=5)
@@ -393,6 +420,10 @@ def test_moved_neighborhoods_are_appended_to_the_transitions_table(chained, tmp_
     assert set(table["run_id"]) == {manifest["run_id"]}
     assert set(table["previous_sub_cluster"]) == set(before.loc[moved, "sub_cluster"])
     assert set(table["sub_cluster"]) == {before.loc["Cohort 1 Street 000", "sub_cluster"]}
+    # Whether the first run found them borderline: clear members of their cohorts, so no.
+    margins = clusters.set_index("neighborhood").loc[moved, "fit_margin"]
+    assert (margins >= BORDERLINE_MARGIN).all()
+    assert table["previously_borderline"].tolist() == [False, False]
     assert manifest["transitions"]["moved"] == 2
     assert manifest["transitions"]["distressed_to_stable"] == 2
     row = history(mine.runs)[-1]

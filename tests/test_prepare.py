@@ -9,9 +9,9 @@ from clustering.analysis.prepare import (
     LOW_POPULATION,
     RESIDENTIAL,
     impute_median,
+    prepare,
     row_types,
     select_features,
-    standard_scale,
     winsorize,
 )
 from clustering.settings import AnalysisSettings
@@ -67,12 +67,33 @@ def test_impute_median_even_count_takes_the_midpoint():
     assert imputed[4, 0] == 6.0
 
 
-def test_standard_scale_gives_zero_mean_unit_variance_and_zeros_for_constants():
+def test_prepare_scales_to_zero_mean_unit_variance_and_zeros_for_constants():
     matrix = np.column_stack([np.arange(10.0), np.full(10, 7.0)])
-    scaled = standard_scale(matrix)
+    prepared = prepare(matrix, ("a", "b"), clip=False)
+    scaled = prepared.scaled
     np.testing.assert_allclose(scaled[:, 0].mean(), 0, atol=1e-12)
     np.testing.assert_allclose(scaled[:, 0].std(), 1)
     assert (scaled[:, 1] == 0).all()
+    assert prepared.space.scale[1] == 1.0 and prepared.space.center[1] == 7.0
+    assert prepared.space.clip is None
+
+
+def test_the_prepared_space_gives_the_scaled_rows_again_bit_for_bit():
+    rng = np.random.default_rng(4)
+    matrix = rng.lognormal(size=(300, 3))
+    matrix[rng.integers(0, 300, 20), rng.integers(0, 3, 20)] = np.nan
+    matrix[:, 2] = np.nan  # blank throughout: not a feature of the space
+    prepared = prepare(matrix, ("a", "b", "c"), clip=True)
+    assert prepared.space.features == ("a", "b")
+    np.testing.assert_array_equal(prepared.space.impute, np.nanmedian(matrix[:, :2], axis=0))
+    low, high = prepared.space.clip
+    np.testing.assert_array_equal(low, prepared.before_scaling.min(axis=0))
+    np.testing.assert_array_equal(high, prepared.before_scaling.max(axis=0))
+    # 300 rows: the 3 smallest and 3 largest values of each column are clipped.
+    imputed, _ = impute_median(matrix)
+    np.testing.assert_array_equal(low, np.sort(imputed[:, :2], axis=0)[3])
+    frame = pd.DataFrame(matrix, columns=["a", "b", "c"])
+    np.testing.assert_array_equal(prepared.space.z(frame), prepared.scaled)
 
 
 def test_row_types_use_one_exclusion_list_that_wins_over_population():

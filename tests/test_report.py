@@ -132,13 +132,15 @@ def test_the_page_shows_the_transitions_since_the_previous_run(sample_run):
                 "sub_cluster": 10,
                 "cohort_name": "Distressed: after",
                 "change": "moved",
+                "previously_borderline": borderline,
             }
+            for borderline in (True, False, None)
         ]
     )
     cases = {
         "No previous run": view_of(result.table, features),
         "No neighborhood changed": view_of(result.table, features, moved.iloc[:0], "old"),
-        "1 neighborhoods changed since run old: 1 moved.": view_of(
+        "3 neighborhoods changed since run old: 3 moved.": view_of(
             result.table, features, moved, "old"
         ),
     }
@@ -146,6 +148,40 @@ def test_the_page_shows_the_transitions_since_the_previous_run(sample_run):
         text = Page(report.render(report.report_data(FACTS, view, {}, ())).decode()).words()
         assert expected in text
     assert "1 · Stable: before" in text and "10 · Distressed: after" in text
+    # Each move says whether the previous run saw it coming.
+    assert "Of the 3 moves, 1 were expected" in text and "1 were surprises worth a look" in text
+    assert "the previous run gave the others no margin" in text
+    for said in ("yes: an expected move", "no: a surprise worth a look", "Distressed: after -"):
+        assert said in text
+
+
+def test_each_cohort_lists_its_borderline_neighborhoods_lowest_margin_first(sample_run):
+    result, _ = sample_run
+    table = result.table.copy()
+    residential = table["excluded_type"] == "Residential"
+    margins = pd.Series(0.5, index=table.index).where(residential)
+    first = table.loc[residential, "sub_cluster"].iloc[0]
+    members = table.index[residential & (table["sub_cluster"] == first)]
+    # Seven borderline members of one cohort, one of them below 0; the rest are clear.
+    lows = [0.09, -0.2, 0.05, 0.0, 0.08, 0.01, 0.07][: len(members)]
+    margins[members[: len(lows)]] = lows
+    table = table.assign(
+        fit_margin=margins,
+        runner_up_cluster=pd.array([99] * len(table), dtype="Int64"),
+        runner_up_name="Elsewhere",
+    )
+    data = report.report_data(FACTS, view_of(table, list(result.features.used)), {}, ())
+    listed = {c.label: c for c in data.cohorts if c.borderline}
+    assert len(listed) == 1
+    (entry,) = listed.values()
+    assert entry.borderline_count == len(lows)
+    assert [b.margin for b in entry.borderline] == sorted(lows)[: report.BORDERLINE_SHOWN]
+    assert entry.borderline[0].runner_up == "99 · Elsewhere"
+    names = {b.neighborhood for b in entry.borderline}
+    assert names <= set(table.loc[members, "neighborhood"])
+    text = Page(report.render(data).decode()).words()
+    assert f"Borderline ({len(lows)} with a fit margin below 0.1; the 5 lowest)" in text
+    assert "-0.200" in text and "No borderline neighborhood" in text
 
 
 def test_names_are_escaped_and_cannot_forge_an_image(tmp_path):

@@ -70,7 +70,7 @@ def statements() -> dict[str, sql.Statement]:
         "sample": sql.sample(SOURCE, COLUMNS, "neighborhood", ("Inner Harbor", NASTY), 200_000),
         "checks": sql.checks(SOURCE, "neighborhood"),
         "transitions": sql.transitions(
-            staged, sql.Table("p-1.out.clusters"), "neighborhood", "run-a", "run-b"
+            staged, sql.Table("p-1.out.clusters"), "neighborhood", ("run-a", "run-b"), True
         ),
         "counts": sql.transition_counts(moves, (0,), (1,)),
         "summary": sql.summary(staged, ("population", "vacancy")),

@@ -141,15 +141,20 @@ def drop(table_id: str) -> None:
     client.delete_table(table_id, not_found_ok=True, **bigquery.limits(f"dropping {table_id}"))
 
 
-def exists(table_id: str) -> bool:
+def columns(table_id: str) -> tuple[str, ...] | None:
+    """The table's column names, None when there is no such table."""
     from google.api_core import exceptions
 
     client = bigquery.client(table_id.split(".")[0])
     try:
-        client.get_table(table_id, **bigquery.limits(f"looking up {table_id}"))
+        table = client.get_table(table_id, **bigquery.limits(f"looking up {table_id}"))
     except exceptions.NotFound:
-        return False
-    return True
+        return None
+    return tuple(f.name for f in table.schema)
+
+
+def exists(table_id: str) -> bool:
+    return columns(table_id) is not None
 
 
 def _parameter(parameter: Parameter):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from clustering import InputError
-from clustering.analysis.assign import NO_CLUSTER, Model
+from clustering.analysis.assign import BORDERLINE_MARGIN, NO_CLUSTER, Model
 from clustering.analysis.model import EXCLUDED as EXCLUDED_LABEL
 from clustering.analysis.prepare import (
     EXCLUDED_TYPES,
@@ -33,25 +33,13 @@ from clustering.analysis.prepare import (
     RESIDENTIAL,
     Space,
 )
+from clustering.analysis.transitions import COLUMNS as TRANSITION_COLUMNS
 from clustering.settings import check_column, check_table_id
+from clustering.table import CLUSTER_COLUMNS
 
 DIALECT = "bigquery"
 # The columns the scoring adds, in the clusters table's order (clustering/schemas).
-OUTPUT_COLUMNS = (
-    "top_cluster",
-    "top_cluster_label",
-    "sub_cluster",
-    "cluster_label",
-    "excluded_type",
-    "excluded_cluster",
-    "cohort_name",
-    "cohort_stability",
-    "fit_margin",
-    "runner_up_cluster",
-    "runner_up_name",
-    "run_id",
-    "_clustered_at",
-)
+OUTPUT_COLUMNS = CLUSTER_COLUMNS
 # Columns of the statements' own steps; a features column with this prefix is refused.
 INTERNAL = "_nc_"
 # A gs:// URI the export may write to: a bucket name and a plain object path.
@@ -475,26 +463,14 @@ def sample(
     return _statement(query, params)
 
 
-# The transitions table's columns (clustering/schemas/transitions_table.json).
-TRANSITION_COLUMNS = (
-    "neighborhood",
-    "previous_run_id",
-    "run_id",
-    "previous_top_cluster",
-    "previous_sub_cluster",
-    "previous_cohort_name",
-    "top_cluster",
-    "sub_cluster",
-    "cohort_name",
-    "change",
-)
-
-
 def transitions(
-    staged: Table, current: Table, key: str, previous_run_id: str, run_id: str
+    staged: Table, current: Table, key: str, runs: tuple[str, str], margins: bool
 ) -> Statement:
     """The neighborhoods whose cohort (or excluded type) differs between the clusters table
-    as published and the staged rows, and those that appeared or disappeared."""
+    as published and the staged rows, and those that appeared or disappeared; `runs` is
+    (previous run id, this run id). Each says whether it was borderline in the published
+    table (its fit_margin below BORDERLINE_MARGIN), when that table has `margins`."""
+    previous_run_id, run_id = runs
     params = _Params()
     new, old = exp.to_identifier("n", quoted=True), exp.to_identifier("o", quoted=True)
 
@@ -510,6 +486,7 @@ def transitions(
         .when(absent_new, exp.Literal.string("disappeared"))
         .else_(exp.Literal.string("moved"))
     )
+    borderline = _was_borderline(side(old, "fit_margin")) if margins else _null("BOOL")
     differs = [
         exp.NullSafeNEQ(this=side(new, c), expression=side(old, c))
         for c in ("sub_cluster", "excluded_type")
@@ -529,6 +506,7 @@ def transitions(
             _as(side(new, "sub_cluster"), "sub_cluster"),
             _as(side(new, "cohort_name"), "cohort_name"),
             _as(change, "change"),
+            _as(borderline, "previously_borderline"),
         )
         .from_(exp.alias_(staged.node, new))
         .join(
@@ -539,6 +517,13 @@ def transitions(
         .where(exp.or_(absent_old, absent_new, *differs))
     )
     return _statement(query, params)
+
+
+def _was_borderline(margin: exp.Expression) -> exp.Expression:
+    """Null where the published row had no margin (excluded, or not there), else whether it
+    was below BORDERLINE_MARGIN."""
+    below = exp.LT(this=margin, expression=number(BORDERLINE_MARGIN))
+    return _fn("IF", _blank(margin), _null("BOOL"), below)
 
 
 def transition_counts(

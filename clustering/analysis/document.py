@@ -179,7 +179,7 @@ def through_model(identity: Identity, model: Model) -> Identity:
         )
     out = table.copy()
     for column in assigned.columns.drop(model.key_column):
-        out[column] = assigned[column].to_numpy()
+        out[column] = assigned[column].array  # keeps Int64 ids Int64 (INTEGER in BigQuery)
     return replace(identity, table=out, result=replace(identity.result, table=out))
 
 

@@ -33,17 +33,12 @@ class Score:
     silhouette: float
 
 
-def fit_labels(matrix: np.ndarray, k: int, n_init: int, random_state: int) -> np.ndarray:
-    """Labels of the best of `n_init` seeded k-means++ / Lloyd fits."""
-    with one_thread():
-        return kmeans_labels(matrix, k, n_init, random_state)
-
-
 def fit_centroids(
     matrix: np.ndarray, k: int, n_init: int, random_state: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`fit_labels` and the fit's centroids (k x features): each label is its row's nearest
-    centroid, which is what the model document records."""
+    """Labels of the best of `n_init` seeded k-means++ / Lloyd fits, and its centroids
+    (k x features): each label is its row's nearest centroid, which the model document
+    records."""
     from sklearn.cluster import KMeans
 
     with one_thread():
@@ -52,7 +47,7 @@ def fit_centroids(
 
 
 def kmeans_labels(matrix: np.ndarray, k: int, n_init: int, random_state: int) -> np.ndarray:
-    """`fit_labels` without setting the thread limit, for a caller that holds `one_thread()`
+    """Labels of a fit without setting the thread limit, for a caller that holds `one_thread()`
     around many small fits: setting the limit costs milliseconds, as much as a small fit."""
     from sklearn.cluster import KMeans
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -22,12 +22,9 @@ from clustering.analysis.prepare import (
     RESIDENTIAL,
     FeatureSelection,
     Space,
-    impute_median,
     prepare,
     row_types,
     select_features,
-    standard_scale,
-    winsorize,
 )
 from clustering.settings import AnalysisSettings
 
@@ -129,8 +126,8 @@ class ClusteringResult:
     summary: pd.DataFrame
     silhouette_sample_size: int | None
     warnings: tuple[str, ...]
-    space: Space | None = None
-    centroids: Centroids | None = None
+    space: Space
+    centroids: Centroids
 
 
 def cluster(
@@ -174,37 +171,7 @@ def cluster(
         )
     with fits.executor_for(n_res) as pool:
         plan = _plan(table, types, residential, features, settings, pool, say)
-        result = _cluster(plan, on_diagnostics)
-    return _with_centroids(result, table, settings)
-
-
-def _with_centroids(result: ClusteringResult, table, settings) -> ClusteringResult:
-    """The result with its space and centroids. Until `_cluster` keeps its fits' centroids
-    (it is being split on another branch), the final fits are repeated: seeded and on the
-    same matrix, they give the same labels, which is checked."""
-    used = tuple(result.features.used)
-    raw = table.loc[result.residential, list(used)].to_numpy(dtype=np.float64)
-    prepared = prepare(raw, used, clip=True)
-    if not np.array_equal(prepared.scaled, result.scaled):
-        raise RuntimeError("the prepared space does not reproduce the scaled matrix")
-    rows = result.table.loc[result.residential]
-    top, sub = (rows[c].to_numpy(dtype=np.int64) for c in ("top_cluster", "sub_cluster"))
-    seed, z = settings.random_state, prepared.scaled
-    labels, centers = fits.fit_centroids(z, TOP_K, FINAL_N_INIT, seed)
-    subs = {}
-    for group in result.top_groups:
-        mask = top == group.top
-        if group.sub_k == 1:
-            subs[int(sub[mask][0])] = (group.top, z[mask].mean(axis=0))
-            continue
-        own, sub_centers = fits.fit_centroids(z[mask], group.sub_k, FINAL_N_INIT, seed)
-        if not np.array_equal(own + group.top * 10, sub[mask]):
-            raise RuntimeError("a repeated sub-cluster fit gave other labels")
-        subs |= {group.top * 10 + i: (group.top, c) for i, c in enumerate(sub_centers)}
-    if not np.array_equal(labels, top):
-        raise RuntimeError("the repeated top split gave other labels")
-    centroids = Centroids(top={i: c for i, c in enumerate(centers)}, sub=subs)
-    return replace(result, space=prepared.space, centroids=centroids)
+        return _cluster(plan, on_diagnostics)
 
 
 @dataclass(frozen=True)
@@ -212,6 +179,7 @@ class _FitPlan:
     """One run's inputs, prepared once and read by every step of `_cluster`.
 
     types: each table row's type (residential or an excluded type); residential its mask.
+    space: how raw values become rows of `scaled` (kept for the model document).
     scaled, winsorized: the residential matrix the fits see, and the same before scaling.
     ks: the Ks of the K diagnostics, capped below the number of residential rows.
     sample_size: rows sampled per silhouette, or None when every silhouette is exact.
@@ -225,6 +193,7 @@ class _FitPlan:
     settings: AnalysisSettings
     pool: Executor
     say: Progress
+    space: Space
     scaled: np.ndarray
     winsorized: np.ndarray
     ks: tuple[int, ...]
@@ -245,8 +214,7 @@ def _plan(table, types, residential, features, settings, pool, say) -> _FitPlan:
     )
     say(f"preparing {n_res} residential rows x {len(features.used)} features")
     raw = table.loc[residential, list(features.used)].to_numpy(dtype=np.float64)
-    imputed, _ = impute_median(raw)
-    winsorized = winsorize(imputed)
+    prepared = prepare(raw, tuple(features.used), clip=True)
     ks = [k for k in range(settings.k_min, settings.k_max + 1) if k < n_res]
     if settings.k_max >= n_res:
         warnings.append(f"K_MAX={settings.k_max} capped at {ks[-1]}: only {n_res} residential rows")
@@ -258,8 +226,9 @@ def _plan(table, types, residential, features, settings, pool, say) -> _FitPlan:
         settings=settings,
         pool=pool,
         say=say,
-        scaled=standard_scale(winsorized),
-        winsorized=winsorized,
+        space=prepared.space,
+        scaled=prepared.scaled,
+        winsorized=prepared.before_scaling,
         ks=tuple(ks),
         sample_size=sample_size,
         warnings=tuple(warnings),
@@ -272,15 +241,15 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
     diagnostics = None
     if all(f.done() for f in diagnostics_pending):  # fitted in-process: report them now
         diagnostics = _diagnostics(plan, diagnostics_pending, on_diagnostics)
-    top_pending = plan.pool.submit(fits.fit_labels, plan.scaled, TOP_K, FINAL_N_INIT, plan.seed)
+    top_pending = plan.pool.submit(fits.fit_centroids, plan.scaled, TOP_K, FINAL_N_INIT, plan.seed)
     excluded, excluded_pending = _submit_excluded_types(plan)
 
     plan.say(f"fitting the top split (K={TOP_K})")
-    top_labels = top_pending.result()
+    top_labels, top_centroids = top_pending.result()
     tops = _submit_top_groups(plan, top_labels)
     if diagnostics is None:
         diagnostics = _diagnostics(plan, diagnostics_pending, on_diagnostics)
-    groups, sub_labels = _sub_cluster(plan, tops)
+    groups, sub_labels, sub_centroids = _sub_cluster(plan, tops)
 
     plan.say("analysing excluded neighborhoods")
     excluded_groups = []
@@ -305,6 +274,8 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
         summary=_summary(resident_rows, plan.settings),
         silhouette_sample_size=plan.sample_size,
         warnings=plan.warnings,
+        space=plan.space,
+        centroids=Centroids(top=dict(enumerate(top_centroids)), sub=sub_centroids),
     )
 
 
@@ -356,8 +327,9 @@ def _submit_top_groups(plan: _FitPlan, top_labels: np.ndarray) -> list[tuple]:
     return tops
 
 
-def _sub_cluster(plan: _FitPlan, tops: list[tuple]) -> tuple[list[TopGroup], np.ndarray]:
-    """Each top group at its best sub-K, and every residential row's sub-cluster id."""
+def _sub_cluster(plan: _FitPlan, tops: list[tuple]) -> tuple[list[TopGroup], np.ndarray, dict]:
+    """Each top group at its best sub-K, every residential row's sub-cluster id, and each
+    sub-cluster's (top id, centroid)."""
     sub_labels = np.full(int(plan.residential.sum()), -1, dtype=np.int64)
     groups, refits = [], []
     for top, label, mask, pending in tops:
@@ -373,13 +345,18 @@ def _sub_cluster(plan: _FitPlan, tops: list[tuple]) -> tuple[list[TopGroup], np.
             TopGroup(top=top, label=label, size=int(mask.sum()), search=search, sub_k=search.best_k)
         )
         refit = plan.pool.submit(
-            fits.fit_labels, plan.scaled[mask], search.best_k, FINAL_N_INIT, plan.seed
+            fits.fit_centroids, plan.scaled[mask], search.best_k, FINAL_N_INIT, plan.seed
         )
         refits.append((mask, top, refit))
+    centroids = {}
     for mask, top, refit in refits:
-        labels = 0 if refit is None else refit.result()
+        if refit is None:  # one sub-cluster: its centroid is the group's mean
+            labels, centers = 0, plan.scaled[mask].mean(axis=0, keepdims=True)
+        else:
+            labels, centers = refit.result()
         sub_labels[mask] = labels + top * 10
-    return groups, sub_labels
+        centroids |= {top * 10 + i: (top, c) for i, c in enumerate(centers)}
+    return groups, sub_labels, centroids
 
 
 def _labelled_table(

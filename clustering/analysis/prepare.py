@@ -112,13 +112,12 @@ def prepare(values: np.ndarray, features: tuple[str, ...], clip: bool) -> Prepar
     """Median-impute, winsorize (when `clip`) and scale `values`, keeping every constant.
 
     Columns with no value at all are dropped (they are not among the space's features). The
-    matrices are bit for bit what `impute_median`, `winsorize` and `standard_scale` give,
-    and `space.z` of the same rows gives `scaled` again.
+    scaling is scikit-learn's StandardScaler itself (not a re-implementation), so constant
+    columns and rounding behave exactly as in the notebook; `space.z` of the same rows gives
+    `scaled` again, bit for bit.
     """
     from sklearn.preprocessing import StandardScaler
 
-    # The same calls as ever, so that even the matrices' memory layout, on which the
-    # scaler's sums round, stays the same.
     imputed, kept = impute_median(values)
     medians = np.nanmedian(values[:, kept].astype(np.float64), axis=0)
     bounds = winsor_bounds(imputed) if clip else None
@@ -170,14 +169,3 @@ def winsorize(matrix: np.ndarray, limits: tuple[float, float] = WINSOR_LIMITS) -
     if n == 0 or (int(limits[0] * n) == 0 and int(n * limits[1]) == 0):
         return matrix.copy()
     return np.clip(matrix, *winsor_bounds(matrix, limits))
-
-
-def standard_scale(matrix: np.ndarray) -> np.ndarray:
-    """Scale to zero mean and unit variance with scikit-learn's StandardScaler.
-
-    The scaler itself is used (not a re-implementation) so constant columns and rounding
-    behave exactly as in the notebook.
-    """
-    from sklearn.preprocessing import StandardScaler
-
-    return StandardScaler().fit_transform(matrix)

@@ -4,16 +4,20 @@ A neighborhood moved when its stable sub-cluster (or, for an excluded neighborho
 excluded type) differs from the previous run's; one that is new in the features table
 "appeared", one that is no longer there "disappeared". A cohort that was only renamed, or an
 excluded neighborhood regrouped within its type (those groups have no stable ids), is not a
-move. Because sub-cluster ids are matched run to run (clustering.analysis.identity), an unchanged
-neighborhood keeps its id and is never listed.
+move. Each transition also says whether the neighborhood was borderline in the previous run
+(its fit_margin below BORDERLINE_MARGIN): a borderline neighborhood that moves is an expected
+move, one that was not is a surprise worth a look. Because sub-cluster ids are matched run to
+run (clustering.analysis.identity), an unchanged neighborhood keeps its id and is never listed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
+from clustering.analysis.assign import BORDERLINE_MARGIN
 from clustering.analysis.model import DISTRESSED, STABLE
 
 MOVED = "moved"
@@ -33,6 +37,7 @@ COLUMNS = (
     "sub_cluster",
     "cohort_name",
     "change",
+    "previously_borderline",
 )
 # What the previous run's clusters CSV must provide.
 PREVIOUS_COLUMNS = (
@@ -43,6 +48,8 @@ PREVIOUS_COLUMNS = (
     "excluded_type",
     "cohort_name",
 )
+# The previous rows' margin, when its run recorded one (runs before the model document did not).
+PREVIOUS_MARGIN = "fit_margin"
 
 
 @dataclass(frozen=True)
@@ -65,10 +72,12 @@ def transitions(
 ) -> tuple[pd.DataFrame, Counts]:
     """The transitions table (COLUMNS, ordered by neighborhood) and its counts.
 
-    previous, current: PREVIOUS_COLUMNS of the previous run's rows and of this run's table.
+    previous, current: PREVIOUS_COLUMNS of the previous run's rows (and PREVIOUS_MARGIN when
+        it recorded one) and of this run's table.
     """
     keep = list(PREVIOUS_COLUMNS)
-    both = previous[keep].merge(
+    before = previous[keep].assign(previous_margin=previous.get(PREVIOUS_MARGIN, np.nan))
+    both = before.merge(
         current[keep], on="neighborhood", how="outer", suffixes=("_old", ""), indicator=True
     )
     # As floats, so that ids read back from a CSV (int64) compare with this run's (Int64).
@@ -90,6 +99,7 @@ def transitions(
             "sub_cluster": rows["sub_cluster"].astype("Int64"),
             "cohort_name": rows["cohort_name"].astype(object),
             "change": change.astype(object),
+            "previously_borderline": _borderline(rows["previous_margin"]),
         },
         columns=list(COLUMNS),
     ).reset_index(drop=True)
@@ -103,3 +113,10 @@ def transitions(
         disappeared=int((side == "left_only").sum()),
     )
     return out, counts
+
+
+def _borderline(margins: pd.Series) -> pd.Series:
+    """Whether each previous margin was below BORDERLINE_MARGIN; null where there was none
+    (the row was excluded, had not appeared yet, or its run predates margins)."""
+    values = margins.astype("float64")
+    return pd.Series(values < BORDERLINE_MARGIN, dtype="boolean").where(values.notna())

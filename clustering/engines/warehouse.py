@@ -128,7 +128,7 @@ def _analyse(run, store, pointer, context: _Context):
         _submit(renderer, job.report_task(facts, identity.result, view, given.boundaries))
         files = renderer.collect()
         files[job.HTML_REPORT] = report.embed(files[job.HTML_REPORT], files)
-    return job._Analysed(given, identity, None, files), model
+    return job._Analysed(given, identity, None, files, None), model
 
 
 def _submit(renderer, tasks: dict) -> None:
@@ -205,15 +205,16 @@ def _score(run, context: _Context, identity, model, previous) -> _Scored:
     statement = sql.score(sql.Table(tables.source), columns, model, stability, stamp)
     warehouse.query(jobs, "score", statement, tables.staged, "WRITE_APPEND")
     counts = listed = None
-    if previous is not None and warehouse.exists(tables.clusters):
+    published = warehouse.columns(tables.clusters) if previous is not None else None
+    if published is not None:
         run.clock.stage("transitions", f"comparing every row with {tables.clusters}")
         warehouse.create_table(tables.staged_moves, _nullable(table_schema("transitions_table")))
         moves = sql.transitions(
             sql.Table(tables.staged),
             sql.Table(tables.clusters),
             KEY_COLUMN,
-            previous.run_id,
-            run.run_id,
+            (previous.run_id, run.run_id),
+            margins="fit_margin" in published,
         )
         warehouse.query(jobs, "transitions", moves, tables.staged_moves, "WRITE_APPEND")
         counts, listed = _moves(jobs, tables, identity, previous)

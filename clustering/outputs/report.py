@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from clustering.analysis.assign import BORDERLINE_MARGIN
 from clustering.naming import PNG_ELBOW, PNG_HEATMAP, PNG_MAP, PNG_PCA
 from clustering.outputs.palette import CohortView, direction
 
@@ -27,6 +28,8 @@ CAPTIONS = {
     PNG_HEATMAP: "What sets each cohort apart (index: 100 = the residential mean)",
     PNG_ELBOW: "K diagnostics (the top split is always K=2; this range is a diagnostic)",
 }
+# Borderline neighborhoods listed per cohort, lowest margin first.
+BORDERLINE_SHOWN = 5
 WHY_EXCLUDED = {
     "Institutional/Industrial": "listed in EXCLUDE_NEIGHBORHOODS: institutional or industrial "
     "areas whose per-capita figures mislead",
@@ -65,6 +68,15 @@ LISTED_WHEN_SAMPLED = 30
 
 
 @dataclass(frozen=True)
+class Borderline:
+    """A neighborhood near the edge of its cohort: its fit_margin and its runner-up cohort."""
+
+    neighborhood: str
+    margin: float
+    runner_up: str
+
+
+@dataclass(frozen=True)
 class CohortEntry:
     """One cohort as the report lists it."""
 
@@ -78,6 +90,8 @@ class CohortEntry:
     neighborhoods: tuple[str, ...]
     why: str
     more: int = 0
+    borderline: tuple[Borderline, ...] = ()
+    borderline_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,7 @@ class ReportData:
     transitions: tuple[dict, ...] | None
     previous_run_id: str | None
     images: tuple[tuple[str, str], ...]
+    borderline_margin: float = BORDERLINE_MARGIN
 
 
 def report_data(
@@ -106,6 +121,7 @@ def report_data(
     types = table.groupby(labels)["excluded_type"].first()
     stability = table.groupby(labels)["cohort_stability"].first()
     features = tuple(view.index.index)
+    edges = _borderline(table, labels)
     cohorts, excluded = [], []
     for style in view.styles:
         if style.sub_cluster is None:
@@ -130,6 +146,8 @@ def report_data(
             neighborhoods=listed,
             why=why,
             more=style.rows - len(listed),
+            borderline=edges.get(style.label, ((), 0))[0],
+            borderline_count=edges.get(style.label, ((), 0))[1],
         )
         (excluded if style.sub_cluster is None else cohorts).append(entry)
     transitions = None
@@ -148,6 +166,29 @@ def report_data(
             if name in images
         ),
     )
+
+
+def _borderline(table: pd.DataFrame, labels: pd.Series) -> dict[str, tuple]:
+    """Per cohort label: its BORDERLINE_SHOWN lowest-margin borderline neighborhoods and how
+    many it has (fit_margin below BORDERLINE_MARGIN); empty for a table without margins."""
+    if "fit_margin" not in table:
+        return {}
+    edge = table["fit_margin"].astype("float64") < BORDERLINE_MARGIN
+    rows = table.loc[edge].assign(label=labels[edge]).sort_values(["fit_margin", "neighborhood"])
+    found = {}
+    for label, group in rows.groupby("label", sort=False):
+        shown = tuple(
+            Borderline(str(r.neighborhood), _number(r.fit_margin), _runner_up(r))
+            for r in group.head(BORDERLINE_SHOWN).itertuples()
+        )
+        found[str(label)] = (shown, len(group))
+    return found
+
+
+def _runner_up(row) -> str:
+    if _blank(row.runner_up_cluster):
+        return "-"
+    return f"{int(row.runner_up_cluster)} · {row.runner_up_name}"
 
 
 def page(
