@@ -68,7 +68,7 @@ class _Tables:
 class _Context:
     choice: Choice
     tables: _Tables
-    jobs: object  # clustering.adapters.warehouse.Jobs
+    jobs: object  # clustering.adapters.warehouse.Jobs (imported where the engine runs)
 
 
 @dataclass(frozen=True)
@@ -122,19 +122,13 @@ def _analyse(run, store, pointer, context: _Context):
         identity = _with_counts(identity, scored)
         run.clock.stage("charts", "drawing charts")
         view = replace(job.cohort_view(identity), sizes=_sizes(scored.summary, identity))
-        _submit(renderer, charts.heatmap_task(view))
+        job._submit(renderer, charts.heatmap_task(view))
         warnings = given.warnings + result.warnings + identity.warnings
         facts = _facts(run, identity, warnings, scored)
-        _submit(renderer, job.report_task(facts, identity.result, view, given.boundaries))
+        job._submit(renderer, job.report_task(facts, identity.result, view, given.boundaries))
         files = renderer.collect()
         files[job.HTML_REPORT] = report.embed(files[job.HTML_REPORT], files)
     return job._Analysed(given, identity, None, files, None), model
-
-
-def _submit(renderer, tasks: dict) -> None:
-    from clustering.job import _submit as submit
-
-    submit(renderer, tasks)
 
 
 def _read_sample(run, pointer, context: _Context):
@@ -434,6 +428,7 @@ def _manifest(run, done, model, timings, prefix, exported, context: _Context) ->
     """run.json as the memory engine writes it, with the whole table's counts, the model
     document and where the exported rows are."""
     from clustering import job
+    from clustering.adapters.warehouse_sql import SAMPLE_RULE
     from clustering.analysis.document import document
 
     manifest = job._manifest(run, done, timings, prefix)
@@ -441,7 +436,7 @@ def _manifest(run, done, model, timings, prefix, exported, context: _Context) ->
         "rows": len(done.identity.table),
         "of_rows": sum(g.size for g in done.identity.result.top_groups)
         + sum(g.size for g in done.identity.result.excluded_groups),
-        "rule": _sample_rule(),
+        "rule": SAMPLE_RULE,
     }
     manifest["engine"] = WAREHOUSE
     manifest["model"] = document(model, engine=WAREHOUSE, sample=sample)
@@ -450,12 +445,6 @@ def _manifest(run, done, model, timings, prefix, exported, context: _Context) ->
     manifest["outputs"]["report"] = None if prefix is None else f"{prefix}{job.HTML_REPORT}"
     manifest["outputs"]["staging"] = context.tables.staged
     return manifest
-
-
-def _sample_rule() -> str:
-    from clustering.adapters.warehouse_sql import SAMPLE_RULE
-
-    return SAMPLE_RULE
 
 
 def _input_counts(result, sample: dict) -> dict:
