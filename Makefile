@@ -52,7 +52,8 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(DEV_STAMP)
+# The warehouse cases run on the local emulators, which make/emulators.mk builds.
+bench: $(DEV_STAMP) $(GCS_STAMP) $(BIGQUERY_STAMP)
 	$(BIN)/python bench/bench.py
 
 clean:

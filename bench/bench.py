@@ -7,6 +7,8 @@ child's own rusage (os.wait4). The cases:
   real  the 279-row Baltimore table: ours vs baseline vs floor, --rounds rounds (default 5)
   20k   20,000 synthetic rows: ours vs baseline, --large-rounds rounds (default 1)
   250k  250,000 synthetic rows: ours only, --large-rounds rounds (default 1)
+  wh1m, wh3m, engines  the warehouse engine on the local emulators (bench/warehouse_case.py):
+        1M and 3M rows under ENGINE=auto, and one 250k table by both engines
 
 Contenders alternate within each round (A, B, C, A, B, C, ...) so that noise from the shared
 machine falls on all of them alike; the report shows the median per contender. It is a report,
@@ -54,7 +56,11 @@ BASELINE_FILES = (
 )
 # The notebook writes no report and no manifest.
 OURS_FILES = (*BASELINE_FILES, "report.html", "run.json")
-CASES = ("real", "20k", "250k")
+CASES = ("real", "20k", "250k", "wh1m", "wh3m", "engines")
+WAREHOUSE_CASES = ("wh1m", "wh3m", "engines")
+# The warehouse engine's targets (issue 17): our process's peak, and how it grows 1M -> 3M.
+WAREHOUSE_PEAK_MIB = 1536
+WAREHOUSE_GROWTH = 1.25
 SYNTHETIC_ROWS = {"20k": 20_000, "250k": 250_000}
 STDERR_TAIL_LINES = 40
 # ru_maxrss is the largest single process; a run that forks helpers can use more than that in
@@ -118,6 +124,7 @@ class CaseResult:
     skipped: str | None = None
     load_before: tuple[float, float, float] | None = None
     load_after: tuple[float, float, float] | None = None
+    metrics: dict = field(default_factory=dict)
 
     def get(self, name: str) -> ContenderResult | None:
         return next((c for c in self.contenders if c.name == name), None)
@@ -244,6 +251,29 @@ def run_one(contender: Contender, round_: int, scratch: Path, timeout: float) ->
     out = scratch / f"{contender.name}-{round_}"
     stderr_path = scratch / f"{contender.name}-{round_}.stderr"
     m = measure(contender.argv(out), contender.cwd, stderr_path, timeout)
+    sample = sampled(m, round_, stderr_path, timeout)
+    if sample.ok:
+        missing = [p.name for p in contender.outputs(out) if not p.is_file()]
+        if missing:
+            sample.ok = False
+            sample.error = f"exit 0 but missing outputs: {', '.join(missing)}"
+    manifest = out / "latest" / "run.json"
+    if sample.ok and manifest.is_file():
+        with_manifest(sample, json.loads(manifest.read_text()))
+    # Outputs of a 250k run are large; keep only one run's worth on disk at a time.
+    shutil.rmtree(out, ignore_errors=True)
+    stderr_path.unlink(missing_ok=True)
+    return sample
+
+
+def with_manifest(sample: Sample, document: dict) -> None:
+    """The run's own stage timings and row count, from its run.json."""
+    sample.timings_seconds = document.get("timings_seconds")
+    sample.rows_reported = document.get("input", {}).get("rows")
+
+
+def sampled(m: Measurement, round_: int, stderr_path: Path, timeout: float) -> Sample:
+    """A measured process as a Sample; a failure carries why and the tail of its stderr."""
     sample = Sample(
         round=round_,
         wall_s=round(m.wall_s, 3),
@@ -261,19 +291,6 @@ def run_one(contender: Contender, round_: int, scratch: Path, timeout: float) ->
         else:
             why = f"exit code {m.exit_code}"
         sample.error = f"{why}; stderr:\n{_tail(stderr_path)}"
-    else:
-        missing = [p.name for p in contender.outputs(out) if not p.is_file()]
-        if missing:
-            sample.ok = False
-            sample.error = f"exit 0 but missing outputs: {', '.join(missing)}"
-    manifest = out / "latest" / "run.json"
-    if sample.ok and manifest.is_file():
-        document = json.loads(manifest.read_text())
-        sample.timings_seconds = document.get("timings_seconds")
-        sample.rows_reported = document.get("input", {}).get("rows")
-    # Outputs of a 250k run are large; keep only one run's worth on disk at a time.
-    shutil.rmtree(out, ignore_errors=True)
-    stderr_path.unlink(missing_ok=True)
     return sample
 
 
@@ -413,6 +430,84 @@ def make_synthetic(
     return path, None
 
 
+def run_warehouse_case(case: str, em, code: Path, scratch: Path, timeout: float) -> CaseResult:
+    """ENGINE=auto on 1M or 3M rows in BigQuery: an untimed first run publishes a state to
+    compare with, then the timed run; every row must end up in the clusters table."""
+    import warehouse_case as wh
+
+    rows = wh.WAREHOUSE_ROWS[case]
+    _progress(f"{case}: loading {rows:,} synthetic rows into the BigQuery emulator (untimed)")
+    wh.load(em, f"features_{case}", rows, seed=1)
+    argv = wh.run_argv(
+        PYTHON,
+        f"features_{case}",
+        f"clusters_{case}",
+        f"gs://{em.bucket}/{case}",
+        *("--transitions-table", f"bq://{wh.DATASET}.transitions_{case}"),
+    )
+    result = CaseResult(case, rows, 1, [ContenderResult("ours")])
+    result.load_before = os.getloadavg()
+    for round_ in (0, 1):  # 0: the untimed first run
+        stderr_path = scratch / f"{case}-{round_}.stderr"
+        sample = sampled(measure(argv, code, stderr_path, timeout), round_, stderr_path, timeout)
+        _progress(f"{case}: {'warm-up' if round_ == 0 else 'timed'} run: {sample.wall_s:.1f} s")
+        if not sample.ok or round_ == 0:
+            if not sample.ok:
+                result.contenders[0].samples.append(sample)
+                break
+            continue
+        manifest = wh.manifest_at(em, case) or {}
+        with_manifest(sample, manifest)
+        total, mine = wh.scored_rows(em, f"clusters_{case}", manifest.get("run_id", "?"))
+        result.metrics = {"scored_rows": mine, "table_rows": total}
+        if (total, mine) != (rows, rows):
+            sample.ok, sample.error = False, f"{mine:,} of {rows:,} rows scored by the run"
+        result.contenders[0].samples.append(sample)
+    result.load_after = os.getloadavg()
+    return result
+
+
+def run_engines_case(em, code: Path, scratch: Path, timeout: float) -> CaseResult:
+    """One 250k table by --engine memory and by --engine warehouse --sample-rows 100000;
+    the partitions compared in the memory run's scaled space."""
+    import warehouse_case as wh
+
+    rows = wh.ENGINES_ROWS
+    _progress(f"engines: loading {rows:,} synthetic rows into the BigQuery emulator (untimed)")
+    wh.load(em, "features_engines", rows, seed=2)
+    memory_dir = scratch / "engines-memory"
+    runs = {
+        "memory": wh.run_argv(
+            PYTHON, "features_engines", "clusters_memory", str(memory_dir), "--engine", "memory"
+        ),
+        "warehouse": wh.run_argv(
+            PYTHON,
+            "features_engines",
+            "clusters_warehouse",
+            f"gs://{em.bucket}/engines",
+            *("--engine", "warehouse", "--sample-rows", str(wh.ENGINES_SAMPLE)),
+        ),
+    }
+    result = CaseResult("engines", rows, 1, [ContenderResult(name) for name in runs])
+    result.load_before = os.getloadavg()
+    manifests = {}
+    for record, (name, argv) in zip(result.contenders, runs.items(), strict=True):
+        stderr_path = scratch / f"engines-{name}.stderr"
+        sample = sampled(measure(argv, code, stderr_path, timeout), 1, stderr_path, timeout)
+        _progress(f"engines: {name}: {sample.wall_s:.1f} s, {'ok' if sample.ok else 'FAILED'}")
+        if sample.ok:
+            local = memory_dir / "latest" / "run.json"
+            found = json.loads(local.read_text()) if name == "memory" else None
+            manifests[name] = found or wh.manifest_at(em, "engines") or {}
+            with_manifest(sample, manifests[name])
+        record.samples.append(sample)
+    result.load_after = os.getloadavg()
+    if len(manifests) == 2:
+        result.metrics = wh.compare_engines(memory_dir, manifests["warehouse"], em, seed=2)
+    shutil.rmtree(memory_dir, ignore_errors=True)
+    return result
+
+
 def count_rows(path: Path) -> int:
     with open(path, newline="") as handle:
         return sum(1 for _ in csv.reader(handle)) - 1
@@ -429,12 +524,14 @@ class Target:
     value: float | None
     limit: float
     unit: str
+    at_least: bool = False  # the value must reach the limit, not stay under it
 
     @property
     def verdict(self) -> str:
         if self.value is None:
             return "FAIL (no value)"
-        return "PASS" if self.value <= self.limit else "FAIL"
+        met = self.value >= self.limit if self.at_least else self.value <= self.limit
+        return "PASS" if met else "FAIL"
 
 
 def targets_for(result: CaseResult) -> list[Target]:
@@ -453,6 +550,20 @@ def targets_for(result: CaseResult) -> list[Target]:
         ]
     if result.case == "20k":
         return [Target("20k", "wall ours/baseline", ratio("ours", "baseline"), 0.20, "x")]
+    if result.case in ("wh1m", "wh3m"):
+        found = [
+            Target(result.case, "peak ours", median("ours", "peak_mib"), WAREHOUSE_PEAK_MIB, "MiB")
+        ]
+        if "peak_over_wh1m" in result.metrics:
+            growth = result.metrics["peak_over_wh1m"]
+            found.append(Target("wh3m", "peak 3M/1M", growth, WAREHOUSE_GROWTH, "x"))
+        return found
+    if result.case == "engines":
+        metrics = result.metrics
+        return [
+            Target("engines", "ARI top split", metrics.get("ari_top_split"), 0.95, "", True),
+            Target("engines", "within-SS wh/mem", metrics.get("within_ss_ratio"), 1.02, "x"),
+        ]
     return [
         Target("250k", "wall ours", median("ours", "wall_s"), 540, "s"),
         Target("250k", "peak ours", median("ours", "peak_mib"), 2048, "MiB"),
@@ -526,10 +637,13 @@ def format_report(machine: dict, code: CodeSnapshot, cases: list[CaseResult], lo
             continue
         for target in targets_for(case):
             shown = "n/a" if target.value is None else f"{target.value:g} {target.unit}"
+            sign = ">=" if target.at_least else "<="
             lines.append(
-                f"  {target.case:<5} {target.what:<20} {shown:>12}   "
-                f"target <= {target.limit:g} {target.unit:<4} {target.verdict}"
+                f"  {target.case:<7} {target.what:<20} {shown:>12}   "
+                f"target {sign} {target.limit:g} {target.unit:<4} {target.verdict}"
             )
+        if case.metrics:
+            lines.append(f"  {case.case:<7} (info) {json.dumps(case.metrics)}")
         memory = _memory_ratios(case)
         if memory:
             lines.append(f"  {case.case:<5} (info) peak MiB {memory}")
@@ -558,9 +672,9 @@ def _memory_ratios(case: CaseResult) -> str:
 def _timings_section(cases: list[CaseResult]) -> list[str]:
     """Where our wall time goes, from run.json's per-stage timings (median per stage)."""
     lines = []
-    for case in cases:
-        record = case.get("ours")
-        samples = [s for s in record.good if s.timings_seconds] if record else []
+    ours_names = ("ours", "memory", "warehouse")
+    for case, record in [(c, r) for c in cases for r in c.contenders if r.name in ours_names]:
+        samples = [s for s in record.good if s.timings_seconds]
         if not samples:
             continue
         if not lines:
@@ -573,7 +687,8 @@ def _timings_section(cases: list[CaseResult]) -> list[str]:
         # run.json's stages begin after the imports and end before the publish step.
         rest = record.median("wall_s") - sum(medians.values())
         shown = "  ".join(f"{stage} {value:.2f}" for stage, value in medians.items())
-        lines.append(f"  {case.case:<5} {shown}  | rest (start-up, imports, publish) {rest:.2f}")
+        label = case.case if record.name == "ours" else f"{case.case}/{record.name}"
+        lines.append(f"  {label:<5} {shown}  | rest (start-up, imports, publish) {rest:.2f}")
     return lines
 
 
@@ -626,6 +741,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def file_case(case: str, code: CodeSnapshot, scratch: Path, args) -> CaseResult:
+    """The real table, or a synthetic one written to a CSV file (untimed)."""
+    if case == "real":
+        if not REAL_TABLE.is_file():
+            _progress(f"real: skipped, {REAL_TABLE} is absent")
+            return CaseResult(case, None, 0, skipped=f"{REAL_TABLE} is absent")
+        contenders = [ours(code.where), baseline(), floor()]
+        return run_case(
+            case,
+            REAL_TABLE,
+            count_rows(REAL_TABLE),
+            contenders,
+            args.rounds,
+            scratch,
+            args.timeout,
+            warmup=not args.no_warmup,
+        )
+    rows = SYNTHETIC_ROWS[case]
+    _progress(f"{case}: generating {rows} synthetic rows (untimed)")
+    path, error = make_synthetic(rows, code.where, scratch, args.timeout)
+    if path is None:
+        _progress(f"{case}: skipped, {error}")
+        return CaseResult(case, rows, 0, skipped=error)
+    contenders = [ours(code.where)] + ([baseline()] if case == "20k" else [])
+    result = run_case(
+        case, path, rows, contenders, args.large_rounds, scratch, args.timeout, warmup=False
+    )
+    path.unlink(missing_ok=True)
+    return result
+
+
+def warehouse_cases(
+    wanted: list[str], code: CodeSnapshot, scratch: Path, timeout: float
+) -> list[CaseResult]:
+    """The warehouse cases, on one pair of emulators; skipped where they are not built."""
+    import warehouse_case as wh
+
+    problem = wh.missing_tools()
+    if problem:
+        _progress(f"warehouse cases skipped: {problem}")
+        return [CaseResult(case, None, 0, skipped=problem) for case in wanted]
+    results = {}
+    with wh.emulated(scratch / "emulators") as em:
+        for case in wanted:
+            if case == "engines":
+                results[case] = run_engines_case(em, code.where, scratch, timeout)
+            else:
+                results[case] = run_warehouse_case(case, em, code.where, scratch, timeout)
+    small, large = results.get("wh1m"), results.get("wh3m")
+    peaks = [r.get("ours").median("peak_mib") for r in (small, large) if r]
+    if len(peaks) == 2 and all(peaks):
+        large.metrics["peak_over_wh1m"] = round(peaks[1] / peaks[0], 3)
+    return list(results.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wanted = [c for c in CASES if c in (args.only or CASES)]
@@ -637,44 +807,11 @@ def main(argv: list[str] | None = None) -> int:
         code = snapshot_code(scratch)
         _progress(f"cases {', '.join(wanted)}; {code.describe()}; load {_load(load_before)}")
         for case in wanted:
-            if case == "real":
-                if not REAL_TABLE.is_file():
-                    cases.append(CaseResult(case, None, 0, skipped=f"{REAL_TABLE} is absent"))
-                    _progress(f"real: skipped, {REAL_TABLE} is absent")
-                    continue
-                contenders = [ours(code.where), baseline(), floor()]
-                rows = count_rows(REAL_TABLE)
-                result = run_case(
-                    case,
-                    REAL_TABLE,
-                    rows,
-                    contenders,
-                    args.rounds,
-                    scratch,
-                    args.timeout,
-                    warmup=not args.no_warmup,
-                )
-            else:
-                rows = SYNTHETIC_ROWS[case]
-                _progress(f"{case}: generating {rows} synthetic rows (untimed)")
-                path, error = make_synthetic(rows, code.where, scratch, args.timeout)
-                if path is None:
-                    cases.append(CaseResult(case, rows, 0, skipped=error))
-                    _progress(f"{case}: skipped, {error}")
-                    continue
-                contenders = [ours(code.where)] + ([baseline()] if case == "20k" else [])
-                result = run_case(
-                    case,
-                    path,
-                    rows,
-                    contenders,
-                    args.large_rounds,
-                    scratch,
-                    args.timeout,
-                    warmup=False,
-                )
-                path.unlink(missing_ok=True)
-            cases.append(result)
+            if case not in WAREHOUSE_CASES:
+                cases.append(file_case(case, code, scratch, args))
+        warehouse = [c for c in wanted if c in WAREHOUSE_CASES]
+        if warehouse:
+            cases += warehouse_cases(warehouse, code, scratch, args.timeout)
     load = {"before": load_before, "after": os.getloadavg()}
     report = format_report(machine, code, cases, load)
     print(report)

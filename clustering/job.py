@@ -191,6 +191,13 @@ def _run(run: _Run) -> RunReport:
     pointer, pointer_token = store.read_pointer()
     if run.settings.clusters_table and not run.request.dry_run:
         pointer, pointer_token = _repair(run, store, pointer, pointer_token)
+    from clustering import engines
+
+    choice = engines.choose(run.settings)
+    if choice.engine == engines.WAREHOUSE:
+        from clustering.engines import warehouse
+
+        return warehouse.run_warehouse(run, store, pointer, pointer_token, choice)
     done = _analyse(run, store, pointer)
     dry_run = run.request.dry_run
     prefix = None if dry_run else store.describe(f"runs/{run.run_id}/")
@@ -205,7 +212,7 @@ def _run(run: _Run) -> RunReport:
         return RunReport(run.run_id, "dry_run", manifest(run.clock.done()), None)
     run.clock.stage("publish", f"publishing run {run.run_id}")
     done.files[MANIFEST] = _json_bytes(manifest(dict(run.clock.timings)))
-    _publish(run, store, done, pointer_token)
+    _publish(run, store, done.files, pointer_token, _loader(run, store, done), _mover(run, done))
     run.clock.progress(f"report: {store.describe(f'latest/{HTML_REPORT}')}")
     return RunReport(run.run_id, "succeeded", manifest(run.clock.done()), prefix)
 
@@ -243,27 +250,17 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
         previous = _previous(store, pointer, run.settings.analysis.key_column)
         run.clock.stage("cluster", "clustering")
         result = _cluster(run, renderer, given)
-        run_date = f"{run.started:%Y-%m-%d %H:%M} UTC"
-        random_state = run.settings.analysis.random_state
-
         analysis = run.settings.analysis
-
-        def draw_named(named) -> None:
-            # Ids and names are final: the scatter and the map start while the stability is
-            # bootstrapped; the heatmap shows stability, so it waits for it.
-            view = cohort_view(named, analysis)
-            tasks = charts.named_tasks(named.result, view, random_state, given.boundaries, run_date)
-            _submit(renderer, tasks)
-
-        identity, model = _through_model(_identify(result, previous, run, draw_named), run)
+        named = _identify(result, previous, run, _named_drawer(run, renderer, given))
+        identity, model = _through_model(named, run)
         for warning in result.warnings + identity.warnings:
             run.warn(warning)
         run.clock.stage("charts", "drawing charts")
         view = cohort_view(identity, analysis)
         _submit(renderer, charts.heatmap_task(view))
         warnings = given.warnings + result.warnings + identity.warnings
-        images = _chart_names(given.boundaries)
-        _submit(renderer, _report_task(run, identity.result, view, (warnings, given.notes), images))
+        facts = report_facts(run, identity.result, warnings, given.notes)
+        _submit(renderer, report_task(facts, identity.result, view, given.boundaries))
         # The CSVs are encoded while the chart workers draw.
         inputs, keep = given.frame.columns, run.settings.output_columns
         table = published_columns(identity.table, inputs, keep, analysis.key_column)
@@ -275,6 +272,22 @@ def _analyse(run: _Run, store, pointer: bytes | None) -> _Analysed:
         files |= renderer.collect(_time_left())
         files[HTML_REPORT] = report.embed(files[HTML_REPORT], files)
     return _Analysed(given, identity, table, files, model)
+
+
+def _named_drawer(run: _Run, renderer, given: _Input) -> Callable:
+    """What to do once ids and names are final: the scatter and the map start while the
+    stability is bootstrapped; the heatmap shows stability, so it waits for it."""
+    from clustering.outputs import charts
+
+    run_date = f"{run.started:%Y-%m-%d %H:%M} UTC"
+    random_state = run.settings.analysis.random_state
+
+    def draw_named(named) -> None:
+        view = cohort_view(named, run.settings.analysis)
+        tasks = charts.named_tasks(named.result, view, random_state, given.boundaries, run_date)
+        _submit(renderer, tasks)
+
+    return draw_named
 
 
 def _read_input(run: _Run, pointer: bytes | None) -> _Input:
@@ -290,7 +303,7 @@ def _read_input(run: _Run, pointer: bytes | None) -> _Input:
         frame, where = make_sample(), "the built-in sample"
     else:
         before = adapters.source_version(source)
-        frame, where = adapters.read_features(source)
+        frame, where = adapters.read_features(source, run.settings.memory_max_rows)
         check_settled(where, before, adapters.source_version(source), run.settings.settle_seconds)
     run.clock.stage("validate", f"validating {len(frame)} rows")
     valid = validate_features(frame, run.settings.analysis, where)
@@ -352,37 +365,31 @@ def _cluster(run: _Run, renderer, given: _Input):
         raise InputError(f"{given.where}: {error}") from None
 
 
-def _publish(run: _Run, store, done: _Analysed, pointer_token) -> None:
-    """Run folder, then the clusters table (when configured), then the transitions and the
-    switch of latest/; a failure after the load is a PublishInterrupted."""
+def _publish(run: _Run, store, files: dict[str, bytes], pointer_token, load, move) -> None:
+    """Run folder, then the clusters table (`load`, None without one), then the transitions
+    (`move`) and the switch of latest/; a failure after the load is a PublishInterrupted."""
     from clustering import adapters
-    from clustering.table import output_schema
 
-    settings, transitions = run.settings, done.identity.transitions
+    clusters_table = run.settings.clusters_table
     run.fence("writing the run folder")
-    store.write_run(run.run_id, done.files)
-    key = settings.analysis.key_column
-    if not settings.clusters_table:
-        _append_transitions(settings.transitions_table, transitions, run.fence, key)
-        _switch_latest(store, run.run_id, done.files, pointer_token, run.fence)
+    store.write_run(run.run_id, files)
+    if load is None:
+        move()
+        _switch_latest(store, run.run_id, files, pointer_token, run.fence)
         return
     run.fence("loading the clusters table")
-    population = settings.analysis.population_column
-    adapters.after_last_load(store, settings.clusters_table, run.run_id)
-    clusters = with_shapes(done.table, done.input.boundaries, key)
-    schema = output_schema(clusters, key, population)
-    adapters.write_clusters(settings.clusters_table, clusters, schema, run.run_id)
+    load()
     try:
-        if not adapters.clusters_hold(settings.clusters_table, run.run_id):
+        if not adapters.clusters_hold(clusters_table, run.run_id):
             raise RuntimeError(
-                f"{settings.clusters_table} holds another run's rows after the "
+                f"{clusters_table} holds another run's rows after the "
                 "load (a late load job of an earlier run)"
             )
-        _append_transitions(settings.transitions_table, transitions, run.fence, key)
-        _switch_latest(store, run.run_id, done.files, pointer_token, run.fence)
+        move()
+        _switch_latest(store, run.run_id, files, pointer_token, run.fence)
     except Exception as error:
         raise PublishInterrupted(
-            f"run {run.run_id} was loaded into {settings.clusters_table} but latest/ was not "
+            f"run {run.run_id} was loaded into {clusters_table} but latest/ was not "
             f"switched to it ({one_line(error)}); the redelivery of the event publishes again"
         ) from error
 
@@ -391,6 +398,32 @@ def _time_left() -> float | None:
     """Seconds left of the run's budget (publishing checks its own reserve); None without."""
     active = budget.active()
     return None if active is None else max(active.remaining(), 0.0)
+
+
+def _loader(run: _Run, store, done: _Analysed):
+    """The memory engine's table load: one load job of every row, None without a table."""
+    if not run.settings.clusters_table:
+        return None
+
+    def load() -> None:
+        from clustering import adapters
+        from clustering.table import output_schema
+
+        analysis, dest = run.settings.analysis, run.settings.clusters_table
+        key, population = analysis.key_column, analysis.population_column
+        adapters.after_last_load(store, dest, run.run_id)
+        clusters = with_shapes(done.table, done.input.boundaries, key)
+        adapters.write_clusters(
+            dest, clusters, output_schema(clusters, key, population), run.run_id
+        )
+
+    return load
+
+
+def _mover(run: _Run, done: _Analysed):
+    """The memory engine's transitions append (nothing when there are none)."""
+    moves, key = done.identity.transitions, run.settings.analysis.key_column
+    return lambda: _append_transitions(run.settings.transitions_table, moves, run.fence, key)
 
 
 def _chart_names(boundaries) -> tuple[str, ...]:
@@ -444,14 +477,12 @@ def cohort_view(identity, analysis):
     )
 
 
-def _report_task(run: _Run, result, view, said, images) -> dict:
-    """report.html's task: rendered by a chart worker, its `images` embedded after collect().
-    `said`: the run's warnings and notes."""
+def report_facts(run: _Run, result, warnings, notes=()):
+    """The report's header: when, why and from what the run happened, and its row counts."""
     from clustering.outputs import report
 
     settings, request = run.settings, run.request
-    warnings, notes = said
-    facts = report.RunFacts(
+    return report.RunFacts(
         run_id=run.run_id,
         started=f"{run.started:%Y-%m-%d %H:%M:%S} UTC",
         trigger=request.trigger,
@@ -472,6 +503,13 @@ def _report_task(run: _Run, result, view, said, images) -> dict:
         population_column=settings.analysis.population_column,
         clusters_table=settings.clusters_table,
     )
+
+
+def report_task(facts, result, view, boundaries) -> dict:
+    """report.html's task: rendered by a chart worker, its images embedded after collect()."""
+    from clustering.outputs import report
+
+    images = _chart_names(boundaries)
     return {HTML_REPORT: (report.page, (facts, view, result.excluded_groups, images))}
 
 
@@ -536,13 +574,16 @@ def check_row_drop(rows: int, previous: dict | None, ratio: float, force: bool, 
     )
 
 
-def _previous(store, pointer: bytes | None, key_column: str = "neighborhood"):
+def _previous(
+    store, pointer: bytes | None, key_column: str = "neighborhood", with_rows: bool = True
+):
     """The last published run (the run latest/run.json points to), None on the first run.
 
     Centroids, names and ids come from its run.json; each neighborhood's previous cohort from
     its clusters CSV, read from latest/, which never expires (runs/<run_id>/ does, after
     artifact_retention_days): run.json stays one entry per cohort whatever the number of
-    rows, and nothing is stored twice.
+    rows, and nothing is stored twice. Without `with_rows` (the warehouse engine, which
+    compares rows inside BigQuery) the CSV is not read.
     """
     from clustering.analysis.identity import previous_run
     from clustering.analysis.transitions import PREVIOUS_MARGIN, previous_columns
@@ -559,7 +600,7 @@ def _previous(store, pointer: bytes | None, key_column: str = "neighborhood"):
             f"{where} is not a run manifest: restore it from runs/<run_id>/run.json, or remove "
             "latest/ to number the cohorts afresh"
         ) from None
-    rows = _previous_rows(store, run_id, key_column)
+    rows = _previous_rows(store, run_id, key_column) if with_rows else None
     if rows is None:
         return previous_run(manifest, None)
     if key_column not in rows:  # published under another KEY_COLUMN: no row to compare

@@ -265,6 +265,55 @@ OPTIONS: tuple[Option, ...] = (
         "FUNCTION_TIMEOUT_SECONDS",
         shown="none (no deadline)",
     ),
+    Option(
+        "engine",
+        "where the rows are clustered: auto (memory for files and for bq:// tables up to "
+        "MEMORY_MAX_ROWS rows, warehouse above), memory (every row in this process) or "
+        "warehouse (fit on a sample, every row assigned inside BigQuery; needs bq:// "
+        "features and a bq:// CLUSTERS_TABLE)",
+        "text",
+        "ENGINE",
+        "--engine",
+        DEFAULTS["engine"],
+        metavar="auto|memory|warehouse",
+    ),
+    Option(
+        "memory_max_rows",
+        "the most rows of a bq:// table the memory engine reads; auto sends larger tables "
+        "to the warehouse engine",
+        "int",
+        "MEMORY_MAX_ROWS",
+        "--memory-max-rows",
+        DEFAULTS["memory_max_rows"],
+    ),
+    Option(
+        "sample_rows",
+        "rows of the warehouse engine's fitting sample, chosen by a hash of the key",
+        "int",
+        "SAMPLE_ROWS",
+        "--sample-rows",
+        DEFAULTS["sample_rows"],
+    ),
+    Option(
+        "maximum_bytes_billed",
+        "cap on the bytes each BigQuery query job of the warehouse engine may bill; a job "
+        "above it fails without cost",
+        "int",
+        "MAXIMUM_BYTES_BILLED",
+        "--maximum-bytes-billed",
+        DEFAULTS["maximum_bytes_billed"],
+        metavar="BYTES",
+    ),
+    Option(
+        "staging_dataset",
+        "project.dataset where the warehouse engine stages a run's tables before they "
+        "replace the clusters table",
+        "optional",
+        "STAGING_DATASET",
+        "--staging-dataset",
+        shown="the CLUSTERS_TABLE's dataset",
+        metavar="DATASET",
+    ),
     _analysis(
         "key_column",
         "KEY_COLUMN",

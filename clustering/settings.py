@@ -32,8 +32,9 @@ DEFAULT_FEATURE_DIRECTIONS: tuple[tuple[str, str], ...] = tuple(
 # Size limits (docs/configuration.md, Limits): a features table or boundaries object above
 # them is refused before it is read, with a clear error, instead of an out-of-memory crash that
 # the trigger would retry. The function's 4 GiB instance clusters 250k rows at about 2 GiB
-# (make bench).
-MAX_FEATURES_ROWS = 300_000
+# (make bench). The row limit is MEMORY_MAX_ROWS's default: under ENGINE=auto a larger bq://
+# table goes to the warehouse engine instead of being refused.
+MAX_FEATURES_ROWS: int = DEFAULTS["memory_max_rows"]
 MAX_FEATURES_BYTES = 512 * 1024**2
 MAX_BOUNDARIES_BYTES = 64 * 1024**2
 
@@ -52,6 +53,18 @@ SUBSCRIPTION_PATTERN = re.compile(
 )
 # A BigQuery column name: the only identifiers ever written into a query (boundaries).
 COLUMN_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
+# A dataset as `project.dataset` (STAGING_DATASET).
+DATASET_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_]+$")
+
+# ENGINE's values (DESIGN.md, "Engines").
+AUTO, MEMORY, WAREHOUSE = "auto", "memory", "warehouse"
+ENGINES = (AUTO, MEMORY, WAREHOUSE)
+# The warehouse engine's sample: enough rows for the K searches and the excluded groups, few
+# enough for the function's memory (make bench measures 200,000).
+MIN_SAMPLE_ROWS = 1_000
+MAX_SAMPLE_ROWS = 1_000_000
+# BigQuery bills at least 10 MB per table a query reads: a lower cap fails every job.
+MIN_BYTES_BILLED = 10 * 1024**2
 
 # Every environment variable the function reads, from the one registry of settings
 # (clustering/options.py). Terraform sets exactly these (checked by tests/test_terraform.py).
@@ -218,6 +231,14 @@ class JobSettings:
         run read it (or modified while it was read) is not published; the event is retried.
     output_columns: the features table's columns that reach the outputs (the key column
         always does); empty keeps every column.
+    engine: "auto", "memory" or "warehouse" (DESIGN.md, "Engines"); "warehouse" needs a
+        bq:// features table and a bq:// clusters table.
+    memory_max_rows: the most rows of a bq:// table the memory engine reads; auto sends a
+        larger one to the warehouse engine.
+    sample_rows: the warehouse engine's fitting sample, in rows.
+    maximum_bytes_billed: the cap every query job of the warehouse engine carries.
+    staging_dataset: `project.dataset` of the warehouse engine's staging tables; None means
+        the clusters table's dataset.
     """
 
     features_source: str | None = None
@@ -239,6 +260,11 @@ class JobSettings:
     table_changes_subscription: str | None = None
     settle_seconds: int = DEFAULTS["settle_seconds"]
     output_columns: tuple[str, ...] = ()
+    engine: str = DEFAULTS["engine"]
+    memory_max_rows: int = DEFAULTS["memory_max_rows"]
+    sample_rows: int = DEFAULTS["sample_rows"]
+    maximum_bytes_billed: int = DEFAULTS["maximum_bytes_billed"]
+    staging_dataset: str | None = None
 
     def __post_init__(self) -> None:
         self._check_destinations()
@@ -257,6 +283,7 @@ class JobSettings:
         self._check_delivery_limits()
         _check_transitions_table(self.transitions_table)
         _check_label_overrides(self.label_overrides)
+        _check_engine(self)
 
     def _check_destinations(self) -> None:
         """Every source and destination given in a form the adapters take."""
@@ -319,6 +346,17 @@ class JobSettings:
                 f"SETTLE_SECONDS (--settle-seconds) is {self.settle_seconds}: use 0 (no check) "
                 "or more"
             )
+
+    @property
+    def staging(self) -> str | None:
+        """The warehouse engine's staging dataset (`project.dataset`), None without a bq://
+        clusters table to default to."""
+        if self.staging_dataset:
+            return self.staging_dataset
+        clusters = self.clusters_table or ""
+        if not clusters.startswith("bq://"):
+            return None
+        return clusters.removeprefix("bq://").rsplit(".", 1)[0]
 
     @property
     def boundaries_key_column(self) -> str:
@@ -411,6 +449,46 @@ def _check_transitions_table(dest: str | None) -> None:
             f"TRANSITIONS_TABLE {dest!r}: give bq://project.dataset.table or a local .csv or "
             ".jsonl path (objects cannot be appended to)"
         )
+
+
+def _check_engine(settings: JobSettings) -> None:
+    """ENGINE and the warehouse engine's settings; ENGINE=warehouse needs BigQuery on both
+    ends, since it reads and writes nothing else."""
+    if settings.engine not in ENGINES:
+        raise InputError(
+            f"ENGINE (--engine) is {settings.engine!r}: use one of {', '.join(ENGINES)}"
+        )
+    if settings.memory_max_rows < 1:
+        raise InputError(
+            f"MEMORY_MAX_ROWS (--memory-max-rows) is {settings.memory_max_rows}: use 1 or more"
+        )
+    if not MIN_SAMPLE_ROWS <= settings.sample_rows <= MAX_SAMPLE_ROWS:
+        raise InputError(
+            f"SAMPLE_ROWS (--sample-rows) is {settings.sample_rows}: use "
+            f"{MIN_SAMPLE_ROWS:,} to {MAX_SAMPLE_ROWS:,} rows"
+        )
+    if settings.maximum_bytes_billed < MIN_BYTES_BILLED:
+        raise InputError(
+            f"MAXIMUM_BYTES_BILLED (--maximum-bytes-billed) is {settings.maximum_bytes_billed}: "
+            f"use at least {MIN_BYTES_BILLED} (BigQuery bills 10 MB per table a query reads)"
+        )
+    staging = settings.staging_dataset
+    if staging and not DATASET_ID_PATTERN.fullmatch(staging):
+        raise InputError(
+            f"STAGING_DATASET (--staging-dataset): {staging!r} is not a dataset id; write it "
+            "as project.dataset (letters, digits, _ and -)"
+        )
+    if settings.engine != WAREHOUSE:
+        return
+    for name, uri in (
+        ("FEATURES_SOURCE (--features)", settings.features_source),
+        ("CLUSTERS_TABLE (--clusters-table)", settings.clusters_table),
+    ):
+        if not (uri or "").startswith("bq://"):
+            raise InputError(
+                f"ENGINE=warehouse needs {name} to be a bq://project.dataset.table, not "
+                f"{uri or 'unset'}: set it, or use ENGINE=auto or memory"
+            )
 
 
 def _check_label_overrides(overrides: tuple[tuple[int, str], ...]) -> None:

@@ -127,3 +127,20 @@ resource "google_bigquery_table" "transitions" {
   # Append-only with a fixed schema, like the runs table.
   schema = jsonencode(local.schemas.transitions_table)
 }
+
+# The warehouse engine's staging tables (clustering/engines/warehouse.py): each run scores every
+# row into a table here, which then replaces the clusters table in one copy job and is dropped.
+# A dataset of its own, so that the function may create and delete tables here and nowhere
+# else; a table a crashed run left behind expires by the default table expiration.
+resource "google_bigquery_dataset" "staging" {
+  #checkov:skip=CKV_GCP_81:Transient copies of the clusters table (public neighborhood statistics); Google-managed encryption is adequate, as for the output dataset.
+  project                     = var.project_id
+  dataset_id                  = var.staging_dataset_id
+  location                    = var.bigquery_location
+  description                 = "Staging tables of the neighborhood clustering runs; each is dropped when its run ends."
+  labels                      = local.labels
+  default_table_expiration_ms = var.staging_expiration_hours * 3600000
+  # Only transient tables live here: destroy removes them with the dataset.
+  delete_contents_on_destroy = true
+  depends_on                 = [google_project_service.this]
+}

@@ -29,4 +29,13 @@ locals {
     min_rows_ratio        = var.min_rows_ratio == null ? local.code_defaults.min_rows_ratio : var.min_rows_ratio
     settle_seconds        = var.settle_seconds == null ? local.code_defaults.settle_seconds : var.settle_seconds
   }
+
+  # The engines (clustering/engines): which one clusters a run and the warehouse engine's
+  # sample and byte cap, with the code's defaults where a variable is null.
+  engine = {
+    engine               = var.engine == null ? local.code_defaults.engine : var.engine
+    memory_max_rows      = var.memory_max_rows == null ? local.code_defaults.memory_max_rows : var.memory_max_rows
+    sample_rows          = var.sample_rows == null ? local.code_defaults.sample_rows : var.sample_rows
+    maximum_bytes_billed = var.maximum_bytes_billed == null ? local.code_defaults.maximum_bytes_billed : var.maximum_bytes_billed
+  }
 }

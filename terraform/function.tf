@@ -60,6 +60,12 @@ locals {
     TRANSITIONS_TABLE      = "bq://${google_bigquery_table.transitions.project}.${google_bigquery_table.transitions.dataset_id}.${google_bigquery_table.transitions.table_id}"
     # A JSON object, as settings.parse_label_overrides reads it.
     LABEL_OVERRIDES = jsonencode(var.label_overrides)
+    # The engines, with the code's defaults where a variable is null (defaults.tf).
+    ENGINE               = local.engine.engine
+    MEMORY_MAX_ROWS      = tostring(local.engine.memory_max_rows)
+    SAMPLE_ROWS          = tostring(local.engine.sample_rows)
+    MAXIMUM_BYTES_BILLED = tostring(local.engine.maximum_bytes_billed)
+    STAGING_DATASET      = "${google_bigquery_dataset.staging.project}.${google_bigquery_dataset.staging.dataset_id}"
   }
 }
 

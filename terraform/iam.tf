@@ -73,6 +73,17 @@ resource "google_bigquery_table_iam_member" "runtime_output_writer" {
   member     = "serviceAccount:${google_service_account.runtime.email}"
 }
 
+# The warehouse engine's staging dataset, and only it: dataEditor on a dataset creates and
+# deletes its tables (a run's staging table) and lets query jobs write them. The copy of a
+# staging table over the clusters table and the append to the transitions table use the
+# table-level grants above; EXPORT DATA writes the CSVs with the bucket grant below.
+resource "google_bigquery_dataset_iam_member" "runtime_staging_editor" {
+  project    = var.project_id
+  dataset_id = google_bigquery_dataset.staging.dataset_id
+  role       = "roles/bigquery.dataEditor"
+  member     = "serviceAccount:${google_service_account.runtime.email}"
+}
+
 # Object access on the artifacts bucket only. The code creates claims with
 # if_generation_match=0, writes runs/<run_id>/, then overwrites latest/ (an overwrite needs
 # storage.objects.delete), reads, lists and deletes under latest/. objectCreator cannot

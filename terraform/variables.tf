@@ -490,12 +490,74 @@ variable "settle_seconds" {
 }
 
 variable "output_columns" {
-  description = "Columns of the features table that reach the clusters table, the CSVs and Looker Studio (the neighborhood column always does). Empty keeps every column; set it when the features table carries a column that must not be published."
+  description = "Columns of the features table that reach the clusters table, the CSVs and Looker Studio (the key_column always does). Empty keeps every column; set it when the features table carries a column that must not be published."
   type        = list(string)
   default     = []
   validation {
     condition     = alltrue([for c in var.output_columns : can(regex("^[A-Za-z_][A-Za-z0-9_]*$", c))])
     error_message = "output_columns entries must be column names (letters, digits and _)."
+  }
+}
+
+# --- Engines (clustering/engines; the staging dataset: bigquery.tf) ---------------------------
+
+variable "engine" {
+  description = "Where rows are clustered: auto (in the function up to memory_max_rows rows of the features table, inside BigQuery above), memory or warehouse. Null: the code's default (auto)."
+  type        = string
+  default     = null # the code's default, clustering/defaults.json (defaults.tf)
+  validation {
+    condition     = var.engine == null ? true : contains(["auto", "memory", "warehouse"], var.engine)
+    error_message = "engine must be auto, memory or warehouse."
+  }
+}
+
+variable "memory_max_rows" {
+  description = "The most rows of the features table the function reads into its own memory; under engine auto a larger table is fitted on a sample and scored inside BigQuery. Null: the code's default."
+  type        = number
+  default     = null # the code's default, clustering/defaults.json (defaults.tf)
+  validation {
+    condition     = var.memory_max_rows == null ? true : floor(var.memory_max_rows) == var.memory_max_rows && var.memory_max_rows >= 1
+    error_message = "memory_max_rows must be a whole number, 1 or more."
+  }
+}
+
+variable "sample_rows" {
+  description = "Rows of the warehouse engine's fitting sample, chosen by a hash of the neighborhood key. Null: the code's default."
+  type        = number
+  default     = null # the code's default, clustering/defaults.json (defaults.tf)
+  validation {
+    condition     = var.sample_rows == null ? true : floor(var.sample_rows) == var.sample_rows && var.sample_rows >= 1000 && var.sample_rows <= 1000000
+    error_message = "sample_rows must be a whole number from 1000 to 1000000."
+  }
+}
+
+variable "maximum_bytes_billed" {
+  description = "Cap on the bytes each query job of the warehouse engine may bill; a job above it fails before it costs anything. Null: the code's default (1 TiB)."
+  type        = number
+  default     = null # the code's default, clustering/defaults.json (defaults.tf)
+  validation {
+    condition     = var.maximum_bytes_billed == null ? true : floor(var.maximum_bytes_billed) == var.maximum_bytes_billed && var.maximum_bytes_billed >= 10485760
+    error_message = "maximum_bytes_billed must be a whole number of bytes, at least 10485760 (BigQuery bills 10 MB per table a query reads)."
+  }
+}
+
+variable "staging_dataset_id" {
+  description = "Dataset created for the warehouse engine's staging tables (one scored copy of the clusters table per run, dropped when the run ends), in bigquery_location."
+  type        = string
+  default     = "neighborhood_clusters_staging"
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_]{1,1024}$", var.staging_dataset_id))
+    error_message = "staging_dataset_id may hold only letters, digits and underscores."
+  }
+}
+
+variable "staging_expiration_hours" {
+  description = "A staging table left behind by a run that crashed is deleted after this many hours (the dataset's default table expiration)."
+  type        = number
+  default     = 24
+  validation {
+    condition     = floor(var.staging_expiration_hours) == var.staging_expiration_hours && var.staging_expiration_hours >= 1 && var.staging_expiration_hours <= 720
+    error_message = "staging_expiration_hours must be a whole number of hours from 1 to 720."
   }
 }
 

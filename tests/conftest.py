@@ -27,10 +27,12 @@ def gcs_emulator(tmp_path_factory) -> Iterator[emulators.GcsEmulator]:
 
 
 @pytest.fixture(scope="session")
-def bigquery_emulator(tmp_path_factory) -> Iterator[emulators.BigQueryEmulator]:
-    """local-bigquery: `.endpoint` ("http://127.0.0.1:PORT") and `.project` ("test-project")."""
+def bigquery_emulator(tmp_path_factory, gcs_emulator) -> Iterator[emulators.BigQueryEmulator]:
+    """local-bigquery: `.endpoint` ("http://127.0.0.1:PORT") and `.project` ("test-project").
+    Its EXPORT DATA writes to the session's fake-gcs-server, as BigQuery's to Cloud Storage."""
     _fail_if_missing("bigquery")
-    with emulators.bigquery_server(tmp_path_factory.mktemp("bigquery-emulator")) as emulator:
+    work = tmp_path_factory.mktemp("bigquery-emulator")
+    with emulators.bigquery_server(work, storage_endpoint=gcs_emulator.endpoint) as emulator:
         yield emulator
 
 

@@ -224,8 +224,11 @@ def gcs_server(work_dir: Path) -> Iterator[GcsEmulator]:
 
 
 @contextlib.contextmanager
-def bigquery_server(work_dir: Path, project: str = DEFAULT_PROJECT) -> Iterator[BigQueryEmulator]:
-    """local-bigquery with its data under work_dir/data and its log in work_dir."""
+def bigquery_server(
+    work_dir: Path, project: str = DEFAULT_PROJECT, storage_endpoint: str | None = None
+) -> Iterator[BigQueryEmulator]:
+    """local-bigquery with its data under work_dir/data and its log in work_dir; with
+    `storage_endpoint` (a fake-gcs-server), EXPORT DATA to gs:// writes there."""
     _require_tool("bigquery")
     port, grpc_port = free_ports(2)
     endpoint = f"http://{HOST}:{port}"
@@ -240,6 +243,8 @@ def bigquery_server(work_dir: Path, project: str = DEFAULT_PROJECT) -> Iterator[
         *("--project", project, "--data-dir", str(data_dir)),
     ]
     env = {**os.environ, "HOME": str(BIGQUERY_HOME)}
+    if storage_endpoint:
+        env["STORAGE_EMULATOR_HOST"] = storage_endpoint
     with running_process(
         "local-bigquery",
         command,

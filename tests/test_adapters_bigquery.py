@@ -37,15 +37,16 @@ def test_a_table_above_the_row_limit_is_refused_before_any_row_is_read(
     table = f"{dataset}.features"
     frame = make_sample(30)
     bigquery_client(bigquery_emulator).load_table_from_dataframe(frame, table).result()
-    monkeypatch.setattr(adapter, "MAX_FEATURES_ROWS", 29)
     with FaultProxy(bigquery_emulator.endpoint, lambda *_: "pass") as proxy:
         monkeypatch.setenv(adapter.EMULATOR_ENV, proxy.endpoint)
-        with pytest.raises(InputError, match="has 30 rows, more than the 29 this job clusters"):
-            adapter.read_table(f"bq://{table}")
+        with pytest.raises(
+            InputError, match="has 30 rows, more than the 29 the memory engine reads"
+        ) as refused:
+            adapter.read_table(f"bq://{table}", max_rows=29)
+    assert "MEMORY_MAX_ROWS" in str(refused.value) and "ENGINE=auto" in str(refused.value)
     assert proxy.requests and not [r for r in proxy.requests if "/data?" in r]
-    monkeypatch.setattr(adapter, "MAX_FEATURES_ROWS", 30)
     monkeypatch.setenv(adapter.EMULATOR_ENV, bigquery_emulator.endpoint)
-    assert len(adapter.read_table(f"bq://{table}")) == 30
+    assert len(adapter.read_table(f"bq://{table}", max_rows=30)) == 30
 
 
 def test_the_load_job_is_named_after_the_run_and_a_repeat_is_the_same_job(

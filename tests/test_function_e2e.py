@@ -1542,3 +1542,41 @@ def test_the_function_clusters_a_city_table_with_settings_alone(
     history = [dict(row) for row in bq.list_rows(runs)]
     assert [row["key_column"] for row in history] == [CITY_KEY, CITY_KEY]
     assert {row["status"] for row in history} == {"succeeded"}
+
+
+# --- The warehouse engine ------------------------------------------------------------------
+
+
+def test_a_run_through_the_warehouse_engine_scores_every_row_in_bigquery(
+    bigquery_emulator, gcs_emulator, bq, gcs, cloud, first_run, tmp_path
+):
+    """ENGINE=auto with a MEMORY_MAX_ROWS below the table's 279 rows: the function fits on
+    the sample, scores every row inside BigQuery, exports the CSVs and publishes."""
+    from clustering.analysis.assign import assign
+    from clustering.analysis.document import read_model
+
+    clusters = f"{PROJECT}.{DATASET}.warehouse_clusters"
+    prefix = f"{PREFIX}-warehouse"
+    env = function_env(bigquery_emulator, gcs_emulator.endpoint, f"gs://{cloud}/{prefix}")
+    env |= {"CLUSTERS_TABLE": f"bq://{clusters}", "MEMORY_MAX_ROWS": "100", "SAMPLE_ROWS": "1000"}
+    env.pop("RUNS_TABLE"), env.pop("TRANSITIONS_TABLE")
+    with serve(env, tmp_path / "functions-framework.log") as function:
+        delivery = function.post(pubsub_event({"reason": "warehouse engine"}))
+    assert delivery.acked, (delivery.status, delivery.body, delivery.entries)
+    run_id = delivery.answer["run_id"]
+    assert any("inside BigQuery" in m for m in delivery.messages()), delivery.messages()
+
+    latest = objects(gcs, cloud, f"{prefix}/latest/")
+    manifest = json.loads(latest[MANIFEST].content)
+    assert manifest["run_id"] == run_id and manifest["engine"] == "warehouse"
+    table = pd.DataFrame([dict(row) for row in bq.list_rows(clusters)])
+    assert len(table) == 279 and set(table["run_id"]) == {run_id}
+    again = assign(real_table(), read_model(manifest, "run.json")).set_index("neighborhood")
+    mine = table.set_index("neighborhood").loc[again.index]
+    for column in ("sub_cluster", "runner_up_cluster"):
+        assert mine[column].astype("Int64").equals(again[column].astype("Int64")), column
+    for column in ("excluded_type", "excluded_cluster", "cohort_name"):
+        assert mine[column].fillna("").tolist() == again[column].fillna("").tolist(), column
+    run_files = names(gcs, cloud, f"{prefix}/runs/{run_id}/")
+    assert {"neighborhood_clusters-000000000000.csv", "report.html", MANIFEST} <= run_files
+    assert not [t for t in bq.list_tables(f"{PROJECT}.{DATASET}") if "nc_staged" in t.table_id]

@@ -30,7 +30,7 @@ LAYERS = (
     ("analysis", ("clustering.analysis",)),
     ("outputs", ("clustering.outputs",)),
     ("adapters", ("clustering.adapters",)),
-    ("job", ("clustering.job",)),
+    ("job", ("clustering.job", "clustering.engines")),
     ("cloud", ("clustering.cloud",)),
     ("entry", ("clustering.cli", "clustering.__main__", "main")),
 )

@@ -641,3 +641,59 @@ def test_bad_label_overrides_are_echoed_up_to_eighty_characters():
     with pytest.raises(InputError) as error:
         JobSettings.from_env(env(LABEL_OVERRIDES=raw))
     assert str(error.value).endswith(f"got {'x' * 80!r}")
+
+
+# --- Engines ------------------------------------------------------------------------------------
+
+
+def test_engine_defaults_and_their_variables():
+    job = JobSettings.from_env(env())
+    assert (job.engine, job.memory_max_rows, job.sample_rows) == ("auto", 300_000, 200_000)
+    assert job.maximum_bytes_billed == 1024**4 and job.staging_dataset is None
+    tuned = JobSettings.from_env(
+        env(
+            ENGINE="warehouse",
+            CLUSTERS_TABLE="bq://p.out.clusters",
+            MEMORY_MAX_ROWS="1000",
+            SAMPLE_ROWS="50000",
+            MAXIMUM_BYTES_BILLED="20000000",
+            STAGING_DATASET="other-project.staging",
+        )
+    )
+    assert (tuned.engine, tuned.memory_max_rows, tuned.sample_rows) == ("warehouse", 1000, 50_000)
+    assert tuned.maximum_bytes_billed == 20_000_000
+    assert tuned.staging == "other-project.staging"
+    # Without STAGING_DATASET the staging tables go beside the clusters table.
+    assert JobSettings(clusters_table="bq://p.out.clusters").staging == "p.out"
+    assert JobSettings(clusters_table="out.csv").staging is None
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ({"ENGINE": "gpu"}, "ENGINE (--engine) is 'gpu': use one of auto, memory, warehouse"),
+        ({"MEMORY_MAX_ROWS": "0"}, "MEMORY_MAX_ROWS (--memory-max-rows) is 0: use 1 or more"),
+        ({"SAMPLE_ROWS": "999"}, "SAMPLE_ROWS (--sample-rows) is 999: use 1,000 to 1,000,000"),
+        ({"SAMPLE_ROWS": "1000001"}, "use 1,000 to 1,000,000 rows"),
+        ({"MAXIMUM_BYTES_BILLED": "10485759"}, "use at least 10485760"),
+        ({"STAGING_DATASET": "p.d.t"}, "STAGING_DATASET (--staging-dataset): 'p.d.t' is not"),
+        ({"STAGING_DATASET": "p;drop"}, "is not a dataset id"),
+        ({"ENGINE": "warehouse"}, "ENGINE=warehouse needs CLUSTERS_TABLE (--clusters-table)"),
+        (
+            {"ENGINE": "warehouse", "FEATURES_SOURCE": "gs://b/f.csv"},
+            "ENGINE=warehouse needs FEATURES_SOURCE (--features) to be a bq://",
+        ),
+    ],
+)
+def test_bad_engine_settings_fail_at_start_up(values, words):
+    with pytest.raises(InputError) as error:
+        JobSettings.from_env(env(**values))
+    assert words in str(error.value)
+
+
+def test_the_edges_of_the_engine_settings_are_accepted():
+    edges = JobSettings.from_env(
+        env(MEMORY_MAX_ROWS="1", SAMPLE_ROWS="1000", MAXIMUM_BYTES_BILLED="10485760")
+    )
+    assert (edges.memory_max_rows, edges.sample_rows) == (1, 1000)
+    assert JobSettings.from_env(env(SAMPLE_ROWS="1000000")).sample_rows == 1_000_000

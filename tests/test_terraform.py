@@ -68,10 +68,12 @@ NOT_CONFIGURED_HERE = frozenset(
 DEFAULTS_FILE = ROOT / "clustering" / "defaults.json"
 # clustering/defaults.json holds the analytic defaults and the delivery limits.
 LIMIT_VARIABLES = ("max_event_age_seconds", "min_rows_ratio", "settle_seconds")
+# ... and the engines' settings (local.engine in defaults.tf).
+ENGINE_VARIABLES = ("engine", "memory_max_rows", "sample_rows", "maximum_bytes_billed")
 ANALYTIC_VARIABLES = tuple(
     name
     for name in json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
-    if name not in LIMIT_VARIABLES
+    if name not in LIMIT_VARIABLES + ENGINE_VARIABLES
 )
 
 # A project id used to render the configuration with its defaults (project_id has none).
@@ -464,12 +466,13 @@ def test_analytic_defaults_come_from_the_file_the_code_reads(config: Config) -> 
     # No .tf file spells out the lists (a copy that could drift).
     for name, text in config.sources.items():
         assert "Harbor Point" not in text and "avg_assessed_value" not in text, name
-    assert set(config.locals["limits"]) == set(LIMIT_VARIABLES)
-    for var in LIMIT_VARIABLES:
-        assert config.default(var) is None, f"variable {var} repeats the code's default"
-        assert config.locals["limits"][var] == (
-            f"${{var.{var} == None ? local.code_defaults.{var} : var.{var}}}"
-        )
+    for local, names in (("limits", LIMIT_VARIABLES), ("engine", ENGINE_VARIABLES)):
+        assert set(config.locals[local]) == set(names)
+        for var in names:
+            assert config.default(var) is None, f"variable {var} repeats the code's default"
+            assert config.locals[local][var] == (
+                f"${{var.{var} == None ? local.code_defaults.{var} : var.{var}}}"
+            )
 
 
 def test_code_defaults_are_the_defaults_file() -> None:
@@ -481,7 +484,7 @@ def test_code_defaults_are_the_defaults_file() -> None:
             expected = tuple(value)
         elif isinstance(value, dict):
             expected = tuple(value.items())
-        holder = job if name in LIMIT_VARIABLES else analysis
+        holder = job if name in LIMIT_VARIABLES + ENGINE_VARIABLES else analysis
         assert getattr(holder, name) == expected, name
 
 
@@ -521,6 +524,13 @@ def test_environment_renders_to_the_default_settings(config: Config, renderer: R
     assert job.function_timeout_seconds == config.default("function_timeout_seconds")
     assert job.min_rows_ratio == settings.JobSettings().min_rows_ratio == 0.5
     assert job.analysis == settings.AnalysisSettings()
+    defaults = settings.JobSettings()
+    assert (job.engine, job.memory_max_rows) == (defaults.engine, defaults.memory_max_rows)
+    assert (job.sample_rows, job.maximum_bytes_billed) == (
+        defaults.sample_rows,
+        defaults.maximum_bytes_billed,
+    )
+    assert job.staging == f"{DEMO_PROJECT}.{config.default('staging_dataset_id')}"
     assert json.loads(env["EXCLUDE_NEIGHBORHOODS"]) == list(settings.DEFAULT_EXCLUDE_NEIGHBORHOODS)
     assert json.loads(env["CLUSTERING_FEATURES"]) == list(settings.DEFAULT_CLUSTERING_FEATURES)
     assert env["FUNCTION_SERVICE_ACCOUNT"] == renderer.render(RUNTIME_SA)
@@ -733,6 +743,7 @@ def iam_grants(config: Config) -> set[tuple[str, str, str, str]]:
         "subscription",
         "name",
         "service_account_id",
+        "dataset_id",
         "project",
     )
     grants = set()
@@ -775,6 +786,13 @@ def test_iam_grants_are_exactly_the_least_privilege_set(config: Config) -> None:
             "for_each {'clusters': '${google_bigquery_table.clusters.table_id}', "
             "'runs': '${google_bigquery_table.runs.table_id}', "
             "'transitions': '${google_bigquery_table.transitions.table_id}'}",
+        ),
+        # Runtime: create, write and drop the warehouse engine's staging tables, there only.
+        (
+            "google_bigquery_dataset_iam_member",
+            "roles/bigquery.dataEditor",
+            runtime,
+            "${google_bigquery_dataset.staging.dataset_id}",
         ),
         # Runtime: objects of the artifacts bucket only.
         (
@@ -920,6 +938,27 @@ def test_tables_take_their_schema_from_the_code(config: Config) -> None:
         assert (
             "view" in body or "schema" in one(body["schema"]) or "file(" in one(body["schema"])
         ), rtype_name
+
+
+def test_the_staging_dataset_holds_only_expiring_tables_where_the_output_is(
+    config: Config,
+) -> None:
+    staging = config.resource("google_bigquery_dataset.staging")
+    # Beside the output dataset (one location: a query reads and writes in one), its own
+    # dataset so the dataset-level grant reaches staging tables only.
+    assert one(staging["location"]) == "${var.bigquery_location}"
+    assert one(staging["dataset_id"]) == "${var.staging_dataset_id}"
+    assert config.default("staging_dataset_id") != config.default("dataset_id")
+    assert one(staging["default_table_expiration_ms"]) == (
+        "${var.staging_expiration_hours * 3600000}"
+    )
+    assert 1 <= config.default("staging_expiration_hours") <= 48
+    assert one(staging["labels"]) == "${local.labels}"
+    env = function_environment(config)
+    assert env["STAGING_DATASET"] == (
+        "${google_bigquery_dataset.staging.project}.${google_bigquery_dataset.staging.dataset_id}"
+    )
+    assert env["ENGINE"] == "${local.engine.engine}"
 
 
 def test_artifacts_bucket_is_private_versioned_and_expires_runs_and_claims(config: Config) -> None:

@@ -38,12 +38,13 @@ class ArtifactStore(ClaimStore, Protocol):
         """The content of latest/<name>, or None when there is no such file."""
 
 
-def read_features(source: str) -> tuple[pd.DataFrame, str]:
-    """The features table at `source` and a description of where it came from."""
+def read_features(source: str, max_rows: int | None = None) -> tuple[pd.DataFrame, str]:
+    """The features table at `source` and a description of where it came from; a bq://
+    table above `max_rows` (MEMORY_MAX_ROWS; default its default) is refused unread."""
     if source.startswith("bq://"):
         from clustering.adapters import bigquery
 
-        return bigquery.read_table(source), source
+        return bigquery.read_table(source, max_rows or bigquery.MAX_FEATURES_ROWS), source
     if source.startswith("gs://"):
         from clustering.adapters import gcs
 

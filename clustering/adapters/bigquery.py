@@ -70,7 +70,7 @@ def is_rate_limited(error: BaseException) -> bool:
 
 
 @contextmanager
-def _quiet_client():
+def quiet_client():
     """Silence the client's notices about its own future dependencies (pandas-gbq, the
     BigQuery Storage API): they concern its next major version, not this pinned one, and each
     would print plain-text lines into the function's JSON log on every run."""
@@ -81,19 +81,35 @@ def _quiet_client():
         yield
 
 
-def read_table(uri: str) -> pd.DataFrame:
+def read_table(uri: str, max_rows: int = MAX_FEATURES_ROWS) -> pd.DataFrame:
     """All rows of the features table as a DataFrame (validation sorts them by name); a table
-    above the size limits is refused before any row is read."""
-    from google.api_core import exceptions
-
+    above `max_rows` (MEMORY_MAX_ROWS) or the size limit is refused before any row is read."""
     table_id = bq_table_id(uri, "features source")
     bq = client(table_id.split(".")[0])
-    try:
+    with _features_errors(uri):
         table = bq.get_table(table_id, **limits(f"looking up {uri}"))
-        _check_size(uri, table.num_rows, table.num_bytes)
-        with _quiet_client():
+        _check_size(uri, table.num_rows, table.num_bytes, max_rows)
+        with quiet_client():
             rows = bq.list_rows(table, **limits(f"reading {uri}"))
             return rows.to_dataframe(create_bqstorage_client=False)
+
+
+def get_table(uri: str):
+    """The features table's metadata (row count, schema) from one cheap lookup: no row is
+    read and no query billed."""
+    table_id = bq_table_id(uri, "features source")
+    with _features_errors(uri):
+        return client(table_id.split(".")[0]).get_table(table_id, **limits(f"looking up {uri}"))
+
+
+@contextmanager
+def _features_errors(uri: str):
+    """A missing table or a denied read of the features table as the user's one-line error;
+    a rate limit stays transient."""
+    from google.api_core import exceptions
+
+    try:
+        yield
     except exceptions.NotFound:
         raise InputError(
             f"{uri}: table not found: check FEATURES_SOURCE and that the table exists"
@@ -120,11 +136,12 @@ def table_version(uri: str) -> tuple | None:
     return table.modified, table.num_rows
 
 
-def _check_size(uri: str, rows: int | None, size: int | None) -> None:
-    if rows is not None and rows > MAX_FEATURES_ROWS:
+def _check_size(uri: str, rows: int | None, size: int | None, max_rows: int) -> None:
+    if rows is not None and rows > max_rows:
         raise InputError(
-            f"{uri} has {rows:,} rows, more than the {MAX_FEATURES_ROWS:,} this "
-            "job clusters (see docs/configuration.md, Limits): filter the table"
+            f"{uri} has {rows:,} rows, more than the {max_rows:,} the memory engine reads "
+            "(MEMORY_MAX_ROWS): use ENGINE=auto or warehouse, raise MEMORY_MAX_ROWS, or "
+            "filter the table"
         )
     if size is not None and size > MAX_FEATURES_BYTES:
         raise InputError(
@@ -174,7 +191,7 @@ def _load(
     bq = client(table_id.split(".")[0])
     _, timeout = budget.call_limits(f"loading {uri}")
     try:
-        with _quiet_client():
+        with quiet_client():
             job = bq.load_table_from_dataframe(
                 frame, table_id, job_config=config, job_id=job_id, timeout=timeout
             )
@@ -183,7 +200,7 @@ def _load(
             raise
         # Our own insert, retried after its response was lost: the job exists; wait on it.
         job = bq.get_job(job_id, **limits(f"looking up load job {job_id}"))
-    _wait(job, f"the load of {uri}")
+    wait(job, f"the load of {uri}")
 
 
 def await_load(uri: str, run_id: str) -> None:
@@ -214,9 +231,9 @@ def await_load(uri: str, run_id: str) -> None:
         return  # it failed or was cancelled: either way it has ended
 
 
-def _wait(job, what: str) -> None:
+def wait(job, what: str) -> None:
     """Wait for the job within the budget; past it, cancel the job, wait for it to stop, and
-    raise OutOfTime."""
+    raise OutOfTime. `what` names the job's work in messages ("the load of bq://...")."""
     from google.api_core import exceptions
     from google.cloud.bigquery import DEFAULT_RETRY
 
@@ -279,10 +296,10 @@ def read_boundaries(uri: str, name_column: str, geography_column: str) -> list[t
     bq = client(table_id.split(".")[0])
     config = bigquery.QueryJobConfig(labels=dict(JOB_LABELS))
     try:
-        with _quiet_client():
+        with quiet_client():
             job = bq.query(sql, job_config=config, **limits(f"querying {uri}"))
             # Waited on within the run's budget, like a load: cancelled and OutOfTime past it.
-            _wait(job, f"the boundaries query of {uri}")
+            wait(job, f"the boundaries query of {uri}")
             return [(row["name"], row["geometry"]) for row in job.result(**limits(uri))]
     except exceptions.NotFound:
         raise InputError(

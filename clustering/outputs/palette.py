@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import pandas as pd
@@ -197,6 +197,8 @@ class CohortView:
     transitions: changes since the previous run (None when there is no previous run).
     previous_run_id: the run compared against, if any.
     key_column: the column naming the rows (KEY_COLUMN).
+    sizes: rows per cohort label over the whole table, when `table` is a sample of it (the
+        warehouse engine); None: `table` holds every row.
     """
 
     table: pd.DataFrame
@@ -204,11 +206,15 @@ class CohortView:
     transitions: pd.DataFrame | None = None
     previous_run_id: str | None = None
     key_column: str = "neighborhood"
+    sizes: dict[str, int] | None = None
 
     @cached_property
     def styles(self) -> tuple[CohortStyle, ...]:
         """The cohorts' names and colours, computed once per run."""
-        return cohort_styles(self.table)
+        styles = cohort_styles(self.table)
+        if self.sizes is None:
+            return styles
+        return tuple(replace(s, rows=self.sizes.get(s.label, s.rows)) for s in styles)
 
     @property
     def rows_called(self) -> str:

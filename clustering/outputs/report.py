@@ -66,6 +66,15 @@ class RunFacts:
     notes: tuple[str, ...] = ()
     population_column: str = "population"
     clusters_table: str | None = None
+    # The warehouse engine's runs: the pictures and lists come from a sample, which this says
+    # ("drawn from a sample of 200,000 of 8,000,000 rows"), and the transitions listed are the
+    # first few of `changes`.
+    sample: str | None = None
+    changes: int | None = None
+
+
+# With a sample, each cohort lists this many of its sampled rows.
+LISTED_WHEN_SAMPLED = 30
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,7 @@ def report_data(
                 for f in profiles.features
             )
         names = members[style.label]
+        listed = names[:LISTED_WHEN_SAMPLED] if facts.sample else names[:MAX_LISTED]
         entry = CohortEntry(
             label=style.label,
             color=style.color,
@@ -164,8 +174,8 @@ def report_data(
             rows=style.rows,
             stability=_number(stability[style.label]),
             index=cells,
-            members=names[:MAX_LISTED],
-            more=max(0, len(names) - MAX_LISTED),
+            members=listed,
+            more=max(0, style.rows - len(listed)),
             why=why,
             borderline=edges.get(style.label, ((), 0))[0],
             borderline_count=edges.get(style.label, ((), 0))[1],
@@ -179,12 +189,18 @@ def report_data(
         features=profiles.features,
         transitions=transitions,
         previous_run_id=view.previous_run_id,
-        images=tuple((name, CAPTIONS[name]) for name in CAPTIONS if name in images),
+        images=_captions(images, facts.sample),
         rows_called=view.rows_called,
         key_column=view.key_column,
         more_in=CSV_CLUSTERS + (f" and {facts.clusters_table}" if facts.clusters_table else ""),
         transitions_more=more,
     )
+
+
+def _captions(images: tuple[str, ...], sample: str | None) -> tuple[tuple[str, str], ...]:
+    """Each drawn picture with its caption, which says so when it is drawn from a sample."""
+    tail = f", {sample}" if sample else ""
+    return tuple((name, CAPTIONS[name] + tail) for name in CAPTIONS if name in images)
 
 
 def _listed_transitions(view: CohortView) -> tuple[tuple[dict, ...] | None, int]:

@@ -1,0 +1,204 @@
+"""The warehouse engine's SQL, without a server: every statement parses back as BigQuery SQL
+to the tree that was built, only validated identifiers and numbers reach the text (every text
+value is a parameter), and the numbers read back as the very floats of the model document.
+What the statements compute is checked on the emulator (tests/test_warehouse.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import sqlglot
+from sqlglot import exp
+
+from clustering import InputError
+from clustering.adapters import warehouse_sql as sql
+from clustering.analysis.document import read_model
+
+NASTY = "O'Brien \\ `Heights`; DROP TABLE x; --"
+
+
+def document(**changes) -> dict:
+    """A small model document in the shape clustering.analysis.document writes."""
+    found = {
+        "version": 1,
+        "engine": "warehouse",
+        "key_column": "neighborhood",
+        "population_column": "population",
+        "min_population": 100,
+        "excluded_keys": ["Inner Harbor", NASTY],
+        "sample": None,
+        "residential": {
+            "features": ["population", "vacancy"],
+            "impute": [500.0, 0.1],
+            "clip": [[0.0, 1e6], [-1.0, 2.5]],
+            "center": [800.0, 0.3],
+            "scale": [100.0, 1.0],
+            "top_labels": {"0": "Stable", "1": "Distressed"},
+            "top": {"0": [0.5, -0.25], "1": [-1.0, 2e-7]},
+            "sub": {
+                "0": {"top": 0, "centroid": [0.1, 0.2], "name": NASTY},
+                "1": {"top": 0, "centroid": [1.0, -1.0], "name": "Stable: older owners"},
+                "10": {"top": 1, "centroid": [-1.0, 0.0], "name": "Distressed: vacancy"},
+            },
+        },
+        "excluded": {
+            "Institutional/Industrial": {"label": "Institutional/Industrial - Too few to cluster"},
+            "Low Population (Park/Open Space)": {
+                "features": ["vacancy"],
+                "impute": [0.1],
+                "center": [0.2],
+                "scale": [0.5],
+                "groups": {"Low - Group 0": [1.0], "Low - Group 1": [-1.0]},
+            },
+        },
+    }
+    found.update(changes)
+    return found
+
+
+MODEL = read_model({"model": document()}, "test")
+SOURCE = sql.Table("my-project.analytics.features")
+COLUMNS = ("neighborhood", "population", "vacancy", "notes")
+STAMP = sql.Stamp("20260101T000000Z-abcdef12", "2026-01-01T00:00:00+00:00")
+
+
+def statements() -> dict[str, sql.Statement]:
+    staged, moves = sql.Table("p-1.staging.clusters"), sql.Table("p-1.staging.moves")
+    return {
+        "score": sql.score(SOURCE, COLUMNS, MODEL, {0: 0.9, 1: None, 10: 0.55}, STAMP),
+        "sample": sql.sample(SOURCE, COLUMNS, "neighborhood", ("Inner Harbor", NASTY), 200_000),
+        "checks": sql.checks(SOURCE, "neighborhood"),
+        "transitions": sql.transitions(
+            staged, sql.Table("p-1.out.clusters"), "neighborhood", ("run-a", "run-b"), True
+        ),
+        "counts": sql.transition_counts(moves, (0,), (1,)),
+        "summary": sql.summary(staged, ("population", "vacancy")),
+        "first": sql.first_rows(moves, "neighborhood", 200),
+        "append": sql.append(moves, sql.Table("p-1.out.transitions")),
+        "export": sql.export(staged, "gs://my-bucket/runs/r-1/neighborhood_clusters-*.csv"),
+        "export_excluded": sql.export(
+            staged,
+            "gs://my-bucket/runs/r-1/excluded_neighborhood_analysis-*.csv",
+            ("neighborhood", "excluded_type"),
+            sql.excluded_rows(),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(statements()))
+def test_every_statement_parses_back_as_bigquery_sql(name):
+    statement = statements()[name]
+    tree = sqlglot.parse_one(statement.sql, read="bigquery")
+    # Written again from the parsed tree, it is the same text: the builder wrote nothing the
+    # BigQuery grammar reads otherwise (a missing parenthesis would regroup the arithmetic).
+    assert tree.sql(dialect="bigquery", identify=True) == statement.sql
+    assert not list(tree.find_all(exp.Anonymous)), "a function BigQuery does not know"
+
+
+def test_text_values_travel_as_parameters_never_in_the_sql():
+    for name, statement in statements().items():
+        assert NASTY not in statement.sql, name
+        assert "O'Brien" not in statement.sql and "DROP TABLE" not in statement.sql, name
+    score = statements()["score"]
+    values = {p.name: p.value for p in score.parameters}
+    assert values["excluded_keys"] == ["Inner Harbor", NASTY]
+    assert values["cohort_name_0"] == NASTY
+    assert values["top_label_1"] == "Distressed"
+    assert values["run_id"] == STAMP.run_id
+    assert {p.type for p in score.parameters} == {"STRING", "ARRAY<STRING>", "TIMESTAMP"}
+    # Every parameter the SQL names is bound, and every bound one is named.
+    named = {p.name for p in sqlglot.parse_one(score.sql, read="bigquery").find_all(exp.Parameter)}
+    assert named == set(values)
+
+
+def test_every_literal_is_a_number_of_the_model_or_our_own_constant():
+    tree = sqlglot.parse_one(statements()["score"].sql, read="bigquery")
+    strings = {lit.this for lit in tree.find_all(exp.Literal) if lit.is_string}
+    assert strings == {
+        "Residential",
+        "Institutional/Industrial",
+        "Low Population (Park/Open Space)",
+        "Excluded",
+        "Cluster ",
+    }
+    numbers = {float(lit.this) for lit in tree.find_all(exp.Literal) if not lit.is_string}
+    assert {800.0, 100.0, 2e-7, 1e6, 0.55, 0.9} <= numbers
+
+
+@pytest.mark.parametrize(
+    "value", [0.1, -0.25, 2e-7, 1e300, -1e-300, 5e-324, 1 / 3, 123456789.123456789, 0.0, -0.0]
+)
+def test_numbers_read_back_as_the_same_double(value):
+    node = sql.number(value)
+    written = exp.select(node).sql(dialect="bigquery")
+    back = sqlglot.parse_one(written, read="bigquery").expressions[0]
+    sign = -1.0 if isinstance(back, exp.Neg) else 1.0
+    literal = back.this if isinstance(back, exp.Neg) else back
+    assert sign * float(literal.this) == value
+    assert "." in literal.this or "e" in literal.this, "an integer literal would be INT64"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_value_that_is_not_finite_never_becomes_sql(value):
+    with pytest.raises(ValueError, match="not a finite number"):
+        sql.number(value)
+
+
+@pytest.mark.parametrize("column", ["na`me", "x; DROP TABLE t", "1st", "with space", ""])
+def test_a_column_that_is_not_a_plain_name_is_refused(column):
+    with pytest.raises(InputError, match="is not a column name"):
+        sql.source_columns(("neighborhood", column), "bq://p.d.t")
+
+
+def test_a_column_with_the_engines_own_prefix_is_refused():
+    with pytest.raises(InputError, match="'_nc_kind' starts with '_nc_'"):
+        sql.source_columns(("neighborhood", "_nc_kind"), "bq://p.d.t")
+
+
+@pytest.mark.parametrize("table", ["p.d", "p.d.t; DROP", "p.d.t`", "p.d-x.t"])
+def test_a_table_that_is_not_a_plain_id_is_refused(table):
+    with pytest.raises(InputError, match="is not a table id"):
+        sql.Table(table)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "gs://b/runs/x/neighborhood_clusters.csv",  # no shard wildcard
+        "gs://b/runs/x'/neighborhood_clusters-*.csv",
+        "s3://bucket/neighborhood_clusters-*.csv",
+        "gs://B/neighborhood_clusters-*.csv",
+    ],
+)
+def test_the_export_writes_only_to_a_plain_gs_path(uri):
+    with pytest.raises(InputError, match="not a gs:// path"):
+        sql.export(sql.Table("p.d.t"), uri)
+
+
+def test_a_feature_the_table_lacks_is_the_users_error():
+    with pytest.raises(InputError, match="has no column 'vacancy', which the model document"):
+        sql.score(SOURCE, ("neighborhood", "population"), MODEL, {}, STAMP)
+
+
+def test_the_clusters_columns_replace_the_features_columns_of_the_same_name():
+    statement = sql.score(SOURCE, (*COLUMNS, "top_cluster", "run_id"), MODEL, {}, STAMP)
+    tree = sqlglot.parse_one(statement.sql, read="bigquery")
+    names = [e.alias_or_name for e in tree.expressions]
+    assert names == [*COLUMNS, *sql.OUTPUT_COLUMNS]
+
+
+def test_ties_go_to_the_first_centroid_like_numpys_argmin():
+    # Entry i wins when it is no larger than every later entry (<=, not <).
+    d = [exp.column(f"d{i}") for i in range(3)]
+    chosen = sql._argmin(d, [sql.integer(i) for i in (7, 8, 9)]).sql(dialect="bigquery")
+    assert chosen == "CASE WHEN d0 <= d1 AND d0 <= d2 THEN 7 WHEN d1 <= d2 THEN 8 ELSE 9 END"
+
+
+def test_blank_means_null_or_nan_before_clipping():
+    text = sql._z(MODEL.residential, 1).sql(dialect="bigquery")
+    assert text == (
+        "(LEAST(GREATEST(CASE WHEN CAST(`vacancy` AS FLOAT64) IS NULL OR "
+        "IS_NAN(CAST(`vacancy` AS FLOAT64)) THEN 0.1 ELSE CAST(`vacancy` AS FLOAT64) END, "
+        "-1.0), 2.5) - 0.3) / 1.0"
+    )
