@@ -33,7 +33,7 @@ from clustering.analysis.prepare import (
     RESIDENTIAL,
     Space,
 )
-from clustering.analysis.transitions import COLUMNS as TRANSITION_COLUMNS
+from clustering.analysis.transitions import columns as transition_columns
 from clustering.settings import check_column, check_table_id
 from clustering.table import CLUSTER_COLUMNS
 
@@ -634,14 +634,15 @@ def first_rows(source: Table, order: str, limit: int) -> Statement:
     return _statement(query)
 
 
-def append(source: Table, destination: Table) -> Statement:
+def append(source: Table, destination: Table, key: str = "neighborhood") -> Statement:
     """INSERT the rows of `source` into `destination`, column by name (the transitions table's
-    columns). DML rather than a copy job: it checks REQUIRED columns row by row, where a copy
-    would refuse the staging table's NULLABLE schema."""
-    columns = [_col(c) for c in TRANSITION_COLUMNS]
+    columns, keyed by `key`). DML rather than a copy job: it checks REQUIRED columns row by row,
+    where a copy would refuse the staging table's NULLABLE schema."""
+    names = transition_columns(key)
+    columns = [_col(c) for c in names]
     select = exp.select(*columns).from_(source.node)
     target = exp.Schema(
         this=destination.node,
-        expressions=[exp.to_identifier(c, quoted=True) for c in TRANSITION_COLUMNS],
+        expressions=[exp.to_identifier(c, quoted=True) for c in names],
     )
     return _statement(exp.insert(select, target))

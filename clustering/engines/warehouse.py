@@ -400,15 +400,16 @@ def _publish(run, store, files: dict[str, bytes], pointer_token, context: _Conte
     def load() -> None:
         warehouse.copy(jobs, "replace", tables.staged, tables.clusters, "WRITE_TRUNCATE")
 
+    key = run.settings.analysis.key_column
+
     def move() -> None:
         if tables.transitions is None or not warehouse.exists(tables.staged_moves):
             return
         run.fence("appending the transitions")
         if not warehouse.exists(tables.transitions):  # Terraform creates it; the CLI may not
-            key = run.settings.analysis.key_column
             schema = list(table_schema("transitions_table", key))
             warehouse.create_table(tables.transitions, schema)
-        statement = sql.append(sql.Table(tables.staged_moves), sql.Table(tables.transitions))
+        statement = sql.append(sql.Table(tables.staged_moves), sql.Table(tables.transitions), key)
         warehouse.query(jobs, "append_transitions", statement)
 
     job._publish(run, store, files, pointer_token, load, move)
