@@ -1475,6 +1475,8 @@ def city_env(bigquery_emulator, gcs_emulator, bucket: str) -> dict[str, str]:
         "TRANSITIONS_TABLE": f"bq://{dataset}.community_area_transitions",
         "FUNCTION_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
         "FUNCTION_TIMEOUT_SECONDS": str(FUNCTION_TIMEOUT_S),
+        # The emulator's tables never report a new last-modified time: no settling wait.
+        "SETTLE_SECONDS": "0",
         **CITY_SETTINGS,
         "BIGQUERY_EMULATOR_HOST": bigquery_emulator.endpoint,
         "STORAGE_EMULATOR_HOST": gcs_emulator.endpoint,

@@ -164,7 +164,9 @@ def _read_sample(run, pointer, context: _Context):
     warnings = tuple(valid.warnings) + tuple(map_warnings)
     for warning in warnings:
         run.warn(warning)
-    return job._Input(valid.frame, where, boundaries, warnings)
+    for note in valid.notes:
+        run.clock.progress(f"note: {note}")
+    return job._Input(valid.frame, where, boundaries, warnings, valid.notes)
 
 
 def _check_keys(source: str, checks, key: str) -> None:
