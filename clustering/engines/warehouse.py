@@ -107,7 +107,7 @@ def _analyse(run, store, pointer, context: _Context):
 
     with charts.ChartRenderer() as renderer:
         given = _read_sample(run, pointer, context)
-        previous = job._previous(store, pointer, with_rows=False)
+        previous = job._previous(store, pointer, run.settings.analysis.key_column, with_rows=False)
         run.clock.stage("cluster", f"clustering the sample of {len(given.frame):,} rows")
         result = job._cluster(run, renderer, given)
         identity = job._identify(result, previous, run, job._named_drawer(run, renderer, given))
@@ -118,12 +118,13 @@ def _analyse(run, store, pointer, context: _Context):
         scored = _score(run, context, identity, model, previous)
         identity = _with_counts(identity, scored)
         run.clock.stage("charts", "drawing charts")
-        view = replace(job.cohort_view(identity), sizes=_sizes(scored.summary, identity))
+        view = job.cohort_view(identity, run.settings.analysis)
+        view = replace(view, sizes=_sizes(scored.summary, identity))
         job._submit(renderer, charts.heatmap_task(view))
         warnings = given.warnings + result.warnings + identity.warnings
         facts = _facts(run, identity, warnings, scored)
         job._submit(renderer, job.report_task(facts, identity.result, view, given.boundaries))
-        files = renderer.collect()
+        files = renderer.collect(job._time_left())
         files[job.HTML_REPORT] = report.embed(files[job.HTML_REPORT], files)
     return job._Analysed(given, identity, None, files, None), model
 
@@ -265,18 +266,21 @@ def _finite_or_none(value) -> float | None:
 def _with_counts(identity, scored: _Scored):
     """The identity with the counts of every row: each cohort's and top group's rows and
     index scores, and the transitions' counts and first rows."""
-    from clustering.analysis.cohorts import index_scores
+    from clustering.analysis.cohorts import INDEX, index_scores
 
     summary = scored.summary
     features = list(identity.result.features.used)
     residential = summary[summary["excluded_type"] == "Residential"]
     means, overall = _means(residential, features, by="sub_cluster")
     rows = residential.groupby("sub_cluster")["rows"].sum()
+    # Index scores over every row, for the features the sample describes by an index (the
+    # signed ones keep the sample's standard deviations).
+    indexed = [f for f in features if identity.measures.get(f) == INDEX]
     cohorts = tuple(
         replace(
             c,
             rows=int(rows.get(c.sub_cluster, 0)),
-            index_scores=index_scores(means.loc[c.sub_cluster], overall)
+            index_scores=index_scores(means.loc[c.sub_cluster], overall, indexed)
             if c.sub_cluster in means.index
             else c.index_scores,
         )
