@@ -437,7 +437,7 @@ def run_warehouse_case(case: str, em, code: Path, scratch: Path, timeout: float)
 
     rows = wh.WAREHOUSE_ROWS[case]
     _progress(f"{case}: loading {rows:,} synthetic rows into the BigQuery emulator (untimed)")
-    wh.load(em, f"features_{case}", rows, seed=1)
+    wh.load(f"features_{case}", rows, seed=1)
     argv = wh.run_argv(
         PYTHON,
         f"features_{case}",
@@ -474,7 +474,7 @@ def run_engines_case(em, code: Path, scratch: Path, timeout: float) -> CaseResul
 
     rows = wh.ENGINES_ROWS
     _progress(f"engines: loading {rows:,} synthetic rows into the BigQuery emulator (untimed)")
-    wh.load(em, "features_engines", rows, seed=2)
+    wh.load("features_engines", rows, seed=2)
     memory_dir = scratch / "engines-memory"
     runs = {
         "memory": wh.run_argv(
