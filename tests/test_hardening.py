@@ -289,8 +289,8 @@ def test_a_table_that_changes_while_it_is_read_is_not_published(
     time.sleep(1.1)  # older than SETTLE_SECONDS=1
     read = adapters.read_features
 
-    def read_then_another_job_appends(source):
-        found = read(source)
+    def read_then_another_job_appends(source, *limits):
+        found = read(source, *limits)
         extra = cohort_table(per_cohort=1)
         extra["neighborhood"] = "Extra " + extra["neighborhood"]
         client.load_table_from_dataframe(extra, table).result()
