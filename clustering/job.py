@@ -334,12 +334,11 @@ def published_columns(frame, inputs, keep: tuple[str, ...], key: str = "neighbor
 
 
 def _check_output_columns(keep: tuple[str, ...], columns, where: str) -> None:
-    from clustering.table import closest
+    from clustering.table import did_you_mean
 
     for name in keep:
         if name not in columns:
-            match = closest(name, columns)
-            hint = f" (did you mean {match!r}?)" if match else ""
+            hint = did_you_mean(name, columns)
             raise InputError(
                 f"{where} has no column {name!r}{hint}, which OUTPUT_COLUMNS (--output-columns) "
                 "names: fix the name or remove it"

@@ -72,7 +72,7 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
     for required, setting in ((key, "KEY_COLUMN"), (population, "POPULATION_COLUMN")):
         if required not in frame.columns:
             raise InputError(
-                f"{where} has no {required!r} column{_did_you_mean(required, frame.columns)} "
+                f"{where} has no {required!r} column{did_you_mean(required, frame.columns)} "
                 f"(columns: {_short(frame.columns)}): "
                 + (_separator_fix(frame.columns) or _column_fix(setting))
             )
@@ -136,7 +136,7 @@ def validate_for_model(
     for column in columns:
         if column not in frame.columns:
             raise InputError(
-                f"{where} has no {column!r} column{_did_you_mean(column, frame.columns)}, which "
+                f"{where} has no {column!r} column{did_you_mean(column, frame.columns)}, which "
                 "the run's model needs: add it (the features table's columns, by the same names)"
             )
     keys = frame[key_column].astype("string").str.strip()
@@ -193,7 +193,7 @@ def _separator_fix(columns: pd.Index) -> str | None:
     return None
 
 
-def _did_you_mean(name: str, candidates) -> str:
+def did_you_mean(name: str, candidates) -> str:
     match = closest(name, candidates)
     return f" (did you mean {match!r}?)" if match is not None else ""
 
@@ -217,7 +217,7 @@ def _absent_columns(frame: pd.DataFrame, settings: AnalysisSettings, where: str)
     severity = settings.severity_feature
     if severity not in columns:
         raise InputError(
-            f"{where} has no column {severity!r}{_did_you_mean(severity, columns)}, which "
+            f"{where} has no column {severity!r}{did_you_mean(severity, columns)}, which "
             "SEVERITY_FEATURE (--severity-feature) names: fix the name or add the column"
         )
     if not missing:
@@ -225,7 +225,7 @@ def _absent_columns(frame: pd.DataFrame, settings: AnalysisSettings, where: str)
     if not settings.default_features:
         others = f" (nor {', '.join(map(repr, missing[1:]))})" if missing[1:] else ""
         raise InputError(
-            f"{where} has no column {missing[0]!r}{_did_you_mean(missing[0], columns)}, which "
+            f"{where} has no column {missing[0]!r}{did_you_mean(missing[0], columns)}, which "
             f"CLUSTERING_FEATURES (--clustering-features) names{others}: fix the names or "
             "remove them"
         )
