@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REAL_TABLE = ROOT.parent / "shared" / "data" / "baltimore" / "baltimore_neighborhood_features.csv"
+REAL_TABLE = ROOT / "data" / "baltimore" / "baltimore_neighborhood_features.csv"
 BASELINE = ROOT / "bench" / "baseline_notebook.py"
 # The venv interpreter by its venv path: resolving the symlink would lose the venv's packages.
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"

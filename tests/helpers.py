@@ -20,16 +20,14 @@ ARTIFACTS = (
     "run.json",
 )
 MANIFEST = "run.json"
-REAL_FEATURES = (
-    REPO.parent / "shared" / "data" / "baltimore" / "baltimore_neighborhood_features.csv"
-)
+# The real Baltimore table and its boundaries, public data shipped in the repo (data/baltimore/).
+REAL_DATA = REPO / "data" / "baltimore"
+REAL_FEATURES = REAL_DATA / "baltimore_neighborhood_features.csv"
+REAL_BOUNDARIES = REAL_DATA / "baltimore_neighborhoods.geojson"
 
 
 def real_table() -> pd.DataFrame:
-    """The real Baltimore table from ../shared (read-only, never copied into the repo)."""
-    assert REAL_FEATURES.exists(), (
-        f"{REAL_FEATURES} is missing: tests need ../shared beside the repo"
-    )
+    """The real Baltimore table (data/baltimore/, see its PROVENANCE.md)."""
     return pd.read_csv(REAL_FEATURES)
 
 

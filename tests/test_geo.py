@@ -6,9 +6,8 @@ import pytest
 
 from clustering import InputError
 from clustering.outputs.geo import boundaries_from_rows, parse_boundaries, to_wkt
-from tests.helpers import REPO
+from tests.helpers import REAL_BOUNDARIES
 
-REAL_BOUNDARIES = REPO.parent / "shared" / "data" / "baltimore" / "baltimore_neighborhoods.geojson"
 SQUARE = [[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]
 
 

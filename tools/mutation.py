@@ -259,7 +259,7 @@ _WORKTREE: Path | None = None
 
 
 def _init_worker(parent: str) -> None:
-    """Copy the repository once per worker; ../shared is linked so tests find the real data."""
+    """Copy the repository once per worker (the real data travels with it, in data/)."""
     global _WORKTREE
     root = Path(tempfile.mkdtemp(prefix="worker-", dir=parent))
     _WORKTREE = root / "repo"
@@ -267,8 +267,6 @@ def _init_worker(parent: str) -> None:
     for name in (".tools",):
         if (REPO / name).exists():
             (_WORKTREE / name).symlink_to((REPO / name).resolve())
-    if (REPO.parent / "shared").exists():
-        (root / "shared").symlink_to((REPO.parent / "shared").resolve())
 
 
 def _pytest(test_file: str, timeout: float) -> str:
