@@ -76,6 +76,7 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
                 f"(columns: {_short(frame.columns)}): "
                 + (_separator_fix(frame.columns) or _column_fix(setting))
             )
+    check_column_names(frame.columns, key, where)
     frame = frame.reset_index(drop=True)
     names = _names(frame[key], key, where)
     frame = frame.assign(**{key: names})
@@ -191,6 +192,47 @@ def _separator_fix(columns: pd.Index) -> str | None:
                 "comma-separated CSV (or with one separator only)"
             )
     return None
+
+
+def check_column_names(columns, key: str, where: str) -> None:
+    """Column names as BigQuery compares them, without case: two input columns that differ
+    only in case, or one that differs only in case from a column the run adds (`Top_Cluster`
+    beside top_cluster), would make a clusters table BigQuery refuses, run after run. A
+    column spelt exactly as one the run adds is replaced by the run's."""
+    added = {c.lower(): c for c in (*CLUSTER_COLUMNS, shape_column(key))}
+    seen: dict[str, str] = {}
+    for column in map(str, columns):
+        folded = column.lower()
+        if folded in seen:
+            raise InputError(
+                f"{where}: columns {seen[folded]!r} and {column!r} differ only in case, which "
+                "BigQuery takes for the same column: rename one of them"
+            )
+        seen[folded] = column
+        ours = added.get(folded)
+        if ours is not None and ours != column:
+            raise InputError(
+                f"{where}: column {column!r} differs only in case from {ours!r}, a column the "
+                "run adds, which BigQuery takes for the same column: rename it"
+            )
+
+
+def check_output_columns(keep: tuple[str, ...], columns, where: str) -> None:
+    """Every name OUTPUT_COLUMNS gives is a column of the input."""
+    for name in keep:
+        if name not in columns:
+            raise InputError(
+                f"{where} has no column {name!r}{did_you_mean(name, columns)}, which "
+                "OUTPUT_COLUMNS (--output-columns) names: fix the name or remove it"
+            )
+
+
+def withheld_columns(inputs, keep: tuple[str, ...], key: str) -> tuple[str, ...]:
+    """The input columns OUTPUT_COLUMNS leaves out of every output (the key column always
+    stays); none when `keep` is empty."""
+    if not keep:
+        return ()
+    return tuple(str(c) for c in inputs if c != key and c not in keep)
 
 
 def did_you_mean(name: str, candidates) -> str:

@@ -35,7 +35,7 @@ from clustering.analysis.prepare import (
 )
 from clustering.analysis.transitions import columns as transition_columns
 from clustering.settings import check_column, check_table_id
-from clustering.table import CLUSTER_COLUMNS
+from clustering.table import CLUSTER_COLUMNS, FORMULA_STARTS, check_column_names, shape_column
 
 DIALECT = "bigquery"
 # The columns the scoring adds, in the clusters table's order (clustering/schemas).
@@ -196,15 +196,17 @@ class Stamp:
     clustered_at: str
 
 
-def source_columns(columns, where: str) -> tuple[str, ...]:
-    """The features table's columns, each a plain column name and none of ours."""
+def source_columns(columns, where: str, key: str) -> tuple[str, ...]:
+    """The features table's columns, each a plain column name, none of ours, and none that
+    BigQuery, comparing without case, would take for another (table.check_column_names)."""
     checked = tuple(check_column(str(c), f"{where}: column") for c in columns)
-    ours = [c for c in checked if c.startswith(INTERNAL)]
+    ours = [c for c in checked if c.lower().startswith(INTERNAL)]
     if ours:
         raise InputError(
             f"{where}: column {ours[0]!r} starts with {INTERNAL!r}, which the warehouse "
             "engine uses for its own steps: rename it"
         )
+    check_column_names(checked, key, where)
     return checked
 
 
@@ -398,36 +400,70 @@ def _number_or_null(value: float | None) -> exp.Expression:
     return number(value)
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """What the scoring writes besides the model's columns: the features columns it
+    publishes (all of them when None; OUTPUT_COLUMNS applied), and with boundaries the
+    staging table of shapes (`_nc_name` STRING, `_nc_shape` GEOGRAPHY) whose shape each row
+    gets in `<key>_shape` (null where it has none)."""
+
+    published: tuple[str, ...] | None = None
+    shapes: Table | None = None
+
+
+SHAPES_SCHEMA = (
+    {"name": f"{INTERNAL}name", "type": "STRING", "mode": "NULLABLE"},
+    {"name": f"{INTERNAL}shape", "type": "GEOGRAPHY", "mode": "NULLABLE"},
+)
+
+
 def score(
     source: Table,
     columns: tuple[str, ...],
     model: Model,
     stability: dict[int, float | None],
     stamp: Stamp,
+    scoring: Scoring = Scoring(),
 ) -> Statement:
     """Every row of `source` (its `columns`, validated by source_columns) with the cluster
     columns the model document gives it: one SELECT over the whole table. `stability` holds
-    each cohort's cohort_stability by stable id."""
+    each cohort's cohort_stability by stable id. A column left out of `scoring.published`
+    is read only when the model needs it, and never written."""
     missing = [c for c in model.columns if c not in columns]
     if missing:
         raise InputError(
             f"{source.id} has no column {missing[0]!r}, which the model document needs: "
             "restore the column or run with the features the table has"
         )
+    published = columns if scoring.published is None else scoring.published
+    read = tuple(c for c in columns if c in published or c in model.columns)
     params = _Params()
     steps = (
-        ("scaled", _scaled(source, columns, model, params)),
+        ("scaled", _scaled(source, read, model, params)),
         ("distances", _distances(model)),
         ("nearest", _nearest(model, params)),
         ("subs", _subs(model)),
         ("fits", _fits(model)),
     )
-    query = exp.select(
-        *(_col(c) for c in kept_columns(columns)), *_outputs(model, stability, stamp, params)
-    ).from_(exp.to_identifier(f"{INTERNAL}fits"))
+    outputs = _outputs(model, stability, stamp, params)
+    query = exp.select(*(_col(c) for c in kept_columns(published)), *outputs)
+    query = query.from_(exp.to_identifier(f"{INTERNAL}fits"))
+    if scoring.shapes is not None:
+        query = _with_shapes(query, scoring.shapes, model.key_column)
     for name, step in steps:
         query = query.with_(f"{INTERNAL}{name}", as_=step)
     return _statement(query, params)
+
+
+def _with_shapes(query: exp.Select, shapes: Table, key: str) -> exp.Select:
+    """Each row's shape from the shapes table, matched by the key as text."""
+    name = exp.cast(_col(key), "STRING", dialect=DIALECT)
+    query = query.select(_as(_col(f"{INTERNAL}shape"), shape_column(key)))
+    return query.join(
+        shapes.node,
+        on=exp.EQ(this=name, expression=_col(f"{INTERNAL}name")),
+        join_type="LEFT",
+    )
 
 
 def key_hash(key: str) -> exp.Expression:
@@ -586,13 +622,19 @@ def summary(staged: Table, features: tuple[str, ...]) -> Statement:
 
 
 def export(
-    staged: Table, uri: str, columns: tuple[str, ...] | None = None, where=None
+    staged: Table, uri: str, fields: tuple[tuple[str, str], ...], where=None
 ) -> Statement:
-    """EXPORT DATA of `staged` (its `columns`, or all) as CSV shards with a header at `uri`, a
-    gs:// path ending in -*.csv. Never overwrites: each run's folder is new."""
+    """EXPORT DATA of `staged`'s `fields` ((name, BigQuery type) pairs) as CSV shards with a
+    header at `uri`, a gs:// path ending in -*.csv. Never overwrites: each run's folder is
+    new. Text cells are formula-safe as the memory engine's CSVs are (table.escape_cell):
+    a leading = + - @ ' or control character gets a "'" before it; the header is safe as it
+    is, since a column name starts with a letter or _ (settings.COLUMN_PATTERN)."""
     if not EXPORT_URI.fullmatch(uri):
         raise InputError(f"{uri!r} is not a gs:// path the export can write to")
-    selected = [_col(c) for c in columns] if columns else [exp.Star()]
+    selected = [
+        _as(_escaped(_col(name)), name) if kind == "STRING" else _col(name)
+        for name, kind in fields
+    ]
     query = exp.select(*selected).from_(staged.node)
     if where is not None:
         query = query.where(where)
@@ -605,6 +647,23 @@ def export(
         ]
     )
     return _statement(exp.Export(this=query, options=options))
+
+
+# FORMULA_STARTS split as SQL tests it: the printable characters by name, the control ones
+# (code points 0-31) by their code point.
+_PRINTABLE_STARTS = tuple(sorted(c for c in FORMULA_STARTS if ord(c) >= 32))
+_CONTROL_BELOW = max(ord(c) for c in FORMULA_STARTS if ord(c) < 32) + 1
+
+
+def _escaped(value: exp.Expression) -> exp.Expression:
+    """A text value as table.escape_cell writes it (null and "" unchanged)."""
+    first = exp.Substring(this=value, start=integer(1), length=integer(1))
+    printable = exp.In(this=first, expressions=[exp.Literal.string(c) for c in _PRINTABLE_STARTS])
+    control = exp.LT(this=_fn("UNICODE", value), expression=integer(_CONTROL_BELOW))
+    formula = exp.and_(
+        exp.NEQ(this=value, expression=exp.Literal.string("")), _paren(exp.or_(printable, control))
+    )
+    return _fn("IF", formula, _fn("CONCAT", exp.Literal.string("'"), value), value)
 
 
 def excluded_rows() -> exp.Expression:
