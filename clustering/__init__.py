@@ -15,3 +15,9 @@ __version__ = "0.1.0"
 # so the trigger's retry policy can try again.
 class InputError(ValueError):
     """Bad input or settings: one line saying what is wrong, where, and how to fix it."""
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: its message, or its type when it has none."""
+    text = " ".join(str(error).split())
+    return text or type(error).__name__

@@ -15,8 +15,8 @@ import traceback
 from argparse import SUPPRESS
 from collections.abc import Mapping, Sequence
 
-from clustering import InputError
-from clustering.job import NotSettled, one_line
+from clustering import InputError, one_line
+from clustering.job import NotSettled
 from clustering.naming import plural
 from clustering.options import OPTIONS
 from clustering.settings import AnalysisSettings, JobSettings, parse_value
@@ -242,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _assign(args: argparse.Namespace) -> int:
-    from clustering.job import assign_table
+    from clustering.stages.apply import assign_table
 
     done = assign_table(args.run, args.features, args.out)
     print(

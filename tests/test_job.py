@@ -272,7 +272,7 @@ def test_a_dry_run_computes_everything_and_writes_nothing(published, tmp_path):
 
 def test_the_row_drop_guard_refuses_only_a_real_drop():
     from clustering import InputError
-    from clustering.job import check_row_drop
+    from clustering.stages.guards import check_row_drop
 
     previous = {"run_id": "r1", "input": {"rows": 100}}
     check_row_drop(50, previous, 0.5, False, "t")  # exactly the share: allowed

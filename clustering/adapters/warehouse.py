@@ -116,15 +116,19 @@ def create_table(table_id: str, schema: list[dict]) -> None:
         ) from None
 
 
-def copy(jobs: Jobs, step: str, source: str, destination: str, disposition: str) -> None:
+def copy(
+    jobs: Jobs, step: str, source: str, destination: str, disposition: str, job_id=None
+) -> None:
     """One copy job: atomic (readers see the old table or the new one) and free. It sets no
-    expiration on the destination: an existing table keeps its own."""
+    expiration on the destination: an existing table keeps its own. `job_id` replaces the
+    step's id (the clusters table's replacement takes its run's load job id, which the next
+    run waits for)."""
     from google.api_core import exceptions
     from google.cloud import bigquery as bq_types
 
     config = bq_types.CopyJobConfig(write_disposition=disposition, labels=dict(JOB_LABELS))
     client = bigquery.client(jobs.project)
-    job_id = jobs.job_id(step)
+    job_id = job_id or jobs.job_id(step)
     _, timeout = budget.call_limits(f"starting {step}")
     try:
         job = client.copy_table(
@@ -151,6 +155,13 @@ def columns(table_id: str) -> tuple[str, ...] | None:
     except exceptions.NotFound:
         return None
     return tuple(f.name for f in table.schema)
+
+
+def fields(table_id: str) -> tuple[tuple[str, str], ...]:
+    """The table's (column name, BigQuery type) pairs, in its order."""
+    client = bigquery.client(table_id.split(".")[0])
+    table = client.get_table(table_id, **bigquery.limits(f"looking up {table_id}"))
+    return tuple((f.name, f.field_type) for f in table.schema)
 
 
 def exists(table_id: str) -> bool:

@@ -621,9 +621,7 @@ def summary(staged: Table, features: tuple[str, ...]) -> Statement:
     return _statement(query)
 
 
-def export(
-    staged: Table, uri: str, fields: tuple[tuple[str, str], ...], where=None
-) -> Statement:
+def export(staged: Table, uri: str, fields: tuple[tuple[str, str], ...], where=None) -> Statement:
     """EXPORT DATA of `staged`'s `fields` ((name, BigQuery type) pairs) as CSV shards with a
     header at `uri`, a gs:// path ending in -*.csv. Never overwrites: each run's folder is
     new. Text cells are formula-safe as the memory engine's CSVs are (table.escape_cell):
@@ -632,8 +630,7 @@ def export(
     if not EXPORT_URI.fullmatch(uri):
         raise InputError(f"{uri!r} is not a gs:// path the export can write to")
     selected = [
-        _as(_escaped(_col(name)), name) if kind == "STRING" else _col(name)
-        for name, kind in fields
+        _as(_escaped(_col(name)), name) if kind == "STRING" else _col(name) for name, kind in fields
     ]
     query = exp.select(*selected).from_(staged.node)
     if where is not None:

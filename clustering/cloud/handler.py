@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from clustering import InputError
+from clustering import InputError, one_line
 from clustering.adapters import budget, claims
 from clustering.cloud.events import (
     Decision,
@@ -33,14 +33,7 @@ from clustering.cloud.events import (
     envelope_from_http,
 )
 from clustering.cloud.logs import JsonLog, Outcome, run_outcome
-from clustering.job import (
-    NotSettled,
-    PublishInterrupted,
-    RunRequest,
-    one_line,
-    record_failure,
-    run_job,
-)
+from clustering.job import NotSettled, PublishInterrupted, RunRequest, record_failure, run_job
 from clustering.naming import new_run_id
 from clustering.settings import JobSettings
 

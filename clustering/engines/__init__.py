@@ -1,6 +1,7 @@
 """The engines (DESIGN.md, "Engines"): which one clusters a run.
 
-memory: every row in this process (clustering.job). warehouse (clustering.engines.warehouse):
+memory (clustering.engines.memory): every row in this process. warehouse
+(clustering.engines.warehouse):
 a sample of SAMPLE_ROWS rows, chosen by a hash of the key alone (the same neighborhoods run
 after run, so identity matching compares like with like), is fitted in this process as the
 memory engine fits a whole table, and the fitted model is applied to every row inside
@@ -11,50 +12,55 @@ function's memory and time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
-from clustering import InputError
-from clustering.settings import AUTO, MEMORY, WAREHOUSE, JobSettings
+from clustering.engines.choice import Choice, choose
+from clustering.settings import MEMORY, WAREHOUSE
+from clustering.stages.context import Analysed, Counts, Input, Rows, Run
+from clustering.stages.publish import Steps
 
-__all__ = ("MEMORY", "WAREHOUSE", "Choice", "choose")
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The engine of a run; for a bq:// source, what one metadata lookup told of the table:
-    its rows and its schema (JSON fields)."""
-
-    engine: str
-    rows: int | None = None
-    schema: tuple[dict, ...] = ()
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return tuple(f["name"] for f in self.schema)
+__all__ = ("MEMORY", "WAREHOUSE", "Choice", "Engine", "choose", "engine_for")
 
 
-def choose(settings: JobSettings) -> Choice:
-    """ENGINE applied: auto takes memory for files and for bq:// tables up to
-    MEMORY_MAX_ROWS rows (a row count from the table's metadata: no query), warehouse above."""
-    source = settings.features_source or ""
-    if settings.engine == MEMORY or not source.startswith("bq://"):
-        return Choice(MEMORY)
-    from clustering.adapters import bigquery
+class Engine(Protocol):
+    """What an engine supplies to a run (clustering.job strings the stages together)."""
 
-    table = bigquery.get_table(source)
-    rows = int(table.num_rows or 0)
-    if settings.engine == AUTO and rows <= settings.memory_max_rows:
-        return Choice(MEMORY, rows)
-    if not (settings.clusters_table or "").startswith("bq://"):
-        raise InputError(
-            f"{source} has {rows:,} rows, more than MEMORY_MAX_ROWS={settings.memory_max_rows:,}"
-            ", so the warehouse engine clusters it, which writes its rows to a BigQuery table "
-            "only: set CLUSTERS_TABLE (--clusters-table) to bq://project.dataset.table"
-        )
-    transitions = settings.transitions_table
-    if transitions and not transitions.startswith("bq://"):
-        raise InputError(
-            f"TRANSITIONS_TABLE {transitions!r}: the warehouse engine appends its transitions "
-            "inside BigQuery: give bq://project.dataset.table or leave it unset"
-        )
-    return Choice(WAREHOUSE, rows, tuple(f.to_api_repr() for f in table.schema))
+    name: str
+
+    def read(self, run: Run, pointer: bytes | None) -> Rows:
+        """The rows to fit on (every row, or the sample) from one settled state of the
+        source, with the whole table's row count and columns."""
+
+    def previous(self, run: Run, store, pointer: bytes | None):
+        """The last published run as identity compares with it (analysis.identity)."""
+
+    def assign(self, run: Run, identity, model, previous) -> tuple[object, Counts | None]:
+        """Every row assigned by the model; the identity with every row's counts and
+        transitions, and the whole table's counts when the fit saw a sample."""
+
+    def document(self, model, counts: Counts | None) -> dict:
+        """run.json's model document."""
+
+    def files(self, run: Run, given: Input, identity) -> tuple[object, dict[str, bytes]]:
+        """The clusters table's rows when held in memory, and the CSVs written from memory."""
+
+    def export(self, run: Run, store) -> dict[str, str]:
+        """The CSVs written outside this process: artifact name -> where."""
+
+    def steps(self, run: Run, store, done: Analysed) -> Steps:
+        """How the clusters table is replaced and the transitions appended."""
+
+    def close(self) -> None:
+        """Drop what the run staged, whatever became of it."""
+
+
+def engine_for(run: Run) -> Engine:
+    """The engine ENGINE (and, for auto, the table's size) chooses for the run."""
+    choice = choose(run.settings)
+    if choice.engine == WAREHOUSE:
+        from clustering.engines.warehouse import WarehouseEngine
+
+        return WarehouseEngine.open(run, choice)
+    from clustering.engines.memory import MemoryEngine
+
+    return MemoryEngine()

@@ -1,45 +1,32 @@
-"""The warehouse engine's run (DESIGN.md, "Engines"; clustering.engines chooses it).
+"""The warehouse engine (DESIGN.md, "Engines"; clustering.engines chooses it).
 
-The sample is read with one query and analysed in this process exactly as the memory engine
-analyses a whole table; the model document is applied to every row inside BigQuery into a
-staging table; the transitions are derived there against the clusters table as published,
-and one GROUP BY counts every cohort's rows. Publishing exports the CSVs (EXPORT DATA) into
-runs/<id>/, copies the staging table over the clusters table in one atomic copy job, appends
-the transitions and switches latest/, fenced as the memory engine's publishing is
-(clustering.job._publish). No step reads all rows into the function.
+The key-hashed sample is read with one query and fitted in this process as the memory engine
+fits a whole table; the model document is applied to every row inside BigQuery into a staging
+table; the transitions are derived there against the clusters table as published, and one
+GROUP BY counts every cohort's rows. Publishing exports the CSVs (EXPORT DATA) into runs/<id>/
+and copies the staging table over the clusters table in one atomic copy job; the stages
+around all of it (validation, identity, publishing, history) are every run's
+(clustering.job). No step reads all rows into this process.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from clustering import InputError
-from clustering.engines import Choice
+from clustering.engines.choice import Choice
 from clustering.settings import WAREHOUSE, JobSettings, bq_table_id
+from clustering.stages.context import Analysed, Counts, Input, NotSettled, Rows, Run
+from clustering.stages.publish import Steps
+from clustering.table import shape_column
 
 # Transitions listed in the report of a warehouse run (all of them are in the table).
 LISTED_TRANSITIONS = 200
 
 
-def run_warehouse(run, store, pointer: bytes | None, pointer_token, choice: Choice):
-    """One run on the warehouse engine (the module docstring); a RunReport as run_job's."""
-    from clustering.adapters import warehouse
-
-    tables = _Tables.of(run.settings, run.run_id)
-    jobs = warehouse.Jobs(
-        project=tables.source.split(".")[0],
-        run_id=run.run_id,
-        maximum_bytes_billed=run.settings.maximum_bytes_billed,
-    )
-    try:
-        return _run(run, store, pointer, pointer_token, _Context(choice, tables, jobs))
-    finally:
-        _drop(tables)
-
-
 @dataclass(frozen=True)
-class _Tables:
+class Tables:
     """The tables of one warehouse run: the source, the published ones and the staging ones."""
 
     source: str
@@ -47,9 +34,10 @@ class _Tables:
     transitions: str | None
     staged: str
     staged_moves: str
+    staged_shapes: str
 
     @classmethod
-    def of(cls, settings: JobSettings, run_id: str) -> _Tables:
+    def of(cls, settings: JobSettings, run_id: str) -> Tables:
         stem = f"{settings.staging}.nc_staged_{run_id.replace('-', '_')}"
         moves = settings.transitions_table
         return cls(
@@ -58,14 +46,12 @@ class _Tables:
             transitions=bq_table_id(moves, "TRANSITIONS_TABLE") if moves else None,
             staged=f"{stem}_clusters",
             staged_moves=f"{stem}_transitions",
+            staged_shapes=f"{stem}_shapes",
         )
 
-
-@dataclass(frozen=True)
-class _Context:
-    choice: Choice
-    tables: _Tables
-    jobs: object  # clustering.adapters.warehouse.Jobs (imported where the engine runs)
+    @property
+    def staging(self) -> tuple[str, ...]:
+        return (self.staged, self.staged_moves, self.staged_shapes)
 
 
 @dataclass(frozen=True)
@@ -78,96 +64,264 @@ class _Scored:
     listed: object | None  # a DataFrame of the first transitions, by name
 
 
-def _run(run, store, pointer, pointer_token, context: _Context):
-    from clustering.job import MANIFEST, RunReport, _json_bytes
+@dataclass
+class WarehouseEngine:
+    """One warehouse run's engine: its tables, its jobs, and the state of the source it read
+    (`version`, recorded first; every later check compares with it)."""
 
-    done, model = _analyse(run, store, pointer, context)
-    dry_run = run.request.dry_run
-    prefix = None if dry_run else store.describe(f"runs/{run.run_id}/")
-    exported: dict[str, str] = {}
+    choice: Choice
+    tables: Tables
+    jobs: object  # clustering.adapters.warehouse.Jobs
+    name: str = WAREHOUSE
+    version: tuple | None = None
+    columns: tuple[str, ...] = field(default=())  # the source's, validated
+    published: tuple[str, ...] = field(default=())  # those OUTPUT_COLUMNS keeps
 
-    def manifest(timings: dict[str, float]) -> dict:
-        return _manifest(run, done, model, timings, prefix, exported, context)
+    @classmethod
+    def open(cls, run: Run, choice: Choice) -> WarehouseEngine:
+        from clustering.adapters import warehouse
 
-    if dry_run:
-        return RunReport(run.run_id, "dry_run", manifest(run.clock.done()), None)
-    run.clock.stage("export", f"exporting every row to {prefix}")
-    exported |= _export(run, store, context)
-    run.clock.stage("publish", f"publishing run {run.run_id}")
-    done.files[MANIFEST] = _json_bytes(manifest(dict(run.clock.timings)))
-    _publish(run, store, done.files, pointer_token, context)
-    return RunReport(run.run_id, "succeeded", manifest(run.clock.done()), prefix)
+        tables = Tables.of(run.settings, run.run_id)
+        jobs = warehouse.Jobs(
+            project=tables.source.split(".")[0],
+            run_id=run.run_id,
+            maximum_bytes_billed=run.settings.maximum_bytes_billed,
+        )
+        return cls(choice, tables, jobs)
 
+    def read(self, run: Run, pointer: bytes | None) -> Rows:
+        """The table's state recorded and settled, its keys checked over every row, then the
+        sample read with one query."""
+        from clustering.adapters import bigquery, warehouse
+        from clustering.adapters import warehouse_sql as sql
+        from clustering.stages.guards import check_settled
+        from clustering.table import withheld_columns
 
-def _analyse(run, store, pointer, context: _Context):
-    """The sample read, the fit, the scoring of every row, the counts; charts and report."""
-    from clustering import job
-    from clustering.analysis.document import fitted_model, through_model
-    from clustering.outputs import charts, report
+        settings, source = run.settings, f"bq://{self.tables.source}"
+        analysis = settings.analysis
+        key = analysis.key_column
+        columns = self.columns = sql.source_columns(self.choice.columns, source, key)
+        withheld = set(withheld_columns(columns, settings.output_columns, key))
+        self.published = tuple(c for c in columns if c not in withheld)
+        run.clock.stage("read", f"checking {source} ({self.choice.rows:,} rows)")
+        self.version = bigquery.table_version(source)
+        check_settled(source, self.version, self.version, settings.settle_seconds)
+        table = sql.Table(self.tables.source)
+        checks = warehouse.read(self.jobs, "checks", sql.checks(table, key)).iloc[0]
+        _check_keys(source, checks, key)
+        wanted = {key, analysis.population_column, *analysis.clustering_features}
+        wanted.add(analysis.severity_feature)
+        needed = tuple(c for c in columns if c in wanted)
+        run.clock.progress(f"reading a sample of {settings.sample_rows:,} rows from {source}")
+        statement = sql.sample(table, needed, key, analysis.excluded_names, settings.sample_rows)
+        frame = warehouse.read(self.jobs, "sample", statement)
+        return Rows(frame, source, int(checks["rows"]), columns)
 
-    with charts.ChartRenderer() as renderer:
-        given = _read_sample(run, pointer, context)
-        previous = job._previous(store, pointer, run.settings.analysis.key_column, with_rows=False)
-        run.clock.stage("cluster", f"clustering the sample of {len(given.frame):,} rows")
-        result = job._cluster(run, renderer, given)
-        identity = job._identify(result, previous, run, job._named_drawer(run, renderer, given))
-        model = fitted_model(identity, run.settings.analysis)
-        identity = through_model(identity, model)
-        for warning in result.warnings + identity.warnings:
-            run.warn(warning)
-        scored = _score(run, context, identity, model, previous)
+    def previous(self, run: Run, store, pointer: bytes | None):
+        """The last published run without its rows: they are compared inside BigQuery."""
+        from clustering.stages.previous import previous
+
+        key = run.settings.analysis.key_column
+        return previous(store, pointer, key, with_rows=False)
+
+    def assign(self, run: Run, identity, model, previous) -> tuple[object, Counts]:
+        """Every row scored into staging, the transitions derived there, every row counted."""
+        scored = self._score(run, identity, model, previous)
         identity = _with_counts(identity, scored)
-        run.clock.stage("charts", "drawing charts")
-        view = job.cohort_view(identity, run.settings.analysis)
-        view = replace(view, sizes=_sizes(scored.summary, identity))
-        job._submit(renderer, charts.heatmap_task(view))
-        warnings = given.warnings + result.warnings + identity.warnings
-        facts = _facts(run, identity, warnings, scored)
-        job._submit(renderer, job.report_task(facts, identity.result, view, given.boundaries))
-        files = renderer.collect(job._time_left())
-        files[job.HTML_REPORT] = report.embed(files[job.HTML_REPORT], files)
-    return job._Analysed(given, identity, None, files, None), model
+        if scored.counts is None and previous is not None:
+            note = (
+                f"no transitions: {self.tables.clusters} was published under another "
+                f"KEY_COLUMN than {run.settings.analysis.key_column!r}, so no row compares"
+            )
+            run.warn(note)
+            identity = replace(identity, warnings=(*identity.warnings, note))
+        summary = scored.summary
+        rows = int(summary["rows"].sum())
+        residential = int(summary.loc[summary["excluded_type"] == "Residential", "rows"].sum())
+        moves = scored.counts
+        return identity, Counts(
+            rows=rows,
+            residential=residential,
+            fitted=len(identity.table),
+            sample=f"drawn from a sample of {len(identity.table):,} of {rows:,} rows",
+            changes=moves.moved + moves.appeared + moves.disappeared if moves else None,
+            sizes=_sizes(summary, identity),
+        )
 
+    def document(self, model, counts: Counts | None) -> dict:
+        from clustering.adapters.warehouse_sql import SAMPLE_RULE
+        from clustering.analysis.document import document
 
-def _read_sample(run, pointer, context: _Context):
-    """The table checked (one row per key), guarded against a row drop by its full count,
-    then the sample read with one query and validated as the memory engine validates."""
-    from clustering import job
-    from clustering.adapters import warehouse
-    from clustering.adapters import warehouse_sql as sql
-    from clustering.table import validate_features
+        sample = {"rows": counts.fitted, "of_rows": counts.rows, "rule": SAMPLE_RULE}
+        return document(model, engine=WAREHOUSE, sample=sample)
 
-    settings, source = run.settings, f"bq://{context.tables.source}"
-    analysis = settings.analysis
-    key = analysis.key_column
-    table = sql.Table(context.tables.source)
-    columns = sql.source_columns(context.choice.columns, source)
-    run.clock.stage("read", f"checking {source} ({context.choice.rows:,} rows)")
-    checks = warehouse.read(context.jobs, "checks", sql.checks(table, key)).iloc[0]
-    _check_keys(source, checks, key)
-    job.check_row_drop(
-        int(checks["rows"]),
-        job._manifest_of(pointer),
-        settings.min_rows_ratio,
-        run.request.force,
-        source,
-    )
-    wanted = {key, analysis.population_column, *analysis.clustering_features}
-    wanted.add(analysis.severity_feature)
-    needed = tuple(c for c in columns if c in wanted)
-    run.clock.progress(f"reading a sample of {settings.sample_rows:,} rows from {source}")
-    statement = sql.sample(table, needed, key, analysis.excluded_names, settings.sample_rows)
-    frame = warehouse.read(context.jobs, "sample", statement)
-    where = f"{source} (sample)"
-    run.clock.stage("validate", f"validating the sample of {len(frame):,} rows")
-    valid = validate_features(frame, analysis, where)
-    boundaries, map_warnings = job._boundaries(settings, valid.frame)
-    warnings = tuple(valid.warnings) + tuple(map_warnings)
-    for warning in warnings:
-        run.warn(warning)
-    for note in valid.notes:
-        run.clock.progress(f"note: {note}")
-    return job._Input(valid.frame, where, boundaries, warnings, valid.notes)
+    def files(self, run: Run, given: Input, identity) -> tuple[None, dict[str, bytes]]:
+        """No CSV from memory: the rows are exported by BigQuery (`export`)."""
+        return None, {}
+
+    def export(self, run: Run, store) -> dict[str, str]:
+        """EXPORT DATA of the run's CSVs into runs/<id>/ as shards (`<name>-*.csv`): artifact
+        name -> the shards' URI pattern. Text cells are formula-safe as the memory engine's
+        CSVs are. A local --out gets no CSV: the rows stay in BigQuery, which the run says."""
+        from clustering.adapters import warehouse
+        from clustering.adapters import warehouse_sql as sql
+        from clustering.naming import CSV_CLUSTERS, CSV_EXCLUDED, CSV_TRANSITIONS
+
+        tables, jobs = self.tables, self.jobs
+        folder = store.describe(f"runs/{run.run_id}/")
+        run.clock.stage("export", f"exporting every row to {folder}")
+        if not folder.startswith("gs://"):
+            where = f"bq://{tables.clusters}" + (
+                f" and bq://{tables.transitions}" if tables.transitions else ""
+            )
+            run.clock.progress(
+                f"the rows are in {where}: with a local --out the warehouse engine writes no "
+                "CSV of them (ARTIFACTS_DEST=gs://... gets them as EXPORT DATA shards)"
+            )
+            return {}
+        run.fence("exporting the rows")
+        shape = shape_column(run.settings.analysis.key_column)
+        staged = tuple(f for f in warehouse.fields(tables.staged) if f[0] != shape)
+        inputs = [f for f in staged if f[0] not in sql.OUTPUT_COLUMNS]
+        excluded = (*inputs, *(f for f in staged if f[0] in ("excluded_type", "excluded_cluster")))
+        parts = [
+            (CSV_CLUSTERS, tables.staged, staged, None),
+            (CSV_EXCLUDED, tables.staged, excluded, sql.excluded_rows()),
+        ]
+        if warehouse.exists(tables.staged_moves):
+            moves = warehouse.fields(tables.staged_moves)
+            parts.append((CSV_TRANSITIONS, tables.staged_moves, moves, None))
+        exported = {}
+        for name, table, selected, where in parts:
+            uri = f"{folder}{name.removesuffix('.csv')}-*.csv"
+            statement = sql.export(sql.Table(table), uri, selected, where)
+            warehouse.query(jobs, f"export_{name.removesuffix('.csv')}", statement)
+            exported[name] = uri
+        return exported
+
+    def steps(self, run: Run, store, done: Analysed) -> Steps:
+        """The staging table copied over the clusters table (under the run's load job id,
+        which the next run waits for), the transitions appended by a query, and the source
+        checked unchanged since it was read just before the copy."""
+        from clustering.adapters import bigquery, warehouse
+        from clustering.adapters import warehouse_sql as sql
+        from clustering.table import table_schema
+
+        tables, jobs = self.tables, self.jobs
+        key = run.settings.analysis.key_column
+
+        def check() -> None:
+            now = bigquery.table_version(f"bq://{tables.source}")
+            if now != self.version:
+                raise NotSettled(
+                    f"bq://{tables.source} changed while the run read it (last modified "
+                    f"{self.version[0] if self.version else '?'} when read, "
+                    f"{now[0] if now else '?'} now): nothing was published, the run is retried"
+                )
+
+        def replace_table() -> None:
+            job_id = bigquery.load_job_id(run.run_id)
+            warehouse.copy(
+                jobs, "replace", tables.staged, tables.clusters, "WRITE_TRUNCATE", job_id
+            )
+
+        def move() -> None:
+            if tables.transitions is None or not warehouse.exists(tables.staged_moves):
+                return
+            run.fence("appending the transitions")
+            if not warehouse.exists(tables.transitions):  # Terraform creates it; the CLI may not
+                schema = list(table_schema("transitions_table", key))
+                warehouse.create_table(tables.transitions, schema)
+            staged = sql.Table(tables.staged_moves)
+            warehouse.query(
+                jobs, "append_transitions", sql.append(staged, sql.Table(tables.transitions), key)
+            )
+
+        return Steps(replace_table, move, check)
+
+    def close(self) -> None:
+        """Drop the staging tables, with a budget of their own (a run stopped by its deadline
+        drops them too); a table left behind expires (warehouse.create_table)."""
+        from contextlib import suppress
+
+        from clustering.adapters import budget, warehouse
+
+        with budget.bounded(budget.Budget.lasting(budget.FINAL_STEP_SECONDS)):
+            for table in self.tables.staging:
+                with suppress(Exception):
+                    warehouse.drop(table)
+
+    def _score(self, run: Run, identity, model, previous) -> _Scored:
+        """Every row assigned into the staging table; the transitions against the published
+        table (with a previous run published under the same key); the counts of every row."""
+        from clustering.adapters import warehouse
+        from clustering.adapters import warehouse_sql as sql
+        from clustering.table import table_schema
+
+        tables, jobs = self.tables, self.jobs
+        analysis = run.settings.analysis
+        key = analysis.key_column
+        run.clock.stage("scoring", f"assigning every row of {tables.source} inside BigQuery")
+        shapes = self._shapes(run, identity)
+        schema = staging_schema(self.choice.schema, key, analysis.population_column)
+        schema = [
+            f for f in schema if f["name"] in self.published or f["name"] in sql.OUTPUT_COLUMNS
+        ]
+        if shapes is not None:
+            schema.append({"name": shape_column(key), "type": "GEOGRAPHY", "mode": "NULLABLE"})
+        warehouse.create_table(tables.staged, schema)
+        stamp = sql.Stamp(run.run_id, run.started.isoformat())
+        stability = {c.sub_cluster: _finite_or_none(c.stability) for c in identity.cohorts}
+        source = sql.Table(tables.source)
+        scoring = sql.Scoring(published=self.published, shapes=shapes)
+        statement = sql.score(source, self.columns, model, stability, stamp, scoring)
+        warehouse.query(jobs, "score", statement, tables.staged, "WRITE_APPEND")
+        counts = listed = None
+        published = warehouse.columns(tables.clusters) if previous is not None else None
+        if published is not None and key.lower() in {c.lower() for c in published}:
+            run.clock.stage("transitions", f"comparing every row with {tables.clusters}")
+            moves_schema = _nullable(table_schema("transitions_table", key))
+            warehouse.create_table(tables.staged_moves, moves_schema)
+            moves = sql.transitions(
+                sql.Table(tables.staged),
+                sql.Table(tables.clusters),
+                key,
+                (previous.run_id, run.run_id),
+                margins="fit_margin" in published,
+            )
+            warehouse.query(jobs, "transitions", moves, tables.staged_moves, "WRITE_APPEND")
+            counts, listed = _moves(jobs, tables, identity, previous, key)
+        run.clock.stage("summary", "counting every cohort's rows")
+        features = tuple(identity.result.features.used)
+        summary = warehouse.read(jobs, "summary", sql.summary(sql.Table(tables.staged), features))
+        return _Scored(summary, counts, listed)
+
+    def _shapes(self, run: Run, identity):
+        """With BOUNDARIES, a staging table of every boundary (name, GEOGRAPHY) that the
+        scoring joins each row's `<key>_shape` from; None without."""
+        if not run.settings.boundaries_source:
+            return None
+        import pandas as pd
+
+        from clustering import adapters
+        from clustering.adapters import bigquery, warehouse
+        from clustering.adapters import warehouse_sql as sql
+        from clustering.stages.publish import shapes_wkt
+
+        settings = run.settings
+        boundaries = adapters.read_boundaries(
+            settings.boundaries_source,
+            settings.boundaries_key_column,
+            settings.boundaries_geography_column,
+        )
+        names, shapes = (
+            zip(*shapes_wkt(boundaries).items(), strict=True) if boundaries else ((), ())
+        )
+        name, shape = (f["name"] for f in sql.SHAPES_SCHEMA)
+        warehouse.create_table(self.tables.staged_shapes, list(sql.SHAPES_SCHEMA))
+        frame = pd.DataFrame({name: list(names), shape: list(shapes)})
+        bigquery.append_table(f"bq://{self.tables.staged_shapes}", frame, list(sql.SHAPES_SCHEMA))
+        return sql.Table(self.tables.staged_shapes)
 
 
 def _check_keys(source: str, checks, key: str) -> None:
@@ -181,46 +335,7 @@ def _check_keys(source: str, checks, key: str) -> None:
         )
 
 
-def _score(run, context: _Context, identity, model, previous) -> _Scored:
-    """Every row assigned into the staging table; the transitions against the published
-    table (with a previous run); the counts over every row."""
-    from clustering.adapters import warehouse
-    from clustering.adapters import warehouse_sql as sql
-    from clustering.table import table_schema
-
-    tables, jobs = context.tables, context.jobs
-    analysis = run.settings.analysis
-    key = analysis.key_column
-    run.clock.stage("scoring", f"assigning every row of {tables.source} inside BigQuery")
-    schema = staging_schema(context.choice.schema, key, analysis.population_column)
-    warehouse.create_table(tables.staged, schema)
-    stamp = sql.Stamp(run.run_id, run.started.isoformat())
-    stability = {c.sub_cluster: _finite_or_none(c.stability) for c in identity.cohorts}
-    columns = sql.source_columns(context.choice.columns, tables.source)
-    statement = sql.score(sql.Table(tables.source), columns, model, stability, stamp)
-    warehouse.query(jobs, "score", statement, tables.staged, "WRITE_APPEND")
-    counts = listed = None
-    published = warehouse.columns(tables.clusters) if previous is not None else None
-    if published is not None:
-        run.clock.stage("transitions", f"comparing every row with {tables.clusters}")
-        moves_schema = _nullable(table_schema("transitions_table", key))
-        warehouse.create_table(tables.staged_moves, moves_schema)
-        moves = sql.transitions(
-            sql.Table(tables.staged),
-            sql.Table(tables.clusters),
-            key,
-            (previous.run_id, run.run_id),
-            margins="fit_margin" in published,
-        )
-        warehouse.query(jobs, "transitions", moves, tables.staged_moves, "WRITE_APPEND")
-        counts, listed = _moves(jobs, tables, identity, previous, key)
-    run.clock.stage("summary", "counting every cohort's rows")
-    features = tuple(identity.result.features.used)
-    summary = warehouse.read(jobs, "summary", sql.summary(sql.Table(tables.staged), features))
-    return _Scored(summary, counts, listed)
-
-
-def _moves(jobs, tables: _Tables, identity, previous, key: str):
+def _moves(jobs, tables: Tables, identity, previous, key: str):
     """The transitions' counts (Stable/Distressed by the top groups' labels, this run's and
     the previous one's) and the first of them by name, for the report."""
     from clustering.adapters import warehouse
@@ -334,136 +449,3 @@ def _sizes(summary, identity) -> dict[str, int]:
         found = by_group.get(groups[label]) if excluded else by_sub.get(named[label])
         sizes[label] = int(found or 0)
     return sizes
-
-
-def _facts(run, identity, warnings, scored: _Scored):
-    """The report's header with the whole table's counts and what the sample was."""
-    from clustering import job
-
-    summary = scored.summary
-    rows = int(summary["rows"].sum())
-    residential = int(summary.loc[summary["excluded_type"] == "Residential", "rows"].sum())
-    sampled = len(identity.table)
-    facts = job.report_facts(run, identity.result, warnings)
-    counts = scored.counts
-    return replace(
-        facts,
-        rows=rows,
-        residential_rows=residential,
-        excluded_rows=rows - residential,
-        sample=f"drawn from a sample of {sampled:,} of {rows:,} rows",
-        changes=counts.moved + counts.appeared + counts.disappeared if counts else None,
-    )
-
-
-def _export(run, store, context: _Context) -> dict[str, str]:
-    """EXPORT DATA of the run's CSVs into runs/<id>/ as shards (`<name>-*.csv`): artifact
-    name -> the shards' URI pattern. A local --out gets no CSV: the rows stay in BigQuery,
-    which the run says."""
-    from clustering.adapters import warehouse
-    from clustering.adapters import warehouse_sql as sql
-    from clustering.naming import CSV_CLUSTERS, CSV_EXCLUDED, CSV_TRANSITIONS
-
-    tables, jobs = context.tables, context.jobs
-    folder = store.describe(f"runs/{run.run_id}/")
-    if not folder.startswith("gs://"):
-        where = f"bq://{tables.clusters}" + (
-            f" and bq://{tables.transitions}" if tables.transitions else ""
-        )
-        run.clock.progress(
-            f"the rows are in {where}: with a local --out the warehouse engine writes no CSV "
-            "of them (ARTIFACTS_DEST=gs://... gets them as EXPORT DATA shards)"
-        )
-        return {}
-    run.fence("exporting the rows")
-    columns = sql.kept_columns(sql.source_columns(context.choice.columns, tables.source))
-    parts = [
-        (CSV_CLUSTERS, tables.staged, None, None),
-        (CSV_EXCLUDED, tables.staged, (*columns, "excluded_type", "excluded_cluster"), True),
-    ]
-    if warehouse.exists(tables.staged_moves):
-        parts.append((CSV_TRANSITIONS, tables.staged_moves, None, None))
-    exported = {}
-    for name, staged, selected, excluded_only in parts:
-        uri = f"{folder}{name.removesuffix('.csv')}-*.csv"
-        where = sql.excluded_rows() if excluded_only else None
-        statement = sql.export(sql.Table(staged), uri, selected, where)
-        warehouse.query(jobs, f"export_{name.removesuffix('.csv')}", statement)
-        exported[name] = uri
-    return exported
-
-
-def _publish(run, store, files: dict[str, bytes], pointer_token, context: _Context) -> None:
-    """The memory engine's publishing steps (clustering.job._publish) with BigQuery's own:
-    the staging table copied over the clusters table, the transitions appended by a query."""
-    from clustering import job
-    from clustering.adapters import warehouse
-    from clustering.adapters import warehouse_sql as sql
-    from clustering.table import table_schema
-
-    tables, jobs = context.tables, context.jobs
-
-    def load() -> None:
-        warehouse.copy(jobs, "replace", tables.staged, tables.clusters, "WRITE_TRUNCATE")
-
-    key = run.settings.analysis.key_column
-
-    def move() -> None:
-        if tables.transitions is None or not warehouse.exists(tables.staged_moves):
-            return
-        run.fence("appending the transitions")
-        if not warehouse.exists(tables.transitions):  # Terraform creates it; the CLI may not
-            schema = list(table_schema("transitions_table", key))
-            warehouse.create_table(tables.transitions, schema)
-        statement = sql.append(sql.Table(tables.staged_moves), sql.Table(tables.transitions), key)
-        warehouse.query(jobs, "append_transitions", statement)
-
-    job._publish(run, store, files, pointer_token, load, move)
-
-
-def _drop(tables: _Tables) -> None:
-    """Drop the staging tables, with a budget of its own (a run stopped by its deadline
-    drops them too); a table left behind expires with its dataset's default expiration."""
-    from contextlib import suppress
-
-    from clustering.adapters import budget, warehouse
-
-    with budget.bounded(budget.Budget.lasting(budget.FINAL_STEP_SECONDS)):
-        for table in (tables.staged, tables.staged_moves):
-            with suppress(Exception):
-                warehouse.drop(table)
-
-
-def _manifest(run, done, model, timings, prefix, exported, context: _Context) -> dict:
-    """run.json as the memory engine writes it, with the whole table's counts, the model
-    document and where the exported rows are."""
-    from clustering import job
-    from clustering.adapters.warehouse_sql import SAMPLE_RULE
-    from clustering.analysis.document import document
-
-    manifest = job._manifest(run, done, timings, prefix)
-    sample = {
-        "rows": len(done.identity.table),
-        "of_rows": sum(g.size for g in done.identity.result.top_groups)
-        + sum(g.size for g in done.identity.result.excluded_groups),
-        "rule": SAMPLE_RULE,
-    }
-    manifest["engine"] = WAREHOUSE
-    manifest["model"] = document(model, engine=WAREHOUSE, sample=sample)
-    manifest["input"] |= _input_counts(done.identity.result, sample)
-    manifest["outputs"]["exported"] = exported
-    manifest["outputs"]["report"] = None if prefix is None else f"{prefix}{job.HTML_REPORT}"
-    manifest["outputs"]["staging"] = context.tables.staged
-    return manifest
-
-
-def _input_counts(result, sample: dict) -> dict:
-    by_type = {g.excluded_type: g.size for g in result.excluded_groups}
-    residential = sum(g.size for g in result.top_groups)
-    return {
-        "rows": sample["of_rows"],
-        "residential_rows": residential,
-        "excluded_rows": sum(by_type.values()),
-        "rows_by_type": {t: n for t, n in {"Residential": residential, **by_type}.items() if n},
-        "sample_rows": sample["rows"],
-    }

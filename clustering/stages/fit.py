@@ -1,0 +1,71 @@
+"""The analysis stages: the fit, cohort identity and stability, and the model document
+every row is assigned by."""
+
+from __future__ import annotations
+
+from clustering import InputError
+from clustering.stages.context import Input, Run
+from clustering.stages.drawing import submit
+
+
+def cluster(run: Run, renderer, given: Input):
+    """The clustering itself; the elbow chart starts as soon as the K diagnostic is known."""
+    from clustering.analysis.model import TOP_K, cluster
+    from clustering.outputs import charts
+
+    def diagnosed(search, sampled) -> None:
+        submit(renderer, charts.elbow_task(search, sampled))
+        run.clock.progress(
+            f"K diagnostic: best silhouette at K={search.best_k} (the top split stays K={TOP_K})"
+        )
+
+    run.clock.stage("cluster", f"clustering {len(given.frame):,} rows")
+    try:
+        return cluster(
+            given.frame,
+            run.settings.analysis,
+            progress=run.clock.progress,
+            on_diagnostics=diagnosed,
+        )
+    except InputError as error:
+        raise InputError(f"{given.where}: {error}") from None
+
+
+def identify(result, previous, run: Run, draw):
+    """Stable ids and names; then the named cohorts go to `draw` (the charts that need no
+    stability), and the bootstrap stability is computed while the chart workers draw."""
+    from clustering.analysis.identity import identify, with_stability
+
+    against = f"run {previous.run_id}" if previous else "nothing (first run)"
+    run.clock.stage("identity", f"matching cohorts to {against}")
+    analysis = run.settings.analysis
+    overrides = dict(run.settings.label_overrides)
+    named = identify(
+        result, previous, overrides, run.run_id, analysis.key_column, analysis.directions
+    )
+    draw(named)
+    run.clock.stage("stability", "bootstrapping cohort stability")
+    return with_stability(named, _stability(named, analysis))
+
+
+def through_model(identity, run: Run):
+    """The model of the run, and the identity with every fitted row assigned by its rules
+    (the fitted rows' assignments are the document's: one path from fit to assign)."""
+    from clustering.analysis.document import fitted_model, through_model
+
+    run.clock.stage("model", "assigning the fitted rows by the model document")
+    model = fitted_model(identity, run.settings.analysis)
+    return through_model(identity, model), model
+
+
+def _stability(identity, analysis):
+    from clustering.analysis.stability import bootstrap_stability
+
+    rows = identity.table.loc[identity.result.residential]
+    return bootstrap_stability(
+        identity.result.scaled,
+        rows["top_cluster"].to_numpy(dtype="int64"),
+        rows["sub_cluster"].to_numpy(dtype="int64"),
+        analysis.random_state,
+        analysis.silhouette_sample_size,
+    )
