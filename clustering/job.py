@@ -109,6 +109,7 @@ def _analyse(run: Run, store, pointer: bytes | None, engine) -> Analysed:
     from clustering.outputs import charts, report
     from clustering.stages import drawing, fit
     from clustering.stages.guards import validate
+    from clustering.stages.previous import key_change
 
     analysis = run.settings.analysis
     # Fork the chart process first: it imports matplotlib while this one reads and clusters.
@@ -117,7 +118,9 @@ def _analyse(run: Run, store, pointer: bytes | None, engine) -> Analysed:
         previous = engine.previous(run, store, pointer)
         result = fit.cluster(run, renderer, given)
         drawer = drawing.named_drawer(run, renderer, given.boundaries)
-        identity, model = fit.through_model(fit.identify(result, previous, run, drawer), run)
+        note = key_change(pointer, analysis.key_column)
+        named = fit.identify(result, previous, run, drawer, note)
+        identity, model = fit.through_model(named, run)
         for warning in result.warnings + identity.warnings:
             run.warn(warning)
         identity, counts = engine.assign(run, identity, model, previous)

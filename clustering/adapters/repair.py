@@ -7,8 +7,8 @@ later delivery of the same event is a duplicate, and nothing else would ever bri
 together. So every run that may publish first compares the two and repairs what it finds,
 whatever becomes of the run itself (a run the row-drop guard then refuses included):
 
-- the table holds a run whose folder runs/<id>/ is complete (its run.json, written last, and
-  every file it lists): latest/ is switched to that run, the newer one of the two;
+- the table holds a run newer than latest/'s whose folder runs/<id>/ is complete (its
+  run.json, written last, and every file it lists): latest/ is switched to that run;
 - otherwise (the folder expired, or the table holds no run of ours): the table is loaded
   again from latest/'s clusters CSV, the run latest/ names.
 """
@@ -44,7 +44,10 @@ def repair(store, pointer: bytes | None, token, job: Repair) -> tuple[bytes | No
     table_run = adapters.clusters_run_id(job.dest)
     if table_run == latest_run:
         return pointer, token
-    files = _complete_run(store, table_run) if table_run else None
+    # latest/ only moves forward: a table holding an older run (run ids sort by start time)
+    # is loaded again from latest/, never followed back.
+    newer = table_run is not None and (latest_run is None or table_run > latest_run)
+    files = _complete_run(store, table_run) if newer else None
     if files is not None:
         from clustering.adapters.claims import ClaimLost
 

@@ -690,6 +690,12 @@ def first_rows(source: Table, order: str, limit: int) -> Statement:
     return _statement(query)
 
 
+def project(source: Table, columns: tuple[str, ...]) -> Statement:
+    """`columns` of every row of `source`: the scored rows without the columns
+    OUTPUT_COLUMNS withholds, for the clusters table and the CSVs."""
+    return _statement(exp.select(*(_col(c) for c in columns)).from_(source.node))
+
+
 def append(source: Table, destination: Table, key: str = "neighborhood") -> Statement:
     """INSERT the rows of `source` into `destination`, column by name (the transitions table's
     columns, keyed by `key`). DML rather than a copy job: it checks REQUIRED columns row by row,

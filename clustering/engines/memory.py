@@ -36,10 +36,13 @@ class MemoryEngine:
         return Rows(frame, where, len(frame), tuple(map(str, frame.columns)))
 
     def previous(self, run: Run, store, pointer: bytes | None):
-        """The last published run with its rows, from latest/'s clusters CSV."""
+        """The last published run with its rows, from latest/'s clusters CSV (or the
+        clusters table, for a run the warehouse engine published)."""
         from clustering.stages.previous import previous
 
-        return previous(store, pointer, run.settings.analysis.key_column)
+        table = run.settings.clusters_table
+        table = table if table and table.startswith("bq://") else None
+        return previous(store, pointer, run.settings.analysis.key_column, table=table)
 
     def assign(self, run: Run, identity, model, previous) -> tuple[object, Counts | None]:
         """Every row was fitted, so the model document's assignment of them is the run's."""

@@ -35,6 +35,7 @@ class Tables:
     staged: str
     staged_moves: str
     staged_shapes: str
+    scored: str  # every column scored, when OUTPUT_COLUMNS withholds some from `staged`
 
     @classmethod
     def of(cls, settings: JobSettings, run_id: str) -> Tables:
@@ -47,11 +48,12 @@ class Tables:
             staged=f"{stem}_clusters",
             staged_moves=f"{stem}_transitions",
             staged_shapes=f"{stem}_shapes",
+            scored=f"{stem}_scored",
         )
 
     @property
     def staging(self) -> tuple[str, ...]:
-        return (self.staged, self.staged_moves, self.staged_shapes)
+        return (self.staged, self.staged_moves, self.staged_shapes, self.scored)
 
 
 @dataclass(frozen=True)
@@ -128,13 +130,6 @@ class WarehouseEngine:
         """Every row scored into staging, the transitions derived there, every row counted."""
         scored = self._score(run, identity, model, previous)
         identity = _with_counts(identity, scored)
-        if scored.counts is None and previous is not None:
-            note = (
-                f"no transitions: {self.tables.clusters} was published under another "
-                f"KEY_COLUMN than {run.settings.analysis.key_column!r}, so no row compares"
-            )
-            run.warn(note)
-            identity = replace(identity, warnings=(*identity.warnings, note))
         summary = scored.summary
         rows = int(summary["rows"].sum())
         residential = int(summary.loc[summary["excluded_type"] == "Residential", "rows"].sum())
@@ -264,18 +259,25 @@ class WarehouseEngine:
         run.clock.stage("scoring", f"assigning every row of {tables.source} inside BigQuery")
         shapes = self._shapes(run, identity)
         schema = staging_schema(self.choice.schema, key, analysis.population_column)
-        schema = [
-            f for f in schema if f["name"] in self.published or f["name"] in sql.OUTPUT_COLUMNS
-        ]
         if shapes is not None:
             schema.append({"name": shape_column(key), "type": "GEOGRAPHY", "mode": "NULLABLE"})
-        warehouse.create_table(tables.staged, schema)
+        withheld = set(self.columns) - set(self.published)
+        # The scored rows keep every column for the summary's means; with OUTPUT_COLUMNS the
+        # published ones are then selected into the table the copy and the exports read.
+        scored = tables.scored if withheld else tables.staged
+        warehouse.create_table(scored, schema)
         stamp = sql.Stamp(run.run_id, run.started.isoformat())
         stability = {c.sub_cluster: _finite_or_none(c.stability) for c in identity.cohorts}
         source = sql.Table(tables.source)
-        scoring = sql.Scoring(published=self.published, shapes=shapes)
-        statement = sql.score(source, self.columns, model, stability, stamp, scoring)
-        warehouse.query(jobs, "score", statement, tables.staged, "WRITE_APPEND")
+        statement = sql.score(
+            source, self.columns, model, stability, stamp, sql.Scoring(shapes=shapes)
+        )
+        warehouse.query(jobs, "score", statement, scored, "WRITE_APPEND")
+        if withheld:
+            kept = [f for f in schema if f["name"] not in withheld]
+            warehouse.create_table(tables.staged, kept)
+            selected = sql.project(sql.Table(scored), tuple(f["name"] for f in kept))
+            warehouse.query(jobs, "publish_columns", selected, tables.staged, "WRITE_APPEND")
         counts = listed = None
         published = warehouse.columns(tables.clusters) if previous is not None else None
         if published is not None and key.lower() in {c.lower() for c in published}:
@@ -293,7 +295,7 @@ class WarehouseEngine:
             counts, listed = _moves(jobs, tables, identity, previous, key)
         run.clock.stage("summary", "counting every cohort's rows")
         features = tuple(identity.result.features.used)
-        summary = warehouse.read(jobs, "summary", sql.summary(sql.Table(tables.staged), features))
+        summary = warehouse.read(jobs, "summary", sql.summary(sql.Table(scored), features))
         return _Scored(summary, counts, listed)
 
     def _shapes(self, run: Run, identity):

@@ -31,9 +31,12 @@ def cluster(run: Run, renderer, given: Input):
         raise InputError(f"{given.where}: {error}") from None
 
 
-def identify(result, previous, run: Run, draw):
+def identify(result, previous, run: Run, draw, note: str | None = None):
     """Stable ids and names; then the named cohorts go to `draw` (the charts that need no
-    stability), and the bootstrap stability is computed while the chart workers draw."""
+    stability), and the bootstrap stability is computed while the chart workers draw. `note`
+    (a KEY_COLUMN change) joins the identity's warnings."""
+    from dataclasses import replace
+
     from clustering.analysis.identity import identify, with_stability
 
     against = f"run {previous.run_id}" if previous else "nothing (first run)"
@@ -43,6 +46,8 @@ def identify(result, previous, run: Run, draw):
     named = identify(
         result, previous, overrides, run.run_id, analysis.key_column, analysis.directions
     )
+    if note is not None:
+        named = replace(named, warnings=(*named.warnings, note))
     draw(named)
     run.clock.stage("stability", "bootstrapping cohort stability")
     return with_stability(named, _stability(named, analysis))
