@@ -94,10 +94,10 @@ def _run(run: Run) -> RunReport:
     # cohorts for stable ids) and the pointer's version, which the switch of latest/ is
     # conditional on.
     pointer, pointer_token = store.read_pointer()
-    if run.settings.clusters_table and not run.request.dry_run:
-        pointer, pointer_token = repair(run, store, pointer, pointer_token)
     engine = engines.engine_for(run)
     try:
+        if run.settings.clusters_table and not run.request.dry_run:
+            pointer, pointer_token = repair(run, store, pointer, pointer_token, engine)
         done = _analyse(run, store, pointer, engine)
         return _publish(run, store, done, pointer_token, engine)
     finally:

@@ -502,7 +502,11 @@ def typed_clusters(
 ) -> pd.DataFrame:
     """A clusters table read back from its CSV with the declared types of its known columns
     (whole numbers as Int64, times as UTC timestamps), ready to be loaded again."""
-    schema = table_schema("clusters_table", key_column, population_column)
+    return typed_rows(frame, table_schema("clusters_table", key_column, population_column))
+
+
+def typed_rows(frame: pd.DataFrame, schema) -> pd.DataFrame:
+    """Rows read back from a CSV with the types `schema` declares for their columns."""
     declared = {field["name"]: field["type"] for field in schema}
     typed = {}
     for column in frame.columns:

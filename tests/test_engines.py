@@ -313,3 +313,59 @@ def test_the_clusters_table_carries_each_rows_shape(place, tmp_path):
     )
     areas = {r["neighborhood"]: r["area"] for r in place.bq.query(sql).result()}
     assert sorted(areas) == sorted(names) and all(a > 0 for a in areas.values())
+
+
+class Killed(BaseException):
+    """The instance going away: no handler of the run sees it (not an Exception)."""
+
+
+def test_a_run_killed_after_its_table_replacement_is_completed_by_the_next(
+    place, tmp_path, monkeypatch
+):
+    from clustering.engines.warehouse import WarehouseEngine
+
+    frame = table()
+    place.load(frame)
+    runs = tmp_path / "runs.jsonl"
+    place.run("first", runs_table=str(runs))
+    rows = place.clusters()
+    residential = rows[rows["excluded_type"] == "Residential"]
+    cohort = residential["sub_cluster"]
+    movers = list(residential.loc[cohort == cohort.max(), "neighborhood"][:4])
+    donor = residential.loc[cohort == cohort.min(), "neighborhood"].iloc[0]
+    values = frame.set_index("neighborhood").loc[donor]
+    moved = frame.copy()
+    for column in frame.columns.drop(["neighborhood", "population"]):
+        moved.loc[moved["neighborhood"].isin(movers), column] = values[column]
+    place.load(moved)
+
+    def killed_after_the_copy(step: str) -> None:
+        if step == "appending the transitions":
+            raise Killed
+
+    # A killed instance drops nothing: its staging tables stay until they expire.
+    monkeypatch.setattr(WarehouseEngine, "close", lambda self: None)
+    with pytest.raises(Killed):
+        run_job(
+            place.settings(runs_table=str(runs)),
+            RunRequest(trigger="test"),
+            fence=killed_after_the_copy,
+        )
+    killed = place.clusters()["run_id"].iloc[0]
+    recorded = [json.loads(line)["run_id"] for line in runs.read_text().splitlines()]
+    assert killed not in recorded
+    monkeypatch.undo()
+    warnings = []
+    run_job(
+        place.settings(runs_table=str(runs)),
+        RunRequest(trigger="test"),
+        on_warning=warnings.append,
+    )
+    assert any(f"recovered: run {killed}" in w for w in warnings)
+    appended = place.bq.list_rows(f"{place.dataset}.transitions")
+    appended = appended.to_dataframe(create_bqstorage_client=False)
+    assert set(movers) <= set(appended.loc[appended["run_id"] == killed, "neighborhood"])
+    history = {
+        json.loads(line)["run_id"]: json.loads(line) for line in runs.read_text().splitlines()
+    }
+    assert history[killed]["status"] == "succeeded"

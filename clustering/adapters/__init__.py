@@ -181,6 +181,18 @@ def append_run(dest: str, row: dict) -> None:
     local.append_row(dest, row)
 
 
+def holds_run(dest: str, run_id: str) -> bool:
+    """Whether the runs or transitions table at `dest` (bq://, or a local .jsonl/.csv file)
+    has a row of run `run_id`; a missing table has none."""
+    if dest.startswith("bq://"):
+        from clustering.adapters import bigquery
+
+        return bigquery.holds_run(dest, run_id)
+    from clustering.adapters import local
+
+    return local.holds_run(dest, run_id)
+
+
 def append_transitions(dest: str, frame: pd.DataFrame, schema: list[dict]) -> None:
     """Append a run's transitions (bq://, or a local .csv/.jsonl file)."""
     if dest.startswith("bq://"):

@@ -267,6 +267,26 @@ def table_run_id(uri: str) -> str | None:
     return next((row["run_id"] for row in rows), None)
 
 
+def holds_run(uri: str, run_id: str) -> bool:
+    """Whether the table has a row of run `run_id` (one small query, labelled as ours); a
+    missing table has none."""
+    from google.api_core import exceptions
+    from google.cloud import bigquery
+
+    table_id = bq_table_id(uri, "table")
+    bq = client(table_id.split(".")[0])
+    config = bigquery.QueryJobConfig(
+        query_parameters=[bigquery.ScalarQueryParameter("run_id", "STRING", run_id)],
+        labels=dict(JOB_LABELS),
+    )
+    query = f"SELECT COUNT(*) AS n FROM `{table_id}` WHERE run_id = @run_id"
+    try:
+        job = bq.query(query, job_config=config, **limits(f"checking {uri} for run {run_id}"))
+        return next(iter(job.result(**limits(f"checking {uri}"))))["n"] > 0
+    except exceptions.NotFound:
+        return False
+
+
 def append_row(uri: str, row: dict) -> None:
     """Append one run record. Streaming inserts log no tableDataChange, so the history can
     never trigger a run. The insert id makes a retried insert land once."""

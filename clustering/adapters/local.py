@@ -152,6 +152,18 @@ def append_row(path: str, row: dict) -> None:
         history.write(json.dumps(row, default=str) + "\n")
 
 
+def holds_run(path: str, run_id: str) -> bool:
+    """Whether a local .jsonl or .csv table has a row whose run_id is `run_id`."""
+    file = Path(path)
+    if not file.is_file() or file.stat().st_size == 0:
+        return False
+    if file.suffix.lower() == ".jsonl":
+        lines = file.read_text(encoding="utf-8").splitlines()
+        return any(json.loads(line).get("run_id") == run_id for line in lines if line.strip())
+    frame = pd.read_csv(file, usecols=lambda c: c == "run_id", dtype=str)
+    return bool((frame.get("run_id", pd.Series(dtype=str)) == run_id).any())
+
+
 def append_table(path: str, frame: pd.DataFrame) -> None:
     """Append rows to a local .csv (header written when the file is new) or .jsonl file."""
     file = Path(path)

@@ -98,5 +98,18 @@ class MemoryEngine:
 
         return Steps(replace, move)
 
+    def recover_transitions(self, run: Run, store, run_id: str) -> None:
+        """Run `run_id`'s transitions, from its run folder's CSV."""
+        from clustering.table import read_people_csv, table_schema, typed_rows
+
+        content = store.read_run_file(run_id, CSV_TRANSITIONS)
+        if content is None:
+            return
+        key = run.settings.analysis.key_column
+        schema = table_schema("transitions_table", key)
+        rows = read_people_csv(content, dtype={key: str}, keep_default_na=False, na_values=[""])
+        moves = typed_rows(rows, schema)
+        append_transitions(run.settings.transitions_table, moves, run.fence, key)
+
     def close(self) -> None:
         """Nothing is staged outside this process."""

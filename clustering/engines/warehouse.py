@@ -199,8 +199,6 @@ class WarehouseEngine:
         which the next run waits for), the transitions appended by a query, and the source
         checked unchanged since it was read just before the copy."""
         from clustering.adapters import bigquery, warehouse
-        from clustering.adapters import warehouse_sql as sql
-        from clustering.table import table_schema
 
         tables, jobs = self.tables, self.jobs
         key = run.settings.analysis.key_column
@@ -224,15 +222,32 @@ class WarehouseEngine:
             if tables.transitions is None or not warehouse.exists(tables.staged_moves):
                 return
             run.fence("appending the transitions")
-            if not warehouse.exists(tables.transitions):  # Terraform creates it; the CLI may not
-                schema = list(table_schema("transitions_table", key))
-                warehouse.create_table(tables.transitions, schema)
-            staged = sql.Table(tables.staged_moves)
-            warehouse.query(
-                jobs, "append_transitions", sql.append(staged, sql.Table(tables.transitions), key)
-            )
+            self._append_moves(key, tables.staged_moves, "append_transitions")
 
         return Steps(replace_table, move, check)
+
+    def recover_transitions(self, run: Run, store, run_id: str) -> None:
+        """Run `run_id`'s transitions, from its staging table while it has not expired."""
+        from clustering.adapters import warehouse
+
+        staged = Tables.of(run.settings, run_id).staged_moves
+        if self.tables.transitions is None or not warehouse.exists(staged):
+            return
+        self._append_moves(run.settings.analysis.key_column, staged, "recover_transitions")
+        warehouse.drop(staged)
+
+    def _append_moves(self, key: str, staged: str, step: str) -> None:
+        """INSERT the staged transitions into TRANSITIONS_TABLE, made first when missing
+        (Terraform creates it; the CLI may not)."""
+        from clustering.adapters import warehouse
+        from clustering.adapters import warehouse_sql as sql
+        from clustering.table import table_schema
+
+        dest = self.tables.transitions
+        if not warehouse.exists(dest):
+            warehouse.create_table(dest, list(table_schema("transitions_table", key)))
+        statement = sql.append(sql.Table(staged), sql.Table(dest), key)
+        warehouse.query(self.jobs, step, statement)
 
     def close(self) -> None:
         """Drop the staging tables, with a budget of their own (a run stopped by its deadline

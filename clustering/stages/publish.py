@@ -3,8 +3,10 @@ latest/, in that order and fenced, so a failure leaves the last published run in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from clustering import one_line
 from clustering.settings import JobSettings
@@ -118,9 +120,11 @@ def boundaries(settings: JobSettings, table) -> tuple[dict | None, tuple[str, ..
     return shapes, (f"{len(unmapped)} {plural(key)} have no boundary in {source}: {shown}",)
 
 
-def repair(run: Run, store, pointer: bytes | None, token):
+def repair(run: Run, store, pointer: bytes | None, token, engine):
     """Self-repair (clustering.adapters.repair) of a disagreement between the clusters table and
-    latest/, first, whatever becomes of this run; the pointer it goes on with."""
+    latest/, first, whatever becomes of this run; the pointer it goes on with. A run that
+    latest/ was switched to never finished publishing: what it would have done after its
+    table replacement (`recover`) is done now."""
     from clustering.adapters.repair import Repair, repair
 
     def shaped(rows):
@@ -137,4 +141,40 @@ def repair(run: Run, store, pointer: bytes | None, token):
         analysis.key_column,
         analysis.population_column,
     )
-    return repair(store, pointer, token, job)
+    repaired, repaired_token = repair(store, pointer, token, job)
+    if repaired is not None and repaired != pointer:
+        recover(run, store, json.loads(repaired), engine)
+    return repaired, repaired_token
+
+
+def recover(run: Run, store, manifest: dict, engine) -> None:
+    """The steps after the table replacement of run `manifest` (stopped after it: killed, or
+    out of time), unless they happened: its transitions appended, its history row written."""
+    from clustering import adapters
+    from clustering.stages.context import RunReport, RunRequest
+    from clustering.stages.history import record
+
+    settings, run_id = run.settings, str(manifest["run_id"])
+    moves = manifest.get("transitions") or {}
+    changes = sum(moves.get(k) or 0 for k in ("moved", "appeared", "disappeared"))
+    dest = settings.transitions_table
+    done = []
+    if dest and changes and not adapters.holds_run(dest, run_id):
+        run.fence("recovering the transitions")
+        engine.recover_transitions(run, store, run_id)
+        done.append("transitions")
+    if settings.runs_table and not adapters.holds_run(settings.runs_table, run_id):
+        request = RunRequest(
+            trigger=str(manifest.get("trigger") or "recovered"),
+            event_id=manifest.get("event_id"),
+            reason=manifest.get("reason"),
+        )
+        report = RunReport(run_id, "succeeded", manifest, manifest["outputs"].get("artifacts"))
+        started = datetime.fromisoformat(manifest["started_at"])
+        record(settings, request, run_id, started, report, None, lambda e: run.warn(str(e)))
+        done.append("history row")
+    if done:
+        run.warn(
+            f"recovered: run {run_id} stopped after its table was replaced; its "
+            f"{' and '.join(done)} were completed now"
+        )
