@@ -129,6 +129,7 @@ class Config:
     locals: dict[str, Any]
     outputs: dict[str, dict]
     sources: dict[str, str]  # file name -> raw text
+    providers: dict[str, dict]  # required_providers: name -> {source, version}
 
     def resource(self, address: str) -> dict:
         rtype, name = address.split(".")
@@ -167,7 +168,11 @@ def config() -> Config:
     variables: dict[str, dict] = {}
     local_values: dict[str, Any] = {}
     outputs: dict[str, dict] = {}
+    providers: dict[str, dict] = {}
     for path, doc in parsed.items():
+        for settings_block in doc.get("terraform", []):
+            for required in settings_block.get("required_providers", []):
+                providers.update({name: one(spec) for name, spec in required.items()})
         for target, key in ((resources, "resource"), (data, "data")):
             for entry in doc.get(key, []):
                 for rtype, named in entry.items():
@@ -184,7 +189,7 @@ def config() -> Config:
                     assert name not in local_values, f"local.{name} defined twice ({path})"
                     local_values[name] = one(value)
     sources = {f.name: f.read_text(encoding="utf-8") for f in files}
-    return Config(resources, data, variables, local_values, outputs, sources)
+    return Config(resources, data, variables, local_values, outputs, sources, providers)
 
 
 # --- A small evaluator: the configuration rendered with its defaults -----------------------------
@@ -413,6 +418,22 @@ def test_checkov_offline_has_no_failed_checks_and_no_parsing_errors(config: Conf
 
 
 # --- (c) structure -------------------------------------------------------------------------------
+
+
+# One exact release per provider ("= x.y.z"): a range would let two `terraform init`s on
+# different days plan with different provider code. The google provider stays on major 7, the
+# one the schema check's argument list was compared with (docs/development.md).
+PROVIDER_PINS = {
+    "google": ("hashicorp/google", "= 7.15.0"),
+    "archive": ("hashicorp/archive", "= 2.7.1"),
+}
+
+
+def test_every_provider_is_pinned_to_one_exact_release(config: Config) -> None:
+    pinned = {name: (spec["source"], spec["version"]) for name, spec in config.providers.items()}
+    assert pinned == PROVIDER_PINS
+    for name, (_, version) in pinned.items():
+        assert re.fullmatch(r"= \d+\.\d+\.\d+", version), (name, version)
 
 
 def test_every_variable_has_a_description_a_type_and_a_validation(config: Config) -> None:
