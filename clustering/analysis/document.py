@@ -134,6 +134,13 @@ MAX_CENTROIDS = 1000
 MAX_EXCLUDED_KEYS = 100_000
 MAX_TEXT = 1000
 MAX_ID = 999_999_999
+# Numbers a document holds stay within +-MAX_MAGNITUDE and scales at MIN_SCALE or more, so
+# that z and its squared distances stay finite: a finite but huge value (1.5e308) would make
+# every distance infinite and the nearest centroid arbitrary. scikit-learn's smallest scale is
+# about 2.2e-15 (it sets 1 below ten machine epsilons), and no feature of a neighborhood table
+# comes near 1e12.
+MAX_MAGNITUDE = 1e12
+MIN_SCALE = 1e-15
 ENGINES = ("memory", "warehouse")
 
 
@@ -252,8 +259,11 @@ def _read_space(entry: dict, path: str, clipped: bool) -> Space:
     impute, center, scale = (
         _floats_of(entry[k], f"{path}.{k}", len(features)) for k in ("impute", "center", "scale")
     )
-    if (scale <= 0).any():
-        raise _Malformed(f"{path}.scale must be positive (1 where a feature has no spread)")
+    if (scale < MIN_SCALE).any():
+        raise _Malformed(
+            f"{path}.scale must be positive, {MIN_SCALE:g} or more (1 where a feature has no "
+            "spread)"
+        )
     bounds = None
     if clipped:
         pairs = _list(entry["clip"], f"{path}.clip", MAX_FEATURES)
@@ -290,6 +300,8 @@ def _number(value, path: str, minimum: float | None = None) -> float:
         number = math.inf
     if not math.isfinite(number):
         raise _Malformed(f"{path} is {_shown(value)}, not a finite number")
+    if abs(number) > MAX_MAGNITUDE:
+        raise _Malformed(f"{path} is {number:g}, beyond +-{MAX_MAGNITUDE:g}")
     if minimum is not None and number < minimum:
         raise _Malformed(f"{path} is {number:g}, below {minimum:g}")
     return number
