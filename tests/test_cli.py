@@ -738,7 +738,11 @@ def test_every_setting_flag_shows_its_default_and_its_environment_variable():
     } <= {o.flag for o in flags}
     for option in flags:
         text = run_help[option.flag]
-        assert f"(default: {option.default_text}; function env {option.env}" in text, text
+        if option.env:
+            assert f"(default: {option.default_text}; function env {option.env}" in text, text
+        else:  # a CLI-only setting
+            assert text.endswith(f"(default: {option.default_text})"), text
+    assert run_help["--time-budget"].endswith("(default: 21600 (6 hours))")
     assert "(default: 10; function env K_MAX)" in run_help["--k-max"]
     assert "(default: 0)" in subcommand_help("sample")["--random-state"]
 
