@@ -160,9 +160,12 @@ class Heartbeat:
         return self
 
     def __exit__(self, *_) -> None:
+        from clustering.adapters import budget
+
         self._stop.set()
         self._thread.join()
-        with self._guard:
+        # A run stopped by its deadline still releases its lock: with a budget of its own.
+        with self._guard, budget.bounded(budget.Budget.lasting(budget.FINAL_STEP_SECONDS)):
             if not self._lost:
                 self._store.release(LOCK_KEY, self._token)
 
