@@ -1,7 +1,9 @@
 """Command line: `python -m clustering run | assign | sample | settings-table | send-event`.
 
-Exit codes: 0 success, 2 bad input or settings (one `error:` line, no traceback), 1 for the
-unexpected. Progress goes to stderr, one line per stage; the result summary to stdout.
+Exit codes: 0 success, 2 bad input or settings (one `error:` line, no traceback), 1 when a run
+stopped itself (out of its `--time-budget`, or its run lock taken over: one `error:` line,
+nothing more published) and for the unexpected (with a traceback). Progress goes to stderr, one
+line per stage; the result summary to stdout.
 """
 
 from __future__ import annotations
@@ -15,8 +17,14 @@ import traceback
 from argparse import SUPPRESS
 from collections.abc import Mapping, Sequence
 
+<<<<<<< HEAD
 from clustering import InputError, one_line
 from clustering.job import NotSettled
+=======
+from clustering import InputError
+from clustering.adapters import budget, claims
+from clustering.job import NotSettled, one_line
+>>>>>>> i23a
 from clustering.naming import plural
 from clustering.options import OPTIONS
 from clustering.settings import AnalysisSettings, JobSettings, parse_value
@@ -170,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, NotSettled) as error:
         sys.stderr.write(f"error: {one_line(error)}\n")
         return 2
+    except (budget.OutOfTime, claims.ClaimLost) as error:
+        # The run stopped itself before publishing anything more: one line, no traceback.
+        sys.stderr.write(f"error: {one_line(error)}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted; nothing was published\n")
         return 1
@@ -217,7 +229,9 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     request = RunRequest(trigger="cli", dry_run=args.dry_run, force=args.force)
-    report = _locked_run(settings, request, progress, warn)
+    # The run's own deadline: every client call and job wait fits in what is left of it.
+    with budget.bounded(budget.Budget.lasting(settings.run_budget_seconds)):
+        report = _locked_run(settings, request, progress, warn)
     manifest = report.manifest
     groups = ", ".join(
         f"{g['label']} {g['rows']} rows in {g['sub_k']} sub-clusters"
@@ -287,12 +301,11 @@ def _locked_run(settings: JobSettings, request, progress, warn):
         )
     if holder is not None:
         warn(f"took over the run lock of run {holder.run_id}, which never finished")
-    try:
+    # A CLI run may last hours: the heartbeat keeps the lock from looking stale meanwhile.
+    with claims.Heartbeat(fence, claims.HEARTBEAT_SECONDS) as beat:
         return run_job(
-            settings, request, progress, on_warning=warn, run_id=mine.run_id, fence=fence.check
+            settings, request, progress, on_warning=warn, run_id=mine.run_id, fence=beat.check
         )
-    finally:
-        fence.release()
 
 
 def _sample(args: argparse.Namespace) -> int:

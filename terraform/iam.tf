@@ -42,11 +42,33 @@ resource "google_bigquery_table_iam_member" "runtime_boundaries_reader" {
   member     = "serviceAccount:${google_service_account.runtime.email}"
 }
 
-# Write access on the three output tables only, with a role of exactly what the code does:
-# read a table's metadata and rows (the clusters table's run_id is read back after each load),
-# replace its rows and schema (the WRITE_TRUNCATE load of the clusters table), append (the
-# runs and transitions tables). bigquery.dataEditor would add bigquery.tables.delete (and
-# create, which on a table grants nothing: tables are created by Terraform, on the dataset).
+# What each write the code makes needs, from Google's documentation (permission -> where):
+#   load job, WRITE_TRUNCATE (clusters) or WRITE_APPEND (transitions; memory engine):
+#     bigquery.tables.create, bigquery.tables.updateData, bigquery.tables.update, jobs.create
+#     https://cloud.google.com/bigquery/docs/loading-data-cloud-storage-parquet
+#   streaming insert (runs table): bigquery.tables.updateData and bigquery.tables.get on the
+#     table, bigquery.datasets.get on the dataset
+#     https://cloud.google.com/bigquery/docs/reference/rest/v2/tabledata/insertAll
+#   copy of a staging table over the clusters table (warehouse engine, WRITE_TRUNCATE):
+#     bigquery.tables.get and bigquery.tables.getData on the source, bigquery.tables.create
+#     and bigquery.tables.updateData on the destination's dataset
+#     https://cloud.google.com/bigquery/docs/table-clones-create
+#   query job into a table (staging tables; the INSERT into transitions):
+#     bigquery.tables.create on the dataset, bigquery.tables.getData on every table read
+#     https://cloud.google.com/bigquery/docs/tables
+#   EXPORT DATA / extract of a staging table: bigquery.tables.export on it
+#     https://cloud.google.com/bigquery/docs/reference/rest/v2/jobs/insert
+#     https://cloud.google.com/bigquery/docs/exporting-data
+#   dropping a staging table: bigquery.tables.delete on it
+#     https://cloud.google.com/bigquery/docs/reference/rest/v2/tables/delete
+# tests/test_terraform.py pins each role's permissions to this list.
+
+# Write access on the three output tables only: read a table's metadata and rows (the clusters
+# table's run_id is read back after each load, the transitions query reads it), replace its
+# rows and schema (the WRITE_TRUNCATE load or copy), append (runs, transitions).
+# bigquery.dataEditor would add bigquery.tables.delete. bigquery.tables.update is what a
+# WRITE_TRUNCATE load needs to replace the schema; it also lets the account change the tables'
+# other metadata, an expiration included (docs/deploy.md says what that means).
 resource "google_project_iam_custom_role" "output_writer" {
   project     = var.project_id
   role_id     = replace("${var.name}_output_writer", "-", "_")
@@ -73,14 +95,53 @@ resource "google_bigquery_table_iam_member" "runtime_output_writer" {
   member     = "serviceAccount:${google_service_account.runtime.email}"
 }
 
-# The warehouse engine's staging dataset, and only it: dataEditor on a dataset creates and
-# deletes its tables (a run's staging table) and lets query jobs write them. The copy of a
-# staging table over the clusters table and the append to the transitions table use the
-# table-level grants above; EXPORT DATA writes the CSVs with the bucket grant below.
-resource "google_bigquery_dataset_iam_member" "runtime_staging_editor" {
+# What the load, copy and insert above need on the output dataset itself: bigquery.tables.create
+# (checked on the destination's dataset by loads and copies, even over an existing table) and
+# bigquery.datasets.get (streaming inserts). Neither reads, changes or deletes any table of the
+# dataset, which may hold other tables (the features table among them); a table the account
+# creates there gets no grant from it.
+resource "google_project_iam_custom_role" "output_dataset_user" {
+  project     = var.project_id
+  role_id     = replace("${var.name}_output_dataset_user", "-", "_")
+  title       = "Neighborhood clusters output dataset user"
+  description = "Look up the output dataset and create tables in it, as loads and copies into its tables require."
+  permissions = [
+    "bigquery.datasets.get",
+    "bigquery.tables.create",
+  ]
+}
+
+resource "google_bigquery_dataset_iam_member" "runtime_output_dataset_user" {
+  project    = var.project_id
+  dataset_id = local.output_dataset_id
+  role       = google_project_iam_custom_role.output_dataset_user.name
+  member     = "serviceAccount:${google_service_account.runtime.email}"
+}
+
+# The warehouse engine's staging dataset, and only it: each run creates its staging tables, fills
+# them with query jobs, reads them (the copy over the clusters table, the transitions INSERT),
+# exports them (EXPORT DATA) and drops them. Exactly those permissions, instead of
+# bigquery.dataEditor (which adds table IAM, tags, snapshots and more).
+resource "google_project_iam_custom_role" "staging_user" {
+  project     = var.project_id
+  role_id     = replace("${var.name}_staging_user", "-", "_")
+  title       = "Neighborhood clusters staging tables"
+  description = "Create, fill, read, export and drop the staging tables of a warehouse run."
+  permissions = [
+    "bigquery.datasets.get",
+    "bigquery.tables.create",
+    "bigquery.tables.delete",
+    "bigquery.tables.export",
+    "bigquery.tables.get",
+    "bigquery.tables.getData",
+    "bigquery.tables.updateData",
+  ]
+}
+
+resource "google_bigquery_dataset_iam_member" "runtime_staging_user" {
   project    = var.project_id
   dataset_id = google_bigquery_dataset.staging.dataset_id
-  role       = "roles/bigquery.dataEditor"
+  role       = google_project_iam_custom_role.staging_user.name
   member     = "serviceAccount:${google_service_account.runtime.email}"
 }
 
@@ -90,7 +151,9 @@ resource "google_bigquery_dataset_iam_member" "runtime_staging_editor" {
 # overwrite or delete and objectViewer cannot write; objectAdmin would add object IAM
 # management, which uniform bucket-level access makes moot. objectUser is the narrowest
 # predefined role with create, get, list, update and delete, and it carries no bucket
-# administration. Prefix conditions are not used: listing is checked on the bucket, not on
+# administration; it holds storage.objects.create and storage.objects.delete, which EXPORT DATA
+# needs on the bucket it writes (https://cloud.google.com/bigquery/docs/exporting-data).
+# Prefix conditions are not used: listing is checked on the bucket, not on
 # object names, so a prefix condition would break the list under latest/.
 resource "google_storage_bucket_iam_member" "runtime_artifacts" {
   bucket = google_storage_bucket.artifacts.name

@@ -1,6 +1,9 @@
-# Provider pins. The google provider is pinned to one major version: the resources used here
+# Provider pins: each provider is pinned to one exact release, so two `terraform init`s on
+# different days plan with the same provider code (releases listed at
+# https://releases.hashicorp.com/terraform-provider-google and
+# https://releases.hashicorp.com/terraform-provider-archive/). The resources used here
 # (cloudfunctions2 with build/service config, cloud_run_v2 IAM, bucket soft delete and
-# lifecycle prefixes) are all stable within 7.x, and a new major may rename arguments.
+# lifecycle prefixes) are stable within 7.x; moving the pin is a reviewed change of this file.
 # `archive` zips the function source at plan time, so the bundle is built without a shell step.
 
 terraform {
@@ -10,11 +13,11 @@ terraform {
   required_providers {
     google = {
       source  = "hashicorp/google"
-      version = "~> 7.0"
+      version = "= 7.15.0"
     }
     archive = {
       source  = "hashicorp/archive"
-      version = "~> 2.7"
+      version = "= 2.7.1"
     }
   }
 }

@@ -149,6 +149,7 @@ BAD = {
     "a run.json without a model": ("holds no model document",),
     "a malformed model": ("the model document is malformed",),
     "an unreadable run": ("is not a run manifest",),
+    "a run.json nested without end": ("is not a run manifest",),
     "no such run": ("no such file",),
     "an output of another format": ("--out", ".csv or .parquet"),
     "a missing features file": ("no such file",),
@@ -175,6 +176,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(real_run, tmp_path, 
     elif case == "an unreadable run":
         run = tmp_path / "run.json"
         run.write_text("{not json")
+    elif case == "a run.json nested without end":
+        run = tmp_path / "run.json"
+        run.write_text('{"model": ' + "[" * 100_000 + "]" * 100_000 + "}")
     elif case == "no such run":
         run = tmp_path / "nowhere"
     elif case == "an output of another format":

@@ -2,6 +2,7 @@
 fake-gcs-server (whose preconditions are the real ones' semantics)."""
 
 import json
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -346,3 +347,58 @@ def test_a_finished_event_is_a_duplicate_even_while_another_run_holds_the_lock(s
     claims.claim(store, "other", mine("run-b"), NOW)  # now run-b holds the lock
     outcome, found, fence = claims.claim(store, "k", mine("run-c"), NOW)
     assert (outcome, found.run_id, fence) == ("done", "run-a", None)
+
+
+# --- the heartbeat of a long run (the CLI's) ---------------------------------------------------
+
+
+def claimed_at(store) -> datetime:
+    return datetime.fromisoformat(claims.decode(store.read_claim(claims.LOCK_KEY)[0]).claimed_at)
+
+
+def test_a_heartbeat_keeps_a_long_runs_lock_from_looking_stale(store):
+    now = datetime.now(UTC)
+    started = now - timedelta(seconds=claims.STALE_AFTER_SECONDS - 1)
+    _, _, fence = claims.claim(store, "cli-a", mine("run-a", started), started)
+    beat = claims.Heartbeat(fence, interval=3600)
+    later = now + timedelta(seconds=2)
+    beat.renew()
+    # Two seconds on, the run has lasted 601 s, but its lock was written just now: busy.
+    outcome, found, _ = claims.claim(store, "k", mine("run-b", later), later)
+    assert (outcome, found.run_id) == ("busy", "run-a")
+    assert claimed_at(store) >= now
+    # The heartbeat fences with the token it wrote; the claim's first token is gone.
+    beat.check("publishing")
+    assert not fence.holds()
+
+
+def test_without_a_heartbeat_the_same_lock_is_taken_over(store):
+    now = datetime.now(UTC)
+    started = now - timedelta(seconds=claims.STALE_AFTER_SECONDS - 1)
+    _, _, fence = claims.claim(store, "cli-a", mine("run-a", started), started)
+    later = now + timedelta(seconds=2)
+    assert claims.claim(store, "k", mine("run-b", later), later)[0] == "claimed"
+    assert not fence.holds()
+
+
+def test_a_heartbeat_renews_by_itself_and_releases_the_lock_at_the_end(store):
+    _, _, fence = claims.claim(store, "cli-a", mine("run-a"), NOW)
+    with claims.Heartbeat(fence, interval=0.05) as beat:
+        deadline = time.monotonic() + 10
+        while claimed_at(store) == NOW and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert claimed_at(store) > NOW
+        beat.check("publishing")
+    assert holder(store) is None
+
+
+def test_a_lock_taken_over_stays_lost_and_is_not_released_by_its_old_heartbeat(store):
+    _, _, fence = claims.claim(store, "cli-a", mine("run-a"), NOW)
+    with claims.Heartbeat(fence, interval=3600) as beat:
+        later = NOW + timedelta(seconds=claims.STALE_AFTER_SECONDS + 1)
+        assert claims.claim(store, "k", mine("run-b", later), later)[0] == "claimed"
+        beat.renew()  # cannot write over the new holder's lock
+        assert holder(store) == "run-b"
+        with pytest.raises(claims.ClaimLost, match="run-a lost the run lock before publishing"):
+            beat.check("publishing")
+    assert holder(store) == "run-b"

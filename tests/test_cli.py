@@ -14,6 +14,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -738,7 +740,11 @@ def test_every_setting_flag_shows_its_default_and_its_environment_variable():
     } <= {o.flag for o in flags}
     for option in flags:
         text = run_help[option.flag]
-        assert f"(default: {option.default_text}; function env {option.env}" in text, text
+        if option.env:
+            assert f"(default: {option.default_text}; function env {option.env}" in text, text
+        else:  # a CLI-only setting
+            assert text.endswith(f"(default: {option.default_text})"), text
+    assert run_help["--time-budget"].endswith("(default: 21600 (6 hours))")
     assert "(default: 10; function env K_MAX)" in run_help["--k-max"]
     assert "(default: 0)" in subcommand_help("sample")["--random-state"]
 
@@ -833,3 +839,171 @@ def test_reruns_keep_ids_and_names_and_report_new_cohorts_and_moves(tmp_path):
     back = back.set_index("neighborhood")
     assert (back["sub_cluster"] == names["sub_cluster"]).all()
     assert set(back.loc[back["sub_cluster"] == target, "cohort_name"]) == {"Our cohort"}
+
+
+# --- a long run: the time budget and the run lock's heartbeat, on the emulators ----------------
+#
+# A run that outlasts 120 s per job and 600 s in all, scaled down so the test takes seconds: the
+# client default a wait would otherwise get (budget.DEFAULT_RETRY_SECONDS, 120 s) becomes 1 s,
+# the staleness at which a delivery of the function takes a lock over (600 s) 2 s, and one
+# BigQuery job of the run (the scoring query) takes 3 s. The job's slowness is the one stand-in
+# here: the emulator's job is real and finishes at once, and `SlowJob` only makes its result
+# wait 3 s, as a job 3 s long would (no emulator runs a query for ten minutes on demand).
+
+SLOW_SECONDS = 3.0
+STALE_SECONDS = 2.0
+
+
+class SlowJob:
+    """A real BigQuery job of the emulator whose result takes SLOW_SECONDS; meanwhile a
+    delivery of the function tries to take the run lock over as stale (`contender`)."""
+
+    def __init__(self, job, contender: Callable[[], str], after: Callable[[], None]) -> None:
+        self._job, self._contender, self._after = job, contender, after
+
+    def __getattr__(self, name):
+        return getattr(self._job, name)
+
+    def result(self, retry=None, timeout=None):
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        if timeout is not None and timeout < SLOW_SECONDS:
+            time.sleep(timeout)
+            raise FutureTimeout(f"not done in {timeout:.1f} s")
+        time.sleep(SLOW_SECONDS)
+        self._contender()
+        self._after()
+        return self._job.result(retry=retry, timeout=timeout)
+
+
+@dataclass
+class LongRun:
+    code: int
+    err: str
+    contended: list[str]
+    bucket: object
+    dataset: str
+
+
+@pytest.fixture
+def long_run(gcs_emulator, bigquery_emulator, monkeypatch, capsys):
+    """Runs `python -m clustering run` (in process) through the warehouse engine with one slow
+    job; returns what happened."""
+    from datetime import UTC, datetime
+
+    from clustering.adapters import bigquery as bq_adapter
+    from clustering.adapters import budget, claims
+    from clustering.adapters.gcs import GcsStore
+    from tests import emulators
+
+    monkeypatch.setenv(bq_adapter.EMULATOR_ENV, bigquery_emulator.endpoint)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.endpoint)
+    monkeypatch.setattr(budget, "DEFAULT_RETRY_SECONDS", 1.0)
+    bq = emulators.bigquery_client(bigquery_emulator)
+    dataset = f"{bigquery_emulator.project}.long_{uuid.uuid4().hex[:8]}"
+    bq.create_dataset(dataset)
+    bq.load_table_from_dataframe(make_sample(2_000, random_state=5), f"{dataset}.features").result()
+    bucket = emulators.storage_client(gcs_emulator).create_bucket(f"long-{uuid.uuid4().hex[:8]}")
+    out = f"gs://{bucket.name}/artifacts"
+    contended: list[str] = []
+
+    def contender() -> str:
+        now = datetime.now(UTC)
+        other = claims.Claim(run_id="function-run", event_id="e-1", claimed_at=now.isoformat())
+        outcome, _, _ = claims.claim(GcsStore(out), "e-1", other, now, STALE_SECONDS)
+        contended.append(outcome)
+        return outcome
+
+    # The run's budget on a clock the test can move on: `jump` seconds pass during the slow job.
+    offset = [0.0]
+    lasting = budget.Budget.lasting.__func__
+    monkeypatch.setattr(
+        budget.Budget,
+        "lasting",
+        classmethod(
+            lambda cls, s, clock=None: lasting(cls, s, lambda: time.monotonic() + offset[0])
+        ),
+    )
+    real_wait = bq_adapter.wait
+    jump = [0.0]
+
+    def wait(job, what):
+        after = lambda: offset.__setitem__(0, offset[0] + jump[0])  # noqa: E731
+        real_wait(SlowJob(job, contender, after) if what == "score" else job, what)
+
+    monkeypatch.setattr(bq_adapter, "wait", wait)
+
+    def run(*flags: str, jump_seconds: float = 0.0) -> LongRun:
+        jump[0] = jump_seconds
+        code = run_main(
+            "run",
+            "--features",
+            f"bq://{dataset}.features",
+            "--clusters-table",
+            f"bq://{dataset}.clusters",
+            "--out",
+            out,
+            "--engine",
+            "warehouse",
+            "--sample-rows",
+            "1500",
+            "--quiet",
+            *flags,
+        )
+        return LongRun(code, capsys.readouterr().err, contended, bucket, dataset)
+
+    yield run
+    bq.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+
+
+def published_nothing(run: LongRun) -> bool:
+    from clustering.adapters import claims
+
+    names = {b.name for b in run.bucket.client.list_blobs(run.bucket)}
+    lock = f"artifacts/claims/{claims.LOCK_KEY}"
+    return not any("/latest/" in n for n in names) and not any(n.startswith(lock) for n in names)
+
+
+@pytest.mark.e2e
+def test_a_run_longer_than_a_jobs_default_wait_and_the_locks_staleness_completes(
+    long_run, monkeypatch
+):
+    from clustering.adapters import claims
+
+    monkeypatch.setattr(claims, "HEARTBEAT_SECONDS", 0.3)
+    run = long_run()
+    assert run.code == 0, run.err
+    # The slow job was waited on past the 1 s default, and the lock was never stale meanwhile.
+    assert run.contended == ["busy"]
+    names = {b.name for b in run.bucket.client.list_blobs(run.bucket)}
+    assert "artifacts/latest/run.json" in names
+    assert not any(n.startswith(f"artifacts/claims/{claims.LOCK_KEY}") for n in names)
+
+
+@pytest.mark.e2e
+def test_without_the_heartbeat_the_long_run_loses_its_lock_in_one_line(long_run, monkeypatch):
+    from clustering.adapters import claims
+
+    monkeypatch.setattr(claims, "HEARTBEAT_SECONDS", 3600.0)
+    run = long_run()
+    assert run.contended == ["claimed"]  # the function's delivery took the stale lock over
+    assert run.code == 1, run.err
+    assert "lost the run lock" in one_error_line(run.err)
+    names = {b.name for b in run.bucket.client.list_blobs(run.bucket)}
+    assert not any("/latest/" in n for n in names)
+
+
+@pytest.mark.e2e
+def test_a_run_out_of_its_time_budget_stops_in_one_line_and_publishes_nothing(
+    long_run, monkeypatch
+):
+    from clustering.adapters import claims
+
+    monkeypatch.setattr(claims, "HEARTBEAT_SECONDS", 0.3)
+    # The scoring job ends an hour into a ten-minute budget: the next step is never started.
+    run = long_run("--time-budget", "600", jump_seconds=3600.0)
+    assert run.code == 1, run.err
+    line = one_error_line(run.err)
+    assert "out of time before" in line and "the run stops without publishing more" in line, line
+    assert run.contended == ["busy"]
+    assert published_nothing(run), [b.name for b in run.bucket.client.list_blobs(run.bucket)]

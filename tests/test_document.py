@@ -268,6 +268,95 @@ def test_a_malformed_document_is_refused_in_one_line(real, damage):
         read_model({"model": broken}, "run.json")
 
 
+def refused(written: dict, damage) -> str:
+    """The one line read_model answers a copy of `written` damaged by `damage` with."""
+    broken = json.loads(json.dumps(written))
+    damage(broken)
+    with pytest.raises(InputError) as caught:
+        read_model({"model": broken}, "run.json")
+    line = str(caught.value)
+    assert "\n" not in line and line.startswith("run.json: the model document is malformed: ")
+    assert line.endswith("restore run.json as the run wrote it"), line
+    return line
+
+
+# The hand-edited documents an outside review ran with exit 0 or a traceback, each refused.
+def test_a_nan_clip_bound_is_refused_not_applied(real):
+    _, written, _ = real
+    line = refused(written, lambda d: d["residential"]["clip"][0].__setitem__(1, float("nan")))
+    assert "residential.clip[0][1] is nan, not a finite number" in line
+
+
+def test_a_nan_min_population_is_refused_not_applied(real):
+    _, written, _ = real
+    line = refused(written, lambda d: d.update(min_population=float("nan")))
+    assert "min_population is nan, not a finite number" in line
+    line = refused(written, lambda d: d.update(min_population=-1))
+    assert "min_population is -1, below 0" in line
+
+
+def test_excluded_keys_as_a_text_are_refused_not_split_into_letters(real):
+    _, written, _ = real
+    line = refused(written, lambda d: d.update(excluded_keys="abc"))
+    assert "excluded_keys is 'abc', not a list" in line
+    line = refused(written, lambda d: d.update(excluded_keys=["Harbor Point", 7]))
+    assert "excluded_keys[1] is 7, not a text" in line
+
+
+def test_a_sub_cluster_id_out_of_range_is_refused(real):
+    _, written, _ = real
+
+    def renamed(key):
+        def damage(d):
+            subs = d["residential"]["sub"]
+            subs[key] = subs.pop(sorted(subs)[0])
+
+        return damage
+
+    assert f"{'1' * 20!r} is not a cohort id" in refused(written, renamed("1" * 20))
+    for bad in ("-1", "01", " 1", "1.0", "\u0661"):  # sign, leading zero, space, ..., Arabic 1
+        assert "is not a cohort id" in refused(written, renamed(bad)), bad
+    line = refused(written, lambda d: d["residential"]["sub"]["0"].update(top=10**20))
+    assert "residential.sub.0.top: 100000000000000000000 is not a cohort id" in line
+
+
+def test_a_missing_or_stray_field_is_named(real):
+    _, written, _ = real
+    line = refused(written, lambda d: d["residential"].pop("top_labels"))
+    assert "residential lacks top_labels" in line
+    line = refused(written, lambda d: d["excluded"].update(Parks={"label": "x"}))
+    assert "excluded must have exactly the types" in line
+    line = refused(written, lambda d: d.update(extra=1))
+    assert "model has unknown fields: 'extra'" in line
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda d: d["residential"]["scale"].__setitem__(1, -2.0), "residential.scale must be"),
+        (lambda d: d["residential"]["clip"].__setitem__(0, [5.0, 1.0]), "low bound above"),
+        (lambda d: d["residential"]["impute"].__setitem__(0, True), "is True, not a number"),
+        (lambda d: d["residential"]["center"].__setitem__(0, "1"), "is '1', not a number"),
+        (lambda d: d["residential"]["center"].__setitem__(0, 10**400), "not a finite number"),
+        (lambda d: d.update(engine="gpu"), "engine is 'gpu', not one of memory, warehouse"),
+        (lambda d: d.update(sample={"rows": 5, "of_rows": 4, "rule": "r"}), "sample.of_rows"),
+        (lambda d: d.update(key_column=""), "key_column is '', not a text"),
+        (lambda d: d.update(key_column="k" * 2000), "not a text of 1 to 1000"),
+        (lambda d: d["residential"]["features"].append("population"), "each once"),
+        (lambda d: d.update(excluded_keys=["x"] * 100_001), "more than 100,000"),
+        (lambda d: d["residential"].update(top={}), "name the same top ids"),
+        (lambda d: d["residential"]["top_labels"].update({"7": "x"}), "name the same top ids"),
+        (lambda d: d["residential"]["sub"].clear(), "no sub-cluster for every top group"),
+        (lambda d: d["residential"]["sub"].update({"5": 1}), "residential.sub.5 is 1, not an"),
+        (lambda d: d["residential"]["sub"].update({"5\nx": 1}), "residential.sub.'5\\nx'"),
+        (lambda d: d.update(residential=[[[[]]]]), "residential is a JSON array"),
+    ],
+)
+def test_every_field_is_checked_for_its_type_range_and_shape(real, damage, words):
+    _, written, _ = real
+    assert words in refused(written, damage)
+
+
 def test_a_document_that_does_not_reproduce_the_fit_stops_the_run(real):
     identity, written, _ = real
     tampered = json.loads(json.dumps(written))

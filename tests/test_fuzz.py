@@ -18,6 +18,7 @@ import io
 import json
 import random
 import time
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -268,3 +269,173 @@ def test_hostile_times_and_bytes_from_the_review_are_acked(tmp_path) -> None:
         JsonLog(io.StringIO()),
     )
     assert status == 200, answer
+
+
+# --- the model document: `python -m clustering assign` on mutated run.json files ---------------
+#
+# A valid model document (the real table's run) is mutated at random with a fixed seed, one
+# mutation each, and applied with `assign` (cli.main in process). Most mutations make it
+# invalid by construction, decided here from DESIGN's description of the document, not from
+# clustering.analysis.document: a wrong type, NaN or infinity, a scale <= 0, a negative
+# min_population, clip bounds swapped, an id out of range, a field missing or stray, truncated
+# or endlessly nested JSON. Those must end in exit 2 with one error line and no output; the
+# rest (a random value wherever) may run or be refused, but never end in a traceback.
+
+DOCUMENT_MUTATIONS = 600
+DOCUMENT_TIME_LIMIT_SECONDS = 120.0
+DOCUMENT_SEED = 23
+NOT_NUMBERS = (None, True, "1", [], {}, float("nan"), float("inf"), -float("inf"), 10**400, 1.5e308)
+NOT_TEXTS = (None, 1, True, "", "   ", [], {}, "A" * 1001)
+NOT_IDS = ("-1", "1" * 20, "01", " 1", "x", "1.5", "")
+# Objects whose fields are all required and fixed (the others map ids or names to values).
+FIXED_FIELDS = {(), ("residential",)}
+
+
+def _document_kind(path: tuple) -> str | None:
+    """What DESIGN says the value at `path` of the model document is, where it says so."""
+    if path == ("min_population",):
+        return "nonneg"
+    if len(path) >= 2 and path[-2] == "scale":
+        return "positive"
+    if len(path) >= 2 and path[-2] in ("impute", "center", "centroid"):
+        return "number"
+    if len(path) == 4 and path[:2] == ("residential", "top"):
+        return "number"
+    if len(path) == 5 and path[0] == "excluded" and path[2] == "groups":
+        return "number"
+    if len(path) == 4 and path[:2] == ("residential", "clip"):
+        return "number"
+    if path[-1] in ("name", "label", "key_column", "population_column"):
+        return "text"
+    if len(path) >= 2 and path[-2] in ("features", "excluded_keys"):
+        return "text"
+    if len(path) == 3 and path[:2] == ("residential", "top_labels"):
+        return "text"
+    return None
+
+
+def _fixed(path: tuple) -> bool:
+    """Whether the object at `path` has fixed, required fields only."""
+    return (
+        path in FIXED_FIELDS
+        or (len(path) == 3 and path[:2] == ("residential", "sub"))
+        or (len(path) == 2 and path[0] == "excluded")
+    )
+
+
+def _mutate_document(rng: random.Random, valid: dict) -> tuple[str, str, bool]:
+    """(run.json text, what was done, whether it is invalid by construction)."""
+    manifest = copy.deepcopy(valid)
+    model = manifest["model"]
+    paths = [p for p, _ in _paths(model) if p]
+    roll = rng.random()
+    if roll < 0.04:
+        text = json.dumps(manifest)
+        return text[: rng.randint(0, len(text) - 1)], "truncated", True
+    if roll < 0.06:
+        return '{"model": ' + "[" * 50_000 + "]" * 50_000 + "}", "nested", True
+    if roll < 0.45:
+        path = rng.choice([p for p in paths if _document_kind(p)])
+        kind = _document_kind(path)
+        pool = NOT_TEXTS if kind == "text" else NOT_NUMBERS
+        pool += {"positive": (0, -1.5, 1e-300), "nonneg": (-1, -0.5)}.get(kind, ())
+        _set(model, path, rng.choice(pool))
+        return json.dumps(manifest), f"{kind} at {path}", True
+    if roll < 0.55:
+        lo, hi = rng.choice(model["residential"]["clip"])
+        if lo < hi:
+            pair = rng.choice([p for p in model["residential"]["clip"] if p[0] < p[1]])
+            pair[0], pair[1] = pair[1], pair[0]
+            return json.dumps(manifest), "clip swapped", True
+    if roll < 0.65:
+        mapping = rng.choice((("top",), ("sub",), ("top_labels",)))
+        holder = model["residential"][mapping[0]]
+        holder[rng.choice(NOT_IDS)] = holder.pop(rng.choice(sorted(holder)))
+        return json.dumps(manifest), f"id in {mapping[0]}", True
+    if roll < 0.8:
+        path = rng.choice([(), *(p for p in paths if isinstance(_get(model, p), dict))])
+        if _fixed(path):
+            holder = _get(model, path)
+            if rng.random() < 0.5:
+                del holder[rng.choice(sorted(holder))]
+                return json.dumps(manifest), f"field missing at {path}", True
+            holder["zz"] = 1
+            return json.dumps(manifest), f"stray field at {path}", True
+    path = rng.choice(paths)
+    _set(model, path, rng.choice(ODD_VALUES))
+    return json.dumps(manifest), f"odd value at {path}", False
+
+
+def _get(document, path):
+    for step in path:
+        document = document[step]
+    return document
+
+
+def document_fuzz_figures(tmp_path: Path, capsys, mutations: int = DOCUMENT_MUTATIONS) -> dict:
+    """Run the document fuzz; its figures: runs by exit code, invalid ones by exit code."""
+    from clustering.analysis.document import document, fitted_model
+    from clustering.analysis.identity import identify
+    from clustering.analysis.model import cluster
+    from clustering.settings import AnalysisSettings
+    from clustering.table import validate_features
+    from tests.helpers import REAL_FEATURES, real_table
+    from tests.test_cli import run_main
+
+    settings = AnalysisSettings()
+    frame = validate_features(real_table(), settings, "fuzz").frame
+    identity = identify(cluster(frame, settings), None, {}, "fuzz-run")
+    valid = json.loads(
+        json.dumps({"run_id": "fuzz-run", "model": document(fitted_model(identity, settings))})
+    )
+    rng = random.Random(DOCUMENT_SEED)
+    codes, invalid_codes = collections.Counter(), collections.Counter()
+    failures, began, done = [], time.monotonic(), 0
+    run, dest = tmp_path / "run.json", tmp_path / "assigned.csv"
+    while done < mutations and time.monotonic() - began < DOCUMENT_TIME_LIMIT_SECONDS:
+        text, what, invalid = _mutate_document(rng, valid)
+        run.write_text(text, encoding="utf-8", errors="surrogatepass")
+        dest.unlink(missing_ok=True)
+        with warnings.catch_warnings():
+            # numpy's overflow or invalid-value warning is a row assigned by an inf or NaN
+            # distance: as an error it ends in exit 1, which fails the fuzz.
+            warnings.simplefilter("error", RuntimeWarning)
+            code = run_main(
+                "assign",
+                "--run",
+                str(run),
+                "--features",
+                str(REAL_FEATURES),
+                "--out",
+                str(dest),
+            )
+        err = capsys.readouterr().err
+        done += 1
+        codes[code] += 1
+        lines = [line for line in err.splitlines() if line.startswith("error: ")]
+        one_line = code != 2 or (len(lines) == 1 and "Traceback" not in err and not dest.exists())
+        if invalid:
+            invalid_codes[code] += 1
+        wrong = (invalid and code != 2) or code not in (0, 2) or not one_line
+        if wrong and len(failures) < 5:
+            failures.append((what, code, err[-500:]))
+    return {
+        "mutations": done,
+        "seconds": round(time.monotonic() - began, 1),
+        "exit_codes": dict(codes),
+        "invalid_exit_codes": dict(invalid_codes),
+        "failures": failures,
+    }
+
+
+def test_a_fuzz_of_model_documents_never_runs_an_invalid_one_or_ends_in_a_traceback(
+    tmp_path, capsys
+) -> None:
+    figures = document_fuzz_figures(tmp_path, capsys)
+    assert figures["failures"] == [], figures
+    assert figures["mutations"] >= 200, figures
+    # Invalid by construction: every one refused with exit 2 (0 silent runs), most of the fuzz.
+    assert set(figures["invalid_exit_codes"]) == {2}, figures
+    assert figures["invalid_exit_codes"][2] >= figures["mutations"] // 2, figures
+    # The fuzz does not only refuse: some mutated documents still apply.
+    assert figures["exit_codes"].get(0, 0) > 0 and 1 not in figures["exit_codes"], figures

@@ -129,6 +129,7 @@ class Config:
     locals: dict[str, Any]
     outputs: dict[str, dict]
     sources: dict[str, str]  # file name -> raw text
+    providers: dict[str, dict]  # required_providers: name -> {source, version}
 
     def resource(self, address: str) -> dict:
         rtype, name = address.split(".")
@@ -167,7 +168,11 @@ def config() -> Config:
     variables: dict[str, dict] = {}
     local_values: dict[str, Any] = {}
     outputs: dict[str, dict] = {}
+    providers: dict[str, dict] = {}
     for path, doc in parsed.items():
+        for settings_block in doc.get("terraform", []):
+            for required in settings_block.get("required_providers", []):
+                providers.update({name: one(spec) for name, spec in required.items()})
         for target, key in ((resources, "resource"), (data, "data")):
             for entry in doc.get(key, []):
                 for rtype, named in entry.items():
@@ -184,7 +189,7 @@ def config() -> Config:
                     assert name not in local_values, f"local.{name} defined twice ({path})"
                     local_values[name] = one(value)
     sources = {f.name: f.read_text(encoding="utf-8") for f in files}
-    return Config(resources, data, variables, local_values, outputs, sources)
+    return Config(resources, data, variables, local_values, outputs, sources, providers)
 
 
 # --- A small evaluator: the configuration rendered with its defaults -----------------------------
@@ -413,6 +418,22 @@ def test_checkov_offline_has_no_failed_checks_and_no_parsing_errors(config: Conf
 
 
 # --- (c) structure -------------------------------------------------------------------------------
+
+
+# One exact release per provider ("= x.y.z"): a range would let two `terraform init`s on
+# different days plan with different provider code. The google provider stays on major 7, the
+# one the schema check's argument list was compared with (docs/development.md).
+PROVIDER_PINS = {
+    "google": ("hashicorp/google", "= 7.15.0"),
+    "archive": ("hashicorp/archive", "= 2.7.1"),
+}
+
+
+def test_every_provider_is_pinned_to_one_exact_release(config: Config) -> None:
+    pinned = {name: (spec["source"], spec["version"]) for name, spec in config.providers.items()}
+    assert pinned == PROVIDER_PINS
+    for name, (_, version) in pinned.items():
+        assert re.fullmatch(r"= \d+\.\d+\.\d+", version), (name, version)
 
 
 def test_every_variable_has_a_description_a_type_and_a_validation(config: Config) -> None:
@@ -787,10 +808,17 @@ def test_iam_grants_are_exactly_the_least_privilege_set(config: Config) -> None:
             "'runs': '${google_bigquery_table.runs.table_id}', "
             "'transitions': '${google_bigquery_table.transitions.table_id}'}",
         ),
-        # Runtime: create, write and drop the warehouse engine's staging tables, there only.
+        # Runtime: what loads, copies and inserts need on the output dataset (create, look up).
         (
             "google_bigquery_dataset_iam_member",
-            "roles/bigquery.dataEditor",
+            "${google_project_iam_custom_role.output_dataset_user.name}",
+            runtime,
+            "${local.output_dataset_id}",
+        ),
+        # Runtime: create, write, export and drop the warehouse engine's staging tables, there only.
+        (
+            "google_bigquery_dataset_iam_member",
+            "${google_project_iam_custom_role.staging_user.name}",
             runtime,
             "${google_bigquery_dataset.staging.dataset_id}",
         ),
@@ -870,6 +898,62 @@ def test_iam_grants_are_exactly_the_least_privilege_set(config: Config) -> None:
     token_creator = config.resource("google_service_account_iam_member.pubsub_token_creator")
     assert one(token_creator["count"]) == "${var.grant_pubsub_token_creator ? 1 : 0}"
     assert config.default("grant_pubsub_token_creator") is False
+
+
+# Google's pages for what each BigQuery operation of the code needs (terraform/iam.tf cites them).
+LOAD_DOC = "https://cloud.google.com/bigquery/docs/loading-data-cloud-storage-parquet"
+INSERT_ALL_DOC = "https://cloud.google.com/bigquery/docs/reference/rest/v2/tabledata/insertAll"
+COPY_DOC = "https://cloud.google.com/bigquery/docs/table-clones-create"
+QUERY_DOC = "https://cloud.google.com/bigquery/docs/tables"
+EXPORT_DOC = "https://cloud.google.com/bigquery/docs/exporting-data"
+JOBS_DOC = "https://cloud.google.com/bigquery/docs/reference/rest/v2/jobs/insert"
+DELETE_DOC = "https://cloud.google.com/bigquery/docs/reference/rest/v2/tables/delete"
+
+# Every permission of each custom role -> (which of the code's operations needs it, the page
+# that says so). An extra permission or a missing one fails, and so does a role without a page.
+CUSTOM_ROLES = {
+    # On the clusters, runs and transitions tables.
+    "output_writer": {
+        "bigquery.tables.get": ("streaming insert into runs; copy reads the table", INSERT_ALL_DOC),
+        "bigquery.tables.getData": ("clusters' run_id read back; transitions query", QUERY_DOC),
+        "bigquery.tables.update": ("WRITE_TRUNCATE / WRITE_APPEND load", LOAD_DOC),
+        "bigquery.tables.updateData": ("load, copy, streaming insert, INSERT", LOAD_DOC),
+    },
+    # On the output dataset.
+    "output_dataset_user": {
+        "bigquery.datasets.get": ("streaming insert into runs", INSERT_ALL_DOC),
+        "bigquery.tables.create": ("load and copy into the output tables", COPY_DOC),
+    },
+    # On the staging dataset.
+    "staging_user": {
+        "bigquery.datasets.get": (
+            "looking the dataset up, as for streaming inserts",
+            INSERT_ALL_DOC,
+        ),
+        "bigquery.tables.create": ("staging tables, query jobs writing them", QUERY_DOC),
+        "bigquery.tables.delete": ("dropping the staging tables", DELETE_DOC),
+        "bigquery.tables.export": ("EXPORT DATA of the people CSVs", JOBS_DOC),
+        "bigquery.tables.get": ("copy source", COPY_DOC),
+        "bigquery.tables.getData": ("copy source; queries reading staging tables", COPY_DOC),
+        "bigquery.tables.updateData": ("query jobs appending into staging tables", LOAD_DOC),
+    },
+}
+
+
+def test_each_custom_role_has_exactly_the_documented_permissions(config: Config) -> None:
+    roles = config.of_type("google_project_iam_custom_role")
+    assert set(roles) == set(CUSTOM_ROLES)
+    iam = config.sources["iam.tf"]
+    for name, permissions in CUSTOM_ROLES.items():
+        assert sorted(roles[name]["permissions"][0]) == sorted(permissions), name
+        for permission, (_, page) in permissions.items():
+            # The configuration cites the page beside the grant it justifies.
+            assert page in iam, (name, permission, page)
+    # What must never be granted on the output: deleting a table or changing who may read it.
+    granted = {p for name in ("output_writer", "output_dataset_user") for p in CUSTOM_ROLES[name]}
+    assert not granted & {"bigquery.tables.delete", "bigquery.tables.setIamPolicy"}
+    # EXPORT DATA writes the artifacts bucket: objectUser holds create and delete there.
+    assert EXPORT_DOC in iam
 
 
 def test_no_primitive_roles_public_members_keys_or_authoritative_iam(config: Config) -> None:

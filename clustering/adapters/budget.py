@@ -57,7 +57,7 @@ class Budget:
         if left <= reserve:
             raise OutOfTime(
                 f"out of time before {step}: {max(left, 0.0):.0f} s left of the run's budget, "
-                f"{reserve:.0f} s needed; the event is released and retried"
+                f"{reserve:.0f} s needed; the run stops without publishing more"
             )
 
 

@@ -15,12 +15,15 @@ fencing token: every publishing step first checks that the lock still has that t
 `stale_after` belongs to a run that died (a crash, or a timeout whose release was lost); a
 delivery takes it over with a compare-and-swap, so only one can. The takeover is safe because
 a run stops itself (clustering.adapters.budget) before the function timeout, and `stale_after` is
-longer than that timeout: by then the old run can no longer publish.
+longer than that timeout: by then the old run can no longer publish. A run that may last longer
+than any staleness (the CLI's, whose budget is hours) holds the lock through a `Heartbeat`,
+which renews the lock's time while the run lasts, so it never looks stale.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
@@ -37,6 +40,9 @@ STALE_AFTER_SECONDS = 600
 # How much longer than the function timeout a lock must be before it is stale: covers clock
 # skew between instances and the release of a run that stopped at its deadline.
 STALE_MARGIN_SECONDS = 60
+# How often a Heartbeat renews the lock: far inside the shortest staleness a delivery applies
+# (the function's shortest timeout, 120 s, plus the margin).
+HEARTBEAT_SECONDS = 30.0
 
 Outcome = Literal["claimed", "done", "busy"]
 
@@ -112,10 +118,7 @@ class Fence:
     def check(self, step: str) -> None:
         """Raise ClaimLost unless the lock is still this run's."""
         if not self.holds():
-            raise ClaimLost(
-                f"run {self.mine.run_id} lost the run lock before {step} (a delivery took it "
-                "over as stale): it stops without publishing"
-            )
+            raise _lost(self.mine, step)
 
     def finish(self) -> None:
         """Mark the event done (every later delivery is a duplicate), then release the lock
@@ -128,6 +131,70 @@ class Fence:
 
     def release(self) -> bool:
         return self.store.release(LOCK_KEY, self.token)
+
+
+def _lost(mine: Claim, step: str) -> ClaimLost:
+    return ClaimLost(
+        f"run {mine.run_id} lost the run lock before {step} (a delivery took it over as "
+        "stale): it stops without publishing"
+    )
+
+
+class Heartbeat:
+    """The run lock of a run that may outlast its staleness, kept fresh: every `interval`
+    seconds a thread rewrites the lock with the time now (compare-and-swap on its token), so no
+    delivery takes it over as stale while the run lives. It fences like `Fence` (`check`,
+    with the token it wrote last); leaving the block stops it and releases the lock."""
+
+    def __init__(self, fence: Fence, interval: float = HEARTBEAT_SECONDS) -> None:
+        self._store, self._mine, self._token = fence.store, fence.mine, fence.token
+        self._lost = False
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, args=(interval,), name="run-lock-heartbeat", daemon=True
+        )
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        from clustering.adapters import budget
+
+        self._stop.set()
+        self._thread.join()
+        # A run stopped by its deadline still releases its lock: with a budget of its own.
+        with self._guard, budget.bounded(budget.Budget.lasting(budget.FINAL_STEP_SECONDS)):
+            if not self._lost:
+                self._store.release(LOCK_KEY, self._token)
+
+    def _beat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.renew()
+
+    def renew(self) -> None:
+        """Rewrite the lock with the time now; a lock no longer ours stays lost."""
+        with self._guard:
+            if self._lost:
+                return
+            fresh = replace(self._mine, claimed_at=datetime.now(UTC).isoformat())
+            try:
+                token = self._store.replace_claim(LOCK_KEY, fresh.encode(), self._token)
+            except Exception:  # a failed renewal (a network error) is retried at the next beat
+                return
+            if token is None:
+                self._lost = True
+            else:
+                self._token = token
+
+    def check(self, step: str) -> None:
+        """Raise ClaimLost unless the lock is still the one this heartbeat wrote last."""
+        with self._guard:
+            found = self._store.read_claim(LOCK_KEY)
+            if self._lost or found is None or found[1] != self._token:
+                self._lost = True
+                raise _lost(self._mine, step)
 
 
 def mark_done(store: ClaimStore, key: str, mine: Claim) -> None:

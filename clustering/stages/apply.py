@@ -58,7 +58,7 @@ def _read_manifest(run: str) -> tuple[dict, str]:
     content = adapters.read_bytes(where)
     try:
         manifest = json.loads(content)
-    except ValueError:  # not JSON, or not text at all
+    except (ValueError, RecursionError):  # not JSON, not text at all, or nested too deep
         manifest = None
     if not isinstance(manifest, dict):
         raise InputError(
