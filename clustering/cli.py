@@ -17,14 +17,9 @@ import traceback
 from argparse import SUPPRESS
 from collections.abc import Mapping, Sequence
 
-<<<<<<< HEAD
 from clustering import InputError, one_line
-from clustering.job import NotSettled
-=======
-from clustering import InputError
 from clustering.adapters import budget, claims
-from clustering.job import NotSettled, one_line
->>>>>>> i23a
+from clustering.job import NotSettled
 from clustering.naming import plural
 from clustering.options import OPTIONS
 from clustering.settings import AnalysisSettings, JobSettings, parse_value

@@ -157,7 +157,9 @@ def test_a_million_rows_scored_in_bigquery_equal_the_numpy_assignment(clients, d
     scoring_seconds = time.perf_counter() - began
     assert bq.get_table(staged).num_rows == rows
     uri = f"gs://{bucket}/million/scored-*.csv"
-    kept = tuple(f for f in warehouse.fields(staged) if f[0] in ("neighborhood", *sql.OUTPUT_COLUMNS))
+    kept = tuple(
+        f for f in warehouse.fields(staged) if f[0] in ("neighborhood", *sql.OUTPUT_COLUMNS)
+    )
     warehouse.query(jobs, "export", sql.export(sql.Table(staged), uri, kept))
     scored = exported_rows(gcs, uri)
     assert len(scored) == rows and scored["neighborhood"].is_unique
