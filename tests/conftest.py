@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import emulators
+from tests import emulators, zetasql_check
 
 
 def _fail_if_missing(tool: str) -> None:
@@ -61,3 +61,61 @@ def pubsub_emulator(tmp_path_factory) -> Iterator[emulators.PubSubEmulator]:
         pytest.fail(problem, pytrace=False)
     with emulators.pubsub_server(tmp_path_factory.mktemp("pubsub-emulator"), binary) as emulator:
         yield emulator
+
+
+# --- Every warehouse statement analyzed by ZetaSQL (tests/zetasql_check.py) --------------------
+
+
+@pytest.fixture(scope="session")
+def zetasql_analyzer(tmp_path_factory) -> Iterator[zetasql_check.Analyzer]:
+    """The ZetaSQL local service (GoogleSQL's reference analyzer), started once."""
+    problem = zetasql_check.missing_tool()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    with zetasql_check.zetasql_server(tmp_path_factory.mktemp("zetasql")) as analyzer:
+        yield analyzer
+
+
+@pytest.fixture(autouse=True)
+def googlesql_checked(request) -> Iterator[zetasql_check.Checked | None]:
+    """In every test on the BigQuery emulator, each statement the warehouse adapter sends
+    (clustering.adapters.warehouse.query, which `read` goes through too) is first analyzed by
+    ZetaSQL against the schemas its tables have on the emulator at that moment, with its typed
+    parameters; the test fails on any error, naming the statement. A test that means to send
+    SQL BigQuery refuses says so with @pytest.mark.googlesql_rejects(step, match=...): those
+    steps must then be rejected. None in tests without the emulator."""
+    if "bigquery_emulator" not in request.fixturenames:
+        yield None
+        return
+    from google.api_core import exceptions
+
+    from clustering.adapters import warehouse
+
+    client = emulators.bigquery_client(request.getfixturevalue("bigquery_emulator"))
+
+    def schema_of(table_id: str) -> list[dict] | None:
+        try:
+            return [f.to_api_repr() for f in client.get_table(table_id).schema]
+        except (exceptions.NotFound, exceptions.BadRequest):
+            return None
+
+    checked = zetasql_check.Checked(request.getfixturevalue("zetasql_analyzer"), schema_of)
+    sent = warehouse.query
+
+    def query(jobs, step, statement, *args, **kwargs):
+        typed = [zetasql_check.Parameter(p.name, p.type) for p in statement.parameters]
+        checked.check(step, statement.sql, typed)
+        return sent(jobs, step, statement, *args, **kwargs)
+
+    expected = {
+        step: marker.kwargs.get("match", "")
+        for marker in request.node.iter_markers("googlesql_rejects")
+        for step in marker.args
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(warehouse, "query", query)
+        yield checked
+    client.close()
+    problem = checked.verdict(expected)
+    if problem:
+        pytest.fail(problem, pytrace=False)
