@@ -17,6 +17,7 @@ Python can run `python -m tests.zetasql_check --check` to prove the server answe
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -294,6 +295,22 @@ class Checked:
             self.rejected.append((step, error, sql))
         return error
 
+    def on_request(self, method: str, path: str, body: bytes) -> str:
+        """A FaultProxy rule (tests/emulators.py) for a process the tests cannot patch, the
+        functions-framework server: each query job it inserts is analyzed before the
+        emulator sees it, named by its job id; every request then passes."""
+        if method == "POST" and path.split("?")[0].endswith("/jobs") and body:
+            job = json.loads(body)
+            sent = job.get("configuration", {}).get("query")
+            if sent and not sent.get("useLegacySql"):
+                parameters = [
+                    Parameter(p["name"], _type_name(p["parameterType"]))
+                    for p in sent.get("queryParameters") or ()
+                ]
+                step = job.get("jobReference", {}).get("jobId", "query")
+                self.check(step, sent["query"], parameters)
+        return "pass"
+
     def verdict(self, expected: Mapping[str, str]) -> str | None:
         """Why the test fails, or None: a rejection not `expected` (step -> a pattern its
         message must match), or an expected step that was never rejected."""
@@ -311,6 +328,13 @@ class Checked:
             if step not in rejected
         ]
         return "\n\n".join(problems) or None
+
+
+def _type_name(parameter_type: Mapping) -> str:
+    """A query parameter's type as the REST API sends it, as a name: ARRAY<STRING>."""
+    if parameter_type["type"] == "ARRAY":
+        return f"ARRAY<{_type_name(parameter_type['arrayType'])}>"
+    return parameter_type["type"]
 
 
 def _around(sql: str, message: str, width: int = 120) -> str:
