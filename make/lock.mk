@@ -1,9 +1,10 @@
 # `make lock`: regenerate the hashed lock files from their short top-level files with
 # pip-tools. requirements.txt (what the function installs) from requirements.in,
 # requirements-dev.txt (the test venv: the same pins plus the dev tools) from
-# requirements-dev.in, and make/venv-tools.txt (pip and setuptools of every venv) from
-# make/venv-tools.in. pip-compile keeps the versions a lock already has unless the top-level
-# file changed them (`make lock LOCK_ARGS=--upgrade` moves everything to the newest).
+# requirements-dev.in, make/venv-tools.txt (pip and setuptools of every venv) from
+# make/venv-tools.in, and make/zetasql-requirements.txt (grpcio-tools of .tools/zetasql) from
+# make/zetasql-requirements.in. pip-compile keeps the versions a lock already has unless the
+# top-level file changed them (`make lock LOCK_ARGS=--upgrade` moves everything to the newest).
 # PIP_CONFIG_FILE=/dev/null: the lock is resolved against PyPI alone, so no local index or
 # wheel folder of this machine ends up in it. tests/test_requirements.py fails when a lock
 # and its top-level file, or the lock and the installed .venv, disagree.
@@ -18,6 +19,7 @@ lock: $(LOCK_STAMP)
 	$(PIP_COMPILE) --output-file requirements.txt requirements.in
 	$(PIP_COMPILE) --output-file requirements-dev.txt requirements-dev.in
 	$(PIP_COMPILE) --allow-unsafe --output-file make/venv-tools.txt make/venv-tools.in
+	$(PIP_COMPILE) --allow-unsafe --output-file make/zetasql-requirements.txt make/zetasql-requirements.in
 
 $(LOCK_STAMP): make/pip-tools-requirements.txt make/venv-tools.txt
 	rm -rf $(LOCK_TOOL)

@@ -10,6 +10,7 @@
 
 ZETASQL_TOOL := .tools/zetasql
 ZETASQL_STAMP := $(ZETASQL_TOOL)/.installed
+ZETASQL_VENV := $(ZETASQL_TOOL)/venv
 ZETASQL_VERSION := 1.13.0
 ZETASQL_SHA256 := 37db9c6dacd1d8f70b82428659fc716785d352705c9ac417ed96c66239a56796
 ZETASQL_TGZ := fivetrandevelopers-zetasql-$(ZETASQL_VERSION).tgz
@@ -28,13 +29,13 @@ $(ZETASQL_STAMP): make/zetasql.mk make/zetasql-requirements.txt make/venv-tools.
 	tar -xzf $(ZETASQL_TOOL)/$(ZETASQL_TGZ) -C $(ZETASQL_TOOL) --strip-components=3 \
 		package/lib/zetasql/remote_server.so package/lib/zetasql/protos
 	rm $(ZETASQL_TOOL)/$(ZETASQL_TGZ)
-	$(PYTHON) -m venv $(ZETASQL_TOOL)/venv
-	$(ZETASQL_TOOL)/venv/bin/python -m pip install $(VENV_TOOLS_INSTALL)
-	$(ZETASQL_TOOL)/venv/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r make/zetasql-requirements.txt
+	$(PYTHON) -m venv $(ZETASQL_VENV)
+	$(ZETASQL_VENV)/bin/python -m pip install $(VENV_TOOLS_INSTALL)
+	$(ZETASQL_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r make/zetasql-requirements.txt
 	cd $(ZETASQL_TOOL)/protos && find . -name '*.proto' | sort | xargs \
 		$(abspath $(ZETASQL_TOOL))/venv/bin/python -m grpc_tools.protoc -I. \
 		--python_out=$(abspath $(ZETASQL_TOOL))/python --grpc_python_out=$(abspath $(ZETASQL_TOOL))/python
-	$(ZETASQL_TOOL)/venv/bin/python -m tests.zetasql_check --check
+	$(ZETASQL_VENV)/bin/python -m tests.zetasql_check --check
 	touch $@
 
 clean-zetasql:

@@ -56,6 +56,7 @@ def top_level(path: str) -> dict[str, str]:
         ("requirements.txt", "requirements.in"),
         ("requirements-dev.txt", "requirements-dev.in"),
         ("make/venv-tools.txt", "make/venv-tools.in"),
+        ("make/zetasql-requirements.txt", "make/zetasql-requirements.in"),
     ],
 )
 def test_each_lock_pins_every_package_with_hashes_from_its_top_level_file(locked, source):
@@ -81,6 +82,15 @@ def test_the_runtime_lock_holds_the_function_only_and_the_dev_lock_the_same_pins
     assert {"flask", "werkzeug", "gunicorn", "google-auth", "urllib3", "protobuf", "grpcio"} <= set(
         runtime
     )
+
+
+def test_the_zetasql_tool_compiles_for_the_apps_own_grpcio_and_protobuf():
+    # tests/zetasql_check.py imports the generated modules into the test process: a newer
+    # protobuf or grpcio there would make them refuse the app's (make/zetasql.mk).
+    tool, runtime = lock("make/zetasql-requirements.txt"), lock("requirements.txt")
+    for name in ("grpcio", "protobuf"):
+        assert tool[name] == runtime[name], name
+    assert "grpcio-tools" in tool
 
 
 def test_the_test_venv_is_exactly_the_dev_lock():
