@@ -4,6 +4,7 @@ or subprocess at `emulator.endpoint` itself. See tests/emulators.py."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -78,18 +79,19 @@ def zetasql_analyzer(tmp_path_factory) -> Iterator[zetasql_check.Analyzer]:
 
 @pytest.fixture(autouse=True)
 def googlesql_checked(request) -> Iterator[zetasql_check.Checked | None]:
-    """In every test on the BigQuery emulator, each statement the warehouse adapter sends
-    (clustering.adapters.warehouse.query, which `read` goes through too) is first analyzed by
-    ZetaSQL against the schemas its tables have on the emulator at that moment, with its typed
-    parameters; the test fails on any error, naming the statement. A test that means to send
-    SQL BigQuery refuses says so with @pytest.mark.googlesql_rejects(step, match=...): those
-    steps must then be rejected. None in tests without the emulator."""
+    """In every test on the BigQuery emulator, each query the app sends (a call of
+    google.cloud.bigquery.Client.query from a `clustering` module: every job of the warehouse
+    adapter, dry runs included, and the boundaries query) is first analyzed by ZetaSQL against
+    the schemas its tables have on the emulator at that moment, with the typed parameters of its
+    job config; the test fails on any error, naming the job and the statement. The tests' own
+    SQL is not checked. A test that means to send SQL BigQuery refuses says so with
+    @pytest.mark.googlesql_rejects(step, match=...): those steps (a job id ends in its step)
+    must then be rejected. None in tests without the emulator."""
     if "bigquery_emulator" not in request.fixturenames:
         yield None
         return
     from google.api_core import exceptions
-
-    from clustering.adapters import warehouse
+    from google.cloud import bigquery
 
     client = emulators.bigquery_client(request.getfixturevalue("bigquery_emulator"))
 
@@ -100,12 +102,15 @@ def googlesql_checked(request) -> Iterator[zetasql_check.Checked | None]:
             return None
 
     checked = zetasql_check.Checked(request.getfixturevalue("zetasql_analyzer"), schema_of)
-    sent = warehouse.query
+    send = bigquery.Client.query
 
-    def query(jobs, step, statement, *args, **kwargs):
-        typed = [zetasql_check.Parameter(p.name, p.type) for p in statement.parameters]
-        checked.check(step, statement.sql, typed)
-        return sent(jobs, step, statement, *args, **kwargs)
+    def query(self, sql, *args, **kwargs):
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        config = kwargs.get("job_config", args[0] if args else None)
+        if caller.startswith("clustering.") and not (config and config.use_legacy_sql):
+            parameters = [p.to_api_repr() for p in (config.query_parameters if config else ())]
+            checked.check(kwargs.get("job_id") or caller, sql, zetasql_check.typed(parameters))
+        return send(self, sql, *args, **kwargs)
 
     expected = {
         step: marker.kwargs.get("match", "")
@@ -113,7 +118,7 @@ def googlesql_checked(request) -> Iterator[zetasql_check.Checked | None]:
         for step in marker.args
     }
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(warehouse, "query", query)
+        patch.setattr(bigquery.Client, "query", query)
         yield checked
     client.close()
     problem = checked.verdict(expected)

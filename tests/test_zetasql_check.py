@@ -85,26 +85,32 @@ def test_ddl_and_export_data_are_analyzed_too(googlesql_checked, table):
 
 
 @pytest.mark.googlesql_rejects("probe", match=r"Unrecognized name: nope")
-def test_the_adapter_s_statements_are_analyzed_as_they_are_sent(googlesql_checked, table):
+def test_the_adapter_s_statements_are_analyzed_as_they_are_sent(
+    googlesql_checked, table, bigquery_emulator
+):
     statement = Statement(
         f"SELECT nope FROM {quoted(table)} WHERE neighborhood = @name",
         (Parameter("name", "STRING", "a"),),
     )
     with pytest.raises(InputError, match="probe: BigQuery refused the job"):
         warehouse.query(warehouse.Jobs(PROJECT, "zetasql", 10**12), "probe", statement)
-    assert googlesql_checked.statements == [("probe", statement.sql)]
+    # Checked as the client sent it, named by its job id; the tests' own queries are not.
+    assert googlesql_checked.statements == [("neighborhood_clusters_zetasql_probe", statement.sql)]
+    emulators.bigquery_client(bigquery_emulator).query(statement.sql.replace("nope", "1"))
+    assert len(googlesql_checked.statements) == 1
     # The marker makes this rejection expected; the fixture fails the test without it.
 
 
 def test_a_rejection_fails_the_test_unless_the_test_expects_it():
     checked = Checked(analyzer=None, schema_of=None)
-    checked.statements = [("score", "SELECT x"), ("export", "SELECT 1")]
-    checked.rejected = [("score", "Unrecognized name: x [at 1:8]", "SELECT x")]
-    assert "ZetaSQL rejects the score statement" in checked.verdict({})
+    checked.statements = [("nc_run_score", "SELECT x"), ("nc_run_export", "SELECT 1")]
+    checked.rejected = [("nc_run_score", "Unrecognized name: x [at 1:8]", "SELECT x")]
+    assert "ZetaSQL rejects the nc_run_score statement" in checked.verdict({})
     assert checked.verdict({"score": r"Unrecognized name"}) is None
-    assert "rejects the score" in checked.verdict({"score": r"No matching signature"})
+    assert "rejects the nc_run_score" in checked.verdict({"score": r"No matching signature"})
     assert "expected to be rejected by ZetaSQL" in checked.verdict({"export": ""})
     assert "and was not sent" in checked.verdict({"score": "", "summary": ""})
+    assert "expected to be rejected" in checked.verdict({"run_sco": ""})
 
 
 def test_bigquery_s_type_names_map_to_zetasql_types(zetasql_analyzer):
