@@ -85,8 +85,9 @@ def googlesql_checked(request) -> Iterator[zetasql_check.Checked | None]:
     the schemas its tables have on the emulator at that moment, with the typed parameters of its
     job config; the test fails on any error, naming the job and the statement. The tests' own
     SQL is not checked. A test that means to send SQL BigQuery refuses says so with
-    @pytest.mark.googlesql_rejects(step, match=...): those steps (a job id ends in its step)
-    must then be rejected. None in tests without the emulator."""
+    @pytest.mark.googlesql_rejects(step, match=...): those steps must then be rejected (a
+    statement is named by its job id, which ends in its step, or else by the function that
+    sent it, e.g. clustering.adapters.bigquery.read_boundaries). None without the emulator."""
     if "bigquery_emulator" not in request.fixturenames:
         yield None
         return
@@ -105,7 +106,8 @@ def googlesql_checked(request) -> Iterator[zetasql_check.Checked | None]:
     send = bigquery.Client.query
 
     def query(self, sql, *args, **kwargs):
-        caller = sys._getframe(1).f_globals.get("__name__", "")
+        frame = sys._getframe(1)
+        caller = f"{frame.f_globals.get('__name__', '')}.{frame.f_code.co_name}"
         config = kwargs.get("job_config", args[0] if args else None)
         if caller.startswith("clustering.") and not (config and config.use_legacy_sql):
             parameters = [p.to_api_repr() for p in (config.query_parameters if config else ())]

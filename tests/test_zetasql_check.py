@@ -111,6 +111,8 @@ def test_a_rejection_fails_the_test_unless_the_test_expects_it():
     assert "expected to be rejected by ZetaSQL" in checked.verdict({"export": ""})
     assert "and was not sent" in checked.verdict({"score": "", "summary": ""})
     assert "expected to be rejected" in checked.verdict({"run_sco": ""})
+    checked.rejected = [("clustering.adapters.bigquery.read_boundaries", "Table not found", "")]
+    assert checked.verdict({"read_boundaries": "not found"}) is None
 
 
 def test_bigquery_s_type_names_map_to_zetasql_types(zetasql_analyzer):

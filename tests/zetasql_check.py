@@ -335,8 +335,9 @@ class Checked:
 
 
 def _names(label: str, step: str) -> bool:
-    """A statement's label (its job id, neighborhood_clusters_<run>_<step>) names `step`."""
-    return label == step or label.endswith(f"_{step}")
+    """A statement's label names `step`: its job id (neighborhood_clusters_<run>_<step>) or
+    the function that sent it (module.function) ends in it."""
+    return label == step or label.endswith((f"_{step}", f".{step}"))
 
 
 def typed(parameters: Iterable[Mapping]) -> list[Parameter]:
