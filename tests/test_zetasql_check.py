@@ -128,5 +128,8 @@ def test_bigquery_s_type_names_map_to_zetasql_types(zetasql_analyzer):
     assert kind.array_type.element_type.struct_type.field[0].field_name == "g"
     sql = "SELECT ST_ASTEXT(e.g), e.n + 1 FROM `p`.`d`.`t`, UNNEST(r) AS e"
     assert zetasql_analyzer.analyze(sql, [], {("p", "d", "t"): [record]}) is None
+    # BigQuery's product mode: FLOAT64, never the internal DOUBLE.
+    assert zetasql_analyzer.analyze("SELECT CAST(1 AS FLOAT64)", [], {}) is None
+    assert "Type not found: DOUBLE" in zetasql_analyzer.analyze("SELECT CAST(1 AS DOUBLE)", [], {})
     with pytest.raises(ValueError, match="no ZetaSQL type"):
         zetasql_analyzer.type_of("INTERVAL")
