@@ -3,7 +3,8 @@
 # requirements-dev.txt (the test venv: the same pins plus the dev tools) from
 # requirements-dev.in, and make/venv-tools.txt (pip and setuptools of every venv) from
 # make/venv-tools.in; and the locks of every tool environment under .tools/ (pip-tools itself,
-# the emulators, checkov, terraform) from their .in files, each installed with --require-hashes.
+# the emulators, checkov, terraform, zetasql) from their .in files, each installed with
+# --require-hashes.
 # The BigQuery emulator runs on Python 3.13, so its locks are resolved by a second pip-tools
 # on that Python (.tools/pip-tools-313). pip-compile keeps the versions a lock already has
 # unless the top-level file changed them (`make lock LOCK_ARGS=--upgrade` moves everything to
@@ -37,6 +38,7 @@ lock: $(LOCK_STAMP) $(LOCK_STAMP_313)
 	$(PIP_COMPILE_313) --unsafe-package duckdb \
 		--output-file make/bigquery-emulator-requirements.txt make/bigquery-emulator-requirements.in
 	$(PIP_COMPILE_313) --output-file make/bigquery-duckdb-requirements.txt make/bigquery-duckdb-requirements.in
+	$(PIP_COMPILE) --allow-unsafe --output-file make/zetasql-requirements.txt make/zetasql-requirements.in
 
 $(LOCK_STAMP): make/pip-tools-requirements.txt make/venv-tools.txt
 	rm -rf $(LOCK_TOOL)

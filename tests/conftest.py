@@ -4,11 +4,12 @@ or subprocess at `emulator.endpoint` itself. See tests/emulators.py."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests import emulators
+from tests import emulators, zetasql_check
 
 
 def _fail_if_missing(tool: str) -> None:
@@ -61,3 +62,67 @@ def pubsub_emulator(tmp_path_factory) -> Iterator[emulators.PubSubEmulator]:
         pytest.fail(problem, pytrace=False)
     with emulators.pubsub_server(tmp_path_factory.mktemp("pubsub-emulator"), binary) as emulator:
         yield emulator
+
+
+# --- Every warehouse statement analyzed by ZetaSQL (tests/zetasql_check.py) --------------------
+
+
+@pytest.fixture(scope="session")
+def zetasql_analyzer(tmp_path_factory) -> Iterator[zetasql_check.Analyzer]:
+    """The ZetaSQL local service (GoogleSQL's reference analyzer), started once."""
+    problem = zetasql_check.missing_tool()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    with zetasql_check.zetasql_server(tmp_path_factory.mktemp("zetasql")) as analyzer:
+        yield analyzer
+
+
+@pytest.fixture(autouse=True)
+def googlesql_checked(request) -> Iterator[zetasql_check.Checked | None]:
+    """In every test on the BigQuery emulator, each query the app sends (a call of
+    google.cloud.bigquery.Client.query from a `clustering` module: every job of the warehouse
+    adapter, dry runs included, and the boundaries query) is first analyzed by ZetaSQL against
+    the schemas its tables have on the emulator at that moment, with the typed parameters of its
+    job config; the test fails on any error, naming the job and the statement. The tests' own
+    SQL is not checked. A test that means to send SQL BigQuery refuses says so with
+    @pytest.mark.googlesql_rejects(step, match=...): those steps must then be rejected (a
+    statement is named by its job id, which ends in its step, or else by the function that
+    sent it, e.g. clustering.adapters.bigquery.read_boundaries). None without the emulator."""
+    if "bigquery_emulator" not in request.fixturenames:
+        yield None
+        return
+    from google.api_core import exceptions
+    from google.cloud import bigquery
+
+    client = emulators.bigquery_client(request.getfixturevalue("bigquery_emulator"))
+
+    def schema_of(table_id: str) -> list[dict] | None:
+        try:
+            return [f.to_api_repr() for f in client.get_table(table_id).schema]
+        except (exceptions.NotFound, exceptions.BadRequest):
+            return None
+
+    checked = zetasql_check.Checked(request.getfixturevalue("zetasql_analyzer"), schema_of)
+    send = bigquery.Client.query
+
+    def query(self, sql, *args, **kwargs):
+        frame = sys._getframe(1)
+        caller = f"{frame.f_globals.get('__name__', '')}.{frame.f_code.co_name}"
+        config = kwargs.get("job_config", args[0] if args else None)
+        if caller.startswith("clustering.") and not (config and config.use_legacy_sql):
+            parameters = [p.to_api_repr() for p in (config.query_parameters if config else ())]
+            checked.check(kwargs.get("job_id") or caller, sql, zetasql_check.typed(parameters))
+        return send(self, sql, *args, **kwargs)
+
+    expected = {
+        step: marker.kwargs.get("match", "")
+        for marker in request.node.iter_markers("googlesql_rejects")
+        for step in marker.args
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bigquery.Client, "query", query)
+        yield checked
+    client.close()
+    problem = checked.verdict(expected)
+    if problem:
+        pytest.fail(problem, pytrace=False)

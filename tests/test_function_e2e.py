@@ -1550,10 +1550,11 @@ def test_the_function_clusters_a_city_table_with_settings_alone(
 
 
 def test_a_run_through_the_warehouse_engine_scores_every_row_in_bigquery(
-    bigquery_emulator, gcs_emulator, bq, gcs, cloud, first_run, tmp_path
+    bigquery_emulator, gcs_emulator, bq, gcs, cloud, first_run, tmp_path, googlesql_checked
 ):
     """ENGINE=auto with a MEMORY_MAX_ROWS below the table's 279 rows: the function fits on
-    the sample, scores every row inside BigQuery, exports the CSVs and publishes."""
+    the sample, scores every row inside BigQuery, exports the CSVs and publishes. Its
+    BigQuery requests pass a proxy that has ZetaSQL analyze each query (tests/conftest.py)."""
     from clustering.analysis.assign import assign
     from clustering.analysis.document import read_model
 
@@ -1562,8 +1563,13 @@ def test_a_run_through_the_warehouse_engine_scores_every_row_in_bigquery(
     env = function_env(bigquery_emulator, gcs_emulator.endpoint, f"gs://{cloud}/{prefix}")
     env |= {"CLUSTERS_TABLE": f"bq://{clusters}", "MEMORY_MAX_ROWS": "100", "SAMPLE_ROWS": "1000"}
     env.pop("RUNS_TABLE"), env.pop("TRANSITIONS_TABLE")
-    with serve(env, tmp_path / "functions-framework.log") as function:
+    with (
+        emulators.FaultProxy(bigquery_emulator.endpoint, googlesql_checked.on_request) as proxy,
+        serve(env | {"BIGQUERY_EMULATOR_HOST": proxy.endpoint}, tmp_path / "ff.log") as function,
+    ):
         delivery = function.post(pubsub_event({"reason": "warehouse engine"}))
+    sent = {step.rsplit("_", 1)[-1] for step, _ in googlesql_checked.statements}
+    assert {"sample", "score", "summary"} <= sent, sent
     assert delivery.acked, (delivery.status, delivery.body, delivery.entries)
     run_id = delivery.answer["run_id"]
     assert any("inside BigQuery" in m for m in delivery.messages()), delivery.messages()

@@ -122,6 +122,7 @@ def test_boundaries_are_read_from_a_bigquery_geography_column(
     ("name", "shape", "message"),
     [("nope", "shape", "BOUNDARIES_NAME_COLUMN"), ("nbr_name", "nope", "BOUNDARIES_NAME_COLUMN")],
 )
+@pytest.mark.googlesql_rejects("read_boundaries", match=r"Unrecognized name: nope|Table not found")
 def test_wrong_boundary_columns_are_an_input_error(
     bq_boundaries, bigquery_emulator, monkeypatch, name, shape, message
 ):

@@ -64,6 +64,7 @@ LOCKS = {
     "make/bigquery-duckdb-requirements.txt": "make/bigquery-duckdb-requirements.in",
     "terraform/tools/terraform-requirements.txt": "terraform/tools/terraform-requirements.in",
     "terraform/tools/checkov-requirements.txt": "terraform/tools/checkov-requirements.in",
+    "make/zetasql-requirements.txt": "make/zetasql-requirements.in",
 }
 # Every environment the Makefile builds, by its stamp file.
 STAMPS = (
@@ -75,6 +76,7 @@ STAMPS = (
     ".tools/bigquery/.installed",
     ".tools/terraform/.installed",
     ".tools/checkov/.installed",
+    ".tools/zetasql/.installed",
 )
 
 
@@ -102,6 +104,15 @@ def test_the_runtime_lock_holds_the_function_only_and_the_dev_lock_the_same_pins
     assert {"flask", "werkzeug", "gunicorn", "google-auth", "urllib3", "protobuf", "grpcio"} <= set(
         runtime
     )
+
+
+def test_the_zetasql_tool_compiles_for_the_apps_own_grpcio_and_protobuf():
+    # tests/zetasql_check.py imports the generated modules into the test process: a newer
+    # protobuf or grpcio there would make them refuse the app's (make/zetasql.mk).
+    tool, runtime = lock("make/zetasql-requirements.txt"), lock("requirements.txt")
+    for name in ("grpcio", "protobuf"):
+        assert tool[name] == runtime[name], name
+    assert "grpcio-tools" in tool
 
 
 def test_the_test_venv_is_exactly_the_dev_lock():

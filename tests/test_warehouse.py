@@ -185,7 +185,9 @@ def clusters_of(bq, dataset: str) -> pd.DataFrame:
     return rows.to_dataframe(create_bqstorage_client=False)
 
 
-def test_a_warehouse_run_publishes_every_row_through_its_model(clients, dataset, bucket):
+def test_a_warehouse_run_publishes_every_row_through_its_model(
+    clients, dataset, bucket, googlesql_checked
+):
     bq, gcs = clients
     frame = make_sample(4_000, random_state=3)
     load(bq, f"{dataset}.features", frame, nan_rows=50)
@@ -257,6 +259,11 @@ def test_a_warehouse_run_publishes_every_row_through_its_model(clients, dataset,
         assert job.labels == {"app": "neighborhood-clusters"} and job.state == "DONE", step
         if job.job_type == "query":
             assert job.maximum_bytes_billed == JobSettings().maximum_bytes_billed, step
+    # ZetaSQL analyzed every statement of both runs as it was sent (tests/conftest.py).
+    job = f"neighborhood_clusters_{second.run_id}_"
+    sent = {label.removeprefix(job) for label, _ in googlesql_checked.statements}
+    assert {"checks", "sample", "score", "transitions", "summary", "append_transitions"} <= sent
+    assert {"export_neighborhood_clusters", "export_excluded_neighborhood_analysis"} <= sent
 
 
 def test_auto_sends_a_table_above_memory_max_rows_to_the_warehouse(clients, dataset):
