@@ -279,12 +279,13 @@ def holds_run(uri: str, run_id: str) -> bool:
         query_parameters=[bigquery.ScalarQueryParameter("run_id", "STRING", run_id)],
         labels=dict(JOB_LABELS),
     )
-    query = f"SELECT COUNT(*) AS n FROM `{table_id}` WHERE run_id = @run_id"
     try:
-        job = bq.query(query, job_config=config, **limits(f"checking {uri} for run {run_id}"))
-        return next(iter(job.result(**limits(f"checking {uri}"))))["n"] > 0
+        bq.get_table(table_id, **limits(f"looking up {uri}"))
     except exceptions.NotFound:
         return False
+    query = f"SELECT COUNT(*) AS n FROM `{table_id}` WHERE run_id = @run_id"
+    job = bq.query(query, job_config=config, **limits(f"checking {uri} for run {run_id}"))
+    return next(iter(job.result(**limits(f"checking {uri}"))))["n"] > 0
 
 
 def append_row(uri: str, row: dict) -> None:
