@@ -466,13 +466,17 @@ def cohort_view(identity, analysis):
     index = pd.DataFrame({c.sub_cluster: c.index_scores for c in identity.cohorts}, columns=columns)
     sd = pd.DataFrame({c.sub_cluster: c.sd_scores for c in identity.cohorts}, columns=columns)
     directions = {f: d for f, d in analysis.directions.items() if f in used}
-    profiles = Profiles(index.reindex(used), sd.reindex(used), identity.measures, directions)
+    labels = {f: analysis.label(f) for f in used}
+    profiles = Profiles(
+        index.reindex(used), sd.reindex(used), identity.measures, directions, labels
+    )
     return CohortView(
         identity.table,
         profiles,
         identity.transitions,
         identity.previous_run_id,
         analysis.key_column,
+        row_noun=analysis.noun,
     )
 
 
@@ -643,7 +647,13 @@ def _identify(result, previous, run: _Run, draw):
     analysis = run.settings.analysis
     overrides = dict(run.settings.label_overrides)
     named = identify(
-        result, previous, overrides, run.run_id, analysis.key_column, analysis.directions
+        result,
+        previous,
+        overrides,
+        run.run_id,
+        analysis.key_column,
+        analysis.directions,
+        analysis.labels,
     )
     draw(named)
     run.clock.stage("stability", "bootstrapping cohort stability")
@@ -867,7 +877,6 @@ def _boundaries(settings: JobSettings, table) -> tuple[dict | None, tuple[str, .
     if not source:
         return None, ()
     from clustering import adapters
-    from clustering.naming import plural
 
     shapes = adapters.read_boundaries(
         source, settings.boundaries_key_column, settings.boundaries_geography_column
@@ -877,7 +886,8 @@ def _boundaries(settings: JobSettings, table) -> tuple[dict | None, tuple[str, .
     if not unmapped:
         return shapes, ()
     shown = ", ".join(unmapped[:5]) + (", ..." if len(unmapped) > 5 else "")
-    return shapes, (f"{len(unmapped)} {plural(key)} have no boundary in {source}: {shown}",)
+    called = settings.analysis.rows_called
+    return shapes, (f"{len(unmapped)} {called} have no boundary in {source}: {shown}",)
 
 
 def _manifest(run: _Run, done: _Analysed, timings: dict[str, float], prefix) -> dict:

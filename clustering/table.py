@@ -62,7 +62,8 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
 
     Rows come back sorted by KEY_COLUMN (k-means depends on row order), POPULATION_COLUMN as
     int64 when every value is a whole number (float64 otherwise, e.g. interpolated estimates
-    or blanks) and every configured feature as float64 with blanks as NaN.
+    or blanks) and every configured feature as float64 with blanks as NaN, or as Int64 (blanks
+    as NA) when the input's column holds integers, so the outputs keep them as integers.
     """
     key, population = settings.key_column, settings.population_column
     if frame.shape[1] == 0:
@@ -306,11 +307,14 @@ def _names(column: pd.Series, key: str, where: str) -> pd.Series:
 
 
 def _numbers(frame: pd.DataFrame, column: str, key: str, where: str) -> pd.Series:
-    """The column as float64; text, booleans or non-finite values raise InputError (which
+    """The column as float64, or as Int64 when the input's column holds integers (which the
+    outputs keep as integers); text, booleans or non-finite values raise InputError (which
     names the row by its `key`)."""
     values = frame[column]
     if pd.api.types.is_bool_dtype(values):
         raise InputError(f"{where}: column {column!r} holds true/false values: it must be numeric")
+    if pd.api.types.is_integer_dtype(values):
+        return values.astype("Int64")
     if pd.api.types.is_numeric_dtype(values):
         numbers = values.astype("float64")
         bad = np.isinf(numbers.to_numpy())
@@ -334,7 +338,7 @@ def _check_population(population: pd.Series, names: pd.Series, column: str, wher
         (population > MAX_POPULATION, "is implausibly large", f"{column} counts residents"),
     )
     for mask, what, fix in problems:
-        mask = mask.to_numpy()
+        mask = mask.to_numpy(dtype=bool, na_value=False)
         if mask.any():
             row = int(np.flatnonzero(mask)[0])
             raise InputError(

@@ -146,9 +146,9 @@ def test_the_signed_feature_is_described_in_standard_deviations_everywhere(city)
         assert "crime_change_yoy" not in cohort["index_scores"]  # no index score anywhere
         assert set(cohort["sd_scores"]) == set(manifest["features"]["used"])
     text = page_text(city.out / "latest" / "report.html")
-    row = re.search(r"crime_change_yoy ([+-]?\d\.\d SD|0\.0 SD) (higher|lower|at the mean)", text)
+    row = re.search(r"crime change yoy ([+-]?\d\.\d SD|0\.0 SD) (higher|lower|at the mean)", text)
     assert row, "the report gives the signed feature in SD, read higher/lower"
-    assert re.search(r"median_income \d+ (better|worse) \(higher is better\)", text)
+    assert re.search(r"median income \d+ (better|worse) \(higher is better\)", text)
 
 
 def test_the_report_and_the_history_name_the_rows_as_the_table_does(city):
