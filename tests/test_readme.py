@@ -196,3 +196,13 @@ def test_the_walkthroughs_loader_takes_any_tables_schema_from_the_file(
         ("HARDSHIP_INDEX", "INTEGER"),
         ("PCT_POVERTY", "FLOAT"),
     ]
+
+
+def test_the_walkthrough_says_what_settle_seconds_does_locally_and_how_to_pass_it():
+    from clustering.options import DEFAULTS
+
+    section = PAGES[ROOT / "docs" / "development.md"].split("### Against the emulators", 1)[1]
+    section = " ".join(section.split("## What `make test` checks offline", 1)[0].split())
+    assert "The first event after a load answers `HTTP 500`, `run_retry`" in section
+    assert f"`SETTLE_SECONDS` ({DEFAULTS['settle_seconds']} seconds by default)" in section
+    assert "`SETTLE_SECONDS=0` (no check)" in section and "`--settle-seconds 0`" in section
