@@ -82,6 +82,7 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
     frame = frame.assign(**{key: names})
     warnings = _absent_columns(frame, settings, where)
     warnings += _exclusion_warnings(names, settings, where)
+    warnings += _unknown_labels(frame.columns, settings, where)
     notes = _exclusion_notes(names, settings, where)
 
     # The severity feature names the top split, so it must be numeric even when it is not
@@ -231,6 +232,17 @@ def _absent_columns(frame: pd.DataFrame, settings: AnalysisSettings, where: str)
             "remove them"
         )
     return [f"features not in the table, skipped: {', '.join(missing)} ({where})"]
+
+
+def _unknown_labels(columns: pd.Index, settings: AnalysisSettings, where: str) -> list[str]:
+    """A FEATURE_LABELS entry for a column the table lacks is a warning with the closest
+    column: the label would silently go unused, and the column it meant shows its name."""
+    return [
+        f"FEATURE_LABELS names {column!r}, which is not a column of {where}"
+        f"{did_you_mean(column, columns)}: its label is unused"
+        for column in settings.labels
+        if column not in columns
+    ]
 
 
 def _numeric_columns(frame: pd.DataFrame, settings: AnalysisSettings) -> str:

@@ -135,8 +135,8 @@ def test_integer_columns_of_the_input_load_as_integers(dataset, bigquery_emulato
         feature_directions=(("income", "higher_is_better"),),
     )
     frame = validate_features(parse_table(csv, "csv", "t.csv"), settings, "t.csv").frame
-    table = f"bq://{dataset}.typed"
-    schema = output_schema(frame.assign(run_id="run-1"), "area", "pop")
+    table, run_id = f"bq://{dataset}.typed", f"typed-{uuid.uuid4().hex[:8]}"  # its own job
+    schema = output_schema(frame.assign(run_id=run_id), "area", "pop")
     assert {f["name"]: f["type"] for f in schema} == {
         "area": "STRING",
         "pop": "INTEGER",
@@ -145,7 +145,7 @@ def test_integer_columns_of_the_input_load_as_integers(dataset, bigquery_emulato
         "rate": "FLOAT",
         "run_id": "STRING",
     }
-    adapter.replace_table(table, frame.assign(run_id="run-1"), schema, run_id="run-1")
+    adapter.replace_table(table, frame.assign(run_id=run_id), schema, run_id=run_id)
     client = bigquery_client(bigquery_emulator)
     loaded = {f.name: f.field_type for f in client.get_table(table.removeprefix("bq://")).schema}
     assert loaded["income"] == loaded["count"] == "INTEGER" and loaded["rate"] == "FLOAT"
