@@ -713,3 +713,11 @@ def test_a_feature_label_for_a_column_the_table_lacks_is_a_warning_with_the_clos
         f"FEATURE_LABELS names 'med_ag', which is not a column of {WHERE} (did you mean "
         "'med_age'?): its label is unused",
     )
+
+
+def test_a_blank_in_an_integer_population_is_a_blank_not_a_bad_count():
+    frame = small().assign(population=pd.array([1200, None, 350, 87, 4100], dtype="Int64"))
+    valid = validate_features(frame, FITTED, WHERE)
+    assert any("population is blank in 1 rows" in w for w in valid.warnings), valid.warnings
+    negative = small().assign(population=pd.array([1200, None, -3, 87, 4100], dtype="Int64"))
+    assert "population is negative in data row 3 (Elm Point)" in invalid(negative, FITTED)
