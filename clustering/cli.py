@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from clustering import InputError, one_line
 from clustering.adapters import budget, claims
 from clustering.job import NotSettled
-from clustering.naming import plural
 from clustering.options import OPTIONS
 from clustering.settings import AnalysisSettings, JobSettings, parse_value
 
@@ -238,7 +237,7 @@ def _run(args: argparse.Namespace) -> int:
         else f"artifacts in {settings.artifacts_dest}/latest/"
     )
     moves = manifest["transitions"]
-    rows_called = plural(settings.analysis.key_column)
+    rows_called = settings.analysis.rows_called
     if moves["previous_run_id"] and moves["moved"] is not None:
         changed = moves["moved"] + moves["appeared"] + moves["disappeared"]
         where = (

@@ -45,15 +45,41 @@ def claim_name(key: str) -> str:
     return f"{readable}-{digest}"
 
 
-def plural(key_column: str) -> str:
-    """What the rows are called in messages, charts and the report, after KEY_COLUMN:
-    "neighborhoods", "community areas", "tracts", "counties"."""
-    words = " ".join(key_column.replace("_", " ").split())
-    if re.search(r"[^aeiou]y$", words, re.IGNORECASE):
-        return words[:-1] + "ies"
-    if re.search(r"(s|x|z|ch|sh)$", words, re.IGNORECASE):
-        return words + "es"
-    return words + "s"
+# Words a key column's name often ends with that say what identifies a row, not what a row is:
+# COMMUNITY_AREA_NAME is a community area, TRACT_ID a tract.
+KEY_SUFFIXES = ("name", "number", "id", "code")
+
+
+def readable(column: str) -> str:
+    """A column name as words for people: PCT_HOUSEHOLDS_IN_POVERTY -> "pct households in
+    poverty", housing_vacancy_rate -> "housing vacancy rate" (lower_snake names read as they
+    are, with spaces)."""
+    return " ".join(column.replace("_", " ").split()).lower()
+
+
+def row_noun(key_column: str) -> str:
+    """What one row is, after KEY_COLUMN without a trailing name/number/id/code:
+    COMMUNITY_AREA_NAME -> "community area", neighborhood -> "neighborhood"."""
+    words = readable(key_column).split()
+    while len(words) > 1 and words[-1] in KEY_SUFFIXES:
+        words.pop()
+    return " ".join(words)
+
+
+def plural(noun: str) -> str:
+    """The plural of a row noun, by rule: "neighborhoods", "community areas", "counties",
+    "parishes"."""
+    if re.search(r"[^aeiou]y$", noun, re.IGNORECASE):
+        return noun[:-1] + "ies"
+    if re.search(r"(s|x|z|ch|sh)$", noun, re.IGNORECASE):
+        return noun + "es"
+    return noun + "s"
+
+
+def rows_called(key_column: str, noun: str | None = None) -> str:
+    """What the rows are called in messages, charts and the report: ROW_NOUN (`noun`) in the
+    plural, or the noun KEY_COLUMN names."""
+    return plural(noun or row_noun(key_column))
 
 
 def content_type(name: str) -> str:

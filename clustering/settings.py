@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from clustering import InputError
+from clustering.naming import readable, row_noun, rows_called
 from clustering.options import DEFAULTS, OPTIONS, Option, env_vars
 
 # The notebook's one exclusion list: industrial/entertainment areas, whose crime per capita a
@@ -97,6 +98,9 @@ class AnalysisSettings:
         must have one.
     silhouette_sample_size: above this many rows, silhouettes are computed on a fixed-seed
         sample of this size (the exact score is O(n^2) in time and memory).
+    feature_labels: (column, words) pairs: what people read for a column in the cohort
+        names, the report and the charts; other columns read as `label` makes them.
+    row_noun: what one row is ("community area"); None: from KEY_COLUMN (`noun`).
     """
 
     key_column: str = DEFAULTS["key_column"]
@@ -113,6 +117,8 @@ class AnalysisSettings:
     severity_feature: str = DEFAULTS["severity_feature"]
     feature_directions: tuple[tuple[str, str], ...] = DEFAULT_FEATURE_DIRECTIONS
     silhouette_sample_size: int = DEFAULTS["silhouette_sample_size"]
+    feature_labels: tuple[tuple[str, str], ...] = ()
+    row_noun: str | None = None
 
     @property
     def excluded_names(self) -> tuple[str, ...]:
@@ -133,6 +139,26 @@ class AnalysisSettings:
     def directions(self) -> dict[str, str]:
         """Feature -> "higher_is_worse" | "higher_is_better", for the features that have one."""
         return dict(self.feature_directions)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The columns FEATURE_LABELS names, with their words."""
+        return dict(self.feature_labels)
+
+    def label(self, column: str) -> str:
+        """What people read for a column: its FEATURE_LABELS words, else its name made
+        readable ("PCT_HOUSEHOLDS_IN_POVERTY" -> "pct households in poverty")."""
+        return self.labels.get(column) or readable(column)
+
+    @property
+    def noun(self) -> str:
+        """What one row is: ROW_NOUN, else KEY_COLUMN's words (naming.row_noun)."""
+        return self.row_noun or row_noun(self.key_column)
+
+    @property
+    def rows_called(self) -> str:
+        """The rows in the plural: "neighborhoods", "community areas"."""
+        return rows_called(self.key_column, self.row_noun)
 
     def __post_init__(self) -> None:
         for name, column in (
@@ -185,6 +211,12 @@ class AnalysisSettings:
                 "group is Distressed is unknown: add it to FEATURE_DIRECTIONS "
                 f'(--feature-directions), e.g. \'{{"{self.severity_feature}": '
                 '"higher_is_worse"}\' (or "higher_is_better")'
+            )
+        _check_labels(self.feature_labels)
+        if self.row_noun is not None and not self.row_noun.strip():
+            raise InputError(
+                'ROW_NOUN (--row-noun) is blank: name what one row is, e.g. "community area", '
+                "or leave it unset"
             )
         if self.silhouette_sample_size < 100:
             raise InputError(
@@ -416,7 +448,39 @@ def parse_value(option: Option, raw: str, where: str) -> object:
         return parse_label_overrides(raw, where)
     if option.kind == "directions":
         return parse_feature_directions(raw, where)
+    if option.kind == "labels":
+        return parse_feature_labels(raw, where, option.example)
     return raw
+
+
+def parse_feature_labels(raw: str, where: str, example: str) -> tuple[tuple[str, str], ...]:
+    """Parse a JSON object of column -> words, e.g. '{"PCT_POVERTY": "households in
+    poverty"}'; an entry that is not a column name and non-empty words is named."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise InputError(
+            f"{where} must be a JSON object of column to words, like {example}; got "
+            + repr(raw[:80])
+        )
+    for column, words in value.items():
+        if not str(column).strip() or not isinstance(words, str) or not words.strip():
+            raise InputError(
+                f"{where}: the entry {json.dumps({column: words})} must map a column to "
+                f"non-empty words, like {example}"
+            )
+    return tuple((str(k).strip(), v.strip()) for k, v in value.items())
+
+
+def _check_labels(pairs: tuple[tuple[str, str], ...]) -> None:
+    """Labels built in code (not parsed) give each column once, with words."""
+    columns = [column for column, _ in pairs]
+    if len(set(columns)) != len(columns) or not all(w.strip() for _, w in pairs):
+        raise InputError(
+            "FEATURE_LABELS (--feature-labels) must give each column once, with non-empty words"
+        )
 
 
 def parse_feature_directions(raw: str, where: str) -> tuple[tuple[str, str], ...]:

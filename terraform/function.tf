@@ -57,7 +57,11 @@ locals {
     # A JSON object, as settings.parse_feature_directions reads it (over the code's defaults).
     FEATURE_DIRECTIONS     = jsonencode(local.analysis.feature_directions)
     SILHOUETTE_SAMPLE_SIZE = tostring(local.analysis.silhouette_sample_size)
-    TRANSITIONS_TABLE      = "bq://${google_bigquery_table.transitions.project}.${google_bigquery_table.transitions.dataset_id}.${google_bigquery_table.transitions.table_id}"
+    # Words for people: a JSON object as settings.parse_feature_labels reads it, and the row
+    # noun ("" derives it from KEY_COLUMN).
+    FEATURE_LABELS    = jsonencode(var.feature_labels)
+    ROW_NOUN          = var.row_noun == null ? "" : "${var.row_noun}"
+    TRANSITIONS_TABLE = "bq://${google_bigquery_table.transitions.project}.${google_bigquery_table.transitions.dataset_id}.${google_bigquery_table.transitions.table_id}"
     # A JSON object, as settings.parse_label_overrides reads it.
     LABEL_OVERRIDES = jsonencode(var.label_overrides)
     # The engines, with the code's defaults where a variable is null (defaults.tf).

@@ -415,6 +415,26 @@ variable "exclude_also" {
   }
 }
 
+variable "feature_labels" {
+  description = "Words people read for a column in the cohort names, the report and the charts, e.g. { PCT_HOUSEHOLDS_IN_POVERTY = \"households in poverty\" }; the tables keep the column names. A column not named here reads as its name made readable (lower case, spaces for _)."
+  type        = map(string)
+  default     = {}
+  validation {
+    condition     = alltrue([for column, words in var.feature_labels : trimspace(column) != "" && trimspace(words) != ""])
+    error_message = "feature_labels must map column names to non-empty words."
+  }
+}
+
+variable "row_noun" {
+  description = "What one row is, in the report, the charts and the messages (\"community area\"; counted in the plural by rule). Null: key_column in words without a trailing name, number, id or code."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.row_noun == null ? true : trimspace(var.row_noun) != ""
+    error_message = "row_noun must be non-empty words, or null."
+  }
+}
+
 variable "clustering_features" {
   description = "Feature columns to cluster on; a column named here that the table lacks fails the run (the code's default list, the seed notebook's Baltimore columns, used when null, skips absent columns with a warning)."
   type        = list(string)

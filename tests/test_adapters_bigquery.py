@@ -117,3 +117,41 @@ def test_a_load_job_still_running_at_the_deadline_is_cancelled(
                 f"bq://{dataset}.clusters", frame, output_schema(frame), run_id="run-slow"
             )
     assert [r for r in proxy.requests if "/cancel" in r], proxy.requests
+
+
+def test_integer_columns_of_the_input_load_as_integers(dataset, bigquery_emulator):
+    # A CSV's whole-number columns, one with a blank, stay integers through validation and
+    # the clusters table's load (issue 21: 21323 came back as 21323.0).
+    from clustering.adapters.local import parse_table
+    from clustering.settings import AnalysisSettings
+    from clustering.table import validate_features
+
+    csv = b"area,pop,income,count,rate\nA,100,21323,3,0.5\nB,200,18000,,0.25\nC,300,40001,7,1\n"
+    settings = AnalysisSettings(
+        key_column="area",
+        population_column="pop",
+        clustering_features=("income", "count", "rate"),
+        severity_feature="income",
+        feature_directions=(("income", "higher_is_better"),),
+    )
+    frame = validate_features(parse_table(csv, "csv", "t.csv"), settings, "t.csv").frame
+    table, run_id = f"bq://{dataset}.typed", f"typed-{uuid.uuid4().hex[:8]}"  # its own job
+    schema = output_schema(frame.assign(run_id=run_id), "area", "pop")
+    assert {f["name"]: f["type"] for f in schema} == {
+        "area": "STRING",
+        "pop": "INTEGER",
+        "income": "INTEGER",
+        "count": "INTEGER",
+        "rate": "FLOAT",
+        "run_id": "STRING",
+    }
+    adapter.replace_table(table, frame.assign(run_id=run_id), schema, run_id=run_id)
+    client = bigquery_client(bigquery_emulator)
+    loaded = {f.name: f.field_type for f in client.get_table(table.removeprefix("bq://")).schema}
+    assert loaded["income"] == loaded["count"] == "INTEGER" and loaded["rate"] == "FLOAT"
+    rows = client.query(f"SELECT area, income, count FROM `{dataset}.typed` ORDER BY area").result()
+    assert [tuple(r.values()) for r in rows] == [
+        ("A", 21323, 3),
+        ("B", 18000, None),
+        ("C", 40001, 7),
+    ]

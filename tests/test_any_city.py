@@ -18,6 +18,7 @@ import pytest
 
 from tests.helpers import (
     CITY_BLANK_POPULATION,
+    CITY_DIRECTIONS,
     CITY_FEATURES,
     CITY_KEY,
     CITY_POPULATION,
@@ -146,9 +147,9 @@ def test_the_signed_feature_is_described_in_standard_deviations_everywhere(city)
         assert "crime_change_yoy" not in cohort["index_scores"]  # no index score anywhere
         assert set(cohort["sd_scores"]) == set(manifest["features"]["used"])
     text = page_text(city.out / "latest" / "report.html")
-    row = re.search(r"crime_change_yoy ([+-]?\d\.\d SD|0\.0 SD) (higher|lower|at the mean)", text)
+    row = re.search(r"crime change yoy ([+-]?\d\.\d SD|0\.0 SD) (higher|lower|at the mean)", text)
     assert row, "the report gives the signed feature in SD, read higher/lower"
-    assert re.search(r"median_income \d+ (better|worse) \(higher is better\)", text)
+    assert re.search(r"median income \d+ (better|worse) \(higher is better\)", text)
 
 
 def test_the_report_and_the_history_name_the_rows_as_the_table_does(city):
@@ -238,3 +239,80 @@ def test_the_baltimore_exclusion_list_on_another_table_is_one_note_not_a_warning
     manifest = json.loads((tmp_path / "latest" / "run.json").read_text())
     assert manifest["notes"] == [notes[0].split("note: ", 1)[1]]
     assert not [w for w in manifest["warnings"] if "EXCLUDE_NEIGHBORHOODS" in w]
+
+
+# --- A real city's shape (issue 21): upper-case names, a key ending in NAME, integers ----------
+
+UPPER = {
+    CITY_KEY: "COMMUNITY_AREA_NAME",
+    CITY_POPULATION: "TOTAL_POP",
+    **{f: f.upper() for f in CITY_FEATURES},
+}
+
+
+def upper_city() -> pd.DataFrame:
+    """The city table under upper-case names, with whole-number columns written as integers:
+    the population (one blank), the income and a count with a blank cell."""
+    table = city_table().rename(columns=UPPER)
+    table["HARDSHIP_INDEX"] = (table["POVERTY_RATE"].fillna(0.2) * 300).round().astype("Int64")
+    table.loc[5, "HARDSHIP_INDEX"] = pd.NA
+    table["MEDIAN_INCOME"] = table["MEDIAN_INCOME"].astype("int64")
+    table["TOTAL_POP"] = table["TOTAL_POP"].astype("Int64")
+    return table
+
+
+@pytest.fixture(scope="module")
+def upper(tmp_path_factory):
+    root = tmp_path_factory.mktemp("upper")
+    upper_city().to_csv(root / "city.csv", index=False)
+    features = [UPPER[f] for f in CITY_FEATURES] + ["HARDSHIP_INDEX"]
+    directions = {UPPER[f]: d for f, d in CITY_DIRECTIONS.items()} | {
+        "HARDSHIP_INDEX": "higher_is_worse"
+    }
+    settings = {
+        "KEY_COLUMN": "COMMUNITY_AREA_NAME",
+        "POPULATION_COLUMN": "TOTAL_POP",
+        "CLUSTERING_FEATURES": json.dumps(features),
+        "SEVERITY_FEATURE": "MEDIAN_INCOME",
+        "FEATURE_DIRECTIONS": json.dumps(directions),
+        "FEATURE_LABELS": json.dumps({"DEGREE_SHARE": "college degrees"}),
+        "EXCLUDE_NEIGHBORHOODS": json.dumps(["Area 77"]),
+        "K_MAX": "4",
+    }
+    out, clusters = root / "out", root / "clusters.csv"
+    run = cli(
+        "run",
+        *("--features", str(root / "city.csv"), "--out", str(out)),
+        *("--clusters-table", str(clusters), *flags(settings)),
+    )
+    assert run.returncode == 0, run.stderr
+    return run, out, clusters
+
+
+def test_an_upper_case_table_reads_in_peoples_words(upper):
+    run, out, clusters = upper
+    assert re.match(r"run \S+: 77 community areas; ", run.stdout), run.stdout
+    table = pd.read_csv(clusters, keep_default_na=False, na_values=[""])
+    # The columns keep their names; the names and the page read in words.
+    assert {"COMMUNITY_AREA_NAME", "TOTAL_POP", "MEDIAN_INCOME"} <= set(table.columns)
+    names = " ".join(table.loc[table["excluded_type"] == "Residential", "cohort_name"].unique())
+    assert not re.search(r"[A-Z]{2,}|_", names.replace("Stable", "").replace("Distressed", ""))
+    assert re.search(r"\b(better|worse) (median income|poverty rate|college degrees)", names)
+    text = page_text(out / "latest" / "report.html")
+    assert "Community area cohorts" in text and "77 community areas" in text
+    assert "college degrees (DEGREE_SHARE)" in text  # the facts name the column once
+    assert "hardship index" in text and "HARDSHIP_INDEX " not in text.split("Features used")[1]
+    assert "COMMUNITY AREA NAMEs" not in text and "community area names" not in text
+
+
+def test_integer_columns_stay_integers_in_every_csv(upper):
+    _, out, clusters = upper
+    for path in (clusters, out / "latest" / "neighborhood_clusters.csv"):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        header = lines[0].split(",")
+        cells = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+        for column in ("TOTAL_POP", "MEDIAN_INCOME", "HARDSHIP_INDEX"):
+            values = [row[column] for row in cells]
+            assert all(re.fullmatch(r"\d+", v) for v in values if v), (path.name, column, values)
+            assert "" in values or column == "MEDIAN_INCOME"  # the blanks stay blank
+        assert any(re.fullmatch(r"0\.\d+", row["POVERTY_RATE"]) for row in cells)  # floats stay

@@ -202,3 +202,107 @@ def test_the_real_map_paints_every_cohort_in_its_palette_colour(real):
     assert png_size(image) == (14 * 150, 10 * 150)
     colors = png_colors(image)
     assert {style.color for style in view.styles} <= colors
+
+
+# --- Words for people, never cut (issue 21) ---------------------------------------------------
+
+# Another city's shape: upper-case names, long ones, a key column that ends in NAME.
+LONG_PREFIX = "PERCENT_OF_HOUSEHOLDS_IN_A_VERY_LONG_DESCRIPTION_OF_"
+LONG_LABEL = "share of households living in housing that is crowded, in a very long label"
+
+
+@pytest.fixture(scope="module")
+def long_named():
+    from clustering.analysis.identity import identify
+    from clustering.job import cohort_view
+    from clustering.settings import DEFAULT_CLUSTERING_FEATURES, DEFAULT_FEATURE_DIRECTIONS
+
+    renamed = {f: LONG_PREFIX + f.upper() for f in DEFAULT_CLUSTERING_FEATURES}
+    renamed |= {"neighborhood": "COMMUNITY_AREA_NAME", "population": "TOTAL_POPULATION"}
+    table = make_sample().rename(columns=renamed)
+    features = tuple(renamed[f] for f in DEFAULT_CLUSTERING_FEATURES if f != "population")
+    settings = AnalysisSettings(
+        key_column="COMMUNITY_AREA_NAME",
+        population_column="TOTAL_POPULATION",
+        clustering_features=features,
+        severity_feature=renamed["crime_per_capita"],
+        feature_directions=tuple((renamed[f], d) for f, d in DEFAULT_FEATURE_DIRECTIONS),
+        feature_labels=((renamed["med_age"], LONG_LABEL),),
+    )
+    result = cluster(validate_features(table, settings, "long").frame, settings)
+    named = identify(
+        result, None, {}, "run-1", settings.key_column, settings.directions, settings.labels
+    )
+    ring = np.array([[0, 0], [1, 0], [1, 1], [0, 0]], dtype=float)
+    names = result.table["COMMUNITY_AREA_NAME"].tolist()
+    boundaries = {name: [ring + np.array([i % 20, i // 20])] for i, name in enumerate(names)}
+    return result, cohort_view(named, settings), boundaries
+
+
+def drawn_figures(monkeypatch) -> list:
+    """The figures the charts draw, kept as they were encoded (the real _png runs)."""
+    figures, encode = [], charts._png
+
+    def keep(fig, tight=True):
+        png = encode(fig, tight)
+        figures.append(fig)
+        return png
+
+    monkeypatch.setattr(charts, "_png", keep)
+    return figures
+
+
+def drawn_tick_labels(axis) -> list:
+    """The labels of the major ticks inside the axis's view (those matplotlib draws)."""
+    low, high = sorted(axis.get_view_interval())
+    slack = (high - low) * 1e-9
+    ticks = [t for t in axis.get_major_ticks() if low - slack <= t.get_loc() <= high + slack]
+    return [label for t in ticks for label in (t.label1, t.label2)]
+
+
+def outside(fig) -> list[str]:
+    """The tick labels, titles and legend texts of `fig` not wholly inside it, as drawn at
+    the figure's own dpi (a legend's texts keep the positions of the last draw)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    texts = [fig.texts]
+    for ax in fig.axes:
+        texts += [drawn_tick_labels(ax.xaxis), drawn_tick_labels(ax.yaxis), [ax.title]]
+        legend = ax.get_legend()
+        if legend is not None:
+            texts.append([*legend.get_texts(), legend.get_title()])
+    cut = []
+    for text in (t for group in texts for t in group):
+        if not text.get_visible() or not text.get_text():
+            continue
+        box = text.get_window_extent(renderer)
+        if box.x0 < -0.5 or box.y0 < -0.5 or box.x1 > width + 0.5 or box.y1 > height + 0.5:
+            cut.append(f"{text.get_text()!r} at {box.bounds} in {width}x{height}")
+    return cut
+
+
+def test_no_label_of_any_chart_is_cut_at_the_figures_edge(long_named, monkeypatch):
+    result, view, boundaries = long_named
+    figures = drawn_figures(monkeypatch)
+    images = charts.render(result, view, 42, boundaries, "2026-12-07 06:00 UTC")
+    assert len(figures) == len(images) == 4
+    for name, fig in zip(images, figures, strict=True):
+        assert not outside(fig), (name, outside(fig))
+
+
+def test_the_charts_read_in_peoples_words(long_named, monkeypatch):
+    result, view, boundaries = long_named
+    figures = drawn_figures(monkeypatch)
+    charts.render(result, view, 42, boundaries, "")
+    _, pca, heatmap, map_ = figures
+    rows = [t.get_text().replace("\n", " ") for t in heatmap.axes[0].get_yticklabels()]
+    assert rows[1].startswith("percent of households in a very long description of")
+    assert all("_" not in row and row == row.lower() for row in rows)
+    assert rows[0] == f"{LONG_LABEL} (no direction)"
+    assert "community areas" in pca.texts[0].get_text() or any(
+        "community areas" in ax.get_title() for ax in pca.axes
+    ), [ax.get_title() for ax in pca.axes]
+    assert map_.axes[0].get_title() == "Cohorts of community areas"
+    names = " ".join(view.table["cohort_name"].unique())
+    assert "_" not in names and "PERCENT" not in names

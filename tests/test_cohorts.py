@@ -159,3 +159,25 @@ def test_a_feature_that_goes_negative_or_has_no_positive_mean_is_measured_in_sd(
     assert measure(-0.4, 0.0001) == SD
     assert measure(0.0, 0.0) == SD  # all zero: a ratio to nothing
     assert measure(-1.0, -0.2) == SD
+
+
+def test_names_use_readable_words_for_upper_case_columns_and_feature_labels():
+    directions = {"PER_CAPITA_INCOME": "higher_is_better"}
+    assert words_for("PER_CAPITA_INCOME", "high", directions) == "better per capita income"
+    assert words_for("PCT_AGED_UNDER_18_OR_OVER_64", "low") == "lower pct aged under 18 or over 64"
+    labels = {"PCT_AGED_UNDER_18_OR_OVER_64": "dependants", "PER_CAPITA_INCOME": "income"}
+    assert words_for("PER_CAPITA_INCOME", "low", directions, labels) == "worse income"
+    assert words_for("PCT_AGED_UNDER_18_OR_OVER_64", "high", None, labels) == "higher dependants"
+    # A label given for one of the notebook's features wins over its own words.
+    assert words_for("crime_per_capita", "high", {}, {"crime_per_capita": "crimes"}) == (
+        "higher crimes"
+    )
+    assert words_for("crime_per_capita", "high", {}, {"med_age": "age"}) == "high crime"
+    stable = profile(3, "Stable", PER_CAPITA_INCOME=1.4, PCT_AGED_UNDER_18_OR_OVER_64=-0.9)
+    names = name_cohorts([stable], {}, {}, directions, labels)
+    assert names[3].name == "Stable: better income, lower dependants"
+    # What the name states stays the columns (cohort identity compares those).
+    assert names[3].features == (
+        ("PER_CAPITA_INCOME", "high"),
+        ("PCT_AGED_UNDER_18_OR_OVER_64", "low"),
+    )

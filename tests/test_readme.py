@@ -4,7 +4,12 @@ files, so they cannot go stale."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import uuid
 from pathlib import Path
+
+import pytest
 
 from clustering.analysis.prepare import INSTITUTIONAL, LOW_POPULATION, RESIDENTIAL, row_types
 from clustering.analysis.sample import SAMPLE_ROWS, make_sample
@@ -14,6 +19,7 @@ from clustering.settings import (
     DEFAULT_EXCLUDE_NEIGHBORHOODS,
     AnalysisSettings,
 )
+from tests.emulators import bigquery_client
 from tests.helpers import png_size
 from tests.test_layers import FORBIDDEN, LAYERS
 
@@ -147,3 +153,56 @@ def test_the_readme_draws_the_layers_the_layer_test_enforces():
     assert found.group(1).split(" -> ") == [*names[:-1], "cli/main.py"]
     for package in FORBIDDEN["analysis"]:
         assert f"`{package}" in flat, package
+
+
+@pytest.mark.e2e
+def test_the_walkthroughs_loader_takes_any_tables_schema_from_the_file(
+    bigquery_emulator, gcs_emulator, tmp_path
+):
+    # The loader of docs/development.md, run as written (only the endpoints and the names
+    # moved to this session's emulators) on a table unlike the seed's: upper-case names,
+    # 77 rows, whole numbers with a blank (issue 21: it hard-coded the seed's two columns).
+    page = PAGES[ROOT / "docs" / "development.md"]
+    section = page.split("### Against the emulators", 1)[1]
+    loader = section.split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    features = tmp_path / "city.csv"
+    rows = [f"Area {i:02d},{1000 + i},{'' if i == 5 else i * 3},{i / 100}" for i in range(77)]
+    features.write_text(
+        "COMMUNITY_AREA_NAME,TOTAL_POP,HARDSHIP_INDEX,PCT_POVERTY\n" + "\n".join(rows) + "\n"
+    )
+    dataset, bucket = f"walk_{uuid.uuid4().hex[:8]}", f"walk-{uuid.uuid4().hex[:8]}"
+    for old, new in (
+        ("http://127.0.0.1:9050", bigquery_emulator.endpoint),
+        ("http://127.0.0.1:4443", gcs_emulator.endpoint),
+        ("test-project", bigquery_emulator.project),
+        ('"analytics"', f'"{dataset}"'),
+        (".analytics.", f".{dataset}."),
+        ('"artifacts"', f'"{bucket}"'),
+        ("output/features.csv", str(features)),
+    ):
+        assert old in loader, old
+        loader = loader.replace(old, new)
+    done = subprocess.run(
+        [sys.executable, "-c", loader], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    table = bigquery_client(bigquery_emulator).get_table(
+        f"{bigquery_emulator.project}.{dataset}.neighborhood_features"
+    )
+    assert table.num_rows == 77
+    assert [(f.name, f.field_type) for f in table.schema] == [
+        ("COMMUNITY_AREA_NAME", "STRING"),
+        ("TOTAL_POP", "INTEGER"),
+        ("HARDSHIP_INDEX", "INTEGER"),
+        ("PCT_POVERTY", "FLOAT"),
+    ]
+
+
+def test_the_walkthrough_says_what_settle_seconds_does_locally_and_how_to_pass_it():
+    from clustering.options import DEFAULTS
+
+    section = PAGES[ROOT / "docs" / "development.md"].split("### Against the emulators", 1)[1]
+    section = " ".join(section.split("## What `make test` checks offline", 1)[0].split())
+    assert "The first event after a load answers `HTTP 500`, `run_retry`" in section
+    assert f"`SETTLE_SECONDS` ({DEFAULTS['settle_seconds']} seconds by default)" in section
+    assert "`SETTLE_SECONDS=0` (no check)" in section and "`--settle-seconds 0`" in section

@@ -111,7 +111,10 @@ def test_the_page_names_every_cohort_with_its_size_stability_and_neighborhoods(s
         rows = view.table[view.table["sub_cluster"] == int(cohort.label.split(" · ")[0])]
         assert cohort.rows == len(rows)
         assert f"stability {cohort.stability:.2f}" in text
-        assert [f for f, _, _ in cohort.index] == list(result.features.used)
+        # The features in people's words (the notebook's lower_snake names, with spaces).
+        assert [f for f, _, _ in cohort.index] == [
+            f.replace("_", " ") for f in result.features.used
+        ]
     assert {c.label for c in data.excluded} == set(result.excluded["excluded_cluster"])
     assert all(c.why for c in data.excluded)  # what was excluded, and why
     assert "a warning <b>kept as text</b>" in text

@@ -283,6 +283,7 @@ def test_cli_exits_1_when_nothing_listens(capsys: pytest.CaptureFixture[str]) ->
         (("pubsub", "--url", "ftp://host/"), "not an http(s) URL"),
         (("pubsub", "--timeout", "soon"), "--timeout"),
         (("pubsub", "--timeout", "-1"), "--timeout"),
+        (("table-change", "--table", WATCHED, "--rows", "many"), "--rows 'many' must be a whole"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_error_line(
@@ -296,3 +297,54 @@ def test_bad_arguments_exit_2_with_one_error_line(
     assert captured.err.count("\n") == 1
     assert cause in captured.err
     assert receiver.requests == []
+
+
+# --- The rows a table change states (issue 21) ------------------------------------------------
+
+
+def inserted(receiver: Receiver) -> str | None:
+    ((_, body),) = receiver.requests
+    change = json.loads(body)["data"]["protoPayload"]["metadata"]["tableDataChange"]
+    return change.get("insertedRowsCount")
+
+
+def test_the_rows_flag_states_the_rows_inserted(receiver: Receiver, monkeypatch) -> None:
+    monkeypatch.delenv("BIGQUERY_EMULATOR_HOST", raising=False)
+    assert run_cli("table-change", "--url", receiver.url, "--table", WATCHED, "--rows", "77") == 0
+    assert inserted(receiver) == "77"
+    ((_, body),) = receiver.requests
+    assert "77 rows inserted" in decide_now(json.loads(body)).reason
+
+
+def test_without_an_emulator_or_the_flag_no_count_is_made_up(receiver: Receiver, monkeypatch):
+    monkeypatch.delenv("BIGQUERY_EMULATOR_HOST", raising=False)
+    assert run_cli("table-change", "--url", receiver.url, "--table", WATCHED) == 0
+    assert inserted(receiver) is None  # not Baltimore's 279 whatever the table
+
+
+@pytest.mark.e2e
+def test_on_the_emulator_the_change_states_the_tables_own_row_count(
+    receiver: Receiver, bigquery_emulator, monkeypatch, capsys
+) -> None:
+    import uuid
+
+    import pandas as pd
+
+    from tests.emulators import bigquery_client
+
+    client = bigquery_client(bigquery_emulator)
+    dataset = f"{bigquery_emulator.project}.sender_{uuid.uuid4().hex[:8]}"
+    client.create_dataset(dataset)
+    try:
+        frame = pd.DataFrame({"area": [f"Area {i}" for i in range(77)], "x": range(77)})
+        client.load_table_from_dataframe(frame, f"{dataset}.areas").result()
+        monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bigquery_emulator.endpoint)
+        assert run_cli("table-change", "--url", receiver.url, "--table", f"{dataset}.areas") == 0
+        assert inserted(receiver) == "77"
+        receiver.requests.clear()
+        missing = f"{dataset}.nothing"
+        assert run_cli("table-change", "--url", receiver.url, "--table", missing) == 0
+        assert inserted(receiver) is None
+        assert f"warning: {missing} does not exist on the emulator" in capsys.readouterr().err
+    finally:
+        client.delete_dataset(dataset, delete_contents=True)

@@ -697,3 +697,60 @@ def test_the_edges_of_the_engine_settings_are_accepted():
     )
     assert (edges.memory_max_rows, edges.sample_rows) == (1, 1000)
     assert JobSettings.from_env(env(SAMPLE_ROWS="1000000")).sample_rows == 1_000_000
+
+
+# --- Words for people: FEATURE_LABELS and ROW_NOUN (issue 21) ---------------------------------
+
+
+def test_feature_labels_name_columns_and_the_others_read_as_their_names():
+    settings = JobSettings.from_env(
+        env(FEATURE_LABELS='{"PCT_POVERTY": " households in poverty ", "HARDSHIP": "hardship"}')
+    ).analysis
+    assert settings.feature_labels == (
+        ("PCT_POVERTY", "households in poverty"),
+        ("HARDSHIP", "hardship"),
+    )
+    assert settings.label("PCT_POVERTY") == "households in poverty"
+    assert settings.label("PER_CAPITA_INCOME") == "per capita income"
+    assert settings.labels == {"PCT_POVERTY": "households in poverty", "HARDSHIP": "hardship"}
+    assert AnalysisSettings().feature_labels == () and AnalysisSettings().labels == {}
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ('["a"]', "must be a JSON object of column to words, like"),
+        ("{oops", "must be a JSON object of column to words, like"),
+        ('{"PCT_POVERTY": "poverty", "HARDSHIP": ""}', 'the entry {"HARDSHIP": ""} must map'),
+        ('{"PCT_POVERTY": 3}', 'the entry {"PCT_POVERTY": 3} must map'),
+        ('{" ": "blank"}', 'the entry {" ": "blank"} must map'),
+    ],
+)
+def test_a_bad_feature_label_names_its_entry(raw, words):
+    with pytest.raises(InputError, match=re.escape(words)) as error:
+        JobSettings.from_env(env(FEATURE_LABELS=raw))
+    assert str(error.value).startswith("FEATURE_LABELS")
+    assert "PCT_HOUSEHOLDS_IN_POVERTY" in str(error.value)  # the example shows the form
+
+
+@pytest.mark.parametrize(
+    "labels", [(("a", "x"), ("a", "y")), (("a", " "),)], ids=["twice", "no words"]
+)
+def test_labels_built_in_code_are_checked_too(labels):
+    with pytest.raises(InputError, match="FEATURE_LABELS"):
+        AnalysisSettings(feature_labels=labels)
+
+
+def test_the_row_noun_is_row_noun_else_the_key_columns_words():
+    assert AnalysisSettings().rows_called == "neighborhoods"
+    assert AnalysisSettings().noun == "neighborhood"
+    derived = AnalysisSettings(key_column="COMMUNITY_AREA_NAME")
+    assert (derived.noun, derived.rows_called) == ("community area", "community areas")
+    given = JobSettings.from_env(env(KEY_COLUMN="GEOID", ROW_NOUN=" census tract ")).analysis
+    assert (given.noun, given.rows_called) == ("census tract", "census tracts")
+    assert JobSettings.from_env(env(ROW_NOUN="")).analysis.row_noun is None
+
+
+def test_a_blank_row_noun_built_in_code_is_refused():
+    with pytest.raises(InputError, match=r"ROW_NOUN \(--row-noun\) is blank"):
+        AnalysisSettings(row_noun="  ")

@@ -675,3 +675,49 @@ def test_features_blank_in_every_row_are_named_in_the_singular_or_plural():
     frame = frame.assign(crime_per_capita=np.nan)
     (warning,) = validate_features(frame, FITTED, WHERE).warnings
     assert warning == f"features 'med_age', 'crime_per_capita' are blank in every row of {WHERE}"
+
+
+# --- issue 21: integers kept, labels checked ----------------------------------------------------
+
+
+def test_integer_features_stay_integers_with_blanks_as_na():
+    frame = small().assign(med_age=pd.array([34, None, 41, 29, 38], dtype="Int64"))
+    frame["crime_per_capita"] = [5, 0, 12, 30, 2]  # int64: no blank
+    valid = validate_features(frame, FITTED, WHERE).frame.set_index("neighborhood")
+    assert valid["med_age"].dtype == "Int64" and valid["crime_per_capita"].dtype == "Int64"
+    assert valid.loc["Elm Point", "med_age"] == 41 and valid["med_age"].isna().sum() == 1
+    # Text and float columns are numbers as before.
+    floats = validate_features(small(), FITTED, WHERE).frame
+    assert floats["med_age"].dtype == np.float64
+
+
+def test_a_csvs_integer_column_with_a_blank_is_read_as_integers(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("neighborhood,population,count,rate,flag,name\nA,10,3,0.5,true,x\nB,20,,1,,\n")
+    frame = read_table(str(path))
+    assert frame["population"].dtype == np.int64 and frame["count"].dtype == "Int64"
+    assert frame["rate"].dtype == np.float64
+    assert frame["name"].dtype == object and frame["name"].isna().tolist() == [False, True]
+    assert frame["flag"].dtype == object  # a blank in a true/false column: not numeric
+    assert frame["count"].isna().tolist() == [False, True]
+
+
+def test_a_feature_label_for_a_column_the_table_lacks_is_a_warning_with_the_closest():
+    settings = AnalysisSettings(
+        clustering_features=FITTED.clustering_features,
+        exclude_neighborhoods=(),
+        feature_labels=(("med_ag", "median age"), ("crime_per_capita", "crime")),
+    )
+    warnings = validate_features(small(), settings, WHERE).warnings
+    assert warnings == (
+        f"FEATURE_LABELS names 'med_ag', which is not a column of {WHERE} (did you mean "
+        "'med_age'?): its label is unused",
+    )
+
+
+def test_a_blank_in_an_integer_population_is_a_blank_not_a_bad_count():
+    frame = small().assign(population=pd.array([1200, None, 350, 87, 4100], dtype="Int64"))
+    valid = validate_features(frame, FITTED, WHERE)
+    assert any("population is blank in 1 rows" in w for w in valid.warnings), valid.warnings
+    negative = small().assign(population=pd.array([1200, None, -3, 87, 4100], dtype="Int64"))
+    assert "population is negative in data row 3 (Elm Point)" in invalid(negative, FITTED)

@@ -5,6 +5,8 @@ No Terraform registry is reachable here, so `terraform init/validate/plan` canno
 which parse the .tf files with the HCL parser that ships with checkov (bc-python-hcl2, module
 `hcl2`). That parser lives in the checkov tool environment, not in the app's .venv, so it runs
 as a subprocess that prints JSON. make/terraform.mk builds both tool environments under .tools/.
+The parsing, the evaluator and the checkov run live in tools/tfvars.py, which `make
+check-tfvars TFVARS=path` applies to a user's own .tfvars (tests/test_tfvars.py).
 
 Parser conventions: every attribute value is wrapped in a one-element list, blocks are lists
 of dicts, and expressions come back as "${...}" strings.
@@ -14,10 +16,7 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
-import subprocess
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,21 +25,33 @@ import pytest
 
 from clustering import settings
 from clustering.cloud import events
+from tools.tfvars import (
+    DEMO_PROJECT,
+    FUNCTION,
+    ROOT,
+    TF_DIR,
+    Config,
+    Renderer,
+    block,
+    blocks,
+    checkov,
+    function_environment,
+    make_renderer,
+    one,
+    parse_config,
+    read_tfvars,
+    run,
+    validation_patterns,
+)
 
 pytestmark = pytest.mark.terraform
 
-ROOT = Path(__file__).resolve().parents[1]
-TF_DIR = ROOT / "terraform"
 TERRAFORM = ROOT / ".tools" / "terraform" / "terraform"
 PROVIDER_SCHEMA = ROOT / ".tools" / "provider-schema" / "package" / "lib"
-CHECKOV_BIN = ROOT / ".tools" / "checkov" / "bin"
 
-# No network calls from the tools: Terraform's update check and checkov's platform mapping.
-TOOL_ENV = {**os.environ, "CHECKPOINT_DISABLE": "1", "BC_SKIP_MAPPING": "TRUE"}
 
 RUNTIME_SA = "${google_service_account.runtime.email}"
 TRIGGER_SA = "${google_service_account.trigger.email}"
-FUNCTION = "google_cloudfunctions2_function.recluster"
 FUNCTION_URI = f"${{{FUNCTION}.service_config[0].uri}}"
 RUNS_TOPIC_ID = "${google_pubsub_topic.runs.id}"
 TABLE_CHANGES_TOPIC_ID = "${google_pubsub_topic.table_changes.id}"
@@ -76,9 +87,6 @@ ANALYTIC_VARIABLES = tuple(
     if name not in LIMIT_VARIABLES + ENGINE_VARIABLES
 )
 
-# A project id used to render the configuration with its defaults (project_id has none).
-DEMO_PROJECT = "demo-project-1"
-
 
 def tool(path: Path) -> Path:
     if not path.exists():
@@ -88,257 +96,17 @@ def tool(path: Path) -> Path:
     return path
 
 
-def run(args: list[str | Path], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(a) for a in args],
-        cwd=ROOT,
-        env=TOOL_ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-# --- The parsed configuration --------------------------------------------------------------------
-
-
-def one(value: Any) -> Any:
-    """An attribute's value without the parser's one-element list."""
-    if isinstance(value, list) and len(value) == 1:
-        return value[0]
-    return value
-
-
-def blocks(body: dict, key: str) -> list[dict]:
-    """The nested blocks `key` of a body (possibly none)."""
-    return list(body.get(key, []))
-
-
-def block(body: dict, key: str) -> dict:
-    found = blocks(body, key)
-    assert len(found) == 1, f"expected one {key} block, found {len(found)}"
-    return found[0]
-
-
-@dataclass
-class Config:
-    resources: dict[tuple[str, str], dict]
-    data: dict[tuple[str, str], dict]
-    variables: dict[str, dict]
-    locals: dict[str, Any]
-    outputs: dict[str, dict]
-    sources: dict[str, str]  # file name -> raw text
-    providers: dict[str, dict]  # required_providers: name -> {source, version}
-
-    def resource(self, address: str) -> dict:
-        rtype, name = address.split(".")
-        assert (rtype, name) in self.resources, f"resource {address} is missing"
-        return self.resources[(rtype, name)]
-
-    def of_type(self, rtype: str) -> dict[str, dict]:
-        return {name: body for (t, name), body in self.resources.items() if t == rtype}
-
-    def default(self, name: str) -> Any:
-        return one(self.variables[name]["default"])
-
-
-PARSE_SCRIPT = """
-import json, sys
-import hcl2
-parsed = {}
-for path in sys.argv[1:]:
-    with open(path, encoding="utf-8") as handle:
-        parsed[path] = hcl2.load(handle)
-json.dump(parsed, sys.stdout, default=str)
-"""
+# --- The parsed configuration and its evaluator (tools/tfvars.py) ----------------------------
 
 
 @pytest.fixture(scope="module")
 def config() -> Config:
-    files = sorted(TF_DIR.glob("*.tf"))
-    assert files, "terraform/ has no .tf files"
-    python = tool(CHECKOV_BIN / "python")
-    result = run([python, "-c", PARSE_SCRIPT, *files], timeout=60)
-    assert result.returncode == 0, f"HCL parsing failed:\n{result.stderr}"
-    parsed: dict[str, dict] = json.loads(result.stdout)
-
-    resources: dict[tuple[str, str], dict] = {}
-    data: dict[tuple[str, str], dict] = {}
-    variables: dict[str, dict] = {}
-    local_values: dict[str, Any] = {}
-    outputs: dict[str, dict] = {}
-    providers: dict[str, dict] = {}
-    for path, doc in parsed.items():
-        for settings_block in doc.get("terraform", []):
-            for required in settings_block.get("required_providers", []):
-                providers.update({name: one(spec) for name, spec in required.items()})
-        for target, key in ((resources, "resource"), (data, "data")):
-            for entry in doc.get(key, []):
-                for rtype, named in entry.items():
-                    for name, body in named.items():
-                        assert (rtype, name) not in target, f"{rtype}.{name} defined twice"
-                        target[(rtype, name)] = body
-        for entry in doc.get("variable", []):
-            variables.update(entry)
-        for entry in doc.get("output", []):
-            outputs.update(entry)
-        for entry in doc.get("locals", []):
-            for name, value in entry.items():
-                if not name.startswith("__"):
-                    assert name not in local_values, f"local.{name} defined twice ({path})"
-                    local_values[name] = one(value)
-    sources = {f.name: f.read_text(encoding="utf-8") for f in files}
-    return Config(resources, data, variables, local_values, outputs, sources, providers)
-
-
-# --- A small evaluator: the configuration rendered with its defaults -----------------------------
-
-
-class Unsupported(Exception):
-    pass
-
-
-def split_template(text: str) -> Iterator[tuple[bool, str]]:
-    """Split "a${x}b" into (False, "a"), (True, "x"), (False, "b"), braces balanced."""
-    i = 0
-    while i < len(text):
-        start = text.find("${", i)
-        if start < 0:
-            yield False, text[i:]
-            return
-        if start > i:
-            yield False, text[i:start]
-        depth, j = 0, start + 1
-        while j < len(text):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                depth -= 1
-                if depth == 0:
-                    break
-            j += 1
-        yield True, text[start + 2 : j]
-        i = j + 1
-
-
-class Renderer:
-    """Evaluates the few expression forms the job's values use: var.X (defaults), local.X,
-    local.X.Y, tostring(), jsonencode(), jsondecode(file(...)) of a repository file,
-    `var.X == null ? "..." : "..."`, `var.X == null ? a.b : c.d`, and resource attributes
-    written in the configuration. Anything
-    else raises Unsupported, so a new form is noticed here, not in a deploy."""
-
-    def __init__(
-        self,
-        config: Config,
-        overrides: dict[str, Callable[[], Any]],
-        values: dict[str, Any] | None = None,
-    ):
-        self.config = config
-        self.overrides = overrides
-        # Variables set by a .tfvars file; the others take their defaults.
-        self.values = values or {}
-
-    def render(self, value: Any) -> Any:
-        if isinstance(value, list):
-            return [self.render(v) for v in value]
-        if isinstance(value, dict):
-            return {k: self.render(v) for k, v in value.items() if not k.startswith("__")}
-        if not isinstance(value, str):
-            return value
-        parts = list(split_template(value))
-        if len(parts) == 1 and parts[0][0]:
-            return self.expr(parts[0][1].strip())
-        return "".join(self.text(self.expr(p.strip())) if is_expr else p for is_expr, p in parts)
-
-    @staticmethod
-    def text(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, float) and value.is_integer():
-            return str(int(value))
-        return str(value)
-
-    def expr(self, expr: str) -> Any:
-        if expr in self.overrides:
-            return self.overrides[expr]()
-        if m := re.fullmatch(r"var\.(\w+)", expr):
-            if m.group(1) in self.values:
-                return self.values[m.group(1)]
-            if m.group(1) == "project_id":
-                return DEMO_PROJECT
-            return self.config.default(m.group(1))
-        if m := re.fullmatch(r"coalesce\(([\w.]+),([\w.]+)\)", expr.replace(" ", "")):
-            first = self.expr(m.group(1))
-            return self.expr(m.group(2)) if first in (None, "") else first
-        if m := re.fullmatch(r'(var\.\w+) == None \? "(.*?)" : "(.*)"', expr):
-            branch = m.group(2) if self.expr(m.group(1)) is None else m.group(3)
-            return self.render(branch)
-        if m := re.fullmatch(r"(var\.\w+) == None \? ([\w.]+) : ([\w.]+)", expr):
-            return self.expr(m.group(2) if self.expr(m.group(1)) is None else m.group(3))
-        if m := re.fullmatch(r"local\.(\w+)", expr):
-            return self.render(self.config.locals[m.group(1)])
-        if m := re.fullmatch(r"local\.(\w+)\.(\w+)", expr):
-            return self.expr(f"local.{m.group(1)}")[m.group(2)]
-        if m := re.fullmatch(r'jsondecode\(file\("\$\{local\.repo_root\}/([\w./-]+)"\)\)', expr):
-            assert self.config.locals["repo_root"] == "${path.module}/.."
-            return json.loads((ROOT / m.group(1)).read_text(encoding="utf-8"))
-        if m := re.fullmatch(r"tostring\((.+)\)", expr):
-            return self.text(self.expr(m.group(1).strip()))
-        if m := re.fullmatch(r"jsonencode\((.+)\)", expr):
-            return json.dumps(self.expr(m.group(1).strip()), separators=(",", ":"))
-        if m := re.fullmatch(r"(google_\w+)\.(\w+)\.(\w+)", expr):
-            body = self.config.resource(f"{m.group(1)}.{m.group(2)}")
-            attr = m.group(3)
-            if m.group(1) == "google_service_account" and attr == "email":
-                account = self.render(one(body["account_id"]))
-                return f"{account}@{self.render(one(body['project']))}.iam.gserviceaccount.com"
-            if attr in body:
-                return self.render(one(body[attr]))
-        raise Unsupported(
-            f"cannot evaluate ${{{expr}}}: extend Renderer in tests/test_terraform.py"
-        )
-
-
-def make_renderer(config: Config, values: dict[str, Any] | None = None) -> Renderer:
-    """A Renderer for the defaults, or for the variables a .tfvars file sets (`values`)."""
-    values = values or {}
-
-    def value(name: str) -> Any:
-        return values.get(name, config.default(name))
-
-    # Expressions whose evaluation would need a real HCL engine, written out here.
-    project = values.get("project_id", DEMO_PROJECT)
-    overrides: dict[str, Callable[[], Any]] = {
-        "local.artifacts_bucket": lambda: (
-            value("artifacts_bucket_name") or f"{project}-{value('name')}-artifacts"
-        ),
-        "local.output_dataset_id": lambda: value("dataset_id"),
-    }
-    # Keep the overrides honest: they must describe what the configuration says.
-    assert "coalesce(var.artifacts_bucket_name" in config.locals["artifacts_bucket"]
-    assert "-artifacts" in config.locals["artifacts_bucket"]
-    assert config.default("artifacts_bucket_name") is None
-    assert re.fullmatch(
-        r"\$\{var\.create_dataset \? google_bigquery_dataset\.output\[0\]\.dataset_id"
-        r" : var\.dataset_id\}",
-        config.locals["output_dataset_id"],
-    )
-    return Renderer(config, overrides, values)
+    return parse_config()
 
 
 @pytest.fixture(scope="module")
 def renderer(config: Config) -> Renderer:
     return make_renderer(config)
-
-
-def function_environment(config: Config) -> dict[str, Any]:
-    service = block(config.resource(FUNCTION), "service_config")
-    assert one(service["environment_variables"]) == "${local.function_environment}"
-    env = config.locals["function_environment"]
-    assert isinstance(env, dict)
-    return {k: v for k, v in env.items() if not k.startswith("__")}
 
 
 # --- (a) formatting ------------------------------------------------------------------------------
@@ -354,26 +122,6 @@ def test_terraform_fmt_check_passes() -> None:
 
 
 # --- (b) checkov ---------------------------------------------------------------------------------
-
-
-def checkov(*options: str) -> dict:
-    """checkov's one terraform report on terraform/, offline, with extra `options`."""
-    result = run(
-        [
-            tool(CHECKOV_BIN / "checkov"),
-            *("--directory", "terraform", "--framework", "terraform", "--skip-download"),
-            *options,
-            *("--output", "json"),
-        ]
-    )
-    assert result.returncode in (0, 1), (
-        f"checkov crashed (rc {result.returncode}):\n{result.stderr}"
-    )
-    report = json.loads(result.stdout)
-    # One framework gives one report object; several would give a list.
-    reports = report if isinstance(report, list) else [report]
-    assert len(reports) == 1, f"expected one terraform report, got {len(reports)}"
-    return reports[0]
 
 
 def test_checkov_offline_has_no_failed_checks_and_no_parsing_errors(config: Config) -> None:
@@ -465,6 +213,8 @@ def test_the_required_variables_exist(config: Config) -> None:
         "claim_retention_days",
         *ANALYTIC_VARIABLES,
         "exclude_also",
+        "feature_labels",
+        "row_noun",
         "max_event_age_seconds",
         "allowed_features_tables",
     }
@@ -533,6 +283,8 @@ def test_environment_renders_to_the_default_settings(config: Config, renderer: R
     transitions = config.default("transitions_table_id")
     assert job.transitions_table == f"bq://{DEMO_PROJECT}.{out}.{transitions}"
     assert job.label_overrides == () and env["LABEL_OVERRIDES"] == "{}"
+    # Words for people: none given, so the code derives them (its defaults, not a copy).
+    assert (env["FEATURE_LABELS"], env["ROW_NOUN"]) == ("{}", "")
     # The bucket root, so runs/, latest/ and claims/ are where the lifecycle rules look.
     assert re.fullmatch(r"gs://[a-z0-9][a-z0-9_.-]+[a-z0-9]", job.artifacts_dest), (
         job.artifacts_dest
@@ -1540,29 +1292,12 @@ def test_the_schema_check_catches_unknown_arguments_blocks_and_missing_required_
 # --- Another city's table: terraform/examples/community-areas.tfvars ------------------------------
 
 EXAMPLE = TF_DIR / "examples" / "community-areas.tfvars"
-EXAMPLE_SCRIPT = """
-import json, sys
-import hcl2
-with open(sys.argv[1], encoding="utf-8") as handle:
-    json.dump(hcl2.load(handle), sys.stdout)
-"""
 
 
 @pytest.fixture(scope="module")
 def example() -> dict[str, Any]:
     """The example's variables, as Terraform reads them."""
-    result = run([tool(CHECKOV_BIN / "python"), "-c", EXAMPLE_SCRIPT, EXAMPLE], timeout=60)
-    assert result.returncode == 0, f"{EXAMPLE.name} does not parse:\n{result.stderr}"
-    return {name: one(value) for name, value in json.loads(result.stdout).items()}
-
-
-def validation_patterns(config: Config, name: str) -> list[re.Pattern]:
-    """The regexes a variable's validation rules apply, as Python patterns."""
-    found = []
-    for rule in blocks(config.variables[name], "validation"):
-        for pattern in re.findall(r'regex\("(.+?)",', one(rule["condition"])):
-            found.append(re.compile(pattern.replace("\\\\", "\\")))
-    return found
+    return read_tfvars(EXAMPLE)
 
 
 def test_the_example_sets_declared_variables_that_their_rules_accept(config, example):
@@ -1592,7 +1327,25 @@ def test_the_example_sets_declared_variables_that_their_rules_accept(config, exa
         "${contains(keys(merge(local.code_defaults.feature_directions,coalesce(var.feature_directions"
         ",{}))),local.analysis.severity_feature)}"
     ) in rules
-    assert set(example["clustering_features"]) <= set(directions)
+    assert set(example["clustering_features"]) - set(directions) == {"crime_change_yoy"}
+
+
+def test_the_example_is_the_table_docs_configuration_md_runs(example):
+    # docs/configuration.md says the example is "this table end to end": the same settings as
+    # its commands, direction by direction (issue 21: the two disagreed on crime_change_yoy).
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    section = page.split("## Another city's table", 1)[1].split("\n## ", 1)[0]
+    flags = dict(re.findall(r"--([a-z-]+) '([^']*)'", section))
+    flags |= dict(re.findall(r"--([a-z-]+) ([a-z_]+)\b", section))
+    assert json.loads(flags["feature-directions"]) == example["feature_directions"]
+    assert json.loads(flags["clustering-features"]) == example["clustering_features"]
+    assert json.loads(flags["exclude-neighborhoods"]) == example["exclude_neighborhoods"]
+    assert flags["severity-feature"] == example["severity_feature"]
+    assert flags["key-column"] == example["key_column"]
+    assert flags["population-column"] == example["population_column"]
+    exported = dict(re.findall(r"(FEATURE_DIRECTIONS|CLUSTERING_FEATURES)='([^']*)'", section))
+    assert json.loads(exported["FEATURE_DIRECTIONS"]) == example["feature_directions"]
+    assert json.loads(exported["CLUSTERING_FEATURES"]) == example["clustering_features"]
 
 
 def test_the_example_renders_to_settings_the_function_accepts(config, example):
@@ -1611,7 +1364,7 @@ def test_the_example_renders_to_settings_the_function_accepts(config, example):
     assert analysis.directions["median_income"] == "higher_is_better"
     # The defaults stay for the notebook's features; the example's are added.
     assert analysis.directions["crime_per_capita"] == "higher_is_worse"
-    assert analysis.exclude_neighborhoods == ("O'Hare",)
+    assert analysis.exclude_neighborhoods == ("Area 77",)
     # The table-change sink watches the table where it is, in its own project.
     sink = config.resource("google_logging_project_sink.features_changed")
     rendered = make_renderer(config, example).render(one(sink["filter"]))

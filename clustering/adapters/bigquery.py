@@ -123,6 +123,18 @@ def _features_errors(uri: str):
         ) from None
 
 
+def row_count(table_id: str, timeout: float = 10.0) -> int | None:
+    """The rows BigQuery states `table_id` holds (one metadata lookup, no retry: for tools
+    outside a run, such as send-event); None when the table does not exist."""
+    from google.api_core import exceptions
+
+    try:
+        table = client(table_id.split(".")[0]).get_table(table_id, retry=None, timeout=timeout)
+    except exceptions.NotFound:
+        return None
+    return table.num_rows
+
+
 def table_version(uri: str) -> tuple | None:
     """(last modified time, row count) of a table, both as BigQuery states them; None when
     the table does not exist."""

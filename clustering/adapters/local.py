@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from clustering import InputError
@@ -66,13 +67,15 @@ def parse_table(content, kind: str, where: str) -> pd.DataFrame:
     try:
         if kind == "csv":
             # Only empty cells are blank: "NA" or "null" in a column is text, reported as such.
-            return pd.read_csv(
+            frame = pd.read_csv(
                 io.BytesIO(content),
                 keep_default_na=False,
                 na_values=[""],
                 skipinitialspace=True,
+                dtype_backend="numpy_nullable",
                 **csv_dialect(content),
             )
+            return _integers_kept(frame)
         source = io.BytesIO(content) if isinstance(content, bytes) else content
         return pd.read_parquet(source)
     except pd.errors.EmptyDataError:
@@ -85,6 +88,25 @@ def parse_table(content, kind: str, where: str) -> pd.DataFrame:
             f"{where} cannot be read as {kind.upper()} ({detail}): check that the file is a "
             f"valid {kind} export"
         ) from None
+
+
+def _integers_kept(frame: pd.DataFrame) -> pd.DataFrame:
+    """A CSV's columns as numpy types, except whole-number columns: those stay integers even
+    with blanks (pandas would widen them to floats: 21323 written back as 21323.0), as
+    BigQuery INTEGER and Parquet integer columns arrive."""
+    types = pd.api.types
+    kept = {}
+    for column in frame.columns:
+        values = frame[column]
+        if types.is_integer_dtype(values):
+            kept[column] = values.astype("Int64" if values.isna().any() else "int64")
+        elif types.is_bool_dtype(values):
+            kept[column] = values.astype(object) if values.isna().any() else values.astype(bool)
+        elif types.is_float_dtype(values):
+            kept[column] = values.astype("float64")
+        else:
+            kept[column] = values.astype(object).where(values.notna(), np.nan)
+    return frame.assign(**kept) if kept else frame
 
 
 # Separators a spreadsheet's "CSV" export may use instead of commas, by the locale's habits.

@@ -10,8 +10,10 @@ most, measured in standard deviations from the residential mean (the cohort's ce
 run's scaled space, so a feature with a small spread is not drowned by one with a large
 spread), and turns them into words behind the Stable/Distressed label:
 "Distressed: high vacancy, low owner occupancy". The notebook's features have words of their
-own; any other feature reads "better"/"worse" where FEATURE_DIRECTIONS knows which way is
-better ("Stable: better median income"), and "higher"/"lower" where it does not.
+own; any other feature reads as its label (FEATURE_LABELS, else its name made readable:
+MEDIAN_INCOME is "median income") after "better"/"worse" where FEATURE_DIRECTIONS knows which
+way is better ("Stable: better median income"), and "higher"/"lower" where it does not. A
+label given for one of the notebook's features wins over its own words.
 
 Names are
 - deterministic: the same profile gives the same name, ties broken by the feature order;
@@ -29,6 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from clustering.naming import readable
 from clustering.settings import HIGHER_IS_BETTER
 
 # A feature names a cohort when the cohort's mean is this many standard deviations away from
@@ -124,15 +127,22 @@ class Naming:
     features: tuple[tuple[str, str], ...]
 
 
-def words_for(feature: str, leaning: str, directions: Mapping[str, str] | None = None) -> str:
+def words_for(
+    feature: str,
+    leaning: str,
+    directions: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> str:
     """Words for a feature above ("high") or below ("low") the residential mean. The
-    notebook's features have their own ("high vacancy"); another reads as its name, after
+    notebook's features have their own ("high vacancy") unless `labels` (FEATURE_LABELS)
+    names them; another reads as its label or its name made readable, after
     "better"/"worse" when `directions` (feature -> higher_is_worse | higher_is_better) knows
     which way is better, else after "higher"/"lower": "lower tree canopy pct"."""
-    if feature in FEATURE_WORDS:
+    name = (labels or {}).get(feature)
+    if name is None and feature in FEATURE_WORDS:
         above, below = FEATURE_WORDS[feature]
         return above if leaning == "high" else below
-    name = " ".join(feature.replace("_", " ").split())
+    name = name or readable(feature)
     way = (directions or {}).get(feature)
     if way is None:
         return f"{'higher' if leaning == 'high' else 'lower'} {name}"
@@ -145,12 +155,14 @@ def name_cohorts(
     previous: Mapping[int, PreviousName],
     overrides: Mapping[int, str],
     directions: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> dict[int, Naming]:
     """A unique name for each profile's cohort (by stable id); see the module docstring.
 
     previous: matched cohorts' names in the previous run, by stable id.
     overrides: names set by LABEL_OVERRIDES, by stable id (ids not in `profiles` are ignored).
     directions: feature -> higher_is_worse | higher_is_better (see `words_for`).
+    labels: feature -> the words FEATURE_LABELS gives it (see `words_for`).
     """
     names: dict[int, Naming] = {}
     for profile in profiles:
@@ -165,7 +177,7 @@ def name_cohorts(
             names[profile.sub_cluster] = Naming(before.name, KEPT, before.features)
             taken.add(before.name)
     fresh = [p for p in profiles if p.sub_cluster not in names]
-    names |= _generate(fresh, taken, directions)
+    names |= _generate(fresh, taken, Words(directions or {}, labels or {}))
     return names
 
 
@@ -189,9 +201,15 @@ def _ranked(profile: Profile) -> list[tuple[str, str]]:
     return [(f, "high" if profile.z[f] > 0 else "low") for f in order if profile.z[f] != 0]
 
 
-def _generate(
-    profiles: list[Profile], taken: set[str], directions: Mapping[str, str] | None
-) -> dict[int, Naming]:
+@dataclass(frozen=True)
+class Words:
+    """How features are put in words: their directions and their FEATURE_LABELS."""
+
+    directions: Mapping[str, str]
+    labels: Mapping[str, str]
+
+
+def _generate(profiles: list[Profile], taken: set[str], words: Words) -> dict[int, Naming]:
     """Names from the most distinctive features, with words added where names would clash."""
     ranked = {p.sub_cluster: _ranked(p) for p in profiles}
     labels = {p.sub_cluster: p.top_label for p in profiles}
@@ -202,8 +220,8 @@ def _generate(
 
     def build(sub: int) -> str:
         chosen = ranked[sub][: count[sub]]
-        words = ", ".join(words_for(f, d, directions) for f, d in chosen) or "close to average"
-        return f"{labels[sub]}: {words}"
+        said = ", ".join(words_for(f, d, words.directions, words.labels) for f, d in chosen)
+        return f"{labels[sub]}: {said or 'close to average'}"
 
     while True:
         built = {sub: build(sub) for sub in ranked}

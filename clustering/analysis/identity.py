@@ -157,11 +157,13 @@ def identify(
     run_id: str,
     key_column: str = "neighborhood",
     directions: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> Identity:
     """Stable ids, names and transitions of a run (stability comes after: `with_stability`).
 
     key_column: the column naming the rows (KEY_COLUMN), which the transitions match on.
     directions: feature -> higher_is_worse | higher_is_better, for the cohorts' names.
+    labels: feature -> its FEATURE_LABELS words, for the cohorts' names.
     """
     matching = match(result, previous)
     renumbered = renumber(result, matching)
@@ -172,7 +174,8 @@ def identify(
         if c.id in matched
     }
     measures = _measures(renumbered)
-    cohorts, names = _cohorts(renumbered, before, overrides, directions, measures)
+    words = naming.Words(directions or {}, labels or {})
+    cohorts, names = _cohorts(renumbered, before, overrides, words, measures)
     table = _with_names(renumbered.table, renumbered.residential, names)
     moves, counts = None, None
     if previous is not None and previous.rows is not None:
@@ -207,7 +210,7 @@ def _measures(result: ClusteringResult) -> dict[str, str]:
 
 
 def _cohorts(
-    result: ClusteringResult, before, overrides, directions, measures
+    result: ClusteringResult, before, overrides, words, measures
 ) -> tuple[tuple[Cohort, ...], dict]:
     """The cohorts of a renumbered result (stability unknown yet) and their names."""
     residential = result.table.loc[result.residential]
@@ -220,7 +223,7 @@ def _cohorts(
     labels = {g.top: g.label for g in result.top_groups}
     top_of = dict(zip(sub, top, strict=True))
     profiles = [Profile(int(s), labels[top_of[s]], z.loc[s].to_dict()) for s in z.index]
-    names = naming.name_cohorts(profiles, before, overrides, directions)
+    names = naming.name_cohorts(profiles, before, overrides, words.directions, words.labels)
     indexed = [f for f in used if measures[f] == naming.INDEX]
     sizes = pd.Series(sub).value_counts()
     cohorts = tuple(

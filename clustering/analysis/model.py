@@ -26,7 +26,6 @@ from clustering.analysis.prepare import (
     row_types,
     select_features,
 )
-from clustering.naming import plural
 from clustering.settings import HIGHER_IS_WORSE, AnalysisSettings
 
 Progress = Callable[[str], None]
@@ -505,7 +504,7 @@ def _summary(resident_rows: pd.DataFrame, settings: AnalysisSettings) -> pd.Data
         "avg_assessed_value": "median_assessed_value",
         "avg_permit_value": "permit_value_per_capita",
     }
-    counted = plural(settings.key_column).replace(" ", "_")
+    counted = settings.rows_called.replace(" ", "_")
     aggregations = {counted: (settings.key_column, "count")}
     aggregations |= {name: (col, "mean") for name, col in means.items() if col in resident_rows}
     grouped = resident_rows.groupby(["top_cluster_label", "cluster_label"])

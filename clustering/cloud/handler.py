@@ -286,10 +286,11 @@ def _run(decision: Decision, fence: claims.Fence, settings: JobSettings, log: Js
 def run_summary(report) -> str:
     """What a finished run did, in one line: its rows, its top split (always K=2) and the
     diagnostic's best K, said to be a diagnostic, and where its artifacts are."""
-    from clustering.naming import plural
+    from clustering.naming import rows_called as called
 
     manifest = report.manifest
-    rows_called = plural(manifest["settings"]["key_column"])
+    chosen = manifest["settings"]
+    rows_called = called(chosen["key_column"], chosen.get("row_noun"))
     split = ", ".join(f"{g['label']} {g['rows']}" for g in manifest["top_groups"])
     diagnostics = manifest["diagnostics"]
     return (

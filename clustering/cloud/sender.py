@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 import urllib.error
 import urllib.parse
@@ -88,11 +89,12 @@ def bigquery_log_entry(
     read: bool = False,
     job_id: str | None = None,
     timestamp: datetime | None = None,
+    rows: int | None = None,
 ) -> dict[str, Any]:
     """A BigQuery data_access LogEntry for a load job that replaced `table` (or read it).
 
-    The change replaces all 279 rows, as a WRITE_TRUNCATE reload of Baltimore's neighborhoods
-    does.
+    The change is a WRITE_TRUNCATE reload that inserted `rows` rows (the table's row count);
+    None leaves the count out, as an entry whose job inserted nothing states none.
 
     `table` is `project.dataset.table`. The entry is what Eventarc puts in the event data and
     what a logging sink publishes to Pub/Sub.
@@ -105,14 +107,9 @@ def bigquery_log_entry(
         detail = {"tableDataRead": {"reason": "JOB", "jobName": job_name}}
         permission = "bigquery.tables.getData"
     else:
+        counted = {} if rows is None else {"insertedRowsCount": str(rows)}
         detail = {
-            "tableDataChange": {
-                "insertedRowsCount": "279",
-                "deletedRowsCount": "279",
-                "truncated": True,
-                "reason": "JOB",
-                "jobName": job_name,
-            }
+            "tableDataChange": {**counted, "truncated": True, "reason": "JOB", "jobName": job_name}
         }
         permission = "bigquery.tables.updateData"
     resource = f"projects/{project}/datasets/{dataset}/tables/{name}"
@@ -150,14 +147,18 @@ def table_change_event(
     event_id: str | None = None,
     job_id: str | None = None,
     time: datetime | None = None,
+    rows: int | None = None,
 ) -> dict[str, Any]:
-    """A structured `google.cloud.audit.log.v1.written` CloudEvent as Eventarc delivers it.
+    """A structured `google.cloud.audit.log.v1.written` CloudEvent as Eventarc delivers it
+    (`rows`: the rows the change inserted, see `bigquery_log_entry`).
 
     The Eventarc extension attributes (servicename, methodname, resourcename) are lower-case,
     as CloudEvents requires of attribute names.
     """
     when = _utc(time or datetime.now(UTC))
-    entry = bigquery_log_entry(table, principal=principal, read=read, job_id=job_id, timestamp=when)
+    entry = bigquery_log_entry(
+        table, principal=principal, read=read, job_id=job_id, timestamp=when, rows=rows
+    )
     payload = entry["protoPayload"]
     project = table.split(".", 1)[0]
     # Eventarc derives the id from the log name, the insertId and the entry's microseconds.
@@ -219,6 +220,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--read", action="store_true", help="table-change only: send a tableDataRead instead"
+    )
+    parser.add_argument(
+        "--rows",
+        help="table-change only: the rows the change inserted (default: the table's row "
+        "count, asked of BigQuery when BIGQUERY_EMULATOR_HOST is set; else none stated)",
     )
     parser.add_argument(
         "--id", help="event id: the Pub/Sub messageId, or the event and BigQuery job id"
@@ -292,12 +298,34 @@ def _event_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], float]:
             read=args.read,
             event_id=args.id,
             job_id=args.id,
+            rows=None if args.read else _rows(args),
         )
         return event, timeout
     raise InputError(
         f"send-event needs a kind, pubsub or table-change (got {args.kind!r}); "
         'e.g. send-event pubsub --data \'{"reason": "manual"}\''
     )
+
+
+def _rows(args: argparse.Namespace) -> int | None:
+    """The rows a table change states: --rows, else the table's own count on the BigQuery
+    emulator (local emulation; outside it send-event asks no cloud service), else none."""
+    if args.rows is not None:
+        if not args.rows.strip().isdigit():
+            raise InputError(f"--rows {args.rows!r} must be a whole number of rows, e.g. 77")
+        return int(args.rows)
+    from clustering.adapters import bigquery
+
+    if not os.environ.get(bigquery.EMULATOR_ENV):
+        return None
+    try:
+        rows = bigquery.row_count(args.table)
+    except Exception as error:  # unreachable, refused, denied: say so, state no count
+        print(f"warning: could not count the rows of {args.table} ({error})", file=sys.stderr)
+        return None
+    if rows is None:
+        print(f"warning: {args.table} does not exist on the emulator", file=sys.stderr)
+    return rows
 
 
 def _numeric_id() -> str:

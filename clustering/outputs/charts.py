@@ -68,13 +68,15 @@ class PcaData:
 @dataclass(frozen=True)
 class HeatmapData:
     """Each cohort's cell per feature (rows: features; columns: residential cohorts in the
-    order of `styles`), each feature's direction (None: none known) and the stabilities."""
+    order of `styles`), each feature's direction (None: none known) and the stabilities;
+    `labels` are the features' words for people, in the order of `features`."""
 
     features: tuple[str, ...]
     cells: tuple[tuple[Cell, ...], ...]
     directions: tuple[str | None, ...]
     styles: tuple[CohortStyle, ...]
     stability: dict[int, float]
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ def heatmap_data(view: CohortView) -> HeatmapData:
         directions=tuple(profiles.directions.get(f) for f in features),
         styles=styles,
         stability=stability,
+        labels=tuple(profiles.label(f) for f in features),
     )
 
 
@@ -279,10 +282,11 @@ def pca_clusters(data: PcaData) -> bytes:
     left.set_title("Top-level split (K=2)", fontsize=13)
     right.set_title("Cohorts (stable id · name)", fontsize=13)
     drawn = len(data.points)
+    legends = []
     for ax, columns in ((left, 2), (right, 1)):
         ax.set_xlabel(f"PC1 ({data.variance[0] * 100:.1f}% of variance)")
         ax.set_ylabel(f"PC2 ({data.variance[1] * 100:.1f}% of variance)")
-        ax.legend(
+        legend = ax.legend(
             fontsize=8,
             loc="upper center",
             bbox_to_anchor=(0.5, -0.12),
@@ -291,13 +295,33 @@ def pca_clusters(data: PcaData) -> bytes:
             title=counted,
             title_fontsize=8,
         )
+        legends.append(legend)
         ax.grid(True, alpha=0.3)
     note = f" ({drawn:,} of {data.n_rows:,} rows drawn)" if counted else ""
     fig.suptitle(
         f"Residential {data.rows_called} on their first two principal components{note}",
         fontsize=14,
     )
+    _room_below(fig, legends, bottom=0.3 * 8, top=0.1 * 8)
     return _png(fig, tight=False)
+
+
+def _room_below(fig, artists: list, bottom: float, top: float) -> None:
+    """Grow the figure downwards until `artists` (legends under the panels, whose long cohort
+    names may take many lines) end above its bottom edge; the panels keep their size.
+    `bottom` and `top` are the current margins in inches."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    lowest = min(a.get_window_extent(renderer).y0 for a in artists) / fig.dpi
+    margin = 0.1  # inches kept under the lowest line
+    if lowest >= margin:
+        return
+    width, height = fig.get_size_inches()
+    extra = margin - lowest
+    height += extra
+    fig.set_size_inches(width, height)
+    fig.subplots_adjust(bottom=(bottom + extra) / height, top=1 - top / height)
 
 
 def pca_legends(data: PcaData) -> tuple[dict[str, str], dict[int, str], str | None]:
@@ -349,9 +373,10 @@ def cluster_heatmap(data: HeatmapData) -> bytes:
     ax.set_xticks(range(n_cohorts), ticks, fontsize=8)
     for label, style in zip(ax.get_xticklabels(), data.styles, strict=True):
         label.set_bbox({"facecolor": style.color, "alpha": 0.35, "edgecolor": style.color})
+    names = data.labels or data.features
     ax.set_yticks(
         range(n_features),
-        [f"{f} ({_way(d)})" for f, d in zip(data.features, data.directions, strict=True)],
+        [f"{_wrap(f, 40)} ({_way(d)})" for f, d in zip(names, data.directions, strict=True)],
     )
     ax.set_xticks(np.arange(n_cohorts + 1) - 0.5, minor=True)
     ax.set_yticks(np.arange(n_features + 1) - 0.5, minor=True)
@@ -370,7 +395,30 @@ def cluster_heatmap(data: HeatmapData) -> bytes:
         "for the others. Grey: no direction known (FEATURE_DIRECTIONS), darker = higher.",
         fontsize=8,
     )
+    _fit_margins(fig, ax, right=1.6, top=0.5)
     return _png(fig, tight=False)
+
+
+def _fit_margins(fig, ax, right: float, top: float) -> None:
+    """Widen the figure until the tick labels fit left of and below the axes: the labels are
+    measured as they will be drawn (one layout pass, far cheaper than a tight layout's full
+    draw), so a long feature label or cohort name is never cut at the figure's edge. `right`
+    and `top` are the margins in inches kept for the colour bar and the title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    inch = fig.dpi
+    pad = 0.25  # tick marks and the gap between them and their labels
+    left = max(t.get_window_extent(renderer).width for t in ax.get_yticklabels()) / inch + pad
+    below = max(t.get_window_extent(renderer).height for t in ax.get_xticklabels()) / inch
+    bottom = below + pad + 0.3  # and the footnote's line
+    width, height = fig.get_size_inches()
+    body_width, body_height = width - 3.3 - right, height - 1.35 - top
+    width, height = max(width, left + body_width + right), max(height, bottom + body_height + top)
+    fig.set_size_inches(width, height)
+    fig.subplots_adjust(
+        left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height
+    )
 
 
 def _write_cells(ax, cells: tuple[tuple[Cell, ...], ...], rgb: np.ndarray) -> None:

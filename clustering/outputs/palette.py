@@ -20,7 +20,7 @@ from functools import cached_property
 import pandas as pd
 
 from clustering.analysis.cohorts import INDEX, NAME_Z
-from clustering.naming import plural
+from clustering.naming import readable, row_noun, rows_called
 from clustering.settings import HIGHER_IS_BETTER
 
 EXCLUDED = "Excluded"
@@ -131,16 +131,23 @@ class Profiles:
     sd: the cohort's mean in standard deviations from the residential mean, every feature.
     measures: feature -> "index" | "sd" (clustering.analysis.cohorts.measure).
     directions: feature -> higher_is_worse | higher_is_better, for those that have one.
+    labels: feature -> the words people read for it (FEATURE_LABELS); a feature without one
+        reads as its name made readable.
     """
 
     index: pd.DataFrame
     sd: pd.DataFrame
     measures: Mapping[str, str]
     directions: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def features(self) -> tuple[str, ...]:
         return tuple(self.index.index)
+
+    def label(self, feature: str) -> str:
+        """What people read for `feature`: "pct households in poverty"."""
+        return self.labels.get(feature) or readable(feature)
 
 
 @dataclass(frozen=True)
@@ -197,6 +204,7 @@ class CohortView:
     transitions: changes since the previous run (None when there is no previous run).
     previous_run_id: the run compared against, if any.
     key_column: the column naming the rows (KEY_COLUMN).
+    row_noun: what one row is (ROW_NOUN); None: from the key column.
     sizes: rows per cohort label over the whole table, when `table` is a sample of it (the
         warehouse engine); None: `table` holds every row.
     """
@@ -207,6 +215,7 @@ class CohortView:
     previous_run_id: str | None = None
     key_column: str = "neighborhood"
     sizes: dict[str, int] | None = None
+    row_noun: str | None = None
 
     @cached_property
     def styles(self) -> tuple[CohortStyle, ...]:
@@ -219,4 +228,9 @@ class CohortView:
     @property
     def rows_called(self) -> str:
         """What the rows are called: "neighborhoods", "community areas"..."""
-        return plural(self.key_column)
+        return rows_called(self.key_column, self.row_noun)
+
+    @property
+    def noun(self) -> str:
+        """What one row is called: "neighborhood", "community area"..."""
+        return self.row_noun or row_noun(self.key_column)

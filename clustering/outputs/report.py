@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ import pandas as pd
 from clustering.analysis.assign import BORDERLINE_MARGIN
 from clustering.analysis.model import ExcludedGroup
 from clustering.analysis.prepare import INSTITUTIONAL, LOW_POPULATION
-from clustering.naming import CSV_CLUSTERS, PNG_ELBOW, PNG_HEATMAP, PNG_MAP, PNG_PCA
+from clustering.naming import CSV_CLUSTERS, PNG_ELBOW, PNG_HEATMAP, PNG_MAP, PNG_PCA, readable
 from clustering.outputs.palette import Cell, CohortView, cell, cohort_labels
 from clustering.settings import HIGHER_IS_BETTER
 
@@ -109,7 +110,9 @@ class CohortEntry:
 class ReportData:
     """Everything the page shows except the images' bytes.
 
-    rows_called: what the rows are ("neighborhoods"); key_column their column.
+    rows_called: what the rows are ("neighborhoods"), row_called one of them; key_column
+        their column.
+    labels: feature -> the words the page shows for it (the profiles' labels).
     more_in: where the members and changes the page does not list are.
     transitions_more: changes not listed.
     """
@@ -126,11 +129,11 @@ class ReportData:
     more_in: str = CSV_CLUSTERS
     transitions_more: int = 0
     borderline_margin: float = BORDERLINE_MARGIN
+    row_called: str = "neighborhood"
+    labels: Mapping[str, str] = field(default_factory=dict)
 
-    @property
-    def row_called(self) -> str:
-        """What one row is: "neighborhood", "community area"."""
-        return " ".join(self.key_column.replace("_", " ").split())
+    def label(self, feature: str) -> str:
+        return self.labels.get(feature) or readable(feature)
 
     @property
     def title(self) -> str:
@@ -161,7 +164,11 @@ def report_data(
         else:
             why = ""
             cells = tuple(
-                (f, cell(profiles, f, style.sub_cluster), _way(profiles.directions.get(f)))
+                (
+                    profiles.label(f),
+                    cell(profiles, f, style.sub_cluster),
+                    _way(profiles.directions.get(f)),
+                )
                 for f in profiles.features
             )
         names = members[style.label]
@@ -191,6 +198,8 @@ def report_data(
         previous_run_id=view.previous_run_id,
         images=_captions(images, facts.sample),
         rows_called=view.rows_called,
+        row_called=view.noun,
+        labels={f: profiles.label(f) for f in profiles.features},
         key_column=view.key_column,
         more_in=CSV_CLUSTERS + (f" and {facts.clusters_table}" if facts.clusters_table else ""),
         transitions_more=more,

@@ -56,13 +56,17 @@ def cohort_view(identity, analysis, sizes: dict[str, int] | None = None):
     index = pd.DataFrame({c.sub_cluster: c.index_scores for c in identity.cohorts}, columns=columns)
     sd = pd.DataFrame({c.sub_cluster: c.sd_scores for c in identity.cohorts}, columns=columns)
     directions = {f: d for f, d in analysis.directions.items() if f in used}
-    profiles = Profiles(index.reindex(used), sd.reindex(used), identity.measures, directions)
+    labels = {f: analysis.label(f) for f in used}
+    profiles = Profiles(
+        index.reindex(used), sd.reindex(used), identity.measures, directions, labels
+    )
     view = CohortView(
         identity.table,
         profiles,
         identity.transitions,
         identity.previous_run_id,
         analysis.key_column,
+        row_noun=analysis.noun,
     )
     if sizes is None:
         return view

@@ -44,7 +44,13 @@ def identify(result, previous, run: Run, draw, note: str | None = None):
     analysis = run.settings.analysis
     overrides = dict(run.settings.label_overrides)
     named = identify(
-        result, previous, overrides, run.run_id, analysis.key_column, analysis.directions
+        result,
+        previous,
+        overrides,
+        run.run_id,
+        analysis.key_column,
+        analysis.directions,
+        analysis.labels,
     )
     if note is not None:
         named = replace(named, warnings=(*named.warnings, note))

@@ -44,7 +44,7 @@ def manifest(run: Run, done: Analysed, timings: dict[str, float], prefix) -> dic
         },
         "diagnostics": _diagnostics_entry(result.diagnostics),
         **_group_entries(result),
-        "summary": _summary(identity, settings.analysis.key_column, done.counts),
+        "summary": _summary(identity, settings.analysis, done.counts),
         **manifest_entries(identity),
         "model": done.model,
         "label_overrides": {str(sub): name for sub, name in settings.label_overrides},
@@ -59,15 +59,13 @@ def json_bytes(document: dict) -> bytes:
     return (json.dumps(document, indent=2, default=str) + "\n").encode()
 
 
-def _summary(identity, key_column: str, counts) -> list[dict]:
+def _summary(identity, analysis, counts) -> list[dict]:
     """The notebook's closing table; with a sampled fit (`counts`) each cohort's count is
     its rows over the whole table, not the sample's."""
-    from clustering.naming import plural
-
     summary = json.loads(identity.result.summary.to_json(orient="records"))
     if counts is None:
         return summary
-    counted = plural(key_column).replace(" ", "_")
+    counted = analysis.rows_called.replace(" ", "_")
     rows = {f"Cluster {c.sub_cluster}": c.rows for c in identity.cohorts}
     for entry in summary:
         if counted in entry and entry.get("cluster_label") in rows:

@@ -107,7 +107,6 @@ def boundaries(settings: JobSettings, table) -> tuple[dict | None, tuple[str, ..
     if not source:
         return None, ()
     from clustering import adapters
-    from clustering.naming import plural
 
     shapes = adapters.read_boundaries(
         source, settings.boundaries_key_column, settings.boundaries_geography_column
@@ -117,7 +116,8 @@ def boundaries(settings: JobSettings, table) -> tuple[dict | None, tuple[str, ..
     if not unmapped:
         return shapes, ()
     shown = ", ".join(unmapped[:5]) + (", ..." if len(unmapped) > 5 else "")
-    return shapes, (f"{len(unmapped)} {plural(key)} have no boundary in {source}: {shown}",)
+    called = settings.analysis.rows_called
+    return shapes, (f"{len(unmapped)} {called} have no boundary in {source}: {shown}",)
 
 
 def repair(run: Run, store, pointer: bytes | None, token, engine):

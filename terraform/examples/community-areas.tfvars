@@ -31,6 +31,8 @@ clustering_features = [
 ]
 
 # Stable and Distressed are named by income: the group with the higher mean is Stable.
+# crime_change_yoy has no direction: it is described as higher/lower, never better/worse
+# (docs/configuration.md, Another city's table, runs these same settings).
 severity_feature = "median_income"
 feature_directions = {
   median_income      = "higher_is_better"
@@ -39,10 +41,9 @@ feature_directions = {
   degree_share       = "higher_is_better"
   violent_crime_rate = "higher_is_worse"
   vacant_lot_share   = "higher_is_worse"
-  crime_change_yoy   = "higher_is_worse"
 }
 
 # The seed notebook's 13 Baltimore names match nothing here: name this city's own.
-exclude_neighborhoods = ["O'Hare"]
+exclude_neighborhoods = ["Area 77"]
 
 alert_emails = ["analytics@city.example.org"]
