@@ -293,7 +293,7 @@ def _named_drawer(run: _Run, renderer, given: _Input) -> Callable:
 def _read_input(run: _Run, pointer: bytes | None) -> _Input:
     """The features, validated and checked against the last run's size, and the boundaries."""
     from clustering import adapters
-    from clustering.table import check_output_columns, validate_features
+    from clustering.table import validate_features
 
     source = run.settings.features_source
     run.clock.stage("read", f"reading features from {source or 'the built-in sample'}")
@@ -314,7 +314,7 @@ def _read_input(run: _Run, pointer: bytes | None) -> _Input:
         run.request.force,
         where,
     )
-    check_output_columns(run.settings.output_columns, valid.frame.columns, where)
+    _check_output_columns(run.settings.output_columns, valid.frame.columns, where)
     boundaries, map_warnings = _boundaries(run.settings, valid.frame)
     warnings = tuple(valid.warnings) + tuple(map_warnings)
     for warning in warnings:
@@ -327,10 +327,22 @@ def _read_input(run: _Run, pointer: bytes | None) -> _Input:
 def published_columns(frame, inputs, keep: tuple[str, ...], key: str = "neighborhood"):
     """`frame` without the input columns OUTPUT_COLUMNS leaves out (the key column and every
     column the run added stay); every column when `keep` is empty."""
-    from clustering.table import withheld_columns
-
-    dropped = withheld_columns(inputs, keep, key)
+    if not keep:
+        return frame
+    dropped = [c for c in inputs if c != key and c not in keep]
     return frame.drop(columns=[c for c in dropped if c in frame.columns])
+
+
+def _check_output_columns(keep: tuple[str, ...], columns, where: str) -> None:
+    from clustering.table import did_you_mean
+
+    for name in keep:
+        if name not in columns:
+            hint = did_you_mean(name, columns)
+            raise InputError(
+                f"{where} has no column {name!r}{hint}, which OUTPUT_COLUMNS (--output-columns) "
+                "names: fix the name or remove it"
+            )
 
 
 def _cluster(run: _Run, renderer, given: _Input):
