@@ -128,14 +128,16 @@ def query(
 def _config(statement: Statement, maximum_bytes_billed: int | None, dry_run: bool = False):
     from google.cloud import bigquery as bq_types
 
-    return bq_types.QueryJobConfig(
+    config = bq_types.QueryJobConfig(
         query_parameters=[_parameter(p) for p in statement.parameters],
         labels=dict(JOB_LABELS),
-        maximum_bytes_billed=maximum_bytes_billed,
         use_legacy_sql=False,
         dry_run=dry_run,
         use_query_cache=not dry_run,
     )
+    if maximum_bytes_billed is not None:
+        config.maximum_bytes_billed = maximum_bytes_billed
+    return config
 
 
 def _estimate(client, step: str, statement: Statement) -> int:
