@@ -175,10 +175,11 @@ def test_a_run_spends_one_budget_across_its_jobs(clients, dataset):
     replace(bq, source, features(["Abell", "Barclay"]))
     run = jobs(5_000_000)
     warehouse.read(run, "checks", sql.checks(sql.Table(source), "neighborhood"))
+    run.ledger.spend("earlier", 0, 1_000_000)  # what a real job would have billed
     job = warehouse.query(run, "again", sql.checks(sql.Table(source), "neighborhood"))
     # Each job is recorded (0 bytes: the emulator bills nothing) and capped at what is left.
-    assert [step for step, _, _ in run.ledger.jobs] == ["checks", "again"]
-    assert job.maximum_bytes_billed == run.ledger.left
+    assert [step for step, _, _ in run.ledger.jobs] == ["checks", "earlier", "again"]
+    assert job.maximum_bytes_billed == 4_000_000 == run.ledger.left
     # What earlier jobs billed is gone for the later ones: the next job does not start.
     run.ledger.spend("earlier", 0, run.ledger.left)
     with pytest.raises(InputError, match=r"^score: the query would process 0 bytes, and 0 of"):
@@ -213,9 +214,9 @@ def test_the_boundaries_are_read_on_the_runs_budget(clients, dataset):
     assert json.loads(rows["Abell"])["type"] == "Polygon"
     assert [step for step, _, _ in run.ledger.jobs] == ["boundaries"]
     run.ledger.spend("earlier", 0, run.ledger.left)
-    with pytest.raises(InputError, match="^boundaries: the query would process"):
+    with pytest.raises(InputError, match=r"^boundaries: the query would process"):
         warehouse.read_boundaries(run, uri, "nbr_name", "shape")
-    with pytest.raises(InputError, match="has no column 'name'.*BOUNDARIES_NAME_COLUMN"):
+    with pytest.raises(InputError, match=r"has no column 'name'.*BOUNDARIES_NAME_COLUMN"):
         warehouse.read_boundaries(jobs(), uri, "name", "shape")
     with pytest.raises(InputError, match="boundaries table not found"):
         warehouse.read_boundaries(jobs(), f"bq://{dataset}.nowhere", "nbr_name", "shape")
