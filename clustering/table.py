@@ -81,7 +81,9 @@ def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: st
     frame = frame.reset_index(drop=True)
     names = _names(frame[key], key, where)
     frame = frame.assign(**{key: names})
-    warnings = _absent_columns(frame, settings, where)
+    warnings = _absent_columns(
+        frame.columns, settings, where, lambda: _numeric_columns(frame, settings)
+    )
     warnings += _exclusion_warnings(names, settings, where)
     warnings += _unknown_labels(frame.columns, settings, where)
     notes = _exclusion_notes(names, settings, where)
@@ -242,11 +244,11 @@ def did_you_mean(name: str, candidates) -> str:
     return f" (did you mean {match!r}?)" if match is not None else ""
 
 
-def _absent_columns(frame: pd.DataFrame, settings: AnalysisSettings, where: str) -> list[str]:
+def _absent_columns(columns, settings: AnalysisSettings, where: str, numeric) -> list[str]:
     """Features and the severity feature the table lacks: an error for a list the user gave,
     a warning for the built-in list (the notebook's skip-and-report), and an error when the
-    table has none of the built-in list's features: it is another city's table."""
-    columns = frame.columns
+    table has none of the built-in list's features: it is another city's table, and the hint
+    lists its numeric columns (`numeric()`, a JSON list or "none ...")."""
     missing = [f for f in settings.clustering_features if f not in columns]
     present = [
         f for f in settings.clustering_features if f in columns and f != settings.population_column
@@ -256,7 +258,7 @@ def _absent_columns(frame: pd.DataFrame, settings: AnalysisSettings, where: str)
             f"{where} has none of the default clustering features (the seed notebook's "
             f"Baltimore columns: {', '.join(settings.clustering_features)}): set "
             "CLUSTERING_FEATURES (--clustering-features) to a JSON list of the columns to "
-            f"cluster on; its numeric columns are {_numeric_columns(frame, settings)}"
+            f"cluster on; its numeric columns are {numeric()}"
         )
     severity = settings.severity_feature
     if severity not in columns:
@@ -302,7 +304,36 @@ def _numeric_columns(frame: pd.DataFrame, settings: AnalysisSettings) -> str:
             if text.empty or pd.to_numeric(text, errors="coerce").isna().any():
                 continue
         found.append(str(column))
-    return json.dumps(found) if found else "none (only text columns)"
+    return _listed(found)
+
+
+def _listed(columns: list[str]) -> str:
+    return json.dumps(columns) if columns else "none (only text columns)"
+
+
+# BigQuery's numeric column types by both their names: the legacy ones the tables API
+# returns (INTEGER, FLOAT) and GoogleSQL's (INT64, FLOAT64), with the exact decimals.
+NUMERIC_TYPES = frozenset(
+    {"INTEGER", "INT64", "FLOAT", "FLOAT64", "NUMERIC", "BIGNUMERIC", "DECIMAL", "BIGDECIMAL"}
+)
+
+
+def numeric_fields(schema, settings: AnalysisSettings) -> list[str]:
+    """The numeric columns of a BigQuery schema (JSON fields), key and population aside."""
+    skip = (settings.key_column, settings.population_column)
+    return [
+        f["name"]
+        for f in schema
+        if str(f.get("type", "")).upper() in NUMERIC_TYPES and f["name"] not in skip
+    ]
+
+
+def check_schema(schema, settings: AnalysisSettings, where: str) -> None:
+    """The checks of the features and severity columns that validate_features makes, made on
+    a BigQuery table's schema (JSON fields) before any row is read: a warehouse run reads
+    only the columns it needs, so the hint's numeric columns come from the schema's types."""
+    names = pd.Index([str(f["name"]) for f in schema])
+    _absent_columns(names, settings, where, lambda: _listed(numeric_fields(schema, settings)))
 
 
 def _exclusion_warnings(names: pd.Series, settings: AnalysisSettings, where: str) -> list[str]:

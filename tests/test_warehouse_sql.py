@@ -6,6 +6,7 @@ What the statements compute is checked on the emulator (tests/test_warehouse.py)
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlglot
@@ -61,14 +62,30 @@ MODEL = read_model({"model": document()}, "test")
 SOURCE = sql.Table("my-project.analytics.features")
 COLUMNS = ("neighborhood", "population", "vacancy", "notes")
 STAMP = sql.Stamp("20260101T000000Z-abcdef12", "2026-01-01T00:00:00+00:00")
+# BigQuery functions sqlglot has no node for (documented in BigQuery's geography functions).
+BIGQUERY_ONLY = {"ST_ASGEOJSON"}
+MOMENT = datetime(2026, 1, 1, 12, 30, 15, 250_000, tzinfo=UTC)
+PINNED = sql.Table(SOURCE.id, as_of=MOMENT)
+FIELDS = (("neighborhood", "STRING"), ("top_cluster", "INTEGER"), ("cohort_name", "STRING"))
 
 
 def statements() -> dict[str, sql.Statement]:
     staged, moves = sql.Table("p-1.staging.clusters"), sql.Table("p-1.staging.moves")
     return {
         "score": sql.score(SOURCE, COLUMNS, MODEL, {0: 0.9, 1: None, 10: 0.55}, STAMP),
-        "sample": sql.sample(SOURCE, COLUMNS, "neighborhood", ("Inner Harbor", NASTY), 200_000),
-        "checks": sql.checks(SOURCE, "neighborhood"),
+        "score_pinned_published_shapes": sql.score(
+            PINNED,
+            COLUMNS,
+            MODEL,
+            {},
+            STAMP,
+            sql.Scoring(("neighborhood", "vacancy"), sql.Table("p-1.staging.shapes")),
+        ),
+        "sample": sql.sample(PINNED, COLUMNS, "neighborhood", ("Inner Harbor", NASTY), 200_000),
+        "checks": sql.checks(PINNED, "neighborhood"),
+        "now": sql.now(),
+        "boundaries": sql.boundaries(sql.Table("p-1.geo.b"), "nbr_name", "shape"),
+        "shapes": sql.shapes(sql.Table("p-1.geo.b"), "nbr_name", "shape"),
         "transitions": sql.transitions(
             staged, sql.Table("p-1.out.clusters"), "neighborhood", ("run-a", "run-b"), True
         ),
@@ -76,11 +93,11 @@ def statements() -> dict[str, sql.Statement]:
         "summary": sql.summary(staged, ("population", "vacancy")),
         "first": sql.first_rows(moves, "neighborhood", 200),
         "append": sql.append(moves, sql.Table("p-1.out.transitions")),
-        "export": sql.export(staged, "gs://my-bucket/runs/r-1/neighborhood_clusters-*.csv"),
+        "export": sql.export(staged, "gs://my-bucket/runs/r-1/neighborhood_clusters-*.csv", FIELDS),
         "export_excluded": sql.export(
             staged,
             "gs://my-bucket/runs/r-1/excluded_neighborhood_analysis-*.csv",
-            ("neighborhood", "excluded_type"),
+            (("neighborhood", "STRING"), ("excluded_type", "STRING")),
             sql.excluded_rows(),
         ),
     }
@@ -93,7 +110,8 @@ def test_every_statement_parses_back_as_bigquery_sql(name):
     # Written again from the parsed tree, it is the same text: the builder wrote nothing the
     # BigQuery grammar reads otherwise (a missing parenthesis would regroup the arithmetic).
     assert tree.sql(dialect="bigquery", identify=True) == statement.sql
-    assert not list(tree.find_all(exp.Anonymous)), "a function BigQuery does not know"
+    unknown = {f.name for f in tree.find_all(exp.Anonymous)} - BIGQUERY_ONLY
+    assert not unknown, "a function BigQuery does not know"
 
 
 def test_text_values_travel_as_parameters_never_in_the_sql():
@@ -148,12 +166,31 @@ def test_a_value_that_is_not_finite_never_becomes_sql(value):
 @pytest.mark.parametrize("column", ["na`me", "x; DROP TABLE t", "1st", "with space", ""])
 def test_a_column_that_is_not_a_plain_name_is_refused(column):
     with pytest.raises(InputError, match="is not a column name"):
-        sql.source_columns(("neighborhood", column), "bq://p.d.t")
+        sql.source_columns(("neighborhood", column), "bq://p.d.t", "neighborhood")
 
 
-def test_a_column_with_the_engines_own_prefix_is_refused():
-    with pytest.raises(InputError, match="'_nc_kind' starts with '_nc_'"):
-        sql.source_columns(("neighborhood", "_nc_kind"), "bq://p.d.t")
+@pytest.mark.parametrize("column", ["_nc_kind", "_NC_kind", "_Nc_shape"])
+def test_a_column_with_the_engines_own_prefix_is_refused_in_any_case(column):
+    with pytest.raises(InputError, match=f"{column!r} starts with '_nc_'"):
+        sql.source_columns(("neighborhood", column), "bq://p.d.t", "neighborhood")
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        (("neighborhood", "Top_Cluster"), "'Top_Cluster' differs only in case from 'top_cluster'"),
+        (("nbr", "NBR_shape"), "'NBR_shape' differs only in case from 'nbr_shape'"),
+        (("nbr", "Vacancy", "vacancy"), "'Vacancy' and 'vacancy' differ only in case"),
+    ],
+)
+def test_column_names_are_compared_without_case_as_bigquery_does(columns, message):
+    with pytest.raises(InputError, match=message):
+        sql.source_columns(columns, "bq://p.d.t", columns[0])
+
+
+def test_a_column_spelt_as_one_the_run_adds_is_replaced_not_refused():
+    found = sql.source_columns(("nbr", "top_cluster", "nbr_shape"), "bq://p.d.t", "nbr")
+    assert found == ("nbr", "top_cluster", "nbr_shape")
 
 
 @pytest.mark.parametrize("table", ["p.d", "p.d.t; DROP", "p.d.t`", "p.d-x.t"])
@@ -173,7 +210,7 @@ def test_a_table_that_is_not_a_plain_id_is_refused(table):
 )
 def test_the_export_writes_only_to_a_plain_gs_path(uri):
     with pytest.raises(InputError, match="not a gs:// path"):
-        sql.export(sql.Table("p.d.t"), uri)
+        sql.export(sql.Table("p.d.t"), uri, FIELDS)
 
 
 def test_a_feature_the_table_lacks_is_the_users_error():
@@ -202,3 +239,54 @@ def test_blank_means_null_or_nan_before_clipping():
         "IS_NAN(CAST(`vacancy` AS FLOAT64)) THEN 0.1 ELSE CAST(`vacancy` AS FLOAT64) END, "
         "-1.0), 2.5) - 0.3) / 1.0"
     )
+
+
+def test_a_pinned_table_is_read_as_of_its_moment_in_every_statement_over_it():
+    for name in ("score_pinned_published_shapes", "sample", "checks"):
+        tree = sqlglot.parse_one(statements()[name].sql, read="bigquery")
+        source = [t for t in tree.find_all(exp.Table) if t.name == "features"]
+        assert source, name
+        for table in source:
+            version = table.args.get("version")
+            assert version is not None and version.args["kind"] == "AS OF", name
+            assert version.expression.this.this == "2026-01-01T12:30:15.250000+00:00", name
+    # Other tables, and the same table unpinned, are read as they are now.
+    for name in ("score", "transitions", "summary"):
+        tree = sqlglot.parse_one(statements()[name].sql, read="bigquery")
+        assert not [t for t in tree.find_all(exp.Table) if t.args.get("version")], name
+
+
+def test_a_snapshot_time_is_written_in_utc_and_must_be_aware():
+    east = datetime(2026, 1, 1, 14, 30, tzinfo=timezone(timedelta(hours=2)))
+    text = sql.checks(sql.Table(SOURCE.id, as_of=east), "neighborhood").sql
+    assert "'2026-01-01T12:30:00+00:00'" in text
+    with pytest.raises(ValueError, match="no time zone"):
+        sql.Table(SOURCE.id, as_of=datetime(2026, 1, 1))
+
+
+def test_the_scoring_publishes_only_the_columns_it_is_given_and_reads_the_models():
+    statement = statements()["score_pinned_published_shapes"]
+    tree = sqlglot.parse_one(statement.sql, read="bigquery")
+    names = [e.alias_or_name for e in tree.expressions]
+    assert names == ["neighborhood", "vacancy", *sql.OUTPUT_COLUMNS, "neighborhood_shape"]
+    scaled = next(c for c in tree.find_all(exp.CTE) if c.alias == "_nc_scaled").this
+    read = [e.alias_or_name for e in scaled.expressions if isinstance(e, exp.Column)]
+    # population is withheld from the outputs but the model needs it; notes is not read.
+    assert read == ["neighborhood", "population", "vacancy"]
+
+
+def test_the_shapes_join_by_the_key_as_text_and_keep_every_row():
+    tree = sqlglot.parse_one(statements()["score_pinned_published_shapes"].sql, read="bigquery")
+    join = tree.find(exp.Join)
+    assert join.side == "LEFT" and join.this.name == "shapes"
+    assert join.args["on"].sql(dialect="bigquery") == (
+        "CAST(`neighborhood` AS STRING) = `_nc_name`"
+    )
+
+
+def test_only_text_fields_are_escaped_in_an_export():
+    tree = sqlglot.parse_one(statements()["export"].sql, read="bigquery")
+    select = tree.this
+    escaped = [e.alias_or_name for e in select.expressions if isinstance(e, exp.Alias)]
+    assert escaped == ["neighborhood", "cohort_name"]
+    assert [e.alias_or_name for e in select.expressions] == [n for n, _ in FIELDS]

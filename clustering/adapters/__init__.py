@@ -76,15 +76,18 @@ def read_bytes(source: str) -> bytes:
     return local.read_bytes(source)
 
 
-def read_boundaries(source: str, name_column: str, geography_column: str):
-    """Name -> outer rings from a bq:// table with a GEOGRAPHY column, or from a GeoJSON at a
-    gs:// or local path, whose features' `name_column` property names them (KEY_COLUMN)."""
+def read_boundaries(
+    source: str, name_column: str, geography_column: str, maximum_bytes_billed: int | None = None
+):
+    """Name -> outer rings from a bq:// table with a GEOGRAPHY column (its query capped at
+    `maximum_bytes_billed`, MAXIMUM_BYTES_BILLED), or from a GeoJSON at a gs:// or local
+    path, whose features' `name_column` property names them (KEY_COLUMN)."""
     from clustering.outputs import geo
 
     if source.startswith("bq://"):
         from clustering.adapters import bigquery
 
-        rows = bigquery.read_boundaries(source, name_column, geography_column)
+        rows = bigquery.read_boundaries(source, name_column, geography_column, maximum_bytes_billed)
         return geo.boundaries_from_rows(rows, source)
     return geo.parse_boundaries(read_bytes(source), source, name_column)
 

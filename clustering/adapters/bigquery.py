@@ -311,12 +311,15 @@ def append_row(uri: str, row: dict) -> None:
         raise RuntimeError(f"{uri}: the run record was rejected: {errors}")
 
 
-def read_boundaries(uri: str, name_column: str, geography_column: str) -> list[tuple]:
-    """(name, GeoJSON geometry) rows of a boundaries table with a GEOGRAPHY column.
+def read_boundaries(
+    uri: str, name_column: str, geography_column: str, maximum_bytes_billed: int | None = None
+) -> list[tuple]:
+    """(name, GeoJSON geometry) rows of a boundaries table with a GEOGRAPHY column; the
+    query is capped at `maximum_bytes_billed` when given (MAXIMUM_BYTES_BILLED). A warehouse
+    run reads them on its run's budget instead (clustering.adapters.warehouse).
 
     The one query this adapter builds: it takes no parameters, and every identifier in it is
     validated first (a table id, two column names), so no value from outside reaches SQL."""
-    from google.api_core import exceptions
     from google.cloud import bigquery
 
     table_id = bq_table_id(uri, "BOUNDARIES_SOURCE")
@@ -327,18 +330,30 @@ def read_boundaries(uri: str, name_column: str, geography_column: str) -> list[t
         f"FROM `{table_id}`"
     )
     bq = client(table_id.split(".")[0])
-    config = bigquery.QueryJobConfig(labels=dict(JOB_LABELS))
+    config = bigquery.QueryJobConfig(
+        labels=dict(JOB_LABELS), maximum_bytes_billed=maximum_bytes_billed
+    )
+    with boundaries_errors(uri, name, shape), quiet_client():
+        job = bq.query(sql, job_config=config, **limits(f"querying {uri}"))
+        # Waited on within the run's budget, like a load: cancelled and OutOfTime past it.
+        wait(job, f"the boundaries query of {uri}")
+        return [(row["name"], row["geometry"]) for row in job.result(**limits(uri))]
+
+
+@contextmanager
+def boundaries_errors(uri: str, name: str, shape: str):
+    """A missing, denied or mismatched boundaries table as the user's one-line error."""
+    from google.api_core import exceptions
+
     try:
-        with quiet_client():
-            job = bq.query(sql, job_config=config, **limits(f"querying {uri}"))
-            # Waited on within the run's budget, like a load: cancelled and OutOfTime past it.
-            wait(job, f"the boundaries query of {uri}")
-            return [(row["name"], row["geometry"]) for row in job.result(**limits(uri))]
+        yield
     except exceptions.NotFound:
         raise InputError(
             f"{uri}: boundaries table not found: check BOUNDARIES_SOURCE (--boundaries)"
         ) from None
     except exceptions.Forbidden as error:
+        if is_rate_limited(error):
+            raise
         raise InputError(
             f"{uri}: access denied ({error.message}): set boundaries_table in Terraform so the "
             "function's service account may read it"

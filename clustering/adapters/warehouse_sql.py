@@ -1,12 +1,13 @@
 """The warehouse engine's SQL: BigQuery statements built with sqlglot's expression builder.
 
-Two kinds of values reach the SQL text, and nothing else: identifiers validated first (table
-ids by TABLE_ID_PATTERN, columns by COLUMN_PATTERN), always quoted; and numbers (the model
+Three kinds of values reach the SQL text, and nothing else: identifiers validated first (table
+ids by TABLE_ID_PATTERN, columns by COLUMN_PATTERN), always quoted; numbers (the model
 document's floats, written as the shortest decimal that reads back as the same double, and
-cohort ids). Every text value (an excluded name, a cohort name, a group label, the run id)
-travels as a query parameter; the one exception is the export's gs:// URI, which BigQuery
-takes only as a literal and which is checked against a plain path pattern first.
-tests/test_warehouse_sql.py parses every statement back as BigQuery SQL.
+cohort ids); and a snapshot's time, an aware datetime written in ISO form (Table.as_of). Every
+text value (an excluded name, a cohort name, a group label, the run id) travels as a query
+parameter; the one exception is the export's gs:// URI, which BigQuery takes only as a literal
+and which is checked against a plain path pattern first. tests/test_warehouse_sql.py parses
+every statement back as BigQuery SQL.
 
 The scoring statement applies the model document's rules (DESIGN.md, "The model document") to
 every row: impute a blank (null or NaN alike), clip, scale, squared Euclidean distances in z,
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlglot import exp
 
@@ -34,6 +36,7 @@ from clustering.analysis.prepare import (
     Space,
 )
 from clustering.analysis.transitions import columns as transition_columns
+from clustering.options import DEFAULTS
 from clustering.settings import check_column, check_table_id
 from clustering.table import CLUSTER_COLUMNS, FORMULA_STARTS, check_column_names, shape_column
 
@@ -67,17 +70,32 @@ class Statement:
 
 @dataclass(frozen=True)
 class Table:
-    """A validated `project.dataset.table`."""
+    """A validated `project.dataset.table`; with `as_of` (an aware datetime), the table as it
+    was then: every statement built over it reads that one state (FOR SYSTEM_TIME AS OF)."""
 
     id: str
+    as_of: datetime | None = None
 
     def __post_init__(self) -> None:
         check_table_id(self.id, "warehouse table")
+        if self.as_of is not None and self.as_of.utcoffset() is None:
+            raise ValueError(f"{self.as_of!r} has no time zone: a snapshot time must be aware")
 
     @property
     def node(self) -> exp.Table:
         project, dataset, table = self.id.split(".")
-        return exp.table_(table, dataset, project, quoted=True)
+        node = exp.table_(table, dataset, project, quoted=True)
+        if self.as_of is not None:
+            moment = exp.Literal.string(self.as_of.astimezone(UTC).isoformat())
+            node.set(
+                "version",
+                exp.Version(
+                    this="TIMESTAMP",
+                    kind="AS OF",
+                    expression=exp.cast(moment, "TIMESTAMP", dialect=DIALECT),
+                ),
+            )
+        return node
 
 
 # --- Building blocks ----------------------------------------------------------------------
@@ -196,7 +214,7 @@ class Stamp:
     clustered_at: str
 
 
-def source_columns(columns, where: str, key: str) -> tuple[str, ...]:
+def source_columns(columns, where: str, key: str = DEFAULTS["key_column"]) -> tuple[str, ...]:
     """The features table's columns, each a plain column name, none of ours, and none that
     BigQuery, comparing without case, would take for another (table.check_column_names)."""
     checked = tuple(check_column(str(c), f"{where}: column") for c in columns)
@@ -661,6 +679,30 @@ def _escaped(value: exp.Expression) -> exp.Expression:
         exp.NEQ(this=value, expression=exp.Literal.string("")), _paren(exp.or_(printable, control))
     )
     return _fn("IF", formula, _fn("CONCAT", exp.Literal.string("'"), value), value)
+
+
+def now() -> Statement:
+    """One row: BigQuery's clock (`now`), the time a snapshot is pinned to."""
+    return _statement(exp.select(_as(exp.CurrentTimestamp(), "now")))
+
+
+def boundaries(table: Table, name: str, shape: str) -> Statement:
+    """(name, geometry) rows of a boundaries table: its `name` column as text and its
+    GEOGRAPHY `shape` column as GeoJSON."""
+    name, shape = (check_column(c, "boundaries column") for c in (name, shape))
+    text = exp.cast(_col(name), "STRING", dialect=DIALECT)
+    query = exp.select(_as(text, "name"), _as(_fn("ST_ASGEOJSON", _col(shape)), "geometry")).from_(
+        table.node
+    )
+    return _statement(query)
+
+
+def shapes(table: Table, name: str, shape: str) -> Statement:
+    """A boundaries table's rows as SHAPES_SCHEMA's: the name as text and the GEOGRAPHY."""
+    name, shape = (check_column(c, "boundaries column") for c in (name, shape))
+    text = exp.cast(_col(name), "STRING", dialect=DIALECT)
+    query = exp.select(_as(text, f"{INTERNAL}name"), _as(_col(shape), f"{INTERNAL}shape"))
+    return _statement(query.from_(table.node))
 
 
 def excluded_rows() -> exp.Expression:

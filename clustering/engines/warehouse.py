@@ -78,6 +78,7 @@ class WarehouseEngine:
     version: tuple | None = None
     columns: tuple[str, ...] = field(default=())  # the source's, validated
     published: tuple[str, ...] = field(default=())  # those OUTPUT_COLUMNS keeps
+    pinned: object = None  # warehouse_sql.Table at the snapshot's time (set by `read`)
 
     @classmethod
     def open(cls, run: Run, choice: Choice) -> WarehouseEngine:
@@ -94,10 +95,10 @@ class WarehouseEngine:
     def read(self, run: Run, pointer: bytes | None) -> Rows:
         """The table's state recorded and settled, its keys checked over every row, then the
         sample read with one query."""
-        from clustering.adapters import bigquery, warehouse
+        from clustering.adapters import warehouse
         from clustering.adapters import warehouse_sql as sql
         from clustering.stages.guards import check_settled
-        from clustering.table import withheld_columns
+        from clustering.table import check_schema, withheld_columns
 
         settings, source = run.settings, f"bq://{self.tables.source}"
         analysis = settings.analysis
@@ -106,9 +107,11 @@ class WarehouseEngine:
         withheld = set(withheld_columns(columns, settings.output_columns, key))
         self.published = tuple(c for c in columns if c not in withheld)
         run.clock.stage("read", f"checking {source} ({self.choice.rows:,} rows)")
-        self.version = bigquery.table_version(source)
+        check_schema(self.choice.schema, analysis, source)
+        self.version = warehouse.modified(self.tables.source)
         check_settled(source, self.version, self.version, settings.settle_seconds)
-        table = sql.Table(self.tables.source)
+        # Every later statement reads this one state of the table, whatever lands meanwhile.
+        table = self.pinned = warehouse.snapshot(self.jobs, self.tables.source)
         checks = warehouse.read(self.jobs, "checks", sql.checks(table, key)).iloc[0]
         _check_keys(source, checks, key)
         wanted = {key, analysis.population_column, *analysis.clustering_features}
@@ -204,7 +207,7 @@ class WarehouseEngine:
         key = run.settings.analysis.key_column
 
         def check() -> None:
-            now = bigquery.table_version(f"bq://{tables.source}")
+            now = warehouse.modified(tables.source)
             if now != self.version:
                 raise NotSettled(
                     f"bq://{tables.source} changed while the run read it (last modified "
@@ -215,7 +218,7 @@ class WarehouseEngine:
         def replace_table() -> None:
             job_id = bigquery.load_job_id(run.run_id)
             warehouse.copy(
-                jobs, "replace", tables.staged, tables.clusters, "WRITE_TRUNCATE", job_id
+                jobs, "replace", tables.staged, tables.clusters, "WRITE_TRUNCATE", job_id=job_id
             )
 
         def move() -> None:
@@ -245,7 +248,8 @@ class WarehouseEngine:
 
         dest = self.tables.transitions
         if not warehouse.exists(dest):
-            warehouse.create_table(dest, list(table_schema("transitions_table", key)))
+            schema = list(table_schema("transitions_table", key))
+            warehouse.create_table(dest, schema, expires=None)  # published: it never expires
         statement = sql.append(sql.Table(staged), sql.Table(dest), key)
         warehouse.query(self.jobs, step, statement)
 
@@ -283,7 +287,7 @@ class WarehouseEngine:
         warehouse.create_table(scored, schema)
         stamp = sql.Stamp(run.run_id, run.started.isoformat())
         stability = {c.sub_cluster: _finite_or_none(c.stability) for c in identity.cohorts}
-        source = sql.Table(tables.source)
+        source = self.pinned
         statement = sql.score(
             source, self.columns, model, stability, stamp, sql.Scoring(shapes=shapes)
         )
@@ -326,6 +330,15 @@ class WarehouseEngine:
         from clustering.stages.publish import shapes_wkt
 
         settings = run.settings
+        if settings.boundaries_source.startswith("bq://"):
+            # The shapes never leave BigQuery: one capped query stages them.
+            return warehouse.stage_shapes(
+                self.jobs,
+                settings.boundaries_source,
+                settings.boundaries_key_column,
+                settings.boundaries_geography_column,
+                self.tables.staged_shapes,
+            )
         boundaries = adapters.read_boundaries(
             settings.boundaries_source,
             settings.boundaries_key_column,

@@ -109,7 +109,10 @@ def boundaries(settings: JobSettings, table) -> tuple[dict | None, tuple[str, ..
     from clustering import adapters
 
     shapes = adapters.read_boundaries(
-        source, settings.boundaries_key_column, settings.boundaries_geography_column
+        source,
+        settings.boundaries_key_column,
+        settings.boundaries_geography_column,
+        settings.maximum_bytes_billed,
     )
     key = settings.analysis.key_column
     unmapped = [name for name in table[key] if name not in shapes]
