@@ -205,6 +205,8 @@ def boundaries_table(bq, dataset: str) -> str:
     return table_id
 
 
+# The last read names a table that does not exist, on purpose: its dry run is refused.
+@pytest.mark.googlesql_rejects("_estimate", match=r"Table not found: .*nowhere")
 def test_the_boundaries_are_read_on_the_runs_budget(clients, dataset):
     bq, _ = clients
     uri = f"bq://{boundaries_table(bq, dataset)}"
