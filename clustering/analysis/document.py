@@ -146,7 +146,7 @@ def _parse(found: dict) -> Model:
         excluded[kind] = ExcludedModel(space=own, groups=groups)
     return Model(
         key_column=str(found["key_column"]),
-        population_column=str(found["population_column"]),
+        population_column=_optional_text(found["population_column"]),
         min_population=float(found["min_population"]),
         excluded_keys=tuple(str(k) for k in found["excluded_keys"]),
         residential=space,
@@ -220,3 +220,7 @@ def _floats(values) -> list[float]:
     if not all(math.isfinite(v) for v in floats):
         raise ValueError("a model value is not finite")
     return floats
+
+
+def _optional_text(value) -> str | None:
+    return None if value is None else str(value)
