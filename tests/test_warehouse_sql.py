@@ -202,3 +202,16 @@ def test_blank_means_null_or_nan_before_clipping():
         "IS_NAN(CAST(`vacancy` AS FLOAT64)) THEN 0.1 ELSE CAST(`vacancy` AS FLOAT64) END, "
         "-1.0), 2.5) - 0.3) / 1.0"
     )
+
+
+def test_without_a_population_column_every_row_not_listed_is_residential():
+    model = read_model({"model": document(population_column=None)}, "test")
+    assert model.population_column is None and "population" not in model.columns[:1]
+    text = sql.kind(model, sql._Params()).sql(dialect="bigquery")
+    assert text == (
+        "CASE WHEN CAST(`neighborhood` AS STRING) IN UNNEST(@excluded_keys) THEN "
+        "'Institutional/Industrial' WHEN TRUE THEN 'Residential' "
+        "ELSE 'Low Population (Park/Open Space)' END"
+    )
+    with_population = sql.kind(MODEL, sql._Params()).sql(dialect="bigquery")
+    assert "`population`" in with_population and ">= 100" in with_population
