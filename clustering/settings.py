@@ -495,6 +495,7 @@ def _check_engine(settings: JobSettings) -> None:
         )
     if settings.engine != WAREHOUSE:
         return
+    check_no_drop_keys(settings.analysis, "ENGINE=warehouse")
     for name, uri in (
         ("FEATURES_SOURCE (--features)", settings.features_source),
         ("CLUSTERS_TABLE (--clusters-table)", settings.clusters_table),
@@ -504,6 +505,16 @@ def _check_engine(settings: JobSettings) -> None:
                 f"ENGINE=warehouse needs {name} to be a bq://project.dataset.table, not "
                 f"{uri or 'unset'}: set it, or use ENGINE=auto or memory"
             )
+
+
+def check_no_drop_keys(analysis: AnalysisSettings, why: str) -> None:
+    """The warehouse engine assigns every row of the table inside BigQuery: it does not leave
+    DROP_KEYS rows out, so it refuses them rather than publish them."""
+    if analysis.drop_keys:
+        raise InputError(
+            f"{why}: the warehouse engine does not apply DROP_KEYS (--drop-keys) yet: leave "
+            "those rows out of the table (or a view of it), or use ENGINE=memory"
+        )
 
 
 def _check_label_overrides(overrides: tuple[tuple[int, str], ...]) -> None:

@@ -751,3 +751,12 @@ def test_a_severity_feature_without_a_direction_waits_for_the_table():
     # Whether it is a typo of a column (a missing column) or a column without a direction is
     # only known with the table's columns (tests/test_table.py).
     assert AnalysisSettings(severity_feature="HARDSHIP").severity_feature == "HARDSHIP"
+
+
+def test_the_warehouse_engine_refuses_drop_keys_it_would_not_apply():
+    tables = {"features_source": "bq://p.d.features", "clusters_table": "bq://p.d.clusters"}
+    assert JobSettings(**tables, engine="warehouse").engine == "warehouse"
+    dropped = AnalysisSettings(drop_keys=("CHICAGO",))
+    with pytest.raises(InputError, match=r"ENGINE=warehouse: .* does not apply DROP_KEYS"):
+        JobSettings(**tables, engine="warehouse", analysis=dropped)
+    assert JobSettings(**tables, engine="memory", analysis=dropped).engine == "memory"
