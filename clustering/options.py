@@ -339,7 +339,9 @@ OPTIONS: tuple[Option, ...] = (
     _analysis(
         "population_column",
         "POPULATION_COLUMN",
-        "column of residents per row; rows below MIN_POPULATION (or blank) are analysed apart",
+        "column of residents per row; rows below MIN_POPULATION (or blank) are analysed apart; "
+        "none for a table without one: every row is clustered unless excluded by name, and "
+        "there is no Low Population group",
         "text",
         metavar="COLUMN",
     ),
@@ -397,6 +399,19 @@ OPTIONS: tuple[Option, ...] = (
         metavar="JSON",
         example=_PLACES,
     ),
+    Option(
+        "drop_keys",
+        "JSON list of KEY_COLUMN values of rows that are not areas (a citywide total row): "
+        "left out of the analysis and of every output, listed in run.json and the report",
+        "names",
+        "DROP_KEYS",
+        "--drop-keys",
+        (),
+        shown="[]",
+        analysis=True,
+        metavar="JSON",
+        example='["CITYWIDE"]',
+    ),
     _analysis(
         "clustering_features",
         "CLUSTERING_FEATURES",
@@ -419,8 +434,9 @@ OPTIONS: tuple[Option, ...] = (
         "feature_directions",
         "FEATURE_DIRECTIONS",
         'JSON object of feature to "higher_is_worse" or "higher_is_better", added to '
-        "(and overriding) the defaults; the report and heatmap say better/worse by it, "
-        "and describe a feature without one as higher/lower",
+        "(and overriding) the defaults; a feature named here must be a column of the table; "
+        "the report and heatmap say better/worse by it, and describe a feature without one "
+        "as higher/lower",
         "directions",
         shown="the seed notebook's 13 Baltimore features",
         metavar="JSON",

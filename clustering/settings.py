@@ -29,6 +29,8 @@ DIRECTIONS = (HIGHER_IS_WORSE, HIGHER_IS_BETTER)
 DEFAULT_FEATURE_DIRECTIONS: tuple[tuple[str, str], ...] = tuple(
     DEFAULTS["feature_directions"].items()
 )
+# POPULATION_COLUMN's value for a table without one (any case).
+NO_POPULATION = "none"
 
 # Size limits (docs/configuration.md, Limits): a features table or boundaries object above
 # them is refused before it is read, with a clear error, instead of an out-of-memory crash that
@@ -79,8 +81,10 @@ class AnalysisSettings:
     """Parameters of the clustering, with the notebook's defaults.
 
     key_column: the column naming each row (one row each); outputs keep it under this name.
-    population_column: the column of residents per row.
-    min_population: rows below it are "Low Population (Park/Open Space)", not residential.
+    population_column: the column of residents per row; None (POPULATION_COLUMN=none) for a
+        table without one: every row is residential unless excluded by name.
+    min_population: rows below it are "Low Population (Park/Open Space)", not residential
+        (unused without a population column).
     k_min, k_max: the K range of the elbow/silhouette diagnostic. It only informs: the top
         split is always K=2, as in the notebook.
     sub_k_min, sub_k_max: the K range searched inside each top group.
@@ -89,13 +93,15 @@ class AnalysisSettings:
         residential clustering and analysed separately.
     exclude_also: names excluded in addition to `exclude_neighborhoods` (extends the list
         where `exclude_neighborhoods` replaces it).
+    drop_keys: keys of rows that are not areas (a citywide total row): left out of the
+        analysis and of every output.
     clustering_features: the columns to cluster on. With the default list, those absent from
         the table are skipped with a warning; a list given by the user must all exist.
     severity_feature: names the top split: the group worse on it, by its direction, is
         "Distressed", the other "Stable".
     feature_directions: (feature, "higher_is_worse" | "higher_is_better") pairs; features
         without one are described as higher/lower, never better/worse. The severity feature
-        must have one.
+        must have one (checked with the table's columns, clustering.table).
     silhouette_sample_size: above this many rows, silhouettes are computed on a fixed-seed
         sample of this size (the exact score is O(n^2) in time and memory).
     feature_labels: (column, words) pairs: what people read for a column in the cohort
@@ -104,7 +110,7 @@ class AnalysisSettings:
     """
 
     key_column: str = DEFAULTS["key_column"]
-    population_column: str = DEFAULTS["population_column"]
+    population_column: str | None = DEFAULTS["population_column"]
     min_population: int = DEFAULTS["min_population"]
     k_min: int = DEFAULTS["k_min"]
     k_max: int = DEFAULTS["k_max"]
@@ -113,6 +119,7 @@ class AnalysisSettings:
     random_state: int = DEFAULTS["random_state"]
     exclude_neighborhoods: tuple[str, ...] = DEFAULT_EXCLUDE_NEIGHBORHOODS
     exclude_also: tuple[str, ...] = ()
+    drop_keys: tuple[str, ...] = ()
     clustering_features: tuple[str, ...] = DEFAULT_CLUSTERING_FEATURES
     severity_feature: str = DEFAULTS["severity_feature"]
     feature_directions: tuple[tuple[str, str], ...] = DEFAULT_FEATURE_DIRECTIONS
@@ -160,13 +167,25 @@ class AnalysisSettings:
         """The rows in the plural: "neighborhoods", "community areas"."""
         return rows_called(self.key_column, self.row_noun)
 
+    @property
+    def given_directions(self) -> dict[str, str]:
+        """The directions the user gave (FEATURE_DIRECTIONS), without the unchanged defaults:
+        the ones that must name a column of the table."""
+        defaults = set(DEFAULT_FEATURE_DIRECTIONS)
+        return {f: d for f, d in self.feature_directions if (f, d) not in defaults}
+
     def __post_init__(self) -> None:
-        for name, column in (
-            ("KEY_COLUMN (--key-column)", self.key_column),
-            ("POPULATION_COLUMN (--population-column)", self.population_column),
-        ):
-            if not column.strip():
-                raise InputError(f"{name} is empty: name the column of the features table")
+        if (self.population_column or "").strip().lower() == NO_POPULATION:
+            object.__setattr__(self, "population_column", None)
+        if not self.key_column.strip():
+            raise InputError(
+                "KEY_COLUMN (--key-column) is empty: name the column of the features table"
+            )
+        if self.population_column is not None and not self.population_column.strip():
+            raise InputError(
+                "POPULATION_COLUMN (--population-column) is empty: name the column of the "
+                f"features table, or use {NO_POPULATION} for a table without one"
+            )
         if self.key_column == self.population_column:
             raise InputError(
                 f"KEY_COLUMN and POPULATION_COLUMN are both {self.key_column!r}: the names and "
@@ -205,13 +224,6 @@ class AnalysisSettings:
                 "name the column that ranks severity"
             )
         _check_directions(self.feature_directions)
-        if self.severity_feature not in self.directions:
-            raise InputError(
-                f"SEVERITY_FEATURE {self.severity_feature!r} has no direction, so which top "
-                "group is Distressed is unknown: add it to FEATURE_DIRECTIONS "
-                f'(--feature-directions), e.g. \'{{"{self.severity_feature}": '
-                '"higher_is_worse"}\' (or "higher_is_better")'
-            )
         _check_labels(self.feature_labels)
         if self.row_noun is not None and not self.row_noun.strip():
             raise InputError(
@@ -491,14 +503,17 @@ def parse_feature_directions(raw: str, where: str) -> tuple[tuple[str, str], ...
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = None
-    valid = isinstance(value, dict) and all(
-        str(k).strip() and v in DIRECTIONS for k, v in value.items()
-    )
-    if not valid:
+    if not isinstance(value, dict) or not all(str(k).strip() for k in value):
         raise InputError(
             f'{where} must be a JSON object of feature to "higher_is_worse" or '
             '"higher_is_better", like {"median_income": "higher_is_better"}; got ' + repr(raw[:80])
         )
+    for feature, direction in value.items():
+        if direction not in DIRECTIONS:
+            raise InputError(
+                f"{where}: the entry {json.dumps({feature: direction})} is not a direction: "
+                f'give "{feature}" one of {" or ".join(map(json.dumps, DIRECTIONS))}'
+            )
     given = {str(k).strip(): v for k, v in value.items()}
     return tuple((dict(DEFAULT_FEATURE_DIRECTIONS) | given).items())
 
@@ -554,6 +569,7 @@ def _check_engine(settings: JobSettings) -> None:
         )
     if settings.engine != WAREHOUSE:
         return
+    check_no_drop_keys(settings.analysis, "ENGINE=warehouse")
     for name, uri in (
         ("FEATURES_SOURCE (--features)", settings.features_source),
         ("CLUSTERS_TABLE (--clusters-table)", settings.clusters_table),
@@ -563,6 +579,16 @@ def _check_engine(settings: JobSettings) -> None:
                 f"ENGINE=warehouse needs {name} to be a bq://project.dataset.table, not "
                 f"{uri or 'unset'}: set it, or use ENGINE=auto or memory"
             )
+
+
+def check_no_drop_keys(analysis: AnalysisSettings, why: str) -> None:
+    """The warehouse engine assigns every row of the table inside BigQuery: it does not leave
+    DROP_KEYS rows out, so it refuses them rather than publish them."""
+    if analysis.drop_keys:
+        raise InputError(
+            f"{why}: the warehouse engine does not apply DROP_KEYS (--drop-keys) yet: leave "
+            "those rows out of the table (or a view of it), or use ENGINE=memory"
+        )
 
 
 def _check_label_overrides(overrides: tuple[tuple[int, str], ...]) -> None:

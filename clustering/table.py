@@ -17,7 +17,7 @@ import pandas as pd
 
 from clustering import InputError
 from clustering.options import DEFAULTS
-from clustering.settings import AnalysisSettings
+from clustering.settings import NO_POPULATION, AnalysisSettings
 
 # Far above any city's neighborhood, far below where int64 overflows.
 MAX_POPULATION = 10**12
@@ -50,85 +50,163 @@ class Unmatched:
 @dataclass(frozen=True)
 class ValidTable:
     """A validated features table, sorted by its key column, and what validation noticed:
-    warnings (something may be wrong) and notes (expected, but worth saying once)."""
+    warnings (something may be wrong) and notes (expected, but worth saying once); `dropped`
+    holds the keys DROP_KEYS left out, in the table's order."""
 
     frame: pd.DataFrame
     warnings: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
 
 
 def validate_features(frame: pd.DataFrame, settings: AnalysisSettings, where: str) -> ValidTable:
     """Check and normalise a features table; raise InputError on the first problem.
 
-    Rows come back sorted by KEY_COLUMN (k-means depends on row order), POPULATION_COLUMN as
-    int64 when every value is a whole number (float64 otherwise, e.g. interpolated estimates
-    or blanks) and every configured feature as float64 with blanks as NaN, or as Int64 (blanks
-    as NA) when the input's column holds integers, so the outputs keep them as integers.
+    Rows come back sorted by KEY_COLUMN (k-means depends on row order), without the DROP_KEYS
+    rows, POPULATION_COLUMN (when there is one) as int64 when every value is a whole number
+    (float64 otherwise, e.g. interpolated estimates or blanks) and every configured feature as
+    float64 with blanks as NaN, or as Int64 (blanks as NA) when the input's column holds
+    integers, so the outputs keep them as integers.
     """
     key, population = settings.key_column, settings.population_column
     if frame.shape[1] == 0:
         raise InputError(f"{where} has no columns: give a table with a header row")
     if len(frame) == 0:
         raise InputError(f"{where} has a header but no rows: add one row per {key}")
-    for required, setting in ((key, "KEY_COLUMN"), (population, "POPULATION_COLUMN")):
-        if required not in frame.columns:
+    required = ((key, "KEY_COLUMN"), (population, "POPULATION_COLUMN"))
+    for column, setting in required if population is not None else required[:1]:
+        if column not in frame.columns:
             raise InputError(
-                f"{where} has no {required!r} column{did_you_mean(required, frame.columns)} "
+                f"{where} has no {column!r} column{did_you_mean(column, frame.columns)} "
                 f"(columns: {_short(frame.columns)}): "
                 + (_separator_fix(frame.columns) or _column_fix(setting))
             )
     check_column_names(frame.columns, key, where)
     frame = frame.reset_index(drop=True)
-    names = _names(frame[key], key, where)
-    frame = frame.assign(**{key: names})
-    warnings = _absent_columns(
+    frame = frame.assign(**{key: _names(frame[key], key, where)})
+    frame, dropped, warnings = _dropped(frame, settings, where)
+    names = frame[key]
+    warnings += _absent_columns(
         frame.columns, settings, where, lambda: _numeric_columns(frame, settings)
     )
+    _check_directions(frame.columns, settings, where)
     warnings += _exclusion_warnings(names, settings, where)
     warnings += _unknown_labels(frame.columns, settings, where)
     notes = _exclusion_notes(names, settings, where)
+    if dropped:
+        notes.append(
+            f"DROP_KEYS left {len(dropped)} row{'' if len(dropped) == 1 else 's'} of {where} "
+            f"out of the analysis and of every output: {', '.join(dropped)}"
+        )
 
     # The severity feature names the top split, so it must be numeric even when it is not
     # clustered on.
     wanted = [*settings.clustering_features, settings.severity_feature]
-    numeric = [population] + [
-        f for f in dict.fromkeys(wanted) if f in frame.columns and f != population
-    ]
+    features = [f for f in dict.fromkeys(wanted) if f in frame.columns and f != population]
+    numeric = features if population is None else [population, *features]
     frame = frame.assign(**{c: _numbers(frame, c, key, where) for c in numeric})
-    frame, blank = _with_population(frame, settings, where)
-    warnings += blank
-    blank_features = [f for f in numeric[1:] if frame[f].isna().all()]
+    if population is not None:
+        frame, said = _with_population(frame, settings, where)
+        warnings += said
+    blank_features = [f for f in features if frame[f].isna().all()]
     if blank_features:
         warnings.append(f"{_features(blank_features)} blank in every row of {where}")
     frame = frame.sort_values(key, kind="stable").reset_index(drop=True)
-    return ValidTable(frame=frame, warnings=tuple(warnings), notes=tuple(notes))
+    return ValidTable(frame, tuple(warnings), tuple(notes), dropped)
+
+
+def _dropped(
+    frame: pd.DataFrame, settings: AnalysisSettings, where: str
+) -> tuple[pd.DataFrame, tuple[str, ...], list[str]]:
+    """The frame without its DROP_KEYS rows, the keys dropped, and a warning for each
+    DROP_KEYS value that matches no row (with the closest key)."""
+    key = settings.key_column
+    if not settings.drop_keys:
+        return frame, (), []
+    drop = frame[key].isin(settings.drop_keys)
+    kept = frame.loc[~drop].reset_index(drop=True)
+    if kept.empty:
+        raise InputError(
+            f"DROP_KEYS (--drop-keys) leaves no row of {where}: drop only the rows that are "
+            "not areas (total rows)"
+        )
+    present = set(frame[key])
+    warnings = [
+        f"DROP_KEYS names {name!r}, which is no {key} of {where}, so it drops nothing"
+        f"{did_you_mean(name, present)}"
+        for name in settings.drop_keys
+        if name not in present
+    ]
+    return kept, tuple(frame.loc[drop, key]), warnings
+
+
+def _check_directions(columns: pd.Index, settings: AnalysisSettings, where: str) -> None:
+    """SEVERITY_FEATURE has a direction, and every feature FEATURE_DIRECTIONS names (beyond
+    the unchanged defaults) is a column: a typo would silently lose its direction."""
+    severity = settings.severity_feature
+    if severity not in settings.directions:
+        raise InputError(
+            f"SEVERITY_FEATURE {severity!r} has no direction, so which top group is "
+            "Distressed is unknown: add it to FEATURE_DIRECTIONS (--feature-directions), e.g. "
+            f'\'{{"{severity}": "higher_is_worse"}}\' (or "higher_is_better")'
+        )
+    for feature in settings.given_directions:
+        if feature not in columns:
+            raise InputError(
+                f"{where} has no column {feature!r}{did_you_mean(feature, columns)}, which "
+                "FEATURE_DIRECTIONS (--feature-directions) names: fix the name or remove it"
+            )
 
 
 def _column_fix(setting: str) -> str:
     flag = "--" + setting.lower().replace("_", "-")
-    return f"add it, or set {setting} ({flag}) to the column that holds it"
+    fix = f"add it, or set {setting} ({flag}) to the column that holds it"
+    if setting == "POPULATION_COLUMN":
+        fix += f" ({NO_POPULATION} for a table without one)"
+    return fix
 
 
 def _with_population(
     frame: pd.DataFrame, settings: AnalysisSettings, where: str
 ) -> tuple[pd.DataFrame, list[str]]:
-    """The frame with its population checked (int64 when every value is whole) and a warning
-    for blank populations."""
+    """The frame with its population checked (int64 when every value is whole), a warning
+    for blank populations and one for populations that are not whole numbers."""
     key, column = settings.key_column, settings.population_column
     population = frame[column]
     _check_population(population, frame[key], column, where)
     blank = population.isna().to_numpy()
+    warnings = []
+    fraction = (population.notna() & (population % 1 != 0)).to_numpy()
+    if fraction.any():
+        warnings.append(
+            f"POPULATION_COLUMN {column!r} holds {_count(fraction)} that {_are(fraction)} not a "
+            f"whole number of residents ({_keys(frame[key], fraction)}) in {where}: if it is "
+            f"not a count of residents, set POPULATION_COLUMN={NO_POPULATION}"
+        )
     if blank.any():
         # Unknown is not residential: like the notebook, such rows never join the residential
         # clustering; unlike it, they are kept, in the low-population group.
-        shown = ", ".join(frame[key][blank][:5]) + (", ..." if blank.sum() > 5 else "")
-        return frame, [
-            f"{column} is blank in {int(blank.sum())} rows of {where} ({shown}): they are "
-            "analysed with the low-population rows"
-        ]
-    if (population % 1 == 0).all():
+        warnings.append(
+            f"{column} is blank in {int(blank.sum())} rows of {where} "
+            f"({_keys(frame[key], blank)}): they are analysed with the low-population rows"
+        )
+    elif not fraction.any():
         frame = frame.astype({column: np.int64})
-    return frame, []
+    return frame, warnings
+
+
+def _count(mask: np.ndarray) -> str:
+    n = int(mask.sum())
+    return f"{n} value" if n == 1 else f"{n} values"
+
+
+def _are(mask: np.ndarray) -> str:
+    return "is" if int(mask.sum()) == 1 else "are"
+
+
+def _keys(keys: pd.Series, mask: np.ndarray) -> str:
+    """Up to five keys of the masked rows, for a warning."""
+    return ", ".join(keys[mask][:5]) + (", ..." if mask.sum() > 5 else "")
 
 
 def validate_for_model(
@@ -419,7 +497,12 @@ def _numbers(frame: pd.DataFrame, column: str, key: str, where: str) -> pd.Serie
 
 def _check_population(population: pd.Series, names: pd.Series, column: str, where: str) -> None:
     problems = (
-        (population < 0, "is negative", f"{column} must be 0 or more"),
+        (
+            population < 0,
+            "is negative",
+            f"{column} must be 0 or more (POPULATION_COLUMN={NO_POPULATION} for a table "
+            "without a count of residents)",
+        ),
         (population > MAX_POPULATION, "is implausibly large", f"{column} counts residents"),
     )
     for mask, what, fix in problems:
@@ -498,19 +581,22 @@ def read_people_csv(content: bytes, **options) -> pd.DataFrame:
 def table_schema(
     name: str,
     key_column: str = DEFAULTS["key_column"],
-    population_column: str = DEFAULTS["population_column"],
+    population_column: str | None = DEFAULTS["population_column"],
 ) -> tuple[dict, ...]:
     """A BigQuery JSON schema shipped with the package: 'clusters_table', 'runs_table',
     'transitions_table' or 'features_table', with its placeholders filled in: `{key}` is
-    KEY_COLUMN and `{population}` POPULATION_COLUMN.
+    KEY_COLUMN and `{population}` POPULATION_COLUMN (a field left out without one).
 
     The same files create the tables in Terraform (which fills the placeholders with the same
     settings), so code and deployment cannot drift.
     """
     text = resources.files("clustering.schemas").joinpath(f"{name}.json").read_text()
+    fields = json.loads(text)
+    if population_column is None:
+        fields = [f for f in fields if f["name"] != "{population}"]
     return tuple(
         field | {"name": field["name"].format(key=key_column, population=population_column)}
-        for field in json.loads(text)
+        for field in fields
     )
 
 
@@ -522,7 +608,7 @@ def shape_column(key_column: str) -> str:
 def output_schema(
     frame: pd.DataFrame,
     key_column: str = DEFAULTS["key_column"],
-    population_column: str = DEFAULTS["population_column"],
+    population_column: str | None = DEFAULTS["population_column"],
 ) -> list[dict]:
     """The clusters table's schema for `frame`: declared types for the key, the population
     and the cluster columns, and a type from the dtype for every other column (the features
@@ -545,7 +631,7 @@ def output_schema(
 def typed_clusters(
     frame: pd.DataFrame,
     key_column: str = DEFAULTS["key_column"],
-    population_column: str = DEFAULTS["population_column"],
+    population_column: str | None = DEFAULTS["population_column"],
 ) -> pd.DataFrame:
     """A clusters table read back from its CSV with the declared types of its known columns
     (whole numbers as Int64, times as UTC timestamps), ready to be loaded again."""

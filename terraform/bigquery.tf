@@ -21,7 +21,8 @@ locals {
       }
     ]
   }
-  # Cluster columns the features table provides itself, and the shape without boundaries.
+  # Cluster columns the features table provides itself, and the shape without boundaries
+  # (with population_column = "none" the population field is named "none" and left out).
   not_added = concat(
     [local.analysis.key_column, local.analysis.population_column],
     var.boundaries_table == null && var.boundaries_object == null ? ["${local.analysis.key_column}_shape"] : [],

@@ -52,6 +52,7 @@ locals {
     RANDOM_STATE          = tostring(local.analysis.random_state)
     EXCLUDE_NEIGHBORHOODS = jsonencode(local.analysis.exclude_neighborhoods)
     EXCLUDE_ALSO          = jsonencode(var.exclude_also)
+    DROP_KEYS             = jsonencode(var.drop_keys)
     CLUSTERING_FEATURES   = jsonencode(local.analysis.clustering_features)
     SEVERITY_FEATURE      = local.analysis.severity_feature
     # A JSON object, as settings.parse_feature_directions reads it (over the code's defaults).

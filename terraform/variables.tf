@@ -316,7 +316,7 @@ variable "key_column" {
 }
 
 variable "population_column" {
-  description = "Column of the features table holding each row's residents; rows below min_population are analysed apart. Null: the code's default (population)."
+  description = "Column of the features table holding each row's residents; rows below min_population are analysed apart. \"none\" for a table without one: every row is clustered unless excluded by name, and there is no Low Population group. Null: the code's default (population)."
   type        = string
   default     = null
   validation {
@@ -432,6 +432,16 @@ variable "row_noun" {
   validation {
     condition     = var.row_noun == null ? true : trimspace(var.row_noun) != ""
     error_message = "row_noun must be non-empty words, or null."
+  }
+}
+
+variable "drop_keys" {
+  description = "key_column values of rows that are not areas (a citywide total row): left out of the analysis and of every output, and listed in run.json and the report."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for n in var.drop_keys : trimspace(n) != ""])
+    error_message = "drop_keys entries must be non-empty key_column values."
   }
 }
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -316,3 +317,139 @@ def test_integer_columns_stay_integers_in_every_csv(upper):
             assert all(re.fullmatch(r"\d+", v) for v in values if v), (path.name, column, values)
             assert "" in values or column == "MEDIAN_INCOME"  # the blanks stay blank
         assert any(re.fullmatch(r"0\.\d+", row["POVERTY_RATE"]) for row in cells)  # floats stay
+
+
+# A table shaped like a large city's published indicators by community area (issue 21):
+# upper-case names, no population column, whole-number columns, and the citywide total row
+# (the city's own name as its key) with a blank hardship index.
+INDICATORS_KEY = "COMMUNITY_AREA_NAME"
+INDICATORS_TOTAL = "CHICAGO"
+INDICATORS = {
+    "KEY_COLUMN": INDICATORS_KEY,
+    "POPULATION_COLUMN": "none",
+    "CLUSTERING_FEATURES": json.dumps(
+        [
+            "PERCENT_HOUSEHOLDS_BELOW_POVERTY",
+            "PERCENT_AGED_16_UNEMPLOYED",
+            "PER_CAPITA_INCOME",
+            "HARDSHIP_INDEX",
+        ]
+    ),
+    "SEVERITY_FEATURE": "HARDSHIP_INDEX",
+    "FEATURE_DIRECTIONS": json.dumps(
+        {
+            "HARDSHIP_INDEX": "higher_is_worse",
+            "PERCENT_HOUSEHOLDS_BELOW_POVERTY": "higher_is_worse",
+            "PERCENT_AGED_16_UNEMPLOYED": "higher_is_worse",
+            "PER_CAPITA_INCOME": "higher_is_better",
+        }
+    ),
+    "EXCLUDE_NEIGHBORHOODS": "[]",
+}
+
+
+def indicators_table(rows: int = 77, seed: int = 5) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    hardship = rng.integers(1, 99, rows)
+
+    def share(base: float, slope: float, noise: float):
+        return np.round(base + slope * hardship + rng.normal(0, noise, rows), 1)
+
+    areas = pd.DataFrame(
+        {
+            INDICATORS_KEY: [f"AREA {i:02d}" for i in range(1, rows + 1)],
+            "PERCENT_HOUSEHOLDS_BELOW_POVERTY": share(5, 0.4, 3),
+            "PERCENT_AGED_16_UNEMPLOYED": share(4, 0.25, 2),
+            "PER_CAPITA_INCOME": (60000 - 500 * hardship + rng.integers(0, 5000, rows)).astype(int),
+            "HARDSHIP_INDEX": pd.array(hardship, dtype="Int64"),
+        }
+    )
+    total = {
+        INDICATORS_KEY: INDICATORS_TOTAL,
+        "PERCENT_HOUSEHOLDS_BELOW_POVERTY": 19.7,
+        "PERCENT_AGED_16_UNEMPLOYED": 12.9,
+        "PER_CAPITA_INCOME": 28202,
+        "HARDSHIP_INDEX": pd.NA,
+    }
+    return pd.concat([areas, pd.DataFrame([total])], ignore_index=True)
+
+
+def run_indicators(root: Path, extra: dict[str, str] | None = None):
+    """The indicators table through the CLI with the function's variables alone."""
+    table = indicators_table()
+    root.mkdir()
+    features, out, clusters = root / "indicators.csv", root / "out", root / "clusters.csv"
+    table.to_csv(features, index=False)
+    env = {"FEATURES_SOURCE": str(features), "ARTIFACTS_DEST": str(out)} | INDICATORS
+    env |= {"CLUSTERS_TABLE": str(clusters)} | (extra or {})
+    result = cli("run", env=env)
+    manifest = json.loads((out / "latest" / "run.json").read_text(encoding="utf-8"))
+    page = page_text(out / "latest" / "report.html")
+    csvs = [pd.read_csv(clusters, dtype={INDICATORS_KEY: str})]
+    csvs += [pd.read_csv(p, dtype={INDICATORS_KEY: str}) for p in (out / "latest").glob("*.csv")]
+    return table, result, manifest, page, csvs
+
+
+def test_a_table_without_population_with_a_total_row_runs_warns_and_drops_it(tmp_path):
+    table, result, manifest, page, csvs = run_indicators(tmp_path / "kept")
+    assert result.returncode == 0, result.stderr
+    median = np.median(table["HARDSHIP_INDEX"].dropna().to_numpy(dtype=float))
+    warning = (
+        f"HARDSHIP_INDEX blank in 1 row ({INDICATORS_TOTAL}): filled with the median {median:.6g}"
+    )
+    assert f"warning: {warning}" in result.stderr.splitlines()
+    assert warning in manifest["warnings"] and warning in page
+    # No population: every row is clustered, no Low Population group, and the report says so.
+    assert manifest["input"]["rows_by_type"] == {"Residential": 78}
+    assert manifest["settings"]["population_column"] is None
+    assert "POPULATION_COLUMN=none" in page and "no Low Population group" in page
+    assert INDICATORS_TOTAL in set(csvs[0][INDICATORS_KEY])
+
+    dropped = {"DROP_KEYS": json.dumps([INDICATORS_TOTAL])}
+    _, result, manifest, page, csvs = run_indicators(tmp_path / "dropped", dropped)
+    assert result.returncode == 0, result.stderr
+    assert manifest["input"]["rows"] == 77 and manifest["settings"]["drop_keys"] == ["CHICAGO"]
+    note = f"out of the analysis and of every output: {INDICATORS_TOTAL}"
+    assert [n for n in manifest["notes"] if note in n] and note in page
+    assert "blank" not in " ".join(manifest["warnings"]) and "warning:" not in result.stderr
+    for csv in csvs:
+        if INDICATORS_KEY in csv:
+            assert INDICATORS_TOTAL not in set(csv[INDICATORS_KEY])
+            assert len(csv) <= 77
+    # Out of the report's cohort lists too: the only mention is the note.
+    assert page.count(INDICATORS_TOTAL) == 1
+
+
+INCOM = {"PER_CAPITA_INCOM": "higher_is_better"}  # its last letter lost
+
+
+@pytest.mark.parametrize(
+    "change, hint",
+    [
+        (
+            {"FEATURE_DIRECTIONS": json.dumps({"HARDSHIP_INDEX": "higher_is_worse"} | INCOM)},
+            "has no column 'PER_CAPITA_INCOM' (did you mean 'PER_CAPITA_INCOME'?), which "
+            "FEATURE_DIRECTIONS (--feature-directions) names",
+        ),
+        (
+            {"SEVERITY_FEATURE": "HARDSHIP"},
+            "has no column 'HARDSHIP' (did you mean 'HARDSHIP_INDEX'?), which SEVERITY_FEATURE "
+            "(--severity-feature) names",
+        ),
+        (
+            {"FEATURE_DIRECTIONS": json.dumps({"HARDSHIP_INDEX": "higher is worse"})},
+            'FEATURE_DIRECTIONS: the entry {"HARDSHIP_INDEX": "higher is worse"} is not a '
+            'direction: give "HARDSHIP_INDEX" one of "higher_is_worse" or "higher_is_better"',
+        ),
+    ],
+    ids=["direction-key-typo", "severity-half-a-name", "direction-value"],
+)
+def test_each_typo_of_the_indicators_settings_exits_2_with_the_right_hint(tmp_path, change, hint):
+    features = tmp_path / "indicators.csv"
+    indicators_table().to_csv(features, index=False)
+    env = {"FEATURES_SOURCE": str(features), "ARTIFACTS_DEST": str(tmp_path)} | INDICATORS
+    result = cli("run", "--dry-run", env=env | change)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and hint in line, line
+    assert "Traceback" not in result.stderr

@@ -368,3 +368,19 @@ def test_a_document_that_does_not_reproduce_the_fit_stops_the_run(real):
     )
     with pytest.raises(RuntimeError, match=r"assigns .* rows otherwise than the fit"):
         through_model(identity, read_model({"model": tampered}, "run.json"))
+
+
+def test_a_model_without_a_population_column_is_written_read_and_applied_without_one():
+    table = make_sample(200, random_state=3).drop(columns=["population"])
+    settings = AnalysisSettings(
+        population_column="none",
+        clustering_features=("med_age", "housing_vacancy_rate", "crime_per_capita"),
+    )
+    identity, written, model = fitted(table, settings)
+    assert written["population_column"] is None and model.population_column is None
+    assert "population" not in model.columns
+    again = assign(identity.table.drop(columns=["population"], errors="ignore"), model)
+    assert set(again["excluded_type"]) <= {"Residential", INSTITUTIONAL}
+    pd.testing.assert_frame_equal(
+        again[PARTITION].astype(object), identity.table[PARTITION].astype(object)
+    )

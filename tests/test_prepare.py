@@ -8,10 +8,13 @@ from clustering.analysis.prepare import (
     INSTITUTIONAL,
     LOW_POPULATION,
     RESIDENTIAL,
+    Space,
+    filled_blanks,
     impute_median,
     prepare,
     row_types,
     select_features,
+    types_of,
     winsorize,
 )
 from clustering.settings import AnalysisSettings
@@ -178,3 +181,40 @@ def test_winsorize_of_a_table_without_rows_is_empty():
     clipped = winsorize(empty)
     assert clipped.shape == (0, 3)
     assert clipped is not empty
+
+
+def test_without_a_population_every_row_not_listed_is_residential():
+    keys = pd.Series(["A", "B", "C"])
+    types = types_of(keys, None, ("B",), 100)
+    assert list(types) == [RESIDENTIAL, INSTITUTIONAL, RESIDENTIAL]
+    table = pd.DataFrame({"AREA": ["A", "B", "C"], "X": [1.0, 2.0, 3.0]})
+    settings = AnalysisSettings(
+        key_column="AREA", population_column="none", exclude_neighborhoods=("C",)
+    )
+    assert list(row_types(table, settings)) == [RESIDENTIAL, RESIDENTIAL, INSTITUTIONAL]
+
+
+def test_every_blank_filled_is_a_warning_with_the_feature_count_value_and_keys():
+    keys = [f"Area {i}" for i in range(8)]
+    rows = pd.DataFrame(
+        {
+            "AREA": keys,
+            "HARDSHIP": [59.0, 1, 2, 3, 4, 5, 6, np.nan],
+            "INCOME": [np.nan] * 7 + [1.0],
+            "FULL": np.arange(8.0),
+        }
+    )
+    space = Space(
+        ("HARDSHIP", "INCOME", "FULL"),
+        impute=np.array([59.0, 21323.5, 4.0]),
+        center=np.zeros(3),
+        scale=np.ones(3),
+    )
+    assert filled_blanks(rows, space, "AREA") == [
+        "HARDSHIP blank in 1 row (Area 7): filled with the median 59",
+        "INCOME blank in 7 rows (Area 0, Area 1, Area 2, Area 3, Area 4, ...): filled with "
+        "the median 21323.5",
+    ]
+    assert filled_blanks(rows.iloc[7:], space, "AREA", "Institutional/Industrial") == [
+        "HARDSHIP blank in 1 row (Area 7): filled with the Institutional/Industrial rows' median 59"
+    ]

@@ -318,3 +318,20 @@ def test_long_cohorts_and_transitions_are_cut_at_a_few_hundred_names(sample_run,
         in text
     )
     assert "5 neighborhoods changed since run old (the first 3 are listed" in text
+
+
+def test_the_page_says_whether_there_is_a_population_column(sample_run):
+    _, view = sample_run
+    images = ("elbow_silhouette.png",)
+
+    def words(facts) -> str:
+        return Page(report.render(report.report_data(facts, view, {}, images)).decode()).words()
+
+    with_one = words(FACTS)
+    assert "Population population: rows below MIN_POPULATION (or blank) are analysed" in with_one
+    without = words(dataclasses.replace(FACTS, population_column=None))
+    assert (
+        "Population none (POPULATION_COLUMN=none): every row is clustered unless excluded by "
+        "name; there is no Low Population group"
+    ) in without
+    assert "POPULATION_COLUMN=none" not in with_one

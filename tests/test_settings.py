@@ -754,3 +754,66 @@ def test_the_row_noun_is_row_noun_else_the_key_columns_words():
 def test_a_blank_row_noun_built_in_code_is_refused():
     with pytest.raises(InputError, match=r"ROW_NOUN \(--row-noun\) is blank"):
         AnalysisSettings(row_noun="  ")
+
+
+@pytest.mark.parametrize("raw", ["none", "NONE", " None "])
+def test_population_column_none_means_the_table_has_no_population(raw):
+    assert AnalysisSettings(population_column=raw).population_column is None
+    environ = {"FEATURES_SOURCE": "t.csv", "ARTIFACTS_DEST": "out", "POPULATION_COLUMN": raw}
+    assert JobSettings.from_env(environ).analysis.population_column is None
+    # A column named otherwise stays a column.
+    assert AnalysisSettings(population_column="nonempty").population_column == "nonempty"
+
+
+def test_an_empty_population_column_says_none_is_the_way_to_have_none():
+    with pytest.raises(InputError, match=r"POPULATION_COLUMN .* is empty: .* use none"):
+        AnalysisSettings(population_column=" ")
+
+
+def test_drop_keys_come_from_the_environment_as_a_json_list():
+    environ = {"FEATURES_SOURCE": "t.csv", "ARTIFACTS_DEST": "out"}
+    assert JobSettings.from_env(environ).analysis.drop_keys == ()
+    given = JobSettings.from_env(environ | {"DROP_KEYS": '["CHICAGO", " Total "]'})
+    assert given.analysis.drop_keys == ("CHICAGO", "Total")
+    with pytest.raises(InputError, match=r"DROP_KEYS must be a JSON list .* like \[\"CITYWIDE\"\]"):
+        JobSettings.from_env(environ | {"DROP_KEYS": "CHICAGO"})
+
+
+def test_a_bad_direction_value_names_its_entry_and_the_accepted_values():
+    from clustering.settings import parse_feature_directions
+
+    raw = '{"PER_CAPITA_INCOME": "higher_is_better", "HARDSHIP_INDEX": "worse", "x": 1}'
+    with pytest.raises(InputError) as caught:
+        parse_feature_directions(raw, "FEATURE_DIRECTIONS")
+    assert str(caught.value) == (
+        'FEATURE_DIRECTIONS: the entry {"HARDSHIP_INDEX": "worse"} is not a direction: give '
+        '"HARDSHIP_INDEX" one of "higher_is_worse" or "higher_is_better"'
+    )
+
+
+def test_only_the_directions_given_beyond_the_defaults_count_as_given():
+    from clustering.settings import parse_feature_directions
+
+    raw = '{"HARDSHIP_INDEX": "higher_is_worse", "crime_per_capita": "higher_is_worse"}'
+    settings = AnalysisSettings(feature_directions=parse_feature_directions(raw, "X"))
+    # crime_per_capita is a default with its default direction: not the user's to check.
+    assert settings.given_directions == {"HARDSHIP_INDEX": "higher_is_worse"}
+    flipped = parse_feature_directions('{"crime_per_capita": "higher_is_better"}', "X")
+    assert AnalysisSettings(feature_directions=flipped).given_directions == {
+        "crime_per_capita": "higher_is_better"
+    }
+
+
+def test_a_severity_feature_without_a_direction_waits_for_the_table():
+    # Whether it is a typo of a column (a missing column) or a column without a direction is
+    # only known with the table's columns (tests/test_table.py).
+    assert AnalysisSettings(severity_feature="HARDSHIP").severity_feature == "HARDSHIP"
+
+
+def test_the_warehouse_engine_refuses_drop_keys_it_would_not_apply():
+    tables = {"features_source": "bq://p.d.features", "clusters_table": "bq://p.d.clusters"}
+    assert JobSettings(**tables, engine="warehouse").engine == "warehouse"
+    dropped = AnalysisSettings(drop_keys=("CHICAGO",))
+    with pytest.raises(InputError, match=r"ENGINE=warehouse: .* does not apply DROP_KEYS"):
+        JobSettings(**tables, engine="warehouse", analysis=dropped)
+    assert JobSettings(**tables, engine="memory", analysis=dropped).engine == "memory"

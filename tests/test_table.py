@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -721,3 +722,101 @@ def test_a_blank_in_an_integer_population_is_a_blank_not_a_bad_count():
     assert any("population is blank in 1 rows" in w for w in valid.warnings), valid.warnings
     negative = small().assign(population=pd.array([1200, None, -3, 87, 4100], dtype="Int64"))
     assert "population is negative in data row 3 (Elm Point)" in invalid(negative, FITTED)
+
+
+def community_areas() -> pd.DataFrame:
+    """A table shaped like a city's published indicators: upper-case names, no population
+    column, integer columns, and the citywide total row with a blank."""
+    return pd.DataFrame(
+        {
+            "COMMUNITY_AREA_NAME": ["Rogers Park", "CHICAGO", "Uptown", "Edgewater"],
+            "PER_CAPITA_INCOME": [23939, 28202, 35787, 33385],
+            "PERCENT_HOUSEHOLDS_BELOW_POVERTY": [23.6, 19.7, 22.7, 17.3],
+            "HARDSHIP_INDEX": [39.0, np.nan, 20.0, 19.0],
+        }
+    )
+
+
+AREAS = AnalysisSettings(
+    key_column="COMMUNITY_AREA_NAME",
+    population_column="none",
+    clustering_features=("PER_CAPITA_INCOME", "PERCENT_HOUSEHOLDS_BELOW_POVERTY", "HARDSHIP_INDEX"),
+    severity_feature="HARDSHIP_INDEX",
+    feature_directions=(("HARDSHIP_INDEX", "higher_is_worse"),),
+    exclude_neighborhoods=(),
+)
+
+
+def test_a_table_without_a_population_column_is_valid_with_population_column_none():
+    valid = validate_features(community_areas(), AREAS, WHERE)
+    assert list(valid.frame["COMMUNITY_AREA_NAME"]) == [
+        "CHICAGO", "Edgewater", "Rogers Park", "Uptown"
+    ]  # fmt: skip
+    assert valid.warnings == () and valid.dropped == ()
+    with pytest.raises(InputError, match=r"has no 'population' column.*\(none for a table"):
+        validate_features(community_areas(), replace(AREAS, population_column="population"), WHERE)
+
+
+def test_drop_keys_leave_their_rows_out_and_say_so():
+    settings = replace(AREAS, drop_keys=("CHICAGO", "Edgewatr"))
+    valid = validate_features(community_areas(), settings, WHERE)
+    assert "CHICAGO" not in set(valid.frame["COMMUNITY_AREA_NAME"])
+    assert len(valid.frame) == 3 and valid.dropped == ("CHICAGO",)
+    assert valid.warnings == (
+        f"DROP_KEYS names 'Edgewatr', which is no COMMUNITY_AREA_NAME of {WHERE}, so it drops "
+        "nothing (did you mean 'Edgewater'?)",
+    )
+    assert valid.notes == (
+        f"DROP_KEYS left 1 row of {WHERE} out of the analysis and of every output: CHICAGO",
+    )
+    every = replace(AREAS, drop_keys=tuple(community_areas()["COMMUNITY_AREA_NAME"]))
+    with pytest.raises(InputError, match=r"DROP_KEYS \(--drop-keys\) leaves no row"):
+        validate_features(community_areas(), every, WHERE)
+
+
+def test_a_feature_directions_key_that_is_not_a_column_is_refused_with_a_did_you_mean():
+    given = (("HARDSHIP_INDEX", "higher_is_worse"), ("PER_CAPITA_INCOM", "higher_is_better"))
+    typo = replace(AREAS, feature_directions=given)
+    with pytest.raises(InputError) as caught:
+        validate_features(community_areas(), typo, WHERE)
+    assert str(caught.value) == (
+        f"{WHERE} has no column 'PER_CAPITA_INCOM' (did you mean 'PER_CAPITA_INCOME'?), which "
+        "FEATURE_DIRECTIONS (--feature-directions) names: fix the name or remove it"
+    )
+    # The default directions (Baltimore's columns) are not the user's typos.
+    assert validate_features(community_areas(), AREAS, WHERE).warnings == ()
+
+
+def test_a_severity_feature_that_is_not_a_column_is_a_missing_column_before_its_direction():
+    half = replace(AREAS, severity_feature="HARDSHIP")
+    with pytest.raises(InputError) as caught:
+        validate_features(community_areas(), half, WHERE)
+    assert str(caught.value).startswith(
+        f"{WHERE} has no column 'HARDSHIP' (did you mean 'HARDSHIP_INDEX'?), which "
+        "SEVERITY_FEATURE (--severity-feature) names"
+    )
+    undirected = replace(AREAS, severity_feature="PER_CAPITA_INCOME")
+    with pytest.raises(InputError, match=r"SEVERITY_FEATURE 'PER_CAPITA_INCOME' has no direction"):
+        validate_features(community_areas(), undirected, WHERE)
+
+
+def test_a_population_that_is_not_whole_numbers_is_a_warning_naming_it():
+    table = community_areas().assign(SHARE=[0.25, 1.0, 0.5, 2.0])
+    valid = validate_features(table, replace(AREAS, population_column="SHARE"), WHERE)
+    assert valid.warnings == (
+        "POPULATION_COLUMN 'SHARE' holds 2 values that are not a whole number of residents "
+        f"(Rogers Park, Uptown) in {WHERE}: if it is not a count of residents, set "
+        "POPULATION_COLUMN=none",
+    )
+    assert valid.frame["SHARE"].dtype == np.float64
+    share = replace(AREAS, population_column="SHARE")
+    counts = validate_features(table.assign(SHARE=[1, 2, 3, 4]), share, WHERE)
+    assert counts.warnings == () and counts.frame["SHARE"].dtype == np.int64
+    with pytest.raises(InputError, match=r"SHARE is negative .*POPULATION_COLUMN=none"):
+        validate_features(table.assign(SHARE=[1, -2, 3, 4]), share, WHERE)
+
+
+def test_without_a_population_column_the_clusters_schema_has_no_population_field():
+    names = [f["name"] for f in table_schema("clusters_table", "AREA", None)]
+    assert "population" not in names and "None" not in names and names[0] == "AREA"
+    assert "population" in [f["name"] for f in table_schema("clusters_table", "AREA")]

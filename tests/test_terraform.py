@@ -1423,3 +1423,15 @@ def test_the_output_writer_role_grants_what_the_code_does_and_never_deletes(
         "bigquery.tables.updateData",
     }
     assert not any(p.endswith((".delete", ".create", ".setIamPolicy")) for p in permissions)
+
+
+def test_a_table_without_population_and_with_a_total_row_renders_to_its_settings(config):
+    values = {"population_column": "none", "drop_keys": ["CHICAGO"]}
+    env = make_renderer(config, values).render(function_environment(config))
+    assert (env["POPULATION_COLUMN"], env["DROP_KEYS"]) == ("none", '["CHICAGO"]')
+    analysis = settings.JobSettings.from_env(env).analysis
+    assert analysis.population_column is None and analysis.drop_keys == ("CHICAGO",)
+    # Both variables say what they do, and drop_keys refuses a blank key.
+    assert '\\"none\\"' in one(config.variables["population_column"]["description"])
+    rule = one(block(config.variables["drop_keys"], "validation")["condition"])
+    assert "trimspace(n) != ''" in rule.replace('"', "'")

@@ -278,6 +278,10 @@ def test_auto_sends_a_table_above_memory_max_rows_to_the_warehouse(clients, data
     without = base | {"memory_max_rows": 299, "clusters_table": None, "transitions_table": None}
     with pytest.raises(InputError, match=r"more than MEMORY_MAX_ROWS=299.*set CLUSTERS_TABLE"):
         choose(JobSettings(**without))
+    # The warehouse engine would publish the DROP_KEYS rows: it refuses them instead.
+    dropping = base | {"memory_max_rows": 299, "analysis": AnalysisSettings(drop_keys=("X",))}
+    with pytest.raises(InputError, match=r"above MEMORY_MAX_ROWS: .* does not apply DROP_KEYS"):
+        choose(JobSettings(**dropping))
     # ENGINE=memory reads what it is given, and refuses a table above the limit unread.
     forced = base | {"memory_max_rows": 299, "engine": "memory"}
     assert choose(JobSettings(**forced)).engine == "memory"

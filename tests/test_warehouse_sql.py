@@ -290,3 +290,16 @@ def test_only_text_fields_are_escaped_in_an_export():
     escaped = [e.alias_or_name for e in select.expressions if isinstance(e, exp.Alias)]
     assert escaped == ["neighborhood", "cohort_name"]
     assert [e.alias_or_name for e in select.expressions] == [n for n, _ in FIELDS]
+
+
+def test_without_a_population_column_every_row_not_listed_is_residential():
+    model = read_model({"model": document(population_column=None)}, "test")
+    assert model.population_column is None and "population" not in model.columns[:1]
+    text = sql.kind(model, sql._Params()).sql(dialect="bigquery")
+    assert text == (
+        "CASE WHEN CAST(`neighborhood` AS STRING) IN UNNEST(@excluded_keys) THEN "
+        "'Institutional/Industrial' WHEN TRUE THEN 'Residential' "
+        "ELSE 'Low Population (Park/Open Space)' END"
+    )
+    with_population = sql.kind(MODEL, sql._Params()).sql(dialect="bigquery")
+    assert "`population`" in with_population and ">= 100" in with_population

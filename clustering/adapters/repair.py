@@ -32,7 +32,7 @@ class Repair:
     warn: Callable[[str], None]
     with_shapes: Callable[[object], object]  # the table's rows, given their shapes if any
     key_column: str = "neighborhood"
-    population_column: str = "population"
+    population_column: str | None = "population"
 
 
 def repair(store, pointer: bytes | None, token, job: Repair) -> tuple[bytes | None, object]:

@@ -235,12 +235,16 @@ def kept_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
 
 def kind(model: Model, params: _Params) -> exp.Expression:
     """A row's excluded_type: a listed key first, then residents >= min_population; a blank
-    population (null or NaN, which DuckDB would rank above every number) is low."""
-    population = _float(_col(model.population_column))
-    resident = exp.and_(
-        exp.not_(_blank(population)),
-        exp.GTE(this=population, expression=number(model.min_population)),
-    )
+    population (null or NaN, which DuckDB would rank above every number) is low. Without a
+    population column every row not listed is residential."""
+    if model.population_column is None:
+        resident = exp.true()
+    else:
+        population = _float(_col(model.population_column))
+        resident = exp.and_(
+            exp.not_(_blank(population)),
+            exp.GTE(this=population, expression=number(model.min_population)),
+        )
     return (
         exp.Case()
         .when(

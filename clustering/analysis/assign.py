@@ -77,7 +77,7 @@ class Model:
     """
 
     key_column: str
-    population_column: str
+    population_column: str | None  # None: no population column, no low-population rows
     min_population: float
     excluded_keys: tuple[str, ...]
     residential: Space
@@ -89,7 +89,8 @@ class Model:
     @property
     def columns(self) -> tuple[str, ...]:
         """Every column a table must have to be assigned: key, population, features."""
-        wanted = [self.key_column, self.population_column, *self.residential.features]
+        population = [self.population_column] if self.population_column is not None else []
+        wanted = [self.key_column, *population, *self.residential.features]
         for kind in self.excluded.values():
             wanted += kind.space.features if kind.space else ()
         return tuple(dict.fromkeys(wanted))
@@ -100,7 +101,7 @@ def assign(frame: pd.DataFrame, model: Model) -> pd.DataFrame:
 
     `frame` holds `model.columns`, features numeric (blanks as NaN or null)."""
     keys = frame[model.key_column]
-    population = frame[model.population_column]
+    population = None if model.population_column is None else frame[model.population_column]
     types = types_of(keys, population, model.excluded_keys, model.min_population)
     out = pd.DataFrame({model.key_column: keys.to_numpy(dtype=object)})
     out["top_cluster"] = pd.array(np.full(len(frame), NO_CLUSTER), dtype="Int64")

@@ -189,7 +189,7 @@ def _parse(found: dict) -> Model:
     cohorts = _cohorts(part["sub"], tops, space)
     return Model(
         key_column=_text(found["key_column"], "key_column"),
-        population_column=_text(found["population_column"], "population_column"),
+        population_column=_optional_text(found["population_column"], "population_column"),
         min_population=_number(found["min_population"], "min_population", minimum=0.0),
         excluded_keys=tuple(_text(k, f"excluded_keys[{i}]") for i, k in enumerate(keys)),
         residential=space,
@@ -414,3 +414,8 @@ def _floats(values) -> list[float]:
     if not all(math.isfinite(v) for v in floats):
         raise ValueError("a model value is not finite")
     return floats
+
+
+def _optional_text(value, path: str) -> str | None:
+    """A text, or null where the setting is off (POPULATION_COLUMN=none)."""
+    return None if value is None else _text(value, path)

@@ -22,6 +22,7 @@ from clustering.analysis.prepare import (
     RESIDENTIAL,
     FeatureSelection,
     Space,
+    filled_blanks,
     prepare,
     row_types,
     select_features,
@@ -147,21 +148,26 @@ def cluster(
     residential = (types == RESIDENTIAL).to_numpy()
     n_res = int(residential.sum())
     minimum = max(3, settings.k_min + 1)
+    population = settings.population_column
     if n_res < minimum:
+        rule = (
+            "not excluded"
+            if population is None
+            else (f"{population} >= {settings.min_population}, not excluded")
+        )
+        fix = "add rows" if population is None else "add rows or lower MIN_POPULATION"
         raise InputError(
-            f"only {n_res} residential rows ({settings.population_column} >= "
-            f"{settings.min_population}, not "
-            f"excluded); at least {minimum} are needed: add rows or lower MIN_POPULATION"
+            f"only {n_res} residential rows ({rule}); at least {minimum} are needed: {fix}"
         )
     features = select_features(table, types == RESIDENTIAL, settings)
-    population = settings.population_column
     if not [f for f in features.used if f != population]:
         wanted = ", ".join(
             f for f in settings.clustering_features if f != population and f in table.columns
         )
+        alone = "" if population is None else f" ({population} alone cannot be clustered)"
         raise InputError(
-            f"every clustering feature is blank among the residential rows ({population} "
-            f"alone cannot be clustered): fill in at least one of {wanted}"
+            f"every clustering feature is blank among the residential rows{alone}: fill in "
+            f"at least one of {wanted}"
         )
     if settings.severity_feature not in table.columns:
         raise InputError(
@@ -256,11 +262,17 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
     groups, sub_labels, sub_centroids = _sub_cluster(plan, tops)
 
     plan.say("analysing excluded rows")
+    key = plan.settings.key_column
+    warnings = [*plan.warnings]
+    warnings += filled_blanks(plan.table.loc[plan.residential], plan.space, key)
     excluded_groups = []
     for in_type, pending in excluded_pending:
         group, names = pending()
         excluded.loc[in_type, "excluded_cluster"] = names
         excluded_groups.append(group)
+        if group.space is not None:
+            rows = excluded.loc[in_type]
+            warnings += filled_blanks(rows, group.space, key, group.excluded_type)
 
     out = _labelled_table(plan, top_labels, sub_labels, groups, excluded)
     resident_rows = out.loc[plan.residential]
@@ -277,7 +289,7 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
         profile=resident_rows.groupby("sub_cluster")[list(plan.features.used)].mean().T,
         summary=_summary(resident_rows, plan.settings),
         silhouette_sample_size=plan.sample_size,
-        warnings=plan.warnings,
+        warnings=tuple(warnings),
         space=plan.space,
         centroids=Centroids(top=dict(enumerate(top_centroids)), sub=sub_centroids),
     )

@@ -41,23 +41,28 @@ def row_types(table: pd.DataFrame, settings: AnalysisSettings) -> pd.Series:
     """Each row's `excluded_type`: Residential, Institutional/Industrial or Low Population.
 
     The exclusion list wins over population, as in the notebook's excluded analysis; a blank
-    population counts as low.
+    population counts as low. Without a population column no row is low population.
     """
+    column = settings.population_column
     types = types_of(
         table[settings.key_column],
-        table[settings.population_column],
+        None if column is None else table[column],
         settings.excluded_names,
         settings.min_population,
     )
     return pd.Series(types, index=table.index, name="excluded_type")
 
 
-def types_of(keys: pd.Series, population: pd.Series, excluded, min_population) -> np.ndarray:
+def types_of(keys: pd.Series, population: pd.Series | None, excluded, min_population) -> np.ndarray:
     """The rule behind `row_types`, which the model document states too (its excluded_keys
-    and min_population): a listed key is institutional/industrial, whatever its population."""
+    and min_population): a listed key is institutional/industrial, whatever its population;
+    without a population (None) every other row is residential."""
     listed = keys.isin(excluded).to_numpy()
-    # A blank population is not known to reach the threshold: low population.
-    low = ~(population.astype("float64") >= min_population).to_numpy()
+    if population is None:
+        low = np.zeros(len(keys), dtype=bool)
+    else:
+        # A blank population is not known to reach the threshold: low population.
+        low = ~(population.astype("float64") >= min_population).to_numpy()
     return np.where(listed, INSTITUTIONAL, np.where(low, LOW_POPULATION, RESIDENTIAL))
 
 
@@ -96,6 +101,31 @@ class Space:
         if self.clip is not None:
             values = np.clip(values, self.clip[0], self.clip[1])
         return (values - self.center) / self.scale
+
+
+# Keys named per blank-fill warning, at most.
+KEYS_SHOWN = 5
+
+
+def filled_blanks(rows: pd.DataFrame, space: Space, key_column: str, whose: str = "") -> list[str]:
+    """One warning per feature of `space` that is blank in some of `rows`, which the fit fills
+    with its median: the feature, how many rows, the value used and up to KEYS_SHOWN keys,
+    e.g. "HARDSHIP blank in 1 row (CITYWIDE): filled with the median 59". `whose` names the
+    rows the median is of when they are not the residential ones."""
+    warnings = []
+    for feature, value in zip(space.features, space.impute, strict=True):
+        blank = rows[feature].isna().to_numpy()
+        count = int(blank.sum())
+        if not count:
+            continue
+        keys = [str(k) for k in rows[key_column].to_numpy()[blank][:KEYS_SHOWN]]
+        shown = ", ".join(keys) + (", ..." if count > KEYS_SHOWN else "")
+        median = f"the {whose} rows' median" if whose else "the median"
+        warnings.append(
+            f"{feature} blank in {count} row{'' if count == 1 else 's'} ({shown}): filled "
+            f"with {median} {float(value):.6g}"
+        )
+    return warnings
 
 
 @dataclass(frozen=True)

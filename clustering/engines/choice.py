@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clustering import InputError
-from clustering.settings import AUTO, MEMORY, WAREHOUSE, JobSettings
+from clustering.settings import AUTO, MEMORY, WAREHOUSE, JobSettings, check_no_drop_keys
 
 
 @dataclass(frozen=True)
@@ -46,4 +46,5 @@ def choose(settings: JobSettings) -> Choice:
             f"TRANSITIONS_TABLE {transitions!r}: the warehouse engine appends its transitions "
             "inside BigQuery: give bq://project.dataset.table or leave it unset"
         )
+    check_no_drop_keys(settings.analysis, f"{source} has {rows:,} rows, above MEMORY_MAX_ROWS")
     return Choice(WAREHOUSE, rows, tuple(f.to_api_repr() for f in table.schema))

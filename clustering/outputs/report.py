@@ -65,7 +65,7 @@ class RunFacts:
     warnings: tuple[str, ...]
     settings: tuple[tuple[str, str], ...]
     notes: tuple[str, ...] = ()
-    population_column: str = "population"
+    population_column: str | None = "population"  # None: POPULATION_COLUMN=none
     clusters_table: str | None = None
     # The warehouse engine's runs: the pictures and lists come from a sample, which this says
     # ("drawn from a sample of 200,000 of 8,000,000 rows"), and the transitions listed are the
