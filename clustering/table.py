@@ -412,6 +412,7 @@ def check_schema(schema, settings: AnalysisSettings, where: str) -> None:
     only the columns it needs, so the hint's numeric columns come from the schema's types."""
     names = pd.Index([str(f["name"]) for f in schema])
     _absent_columns(names, settings, where, lambda: _listed(numeric_fields(schema, settings)))
+    _check_directions(names, settings, where)
 
 
 def _exclusion_warnings(names: pd.Series, settings: AnalysisSettings, where: str) -> list[str]:

@@ -16,6 +16,7 @@ from clustering.settings import DEFAULT_CLUSTERING_FEATURES, AnalysisSettings
 from clustering.table import (
     CLUSTER_COLUMNS,
     Unmatched,
+    check_schema,
     output_schema,
     shape_column,
     table_schema,
@@ -820,3 +821,51 @@ def test_without_a_population_column_the_clusters_schema_has_no_population_field
     names = [f["name"] for f in table_schema("clusters_table", "AREA", None)]
     assert "population" not in names and "None" not in names and names[0] == "AREA"
     assert "population" in [f["name"] for f in table_schema("clusters_table", "AREA")]
+
+
+# --- A warehouse table's schema, checked before any row is read (issue 20) -------------------
+
+# The tables API names its types the legacy way (INTEGER, FLOAT); GoogleSQL's names and the
+# decimals are numbers too.
+SIX_NUMERIC = [
+    {"name": "tract", "type": "STRING"},
+    {"name": "residents", "type": "INTEGER"},
+    {"name": "income", "type": "INTEGER"},
+    {"name": "poverty", "type": "FLOAT"},
+    {"name": "age", "type": "INT64"},
+    {"name": "rent", "type": "FLOAT64"},
+    {"name": "value", "type": "NUMERIC"},
+    {"name": "big", "type": "BIGNUMERIC"},
+    {"name": "label", "type": "STRING"},
+    {"name": "opened", "type": "TIMESTAMP"},
+]
+
+
+def test_a_schemas_numeric_columns_are_the_hint_whatever_the_type_is_called():
+    settings = AnalysisSettings(key_column="tract", population_column="residents")
+    with pytest.raises(InputError) as caught:
+        check_schema(SIX_NUMERIC, settings, "bq://p.d.tracts")
+    assert str(caught.value).endswith(
+        'its numeric columns are ["income", "poverty", "age", "rent", "value", "big"]'
+    )
+    text_only = [f for f in SIX_NUMERIC if f["type"] in ("STRING", "TIMESTAMP")]
+    with pytest.raises(InputError, match=r"numeric columns are none \(only text columns\)$"):
+        check_schema(text_only, settings, "bq://p.d.tracts")
+
+
+def test_a_schema_is_held_to_the_features_and_directions_a_table_is():
+    chosen = AnalysisSettings(
+        key_column="tract",
+        population_column="residents",
+        clustering_features=("income", "poverty"),
+        severity_feature="poverty",
+        feature_directions=(("poverty", "higher_is_worse"), ("incom", "higher_is_better")),
+        exclude_neighborhoods=(),
+    )
+    with pytest.raises(InputError, match=r"no column 'incom' \(did you mean 'income'\?\)"):
+        check_schema(SIX_NUMERIC, chosen, "bq://p.d.tracts")
+    check_schema(
+        SIX_NUMERIC, replace(chosen, feature_directions=chosen.feature_directions[:1]), "t"
+    )
+    with pytest.raises(InputError, match=r"no column 'rents'.*SEVERITY_FEATURE"):
+        check_schema(SIX_NUMERIC, replace(chosen, severity_feature="rents"), "bq://p.d.tracts")
