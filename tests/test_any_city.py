@@ -302,7 +302,10 @@ def test_an_upper_case_table_reads_in_peoples_words(upper):
     text = page_text(out / "latest" / "report.html")
     assert "Community area cohorts" in text and "77 community areas" in text
     assert "college degrees (DEGREE_SHARE)" in text  # the facts name the column once
-    assert "hardship index" in text and "HARDSHIP_INDEX " not in text.split("Features used")[1]
+    # The facts list the features in words; warnings name the column a user would fix.
+    used = text.split("Features used", 1)[1].split("Settings", 1)[0]
+    assert "hardship index (HARDSHIP_INDEX)" in used and "HARDSHIP_INDEX " not in used
+    assert "HARDSHIP_INDEX blank in 1 row (Area 06): filled with the median" in text
     assert "COMMUNITY AREA NAMEs" not in text and "community area names" not in text
 
 

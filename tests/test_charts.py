@@ -214,8 +214,8 @@ LONG_LABEL = "share of households living in housing that is crowded, in a very l
 @pytest.fixture(scope="module")
 def long_named():
     from clustering.analysis.identity import identify
-    from clustering.job import cohort_view
     from clustering.settings import DEFAULT_CLUSTERING_FEATURES, DEFAULT_FEATURE_DIRECTIONS
+    from clustering.stages.drawing import cohort_view
 
     renamed = {f: LONG_PREFIX + f.upper() for f in DEFAULT_CLUSTERING_FEATURES}
     renamed |= {"neighborhood": "COMMUNITY_AREA_NAME", "population": "TOTAL_POPULATION"}

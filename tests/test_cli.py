@@ -952,6 +952,9 @@ def long_run(gcs_emulator, bigquery_emulator, monkeypatch, capsys):
             "warehouse",
             "--sample-rows",
             "1500",
+            # The table was loaded a moment ago: settling is not what these tests are about.
+            "--settle-seconds",
+            "0",
             "--quiet",
             *flags,
         )

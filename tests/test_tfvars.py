@@ -59,14 +59,17 @@ def test_each_kind_of_mistake_is_one_line_naming_the_variable(tmp_path):
 
 
 def test_values_the_function_would_refuse_at_start_up_are_caught(tmp_path):
-    # Each variable alone is fine; the settings they render to are not (no direction for the
-    # severity feature), which only the code's own validation knows.
-    path = write(tmp_path, 'project_id = "city-analytics-prod"\nseverity_feature = "canopy"\n')
+    # Each variable alone is fine; the settings they render to are not (one column for the
+    # names and the residents), which only the code's own validation knows.
+    path = write(
+        tmp_path,
+        'project_id = "city-analytics-prod"\nkey_column = "tract"\npopulation_column = "tract"\n',
+    )
     done = check(str(path))
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith(f"{path}: the function would refuse these settings: SEVERITY_FEATURE")
-    assert "add it to FEATURE_DIRECTIONS" in line
+    assert line.startswith(f"{path}: the function would refuse these settings: KEY_COLUMN")
+    assert "are both 'tract'" in line
 
 
 def test_values_are_taken_as_terraform_converts_them(tmp_path):
