@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -259,6 +260,48 @@ def test_an_interrupted_publish_is_completed_by_the_next_run(place):
     run_job(place.settings(), RunRequest(trigger="test"), on_warning=warnings.append)
     assert any("repaired" in w for w in warnings)
     assert len(interrupted) == 1 and place.latest_run() != next(iter(interrupted))
+
+
+def test_the_replacement_waits_for_the_last_load_and_records_itself(place, monkeypatch):
+    from clustering.adapters import budget, claims
+    from clustering.adapters.gcs import GcsStore
+
+    place.load(table())
+    first = place.run("first")
+    store = GcsStore(place.out)
+    assert claims.last_load(store) == first.run_id
+    # The first run's job was cancelled at its deadline, and BigQuery still runs it.
+    late = bq_adapter.load_job_id(first.run_id)
+    project = place.dataset.split(".")[0]
+    running = {
+        "kind": "bigquery#job",
+        "id": f"{project}:US.{late}",
+        "jobReference": {"projectId": project, "jobId": late, "location": "US"},
+        "configuration": {"jobType": "LOAD", "load": {}},
+        "status": {"state": "RUNNING"},
+    }
+
+    def still_running(method: str, path: str, body: bytes):
+        return (200, running) if method == "GET" and f"/jobs/{late}" in path else "pass"
+
+    real_limits = budget.call_limits
+    monkeypatch.setattr(
+        budget,
+        "call_limits",
+        lambda step: (3.0, 3.0) if step.startswith("waiting for load job") else real_limits(step),
+    )
+    endpoint = os.environ[bq_adapter.EMULATOR_ENV]
+    with emulators.FaultProxy(endpoint, still_running) as proxy:
+        monkeypatch.setenv(bq_adapter.EMULATOR_ENV, proxy.endpoint)
+        with pytest.raises(budget.OutOfTime, match=f"{late} of the earlier run .* still running"):
+            place.run("second")
+    monkeypatch.setenv(bq_adapter.EMULATOR_ENV, endpoint)
+    # Nothing was written over the late job, and it is still the one to wait for.
+    assert set(place.clusters()["run_id"]) == {first.run_id}
+    assert claims.last_load(store) == first.run_id
+    third = place.run("third")  # the late job has ended: this run replaces the table
+    assert claims.last_load(store) == third.run_id
+    assert set(place.clusters()["run_id"]) == {third.run_id}
 
 
 def test_run_json_counts_every_row_when_the_fit_saw_a_sample(clients):
