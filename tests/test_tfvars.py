@@ -119,7 +119,7 @@ def test_a_file_that_does_not_parse_or_is_missing_exits_2(tmp_path):
 
 def test_make_check_tfvars_runs_the_tool_on_the_given_file():
     planned = subprocess.run(
-        ["make", "-n", "check-tfvars", "TFVARS=my.tfvars"],
+        ["make", "-n", "--no-print-directory", "check-tfvars", "TFVARS=my.tfvars"],
         cwd=tfvars.ROOT,
         capture_output=True,
         text=True,

@@ -84,7 +84,7 @@ def test_ddl_and_export_data_are_analyzed_too(googlesql_checked, table):
     checked.rejected.clear()
 
 
-@pytest.mark.googlesql_rejects("probe", match=r"Unrecognized name: nope")
+@pytest.mark.googlesql_rejects("_estimate", match=r"Unrecognized name: nope")
 def test_the_adapter_s_statements_are_analyzed_as_they_are_sent(
     googlesql_checked, table, bigquery_emulator
 ):
@@ -94,8 +94,12 @@ def test_the_adapter_s_statements_are_analyzed_as_they_are_sent(
     )
     with pytest.raises(InputError, match="probe: BigQuery refused the job"):
         warehouse.query(warehouse.Jobs(PROJECT, "zetasql", 10**12), "probe", statement)
-    # Checked as the client sent it, named by its job id; the tests' own queries are not.
-    assert googlesql_checked.statements == [("neighborhood_clusters_zetasql_probe", statement.sql)]
+    # Checked as the client sent it: first its dry run (the byte budget's estimate, which has
+    # no job id, so it is named by the function that sent it), which BigQuery refuses, so the
+    # job itself is never sent. The tests' own queries are not checked.
+    assert googlesql_checked.statements == [
+        ("clustering.adapters.warehouse._estimate", statement.sql)
+    ]
     emulators.bigquery_client(bigquery_emulator).query(statement.sql.replace("nope", "1"))
     assert len(googlesql_checked.statements) == 1
     # The marker makes this rejection expected; the fixture fails the test without it.

@@ -330,9 +330,10 @@ def read_boundaries(
         f"FROM `{table_id}`"
     )
     bq = client(table_id.split(".")[0])
-    config = bigquery.QueryJobConfig(
-        labels=dict(JOB_LABELS), maximum_bytes_billed=maximum_bytes_billed
-    )
+    config = bigquery.QueryJobConfig(labels=dict(JOB_LABELS))
+    if maximum_bytes_billed is not None:
+        # Set only when given: the client sends a None as JSON null, which is no number.
+        config.maximum_bytes_billed = maximum_bytes_billed
     with boundaries_errors(uri, name, shape), quiet_client():
         job = bq.query(sql, job_config=config, **limits(f"querying {uri}"))
         # Waited on within the run's budget, like a load: cancelled and OutOfTime past it.
