@@ -718,3 +718,58 @@ def test_the_run_summary_says_the_top_split_is_k2_and_the_diagnostic_only_inform
         "run succeeded: 77 community areas, top split K=2 (Stable 40, Distressed 30); the K "
         "diagnostic's best silhouette is at K=3 (informative only); artifacts gs://b/runs/r1/"
     )
+
+
+# --- Cold start ------------------------------------------------------------------------------
+
+# What a fresh instance loads to answer a delivery it skips, run in its own interpreter: the
+# deliveries are answered by main.py's module through clustering.cloud.handler.respond.
+COLD_START = """
+import json, sys
+import main
+from clustering.cloud.handler import respond
+answers = []
+for body in json.load(sys.stdin):
+    answer, _ = respond(
+        body.encode(), {"Content-Type": "application/cloudevents+json"}, "/", main.SETTINGS
+    )
+    answers.append(answer["event"])
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("pandas", "sklearn", "matplotlib"))
+print(json.dumps({"answers": answers, "heavy": heavy}))
+"""
+
+
+def test_a_cold_start_answers_skipped_deliveries_without_pandas_sklearn_or_matplotlib(local):
+    import os
+    import subprocess
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    done = pubsub_event({"reason": "first"}, message_id="9801")
+    assert local.handle(done).event == "run_succeeded"
+    earlier = datetime.now(UTC) - timedelta(minutes=5)
+    deliveries = [
+        done,
+        table_change_event(WATCHED, job_id="bqjob_covered", time=earlier),
+        table_change_event("local-project.analytics.other_table"),
+    ]
+    settings = local.settings
+    env = os.environ | {
+        "FEATURES_SOURCE": settings.features_source,
+        "ARTIFACTS_DEST": settings.artifacts_dest,
+        "CLUSTERS_TABLE": settings.clusters_table,
+        "RUNS_TABLE": settings.runs_table,
+        "WATCHED_TABLE": WATCHED,
+        "FUNCTION_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
+    }
+    found = subprocess.run(
+        [sys.executable, "-c", COLD_START],
+        input=json.dumps([json.dumps(event) for event in deliveries]),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        check=True,
+    )
+    result = json.loads(found.stdout.splitlines()[-1])
+    assert result == {"answers": ["duplicate", "event_skipped", "event_skipped"], "heavy": []}

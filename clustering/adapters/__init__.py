@@ -7,12 +7,13 @@ runs never load them.
 
 from __future__ import annotations
 
-from typing import Protocol
-
-import pandas as pd
+from typing import TYPE_CHECKING, Protocol
 
 from clustering import InputError
 from clustering.adapters.claims import ClaimStore
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class ArtifactStore(ClaimStore, Protocol):

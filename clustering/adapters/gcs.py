@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import PurePosixPath
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from clustering import InputError
 from clustering.adapters import budget
 from clustering.adapters.local import READERS, parse_table, table_bytes
 from clustering.naming import MANIFEST, claim_name, content_type
 from clustering.settings import MAX_BOUNDARIES_BYTES, MAX_FEATURES_BYTES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def split_uri(uri: str) -> tuple[str, str]:

@@ -11,14 +11,17 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from clustering import InputError
 from clustering.naming import MANIFEST, claim_name
 from clustering.settings import MAX_BOUNDARIES_BYTES, MAX_FEATURES_BYTES
-from clustering.table import for_people, people_csv
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas (and clustering.table, which needs it) load inside the functions that read or write
+# tables: the function's store (claims, pointer) answers a skipped delivery without them.
 
 READERS = {".csv": "csv", ".parquet": "parquet"}
 
@@ -64,6 +67,8 @@ def parse_table(content, kind: str, where: str) -> pd.DataFrame:
     """Parse CSV bytes or a Parquet file/bytes into a DataFrame (shared with Cloud Storage)."""
     import io
 
+    import pandas as pd
+
     try:
         if kind == "csv":
             # Only empty cells are blank: "NA" or "null" in a column is text, reported as such.
@@ -94,6 +99,9 @@ def _integers_kept(frame: pd.DataFrame) -> pd.DataFrame:
     """A CSV's columns as numpy types, except whole-number columns: those stay integers even
     with blanks (pandas would widen them to floats: 21323 written back as 21323.0), as
     BigQuery INTEGER and Parquet integer columns arrive."""
+    import numpy as np
+    import pandas as pd
+
     types = pd.api.types
     kept = {}
     for column in frame.columns:
@@ -135,6 +143,8 @@ def table_bytes(frame: pd.DataFrame, name: str) -> bytes:
     if suffix not in READERS:
         raise InputError(f"{name}: the clusters table must be a .csv or .parquet path")
     if suffix == ".csv":
+        from clustering.table import people_csv
+
         return people_csv(frame)
     return frame.to_parquet(index=False)
 
@@ -142,6 +152,8 @@ def table_bytes(frame: pd.DataFrame, name: str) -> bytes:
 def run_id_of(content: bytes, name: str) -> str | None:
     """The run_id of a clusters table file's first row (.csv or .parquet), None if none."""
     import io
+
+    import pandas as pd
 
     from clustering.table import read_people_csv
 
@@ -182,6 +194,8 @@ def holds_run(path: str, run_id: str) -> bool:
     if file.suffix.lower() == ".jsonl":
         lines = file.read_text(encoding="utf-8").splitlines()
         return any(json.loads(line).get("run_id") == run_id for line in lines if line.strip())
+    import pandas as pd
+
     frame = pd.read_csv(file, usecols=lambda c: c == "run_id", dtype=str)
     return bool((frame.get("run_id", pd.Series(dtype=str)) == run_id).any())
 
@@ -195,6 +209,8 @@ def append_table(path: str, frame: pd.DataFrame) -> None:
         with file.open("a", encoding="utf-8") as out:
             out.write(text if text.endswith("\n") or not text else text + "\n")
         return
+    from clustering.table import for_people
+
     new = not file.exists() or file.stat().st_size == 0
     with file.open("a", encoding="utf-8", newline="") as out:
         for_people(frame).to_csv(out, index=False, header=new)
