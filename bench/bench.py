@@ -9,6 +9,8 @@ child's own rusage (os.wait4). The cases:
   250k  250,000 synthetic rows: ours only, --large-rounds rounds (default 1)
   wh1m, wh3m, engines  the warehouse engine on the local emulators (bench/warehouse_case.py):
         1M and 3M rows under ENGINE=auto, and one 250k table by both engines
+  coldstart  a fresh function instance: `import main` and the first delivery it skips
+        (bench/cold_start.py), --rounds rounds
 
 Contenders alternate within each round (A, B, C, A, B, C, ...) so that noise from the shared
 machine falls on all of them alike; the report shows the median per contender. It is a report,
@@ -40,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import cold_start
+
 ROOT = Path(__file__).resolve().parent.parent
 REAL_TABLE = ROOT / "data" / "baltimore" / "baltimore_neighborhood_features.csv"
 BASELINE = ROOT / "bench" / "baseline_notebook.py"
@@ -56,7 +60,7 @@ BASELINE_FILES = (
 )
 # The notebook writes no report and no manifest.
 OURS_FILES = (*BASELINE_FILES, "report.html", "run.json")
-CASES = ("real", "20k", "250k", "wh1m", "wh3m", "engines")
+CASES = ("real", "20k", "250k", "wh1m", "wh3m", "engines", "coldstart")
 WAREHOUSE_CASES = ("wh1m", "wh3m", "engines")
 # The warehouse engine's targets (issue 17): our process's peak, and how it grows 1M -> 3M.
 WAREHOUSE_PEAK_MIB = 1536
@@ -807,13 +811,18 @@ def main(argv: list[str] | None = None) -> int:
         code = snapshot_code(scratch)
         _progress(f"cases {', '.join(wanted)}; {code.describe()}; load {_load(load_before)}")
         for case in wanted:
-            if case not in WAREHOUSE_CASES:
+            if case not in (*WAREHOUSE_CASES, "coldstart"):
                 cases.append(file_case(case, code, scratch, args))
+        cold = None
+        if "coldstart" in wanted:
+            cold = cold_start.measure(PYTHON, code.where, args.rounds)
         warehouse = [c for c in wanted if c in WAREHOUSE_CASES]
         if warehouse:
             cases += warehouse_cases(warehouse, code, scratch, args.timeout)
     load = {"before": load_before, "after": os.getloadavg()}
     report = format_report(machine, code, cases, load)
+    if cold:
+        report += "\n" + "\n".join(cold_start.report(cold))
     print(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -825,6 +834,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": load,
             "cases": [asdict(c) for c in cases],
             "targets": [asdict(t) | {"verdict": t.verdict} for t in targets],
+            "cold_start": asdict(cold) if cold else None,
             "report": report,
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
