@@ -6,6 +6,8 @@ child's own rusage (os.wait4). The cases:
 
   real  the 279-row Baltimore table: ours vs baseline vs floor, --rounds rounds (default 5)
   20k   20,000 synthetic rows: ours vs baseline, --large-rounds rounds (default 1)
+  200k  200,000 synthetic rows: ours vs the bare method (bench/bare_method.py: the method's
+        unavoidable work, written plainly, with the full K search), --large-rounds rounds
   250k  250,000 synthetic rows: ours only, --large-rounds rounds (default 1)
   wh1m, wh3m, engines  the warehouse engine on the local emulators (bench/warehouse_case.py):
         1M and 3M rows under ENGINE=auto, and one 250k table by both engines
@@ -47,6 +49,7 @@ import cold_start
 ROOT = Path(__file__).resolve().parent.parent
 REAL_TABLE = ROOT / "data" / "baltimore" / "baltimore_neighborhood_features.csv"
 BASELINE = ROOT / "bench" / "baseline_notebook.py"
+BARE = ROOT / "bench" / "bare_method.py"
 # The venv interpreter by its venv path: resolving the symlink would lose the venv's packages.
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
@@ -60,12 +63,12 @@ BASELINE_FILES = (
 )
 # The notebook writes no report and no manifest.
 OURS_FILES = (*BASELINE_FILES, "report.html", "run.json")
-CASES = ("real", "20k", "250k", "wh1m", "wh3m", "engines", "coldstart")
+CASES = ("real", "20k", "200k", "250k", "wh1m", "wh3m", "engines", "coldstart")
 WAREHOUSE_CASES = ("wh1m", "wh3m", "engines")
 # The warehouse engine's targets (issue 17): our process's peak, and how it grows 1M -> 3M.
 WAREHOUSE_PEAK_MIB = 1536
 WAREHOUSE_GROWTH = 1.25
-SYNTHETIC_ROWS = {"20k": 20_000, "250k": 250_000}
+SYNTHETIC_ROWS = {"20k": 20_000, "200k": 200_000, "250k": 250_000}
 STDERR_TAIL_LINES = 40
 # ru_maxrss is the largest single process; a run that forks helpers can use more than that in
 # total, so the process tree's summed PSS is also sampled at this interval.
@@ -80,6 +83,8 @@ class Contender:
     argv: Callable[[Path], list[str]]
     outputs: Callable[[Path], list[Path]]
     cwd: Path = ROOT
+    # The file holding its partition (key, top_cluster, sub_cluster), kept for comparison.
+    partition: Callable[[Path], Path] | None = None
 
 
 @dataclass
@@ -264,6 +269,8 @@ def run_one(contender: Contender, round_: int, scratch: Path, timeout: float) ->
     manifest = out / "latest" / "run.json"
     if sample.ok and manifest.is_file():
         with_manifest(sample, json.loads(manifest.read_text()))
+    if sample.ok and contender.partition:
+        shutil.copy(contender.partition(out), scratch / f"{contender.name}-partition.csv")
     # Outputs of a 250k run are large; keep only one run's worth on disk at a time.
     shutil.rmtree(out, ignore_errors=True)
     stderr_path.unlink(missing_ok=True)
@@ -357,6 +364,16 @@ def ours(code: Path) -> Contender:
         lambda out: [PYTHON, *(str(out) if a == "{out}" else a for a in argv)],
         lambda out: [out / "latest" / name for name in OURS_FILES],
         cwd=code,
+        partition=lambda out: out / "latest" / "neighborhood_clusters.csv",
+    )
+
+
+def bare() -> Contender:
+    return Contender(
+        "bare",
+        lambda out: [PYTHON, str(BARE), "{features}", str(out)],
+        lambda out: [out / "partition.csv"],
+        partition=lambda out: out / "partition.csv",
     )
 
 
@@ -380,7 +397,7 @@ def with_features(contender: Contender, features: Path) -> Contender:
     def argv(out: Path) -> list[str]:
         return [str(features) if a == "{features}" else a for a in contender.argv(out)]
 
-    return Contender(contender.name, argv, contender.outputs, contender.cwd)
+    return Contender(contender.name, argv, contender.outputs, contender.cwd, contender.partition)
 
 
 def run_case(
@@ -512,6 +529,39 @@ def run_engines_case(em, code: Path, scratch: Path, timeout: float) -> CaseResul
     return result
 
 
+def agreement(ours_csv: Path, bare_csv: Path) -> dict:
+    """How ours' partition agrees with the bare method's full K search, over the residential
+    rows: ARI of the top splits and of the sub-clusters, and whether each group got its K."""
+    import pandas as pd
+    from sklearn.metrics import adjusted_rand_score
+
+    if not (ours_csv.is_file() and bare_csv.is_file()):
+        return {}
+    columns = ["neighborhood", "top_cluster", "sub_cluster"]
+    mine = pd.read_csv(ours_csv, usecols=columns)
+    both = mine[mine["top_cluster"] >= 0].merge(
+        pd.read_csv(bare_csv), on="neighborhood", suffixes=("", "_bare")
+    )
+
+    def ks(top: str, sub: str) -> list[int]:
+        return sorted(both.groupby(top)[sub].nunique().tolist())
+
+    ours_csv.unlink()
+    bare_csv.unlink()
+    return {
+        "rows_compared": len(both),
+        "ari_top_split": round(
+            adjusted_rand_score(both["top_cluster_bare"], both["top_cluster"]), 4
+        ),
+        "ari_sub_clusters": round(
+            adjusted_rand_score(both["sub_cluster_bare"], both["sub_cluster"]), 4
+        ),
+        "sub_ks_equal": int(
+            ks("top_cluster", "sub_cluster") == ks("top_cluster_bare", "sub_cluster_bare")
+        ),
+    }
+
+
 def count_rows(path: Path) -> int:
     with open(path, newline="") as handle:
         return sum(1 for _ in csv.reader(handle)) - 1
@@ -554,6 +604,13 @@ def targets_for(result: CaseResult) -> list[Target]:
         ]
     if result.case == "20k":
         return [Target("20k", "wall ours/baseline", ratio("ours", "baseline"), 0.20, "x")]
+    if result.case == "200k":
+        metrics = result.metrics
+        return [
+            Target("200k", "wall ours/bare", ratio("ours", "bare"), 0.60, "x"),
+            Target("200k", "ARI sub vs bare", metrics.get("ari_sub_clusters"), 0.99, "", True),
+            Target("200k", "sub-Ks equal", metrics.get("sub_ks_equal"), 1, "", True),
+        ]
     if result.case in ("wh1m", "wh3m"):
         found = [
             Target(result.case, "peak ours", median("ours", "peak_mib"), WAREHOUSE_PEAK_MIB, "MiB")
@@ -716,7 +773,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rounds", type=int, default=5, help="rounds of the real-table case (default 5)"
     )
     parser.add_argument(
-        "--large-rounds", type=int, default=1, help="rounds of the 20k and 250k cases (default 1)"
+        "--large-rounds",
+        type=int,
+        default=1,
+        help="rounds of the 20k, 200k and 250k cases (default 1)",
     )
     parser.add_argument(
         "--only",
@@ -768,10 +828,19 @@ def file_case(case: str, code: CodeSnapshot, scratch: Path, args) -> CaseResult:
     if path is None:
         _progress(f"{case}: skipped, {error}")
         return CaseResult(case, rows, 0, skipped=error)
-    contenders = [ours(code.where)] + ([baseline()] if case == "20k" else [])
+    others = {"20k": [baseline()], "200k": [bare()]}.get(case, [])
     result = run_case(
-        case, path, rows, contenders, args.large_rounds, scratch, args.timeout, warmup=False
+        case,
+        path,
+        rows,
+        [ours(code.where), *others],
+        args.large_rounds,
+        scratch,
+        args.timeout,
+        warmup=False,
     )
+    if case == "200k":
+        result.metrics |= agreement(scratch / "ours-partition.csv", scratch / "bare-partition.csv")
     path.unlink(missing_ok=True)
     return result
 

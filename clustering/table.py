@@ -227,7 +227,8 @@ def validate_for_model(
     if blank.any():
         row = int(np.flatnonzero(blank)[0])
         raise InputError(f"{where}: {key_column} is blank in data row {row + 1}: fill it in")
-    frame = frame.reset_index(drop=True).assign(**{key_column: keys.astype(object)})
+    # By position: the keys keep the input's index, the frame gets a fresh one.
+    frame = frame.reset_index(drop=True).assign(**{key_column: keys.astype(object).to_numpy()})
     numbers = {c: _numbers(frame, c, key_column, where) for c in columns if c != key_column}
     return frame.assign(**numbers)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,12 +17,21 @@ from clustering.settings import DEFAULT_CLUSTERING_FEATURES, AnalysisSettings
 from clustering.table import (
     CLUSTER_COLUMNS,
     Unmatched,
+    check_column_names,
+    check_output_columns,
     check_schema,
+    escape_cell,
     output_schema,
+    people_csv,
+    read_people_csv,
     shape_column,
     table_schema,
+    typed_rows,
+    unescape_cell,
     unmatched_exclusions,
     validate_features,
+    validate_for_model,
+    withheld_columns,
 )
 
 SETTINGS = AnalysisSettings()
@@ -869,3 +879,175 @@ def test_a_schema_is_held_to_the_features_and_directions_a_table_is():
     )
     with pytest.raises(InputError, match=r"no column 'rents'.*SEVERITY_FEATURE"):
         check_schema(SIX_NUMERIC, replace(chosen, severity_feature="rents"), "bq://p.d.tracts")
+
+
+# --- The checks `assign` makes on its input (validate_for_model) -----------------------------
+
+MODEL_COLUMNS = ("neighborhood", "population", "med_age")
+
+
+def test_a_table_for_a_model_keeps_its_rows_and_columns_with_numbers_and_text_keys():
+    frame = pd.DataFrame(
+        {"neighborhood": [" 007 ", "Abell"], "population": ["12", 30], "med_age": [1.5, None]},
+        index=[5, 9],
+    )
+    valid = validate_for_model(frame, "neighborhood", MODEL_COLUMNS, WHERE)
+    assert list(valid.columns) == list(frame.columns) and list(valid.index) == [0, 1]
+    assert valid["neighborhood"].tolist() == ["007", "Abell"]  # stripped, still text
+    assert valid["population"].tolist() == [12, 30] and valid["med_age"].isna().tolist() == [
+        False,
+        True,
+    ]
+    one = validate_for_model(frame.iloc[:1], "neighborhood", MODEL_COLUMNS, WHERE)
+    assert len(one) == 1
+
+
+@pytest.mark.parametrize(
+    ("frame", "words"),
+    [
+        (pd.DataFrame(columns=list(MODEL_COLUMNS)), f"{WHERE} has no rows: give one row"),
+        (
+            pd.DataFrame({"neighborhood": ["a"], "population": [1], "med_ag": [2]}),
+            "has no 'med_age' column (did you mean 'med_ag'?), which the run's model needs",
+        ),
+        (
+            pd.DataFrame({"neighborhood": ["a", " "], "population": [1, 2], "med_age": [1, 2]}),
+            f"{WHERE}: neighborhood is blank in data row 2: fill it in",
+        ),
+        (
+            pd.DataFrame({"neighborhood": ["a", None], "population": [1, 2], "med_age": [1, 2]}),
+            "neighborhood is blank in data row 2",
+        ),
+    ],
+    ids=["no rows", "missing column", "blank key", "missing key"],
+)
+def test_a_table_a_model_cannot_read_is_refused_in_one_line(frame, words):
+    with pytest.raises(InputError, match=re.escape(words)):
+        validate_for_model(frame, "neighborhood", MODEL_COLUMNS, WHERE)
+
+
+# --- Column names as BigQuery compares them; OUTPUT_COLUMNS ----------------------------------
+
+
+def test_columns_differing_only_in_case_are_refused():
+    with pytest.raises(InputError, match=r"columns 'Vacancy' and 'vacancy' differ only in case"):
+        check_column_names(pd.Index(["neighborhood", "Vacancy", "vacancy"]), "neighborhood", WHERE)
+    with pytest.raises(InputError, match=r"column 'Top_Cluster' differs only in case from"):
+        check_column_names(pd.Index(["neighborhood", "Top_Cluster"]), "neighborhood", WHERE)
+    with pytest.raises(InputError, match=r"'Neighborhood_Shape' differs only in case"):
+        check_column_names(pd.Index(["neighborhood", "Neighborhood_Shape"]), "neighborhood", WHERE)
+    # Spelt as the run spells it, the run's column replaces it.
+    check_column_names(pd.Index(["neighborhood", "top_cluster", "vacancy"]), "neighborhood", WHERE)
+
+
+def test_output_columns_must_name_columns_and_withhold_the_others_but_the_key():
+    columns = pd.Index(["neighborhood", "population", "vacancy", "notes"])
+    check_output_columns(("vacancy", "notes"), columns, WHERE)
+    with pytest.raises(InputError, match=r"no column 'vacancey' \(did you mean 'vacancy'\?\)"):
+        check_output_columns(("vacancey",), columns, WHERE)
+    assert withheld_columns(columns, ("vacancy",), "neighborhood") == ("population", "notes")
+    assert withheld_columns(columns, ("neighborhood",), "neighborhood") == (
+        "population",
+        "vacancy",
+        "notes",
+    )
+    assert withheld_columns(columns, (), "neighborhood") == ()
+
+
+# --- The hint of another city's table, the default list's rows -------------------------------
+
+
+def test_the_hint_lists_the_numeric_columns_but_the_key_population_flags_and_text():
+    frame = pd.DataFrame(
+        {
+            "neighborhood": ["a", "b"],
+            "population": [10, 20],
+            "income": [1.5, 2.5],
+            "counts": [" 3", "4 "],  # text that parses: numbers
+            "flag": [True, False],
+            "label": ["x", "7"],
+            "blank": ["", None],
+        }
+    )
+    message = invalid(frame)
+    assert message.endswith('its numeric columns are ["income", "counts"]'), message
+    # Population among the defaults does not count as one of them.
+    assert "none of the default clustering features" in invalid(
+        frame[["neighborhood", "population"]]
+    )
+
+
+def test_without_a_population_column_the_key_column_is_still_required():
+    settings = AnalysisSettings(population_column="none", exclude_neighborhoods=())
+    with pytest.raises(InputError, match=r"has no 'neighborhood' column"):
+        validate_features(small().drop(columns="neighborhood"), settings, WHERE)
+
+
+def test_unused_default_exclusions_are_a_note_and_exclude_also_typos_still_a_warning():
+    settings = AnalysisSettings(exclude_also=("Ash Vilage",))
+    valid = validate_features(small(), settings, WHERE)
+    assert valid.warnings[-1].startswith("1 excluded name matches no neighborhood")
+    assert "'Ash Vilage' (did you mean 'Ash Village'?)" in valid.warnings[-1]
+    assert not any("Canton Industrial Area" in w for w in valid.warnings)
+    assert valid.notes and "none of which is a neighborhood" in valid.notes[0]
+    # One default name present: the list is in use, and its other names are reported.
+    used = small().assign(neighborhood=["Oak Hill", "Inner Harbor", "Elm Point", "C", "D"])
+    warned = validate_features(used, AnalysisSettings(), WHERE)
+    assert not warned.notes and any("Canton Industrial Area" in w for w in warned.warnings)
+
+
+def test_drop_keys_keep_the_tables_columns():
+    settings = replace(FITTED, drop_keys=("Oak Hill",))
+    valid = validate_features(small(), settings, WHERE)
+    assert list(valid.frame.columns) == list(small().columns)
+    assert valid.dropped == ("Oak Hill",) and len(valid.frame) == 4
+
+
+def test_one_population_fraction_is_counted_as_one_value():
+    settings = replace(FITTED, population_column="share", clustering_features=("med_age",))
+    frame = small().assign(share=[1, 2, 3.5, 4, 5])
+    (warning,) = validate_features(frame, settings, WHERE).warnings
+    assert "'share' holds 1 value that is not a whole number of residents (Elm Point)" in warning
+
+
+# --- Cells for people, rows read back typed --------------------------------------------------
+
+
+def test_cells_a_spreadsheet_would_evaluate_are_escaped_and_read_back_exactly():
+    assert escape_cell("=1+1") == "'=1+1" and escape_cell("'quoted") == "''quoted"
+    assert escape_cell(chr(31) + "x") == "'" + chr(31) + "x"
+    assert escape_cell(" x") == " x" and escape_cell("a=b") == "a=b" and escape_cell("") == ""
+    assert escape_cell(-3) == -3 and escape_cell(None) is None
+    assert unescape_cell("'=1") == "=1" and unescape_cell("plain") == "plain"
+    assert unescape_cell("''x") == "'x" and unescape_cell(5) == 5
+    frame = pd.DataFrame({"=name": ["@cmd", "Abell"], "n": [1, 2], "t": ["+x", None]})
+    content = people_csv(frame)
+    assert content.splitlines()[0] == b"'=name,n,t"
+    assert b"'@cmd" in content and b"'+x" in content
+    back = read_people_csv(content)
+    pd.testing.assert_frame_equal(back, frame)
+    some = read_people_csv(content, usecols=lambda c: c != "n", dtype={"=name": str})
+    assert list(some.columns) == ["=name", "t"] and some["=name"].tolist() == ["@cmd", "Abell"]
+    assert list(read_people_csv(content, usecols=None).columns) == ["=name", "n", "t"]
+
+
+def test_rows_read_back_get_the_types_their_schema_declares():
+    schema = [
+        {"name": "count", "type": "INTEGER"},
+        {"name": "estimate", "type": "INTEGER"},
+        {"name": "at", "type": "TIMESTAMP"},
+    ]
+    frame = pd.DataFrame(
+        {
+            "count": [1.0, None],
+            "estimate": [1.5, 2.0],
+            "at": ["2026-01-01T00:00:00Z", None],
+            "other": [1.0, 2.0],
+        }
+    )
+    typed = typed_rows(frame, schema)
+    assert typed["count"].dtype == "Int64" and typed["count"].tolist()[0] == 1
+    assert typed["estimate"].dtype == np.float64  # fractions stay
+    assert str(typed["at"].dtype) == "datetime64[ns, UTC]" or "UTC" in str(typed["at"].dtype)
+    assert typed["at"][0] == pd.Timestamp("2026-01-01", tz="UTC")
+    assert typed["other"].dtype == np.float64

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from clustering import InputError
-from clustering.analysis import fits
+from clustering.analysis import fits, search_sample
 from clustering.analysis.prepare import (
     INSTITUTIONAL,
     LOW_POPULATION,
@@ -112,6 +112,8 @@ class ClusteringResult:
     silhouette_sample_size: rows sampled per silhouette, or None when all were exact.
     space: how raw values become rows of `scaled` (impute, winsor bounds, centre, scale).
     centroids: the top split's and the sub-clusters' centroids, under the clustering's ids.
+    search_sample_size: the residential rows the K searches saw (a key-hashed sample,
+        clustering.analysis.search_sample), or None when they saw every row.
     """
 
     table: pd.DataFrame
@@ -129,6 +131,7 @@ class ClusteringResult:
     warnings: tuple[str, ...]
     space: Space
     centroids: Centroids
+    search_sample_size: int | None = None
 
 
 def cluster(
@@ -193,6 +196,8 @@ class _FitPlan:
     scaled, winsorized: the residential matrix the fits see, and the same before scaling.
     ks: the Ks of the K diagnostics, capped below the number of residential rows.
     sample_size: rows sampled per silhouette, or None when every silhouette is exact.
+    searched: which residential rows the K searches see (the key-hashed sample of a large
+        table), or None for every row.
     warnings: the feature warnings, then the K_MAX cap when there is one.
     """
 
@@ -208,6 +213,7 @@ class _FitPlan:
     winsorized: np.ndarray
     ks: tuple[int, ...]
     sample_size: int | None
+    searched: np.ndarray | None
     warnings: tuple[str, ...]
 
     @property
@@ -226,6 +232,13 @@ def _plan(table, types, residential, features, settings, pool, say) -> _FitPlan:
     raw = table.loc[residential, list(features.used)].to_numpy(dtype=np.float64)
     prepared = prepare(raw, tuple(features.used), clip=True)
     ks = [k for k in range(settings.k_min, settings.k_max + 1) if k < n_res]
+    searched = None
+    keys = table.loc[residential, settings.key_column]
+    positions = search_sample.hashed_sample(keys, search_sample.SEARCH_SAMPLE_ROWS)
+    if positions is not None:
+        searched = np.zeros(n_res, dtype=bool)
+        searched[positions] = True
+        say(f"searching K on a key-hashed sample of {len(positions)} rows")
     if settings.k_max >= n_res:
         warnings.append(f"K_MAX={settings.k_max} capped at {ks[-1]}: only {n_res} residential rows")
     return _FitPlan(
@@ -241,13 +254,15 @@ def _plan(table, types, residential, features, settings, pool, say) -> _FitPlan:
         winsorized=prepared.before_scaling,
         ks=tuple(ks),
         sample_size=sample_size,
+        searched=searched,
         warnings=tuple(warnings),
     )
 
 
 def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> ClusteringResult:
     # Everything independent is submitted up front so a pool keeps every core busy.
-    diagnostics_pending = _submit_search(plan.pool, plan.scaled, plan.ks, plan.settings)
+    searched = plan.scaled if plan.searched is None else plan.scaled[plan.searched]
+    diagnostics_pending = _submit_search(plan.pool, searched, plan.ks, plan.settings)
     diagnostics = None
     if all(f.done() for f in diagnostics_pending):  # fitted in-process: report them now
         diagnostics = _diagnostics(plan, diagnostics_pending, on_diagnostics)
@@ -292,6 +307,7 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
         warnings=tuple(warnings),
         space=plan.space,
         centroids=Centroids(top=dict(enumerate(top_centroids)), sub=sub_centroids),
+        search_sample_size=None if plan.searched is None else int(plan.searched.sum()),
     )
 
 
@@ -340,9 +356,12 @@ def _submit_top_groups(plan: _FitPlan, top_labels: np.ndarray) -> list[tuple]:
     for top in np.unique(top_labels):
         mask = top_labels == top
         label = labels[int(top)]
-        n = int(mask.sum())
+        # A large table's group is searched on its rows in the sample; its final fit (in
+        # _sub_cluster) sees every row of it.
+        seen = mask if plan.searched is None else mask & plan.searched
+        n = int(seen.sum())
         sub_ks = [k for k in range(plan.settings.sub_k_min, plan.settings.sub_k_max + 1) if k < n]
-        pending = _submit_search(plan.pool, plan.scaled[mask], sub_ks, plan.settings)
+        pending = _submit_search(plan.pool, plan.scaled[seen], sub_ks, plan.settings)
         tops.append((int(top), label, mask, pending))
     return tops
 

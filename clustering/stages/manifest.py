@@ -42,6 +42,11 @@ def manifest(run: Run, done: Analysed, timings: dict[str, float], prefix) -> dic
             "method": "sampled" if result.silhouette_sample_size else "exact",
             "sample_size": result.silhouette_sample_size,
         },
+        # A large table's K searches saw a key-hashed sample; the final fits saw every row.
+        "k_search": {
+            "method": "sampled" if result.search_sample_size else "every row",
+            "sample_size": result.search_sample_size,
+        },
         "diagnostics": _diagnostics_entry(result.diagnostics),
         **_group_entries(result),
         "summary": _summary(identity, settings.analysis, done.counts),

@@ -1,0 +1,102 @@
+"""The K searches of a large table on a key-hashed sample (clustering.analysis.search_sample)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from clustering.analysis import search_sample
+from clustering.analysis.model import cluster, search_k
+from clustering.analysis.sample import make_sample
+from clustering.settings import AnalysisSettings
+from clustering.table import validate_features
+
+SETTINGS = AnalysisSettings(k_max=5, sub_k_max=4)
+
+
+def test_the_sample_is_the_keys_with_the_smallest_md5_whatever_the_order():
+    keys = [f"Area {i}" for i in range(500)]
+    picked = search_sample.hashed_sample(keys, 40)
+    assert len(picked) == 40 and list(picked) == sorted(picked)
+    # The warehouse engine's rule: the first 15 hex digits of MD5(CAST(key AS STRING)).
+    digest = {k: int(hashlib.md5(k.encode()).hexdigest()[:15], 16) for k in keys}
+    assert {keys[i] for i in picked} == set(sorted(keys, key=digest.get)[:40])
+    shuffled = list(reversed(keys))
+    assert {shuffled[i] for i in search_sample.hashed_sample(shuffled, 40)} == {
+        keys[i] for i in picked
+    }
+    # More rows elsewhere in the table do not change which of these are searched.
+    more = search_sample.hashed_sample([*keys, *(f"Other {i}" for i in range(500))], 40)
+    assert len(more) == 40
+    assert search_sample.hashed_sample(keys, 500) is None  # no more keys than the size
+
+
+def test_tables_up_to_the_size_search_every_row():
+    table = make_sample(600, random_state=3)
+    result = cluster(validate_features(table, SETTINGS, "t").frame, SETTINGS)
+    assert result.search_sample_size is None
+    assert search_sample.SEARCH_SAMPLE_ROWS == 20_000  # the documented size (docs/analysis.md)
+
+
+@pytest.fixture(scope="module")
+def sampled():
+    """A 3,000-row table searched on 600 hashed rows (the size lowered for the test)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(search_sample, "SEARCH_SAMPLE_ROWS", 600)
+        frame = validate_features(make_sample(3_000, random_state=11), SETTINGS, "t").frame
+        result = cluster(frame, SETTINGS)
+    return frame, result
+
+
+def test_above_the_size_the_searches_see_the_sample_and_the_final_fits_every_row(sampled):
+    frame, result = sampled
+    assert result.search_sample_size == 600
+    keys = frame.loc[result.residential, SETTINGS.key_column]
+    rows = search_sample.hashed_sample(keys, 600)
+    # The K diagnostic is the search over the sampled rows only.
+    alone = search_k(result.scaled[rows], list(result.diagnostics.ks), SETTINGS)
+    assert alone.inertias == pytest.approx(result.diagnostics.inertias)
+    assert alone.silhouettes == pytest.approx(result.diagnostics.silhouettes)
+    # Every residential row has a sub-cluster, and each centroid is the mean of all its rows
+    # (a k-means fit over every row, to its tolerance), not of the sampled ones (which would
+    # be a tenth of a standard deviation away).
+    resident = result.table.loc[result.residential]
+    assert (resident["sub_cluster"].astype(int) >= 0).all()
+    subs = resident["sub_cluster"].astype(int).to_numpy()
+    for sub, (_, centre) in result.centroids.sub.items():
+        members = result.scaled[subs == sub]
+        assert len(members) > 0
+        np.testing.assert_allclose(members.mean(axis=0), centre, atol=0.02)
+
+
+def test_a_sampled_search_is_repeatable(sampled):
+    frame, result = sampled
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(search_sample, "SEARCH_SAMPLE_ROWS", 600)
+        again = cluster(frame, SETTINGS)
+    assert again.diagnostics == result.diagnostics
+    assert again.table["sub_cluster"].tolist() == result.table["sub_cluster"].tolist()
+
+
+def test_run_json_says_what_the_k_searches_saw(tmp_path, monkeypatch):
+    import json
+
+    from clustering.job import RunRequest, run_job
+    from clustering.settings import JobSettings
+
+    make_sample(800, random_state=4).to_csv(tmp_path / "f.csv", index=False)
+
+    def manifest(out: str) -> dict:
+        settings = JobSettings(
+            features_source=str(tmp_path / "f.csv"),
+            artifacts_dest=str(tmp_path / out),
+            analysis=SETTINGS,
+        )
+        run_job(settings, RunRequest(trigger="test"))
+        return json.loads((tmp_path / out / "latest" / "run.json").read_text(encoding="utf-8"))
+
+    assert manifest("all")["k_search"] == {"method": "every row", "sample_size": None}
+    monkeypatch.setattr(search_sample, "SEARCH_SAMPLE_ROWS", 300)
+    assert manifest("sampled")["k_search"] == {"method": "sampled", "sample_size": 300}
