@@ -817,3 +817,97 @@ def test_the_warehouse_engine_refuses_drop_keys_it_would_not_apply():
     with pytest.raises(InputError, match=r"ENGINE=warehouse: .* does not apply DROP_KEYS"):
         JobSettings(**tables, engine="warehouse", analysis=dropped)
     assert JobSettings(**tables, engine="memory", analysis=dropped).engine == "memory"
+
+
+# --- The rules each setting's check holds (make mutation pins them here) ----------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        ({"key_column": " "}, r"KEY_COLUMN \(--key-column\) is empty"),
+        ({"key_column": "tract", "population_column": "tract"}, r"are both 'tract'"),
+        ({"feature_directions": (("a", "sideways"),)}, r"got \['sideways'\]"),
+        (
+            {"feature_directions": (("a", "higher_is_worse"), ("a", "higher_is_worse"))},
+            r"each feature once.*got a feature twice",
+        ),
+    ],
+    ids=["blank key", "key is population", "bad direction", "direction twice"],
+)
+def test_analysis_settings_built_in_code_are_checked(given, words):
+    with pytest.raises(InputError, match=words):
+        AnalysisSettings(**given)
+
+
+def test_the_built_in_exclusion_list_is_known_as_the_default():
+    assert AnalysisSettings().default_exclusions
+    assert not AnalysisSettings(exclude_neighborhoods=("Area 77",)).default_exclusions
+
+
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        ({"run_budget_seconds": 9}, r"--time-budget is 9: give the run 10 seconds or more"),
+        ({"settle_seconds": -1}, r"SETTLE_SECONDS \(--settle-seconds\) is -1: use 0"),
+        (
+            {"table_changes_subscription": "subscriptions/table-changes"},
+            r"TABLE_CHANGES_SUBSCRIPTION 'subscriptions/table-changes': write it as projects/",
+        ),
+    ],
+    ids=["budget", "settle", "subscription"],
+)
+def test_job_limits_out_of_range_are_refused(given, words):
+    base = {"features_source": "t.csv", "artifacts_dest": "out"}
+    with pytest.raises(InputError, match=words):
+        JobSettings(**base, **given)
+
+
+def test_job_limits_at_their_bounds_are_accepted():
+    base = {"features_source": "t.csv", "artifacts_dest": "out"}
+    at = JobSettings(
+        **base,
+        run_budget_seconds=10,
+        settle_seconds=0,
+        table_changes_subscription="projects/city-1/subscriptions/table-changes",
+    )
+    assert (at.run_budget_seconds, at.settle_seconds) == (10, 0)
+    # The CLI's documented default budget: six hours.
+    assert JobSettings(**base).run_budget_seconds == 6 * 3600
+
+
+def test_feature_directions_from_the_environment_are_parsed_over_the_defaults():
+    given = JobSettings.from_env(env(FEATURE_DIRECTIONS='{"canopy": "higher_is_better"}'))
+    assert given.analysis.directions["canopy"] == "higher_is_better"
+    assert given.analysis.directions["crime_per_capita"] == "higher_is_worse"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ['["median_income"]', '{" ": "higher_is_worse"}', "{oops"],
+    ids=["a list", "a blank feature", "not JSON"],
+)
+def test_feature_directions_that_are_no_object_of_features_are_refused(raw):
+    from clustering.settings import parse_feature_directions
+
+    with pytest.raises(InputError, match=r"must be a JSON object of feature to") as caught:
+        parse_feature_directions(raw, "FEATURE_DIRECTIONS")
+    assert str(caught.value).endswith("got " + repr(raw))
+
+
+def test_a_long_bad_value_is_shown_cut_at_80_characters():
+    from clustering.settings import parse_feature_directions, parse_feature_labels
+
+    raw = "[" + "x" * 200 + "]"
+    for parse in (
+        lambda: parse_feature_directions(raw, "FEATURE_DIRECTIONS"),
+        lambda: parse_feature_labels(raw, "FEATURE_LABELS", '{"A": "a"}'),
+    ):
+        with pytest.raises(InputError) as caught:
+            parse()
+        assert str(caught.value).endswith("got " + repr(raw[:80]))
+
+
+def test_the_warehouse_engine_names_an_unset_source():
+    with pytest.raises(InputError, match=r"FEATURES_SOURCE \(--features\) .* not unset"):
+        JobSettings(features_source=None, artifacts_dest="out", engine="warehouse")
