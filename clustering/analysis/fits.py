@@ -46,6 +46,21 @@ def fit_centroids(
         return model.labels_.astype(np.int64), model.cluster_centers_
 
 
+def fit_seeded(
+    matrix: np.ndarray, seen: np.ndarray, k: int, n_init: int, random_state: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`fit_centroids` for a large table: the best of `n_init` fits on the rows `seen` (the
+    K search's sample), then one Lloyd fit over every row started from its centroids. Every
+    row is assigned by the fit over every row; only the starts come from the sample."""
+    from sklearn.cluster import KMeans
+
+    _, starts = fit_centroids(matrix[seen], k, n_init, random_state)
+    with one_thread():
+        model = KMeans(n_clusters=k, init=starts, n_init=1, random_state=random_state)
+        model.fit(matrix)
+        return model.labels_.astype(np.int64), model.cluster_centers_
+
+
 def kmeans_labels(matrix: np.ndarray, k: int, n_init: int, random_state: int) -> np.ndarray:
     """Labels of a fit without setting the thread limit, for a caller that holds `one_thread()`
     around many small fits: setting the limit costs milliseconds, as much as a small fit."""

@@ -266,7 +266,7 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
     diagnostics = None
     if all(f.done() for f in diagnostics_pending):  # fitted in-process: report them now
         diagnostics = _diagnostics(plan, diagnostics_pending, on_diagnostics)
-    top_pending = plan.pool.submit(fits.fit_centroids, plan.scaled, TOP_K, FINAL_N_INIT, plan.seed)
+    top_pending = _submit_final_fit(plan, np.ones(len(plan.scaled), dtype=bool), TOP_K)
     excluded, excluded_pending = _submit_excluded_types(plan)
 
     plan.say(f"fitting the top split (K={TOP_K})")
@@ -400,9 +400,7 @@ def _sub_cluster(plan: _FitPlan, tops: list[tuple]) -> tuple[list[TopGroup], np.
         groups.append(
             TopGroup(top=top, label=label, size=int(mask.sum()), search=search, sub_k=search.best_k)
         )
-        refit = plan.pool.submit(
-            fits.fit_centroids, plan.scaled[mask], search.best_k, FINAL_N_INIT, plan.seed
-        )
+        refit = _submit_final_fit(plan, mask, search.best_k)
         refits.append((mask, top, refit))
     centroids = {}
     for mask, top, refit in refits:
@@ -413,6 +411,15 @@ def _sub_cluster(plan: _FitPlan, tops: list[tuple]) -> tuple[list[TopGroup], np.
         sub_labels[mask] = labels + top * 10
         centroids |= {top * 10 + i: (top, c) for i, c in enumerate(centers)}
     return groups, sub_labels, centroids
+
+
+def _submit_final_fit(plan: _FitPlan, rows: np.ndarray, k: int) -> Future:
+    """The fit of the chosen K over every row of `rows` (a residential mask): the best of
+    FINAL_N_INIT starts, taken on the K search's sample when the table has one."""
+    if plan.searched is None:
+        return plan.pool.submit(fits.fit_centroids, plan.scaled[rows], k, FINAL_N_INIT, plan.seed)
+    seen = plan.searched[rows]
+    return plan.pool.submit(fits.fit_seeded, plan.scaled[rows], seen, k, FINAL_N_INIT, plan.seed)
 
 
 def _labelled_table(
