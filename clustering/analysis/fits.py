@@ -46,19 +46,33 @@ def fit_centroids(
         return model.labels_.astype(np.int64), model.cluster_centers_
 
 
+# How many of the sample's best starts a large table's final fit refines over every row.
+REFINED_STARTS = 3
+
+
 def fit_seeded(
     matrix: np.ndarray, seen: np.ndarray, k: int, n_init: int, random_state: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`fit_centroids` for a large table: the best of `n_init` fits on the rows `seen` (the
-    K search's sample), then one Lloyd fit over every row started from its centroids. Every
-    row is assigned by the fit over every row; only the starts come from the sample."""
+    """`fit_centroids` for a large table: `n_init` seeded fits on the rows `seen` (the K
+    search's sample); the REFINED_STARTS best of them each run on to convergence over every
+    row, and the one with the least inertia over every row is kept. Every row is assigned by
+    a fit over every row; only the starts come from the sample."""
     from sklearn.cluster import KMeans
 
-    _, starts = fit_centroids(matrix[seen], k, n_init, random_state)
+    rng = np.random.RandomState(random_state)
+    seeds = rng.randint(np.iinfo(np.int32).max, size=n_init)
     with one_thread():
-        model = KMeans(n_clusters=k, init=starts, n_init=1, random_state=random_state)
-        model.fit(matrix)
-        return model.labels_.astype(np.int64), model.cluster_centers_
+        starts = []
+        for seed in seeds:
+            model = KMeans(n_clusters=k, n_init=1, random_state=int(seed)).fit(matrix[seen])
+            starts.append((model.inertia_, model.cluster_centers_))
+        starts.sort(key=lambda start: start[0])
+        best = None
+        for _, centres in starts[:REFINED_STARTS]:
+            model = KMeans(n_clusters=k, init=centres, n_init=1).fit(matrix)
+            if best is None or model.inertia_ < best.inertia_:
+                best = model
+        return best.labels_.astype(np.int64), best.cluster_centers_
 
 
 def kmeans_labels(matrix: np.ndarray, k: int, n_init: int, random_state: int) -> np.ndarray:
