@@ -1101,3 +1101,30 @@ def test_the_default_exclusion_list_matching_no_row_is_a_note_not_a_warning():
         "'Oak Hil' (did you mean 'Oak Hill'?) (EXCLUDE_NEIGHBORHOODS replaces the default "
         "list, EXCLUDE_ALSO extends it)",
     )
+
+
+def test_without_a_population_column_a_missing_key_column_is_still_refused():
+    table = community_areas().rename(columns={"COMMUNITY_AREA_NAME": "AREA"})
+    with pytest.raises(InputError) as caught:
+        validate_features(table, AREAS, WHERE)
+    assert str(caught.value).startswith(f"{WHERE} has no 'COMMUNITY_AREA_NAME' column")
+
+
+def test_drop_keys_leave_the_tables_columns_as_they_were():
+    settings = replace(AREAS, drop_keys=("CHICAGO",))
+    valid = validate_features(community_areas(), settings, WHERE)
+    assert list(valid.frame.columns) == list(community_areas().columns)
+    assert valid.frame.index.tolist() == [0, 1, 2]
+
+
+def test_one_population_that_is_not_whole_is_named_in_the_singular():
+    table = community_areas().assign(SHARE=[0.25, 1.0, 3.0, 2.0])
+    valid = validate_features(table, replace(AREAS, population_column="SHARE"), WHERE)
+    assert valid.warnings[0].startswith(
+        "POPULATION_COLUMN 'SHARE' holds 1 value that is not a whole number of residents "
+        "(Rogers Park)"
+    )
+
+
+def test_a_cell_starting_with_a_space_is_not_escaped():
+    assert escape_cell(" =x") == " =x" and escape_cell("\x1fx") == "'\x1fx"
