@@ -12,10 +12,14 @@ from clustering import InputError
 from clustering.options import TABLE_BEGIN, TABLE_END
 from clustering.settings import (
     ENV_VARS,
+    MAX_CLOCK_SKEW_SECONDS,
+    MIN_RUN_BUDGET_SECONDS,
     AnalysisSettings,
     JobSettings,
     bq_table_id,
     check_table_id,
+    parse_feature_directions,
+    parse_feature_labels,
     parse_name_list,
 )
 from tests.helpers import doc
@@ -817,3 +821,92 @@ def test_the_warehouse_engine_refuses_drop_keys_it_would_not_apply():
     with pytest.raises(InputError, match=r"ENGINE=warehouse: .* does not apply DROP_KEYS"):
         JobSettings(**tables, engine="warehouse", analysis=dropped)
     assert JobSettings(**tables, engine="memory", analysis=dropped).engine == "memory"
+
+
+# --- The settings' own checks, pinned here (issue 23) -----------------------------------------
+
+
+def refused(make) -> str:
+    with pytest.raises(InputError) as caught:
+        make()
+    return str(caught.value)
+
+
+def test_the_clock_skew_and_the_cli_budget_are_the_documented_ones():
+    assert MAX_CLOCK_SKEW_SECONDS == 1.0 and MIN_RUN_BUDGET_SECONDS == 10
+    assert JobSettings().run_budget_seconds == 6 * 3600
+    assert JobSettings(run_budget_seconds=10).run_budget_seconds == 10
+    assert refused(lambda: JobSettings(run_budget_seconds=9)) == (
+        "--time-budget is 9: give the run 10 seconds or more"
+    )
+
+
+def test_only_the_built_in_exclusion_list_counts_as_the_default():
+    assert AnalysisSettings().default_exclusions
+    assert not AnalysisSettings(exclude_neighborhoods=("Perkins",)).default_exclusions
+
+
+def test_a_blank_key_column_and_a_key_that_is_the_population_are_refused():
+    assert refused(lambda: AnalysisSettings(key_column="  ")) == (
+        "KEY_COLUMN (--key-column) is empty: name the column of the features table"
+    )
+    assert refused(lambda: AnalysisSettings(key_column="area", population_column="area")) == (
+        "KEY_COLUMN and POPULATION_COLUMN are both 'area': the names and the residents are two "
+        "different columns"
+    )
+
+
+def test_the_table_changes_subscription_must_be_a_full_subscription_name():
+    name = "projects/my-project/subscriptions/table-changes"
+    assert JobSettings(table_changes_subscription=name).table_changes_subscription == name
+    assert refused(lambda: JobSettings(table_changes_subscription="table-changes")) == (
+        "TABLE_CHANGES_SUBSCRIPTION 'table-changes': write it as "
+        "projects/PROJECT/subscriptions/NAME"
+    )
+
+
+def test_settle_seconds_may_be_zero_but_not_negative():
+    assert JobSettings(settle_seconds=0).settle_seconds == 0
+    assert refused(lambda: JobSettings(settle_seconds=-1)) == (
+        "SETTLE_SECONDS (--settle-seconds) is -1: use 0 (no check) or more"
+    )
+
+
+def test_feature_directions_come_from_the_environment_over_the_defaults():
+    settings = JobSettings.from_env(env(FEATURE_DIRECTIONS='{"rent": "higher_is_better"}'))
+    assert settings.analysis.directions["rent"] == "higher_is_better"
+    assert settings.analysis.given_directions == {"rent": "higher_is_better"}
+
+
+@pytest.mark.parametrize("raw", ['["rent"]', '{" ": "higher_is_worse"}'])
+def test_feature_directions_that_are_not_an_object_of_features_are_refused(raw):
+    assert refused(lambda: parse_feature_directions(raw, "FEATURE_DIRECTIONS")) == (
+        'FEATURE_DIRECTIONS must be a JSON object of feature to "higher_is_worse" or '
+        f'"higher_is_better", like {{"median_income": "higher_is_better"}}; got {raw!r}'
+    )
+
+
+def test_bad_directions_and_labels_are_echoed_up_to_80_characters():
+    raw = "x" * 79 + "yz"
+    assert refused(lambda: parse_feature_directions(raw, "D")).endswith(f"got {raw[:80]!r}")
+    assert refused(lambda: parse_feature_labels(raw, "L", "{}")).endswith(f"got {raw[:80]!r}")
+
+
+def test_directions_built_in_code_name_the_wrong_word_or_the_feature_given_twice():
+    assert refused(lambda: AnalysisSettings(feature_directions=(("a", "sideways"),))) == (
+        "FEATURE_DIRECTIONS (--feature-directions) must give each feature once, as "
+        '"higher_is_worse" or "higher_is_better"; got [\'sideways\']'
+    )
+    wrong_twice = (("a", "up"), ("b", "down"))
+    assert refused(lambda: AnalysisSettings(feature_directions=wrong_twice)).endswith("['up']")
+    twice = (("a", "higher_is_worse"), ("a", "higher_is_better"))
+    assert refused(lambda: AnalysisSettings(feature_directions=twice)).endswith(
+        "got a feature twice"
+    )
+
+
+def test_the_warehouse_engine_names_an_unset_features_source():
+    assert refused(lambda: JobSettings(engine="warehouse", clusters_table="bq://p.d.c")) == (
+        "ENGINE=warehouse needs FEATURES_SOURCE (--features) to be a bq://project.dataset.table, "
+        "not unset: set it, or use ENGINE=auto or memory"
+    )
