@@ -222,13 +222,15 @@ def validate_for_model(
                 f"{where} has no {column!r} column{did_you_mean(column, frame.columns)}, which "
                 "the run's model needs: add it (the features table's columns, by the same names)"
             )
+    # The index first: a Parquet file keeps the one it was written with, and the keys are
+    # put back by index.
+    frame = frame.reset_index(drop=True)
     keys = frame[key_column].astype("string").str.strip()
     blank = (keys.isna() | (keys == "")).to_numpy()
     if blank.any():
         row = int(np.flatnonzero(blank)[0])
         raise InputError(f"{where}: {key_column} is blank in data row {row + 1}: fill it in")
-    # By position: the keys keep the input's index, the frame gets a fresh one.
-    frame = frame.reset_index(drop=True).assign(**{key_column: keys.astype(object).to_numpy()})
+    frame = frame.assign(**{key_column: keys.astype(object)})
     numbers = {c: _numbers(frame, c, key_column, where) for c in columns if c != key_column}
     return frame.assign(**numbers)
 

@@ -218,3 +218,11 @@ def test_every_blank_filled_is_a_warning_with_the_feature_count_value_and_keys()
     assert filled_blanks(rows.iloc[7:], space, "AREA", "Institutional/Industrial") == [
         "HARDSHIP blank in 1 row (Area 7): filled with the Institutional/Industrial rows' median 59"
     ]
+
+
+def test_a_blank_fill_warning_shows_five_keys_without_an_ellipsis_when_there_are_five():
+    rows = pd.DataFrame({"AREA": [f"A{i}" for i in range(6)], "X": [np.nan] * 5 + [1.0]})
+    space = Space(("X",), impute=np.array([1.0]), center=np.zeros(1), scale=np.ones(1))
+    assert filled_blanks(rows, space, "AREA") == [
+        "X blank in 5 rows (A0, A1, A2, A3, A4): filled with the median 1"
+    ]

@@ -12,10 +12,14 @@ from clustering import InputError
 from clustering.options import TABLE_BEGIN, TABLE_END
 from clustering.settings import (
     ENV_VARS,
+    MAX_CLOCK_SKEW_SECONDS,
+    MIN_RUN_BUDGET_SECONDS,
     AnalysisSettings,
     JobSettings,
     bq_table_id,
     check_table_id,
+    parse_feature_directions,
+    parse_feature_labels,
     parse_name_list,
 )
 from tests.helpers import doc
@@ -819,95 +823,90 @@ def test_the_warehouse_engine_refuses_drop_keys_it_would_not_apply():
     assert JobSettings(**tables, engine="memory", analysis=dropped).engine == "memory"
 
 
-# --- The rules each setting's check holds (make mutation pins them here) ----------------------
+# --- The settings' own checks, pinned here (issue 23) -----------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("given", "words"),
-    [
-        ({"key_column": " "}, r"KEY_COLUMN \(--key-column\) is empty"),
-        ({"key_column": "tract", "population_column": "tract"}, r"are both 'tract'"),
-        ({"feature_directions": (("a", "sideways"),)}, r"got \['sideways'\]"),
-        (
-            {"feature_directions": (("a", "higher_is_worse"), ("a", "higher_is_worse"))},
-            r"each feature once.*got a feature twice",
-        ),
-    ],
-    ids=["blank key", "key is population", "bad direction", "direction twice"],
-)
-def test_analysis_settings_built_in_code_are_checked(given, words):
-    with pytest.raises(InputError, match=words):
-        AnalysisSettings(**given)
+def refused(make) -> str:
+    with pytest.raises(InputError) as caught:
+        make()
+    return str(caught.value)
 
 
-def test_the_built_in_exclusion_list_is_known_as_the_default():
-    assert AnalysisSettings().default_exclusions
-    assert not AnalysisSettings(exclude_neighborhoods=("Area 77",)).default_exclusions
-
-
-@pytest.mark.parametrize(
-    ("given", "words"),
-    [
-        ({"run_budget_seconds": 9}, r"--time-budget is 9: give the run 10 seconds or more"),
-        ({"settle_seconds": -1}, r"SETTLE_SECONDS \(--settle-seconds\) is -1: use 0"),
-        (
-            {"table_changes_subscription": "subscriptions/table-changes"},
-            r"TABLE_CHANGES_SUBSCRIPTION 'subscriptions/table-changes': write it as projects/",
-        ),
-    ],
-    ids=["budget", "settle", "subscription"],
-)
-def test_job_limits_out_of_range_are_refused(given, words):
-    base = {"features_source": "t.csv", "artifacts_dest": "out"}
-    with pytest.raises(InputError, match=words):
-        JobSettings(**base, **given)
-
-
-def test_job_limits_at_their_bounds_are_accepted():
-    base = {"features_source": "t.csv", "artifacts_dest": "out"}
-    at = JobSettings(
-        **base,
-        run_budget_seconds=10,
-        settle_seconds=0,
-        table_changes_subscription="projects/city-1/subscriptions/table-changes",
+def test_the_clock_skew_and_the_cli_budget_are_the_documented_ones():
+    assert MAX_CLOCK_SKEW_SECONDS == 1.0 and MIN_RUN_BUDGET_SECONDS == 10
+    assert JobSettings().run_budget_seconds == 6 * 3600
+    assert JobSettings(run_budget_seconds=10).run_budget_seconds == 10
+    assert refused(lambda: JobSettings(run_budget_seconds=9)) == (
+        "--time-budget is 9: give the run 10 seconds or more"
     )
-    assert (at.run_budget_seconds, at.settle_seconds) == (10, 0)
-    # The CLI's documented default budget: six hours.
-    assert JobSettings(**base).run_budget_seconds == 6 * 3600
 
 
-def test_feature_directions_from_the_environment_are_parsed_over_the_defaults():
-    given = JobSettings.from_env(env(FEATURE_DIRECTIONS='{"canopy": "higher_is_better"}'))
-    assert given.analysis.directions["canopy"] == "higher_is_better"
-    assert given.analysis.directions["crime_per_capita"] == "higher_is_worse"
+def test_only_the_built_in_exclusion_list_counts_as_the_default():
+    assert AnalysisSettings().default_exclusions
+    assert not AnalysisSettings(exclude_neighborhoods=("Perkins",)).default_exclusions
 
 
-@pytest.mark.parametrize(
-    "raw",
-    ['["median_income"]', '{" ": "higher_is_worse"}', "{oops"],
-    ids=["a list", "a blank feature", "not JSON"],
-)
-def test_feature_directions_that_are_no_object_of_features_are_refused(raw):
-    from clustering.settings import parse_feature_directions
-
-    with pytest.raises(InputError, match=r"must be a JSON object of feature to") as caught:
-        parse_feature_directions(raw, "FEATURE_DIRECTIONS")
-    assert str(caught.value).endswith("got " + repr(raw))
+def test_a_blank_key_column_and_a_key_that_is_the_population_are_refused():
+    assert refused(lambda: AnalysisSettings(key_column="  ")) == (
+        "KEY_COLUMN (--key-column) is empty: name the column of the features table"
+    )
+    assert refused(lambda: AnalysisSettings(key_column="area", population_column="area")) == (
+        "KEY_COLUMN and POPULATION_COLUMN are both 'area': the names and the residents are two "
+        "different columns"
+    )
 
 
-def test_a_long_bad_value_is_shown_cut_at_80_characters():
-    from clustering.settings import parse_feature_directions, parse_feature_labels
-
-    raw = "[" + "x" * 200 + "]"
-    for parse in (
-        lambda: parse_feature_directions(raw, "FEATURE_DIRECTIONS"),
-        lambda: parse_feature_labels(raw, "FEATURE_LABELS", '{"A": "a"}'),
-    ):
-        with pytest.raises(InputError) as caught:
-            parse()
-        assert str(caught.value).endswith("got " + repr(raw[:80]))
+def test_the_table_changes_subscription_must_be_a_full_subscription_name():
+    name = "projects/my-project/subscriptions/table-changes"
+    assert JobSettings(table_changes_subscription=name).table_changes_subscription == name
+    assert refused(lambda: JobSettings(table_changes_subscription="table-changes")) == (
+        "TABLE_CHANGES_SUBSCRIPTION 'table-changes': write it as "
+        "projects/PROJECT/subscriptions/NAME"
+    )
 
 
-def test_the_warehouse_engine_names_an_unset_source():
-    with pytest.raises(InputError, match=r"FEATURES_SOURCE \(--features\) .* not unset"):
-        JobSettings(features_source=None, artifacts_dest="out", engine="warehouse")
+def test_settle_seconds_may_be_zero_but_not_negative():
+    assert JobSettings(settle_seconds=0).settle_seconds == 0
+    assert refused(lambda: JobSettings(settle_seconds=-1)) == (
+        "SETTLE_SECONDS (--settle-seconds) is -1: use 0 (no check) or more"
+    )
+
+
+def test_feature_directions_come_from_the_environment_over_the_defaults():
+    settings = JobSettings.from_env(env(FEATURE_DIRECTIONS='{"rent": "higher_is_better"}'))
+    assert settings.analysis.directions["rent"] == "higher_is_better"
+    assert settings.analysis.given_directions == {"rent": "higher_is_better"}
+
+
+@pytest.mark.parametrize("raw", ['["rent"]', '{" ": "higher_is_worse"}'])
+def test_feature_directions_that_are_not_an_object_of_features_are_refused(raw):
+    assert refused(lambda: parse_feature_directions(raw, "FEATURE_DIRECTIONS")) == (
+        'FEATURE_DIRECTIONS must be a JSON object of feature to "higher_is_worse" or '
+        f'"higher_is_better", like {{"median_income": "higher_is_better"}}; got {raw!r}'
+    )
+
+
+def test_bad_directions_and_labels_are_echoed_up_to_80_characters():
+    raw = "x" * 79 + "yz"
+    assert refused(lambda: parse_feature_directions(raw, "D")).endswith(f"got {raw[:80]!r}")
+    assert refused(lambda: parse_feature_labels(raw, "L", "{}")).endswith(f"got {raw[:80]!r}")
+
+
+def test_directions_built_in_code_name_the_wrong_word_or_the_feature_given_twice():
+    assert refused(lambda: AnalysisSettings(feature_directions=(("a", "sideways"),))) == (
+        "FEATURE_DIRECTIONS (--feature-directions) must give each feature once, as "
+        '"higher_is_worse" or "higher_is_better"; got [\'sideways\']'
+    )
+    wrong_twice = (("a", "up"), ("b", "down"))
+    assert refused(lambda: AnalysisSettings(feature_directions=wrong_twice)).endswith("['up']")
+    twice = (("a", "higher_is_worse"), ("a", "higher_is_better"))
+    assert refused(lambda: AnalysisSettings(feature_directions=twice)).endswith(
+        "got a feature twice"
+    )
+
+
+def test_the_warehouse_engine_names_an_unset_features_source():
+    assert refused(lambda: JobSettings(engine="warehouse", clusters_table="bq://p.d.c")) == (
+        "ENGINE=warehouse needs FEATURES_SOURCE (--features) to be a bq://project.dataset.table, "
+        "not unset: set it, or use ENGINE=auto or memory"
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,12 +19,17 @@ from clustering.table import (
     check_column_names,
     check_output_columns,
     check_schema,
+    closest,
+    did_you_mean,
     escape_cell,
+    for_people,
+    numeric_fields,
     output_schema,
     people_csv,
     read_people_csv,
     shape_column,
     table_schema,
+    typed_clusters,
     typed_rows,
     unescape_cell,
     unmatched_exclusions,
@@ -881,173 +885,246 @@ def test_a_schema_is_held_to_the_features_and_directions_a_table_is():
         check_schema(SIX_NUMERIC, replace(chosen, severity_feature="rents"), "bq://p.d.tracts")
 
 
-# --- The checks `assign` makes on its input (validate_for_model) -----------------------------
+# --- The checks other steps make with this module's rules (issue 23) -------------------------
+# assign's input, OUTPUT_COLUMNS, the warehouse's column names and the CSVs people open are
+# checked by table.py: their rules are pinned here, in the module's own tests, and not only
+# through the steps that call them.
 
-MODEL_COLUMNS = ("neighborhood", "population", "med_age")
 
-
-def test_a_table_for_a_model_keeps_its_rows_and_columns_with_numbers_and_text_keys():
-    frame = pd.DataFrame(
-        {"neighborhood": [" 007 ", "Abell"], "population": ["12", 30], "med_age": [1.5, None]},
-        index=[5, 9],
+def model_input() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "neighborhood": [" Oak Hill ", "Ash Village", "Elm Point"],
+            "med_age": ["34.5", "", "41"],
+            "crime_per_capita": [0.05, 0.3, np.nan],
+            "notes": ["a", "b", "c"],
+        },
+        index=[7, 3, 5],
     )
-    valid = validate_for_model(frame, "neighborhood", MODEL_COLUMNS, WHERE)
-    assert list(valid.columns) == list(frame.columns) and list(valid.index) == [0, 1]
-    assert valid["neighborhood"].tolist() == ["007", "Abell"]  # stripped, still text
-    assert valid["population"].tolist() == [12, 30] and valid["med_age"].isna().tolist() == [
-        False,
-        True,
-    ]
-    one = validate_for_model(frame.iloc[:1], "neighborhood", MODEL_COLUMNS, WHERE)
-    assert len(one) == 1
 
 
-@pytest.mark.parametrize(
-    ("frame", "words"),
-    [
-        (pd.DataFrame(columns=list(MODEL_COLUMNS)), f"{WHERE} has no rows: give one row"),
-        (
-            pd.DataFrame({"neighborhood": ["a"], "population": [1], "med_ag": [2]}),
-            "has no 'med_age' column (did you mean 'med_ag'?), which the run's model needs",
-        ),
-        (
-            pd.DataFrame({"neighborhood": ["a", " "], "population": [1, 2], "med_age": [1, 2]}),
-            f"{WHERE}: neighborhood is blank in data row 2: fill it in",
-        ),
-        (
-            pd.DataFrame({"neighborhood": ["a", None], "population": [1, 2], "med_age": [1, 2]}),
-            "neighborhood is blank in data row 2",
-        ),
-    ],
-    ids=["no rows", "missing column", "blank key", "missing key"],
-)
-def test_a_table_a_model_cannot_read_is_refused_in_one_line(frame, words):
-    with pytest.raises(InputError, match=re.escape(words)):
-        validate_for_model(frame, "neighborhood", MODEL_COLUMNS, WHERE)
+MODEL_COLUMNS = ("neighborhood", "med_age", "crime_per_capita")
 
 
-# --- Column names as BigQuery compares them; OUTPUT_COLUMNS ----------------------------------
+def for_model(frame: pd.DataFrame, columns=MODEL_COLUMNS) -> pd.DataFrame:
+    return validate_for_model(frame, "neighborhood", columns, WHERE)
 
 
-def test_columns_differing_only_in_case_are_refused():
-    with pytest.raises(InputError, match=r"columns 'Vacancy' and 'vacancy' differ only in case"):
-        check_column_names(pd.Index(["neighborhood", "Vacancy", "vacancy"]), "neighborhood", WHERE)
-    with pytest.raises(InputError, match=r"column 'Top_Cluster' differs only in case from"):
-        check_column_names(pd.Index(["neighborhood", "Top_Cluster"]), "neighborhood", WHERE)
-    with pytest.raises(InputError, match=r"'Neighborhood_Shape' differs only in case"):
-        check_column_names(pd.Index(["neighborhood", "Neighborhood_Shape"]), "neighborhood", WHERE)
-    # Spelt as the run spells it, the run's column replaces it.
-    check_column_names(pd.Index(["neighborhood", "top_cluster", "vacancy"]), "neighborhood", WHERE)
+def refused_for_model(frame: pd.DataFrame, columns=MODEL_COLUMNS) -> str:
+    with pytest.raises(InputError) as caught:
+        for_model(frame, columns)
+    return str(caught.value)
 
 
-def test_output_columns_must_name_columns_and_withhold_the_others_but_the_key():
-    columns = pd.Index(["neighborhood", "population", "vacancy", "notes"])
-    check_output_columns(("vacancy", "notes"), columns, WHERE)
-    with pytest.raises(InputError, match=r"no column 'vacancey' \(did you mean 'vacancy'\?\)"):
-        check_output_columns(("vacancey",), columns, WHERE)
-    assert withheld_columns(columns, ("vacancy",), "neighborhood") == ("population", "notes")
-    assert withheld_columns(columns, ("neighborhood",), "neighborhood") == (
+def test_a_table_for_a_model_keeps_its_row_order_with_stripped_keys_and_numbers():
+    valid = for_model(model_input())
+    assert valid["neighborhood"].tolist() == ["Oak Hill", "Ash Village", "Elm Point"]
+    assert valid.index.tolist() == [0, 1, 2]
+    assert valid["med_age"].tolist()[::2] == [34.5, 41.0] and np.isnan(valid["med_age"][1])
+    assert valid["med_age"].dtype == np.float64 and valid["notes"].tolist() == ["a", "b", "c"]
+    # The key is text, never read as a number, even when it looks like one.
+    numbered = model_input().assign(neighborhood=["101", "102", "103"])
+    assert for_model(numbered)["neighborhood"].tolist() == ["101", "102", "103"]
+
+
+def test_a_table_for_a_model_without_rows_is_refused():
+    assert refused_for_model(model_input().iloc[:0]) == (
+        f"{WHERE} has no rows: give one row per neighborhood to assign"
+    )
+
+
+def test_a_table_for_a_model_lacking_a_model_column_names_it_with_a_guess():
+    assert refused_for_model(model_input().drop(columns="med_age").assign(med_ag=1.0)) == (
+        f"{WHERE} has no 'med_age' column (did you mean 'med_ag'?), which the run's model "
+        "needs: add it (the features table's columns, by the same names)"
+    )
+    # Only the model's columns are required.
+    assert list(for_model(model_input(), MODEL_COLUMNS[:2]).columns) == list(model_input())
+
+
+@pytest.mark.parametrize("blank", [None, "", "   "])
+def test_a_table_for_a_model_with_a_blank_key_names_the_row(blank):
+    frame = model_input().assign(neighborhood=["Oak Hill", blank, "Elm Point"])
+    assert refused_for_model(frame) == (f"{WHERE}: neighborhood is blank in data row 2: fill it in")
+
+
+def test_a_table_for_a_model_with_text_in_a_model_column_is_refused():
+    frame = model_input().assign(med_age=["34.5", "old", "41"])
+    assert refused_for_model(frame) == (
+        f"{WHERE}: column 'med_age' has 'old' in data row 2 (Ash Village): use a finite "
+        "number, or leave it blank"
+    )
+
+
+def test_output_columns_must_be_columns_of_the_input():
+    check_output_columns(("med_age", "notes"), small().columns, WHERE)
+    with pytest.raises(InputError) as caught:
+        check_output_columns(("med_age", "note"), small().columns, WHERE)
+    assert str(caught.value) == (
+        f"{WHERE} has no column 'note' (did you mean 'notes'?), which OUTPUT_COLUMNS "
+        "(--output-columns) names: fix the name or remove it"
+    )
+
+
+def test_withheld_columns_are_the_inputs_not_kept_and_never_the_key():
+    columns = small().columns
+    assert withheld_columns(columns, (), "neighborhood") == ()
+    assert withheld_columns(columns, ("med_age",), "neighborhood") == (
         "population",
-        "vacancy",
+        "crime_per_capita",
         "notes",
     )
-    assert withheld_columns(columns, (), "neighborhood") == ()
 
 
-# --- The hint of another city's table, the default list's rows -------------------------------
-
-
-def test_the_hint_lists_the_numeric_columns_but_the_key_population_flags_and_text():
-    frame = pd.DataFrame(
-        {
-            "neighborhood": ["a", "b"],
-            "population": [10, 20],
-            "income": [1.5, 2.5],
-            "counts": [" 3", "4 "],  # text that parses: numbers
-            "flag": [True, False],
-            "label": ["x", "7"],
-            "blank": ["", None],
-        }
+def test_column_names_that_differ_only_in_case_are_refused():
+    check_column_names(
+        ["neighborhood", "top_cluster", "neighborhood_shape", "x"], "neighborhood", WHERE
     )
-    message = invalid(frame)
-    assert message.endswith('its numeric columns are ["income", "counts"]'), message
-    # Population among the defaults does not count as one of them.
-    assert "none of the default clustering features" in invalid(
-        frame[["neighborhood", "population"]]
+    with pytest.raises(InputError) as caught:
+        check_column_names(["neighborhood", "Rate", "rate"], "neighborhood", WHERE)
+    assert str(caught.value) == (
+        f"{WHERE}: columns 'Rate' and 'rate' differ only in case, which BigQuery takes for the "
+        "same column: rename one of them"
     )
+    for added in ("Top_Cluster", "Neighborhood_Shape"):
+        with pytest.raises(InputError) as caught:
+            check_column_names(["neighborhood", added], "neighborhood", WHERE)
+        assert str(caught.value) == (
+            f"{WHERE}: column {added!r} differs only in case from {added.lower()!r}, a column "
+            "the run adds, which BigQuery takes for the same column: rename it"
+        )
 
 
-def test_without_a_population_column_the_key_column_is_still_required():
-    settings = AnalysisSettings(population_column="none", exclude_neighborhoods=())
-    with pytest.raises(InputError, match=r"has no 'neighborhood' column"):
-        validate_features(small().drop(columns="neighborhood"), settings, WHERE)
+def test_the_closest_name_is_the_same_up_to_case_and_spacing_before_a_spelling_guess():
+    assert closest("oak  HILL", ["Oak Hil", "Oak_Hill"]) == "Oak_Hill"
+    assert closest("Oak Hil", ["Elm Point", "Oak Hill"]) == "Oak Hill"
+    assert closest("Zzz", ["Elm Point", "Oak Hill"]) is None
+    assert did_you_mean("Zzz", ["Oak Hill"]) == ""
+    assert did_you_mean("Oak Hil", ["Oak Hill"]) == " (did you mean 'Oak Hill'?)"
 
 
-def test_unused_default_exclusions_are_a_note_and_exclude_also_typos_still_a_warning():
-    settings = AnalysisSettings(exclude_also=("Ash Vilage",))
-    valid = validate_features(small(), settings, WHERE)
-    assert valid.warnings[-1].startswith("1 excluded name matches no neighborhood")
-    assert "'Ash Vilage' (did you mean 'Ash Village'?)" in valid.warnings[-1]
-    assert not any("Canton Industrial Area" in w for w in valid.warnings)
-    assert valid.notes and "none of which is a neighborhood" in valid.notes[0]
-    # One default name present: the list is in use, and its other names are reported.
-    used = small().assign(neighborhood=["Oak Hill", "Inner Harbor", "Elm Point", "C", "D"])
-    warned = validate_features(used, AnalysisSettings(), WHERE)
-    assert not warned.notes and any("Canton Industrial Area" in w for w in warned.warnings)
+def test_a_schemas_numeric_fields_skip_the_key_and_population_and_any_spelling():
+    schema = [
+        {"name": "tract", "type": "INTEGER"},
+        {"name": "residents", "type": "integer"},
+        {"name": "income", "type": "int64"},
+        {"name": "label"},
+        {"name": "rate", "type": "Float"},
+    ]
+    settings = AnalysisSettings(key_column="tract", population_column="residents")
+    assert numeric_fields(schema, settings) == ["income", "rate"]
 
 
-def test_drop_keys_keep_the_tables_columns():
-    settings = replace(FITTED, drop_keys=("Oak Hill",))
-    valid = validate_features(small(), settings, WHERE)
-    assert list(valid.frame.columns) == list(small().columns)
-    assert valid.dropped == ("Oak Hill",) and len(valid.frame) == 4
-
-
-def test_one_population_fraction_is_counted_as_one_value():
-    settings = replace(FITTED, population_column="share", clustering_features=("med_age",))
-    frame = small().assign(share=[1, 2, 3.5, 4, 5])
-    (warning,) = validate_features(frame, settings, WHERE).warnings
-    assert "'share' holds 1 value that is not a whole number of residents (Elm Point)" in warning
-
-
-# --- Cells for people, rows read back typed --------------------------------------------------
-
-
-def test_cells_a_spreadsheet_would_evaluate_are_escaped_and_read_back_exactly():
-    assert escape_cell("=1+1") == "'=1+1" and escape_cell("'quoted") == "''quoted"
-    assert escape_cell(chr(31) + "x") == "'" + chr(31) + "x"
-    assert escape_cell(" x") == " x" and escape_cell("a=b") == "a=b" and escape_cell("") == ""
-    assert escape_cell(-3) == -3 and escape_cell(None) is None
-    assert unescape_cell("'=1") == "=1" and unescape_cell("plain") == "plain"
-    assert unescape_cell("''x") == "'x" and unescape_cell(5) == 5
-    frame = pd.DataFrame({"=name": ["@cmd", "Abell"], "n": [1, 2], "t": ["+x", None]})
-    content = people_csv(frame)
-    assert content.splitlines()[0] == b"'=name,n,t"
-    assert b"'@cmd" in content and b"'+x" in content
-    back = read_people_csv(content)
-    pd.testing.assert_frame_equal(back, frame)
-    some = read_people_csv(content, usecols=lambda c: c != "n", dtype={"=name": str})
-    assert list(some.columns) == ["=name", "t"] and some["=name"].tolist() == ["@cmd", "Abell"]
-    assert list(read_people_csv(content, usecols=None).columns) == ["=name", "n", "t"]
-
-
-def test_rows_read_back_get_the_types_their_schema_declares():
+def test_rows_read_back_get_their_declared_integer_and_time_types():
     schema = [
         {"name": "count", "type": "INTEGER"},
-        {"name": "estimate", "type": "INTEGER"},
+        {"name": "share", "type": "INTEGER"},
         {"name": "at", "type": "TIMESTAMP"},
+        {"name": "rate", "type": "FLOAT"},
     ]
-    frame = pd.DataFrame(
+    rows = pd.DataFrame(
         {
-            "count": [1.0, None],
-            "estimate": [1.5, 2.0],
-            "at": ["2026-01-01T00:00:00Z", None],
-            "other": [1.0, 2.0],
+            "count": [1.0, np.nan],
+            "share": [1.0, 2.5],
+            "at": ["2026-01-02T03:04:05Z", "2026-01-02T04:04:05+01:00"],
+            "rate": [1.0, 2.0],
+            "other": [3.0, 4.0],
         }
     )
-    typed = typed_rows(frame, schema)
-    assert typed["count"].dtype == "Int64" and typed["count"].tolist()[0] == 1
-    assert typed["estimate"].dtype == np.float64  # fractions stay
-    assert str(typed["at"].dtype) == "datetime64[ns, UTC]" or "UTC" in str(typed["at"].dtype)
-    assert typed["at"][0] == pd.Timestamp("2026-01-01", tz="UTC")
-    assert typed["other"].dtype == np.float64
+    typed = typed_rows(rows, schema)
+    assert typed["count"].dtype == "Int64" and typed["count"].isna().tolist() == [False, True]
+    assert typed["share"].dtype == np.float64  # not whole: kept as it is
+    assert typed["rate"].dtype == np.float64 and typed["other"].dtype == np.float64
+    assert typed["at"].tolist() == [pd.Timestamp("2026-01-02T03:04:05Z")] * 2
+
+
+def test_the_clusters_table_read_back_gets_the_declared_types_of_its_columns():
+    rows = pd.DataFrame({"tract": ["a"], "pop": [12.0], "top_cluster": [1.0], "x": [2.0]})
+    typed = typed_clusters(rows, "tract", "pop")
+    assert typed["pop"].dtype == "Int64" and typed["top_cluster"].dtype == "Int64"
+    assert typed["x"].dtype == np.float64
+
+
+def test_text_cells_that_a_spreadsheet_would_evaluate_are_escaped_exactly():
+    for value in ("=1+1", "+1", "-1", "@x", "'q", "\tx", "\x00x"):
+        assert escape_cell(value) == "'" + value and unescape_cell(escape_cell(value)) == value
+    for value in ("", "Oak Hill", -1.5, None):
+        assert escape_cell(value) == value and unescape_cell(value) == value
+    frame = pd.DataFrame({"=name": ["=a", "b"], "n": [-1, 2]})
+    shown = for_people(frame)
+    assert list(shown.columns) == ["'=name", "n"] and shown["'=name"].tolist() == ["'=a", "b"]
+    assert shown["n"].tolist() == [-1, 2]
+    assert people_csv(frame) == b"'=name,n\n'=a,-1\nb,2\n"
+
+
+def test_a_people_csv_reads_back_with_its_exact_names_and_chosen_columns():
+    frame = pd.DataFrame({"=name": ["=a", "b"], "n": [1, 2], "k": ["01", "02"]})
+    content = people_csv(frame)
+    pd.testing.assert_frame_equal(read_people_csv(content, dtype={"k": str}), frame)
+    chosen = read_people_csv(content, usecols=lambda c: c in ("=name", "n"))
+    pd.testing.assert_frame_equal(chosen, frame[["=name", "n"]])
+
+
+def test_the_hint_for_another_citys_table_lists_its_numeric_columns():
+    table = pd.DataFrame(
+        {
+            "neighborhood": ["a", "b"],
+            "population": [1, 2],
+            "rate": ["0.5", " 2 "],
+            "mixed": ["1", "x"],
+            "blank": pd.array([None, None], dtype="string"),
+            "flag": [True, False],
+            "count": [3, 4],
+        }
+    )
+    with pytest.raises(InputError) as caught:
+        validate_features(table, SETTINGS, WHERE)
+    assert str(caught.value).endswith('its numeric columns are ["rate", "count"]')
+    with pytest.raises(InputError, match=r"numeric columns are none \(only text columns\)$"):
+        validate_features(table[["neighborhood", "population", "mixed"]], SETTINGS, WHERE)
+
+
+def test_the_default_exclusion_list_matching_no_row_is_a_note_not_a_warning():
+    other_city = small()
+    settings = AnalysisSettings(clustering_features=FITTED.clustering_features)
+    valid = validate_features(other_city, settings, WHERE)
+    assert valid.warnings == ()
+    assert valid.notes == (
+        "the default EXCLUDE_NEIGHBORHOODS is the seed notebook's list of Baltimore names, none "
+        f"of which is a neighborhood of {WHERE}: nothing is excluded by name (set "
+        "EXCLUDE_NEIGHBORHOODS to this table's institutional or industrial areas, or [])",
+    )
+    # EXCLUDE_ALSO is the user's own: its typo is still a warning.
+    also = replace(settings, exclude_also=("Oak Hil",))
+    assert validate_features(other_city, also, WHERE).warnings == (
+        f"1 excluded name matches no neighborhood of {WHERE}, so it excludes nothing: "
+        "'Oak Hil' (did you mean 'Oak Hill'?) (EXCLUDE_NEIGHBORHOODS replaces the default "
+        "list, EXCLUDE_ALSO extends it)",
+    )
+
+
+def test_without_a_population_column_a_missing_key_column_is_still_refused():
+    table = community_areas().rename(columns={"COMMUNITY_AREA_NAME": "AREA"})
+    with pytest.raises(InputError) as caught:
+        validate_features(table, AREAS, WHERE)
+    assert str(caught.value).startswith(f"{WHERE} has no 'COMMUNITY_AREA_NAME' column")
+
+
+def test_drop_keys_leave_the_tables_columns_as_they_were():
+    settings = replace(AREAS, drop_keys=("CHICAGO",))
+    valid = validate_features(community_areas(), settings, WHERE)
+    assert list(valid.frame.columns) == list(community_areas().columns)
+    assert valid.frame.index.tolist() == [0, 1, 2]
+
+
+def test_one_population_that_is_not_whole_is_named_in_the_singular():
+    table = community_areas().assign(SHARE=[0.25, 1.0, 3.0, 2.0])
+    valid = validate_features(table, replace(AREAS, population_column="SHARE"), WHERE)
+    assert valid.warnings[0].startswith(
+        "POPULATION_COLUMN 'SHARE' holds 1 value that is not a whole number of residents "
+        "(Rogers Park)"
+    )
+
+
+def test_a_cell_starting_with_a_space_is_not_escaped():
+    assert escape_cell(" =x") == " =x" and escape_cell("\x1fx") == "'\x1fx"
