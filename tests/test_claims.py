@@ -2,10 +2,13 @@
 fake-gcs-server (whose preconditions are the real ones' semantics)."""
 
 import json
+import re
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -402,3 +405,81 @@ def test_a_lock_taken_over_stays_lost_and_is_not_released_by_its_old_heartbeat(s
         with pytest.raises(claims.ClaimLost, match="run-a lost the run lock before publishing"):
             beat.check("publishing")
     assert holder(store) == "run-b"
+
+
+class Counted:
+    """A store that counts the writes made to it (a real store underneath)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.writes = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def replace_claim(self, key, content, token):
+        self.writes.append(("replace", key))
+        return self.inner.replace_claim(key, content, token)
+
+    def release(self, key, token=None):
+        self.writes.append(("release", key))
+        return self.inner.release(key, token)
+
+
+def test_a_heartbeat_that_lost_its_lock_writes_nothing_more(store):
+    counted = Counted(store)
+    _, _, fence = claims.claim(counted, "cli-a", mine("run-a"), NOW)
+    with claims.Heartbeat(fence, interval=3600) as beat:
+        later = NOW + timedelta(seconds=claims.STALE_AFTER_SECONDS + 1)
+        assert claims.claim(store, "k", mine("run-b", later), later)[0] == "claimed"
+        beat.renew()  # finds the lock taken: lost
+        assert counted.writes == [("replace", claims.LOCK_KEY)]
+        beat.renew()
+    # Neither a second renewal nor the release at the end writes over run-b's lock.
+    assert counted.writes == [("replace", claims.LOCK_KEY)] and holder(store) == "run-b"
+
+
+def test_a_heartbeat_whose_check_found_the_lock_gone_writes_nothing_more(store):
+    counted = Counted(store)
+    _, _, fence = claims.claim(counted, "cli-a", mine("run-a"), NOW)
+    with claims.Heartbeat(fence, interval=3600) as beat:
+        store.release(claims.LOCK_KEY)  # an operator cleared the lock
+        with pytest.raises(claims.ClaimLost):
+            beat.check("publishing")
+        beat.renew()
+    assert counted.writes == [] and holder(store) is None
+
+
+def test_a_heartbeat_runs_as_a_daemon_thread_that_ends_with_its_block(store):
+    _, _, fence = claims.claim(store, "cli-a", mine("run-a"), NOW)
+    with claims.Heartbeat(fence, interval=3600):
+        (beating,) = [t for t in threading.enumerate() if t.name == "run-lock-heartbeat"]
+        # A crashed CLI exits without waiting an interval for its heartbeat.
+        assert beating.daemon and beating.is_alive()
+    assert not beating.is_alive()
+
+
+def test_the_heartbeat_interval_is_the_documented_one_far_inside_the_shortest_staleness():
+    docs = {
+        "configuration.md": r"renews the run lock it holds every (\d+) s",
+        "operations.md": r"a heartbeat every (\d+) s",
+    }
+    for name, words in docs.items():
+        (given,) = re.findall(words, Path("docs", name).read_text())
+        assert float(given) == claims.HEARTBEAT_SECONDS, name
+    # Three beats fit inside the staleness of the shortest function timeout (120 s).
+    assert claims.HEARTBEAT_SECONDS * 3 < 120 + claims.STALE_MARGIN_SECONDS
+
+
+def test_the_last_load_is_none_until_recorded_then_the_latest_recorder(store):
+    assert claims.last_load(store) is None
+    claims.record_load(store, mine("run-a"))
+    assert claims.last_load(store) == "run-a"
+    claims.record_load(store, mine("run-b"))  # over an existing record
+    assert claims.last_load(store) == "run-b"
+    found = store.read_claim(claims.LAST_LOAD_KEY)
+    assert claims.decode(found[0]).key == claims.LAST_LOAD_KEY
+
+
+def test_an_unreadable_last_load_record_names_no_run(store):
+    store.create_claim(claims.LAST_LOAD_KEY, b"not json")
+    assert claims.last_load(store) is None
