@@ -1065,6 +1065,26 @@ def test_a_people_csv_reads_back_with_its_exact_names_and_chosen_columns():
     pd.testing.assert_frame_equal(chosen, frame[["=name", "n"]])
 
 
+def test_a_people_csv_writes_each_float_as_pandas_would_and_nan_blank():
+    floats = [1e16, 1e15, 1e-05, 0.0001, 0.1 + 0.2, -0.0, 26.0, float("inf"), 5e-324, np.nan]
+    frame = pd.DataFrame(
+        {
+            "key": [f"k{i}" for i in range(len(floats))],
+            "value": floats,
+            "count": range(len(floats)),
+            "when": pd.Timestamp("2026-12-07T15:36:19.5", tz="UTC"),
+        }
+    )
+    assert people_csv(frame) == for_people(frame).to_csv(index=False).encode()
+    lines = people_csv(frame).decode().splitlines()
+    assert [line.split(",")[1] for line in lines[1:]] == [
+        "1e+16", "1000000000000000.0", "1e-05", "0.0001", "0.30000000000000004", "-0.0",
+        "26.0", "inf", "5e-324", "",
+    ]  # fmt: skip
+    # The frame given is not changed.
+    assert frame["value"].dtype == np.float64
+
+
 def test_the_hint_for_another_citys_table_lists_its_numeric_columns():
     table = pd.DataFrame(
         {
