@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from clustering.analysis import search_sample
+from clustering.analysis import fits, search_sample
 from clustering.analysis.model import cluster, search_k
 from clustering.analysis.sample import make_sample
 from clustering.settings import AnalysisSettings
@@ -100,3 +100,25 @@ def test_run_json_says_what_the_k_searches_saw(tmp_path, monkeypatch):
     assert manifest("all")["k_search"] == {"method": "every row", "sample_size": None}
     monkeypatch.setattr(search_sample, "SEARCH_SAMPLE_ROWS", 300)
     assert manifest("sampled")["k_search"] == {"method": "sampled", "sample_size": 300}
+
+
+def test_a_seeded_final_fit_keeps_the_refined_start_with_the_least_inertia_over_every_row():
+    # Uniform points: many local minima, so the sample's best start is not the best overall.
+    matrix = np.random.default_rng(5).uniform(size=(3_000, 4))
+    seen = np.arange(0, 3_000, 10)
+    labels, centres = fits.fit_seeded(matrix, seen, k=6, n_init=10, random_state=7)
+
+    def inertia(labels, centres) -> float:
+        return float(((matrix - centres[labels]) ** 2).sum())
+
+    assert len(labels) == len(matrix) and set(labels) == set(range(6))
+    # Converged over every row: each centre is the mean of its rows.
+    for label, centre in enumerate(centres):
+        np.testing.assert_allclose(matrix[labels == label].mean(axis=0), centre, atol=1e-6)
+    # Continuing only the sample's best start ends at a worse fit over every row here.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fits, "REFINED_STARTS", 1)
+        only_best = inertia(*fits.fit_seeded(matrix, seen, k=6, n_init=10, random_state=7))
+    assert inertia(labels, centres) < only_best - 1.0
+    again = fits.fit_seeded(matrix, seen, k=6, n_init=10, random_state=7)
+    assert (again[0] == labels).all()
