@@ -22,7 +22,6 @@ from clustering.table import (
     closest,
     did_you_mean,
     escape_cell,
-    for_people,
     numeric_fields,
     output_schema,
     people_csv,
@@ -1051,10 +1050,8 @@ def test_text_cells_that_a_spreadsheet_would_evaluate_are_escaped_exactly():
     for value in ("", "Oak Hill", -1.5, None):
         assert escape_cell(value) == value and unescape_cell(value) == value
     frame = pd.DataFrame({"=name": ["=a", "b"], "n": [-1, 2]})
-    shown = for_people(frame)
-    assert list(shown.columns) == ["'=name", "n"] and shown["'=name"].tolist() == ["'=a", "b"]
-    assert shown["n"].tolist() == [-1, 2]
     assert people_csv(frame) == b"'=name,n\n'=a,-1\nb,2\n"
+    assert people_csv(frame, header=False) == b"'=a,-1\nb,2\n"
 
 
 def test_a_people_csv_reads_back_with_its_exact_names_and_chosen_columns():
@@ -1075,7 +1072,7 @@ def test_a_people_csv_writes_each_float_as_pandas_would_and_nan_blank():
             "when": pd.Timestamp("2026-12-07T15:36:19.5", tz="UTC"),
         }
     )
-    assert people_csv(frame) == for_people(frame).to_csv(index=False).encode()
+    assert people_csv(frame) == _pandas_csv(frame)
     lines = people_csv(frame).decode().splitlines()
     assert [line.split(",")[1] for line in lines[1:]] == [
         "1e+16", "1000000000000000.0", "1e-05", "0.0001", "0.30000000000000004", "-0.0",
@@ -1148,3 +1145,87 @@ def test_one_population_that_is_not_whole_is_named_in_the_singular():
 
 def test_a_cell_starting_with_a_space_is_not_escaped():
     assert escape_cell(" =x") == " =x" and escape_cell("\x1fx") == "'\x1fx"
+
+
+def _pandas_csv(frame: pd.DataFrame, header: bool = True) -> bytes:
+    """What people_csv wrote before it formatted cells itself: pandas' writer over the frame
+    with its text cells and names escaped."""
+    text = [
+        c
+        for c in frame.columns
+        if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])
+    ]
+    escaped = frame.assign(**{c: frame[c].map(escape_cell) for c in text})
+    escaped = escaped.set_axis([escape_cell(str(c)) for c in frame.columns], axis=1)
+    return escaped.to_csv(index=False, header=header, lineterminator="\n").encode()
+
+
+PEOPLE_CSV_CASES = {
+    "floats": pd.DataFrame(
+        {"v": [1e16, 1e-5, 0.1 + 0.2, -0.0, 0.0, float("inf"), -float("inf"), np.nan, -0.0]}
+    ),
+    "text": pd.DataFrame(
+        {
+            "k": ["a,b", 'q"x', "l\nm", "r\rx", "", None, "=1", "-2", "'q", "\tx", "ok", np.nan],
+            "n": range(12),
+        }
+    ),
+    "one column with blanks": pd.DataFrame({"k": ["", None, "x"]}),
+    "one float column": pd.DataFrame({"v": [np.nan, 1.5]}),
+    "mixed objects": pd.DataFrame(
+        {"m": pd.Series([1, 1.0, True, "x", None, "=y", 2.5, np.nan, "a,b"], dtype=object)}
+    ),
+    "dates": pd.DataFrame(
+        {
+            "day": pd.to_datetime(["2026-01-01", "2026-01-02", None]),
+            "time": pd.to_datetime(["2026-01-01 10:00:00.5", "2026-01-01", None], format="mixed"),
+            "utc": pd.to_datetime(
+                ["2026-01-01 10:00:00.5", "2026-01-01 10:00", None], utc=True, format="mixed"
+            ),
+            "stamp": pd.Timestamp("2026-12-07T15:36:19", tz="UTC"),
+        }
+    ),
+    "nullable": pd.DataFrame(
+        {
+            "i": pd.array([1, None, 3], dtype="Int64"),
+            "b": pd.array([True, None, False], dtype="boolean"),
+            "f": pd.array([1.5, None, 2.0], dtype="Float64"),
+            "f32": np.array([0.1, 2, 3], dtype=np.float32),
+            "s": pd.array(["a", None, "=c"], dtype="string"),
+        }
+    ),
+    "categorical": pd.DataFrame({"c": pd.Categorical(["a", None, "=b", "a"])}),
+    "integers": pd.DataFrame(
+        {"i": [1, -2, 3], "u": np.array([1, 2, 3], dtype=np.uint8), "b": [True, False, True]}
+    ),
+    "no rows": pd.DataFrame({"a": pd.Series([], dtype=float), "b": pd.Series([], dtype=object)}),
+    "names": pd.DataFrame([[1, 2, 3, 4]], columns=["=x", "a,b", 5, "x"]),
+    "repeated name": pd.DataFrame([[1, "a"]], columns=["x", "x"]),
+    "all blank text": pd.DataFrame({"o": pd.Series([None, None], dtype=object), "n": [1, 2]}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PEOPLE_CSV_CASES))
+def test_a_people_csv_has_the_bytes_pandas_writes_for_every_kind_of_column(name):
+    frame = PEOPLE_CSV_CASES[name]
+    for header in (True, False):
+        assert people_csv(frame, header=header) == _pandas_csv(frame, header), (name, header)
+
+
+def test_a_people_csv_of_a_large_table_writes_each_distinct_value_as_pandas_does():
+    rng = np.random.default_rng(3)
+    n = 5_000
+    frame = pd.DataFrame(
+        {
+            "key": [
+                f"=k{i}" if i % 7 == 0 else f"k,{i}" if i % 11 == 0 else f"k{i}" for i in range(n)
+            ],
+            "rate": np.round(rng.random(n), 4),
+            "margin": rng.random(n),
+            "signed": rng.choice([-0.0, 0.0, 1.0, np.nan], n),
+            "count": rng.integers(0, 50, n),
+            "name": rng.choice(["Stable: low vacancy", 'Distressed: "many", permits', None], n),
+            "at": pd.Timestamp("2026-12-07T20:32:52.044881", tz="UTC"),
+        }
+    )
+    assert people_csv(frame) == _pandas_csv(frame)

@@ -209,11 +209,11 @@ def append_table(path: str, frame: pd.DataFrame) -> None:
         with file.open("a", encoding="utf-8") as out:
             out.write(text if text.endswith("\n") or not text else text + "\n")
         return
-    from clustering.table import for_people
+    from clustering.table import people_csv
 
     new = not file.exists() or file.stat().st_size == 0
-    with file.open("a", encoding="utf-8", newline="") as out:
-        for_people(frame).to_csv(out, index=False, header=new)
+    with file.open("ab") as out:
+        out.write(people_csv(frame, header=new))
 
 
 class LocalStore:
