@@ -135,6 +135,10 @@ def executor_for(n_rows: int) -> Executor:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if n_rows < PARALLEL_ROWS or (cores or 1) < 2 or not hasattr(os, "fork"):
         return InProcess()
+    # Imported before the fork, so that no worker imports them again for its first fit.
+    import sklearn.cluster
+    import sklearn.metrics  # noqa: F401
+
     return ProcessPoolExecutor(max_workers=cores, mp_context=multiprocessing.get_context("fork"))
 
 

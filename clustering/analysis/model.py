@@ -260,13 +260,14 @@ def _plan(table, types, residential, features, settings, pool, say) -> _FitPlan:
 
 
 def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> ClusteringResult:
-    # Everything independent is submitted up front so a pool keeps every core busy.
+    # Everything independent is submitted up front so a pool keeps every core busy; the top
+    # split first, since the sub-clusters wait for it and the K diagnostic is for people.
+    top_pending = _submit_final_fit(plan, None, TOP_K)
     searched = plan.scaled if plan.searched is None else plan.scaled[plan.searched]
     diagnostics_pending = _submit_search(plan.pool, searched, plan.ks, plan.settings)
     diagnostics = None
     if all(f.done() for f in diagnostics_pending):  # fitted in-process: report them now
         diagnostics = _diagnostics(plan, diagnostics_pending, on_diagnostics)
-    top_pending = _submit_final_fit(plan, np.ones(len(plan.scaled), dtype=bool), TOP_K)
     excluded, excluded_pending = _submit_excluded_types(plan)
 
     plan.say(f"fitting the top split (K={TOP_K})")
@@ -274,6 +275,8 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
     tops = _submit_top_groups(plan, top_labels)
     if diagnostics is None:
         diagnostics = _diagnostics(plan, diagnostics_pending, on_diagnostics)
+    # Each excluded type's final fit joins the pool once its K is known.
+    excluded_finals = [(in_type, start()) for in_type, start in excluded_pending]
     groups, sub_labels, sub_centroids = _sub_cluster(plan, tops)
 
     plan.say("analysing excluded rows")
@@ -281,8 +284,8 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
     warnings = [*plan.warnings]
     warnings += filled_blanks(plan.table.loc[plan.residential], plan.space, key)
     excluded_groups = []
-    for in_type, pending in excluded_pending:
-        group, names = pending()
+    for in_type, finish in excluded_finals:
+        group, names = finish()
         excluded.loc[in_type, "excluded_cluster"] = names
         excluded_groups.append(group)
         if group.space is not None:
@@ -322,9 +325,9 @@ def _diagnostics(
 
 def _submit_excluded_types(
     plan: _FitPlan,
-) -> tuple[pd.DataFrame, list[tuple[np.ndarray, Callable[[], tuple[ExcludedGroup, list[str]]]]]]:
+) -> tuple[pd.DataFrame, list[tuple[np.ndarray, Callable[[], Callable[[], ExcludedFit]]]]]:
     """The excluded rows with their type, and each type's clustering, started: (mask of the
-    type's rows among the excluded ones, callable giving its group and row names) per type."""
+    type's rows among the excluded ones, `start` of _submit_excluded) per type."""
     excluded_mask = ~plan.residential
     excluded = plan.table.loc[excluded_mask].copy()
     excluded["excluded_type"] = plan.types[excluded_mask].to_numpy()
@@ -413,13 +416,15 @@ def _sub_cluster(plan: _FitPlan, tops: list[tuple]) -> tuple[list[TopGroup], np.
     return groups, sub_labels, centroids
 
 
-def _submit_final_fit(plan: _FitPlan, rows: np.ndarray, k: int) -> Future:
-    """The fit of the chosen K over every row of `rows` (a residential mask): the best of
-    FINAL_N_INIT starts, taken on the K search's sample when the table has one."""
+def _submit_final_fit(plan: _FitPlan, rows: np.ndarray | None, k: int) -> Future:
+    """The fit of the chosen K over every row of `rows` (a residential mask; None: every
+    residential row): the best of FINAL_N_INIT starts, taken on the K search's sample when
+    the table has one."""
+    matrix = plan.scaled if rows is None else plan.scaled[rows]
     if plan.searched is None:
-        return plan.pool.submit(fits.fit_centroids, plan.scaled[rows], k, FINAL_N_INIT, plan.seed)
-    seen = plan.searched[rows]
-    return plan.pool.submit(fits.fit_seeded, plan.scaled[rows], seen, k, FINAL_N_INIT, plan.seed)
+        return plan.pool.submit(fits.fit_centroids, matrix, k, FINAL_N_INIT, plan.seed)
+    seen = plan.searched if rows is None else plan.searched[rows]
+    return plan.pool.submit(fits.fit_seeded, matrix, seen, k, FINAL_N_INIT, plan.seed)
 
 
 def _labelled_table(
@@ -491,9 +496,14 @@ def _collect(pending: list[Future], say: Progress | None, label: str) -> KSearch
     )
 
 
+# An excluded type's group and each of its rows' group name.
+ExcludedFit = tuple[ExcludedGroup, list[str]]
+
+
 def _submit_excluded(pool: Executor, rows: pd.DataFrame, excluded_type: str, settings):
-    """Start clustering one excluded type on its own; returns a callable giving
-    (ExcludedGroup, names).
+    """Start clustering one excluded type on its own. Returns `start`: it waits for the K
+    search and submits the final fit, and returns `finish`, which gives (ExcludedGroup,
+    names).
 
     Median impute and scale (no winsorizing, as in the notebook), then K by silhouette in
     range(SUB_K_MIN, min(SUB_K_MAX, n)) -- the notebook's range(2, min(5, n)), i.e. up to
@@ -512,15 +522,19 @@ def _submit_excluded(pool: Executor, rows: pd.DataFrame, excluded_type: str, set
         )
         note = f"{excluded_type} - {reason}"
         group = ExcludedGroup(excluded_type, n, None, None, note)
-        return lambda: (group, [note] * n)
+        return lambda: lambda: (group, [note] * n)
     prepared = prepare(values, tuple(rows.columns), clip=False)
     matrix = prepared.scaled
     pending = _submit_search(pool, matrix, ks, settings)
 
-    def finish() -> tuple[ExcludedGroup, list[str]]:
+    def start() -> Callable[[], ExcludedFit]:
         search = _collect(pending, None, excluded_type)
-        seed = settings.random_state
-        labels, centers = fits.fit_centroids(matrix, search.best_k, SEARCH_N_INIT, seed)
+        final = pool.submit(
+            fits.fit_centroids, matrix, search.best_k, SEARCH_N_INIT, settings.random_state
+        )
+        return lambda: finish(search, *final.result())
+
+    def finish(search, labels, centers) -> ExcludedFit:
         names = [f"{excluded_type} - Group {label}" for label in labels]
         note = f"clustered on its own into {search.best_k} groups (K by silhouette)"
         centroids = {f"{excluded_type} - Group {i}": c for i, c in enumerate(centers)}
@@ -529,7 +543,7 @@ def _submit_excluded(pool: Executor, rows: pd.DataFrame, excluded_type: str, set
         )
         return group, names
 
-    return finish
+    return start
 
 
 def _summary(resident_rows: pd.DataFrame, settings: AnalysisSettings) -> pd.DataFrame:

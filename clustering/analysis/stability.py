@@ -64,8 +64,10 @@ def bootstrap_stability(
     cohorts, codes = np.unique(sub, return_inverse=True)
     draws = rng.integers(0, len(scaled), size=(resamples, len(scaled)))
     seeds = rng.integers(0, 2**31 - 1, size=resamples)
-    # One task per core's share of the resamples: each sets the thread limit once.
-    with fits.executor_for(len(scaled)) as pool:
+    # One task per core's share of the resamples: each sets the thread limit once. The pool
+    # follows the table's size, as the fits' does: a sample of a large table is still 50
+    # re-clusterings of 3,000 rows, twice as fast on two cores.
+    with fits.executor_for(n) as pool:
         shares = np.array_split(np.arange(resamples), min(resamples, os.cpu_count() or 1) or 1)
         pending = [
             pool.submit(_resamples, scaled, top, codes, len(cohorts), sub_k, draws[s], seeds[s])
