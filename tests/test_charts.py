@@ -166,6 +166,18 @@ def test_the_elbow_chart_says_the_k_range_is_a_diagnostic(result, monkeypatch):
     assert "a diagnostic: the top split is always K=2" in silhouette.get_title()
     (legend,) = [t.get_text() for t in silhouette.get_legend().get_texts()]
     assert legend == f"Best silhouette: K = {result.diagnostics.best_k} (diagnostic)"
+    assert fig.axes[0].get_title() == "Elbow method"  # every row: nothing to say
+
+
+def test_the_elbow_chart_of_a_sampled_table_says_which_rows_it_was_fitted_on(result, monkeypatch):
+    figures = []
+    monkeypatch.setattr(charts, "_png", lambda fig, tight=True: figures.append(fig) or b"")
+    charts.elbow_silhouette(result.diagnostics, 3_000, 5_000)
+    (fig,) = figures
+    assert fig.axes[0].get_title() == (
+        "Elbow method\n(fitted on a key-hashed sample of 5,000 rows)"
+    )
+    assert "(sample of 3,000 rows)" in fig.axes[1].get_title()
 
 
 @pytest.fixture(scope="module")

@@ -31,20 +31,33 @@ def test_the_sample_is_the_keys_with_the_smallest_md5_whatever_the_order():
     more = search_sample.hashed_sample([*keys, *(f"Other {i}" for i in range(500))], 40)
     assert len(more) == 40
     assert search_sample.hashed_sample(keys, 500) is None  # no more keys than the size
+    # Any sample is the start of one order: a smaller one is inside a larger one.
+    order = search_sample.hashed_order(keys)
+    assert sorted(order) == list(range(500)) and sorted(order[:40]) == list(picked)
+    assert set(search_sample.hashed_sample(keys, 10)) <= set(picked)
 
 
 def test_tables_up_to_the_size_search_every_row():
     table = make_sample(600, random_state=3)
     result = cluster(validate_features(table, SETTINGS, "t").frame, SETTINGS)
     assert result.search_sample_size is None
-    assert search_sample.SEARCH_SAMPLE_ROWS == 20_000  # the documented size (docs/analysis.md)
+    # The documented sizes (docs/analysis.md).
+    assert search_sample.SEARCH_SAMPLE_ROWS == 20_000
+    assert search_sample.DIAGNOSTIC_SAMPLE_ROWS == 5_000
+
+
+def _lowered(patch) -> None:
+    """The sizes lowered for a 3,000-row table: searches on 600 hashed rows, the K diagnostic
+    on the first 200 of them."""
+    patch.setattr(search_sample, "SEARCH_SAMPLE_ROWS", 600)
+    patch.setattr(search_sample, "DIAGNOSTIC_SAMPLE_ROWS", 200)
 
 
 @pytest.fixture(scope="module")
 def sampled():
-    """A 3,000-row table searched on 600 hashed rows (the size lowered for the test)."""
+    """A 3,000-row table searched on a hashed sample (the sizes lowered for the test)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(search_sample, "SEARCH_SAMPLE_ROWS", 600)
+        _lowered(patch)
         frame = validate_features(make_sample(3_000, random_state=11), SETTINGS, "t").frame
         result = cluster(frame, SETTINGS)
     return frame, result
@@ -52,13 +65,21 @@ def sampled():
 
 def test_above_the_size_the_searches_see_the_sample_and_the_final_fits_every_row(sampled):
     frame, result = sampled
-    assert result.search_sample_size == 600
+    assert result.search_sample_size == 600 and result.diagnostic_sample_size == 200
     keys = frame.loc[result.residential, SETTINGS.key_column]
-    rows = search_sample.hashed_sample(keys, 600)
-    # The K diagnostic is the search over the sampled rows only.
+    # The K diagnostic is the search over the first 200 of the hashed order only.
+    rows = search_sample.hashed_sample(keys, 200)
     alone = search_k(result.scaled[rows], list(result.diagnostics.ks), SETTINGS)
     assert alone.inertias == pytest.approx(result.diagnostics.inertias)
     assert alone.silhouettes == pytest.approx(result.diagnostics.silhouettes)
+    # Each group's sub-K search saw the group's rows among the 600.
+    searched = np.zeros(len(keys), dtype=bool)
+    searched[search_sample.hashed_sample(keys, 600)] = True
+    top = result.table.loc[result.residential, "top_cluster"].astype(int).to_numpy()
+    for group in result.top_groups:
+        seen = result.scaled[searched & (top == group.top)]
+        again = search_k(seen, list(group.search.ks), SETTINGS)
+        assert again.silhouettes == pytest.approx(group.search.silhouettes)
     # Every residential row has a sub-cluster, and each centroid is the mean of all its rows
     # (a k-means fit over every row, to its tolerance), not of the sampled ones (which would
     # be a tenth of a standard deviation away).
@@ -74,7 +95,7 @@ def test_above_the_size_the_searches_see_the_sample_and_the_final_fits_every_row
 def test_a_sampled_search_is_repeatable(sampled):
     frame, result = sampled
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(search_sample, "SEARCH_SAMPLE_ROWS", 600)
+        _lowered(patch)
         again = cluster(frame, SETTINGS)
     assert again.diagnostics == result.diagnostics
     assert again.table["sub_cluster"].tolist() == result.table["sub_cluster"].tolist()
@@ -97,9 +118,18 @@ def test_run_json_says_what_the_k_searches_saw(tmp_path, monkeypatch):
         run_job(settings, RunRequest(trigger="test"))
         return json.loads((tmp_path / out / "latest" / "run.json").read_text(encoding="utf-8"))
 
-    assert manifest("all")["k_search"] == {"method": "every row", "sample_size": None}
+    assert manifest("all")["k_search"] == {
+        "method": "every row",
+        "sample_size": None,
+        "diagnostic_sample_size": None,
+    }
     monkeypatch.setattr(search_sample, "SEARCH_SAMPLE_ROWS", 300)
-    assert manifest("sampled")["k_search"] == {"method": "sampled", "sample_size": 300}
+    monkeypatch.setattr(search_sample, "DIAGNOSTIC_SAMPLE_ROWS", 100)
+    assert manifest("sampled")["k_search"] == {
+        "method": "sampled",
+        "sample_size": 300,
+        "diagnostic_sample_size": 100,
+    }
 
 
 def test_a_seeded_final_fit_keeps_the_refined_start_with_the_least_inertia_over_every_row():

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clustering.analysis.stability import RESAMPLES, bootstrap_stability
+from clustering.analysis import fits
+from clustering.analysis.stability import RESAMPLES, submit_stability
+
+
+def bootstrap_stability(scaled, top, sub, random_state, sample_size, resamples=RESAMPLES):
+    """The stability as the job gets it: started on the fit pool, then waited for."""
+    with fits.executor_for(len(scaled)) as pool:
+        return submit_stability(pool, scaled, top, sub, random_state, sample_size, resamples)()
 
 
 def two_level(seed: int = 0, per_blob: int = 60):

@@ -1150,12 +1150,12 @@ def test_a_cell_starting_with_a_space_is_not_escaped():
 def _pandas_csv(frame: pd.DataFrame, header: bool = True) -> bytes:
     """What people_csv wrote before it formatted cells itself: pandas' writer over the frame
     with its text cells and names escaped."""
-    text = [
-        c
-        for c in frame.columns
-        if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])
-    ]
-    escaped = frame.assign(**{c: frame[c].map(escape_cell) for c in text})
+    columns = []
+    for i in range(frame.shape[1]):
+        column = frame.iloc[:, i]
+        text = column.dtype == object or pd.api.types.is_string_dtype(column)
+        columns.append(column.map(escape_cell) if text else column)
+    escaped = pd.concat(columns, axis=1) if columns else frame.copy()
     escaped = escaped.set_axis([escape_cell(str(c)) for c in frame.columns], axis=1)
     return escaped.to_csv(index=False, header=header, lineterminator="\n").encode()
 

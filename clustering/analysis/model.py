@@ -54,8 +54,9 @@ class KSearch:
     best_score: float
 
 
-# Receives the K diagnostics and the silhouette sample size (None when exact).
-OnDiagnostics = Callable[[KSearch, int | None], None]
+# Receives the K diagnostics, the silhouette sample size (None when exact) and the rows the
+# diagnostic saw (None when every residential row).
+OnDiagnostics = Callable[[KSearch, int | None, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class ClusteringResult:
     centroids: the top split's and the sub-clusters' centroids, under the clustering's ids.
     search_sample_size: the residential rows the K searches saw (a key-hashed sample,
         clustering.analysis.search_sample), or None when they saw every row.
+    diagnostic_sample_size: the residential rows the K diagnostic saw (the first of the
+        same hashed order), or None when it saw every row.
     """
 
     table: pd.DataFrame
@@ -132,6 +135,7 @@ class ClusteringResult:
     space: Space
     centroids: Centroids
     search_sample_size: int | None = None
+    diagnostic_sample_size: int | None = None
 
 
 def cluster(
@@ -143,8 +147,9 @@ def cluster(
     """Run the whole analysis on a validated features table sorted by its key column.
 
     progress: receives one line per stage and per K fitted.
-    on_diagnostics: receives the K diagnostics and the silhouette sample size (None when
-        exact) as soon as they are known, before the rest finishes (to start the elbow chart).
+    on_diagnostics: receives the K diagnostics, the silhouette sample size (None when
+        exact) and the rows the diagnostic saw (None: all) as soon as they are known,
+        before the rest finishes (to start the elbow chart).
     """
     say = progress or (lambda _message: None)
     types = row_types(table, settings)
@@ -198,6 +203,8 @@ class _FitPlan:
     sample_size: rows sampled per silhouette, or None when every silhouette is exact.
     searched: which residential rows the K searches see (the key-hashed sample of a large
         table), or None for every row.
+    diagnosed: which residential rows the K diagnostic sees (the first DIAGNOSTIC_SAMPLE_ROWS
+        of the sample), or None for every row.
     warnings: the feature warnings, then the K_MAX cap when there is one.
     """
 
@@ -214,6 +221,7 @@ class _FitPlan:
     ks: tuple[int, ...]
     sample_size: int | None
     searched: np.ndarray | None
+    diagnosed: np.ndarray | None
     warnings: tuple[str, ...]
 
     @property
@@ -232,13 +240,13 @@ def _plan(table, types, residential, features, settings, pool, say) -> _FitPlan:
     raw = table.loc[residential, list(features.used)].to_numpy(dtype=np.float64)
     prepared = prepare(raw, tuple(features.used), clip=True)
     ks = [k for k in range(settings.k_min, settings.k_max + 1) if k < n_res]
-    searched = None
-    keys = table.loc[residential, settings.key_column]
-    positions = search_sample.hashed_sample(keys, search_sample.SEARCH_SAMPLE_ROWS)
-    if positions is not None:
-        searched = np.zeros(n_res, dtype=bool)
-        searched[positions] = True
-        say(f"searching K on a key-hashed sample of {len(positions)} rows")
+    searched = diagnosed = None
+    if n_res > search_sample.SEARCH_SAMPLE_ROWS:
+        order = search_sample.hashed_order(table.loc[residential, settings.key_column])
+        searched, diagnosed = np.zeros((2, n_res), dtype=bool)
+        searched[order[: search_sample.SEARCH_SAMPLE_ROWS]] = True
+        diagnosed[order[: search_sample.DIAGNOSTIC_SAMPLE_ROWS]] = True
+        say(f"searching K on a key-hashed sample of {int(searched.sum())} rows")
     if settings.k_max >= n_res:
         warnings.append(f"K_MAX={settings.k_max} capped at {ks[-1]}: only {n_res} residential rows")
     return _FitPlan(
@@ -255,6 +263,7 @@ def _plan(table, types, residential, features, settings, pool, say) -> _FitPlan:
         ks=tuple(ks),
         sample_size=sample_size,
         searched=searched,
+        diagnosed=diagnosed,
         warnings=tuple(warnings),
     )
 
@@ -263,8 +272,8 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
     # Everything independent is submitted up front so a pool keeps every core busy; the top
     # split first, since the sub-clusters wait for it and the K diagnostic is for people.
     top_pending = _submit_final_fit(plan, None, TOP_K)
-    searched = plan.scaled if plan.searched is None else plan.scaled[plan.searched]
-    diagnostics_pending = _submit_search(plan.pool, searched, plan.ks, plan.settings)
+    diagnosed = plan.scaled if plan.diagnosed is None else plan.scaled[plan.diagnosed]
+    diagnostics_pending = _submit_search(plan.pool, diagnosed, plan.ks, plan.settings)
     diagnostics = None
     if all(f.done() for f in diagnostics_pending):  # fitted in-process: report them now
         diagnostics = _diagnostics(plan, diagnostics_pending, on_diagnostics)
@@ -310,7 +319,8 @@ def _cluster(plan: _FitPlan, on_diagnostics: OnDiagnostics | None) -> Clustering
         warnings=tuple(warnings),
         space=plan.space,
         centroids=Centroids(top=dict(enumerate(top_centroids)), sub=sub_centroids),
-        search_sample_size=None if plan.searched is None else int(plan.searched.sum()),
+        search_sample_size=_count(plan.searched),
+        diagnostic_sample_size=_count(plan.diagnosed),
     )
 
 
@@ -319,8 +329,12 @@ def _diagnostics(
 ) -> KSearch:
     diagnostics = _collect(pending, plan.say, "K diagnostic")
     if on_diagnostics:
-        on_diagnostics(diagnostics, plan.sample_size)
+        on_diagnostics(diagnostics, plan.sample_size, _count(plan.diagnosed))
     return diagnostics
+
+
+def _count(mask: np.ndarray | None) -> int | None:
+    return None if mask is None else int(mask.sum())
 
 
 def _submit_excluded_types(

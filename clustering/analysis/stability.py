@@ -16,6 +16,8 @@ silhouette threshold), the resamples are drawn from a fixed-seed sample of that 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,15 +42,19 @@ class Stability:
     seed: int
 
 
-def bootstrap_stability(
+def submit_stability(
+    pool: Executor,
     scaled: np.ndarray,
     top: np.ndarray,
     sub: np.ndarray,
     random_state: int,
     sample_size: int,
     resamples: int = RESAMPLES,
-) -> Stability:
-    """Stability of each sub-cluster of a two-level clustering of `scaled`.
+) -> Callable[[], Stability]:
+    """The stability of each sub-cluster of a two-level clustering of `scaled`, started on
+    `pool` (the fit workers above `fits.PARALLEL_ROWS` rows: a sample of a large table is still
+    50 re-clusterings of 3,000 rows, twice as fast on two cores). The caller goes on, then
+    calls the result, before it leaves the pool, for the Stability.
 
     top, sub: the top group and sub-cluster of each row of `scaled` (any ids).
     random_state: seeds the sample, the resamples and every re-fit.
@@ -64,29 +70,30 @@ def bootstrap_stability(
     cohorts, codes = np.unique(sub, return_inverse=True)
     draws = rng.integers(0, len(scaled), size=(resamples, len(scaled)))
     seeds = rng.integers(0, 2**31 - 1, size=resamples)
-    # One task per core's share of the resamples: each sets the thread limit once. The pool
-    # follows the table's size, as the fits' does: a sample of a large table is still 50
-    # re-clusterings of 3,000 rows, twice as fast on two cores.
-    with fits.executor_for(n) as pool:
-        shares = np.array_split(np.arange(resamples), min(resamples, os.cpu_count() or 1) or 1)
-        pending = [
-            pool.submit(_resamples, scaled, top, codes, len(cohorts), sub_k, draws[s], seeds[s])
-            for s in shares
-            if len(s)
-        ]
+    # One task per core's share of the resamples: each sets the thread limit once.
+    shares = np.array_split(np.arange(resamples), min(resamples, os.cpu_count() or 1) or 1)
+    pending = [
+        pool.submit(_resamples, scaled, top, codes, len(cohorts), sub_k, draws[s], seeds[s])
+        for s in shares
+        if len(s)
+    ]
+
+    def stability() -> Stability:
         per_resample = np.concatenate([p.result() for p in pending]) if pending else None
-    with np.errstate(invalid="ignore"):
-        means = (
-            np.full(len(cohorts), np.nan)
-            if per_resample is None
-            else np.nanmean(per_resample, axis=0)
+        with np.errstate(invalid="ignore"):
+            means = (
+                np.full(len(cohorts), np.nan)
+                if per_resample is None
+                else np.nanmean(per_resample, axis=0)
+            )
+        return Stability(
+            scores={int(c): float(m) for c, m in zip(cohorts, means, strict=True)},
+            resamples=resamples,
+            sample_size=sample_size if sampled else None,
+            seed=random_state,
         )
-    return Stability(
-        scores={int(c): float(m) for c, m in zip(cohorts, means, strict=True)},
-        resamples=resamples,
-        sample_size=sample_size if sampled else None,
-        seed=random_state,
-    )
+
+    return stability
 
 
 def _resamples(scaled, top, codes, n_cohorts, sub_k, draws, seeds) -> np.ndarray:

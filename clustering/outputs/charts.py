@@ -160,9 +160,11 @@ def map_data(view: CohortView, run_date: str) -> MapData:
     )
 
 
-def elbow_task(search: KSearch, sample_size: int | None) -> dict[str, tuple]:
+def elbow_task(
+    search: KSearch, sample_size: int | None, seen: int | None = None
+) -> dict[str, tuple]:
     """The elbow chart's task: it needs only the K diagnostics, so it can start early."""
-    return {PNG_ELBOW: (elbow_silhouette, (search, sample_size))}
+    return {PNG_ELBOW: (elbow_silhouette, (search, sample_size, seen))}
 
 
 def named_tasks(
@@ -206,7 +208,8 @@ def chart_tasks(
     run_date: str = "",
 ) -> dict[str, tuple]:
     """Every chart's task, the elbow first."""
-    return elbow_task(result.diagnostics, result.silhouette_sample_size) | result_tasks(
+    diagnosed = result.diagnostic_sample_size
+    return elbow_task(result.diagnostics, result.silhouette_sample_size, diagnosed) | result_tasks(
         result, view, random_state, boundaries, run_date
     )
 
@@ -227,9 +230,10 @@ def _residential(styles: tuple[CohortStyle, ...]) -> tuple[CohortStyle, ...]:
     return tuple(s for s in styles if s.sub_cluster is not None)
 
 
-def elbow_silhouette(search: KSearch, sample_size: int | None) -> bytes:
+def elbow_silhouette(search: KSearch, sample_size: int | None, seen: int | None = None) -> bytes:
     """Inertia and silhouette by K, with the best K marked, labelled as the diagnostic it is:
-    the top split is TOP_K whatever K scores best."""
+    the top split is TOP_K whatever K scores best. `seen`: the rows of a large table's
+    key-hashed sample the diagnostic was fitted on (None: every residential row)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(14, 5))
@@ -237,7 +241,8 @@ def elbow_silhouette(search: KSearch, sample_size: int | None) -> bytes:
     left.plot(search.ks, search.inertias, "bo-", linewidth=2, markersize=8)
     left.set_xlabel("K (number of clusters)", fontsize=12)
     left.set_ylabel("Inertia (within-cluster sum of squares)", fontsize=12)
-    left.set_title("Elbow method", fontsize=14)
+    fitted = f"\n(fitted on a key-hashed sample of {seen:,} rows)" if seen else ""
+    left.set_title(f"Elbow method{fitted}", fontsize=14)
     right.plot(search.ks, search.silhouettes, "ro-", linewidth=2, markersize=8)
     best = search.best_k
     right.axvline(

@@ -13,8 +13,8 @@ def cluster(run: Run, renderer, given: Input):
     from clustering.analysis.model import TOP_K, cluster
     from clustering.outputs import charts
 
-    def diagnosed(search, sampled) -> None:
-        submit(renderer, charts.elbow_task(search, sampled))
+    def diagnosed(search, sampled, seen) -> None:
+        submit(renderer, charts.elbow_task(search, sampled, seen))
         run.clock.progress(
             f"K diagnostic: best silhouette at K={search.best_k} (the top split stays K={TOP_K})"
         )
@@ -33,11 +33,10 @@ def cluster(run: Run, renderer, given: Input):
 
 def identify(result, previous, run: Run, draw, note: str | None = None):
     """Stable ids and names; then the named cohorts go to `draw` (the charts that need no
-    stability), and the bootstrap stability is computed while the chart workers draw. `note`
-    (a KEY_COLUMN change) joins the identity's warnings."""
+    stability). `note` (a KEY_COLUMN change) joins the identity's warnings."""
     from dataclasses import replace
 
-    from clustering.analysis.identity import identify, with_stability
+    from clustering.analysis.identity import identify
 
     against = f"run {previous.run_id}" if previous else "nothing (first run)"
     run.clock.stage("identity", f"matching cohorts to {against}")
@@ -55,25 +54,33 @@ def identify(result, previous, run: Run, draw, note: str | None = None):
     if note is not None:
         named = replace(named, warnings=(*named.warnings, note))
     draw(named)
-    run.clock.stage("stability", "bootstrapping cohort stability")
-    return with_stability(named, _stability(named, analysis))
+    return named
 
 
-def through_model(identity, run: Run):
+def through_model(named, run: Run):
     """The model of the run, and the identity with every fitted row assigned by its rules
-    (the fitted rows' assignments are the document's: one path from fit to assign)."""
+    (the fitted rows' assignments are the document's: one path from fit to assign) and each
+    cohort's bootstrap stability, which the cores compute while this process assigns."""
+    from clustering.analysis import fits
     from clustering.analysis.document import fitted_model, through_model
+    from clustering.analysis.identity import with_stability
 
-    run.clock.stage("model", "assigning the fitted rows by the model document")
-    model = fitted_model(identity, run.settings.analysis)
-    return through_model(identity, model), model
+    analysis = run.settings.analysis
+    with fits.executor_for(len(named.result.scaled)) as pool:
+        run.clock.stage("model", "assigning the fitted rows by the model document")
+        stability = _stability(named, analysis, pool)
+        model = fitted_model(named, analysis)
+        assigned = through_model(named, model)
+        run.clock.stage("stability", "bootstrapping cohort stability")
+        return with_stability(assigned, stability()), model
 
 
-def _stability(identity, analysis):
-    from clustering.analysis.stability import bootstrap_stability
+def _stability(identity, analysis, pool):
+    from clustering.analysis.stability import submit_stability
 
     rows = identity.table.loc[identity.result.residential]
-    return bootstrap_stability(
+    return submit_stability(
+        pool,
         identity.result.scaled,
         rows["top_cluster"].to_numpy(dtype="int64"),
         rows["sub_cluster"].to_numpy(dtype="int64"),

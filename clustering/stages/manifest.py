@@ -46,6 +46,7 @@ def manifest(run: Run, done: Analysed, timings: dict[str, float], prefix) -> dic
         "k_search": {
             "method": "sampled" if result.search_sample_size else "every row",
             "sample_size": result.search_sample_size,
+            "diagnostic_sample_size": result.diagnostic_sample_size,
         },
         "diagnostics": _diagnostics_entry(result.diagnostics),
         **_group_entries(result),
