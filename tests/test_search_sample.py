@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from clustering.settings import AnalysisSettings
 from clustering.table import validate_features
 
 SETTINGS = AnalysisSettings(k_max=5, sub_k_max=4)
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_the_sample_is_the_keys_with_the_smallest_md5_whatever_the_order():
@@ -152,3 +154,61 @@ def test_a_seeded_final_fit_keeps_the_refined_start_with_the_least_inertia_over_
     assert inertia(labels, centres) < only_best - 1.0
     again = fits.fit_seeded(matrix, seen, k=6, n_init=10, random_state=7)
     assert (again[0] == labels).all()
+
+
+# What `python -m clustering run` wrote at 7b15709, the code before the large-table work
+# (issue 22), hashed: the clusters and excluded CSVs and run.json, less what differs run to run
+# (ids, times, output addresses, versions, the input's path) and k_search, which it added.
+# The hashes were taken from that commit's runs (the 3,000 rows written by `python -m clustering
+# sample --rows 3000 --random-state 5`).
+BEFORE_LARGE_TABLES = {
+    "real table": ("060f40e7a2ff1c2d", "174e4e261e4502fd", "fe7643e6574cc107"),
+    "built-in sample": ("e49435daba6c847d", "b8997ea2b1c2b99b", "5a7eeacec0eefc8c"),
+    "3,000 rows": ("5c48ce00b6cdf244", "e8a43f56f0574949", "424ccb4e5ca66e53"),
+}
+_VOLATILE = {"run_id", "started_at", "finished_at", "outputs", "timings_seconds", "versions"}
+
+
+def _results(latest) -> tuple[str, str, str]:
+    import csv
+    import io
+    import json
+
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    text = (latest / "neighborhood_clusters.csv").read_text(encoding="utf-8")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    kept = [i for i, name in enumerate(rows[0]) if name not in ("run_id", "_clustered_at")]
+    clusters = io.StringIO()
+    csv.writer(clusters, lineterminator="\n").writerows([[r[i] for i in kept] for r in rows])
+    manifest = json.loads((latest / "run.json").read_text(encoding="utf-8"))
+    assert manifest.pop("k_search")["method"] == "every row"
+    manifest = {k: v for k, v in manifest.items() if k not in _VOLATILE}
+    # The input's path, wherever it shows (its own field, the warnings), as one word.
+    text = json.dumps(manifest, sort_keys=True).replace(manifest["input"]["source"], "<features>")
+    return (
+        digest(clusters.getvalue().encode()),
+        digest((latest / "excluded_neighborhood_analysis.csv").read_bytes()),
+        digest(text.encode()),
+    )
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_LARGE_TABLES))
+def test_results_at_3000_rows_or_fewer_are_what_they_were_before_the_large_table_work(
+    name, tmp_path
+):
+    from clustering.adapters.local import replace_table
+    from tests.test_cli import run_main
+
+    features = {
+        "real table": [
+            "--features",
+            str(REPO / "data/baltimore/baltimore_neighborhood_features.csv"),
+        ],
+        "built-in sample": [],
+        "3,000 rows": ["--features", str(tmp_path / "f.csv")],
+    }[name]
+    replace_table(str(tmp_path / "f.csv"), make_sample(3_000, random_state=5))
+    assert run_main("run", *features, "--out", str(tmp_path / "out"), "--quiet") == 0
+    assert _results(tmp_path / "out" / "latest") == BEFORE_LARGE_TABLES[name]
