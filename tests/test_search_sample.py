@@ -18,25 +18,23 @@ SETTINGS = AnalysisSettings(k_max=5, sub_k_max=4)
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _sampled(keys: list[str], size: int) -> set[str]:
+    return {keys[i] for i in search_sample.hashed_order(keys)[:size]}
+
+
 def test_the_sample_is_the_keys_with_the_smallest_md5_whatever_the_order():
     keys = [f"Area {i}" for i in range(500)]
-    picked = search_sample.hashed_sample(keys, 40)
-    assert len(picked) == 40 and list(picked) == sorted(picked)
+    order = search_sample.hashed_order(keys)
+    assert sorted(order) == list(range(500))
     # The warehouse engine's rule: the first 15 hex digits of MD5(CAST(key AS STRING)).
     digest = {k: int(hashlib.md5(k.encode()).hexdigest()[:15], 16) for k in keys}
-    assert {keys[i] for i in picked} == set(sorted(keys, key=digest.get)[:40])
-    shuffled = list(reversed(keys))
-    assert {shuffled[i] for i in search_sample.hashed_sample(shuffled, 40)} == {
-        keys[i] for i in picked
-    }
-    # More rows elsewhere in the table do not change which of these are searched.
-    more = search_sample.hashed_sample([*keys, *(f"Other {i}" for i in range(500))], 40)
-    assert len(more) == 40
-    assert search_sample.hashed_sample(keys, 500) is None  # no more keys than the size
-    # Any sample is the start of one order: a smaller one is inside a larger one.
-    order = search_sample.hashed_order(keys)
-    assert sorted(order) == list(range(500)) and sorted(order[:40]) == list(picked)
-    assert set(search_sample.hashed_sample(keys, 10)) <= set(picked)
+    assert [keys[i] for i in order] == sorted(keys, key=digest.get)
+    assert _sampled(list(reversed(keys)), 40) == _sampled(keys, 40)
+    # More rows elsewhere in the table do not change which of these are searched: a new row
+    # joins the sample only by its own small hash, pushing out the largest of these.
+    more = _sampled([*keys, *(f"Other {i}" for i in range(500))], 40)
+    kept = more & set(keys)
+    assert 0 < len(kept) < 40 and kept == _sampled(keys, len(kept))
 
 
 def test_tables_up_to_the_size_search_every_row():
@@ -70,13 +68,14 @@ def test_above_the_size_the_searches_see_the_sample_and_the_final_fits_every_row
     assert result.search_sample_size == 600 and result.diagnostic_sample_size == 200
     keys = frame.loc[result.residential, SETTINGS.key_column]
     # The K diagnostic is the search over the first 200 of the hashed order only.
-    rows = search_sample.hashed_sample(keys, 200)
+    order = search_sample.hashed_order(keys)
+    rows = np.sort(order[:200])  # in the table's order, as the search sees them
     alone = search_k(result.scaled[rows], list(result.diagnostics.ks), SETTINGS)
     assert alone.inertias == pytest.approx(result.diagnostics.inertias)
     assert alone.silhouettes == pytest.approx(result.diagnostics.silhouettes)
     # Each group's sub-K search saw the group's rows among the 600.
     searched = np.zeros(len(keys), dtype=bool)
-    searched[search_sample.hashed_sample(keys, 600)] = True
+    searched[order[:600]] = True
     top = result.table.loc[result.residential, "top_cluster"].astype(int).to_numpy()
     for group in result.top_groups:
         seen = result.scaled[searched & (top == group.top)]

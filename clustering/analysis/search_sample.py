@@ -30,18 +30,9 @@ def key_hash(key: object) -> int:
     return int(hashlib.md5(str(key).encode("utf-8")).hexdigest()[:15], 16)
 
 
-def hashed_sample(keys: Iterable[object], size: int = SEARCH_SAMPLE_ROWS) -> np.ndarray | None:
-    """Positions (ascending, so rows keep their order) of the `size` keys with the smallest
-    hash, ties by key; None when there are no more than `size` keys (nothing is sampled)."""
-    texts = [str(key) for key in keys]
-    if len(texts) <= size:
-        return None
-    return np.sort(hashed_order(texts)[:size])
-
-
 def hashed_order(keys: Iterable[object]) -> np.ndarray:
-    """Every position, by the hash of its key, ties by key: the first `size` of them are
-    `hashed_sample(keys, size)`, for any size."""
+    """Every position, by the hash of its key, ties by key: a sample of any size is the
+    start of this order, so a smaller sample lies inside a larger one."""
     texts = [str(key) for key in keys]
     hashes = np.fromiter((key_hash(t) for t in texts), dtype=np.int64, count=len(texts))
     return np.lexsort((np.array(texts, dtype=object), hashes))
