@@ -573,8 +573,6 @@ def _columns(frame: pd.DataFrame) -> list[pd.Series]:
 
 def _cells(values: pd.Series) -> list[str]:
     """Each value's CSV text, worked out once per distinct value; a blank for a missing one."""
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        values = values.astype(object)
     kind = values.dtype.kind if isinstance(values.dtype, np.dtype) else None
     if kind == "O" and pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
         # Mixed objects: 1, 1.0 and True are one value to a hash table, three to a CSV.
@@ -601,8 +599,6 @@ def _shown(uniques, text: bool) -> list[str]:
     the rest as pandas formats them (its choices depend only on the set of values)."""
     if text:
         return [_text(str(value)) for value in np.asarray(uniques, dtype=object)]
-    if isinstance(uniques, np.ndarray) and uniques.dtype.kind in "iub":
-        return [str(value) for value in uniques.tolist()]
     written = pd.DataFrame({"value": uniques}).to_csv(index=False, header=False)
     return written.splitlines()
 
