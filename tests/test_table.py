@@ -1194,7 +1194,9 @@ PEOPLE_CSV_CASES = {
             "s": pd.array(["a", None, "=c"], dtype="string"),
         }
     ),
-    "categorical": pd.DataFrame({"c": pd.Categorical(["a", None, "=b", "a"])}),
+    "categorical": pd.DataFrame(
+        {"c": pd.Categorical(["a", None, "=b", "a"]), "n": pd.Categorical([1.5, 2.0, None, 1.5])}
+    ),
     "integers": pd.DataFrame(
         {"i": [1, -2, 3], "u": np.array([1, 2, 3], dtype=np.uint8), "b": [True, False, True]}
     ),
