@@ -198,7 +198,7 @@ def test_results_at_3000_rows_or_fewer_are_what_they_were_before_the_large_table
     name, tmp_path
 ):
     from clustering.adapters.local import replace_table
-    from tests.test_cli import run_main
+    from clustering.cli import main
 
     features = {
         "real table": [
@@ -209,5 +209,5 @@ def test_results_at_3000_rows_or_fewer_are_what_they_were_before_the_large_table
         "3,000 rows": ["--features", str(tmp_path / "f.csv")],
     }[name]
     replace_table(str(tmp_path / "f.csv"), make_sample(3_000, random_state=5))
-    assert run_main("run", *features, "--out", str(tmp_path / "out"), "--quiet") == 0
+    assert main(["run", *features, "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert _results(tmp_path / "out" / "latest") == BEFORE_LARGE_TABLES[name]
