@@ -267,13 +267,8 @@ def with_stability(identity: Identity, stability: Stability) -> Identity:
     cohorts = tuple(
         replace(c, stability=scores.get(c.sub_cluster, math.nan)) for c in identity.cohorts
     )
-    # Beside the cohort's name, wherever the table's later columns were added.
-    table = identity.table.drop(columns="cohort_stability", errors="ignore")
-    table.insert(
-        table.columns.get_loc("cohort_name") + 1,
-        "cohort_stability",
-        table["sub_cluster"].map(scores).astype("float64"),
-    )
+    table = identity.table.copy()
+    table["cohort_stability"] = table["sub_cluster"].map(scores).astype("float64")
     warnings = tuple(
         f"cohort {c.sub_cluster} ({c.name}) has bootstrap stability {c.stability}, below "
         f"{UNSTABLE}: it may not be a real cluster; treat its borders with care"
