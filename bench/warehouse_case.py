@@ -146,10 +146,19 @@ def exported(em: Emulated, uri_pattern: str):
     return pd.concat(frames, ignore_index=True)
 
 
+def within_cohorts(z, labels) -> float:
+    """Sum of squared distances of the rows of `z` to the mean of their cohort in `labels`."""
+    import numpy as np
+
+    z, labels = np.asarray(z), np.asarray(labels)
+    return float(
+        sum(((z[labels == k] - z[labels == k].mean(axis=0)) ** 2).sum() for k in set(labels))
+    )
+
+
 def compare_engines(memory_dir: Path, warehouse: dict, em: Emulated, seed: int) -> dict:
     """ARI of the top splits and the warehouse/memory ratio of within-cohort sums of squares,
     in the memory run's scaled space, over the rows both call residential."""
-    import numpy as np
     import pandas as pd
     from sklearn.metrics import adjusted_rand_score
 
@@ -169,20 +178,16 @@ def compare_engines(memory_dir: Path, warehouse: dict, em: Emulated, seed: int) 
     features = make_sample(ENGINES_ROWS, random_state=seed).set_index("neighborhood")
     z = model.residential.z(features.loc[resident["neighborhood"]])
 
-    def within(labels) -> float:
-        labels = np.asarray(labels)
-        return float(
-            sum(((z[labels == k] - z[labels == k].mean(axis=0)) ** 2).sum() for k in set(labels))
-        )
-
-    memory_ss = within(resident["sub_cluster_memory"])
+    memory_ss = within_cohorts(z, resident["sub_cluster_memory"])
     return {
         "rows_compared": len(resident),
         "ari_top_split": round(
             adjusted_rand_score(resident["top_cluster_memory"], resident["top_cluster_warehouse"]),
             6,
         ),
-        "within_ss_ratio": round(within(resident["sub_cluster_warehouse"]) / memory_ss, 6),
+        "within_ss_ratio": round(
+            within_cohorts(z, resident["sub_cluster_warehouse"]) / memory_ss, 6
+        ),
     }
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
+from bench.warehouse_case import within_cohorts
 from clustering.analysis import search_sample
 from clustering.analysis.model import cluster
 from clustering.analysis.sample import make_sample
@@ -34,15 +34,9 @@ def chosen(result) -> str:
     return f"K {result.diagnostics.best_k}, sub-K {subs}"
 
 
-def within_cohorts(result) -> float:
-    """Sum of squared distances of the residential rows to their cohort's mean, scaled."""
-    labels = result.table.loc[result.residential, "sub_cluster"].to_numpy()
-    return float(
-        sum(
-            ((result.scaled[labels == c] - result.scaled[labels == c].mean(axis=0)) ** 2).sum()
-            for c in np.unique(labels)
-        )
-    )
+def _within(result) -> float:
+    """The residential rows' within-cohort sum of squares, in the scaled space."""
+    return within_cohorts(result.scaled, result.table.loc[result.residential, "sub_cluster"])
 
 
 def compare(rows: int, seed: int, settings: AnalysisSettings) -> str:
@@ -61,7 +55,7 @@ def compare(rows: int, seed: int, settings: AnalysisSettings) -> str:
     top = adjusted_rand_score(full.table["top_cluster"], sampled.table["top_cluster"])
     sub = adjusted_rand_score(full.table["sub_cluster"], sampled.table["sub_cluster"])
     same = "equal" if chosen(full) == chosen(sampled) else "DIFFERENT"
-    tighter = within_cohorts(sampled) / within_cohorts(full)
+    tighter = _within(sampled) / _within(full)
     return (
         f"{rows:>8,} rows (seed {seed}): sampled {chosen(sampled)}; every row {chosen(full)} "
         f"({same}); ARI top {top:.4f}, sub-clusters {sub:.4f}; within-cohort SS "
